@@ -1,0 +1,536 @@
+"""Audio decoding: files and in-memory arrays -> 16 kHz mono float32.
+
+Every entry point goes through the same three steps:
+
+1. **Decode** at the native rate to float32. libsndfile (via ``soundfile``) is
+   tried first (WAV, FLAC, Ogg Vorbis/Opus, MP3, AIFF, CAF, AU, ...); when it
+   cannot open a file, FFmpeg (via PyAV, imported only then) decodes it (M4A/AAC,
+   WebM, MP4 and MKV, including the audio of a video file, WMA, AMR, ...).
+   Integer PCM is scaled by its full scale: int16 / 32768, int32 / 2**31,
+   unsigned 8-bit centred at 128.
+2. **Mix** to mono by the plain mean of the channels (not FFmpeg's downmix
+   matrix, which weights channels unequally). Mono input passes unchanged.
+3. **Resample** with libsoxr (``soxr.ResampleStream``, quality
+   :data:`RESAMPLE_QUALITY`) whose state carries across chunks, so streaming a
+   file in blocks gives exactly the samples of decoding it whole. Input already
+   at the target rate is not resampled at all (bit-exact passthrough).
+
+Every failure raises :class:`~auricle.errors.AudioError` with a one-line
+message ``"<file>: <cause>"``.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import soundfile
+import soxr
+
+from auricle.errors import AudioError
+
+if TYPE_CHECKING:
+    import torch
+
+SAMPLE_RATE = 16000
+"""The rate every model works at; decoded audio is resampled to it."""
+
+RESAMPLE_QUALITY = "HQ"
+"""libsoxr quality preset: 'HQ' (20-bit precision, linear phase; python-soxr's
+default). 'VHQ' only adds precision (28-bit) far below the 120 dB dynamic range
+the log-mel frontend keeps, at a higher cost."""
+
+DECODE_FRAMES = 65536
+"""Native-rate frames decoded (and fed to the resampler) per step."""
+
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".opus", ".webm", ".mp4",
+        ".mka", ".mkv", ".aiff", ".aif", ".au", ".caf", ".wma", ".amr", ".3gp", ".mov",
+    }
+)
+"""Extensions picked up when a folder (or a glob ending in a wildcard) is expanded."""
+
+# First bytes of formats libsndfile reads: when neither decoder can open such a
+# file, it is a damaged file of that format rather than a foreign one.
+_SNDFILE_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"FORM", b"fLaC", b"OggS", b".snd", b"caff")
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says, at its native rate and channel count.
+
+    ``format`` is ``"<container>/<encoding>"`` in lower case, e.g. ``"wav/pcm_16"``,
+    ``"flac/pcm_24"``, ``"mp3/mpeg_layer_iii"`` (read by libsndfile) or
+    ``"mov/aac"``, ``"matroska/opus"`` (read by FFmpeg).
+    """
+
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int | None
+    duration: float | None
+    format: str
+
+
+# -- public API -----------------------------------------------------------------
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode a whole file to a float32 mono 1-D array at ``sample_rate`` Hz.
+
+    Exactly the concatenation of :func:`iter_blocks` for the same file.
+    Raises :class:`AudioError` for a missing, empty, unreadable, corrupt or
+    unsupported file, for NaN/Inf samples and for a file with no samples.
+    """
+    rate = _check_rate(sample_rate)
+    name, head = _check_file(path)
+    pieces = list(_signal(name, head, rate))
+    if not pieces:
+        raise AudioError(f"{name}: no audio samples")
+    return np.concatenate(pieces)
+
+
+def iter_blocks(
+    path: str | os.PathLike, block_samples: int, sample_rate: int = SAMPLE_RATE
+) -> Iterator[np.ndarray]:
+    """Stream a file as float32 mono blocks of exactly ``block_samples`` samples.
+
+    Only the last block may be shorter. Memory stays bounded whatever the
+    duration, and the blocks concatenate to exactly :func:`load_audio`'s array.
+    Missing files, folders and empty files raise :class:`AudioError` at once;
+    decoding errors (including NaN/Inf in any block, or no samples at all) are
+    raised while iterating, possibly after some blocks were yielded.
+    """
+    if isinstance(block_samples, bool) or not isinstance(block_samples, (int, np.integer)) or block_samples <= 0:
+        raise ValueError(f"block_samples must be a positive integer, got {block_samples!r}")
+    rate = _check_rate(sample_rate)
+    name, head = _check_file(path)
+    return _blocks(name, _signal(name, head, rate), int(block_samples))
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read sample rate, channels, length and format from the header, without decoding.
+
+    For files libsndfile reads, ``frames`` is the header's frame count (exact
+    for PCM formats). For files only FFmpeg reads, ``frames`` and ``duration``
+    come from the container's declared duration: approximate (e.g. AAC encoder
+    padding is included or not depending on the container) or ``None`` when
+    the container does not declare one (e.g. some streamed WebM).
+    """
+    name, head = _check_file(path)
+    try:
+        info = soundfile.info(name)
+    except RuntimeError as sndfile_error:  # LibsndfileError is a RuntimeError
+        return _pyav_info(name, head, sndfile_error)
+    return AudioInfo(
+        path=name,
+        sample_rate=int(info.samplerate),
+        channels=int(info.channels),
+        frames=int(info.frames),
+        duration=float(info.duration),
+        format=f"{info.format}/{info.subtype}".lower(),
+    )
+
+
+def prepare_waveform(
+    waveform: np.ndarray | torch.Tensor, sample_rate: int, name: str = "<array>"
+) -> np.ndarray:
+    """Turn an in-memory signal into a float32 mono 1-D array at 16 kHz.
+
+    ``waveform`` is 1-D (samples) or 2-D (channels, samples), the
+    torch/torchaudio convention (an array of more channels than samples is
+    refused as probably transposed). Integer samples are scaled by their full
+    scale (int16 / 32768, int32 / 2**31, uint8 centred at 128); channels are
+    averaged; the result is resampled from ``sample_rate`` exactly as a file
+    would be, so decoding a file yourself and passing the array gives the same
+    samples as :func:`load_audio`. Errors name the array by ``name``.
+    """
+    rate = _check_rate(sample_rate)
+    array = _as_numpy(waveform, name)
+    if array.ndim == 1:
+        array = array[np.newaxis]
+    elif array.ndim != 2:
+        raise AudioError(
+            f"{name}: expected a 1-D (samples) or 2-D (channels, samples) array, got shape {tuple(array.shape)}"
+        )
+    channels, samples = array.shape
+    if channels == 0 or samples == 0:
+        raise AudioError(f"{name}: no audio samples")
+    if channels > samples:
+        raise AudioError(
+            f"{name}: 2-D arrays are (channels, samples) but shape {tuple(array.shape)} "
+            "has more channels than samples; transpose it"
+        )
+    mono = _mix(_to_float(array, name))
+    chunks = ((rate, mono[start : start + DECODE_FRAMES]) for start in range(0, samples, DECODE_FRAMES))
+    pieces = list(_resampled(name, _finite(name, chunks), SAMPLE_RATE))
+    if not pieces:
+        raise AudioError(f"{name}: no audio samples")
+    return np.concatenate(pieces)
+
+
+def list_audio_files(paths: Sequence[str | os.PathLike], recursive: bool = False) -> list[str]:
+    """Expand files, folders and glob patterns into a list of files to decode.
+
+    - A named file is kept whatever its extension (the decoder then reports the
+      real problem); a named path that does not exist is kept too (the decoder
+      reports "file not found").
+    - A folder contributes the files with a known audio extension
+      (:data:`AUDIO_EXTENSIONS`, any case) directly inside it, or in its whole
+      tree with ``recursive=True``; hidden files and folders (".name", such as
+      macOS "._x.wav" resource forks) are skipped.
+    - A glob pattern (``*.wav``, ``clips/**/*.flac``; ``**`` always recurses)
+      contributes its matches; matched folders are expanded as above, and when
+      the pattern ends in a wildcard (``clips/*``) only known audio extensions
+      are kept. A pattern matching nothing raises ``AudioError("<pattern>: no
+      files match")``.
+
+    Each argument's expansion is sorted; arguments keep their order; a file
+    reached twice is listed once, where first reached.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found: list[str] = []
+    seen: set[str] = set()
+
+    def add(candidates: Iterable[str]) -> None:
+        for candidate in candidates:
+            key = os.path.normcase(os.path.abspath(candidate))
+            if key not in seen:
+                seen.add(key)
+                found.append(candidate)
+
+    for entry in paths:
+        path = os.fsdecode(os.fspath(entry))
+        if os.path.isdir(path):
+            add(_folder_files(path, recursive))
+        elif os.path.exists(path) or not _GLOB_CHARS & set(path):
+            add([path])
+        else:
+            add(_glob_files(path, recursive))
+    return found
+
+
+# -- path checks ----------------------------------------------------------------
+
+
+def _check_file(path: str | os.PathLike) -> tuple[str, bytes]:
+    """Refuse what is not a readable, non-empty regular file; return (name, first bytes)."""
+    name = os.fsdecode(os.fspath(path))
+    if not os.path.exists(name):
+        raise AudioError(f"{name}: file not found")
+    if os.path.isdir(name):
+        raise AudioError(f"{name}: is a directory")
+    if not os.path.isfile(name):
+        raise AudioError(f"{name}: not a regular file")
+    try:
+        with open(name, "rb") as handle:
+            head = handle.read(16)
+    except PermissionError:
+        raise AudioError(f"{name}: permission denied") from None
+    except OSError as error:
+        raise AudioError(f"{name}: cannot read file ({_one_line(error.strerror or str(error))})") from None
+    if not head:
+        raise AudioError(f"{name}: empty file (0 bytes)")
+    return name, head
+
+
+def _check_rate(sample_rate: float) -> float:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float, np.integer, np.floating)):
+        raise ValueError(f"sample_rate must be a positive number, got {sample_rate!r}")
+    if not (math.isfinite(sample_rate) and sample_rate > 0):
+        raise ValueError(f"sample_rate must be a positive number, got {sample_rate!r}")
+    return sample_rate
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()).rstrip(".")
+
+
+# -- the pipeline: decode -> mix -> check -> resample -> (re)block ---------------------
+
+
+def _signal(name: str, head: bytes, sample_rate: float) -> Iterator[np.ndarray]:
+    """Validated mono pieces of a file at ``sample_rate`` (sizes follow the decoder)."""
+    return _resampled(name, _finite(name, _decoded(name, head)), sample_rate)
+
+
+def _decoded(name: str, head: bytes) -> Iterator[tuple[float, np.ndarray]]:
+    """(native rate, float32 mono chunk) pairs: libsndfile first, FFmpeg if it cannot open the file."""
+    try:
+        sound = soundfile.SoundFile(name)
+    except RuntimeError as sndfile_error:  # LibsndfileError is a RuntimeError
+        yield from _pyav_decoded(name, head, sndfile_error)
+        return
+    with sound:
+        rate = sound.samplerate
+        while True:
+            try:
+                frames = sound.read(DECODE_FRAMES, dtype="float32", always_2d=True)
+            except RuntimeError as error:
+                raise AudioError(f"{name}: corrupt or truncated audio ({_sndfile_detail(error)})") from None
+            if not len(frames):
+                return
+            yield rate, _mix(frames.T)
+
+
+def _finite(name: str, chunks: Iterable[tuple[float, np.ndarray]]) -> Iterator[tuple[float, np.ndarray]]:
+    for rate, chunk in chunks:
+        if not np.isfinite(chunk).all():
+            raise AudioError(f"{name}: contains NaN or Inf samples")
+        yield rate, chunk
+
+
+def _resampled(name: str, chunks: Iterable[tuple[float, np.ndarray]], sample_rate: float) -> Iterator[np.ndarray]:
+    """Resample a stream of (rate, chunk) to ``sample_rate``; same-rate chunks pass untouched.
+
+    One resampler serves the whole stream, so the output does not depend on
+    how the input was chunked. Should the native rate change mid-stream
+    (possible in some FFmpeg streams), the resampler is flushed and restarted.
+    """
+    stream: soxr.ResampleStream | None = None
+    current_rate: float | None = None
+
+    def flushed() -> Iterator[np.ndarray]:
+        if stream is not None:
+            tail = stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if not np.isfinite(tail).all():
+                raise AudioError(f"{name}: contains NaN or Inf samples")
+            if len(tail):
+                yield tail
+
+    for rate, chunk in chunks:
+        if rate != current_rate:
+            yield from flushed()
+            current_rate = rate
+            stream = None if rate == sample_rate else soxr.ResampleStream(
+                rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY
+            )
+        if stream is None:
+            out = chunk
+        else:
+            out = stream.resample_chunk(chunk)
+            if not np.isfinite(out).all():  # finite input: only by overflow of huge values
+                raise AudioError(f"{name}: contains NaN or Inf samples")
+        if len(out):
+            yield out
+    yield from flushed()
+
+
+def _blocks(name: str, pieces: Iterable[np.ndarray], block_samples: int) -> Iterator[np.ndarray]:
+    """Re-cut pieces of any size into blocks of ``block_samples`` (last one shorter)."""
+    pending: list[np.ndarray] = []
+    pending_samples = 0
+    any_samples = False
+    for piece in pieces:
+        pending.append(piece)
+        pending_samples += len(piece)
+        if pending_samples < block_samples:
+            continue
+        buffer = np.concatenate(pending)
+        full = len(buffer) // block_samples * block_samples
+        for start in range(0, full, block_samples):
+            any_samples = True
+            yield buffer[start : start + block_samples]
+        rest = buffer[full:]
+        pending = [rest] if len(rest) else []
+        pending_samples = len(rest)
+    if pending_samples:
+        yield np.concatenate(pending)
+    elif not any_samples:
+        raise AudioError(f"{name}: no audio samples")
+
+
+# -- samples ------------------------------------------------------------------------
+
+
+def _as_numpy(waveform: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is imported
+    if torch is not None and isinstance(waveform, torch.Tensor):
+        tensor = waveform.detach().cpu()
+        if tensor.is_complex():
+            raise AudioError(f"{name}: unsupported sample type {tensor.dtype}")
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        return tensor.numpy()
+    return np.asarray(waveform)
+
+
+def _to_float(array: np.ndarray, name: str) -> np.ndarray:
+    """Samples as floats in [-1, 1): integers scaled by their full scale, floats as they are."""
+    dtype = array.dtype
+    if dtype.kind == "f":
+        return array.astype(np.float32) if dtype.itemsize < 4 else array
+    if dtype.kind in "iu":
+        half_scale = 2.0 ** (8 * dtype.itemsize - 1)
+        # int8/16 (and uint8/16) are exact in float32; wider integers need float64
+        as_float = array.astype(np.float32 if dtype.itemsize <= 2 else np.float64)
+        if dtype.kind == "u":
+            as_float -= half_scale
+        as_float /= half_scale
+        return as_float
+    raise AudioError(f"{name}: unsupported sample type {dtype}")
+
+
+def _mix(channels_first: np.ndarray) -> np.ndarray:
+    """Float32 mono: the single channel unchanged, or the plain mean of all channels."""
+    if channels_first.shape[0] == 1:
+        return np.ascontiguousarray(channels_first[0], dtype=np.float32)
+    return channels_first.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _frame_samples(frame) -> np.ndarray:
+    """A PyAV audio frame as float (channels, samples), integers scaled by full scale."""
+    array = frame.to_ndarray()
+    if not frame.format.is_planar:  # packed: one plane of interleaved samples
+        array = array.reshape(-1, frame.layout.nb_channels).T
+    return _to_float(array, "<frame>")
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+def _sndfile_detail(error: Exception) -> str:
+    detail = _one_line(getattr(error, "error_string", None) or str(error))
+    return detail.removeprefix("Error : ")
+
+
+def _pyav_detail(error: Exception) -> str:
+    return _one_line(getattr(error, "strerror", None) or str(error))
+
+
+def _unopenable(name: str, head: bytes, sndfile_error: Exception) -> AudioError:
+    """Neither decoder could open the file: damaged known format, or not audio at all."""
+    riff = head[:4] in (b"RIFF", b"RIFX", b"RF64")
+    if riff and len(head) >= 12 and head[8:12] != b"WAVE":
+        return AudioError(f"{name}: not an audio file or unsupported format")
+    if head.startswith(_SNDFILE_MAGIC):
+        return AudioError(f"{name}: corrupt or truncated audio ({_sndfile_detail(sndfile_error)})")
+    return AudioError(f"{name}: not an audio file or unsupported format")
+
+
+# -- FFmpeg (PyAV) --------------------------------------------------------------------
+
+
+def _pyav_open(name: str, head: bytes, sndfile_error: Exception):
+    """Open with PyAV; return (container, first audio stream) or raise AudioError."""
+    import av
+
+    try:
+        container = av.open(name, mode="r", metadata_errors="ignore")
+    except av.FFmpegError:
+        raise _unopenable(name, head, sndfile_error) from None
+    streams = container.streams.audio
+    if not streams:
+        container.close()
+        raise AudioError(f"{name}: no audio stream")
+    stream = streams[0]
+    if stream.codec_context is None:
+        container.close()
+        raise AudioError(f"{name}: unsupported codec (this FFmpeg build has no decoder for its audio stream)")
+    return container, stream
+
+
+def _pyav_decoded(name: str, head: bytes, sndfile_error: Exception) -> Iterator[tuple[float, np.ndarray]]:
+    """Decode the first audio stream at its native rate, mixing channels by their mean.
+
+    FFmpeg frames are small (about 1000 samples); they are gathered into
+    chunks of about DECODE_FRAMES samples before resampling.
+    """
+    import av
+
+    container, stream = _pyav_open(name, head, sndfile_error)
+    codec = stream.codec_context.name
+    with container:
+        pending: list[np.ndarray] = []
+        pending_samples = 0
+        pending_rate: float | None = None
+        try:
+            for frame in container.decode(stream):
+                if not frame.samples:
+                    continue
+                rate = frame.sample_rate
+                if pending and rate != pending_rate:
+                    yield pending_rate, np.concatenate(pending)
+                    pending, pending_samples = [], 0
+                pending_rate = rate
+                pending.append(_mix(_frame_samples(frame)))
+                pending_samples += frame.samples
+                if pending_samples >= DECODE_FRAMES:
+                    yield pending_rate, np.concatenate(pending)
+                    pending, pending_samples = [], 0
+        except av.error.DecoderNotFoundError:
+            raise AudioError(f"{name}: unsupported codec {codec!r}") from None
+        except av.FFmpegError as error:
+            raise AudioError(f"{name}: corrupt or truncated audio ({_pyav_detail(error)})") from None
+        if pending:
+            yield pending_rate, np.concatenate(pending)
+
+
+def _pyav_info(name: str, head: bytes, sndfile_error: Exception) -> AudioInfo:
+    import av
+
+    container, stream = _pyav_open(name, head, sndfile_error)
+    with container:
+        context = stream.codec_context
+        rate = int(context.sample_rate)
+        duration: float | None = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        return AudioInfo(
+            path=name,
+            sample_rate=rate,
+            channels=int(context.channels),
+            frames=None if duration is None else round(duration * rate),
+            duration=duration,
+            format=f"{container.format.name.split(',')[0]}/{context.name}".lower(),
+        )
+
+
+# -- file lists ---------------------------------------------------------------------
+
+
+def _is_audio_name(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
+
+
+def _folder_files(folder: str, recursive: bool) -> list[str]:
+    if not recursive:
+        with os.scandir(folder) as entries:
+            names = [
+                entry.name
+                for entry in entries
+                if not entry.name.startswith(".") and entry.is_file() and _is_audio_name(entry.name)
+            ]
+        return [os.path.join(folder, name) for name in sorted(names)]
+    files = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = [sub for sub in folders if not sub.startswith(".")]
+        files.extend(
+            os.path.join(root, name) for name in names if not name.startswith(".") and _is_audio_name(name)
+        )
+    return sorted(files)
+
+
+def _glob_files(pattern: str, recursive: bool) -> list[str]:
+    extension = os.path.splitext(os.path.basename(pattern))[1]
+    any_extension = bool(extension) and not _GLOB_CHARS & set(extension)
+    files = []
+    for match in sorted(glob.glob(pattern, recursive=True)):
+        if os.path.isdir(match):
+            files.extend(_folder_files(match, recursive))
+        elif any_extension or _is_audio_name(match):
+            files.append(match)
+    if not files:
+        raise AudioError(f"{pattern}: no files match")
+    return files

@@ -1,0 +1,23 @@
+"""Error types shared by every layer.
+
+Each layer raises its own subclass of :class:`AuricleError` whose message names
+the file (or name) and the cause in one line, so the CLI can print it as is.
+"""
+
+from __future__ import annotations
+
+
+class AuricleError(Exception):
+    """Base class of every error auricle raises on bad input."""
+
+
+class AudioError(AuricleError):
+    """An audio file or array cannot be used: missing, corrupt, unsupported, ..."""
+
+
+class CheckpointError(AuricleError):
+    """A checkpoint cannot be found, read or matched to a model."""
+
+
+class LabelError(AuricleError):
+    """A class name, MID, ontology node or profile is unknown or malformed."""

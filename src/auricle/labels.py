@@ -1,0 +1,539 @@
+"""Class labels, the AudioSet ontology, and selecting classes by name.
+
+The CED models output 527 AudioSet class probabilities; :func:`audioset_labels`
+gives those classes in output order and :func:`audioset_ontology` the AudioSet
+ontology (632 nodes, a DAG: some nodes have several parents, e.g. ``Hiss`` sits
+under ``Cat``, ``Snake``, ``Steam`` and ``Onomatopoeia``).
+
+Class selection (:func:`resolve_classes`) accepts, for each spec:
+
+* a class display name, case-insensitive, surrounding whitespace ignored
+  (``"male speech, man speaking"``);
+* a MID (``/m/09x0r``, ``/t/dd00002``), exact;
+* an ontology node, by name or MID: every class of the label set in its subtree
+  is selected (``Animal`` -> the 65 labelled classes under Animal, Animal
+  included). A class that is also an ontology node with children selects its
+  whole subtree too (``Dog`` -> Dog, Bark, Yip, Howl, ...); prefix the spec with
+  ``=`` to select that one class only (``=Dog``);
+* several of the above separated by ``;`` in one string (``"Dog; Cat"``).
+  Commas are *not* separators: class names contain them.
+
+Label sets without MIDs (custom heads, :meth:`LabelSet.from_names`) are
+resolved by name only; the ontology does not apply to them.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import functools
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from typing import Any
+
+from auricle.errors import LabelError
+
+__all__ = [
+    "AudioClass",
+    "LabelSet",
+    "OntologyNode",
+    "Ontology",
+    "audioset_labels",
+    "audioset_ontology",
+    "resolve_classes",
+    "describe_spec",
+    "close_matches",
+    "split_specs",
+    "SEPARATOR",
+    "EXACT_PREFIX",
+]
+
+#: Separates several specs inside one string (commas cannot: names contain them).
+SEPARATOR = ";"
+#: Prefix that selects a class itself, never its ontology subtree.
+EXACT_PREFIX = "="
+
+_MID_PATTERN = re.compile(r"^/[a-z]/\S+$")
+_MAX_SUGGESTIONS = 4
+
+
+def _key(name: str) -> str:
+    """Lookup key of a name: case-insensitive, surrounding whitespace ignored."""
+    return name.strip().casefold()
+
+
+def _looks_like_mid(text: str) -> bool:
+    return bool(_MID_PATTERN.match(text))
+
+
+def close_matches(query: str, candidates: Iterable[str], limit: int = _MAX_SUGGESTIONS) -> list[str]:
+    """Close matches of ``query`` among ``candidates`` (difflib ratio), best first.
+
+    Besides plain similarity, a candidate scores well when the query equals one
+    of its comma-separated aliases (``smoke alarm`` -> ``Smoke detector, smoke
+    alarm``) or when the candidate is one of the query's words (``Dog bark`` ->
+    ``Dog``, ``Bark``).
+    """
+    query_key = _key(query)
+    words = set(re.findall(r"[\w-]+", query_key))
+    scores: dict[str, float] = {}
+    matcher = difflib.SequenceMatcher()
+    matcher.set_seq2(query_key)
+    for candidate in candidates:
+        key = _key(candidate)
+        matcher.set_seq1(key)
+        score = matcher.ratio()
+        if query_key in (alias.strip() for alias in key.split(",")):
+            score = max(score, 0.95)
+        elif key in words:
+            score = max(score, 0.7)
+        elif key.startswith(query_key) and len(query_key) >= 4:
+            score = max(score, 0.65)
+        if score >= 0.6 and score > scores.get(candidate, 0.0):
+            scores[candidate] = score
+    ranked = sorted(scores, key=lambda c: (-scores[c], c))
+    return ranked[:limit]
+
+
+def _unknown(kind: str, query: str, candidates: Iterable[str]) -> LabelError:
+    if _looks_like_mid(query):
+        return LabelError(f"unknown {kind} MID {query!r}")
+    suggestions = close_matches(query, candidates)
+    hint = f" (did you mean {', '.join(repr(s) for s in suggestions)}?)" if suggestions else ""
+    return LabelError(f"unknown {kind} {query!r}{hint}")
+
+
+# --------------------------------------------------------------------------- labels
+
+
+@dataclass(frozen=True)
+class AudioClass:
+    """One output class of a model: its output index, AudioSet MID ("" if none) and display name."""
+
+    index: int
+    mid: str
+    name: str
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """The classes of a model head, in output order (``classes[i].index == i``).
+
+    Immutable. Names are unique case-insensitively; MIDs, where given, are unique.
+    """
+
+    classes: tuple[AudioClass, ...]
+    _by_name: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    _by_mid: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        classes = tuple(self.classes)
+        object.__setattr__(self, "classes", classes)
+        if not classes:
+            raise LabelError("a label set needs at least one class")
+        by_name: dict[str, int] = {}
+        by_mid: dict[str, int] = {}
+        for position, item in enumerate(classes):
+            if not isinstance(item, AudioClass):
+                raise LabelError(f"class {position}: expected an AudioClass, got {type(item).__name__}")
+            if item.index != position:
+                raise LabelError(f"class {item.name!r}: index {item.index} at position {position}")
+            if not isinstance(item.name, str) or not item.name.strip():
+                raise LabelError(f"class {position}: empty name")
+            key = _key(item.name)
+            if key in by_name:
+                raise LabelError(f"class {item.name!r} appears twice (indices {by_name[key]} and {position})")
+            by_name[key] = position
+            if item.mid:
+                if item.mid in by_mid:
+                    raise LabelError(f"MID {item.mid!r} appears twice (indices {by_mid[item.mid]} and {position})")
+                by_mid[item.mid] = position
+        object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "_by_mid", by_mid)
+
+    @classmethod
+    def from_names(cls, names: Sequence[str]) -> "LabelSet":
+        """A label set for a custom head: classes named in output order, with no MIDs."""
+        if isinstance(names, str):
+            raise LabelError("class names must be a sequence of strings, not one string")
+        return cls(tuple(AudioClass(i, "", str(name)) for i, name in enumerate(names)))
+
+    @classmethod
+    def from_csv(cls, source: str | os.PathLike[str] | Traversable) -> "LabelSet":
+        """Read an AudioSet-style ``index,mid,display_name`` CSV (quoted names may hold commas)."""
+        where = str(source.name if isinstance(source, Traversable) else os.fspath(source))
+        try:
+            if isinstance(source, Traversable):
+                text = source.read_text(encoding="utf-8")
+            else:
+                with open(source, encoding="utf-8", newline="") as handle:
+                    text = handle.read()
+        except OSError as error:
+            raise LabelError(f"{where}: cannot read ({error.strerror or error})") from None
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames is None or not {"index", "mid", "display_name"} <= set(reader.fieldnames):
+            raise LabelError(f"{where}: expected the header index,mid,display_name")
+        classes = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                index = int(row["index"])
+            except (TypeError, ValueError):
+                raise LabelError(f"{where}: line {line}: index {row['index']!r} is not an integer") from None
+            classes.append(AudioClass(index, (row["mid"] or "").strip(), (row["display_name"] or "").strip()))
+        try:
+            return cls(tuple(classes))
+        except LabelError as error:
+            raise LabelError(f"{where}: {error}") from None
+
+    # -- sequence protocol
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def __getitem__(self, index: int) -> AudioClass:
+        return self.classes[index]
+
+    def __iter__(self) -> Iterator[AudioClass]:
+        return iter(self.classes)
+
+    # -- views
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    @property
+    def mids(self) -> tuple[str, ...]:
+        return tuple(c.mid for c in self.classes)
+
+    @property
+    def has_mids(self) -> bool:
+        """True when every class has a MID (AudioSet classes); the ontology then applies."""
+        return len(self._by_mid) == len(self.classes)
+
+    def index_of_mid(self, mid: str) -> int:
+        """Output index of the class with this MID; :class:`LabelError` if none."""
+        try:
+            return self._by_mid[mid.strip()]
+        except KeyError:
+            raise LabelError(f"unknown class MID {mid!r}") from None
+
+    def index_of_name(self, name: str) -> int:
+        """Output index of the class with this name (case-insensitive); :class:`LabelError` with suggestions if none."""
+        try:
+            return self._by_name[_key(name)]
+        except KeyError:
+            raise _unknown("class", name.strip(), self.names) from None
+
+    def find(self, name_or_mid: str) -> int | None:
+        """Output index of a class by exact MID or case-insensitive name, or None."""
+        text = name_or_mid.strip()
+        if text in self._by_mid:
+            return self._by_mid[text]
+        return self._by_name.get(_key(text))
+
+    def contains_mid(self, mid: str) -> bool:
+        return mid in self._by_mid
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """JSON-ready ``[{"index": 0, "mid": "/m/09x0r", "name": "Speech"}, ...]``."""
+        return [{"index": c.index, "mid": c.mid, "name": c.name} for c in self.classes]
+
+
+@functools.lru_cache(maxsize=1)
+def audioset_labels() -> LabelSet:
+    """The 527 AudioSet classes in model output order (index 0 ``Speech`` ... 526 ``Field recording``)."""
+    return LabelSet.from_csv(files("auricle") / "data" / "class_labels_indices.csv")
+
+
+# --------------------------------------------------------------------------- ontology
+
+
+@dataclass(frozen=True)
+class OntologyNode:
+    """One node of the AudioSet ontology."""
+
+    mid: str
+    name: str
+    description: str = ""
+    child_ids: tuple[str, ...] = ()
+    #: ``abstract`` (a grouping with no examples of its own) and/or ``blacklist``
+    #: (left out of AudioSet's rated labels; 12 of the 527 classes are still marked so).
+    restrictions: tuple[str, ...] = ()
+
+    @property
+    def abstract(self) -> bool:
+        return "abstract" in self.restrictions
+
+    @property
+    def blacklisted(self) -> bool:
+        return "blacklist" in self.restrictions
+
+
+class Ontology:
+    """The AudioSet ontology: a DAG of sound classes, some with several parents.
+
+    Every method taking ``mid`` also accepts a node name (case-insensitive).
+    Traversals guard against cycles, although AudioSet has none.
+    """
+
+    __slots__ = ("_nodes", "_by_name", "_parents", "_source")
+
+    def __init__(self, nodes: Iterable[OntologyNode], source: str = "<ontology>") -> None:
+        by_mid: dict[str, OntologyNode] = {}
+        by_name: dict[str, str] = {}
+        for node in nodes:
+            if not node.mid or not node.name.strip():
+                raise LabelError(f"{source}: a node lacks its id or name ({node.mid!r}, {node.name!r})")
+            if node.mid in by_mid:
+                raise LabelError(f"{source}: node id {node.mid!r} appears twice")
+            key = _key(node.name)
+            if key in by_name:
+                raise LabelError(f"{source}: node name {node.name!r} appears twice ({by_name[key]}, {node.mid})")
+            by_mid[node.mid] = node
+            by_name[key] = node.mid
+        parents: dict[str, list[str]] = {mid: [] for mid in by_mid}
+        for node in by_mid.values():
+            for child in node.child_ids:
+                if child not in by_mid:
+                    raise LabelError(f"{source}: node {node.name!r} lists unknown child {child!r}")
+                if node.mid not in parents[child]:
+                    parents[child].append(node.mid)
+        self._nodes = by_mid
+        self._by_name = by_name
+        self._parents = {mid: tuple(p) for mid, p in parents.items()}
+        self._source = source
+
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]], source: str = "<ontology>") -> "Ontology":
+        """Build from AudioSet ontology JSON records (``id``, ``name``, ``child_ids``, ...)."""
+        nodes = []
+        for position, record in enumerate(records):
+            try:
+                nodes.append(
+                    OntologyNode(
+                        mid=str(record["id"]),
+                        name=str(record["name"]),
+                        description=str(record.get("description", "")),
+                        child_ids=tuple(str(c) for c in record.get("child_ids", ())),
+                        restrictions=tuple(str(r) for r in record.get("restrictions", ())),
+                    )
+                )
+            except (KeyError, TypeError, AttributeError) as error:
+                raise LabelError(f"{source}: node {position} is malformed ({error!r})") from None
+        return cls(nodes, source)
+
+    @classmethod
+    def from_json(cls, source: str | os.PathLike[str] | Traversable) -> "Ontology":
+        """Read an AudioSet ``ontology.json``."""
+        where = str(source.name if isinstance(source, Traversable) else os.fspath(source))
+        try:
+            if isinstance(source, Traversable):
+                data = json.loads(source.read_text(encoding="utf-8"))
+            else:
+                with open(source, encoding="utf-8") as handle:
+                    data = json.load(handle)
+        except OSError as error:
+            raise LabelError(f"{where}: cannot read ({error.strerror or error})") from None
+        except json.JSONDecodeError as error:
+            raise LabelError(f"{where}: invalid JSON at line {error.lineno}: {error.msg}") from None
+        if not isinstance(data, list):
+            raise LabelError(f"{where}: expected a JSON list of nodes")
+        return cls.from_records(data, where)
+
+    # -- lookup
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __iter__(self) -> Iterator[OntologyNode]:
+        return iter(self._nodes.values())
+
+    def __contains__(self, name_or_mid: object) -> bool:
+        return isinstance(name_or_mid, str) and self.find(name_or_mid) is not None
+
+    def __repr__(self) -> str:
+        return f"Ontology({len(self._nodes)} nodes from {self._source})"
+
+    def find(self, name_or_mid: str) -> OntologyNode | None:
+        """The node with this exact MID or case-insensitive name, or None."""
+        text = name_or_mid.strip()
+        if text in self._nodes:
+            return self._nodes[text]
+        mid = self._by_name.get(_key(text))
+        return self._nodes[mid] if mid is not None else None
+
+    def node(self, name_or_mid: str) -> OntologyNode:
+        """The node with this exact MID or case-insensitive name; :class:`LabelError` with suggestions if none."""
+        found = self.find(name_or_mid)
+        if found is None:
+            raise _unknown("ontology node", name_or_mid.strip(), (n.name for n in self._nodes.values()))
+        return found
+
+    def _mid(self, name_or_mid: str) -> str:
+        return self.node(name_or_mid).mid
+
+    # -- structure
+
+    def roots(self) -> list[str]:
+        """MIDs of the nodes without parents, in file order."""
+        return [mid for mid, parents in self._parents.items() if not parents]
+
+    def children(self, mid: str) -> tuple[str, ...]:
+        """MIDs of the direct children, in file order."""
+        return self._nodes[self._mid(mid)].child_ids
+
+    def parents(self, mid: str) -> tuple[str, ...]:
+        """MIDs of the direct parents (several for some nodes), in file order."""
+        return self._parents[self._mid(mid)]
+
+    def descendants(self, mid: str, include_self: bool = True) -> set[str]:
+        """MIDs of every node below ``mid`` (reached through any parent)."""
+        start = self._mid(mid)
+        seen: set[str] = set()
+        stack = [start]
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            stack.extend(self._nodes[current].child_ids)
+        if not include_self:
+            seen.discard(start)
+        return seen
+
+    def ancestors(self, mid: str, include_self: bool = False) -> set[str]:
+        """MIDs of every node above ``mid``, through all parents."""
+        start = self._mid(mid)
+        seen: set[str] = set()
+        stack = [start]
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            stack.extend(self._parents[current])
+        if not include_self:
+            seen.discard(start)
+        return seen
+
+    def path_to_root(self, mid: str) -> list[str]:
+        """Names from the node up to a root, ``["Bark", "Dog", "Domestic animals, pets", "Animal"]``.
+
+        Where a node has several parents, the first listed in the ontology file is
+        followed (use :meth:`parents` / :meth:`ancestors` for all of them).
+        """
+        current = self._mid(mid)
+        path = [current]
+        on_path = {current}
+        while True:
+            nxt = next((p for p in self._parents[current] if p not in on_path), None)
+            if nxt is None:
+                break
+            path.append(nxt)
+            on_path.add(nxt)
+            current = nxt
+        return [self._nodes[m].name for m in path]
+
+
+@functools.lru_cache(maxsize=1)
+def audioset_ontology() -> Ontology:
+    """The AudioSet ontology shipped with auricle (632 nodes)."""
+    return Ontology.from_json(files("auricle") / "data" / "ontology.json")
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def split_specs(specs: Sequence[str] | str) -> list[str]:
+    """Flatten specs, splitting each on ``;`` and dropping blank parts."""
+    if isinstance(specs, str):
+        specs = [specs]
+    parts: list[str] = []
+    for spec in specs:
+        if not isinstance(spec, str):
+            raise LabelError(f"class spec must be a string, got {type(spec).__name__} {spec!r}")
+        parts.extend(p.strip() for p in spec.split(SEPARATOR) if p.strip())
+    return parts
+
+
+def _resolve_one(part: str, labels: LabelSet, ontology: Ontology | None) -> list[int]:
+    exact = part.startswith(EXACT_PREFIX)
+    text = part[len(EXACT_PREFIX):].strip() if exact else part
+    if not text:
+        raise LabelError(f"empty class spec {part!r}")
+    index = labels.find(text)
+    node = ontology.find(text) if ontology is not None else None
+    if node is not None and not exact:
+        members = sorted(
+            labels.index_of_mid(mid) for mid in ontology.descendants(node.mid) if labels.contains_mid(mid)
+        )
+        if not members:
+            marks = f", marked {'/'.join(node.restrictions)}" if node.restrictions else ""
+            raise LabelError(
+                f"ontology node {node.name!r} ({node.mid}{marks}) has none of the model's "
+                f"{len(labels)} classes in its subtree"
+            )
+        return members
+    if index is not None:
+        return [index]
+    if node is not None:  # exact selection of a node that is no class
+        raise LabelError(
+            f"{node.name!r} is an ontology node but not one of the model's classes; "
+            f"drop the {EXACT_PREFIX!r} to select the classes under it"
+        )
+    candidates = list(labels.names)
+    if ontology is not None:
+        candidates += [n.name for n in ontology if not labels.contains_mid(n.mid)]
+    raise _unknown("class", text, candidates)
+
+
+def resolve_classes(
+    specs: Sequence[str] | str,
+    labels: LabelSet | None = None,
+    ontology: Ontology | None = None,
+) -> list[int]:
+    """Output indices selected by ``specs``, sorted and unique (rules in the module docstring).
+
+    ``labels`` defaults to :func:`audioset_labels`; ``ontology`` defaults to
+    :func:`audioset_ontology` for label sets with MIDs and is ignored for label
+    sets without (custom heads are matched by name only).
+    Raises :class:`LabelError` for an unknown spec (with close matches), a spec
+    selecting none of the classes, or no specs at all.
+    """
+    labels = audioset_labels() if labels is None else labels
+    if labels.has_mids:
+        ontology = audioset_ontology() if ontology is None else ontology
+    else:
+        ontology = None
+    parts = split_specs(specs)
+    if not parts:
+        raise LabelError("no classes given")
+    selected: set[int] = set()
+    for part in parts:
+        selected.update(_resolve_one(part, labels, ontology))
+    return sorted(selected)
+
+
+def describe_spec(spec: str, labels: LabelSet | None = None, ontology: Ontology | None = None) -> str:
+    """Canonical display name of one spec: the class or ontology node it names (``"animal"`` -> ``"Animal"``)."""
+    labels = audioset_labels() if labels is None else labels
+    if labels.has_mids:
+        ontology = audioset_ontology() if ontology is None else ontology
+    else:
+        ontology = None
+    text = spec.strip()
+    if text.startswith(EXACT_PREFIX):
+        text = text[len(EXACT_PREFIX):].strip()
+    index = labels.find(text)
+    if index is not None:
+        return labels[index].name
+    if ontology is not None and (node := ontology.find(text)) is not None:
+        return node.name
+    return text

@@ -1,0 +1,1 @@
+"""CED encoders, the model registry and checkpoint formats."""

@@ -1,0 +1,177 @@
+"""The CED encoder: a ViT over 16x16 log-mel patches with separate time and
+frequency position embeddings, as in the official implementation.
+
+Parameter names follow the official checkpoints, except that the input
+BatchNorm is ``init_bn`` (as in the Hugging Face checkpoints) and the frontend
+holds no parameters. ``models.checkpoints`` converts every foreign layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from auricle.frontend import HOP_LENGTH, LogMel
+
+PATCH_SIZE = 16
+#: Frames of one internal piece; longer spectrograms are split (official ``target_length``).
+TARGET_FRAMES = 1012
+#: The shortest waveform that fills one patch (16 frames); shorter input is zero-padded.
+MIN_SAMPLES = (PATCH_SIZE - 1) * HOP_LENGTH
+
+
+@dataclass(frozen=True)
+class CEDConfig:
+    """Dimensions of a CED encoder and its classification head."""
+
+    embed_dim: int
+    num_heads: int
+    depth: int = 12
+    mlp_ratio: float = 4.0
+    num_classes: int = 527
+    n_mels: int = 64
+    patch_size: int = PATCH_SIZE
+    target_frames: int = TARGET_FRAMES
+    qkv_bias: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "CEDConfig":
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(query, key, value)
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: CEDConfig) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, config.num_heads, config.qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, config: CEDConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(
+            1, config.embed_dim, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class CED(nn.Module):
+    """CED encoder with its AudioSet (or custom) head.
+
+    Data flow: waveform -> :meth:`spectrogram` (log-mel) -> :meth:`normalize`
+    (input BatchNorm) -> :meth:`pieces` (<= 1012-frame pieces) ->
+    :meth:`forward_features` (tokens) -> :meth:`forward_head` (logits).
+    """
+
+    def __init__(self, config: CEDConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.embed_dim
+        self.frontend = LogMel()
+        self.init_bn = nn.BatchNorm2d(config.n_mels, momentum=0.01)
+        self.patch_embed = PatchEmbed(config)
+        time_patches = config.target_frames // config.patch_size
+        freq_patches = config.n_mels // config.patch_size
+        self.time_pos_embed = nn.Parameter(torch.randn(1, dim, 1, time_patches) * 0.02)
+        self.freq_pos_embed = nn.Parameter(torch.randn(1, dim, freq_patches, 1) * 0.02)
+        self.blocks = nn.Sequential(*[Block(config) for _ in range(config.depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.outputlayer = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, config.num_classes))
+        self.eval()
+
+    # -- stages -------------------------------------------------------------
+    def spectrogram(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) 16 kHz -> log-mel (batch, n_mels, frames); pads clips under one patch."""
+        if waveforms.shape[-1] < MIN_SAMPLES:
+            waveforms = F.pad(waveforms, (0, MIN_SAMPLES - waveforms.shape[-1]))
+        return self.frontend(waveforms)
+
+    def normalize(self, mel: torch.Tensor) -> torch.Tensor:
+        """Input BatchNorm over mel bands: (batch, n_mels, frames) -> (batch, 1, n_mels, frames)."""
+        return self.init_bn(mel.unsqueeze(2)).transpose(1, 2)
+
+    def pieces(self, normalized: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Split past ``target_frames`` into pieces stacked piece-major: (pieces * batch, 1, F, T).
+
+        As the official model does, a short last piece is zero-padded (after the
+        BatchNorm) and kept. Unlike it, a last piece that is exactly full is kept too.
+        """
+        frames = normalized.shape[-1]
+        target = self.config.target_frames
+        if frames <= target:
+            return normalized, 1
+        splits = list(normalized.split(target, dim=-1))
+        if splits[-1].shape[-1] < target:
+            splits[-1] = F.pad(splits[-1], (0, target - splits[-1].shape[-1]))
+        return torch.cat(splits, dim=0), len(splits)
+
+    def forward_features(self, pieces: torch.Tensor) -> torch.Tensor:
+        """Normalised mel pieces (n, 1, F, T) -> tokens (n, F/16 * T/16, dim), frequency-major."""
+        x = self.patch_embed(pieces)
+        x = x + self.time_pos_embed[:, :, :, : x.shape[-1]]
+        x = x + self.freq_pos_embed
+        x = x.flatten(2).transpose(1, 2)
+        return self.norm(self.blocks(x))
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens -> logits (n, num_classes), from the mean token."""
+        return self.outputlayer(tokens.mean(dim=1))
+
+    # -- whole-clip entry points ---------------------------------------------
+    def encode(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Waveforms (batch, samples) -> (tokens (pieces * batch, N, dim), pieces)."""
+        normalized = self.normalize(self.spectrogram(waveforms))
+        pieces, count = self.pieces(normalized)
+        return self.forward_features(pieces), count
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """Waveforms (batch, samples) -> probabilities (batch, num_classes).
+
+        Clips longer than 1012 frames are split into pieces whose sigmoid
+        outputs are averaged, as the official model does.
+        """
+        tokens, count = self.encode(waveforms)
+        probabilities = torch.sigmoid(self.forward_head(tokens))
+        return probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)

@@ -1,0 +1,238 @@
+"""Read and write CED checkpoints in every layout; the one conversion table.
+
+Layouts:
+
+* ``official``: the Zenodo ``.pt`` files, a flat state dict including the
+  frontend buffers ``front_end.*`` and ``init_bn.1.*``.
+* ``huggingface``: ``mispeech/ced-*`` (``model.safetensors`` + ``config.json``),
+  keys under ``encoder.`` except ``outputlayer.*``, and ``init_bn`` without ``.1``.
+* ``auricle``: our own, ``*.safetensors`` with a JSON config beside it
+  (``<stem>.json``, or ``config.json`` in a folder) carrying dimensions and labels.
+
+Pickles are never executed: ``.pt``/``.bin`` files load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from auricle.errors import CheckpointError
+from auricle.frontend import mel_filterbank
+from auricle.models.ced import CED, CEDConfig
+from auricle.models.registry import config_for_width
+
+FORMAT_NAME = "auricle"
+FORMAT_VERSION = 1
+
+# Foreign key prefix -> our key prefix; the only renames there are.
+_OFFICIAL_RENAMES = (("init_bn.1.", "init_bn."),)
+_HF_RENAMES = (("encoder.", ""),)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Weights in auricle's naming, with what is known about the model."""
+
+    state_dict: dict[str, torch.Tensor]
+    config: CEDConfig
+    layout: str
+    source: str
+    labels: tuple[str, ...] | None = None
+    name: str | None = None
+
+
+def _rename(state_dict: dict[str, torch.Tensor], renames) -> dict[str, torch.Tensor]:
+    renamed = {}
+    for key, tensor in state_dict.items():
+        for old, new in renames:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        renamed[key] = tensor
+    return renamed
+
+
+def _check_official_frontend(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a checkpoint trained with another frontend than the one we compute."""
+    expected = {
+        "front_end.0.spectrogram.window": torch.hann_window(512, periodic=True),
+        "front_end.0.mel_scale.fb": mel_filterbank(),
+    }
+    for key, reference in expected.items():
+        tensor = state_dict.get(key)
+        if tensor is None:
+            continue
+        if tensor.shape != reference.shape or not torch.allclose(tensor.float(), reference, atol=1e-5):
+            raise CheckpointError(
+                f"{source}: {key} differs from the CED frontend (shape {tuple(tensor.shape)}); "
+                "this checkpoint was trained with other audio features"
+            )
+
+
+def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
+    """Which layout a flat state dict is in, from its key names."""
+    keys = state_dict.keys()
+    if any(key.startswith("encoder.") for key in keys):
+        return "huggingface"
+    if any(key.startswith(("front_end.", "init_bn.1.")) for key in keys):
+        return "official"
+    return "auricle"
+
+
+def to_auricle_keys(state_dict: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Convert any supported layout to auricle's key names."""
+    layout = detect_layout(state_dict)
+    if layout == "official":
+        _check_official_frontend(state_dict, source)
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("front_end.")}
+        state_dict = _rename(state_dict, _OFFICIAL_RENAMES)
+    elif layout == "huggingface":
+        state_dict = _rename(state_dict, _HF_RENAMES)
+    return state_dict, layout
+
+
+def infer_config(state_dict: dict[str, torch.Tensor], source: str) -> CEDConfig:
+    """Model dimensions from tensor shapes, for checkpoints that carry no config."""
+    try:
+        embed_dim = state_dict["patch_embed.proj.weight"].shape[0]
+        num_classes = state_dict["outputlayer.1.weight"].shape[0]
+        time_patches = state_dict["time_pos_embed"].shape[-1]
+        fc1 = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
+    except KeyError as missing:
+        raise CheckpointError(f"{source}: not a CED checkpoint (no tensor {missing})") from None
+    depth = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
+    return config_for_width(
+        embed_dim,
+        depth=depth,
+        num_classes=num_classes,
+        mlp_ratio=fc1 / embed_dim,
+        target_frames=time_patches * 16 + TARGET_REMAINDER,
+    )
+
+
+# 1012 frames make 63 patches with 4 frames left over; keep that for other lengths.
+TARGET_REMAINDER = 4
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises several types on bad files
+            raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({cause})") from None
+    if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
+        loaded = loaded["model"]  # training checkpoints wrap the state dict
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"{path}: does not hold a flat state dict of tensors")
+    return loaded
+
+
+def _find_config(path: Path) -> dict | None:
+    candidates = [path.with_suffix(".json"), path.parent / "config.json"]
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except json.JSONDecodeError as error:
+                raise CheckpointError(f"{candidate}: invalid JSON ({error})") from None
+    return None
+
+
+def _weights_in_folder(folder: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.pt"))
+    if len(weights) == 1:
+        return weights[0]
+    raise CheckpointError(f"{folder}: no model.safetensors, pytorch_model.bin or single weights file")
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read weights of any supported layout from a file or a Hugging Face style folder."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.is_dir():
+        path = _weights_in_folder(path)
+    state_dict, layout = to_auricle_keys(_read_tensors(path), str(path))
+    meta = _find_config(path)
+    labels = None
+    name = None
+    if meta is not None and meta.get("format") == FORMAT_NAME:
+        config = CEDConfig.from_dict(meta["config"])
+        labels = tuple(meta["labels"]) if meta.get("labels") else None
+        name = meta.get("name")
+    else:
+        config = infer_config(state_dict, str(path))
+        if meta is not None:
+            name = meta.get("name")
+    return Checkpoint(state_dict, config, layout, str(path), labels, name)
+
+
+def load_state_dict_strict(model: CED, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load every tensor or fail with the list of missing, unexpected and misshapen keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    misshapen = sorted(
+        f"{key} {tuple(state_dict[key].shape)} != {tuple(own[key].shape)}"
+        for key in set(own) & set(state_dict)
+        if state_dict[key].shape != own[key].shape
+    )
+    problems = []
+    for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
+        if keys:
+            problems.append(f"{title}: {', '.join(keys)}")
+    if problems:
+        raise CheckpointError(f"{source}: does not match the model ({'; '.join(problems)})")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def build_model(checkpoint: Checkpoint) -> CED:
+    """A CED model in eval mode with the checkpoint's weights."""
+    model = CED(checkpoint.config)
+    load_state_dict_strict(model, checkpoint.state_dict, checkpoint.source)
+    return model.eval()
+
+
+def save_checkpoint(
+    model: CED,
+    path: str | os.PathLike,
+    labels: list[str] | tuple[str, ...] | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write ``path`` (``.safetensors``) and its JSON config beside it, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "config": model.config.to_dict(),
+        "labels": list(labels) if labels is not None else None,
+    }
+    tensors = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+    tmp_weights = path.with_name(path.name + ".tmp")
+    tmp_meta = path.with_suffix(".json.tmp")
+    save_file(tensors, str(tmp_weights), metadata={"format": FORMAT_NAME})
+    tmp_meta.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp_meta, path.with_suffix(".json"))
+    os.replace(tmp_weights, path)
+    return path

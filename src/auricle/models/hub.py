@@ -1,0 +1,49 @@
+"""Downloading and caching published weights through the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from auricle.errors import CheckpointError
+from auricle.models.registry import ModelInfo
+
+#: Tried in order; safetensors first so nothing is unpickled when it exists.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def fetch_weights(info: ModelInfo, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Path of ``info``'s weights: from the local cache if there, else downloaded (with progress).
+
+    ``HF_HUB_OFFLINE=1`` and ``HF_HOME`` are honoured as usual by huggingface_hub.
+    """
+    from huggingface_hub import hf_hub_download
+
+    reasons: list[str] = []
+    for local_only in (True, False):
+        for filename in WEIGHT_FILES:
+            try:
+                weights = hf_hub_download(
+                    info.hf_repo, filename, cache_dir=cache_dir, local_files_only=local_only
+                )
+            except Exception as error:  # hub errors vary across versions; all mean "not here"
+                if not local_only:
+                    reasons.append(f"{filename}: {_first_line(error)}")
+                continue
+            try:  # the config names the model; not needed to load it
+                hf_hub_download(info.hf_repo, "config.json", cache_dir=cache_dir, local_files_only=local_only)
+            except Exception:
+                pass
+            return Path(weights)
+    detail = reasons[-1] if reasons else "offline"
+    raise CheckpointError(
+        f"{info.name}: weights are not in the local cache and could not be downloaded from "
+        f"the Hugging Face Hub ({info.hf_repo}: {detail}). Without network access, download "
+        f"them elsewhere (Hugging Face {info.hf_repo} or Zenodo {info.zenodo_url}) and pass "
+        "--checkpoint PATH (checkpoint=PATH in Python)"
+    )

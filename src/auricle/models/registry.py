@@ -1,0 +1,71 @@
+"""Names of the published CED models, their dimensions, weights and scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from auricle.errors import CheckpointError
+from auricle.models.ced import CEDConfig
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A published CED model: what it is, where its weights live, how well it tags."""
+
+    name: str
+    config: CEDConfig
+    parameters_millions: float
+    #: mAP on the AudioSet evaluation set, full (2M) training set, from the paper.
+    audioset_map: float
+    hf_repo: str
+    zenodo_url: str
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "parameters_millions": self.parameters_millions,
+            "audioset_map": self.audioset_map,
+            "embed_dim": self.config.embed_dim,
+            "hf_repo": self.hf_repo,
+            "zenodo_url": self.zenodo_url,
+        }
+
+
+_ZENODO = "https://zenodo.org/record/{record}/files/audiotransformer_{size}_mAP_{score}.pt?download=1"
+
+_MODELS = (
+    ModelInfo("ced-tiny", CEDConfig(embed_dim=192, num_heads=3), 5.5, 48.1, "mispeech/ced-tiny",
+              _ZENODO.format(record=8275347, size="tiny", score=4814)),
+    ModelInfo("ced-mini", CEDConfig(embed_dim=256, num_heads=4), 9.6, 49.0, "mispeech/ced-mini",
+              _ZENODO.format(record=8275347, size="mini", score=4896)),
+    ModelInfo("ced-small", CEDConfig(embed_dim=384, num_heads=6), 22.0, 49.6, "mispeech/ced-small",
+              _ZENODO.format(record=8275319, size="small", score=4958)),
+    ModelInfo("ced-base", CEDConfig(embed_dim=768, num_heads=12), 86.0, 50.0, "mispeech/ced-base",
+              _ZENODO.format(record=8275347, size="base", score=4999)),
+)
+
+DEFAULT_MODEL = "ced-mini"
+
+
+def available_models() -> list[ModelInfo]:
+    """The published CED models, smallest first."""
+    return list(_MODELS)
+
+
+def model_info(name: str) -> ModelInfo:
+    """Look a model up by name; ``ced_mini``, ``CED-Mini`` and ``mini`` all work."""
+    key = name.strip().lower().replace("_", "-")
+    if not key.startswith("ced-"):
+        key = f"ced-{key}"
+    for info in _MODELS:
+        if info.name == key:
+            return info
+    names = ", ".join(info.name for info in _MODELS)
+    raise CheckpointError(f"{name}: unknown model (available: {names})")
+
+
+def config_for_width(embed_dim: int, **overrides) -> CEDConfig:
+    """The config of a CED encoder of this width (every CED model uses 64-dim heads)."""
+    if embed_dim % 64:
+        raise CheckpointError(f"embedding width {embed_dim} is not a CED width (multiple of 64)")
+    return CEDConfig(embed_dim=embed_dim, num_heads=embed_dim // 64, **overrides)
