@@ -1,0 +1,132 @@
+"""Clips per second of 10 s audio for each CED size, next to the machine's matmul peak.
+
+Measures, in one run:
+  * the fp32 matrix-multiply peak (GFLOP/s) with the same thread count;
+  * auricle's ``AudioModel.probabilities`` (frontend + encoder + head) at batch 1
+    and batched, for tiny, mini, small and base;
+  * the same network with the official attention arithmetic (explicit
+    softmax(q k^T) v instead of scaled_dot_product_attention), as the baseline
+    that reproduces the official code's compute graph.
+
+Weights are random (speed does not depend on them). FLOPs per clip come from
+../shared/reference/official/flops.json when present, else from the analytic count.
+
+    python benchmarks/throughput.py --threads 2 --batch-size 8 --json benchmarks/results/throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from auricle.labels import audioset_labels
+from auricle.model import AudioModel
+from auricle.models import ced
+from auricle.models.ced import CED
+from auricle.models.registry import available_models
+
+FLOPS_FILE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official" / "flops.json"
+CLIP_SAMPLES = 160000
+
+
+def matmul_peak(seconds: float = 3.0, size: int = 1024) -> float:
+    """Best fp32 GFLOP/s of square matrix products over ``seconds``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        elapsed = time.perf_counter() - start
+        best = max(best, 5 * 2 * size**3 / elapsed / 1e9)
+    return best
+
+
+def analytic_gflops(config: ced.CEDConfig, tokens: int = 248) -> float:
+    d, hidden = config.embed_dim, int(config.embed_dim * config.mlp_ratio)
+    per_block = 2 * tokens * d * (3 * d + d + 2 * hidden) + 2 * 2 * tokens * tokens * d
+    return (config.depth * per_block + 2 * tokens * d * 256) / 1e9
+
+
+def official_attention(self, x: torch.Tensor) -> torch.Tensor:
+    """The official Attention.forward arithmetic, for the baseline."""
+    batch, tokens, dim = x.shape
+    qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+    query, key, value = qkv.unbind(0)
+    attention = (query @ key.transpose(-2, -1)) * (dim // self.num_heads) ** -0.5
+    x = (attention.softmax(dim=-1) @ value).transpose(1, 2).reshape(batch, tokens, dim)
+    return self.proj(x)
+
+
+def clips_per_second(model: AudioModel, batch: int, seconds: float) -> float:
+    waveforms = torch.randn(batch, CLIP_SAMPLES) * 0.1
+    for _ in range(2):
+        model.probabilities(waveforms)
+    rates = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(rates) < 3:
+        start = time.perf_counter()
+        model.probabilities(waveforms)
+        rates.append(batch / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per configuration")
+    parser.add_argument("--models", nargs="+", default=[m.name for m in available_models()])
+    parser.add_argument("--no-baseline", action="store_true", help="skip the official-attention baseline")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    flops = json.loads(FLOPS_FILE.read_text()) if FLOPS_FILE.exists() else {}
+    peak = matmul_peak()
+    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s\n")
+    header = f"{'model':<10} {'engine':<18} {'GFLOP/clip':>10} {'batch 1':>9} {f'batch {args.batch_size}':>9} {'% peak':>7}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    variants = [("auricle", None)] + ([] if args.no_baseline else [("official-attention", official_attention)])
+    for info in available_models():
+        if info.name not in args.models:
+            continue
+        size = info.name.split("-")[1]
+        gflop = flops.get(size, {}).get("flop_counter_total_GFLOP") or analytic_gflops(info.config)
+        for engine, attention in variants:
+            original = ced.Attention.forward
+            if attention is not None:
+                ced.Attention.forward = attention
+            try:
+                model = AudioModel(CED(info.config), info.name, audioset_labels())
+                single = clips_per_second(model, 1, args.seconds)
+                batched = clips_per_second(model, args.batch_size, args.seconds)
+            finally:
+                ced.Attention.forward = original
+            fraction = batched * gflop / peak
+            rows.append(dict(model=info.name, engine=engine, gflop_per_clip=gflop, batch1_clips_per_s=single,
+                             batched_clips_per_s=batched, batch_size=args.batch_size, peak_fraction=fraction))
+            print(f"{info.name:<10} {engine:<18} {gflop:>10.2f} {single:>9.1f} {batched:>9.1f} {100 * fraction:>6.0f}%")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(dict(
+            date=time.strftime("%Y-%m-%d"), torch=torch.__version__, threads=args.threads,
+            machine=platform.machine(), matmul_peak_gflops=peak, results=rows), indent=2))
+
+
+if __name__ == "__main__":
+    main()

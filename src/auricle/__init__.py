@@ -1,0 +1,54 @@
+"""auricle: general audio understanding with small, fast CED transformer encoders.
+
+    import auricle
+    model = auricle.load_model("ced-mini")
+    result = model.tag("recording.wav", top_k=5, events=True)
+    print(result.tags, result.events)
+    embeddings = model.embed("recording.wav")
+    probabilities = model.probabilities(waveforms)  # (batch, samples) at 16 kHz
+
+Heavy modules load lazily: importing auricle does no work.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["available_models", "load_model", "tag", "embed", "AudioModel", "__version__"]
+
+if TYPE_CHECKING:
+    from auricle.model import AudioModel
+    from auricle.models.registry import ModelInfo
+
+
+def available_models() -> list["ModelInfo"]:
+    """The published CED models (name, size, AudioSet mAP, weight sources)."""
+    from auricle.models.registry import available_models as _available
+
+    return _available()
+
+
+def load_model(name: str = "ced-mini", checkpoint: Any = None, device: Any = "cpu", cache_dir: Any = None) -> "AudioModel":
+    """Load a model by name or checkpoint; see :func:`auricle.model.load_model`."""
+    from auricle.model import load_model as _load
+
+    return _load(name, checkpoint=checkpoint, device=device, cache_dir=cache_dir)
+
+
+def tag(source: Any, sample_rate: int | None = None, *, model: str = "ced-mini", checkpoint: Any = None, **options: Any):
+    """One-call tagging: ``auricle.tag("file.wav", top_k=5)``. Loads the model each call."""
+    return load_model(model, checkpoint).tag(source, sample_rate, **options)
+
+
+def embed(source: Any, sample_rate: int | None = None, *, model: str = "ced-mini", checkpoint: Any = None):
+    """One-call embeddings; loads the model each call."""
+    return load_model(model, checkpoint).embed(source, sample_rate)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AudioModel":
+        from auricle.model import AudioModel
+
+        return AudioModel
+    raise AttributeError(f"module 'auricle' has no attribute {name!r}")

@@ -1,0 +1,64 @@
+"""``auricle models`` and ``auricle labels``: what is available."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from auricle.cli.common import fail
+from auricle.errors import AuricleError
+
+
+@click.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models_command(as_json: bool) -> None:
+    """List the CED models with their size and published AudioSet mAP."""
+    from auricle.models.registry import available_models
+
+    models = available_models()
+    if as_json:
+        click.echo(json.dumps([info.to_dict() for info in models], indent=2))
+        return
+    click.echo(f"{'name':<10} {'params':>8} {'AudioSet mAP':>13}  {'dim':>4}  weights")
+    for info in models:
+        click.echo(
+            f"{info.name:<10} {info.parameters_millions:>7.1f}M {info.audioset_map:>13.1f}  "
+            f"{info.config.embed_dim:>4}  hf:{info.hf_repo}"
+        )
+
+
+@click.command("labels")
+@click.argument("query", nargs=-1)
+@click.option("--profile", default=None, help="Show the events of a profile (bundled name or TOML file).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def labels_command(query: tuple[str, ...], profile: str | None, as_json: bool) -> None:
+    """List AudioSet classes; QUERY selects by name, MID or ontology subtree (e.g. Animal)."""
+    from auricle.labels import audioset_labels, resolve_classes
+    from auricle.profiles import available_profiles, load_profile
+
+    labels = audioset_labels()
+    try:
+        if profile is not None:
+            loaded = load_profile(profile)
+            rows = [
+                {"label": e.label, "threshold": e.threshold, "classes": [labels[i].name for i in e.class_indices]}
+                for e in loaded.events
+            ]
+            if as_json:
+                click.echo(json.dumps({"name": loaded.name, "events": rows}, indent=2))
+            else:
+                click.echo(f"profile {loaded.name}: {loaded.description}")
+                for row in rows:
+                    click.echo(f"  {row['label']:<28} {row['threshold']:.2f}  {'; '.join(row['classes'])}")
+            return
+        indices = resolve_classes(list(query), labels) if query else list(range(len(labels)))
+    except AuricleError as error:
+        fail(str(error))
+    if as_json:
+        click.echo(json.dumps([{"index": i, "mid": labels[i].mid, "label": labels[i].name} for i in indices], indent=2))
+        return
+    for i in indices:
+        click.echo(f"{i:>4}  {labels[i].mid:<12} {labels[i].name}")
+    if not query:
+        click.echo(f"({len(indices)} classes; bundled profiles: {', '.join(available_profiles())})", err=True)

@@ -1,0 +1,98 @@
+"""``auricle tag``: sound classes per file and, with --events, a timeline of events."""
+
+from __future__ import annotations
+
+import click
+
+from auricle.cli.common import fail, load_model_or_exit, model_options
+from auricle.errors import AuricleError
+from auricle.io.writers import FORMATS, RESUMABLE_FORMATS, completed_files, make_writer, open_output
+
+
+@click.command("tag")
+@click.argument("paths", nargs=-1, required=True)
+@model_options
+@click.option("--top-k", "-k", type=click.IntRange(1), default=None,
+              help="Report the K best classes (default 5 unless --threshold is given).")
+@click.option("--threshold", "-t", type=click.FloatRange(0, 1), default=None,
+              help="Report classes scoring at least T (and use T for events; default 0.5).")
+@click.option("--classes", "-c", multiple=True,
+              help="Restrict output to classes by name, MID or ontology subtree (repeatable; ';' separates).")
+@click.option("--profile", "-p", default=None, help="Event profile: bundled name (e.g. home) or a TOML file.")
+@click.option("--events", is_flag=True, help="Detect time-stamped events.")
+@click.option("--window", type=click.FloatRange(0.15), default=10.0, show_default=True, help="Window length in seconds.")
+@click.option("--hop", type=click.FloatRange(0.01), default=None, help="Hop between windows in seconds [default: the window].")
+@click.option("--pool", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+              help="How window scores become clip scores.")
+@click.option("--median-filter", type=click.IntRange(1), default=1, show_default=True,
+              help="Events: median filter length over window segments (odd).")
+@click.option("--min-duration", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Events: drop events shorter than this (seconds).")
+@click.option("--min-gap", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Events: merge events of a class closer than this (seconds).")
+@click.option("--format", "-f", "output_format", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--output", "-o", default=None, help="Write results to FILE instead of stdout.")
+@click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,
+              help="Search named folders through all sub-folders.")
+@click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True,
+              help="Windows per model call, across files.")
+@click.option("--resume", is_flag=True, help="Skip files already in --output (jsonl or csv) and append.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal, for several files].")
+def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold, classes, profile, events,
+                window, hop, pool, median_filter, min_duration, min_gap, output_format, output, recursive,
+                batch_size, resume, progress) -> None:
+    """Tag audio files, folders or globs with AudioSet classes.
+
+    Exits with status 1 if any file failed (each failure is reported on stderr;
+    the other files are still tagged).
+    """
+    from tqdm import tqdm
+
+    from auricle.audio import list_audio_files
+    from auricle.inference.events import EventOptions
+
+    if resume and (output is None or output_format not in RESUMABLE_FORMATS):
+        fail(f"--resume needs --output FILE with --format {' or '.join(RESUMABLE_FORMATS)}")
+    try:
+        files = list_audio_files(list(paths), recursive=recursive)
+        event_options = EventOptions(median_filter, min_duration, min_gap) if events else None
+    except (AuricleError, ValueError) as error:
+        fail(str(error))
+    if not files:
+        fail("no audio files found in " + " ".join(paths))
+    done = completed_files(output, output_format) if resume else set()
+    todo = [f for f in files if f not in done]
+
+    model = load_model_or_exit(model_name, checkpoint, device, threads)
+    try:
+        options = model.tag_options(top_k=top_k, threshold=threshold, classes=classes, profile=profile,
+                                    pool=pool, events=event_options or False, window=window, hop=hop)
+    except (AuricleError, ValueError) as error:
+        fail(str(error))
+
+    appending = resume and bool(done)
+    stream = open_output(output, append=resume)
+    writer = make_writer(output_format, stream, events=events, appending=appending)
+    show = progress if progress is not None else None
+    bar = tqdm(total=len(todo), unit="file", disable=(not show) if show is not None else (len(todo) < 2 or None),
+               file=click.get_text_stream("stderr"))
+    failures = 0
+    try:
+        for result in model.iter_tag(todo, options, batch_size=batch_size):
+            if hasattr(result, "error"):
+                failures += 1
+                bar.write(f"auricle: error: {result.error}", file=click.get_text_stream("stderr"))
+            writer.write(result)
+            bar.update(1)
+    finally:
+        bar.close()
+        writer.close()
+        if stream is not click.get_text_stream("stdout"):
+            stream.close()
+    skipped = f", {len(done & set(files))} already done" if resume else ""
+    summary = f"tagged {len(todo) - failures} of {len(todo)} files{skipped}"
+    if failures:
+        click.echo(f"auricle: {summary}; {failures} failed", err=True)
+        raise SystemExit(1)
+    if len(todo) > 1 or output is not None:
+        click.echo(f"auricle: {summary}", err=True)

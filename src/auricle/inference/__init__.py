@@ -1,0 +1,1 @@
+"""Windows, tagging, events and embeddings on top of the encoder."""

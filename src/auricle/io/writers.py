@@ -1,0 +1,189 @@
+"""Writers of tagging results: table for people, JSON/JSONL/CSV for programs.
+
+Every writer takes results one at a time as they finish (so ``jsonl`` streams)
+and is closed at the end. ``jsonl`` and ``csv`` can append to an earlier run's
+output; :func:`completed_files` reads which files that run finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Protocol
+
+from auricle.inference.results import SCHEMA_VERSION, ClipTags, Failure
+
+FORMATS = ("table", "json", "jsonl", "csv")
+RESUMABLE_FORMATS = ("jsonl", "csv")
+EVENT_CSV_HEADER = ["filename", "onset", "offset", "event_label"]
+TAG_CSV_HEADER = ["file", "rank", "index", "mid", "label", "score"]
+
+
+class ResultWriter(Protocol):
+    def write(self, result: ClipTags | Failure) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _format_seconds(value: float) -> str:
+    return f"{value:.3f}"
+
+
+class TableWriter:
+    """Human-readable blocks: clip tags, and events when present."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, result: ClipTags | Failure) -> None:
+        if isinstance(result, Failure):
+            return  # failures are reported on stderr
+        out = self.stream
+        windows = f", {len(result.windows)} windows, {result.pool}-pooled" if len(result.windows) > 1 else ""
+        out.write(f"{result.file}  ({result.duration:.2f} s, {result.model}{windows})\n")
+        if not result.tags:
+            out.write("  (no tag above threshold)\n")
+        width = max((len(tag.label) for tag in result.tags), default=0)
+        for tag in result.tags:
+            out.write(f"  {tag.label:<{width}}  {tag.score:.3f}\n")
+        if result.events is not None:
+            out.write(f"  events ({len(result.events)}):\n")
+            width = max((len(event.label) for event in result.events), default=0)
+            for event in result.events:
+                out.write(
+                    f"    {event.onset:8.2f} - {event.offset:8.2f} s  {event.label:<{width}}  "
+                    f"max {event.max_score:.3f}  mean {event.mean_score:.3f}\n"
+                )
+        out.write("\n")
+        out.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class JsonWriter:
+    """One JSON array of all results, written at the end."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.results: list[dict] = []
+
+    def write(self, result: ClipTags | Failure) -> None:
+        if isinstance(result, ClipTags):
+            self.results.append(result.to_dict())
+
+    def close(self) -> None:
+        json.dump(self.results, self.stream, indent=2)
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+class JsonlWriter:
+    """One line per file as soon as it finishes; failures as ``{"file", "error"}`` lines."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, result: ClipTags | Failure) -> None:
+        if isinstance(result, Failure):
+            line = {"schema_version": SCHEMA_VERSION, "file": result.file, "error": result.error}
+        else:
+            line = result.to_dict()
+        self.stream.write(json.dumps(line) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class CsvWriter:
+    """Clip tags (``file,rank,index,mid,label,score``) or, with events, DCASE event rows."""
+
+    def __init__(self, stream: IO[str], events: bool, write_header: bool = True) -> None:
+        self.stream = stream
+        self.events = events
+        self.csv = csv.writer(stream, lineterminator="\n")
+        if write_header:
+            self.csv.writerow(EVENT_CSV_HEADER if events else TAG_CSV_HEADER)
+
+    def write(self, result: ClipTags | Failure) -> None:
+        if isinstance(result, Failure):
+            return
+        if self.events:
+            for event in result.events or ():
+                self.csv.writerow(
+                    [result.file, _format_seconds(event.onset), _format_seconds(event.offset), event.label]
+                )
+        else:
+            for rank, tag in enumerate(result.tags, start=1):
+                self.csv.writerow([result.file, rank, tag.index, tag.mid, tag.label, f"{tag.score:.6f}"])
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+def make_writer(format: str, stream: IO[str], events: bool, appending: bool = False) -> ResultWriter:
+    if format == "table":
+        return TableWriter(stream)
+    if format == "json":
+        return JsonWriter(stream)
+    if format == "jsonl":
+        return JsonlWriter(stream)
+    if format == "csv":
+        return CsvWriter(stream, events, write_header=not appending)
+    raise ValueError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
+
+
+def completed_files(path: str | os.PathLike, format: str) -> set[str]:
+    """Files an earlier run already finished in ``path``, and drop a torn last line.
+
+    A run killed mid-write can leave half a line; it is cut off here so that
+    appending continues on a clean line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+        data = data[:keep]
+    text = data.decode("utf-8")
+    done: set[str] = set()
+    if format == "jsonl":
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "file" in record and "error" not in record:
+                done.add(record["file"])
+    elif format == "csv":
+        rows = csv.reader(io.StringIO(text))
+        header = next(rows, None)
+        column = 0 if header else None
+        if column is not None:
+            done.update(row[column] for row in rows if row)
+    else:
+        raise ValueError(f"--resume works with {', '.join(RESUMABLE_FORMATS)} output, not {format}")
+    return done
+
+
+def open_output(path: str | None, append: bool) -> IO[str]:
+    if path is None or path == "-":
+        return sys.stdout
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "a" if append else "w", encoding="utf-8", newline="")
+
+
+def write_all(writer: ResultWriter, results: Iterable[ClipTags | Failure]) -> None:
+    for result in results:
+        writer.write(result)
+    writer.close()

@@ -1,0 +1,313 @@
+"""The user-facing model: load by name or checkpoint, then tag, embed or score."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auricle.audio import SAMPLE_RATE, iter_blocks, prepare_waveform
+from auricle.errors import AuricleError, CheckpointError
+from auricle.frontend import HOP_LENGTH
+from auricle.inference.events import EventOptions
+from auricle.inference.results import ClipTags, Embeddings, Failure
+from auricle.inference.tagging import ClassSpace, TagOptions, summarize
+from auricle.inference.windows import WindowConfig, iter_windows
+from auricle.labels import LabelSet, audioset_labels
+from auricle.models.ced import CED
+from auricle.models.checkpoints import build_model, read_checkpoint
+from auricle.models.registry import DEFAULT_MODEL, ModelInfo, available_models, model_info
+from auricle.profiles import Profile, load_profile
+
+Source = str | os.PathLike | np.ndarray | torch.Tensor
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass
+class _FileState:
+    """Bookkeeping of one recording while its windows are in flight."""
+
+    name: str
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    rows: dict[int, np.ndarray] = field(default_factory=dict)
+    finished: bool = False
+    error: str | None = None
+
+    def complete(self) -> bool:
+        return self.error is not None or (self.finished and len(self.rows) == len(self.starts))
+
+
+class AudioModel:
+    """A CED encoder with its labels, ready to tag and embed audio."""
+
+    def __init__(self, network: CED, name: str, labels: LabelSet, device: str | torch.device = "cpu") -> None:
+        self.network = network.to(device).eval()
+        self.name = name
+        self.labels = labels
+        self.device = torch.device(device)
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.network.config.embed_dim
+
+    def __repr__(self) -> str:
+        return f"AudioModel(name={self.name!r}, classes={len(self.labels)}, device={str(self.device)!r})"
+
+    # -- raw scores ------------------------------------------------------------
+    @torch.inference_mode()
+    def probabilities(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) 16 kHz clips of equal length -> (batch, classes) probabilities.
+
+        Each clip is analysed on its own (no batch cross-talk); clips under one
+        patch (0.15 s) are zero-padded.
+        """
+        waveforms = torch.as_tensor(waveforms, dtype=torch.float32)
+        if waveforms.dim() == 1:
+            waveforms = waveforms.unsqueeze(0)
+        return self.network(waveforms.to(self.device)).cpu()
+
+    def _score_windows(self, windows: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+        """Probabilities of windows of any lengths, batching equal lengths together."""
+        results: list[np.ndarray | None] = [None] * len(windows)
+        by_length: dict[int, list[int]] = {}
+        for position, samples in enumerate(windows):
+            by_length.setdefault(len(samples), []).append(position)
+        for positions in by_length.values():
+            for first in range(0, len(positions), batch_size):
+                chunk = positions[first : first + batch_size]
+                batch = torch.from_numpy(np.stack([windows[p] for p in chunk]))
+                for p, row in zip(chunk, self.probabilities(batch).numpy()):
+                    results[p] = row
+        return results  # type: ignore[return-value]
+
+    # -- tagging ---------------------------------------------------------------
+    def tag_options(
+        self,
+        *,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        classes: Sequence[str] = (),
+        profile: str | Profile | None = None,
+        pool: str = "max",
+        events: bool | EventOptions = False,
+        window: float = 10.0,
+        hop: float | None = None,
+    ) -> TagOptions:
+        """Typed options from keyword arguments (what the CLI flags map to)."""
+        if isinstance(profile, str):
+            profile = load_profile(profile)
+        if events is True:
+            events = EventOptions()
+        return TagOptions(
+            top_k=top_k,
+            threshold=threshold,
+            classes=tuple(classes),
+            profile=profile,
+            pool=pool,
+            events=events or None,
+            window=WindowConfig(window, hop),
+        )
+
+    def tag(
+        self,
+        source: Source | Sequence[str | os.PathLike],
+        sample_rate: int | None = None,
+        *,
+        options: TagOptions | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        **option_values,
+    ) -> ClipTags | list[ClipTags]:
+        """Tag a file, a list of files, or a waveform array (then give ``sample_rate``).
+
+        Keyword arguments are those of :meth:`tag_options` (``top_k``,
+        ``threshold``, ``classes``, ``profile``, ``pool``, ``events``,
+        ``window``, ``hop``), or pass ``options`` directly. A list of files
+        raises on the first bad file; :meth:`iter_tag` goes on past failures.
+        """
+        options = options or self.tag_options(**option_values)
+        if isinstance(source, (np.ndarray, torch.Tensor)):
+            if sample_rate is None:
+                raise ValueError("a waveform array needs its sample_rate")
+            waveform = prepare_waveform(source, sample_rate)
+            return self._only(self.iter_tag([waveform], options, batch_size, names=["<array>"]))
+        if isinstance(source, (str, os.PathLike)):
+            return self._only(self.iter_tag([source], options, batch_size))
+        results = []
+        for result in self.iter_tag(list(source), options, batch_size):
+            if isinstance(result, Failure):
+                raise AuricleError(result.error)
+            results.append(result)
+        return results
+
+    @staticmethod
+    def _only(results: Iterator[ClipTags | Failure]) -> ClipTags:
+        result = next(results)
+        if isinstance(result, Failure):
+            raise AuricleError(result.error)
+        return result
+
+    def iter_tag(
+        self,
+        sources: Iterable[str | os.PathLike | np.ndarray],
+        options: TagOptions,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        names: Sequence[str] | None = None,
+    ) -> Iterator[ClipTags | Failure]:
+        """Tag many recordings, batching windows across files; yields in input order.
+
+        A file that fails yields a :class:`Failure` and the rest go on. Results
+        equal tagging each file alone (windows never share a frontend).
+        """
+        space = ClassSpace.build(self.labels, options.classes, options.profile)
+        window_config = options.window
+        states: dict[int, _FileState] = {}
+        queue: list[tuple[int, int, np.ndarray]] = []
+        next_to_emit = 0
+
+        def flush() -> None:
+            rows = self._score_windows([samples for _, _, samples in queue], batch_size)
+            for (item, position, _), row in zip(queue, rows):
+                states[item].rows[position] = row
+            queue.clear()
+
+        def finished() -> Iterator[ClipTags | Failure]:
+            nonlocal next_to_emit
+            while next_to_emit in states and states[next_to_emit].complete():
+                state = states.pop(next_to_emit)
+                next_to_emit += 1
+                if state.error is not None:
+                    yield Failure(state.name, state.error)
+                    continue
+                bounds = np.array([state.starts, state.ends], dtype=float).T / SAMPLE_RATE
+                probabilities = np.stack([state.rows[i] for i in range(len(state.starts))])
+                yield summarize(
+                    state.name, state.ends[-1] / SAMPLE_RATE, self.name, bounds, probabilities, space, options
+                )
+
+        for item, source in enumerate(sources):
+            name = names[item] if names is not None else str(source)
+            state = states[item] = _FileState(name)
+            try:
+                blocks = [source] if isinstance(source, np.ndarray) else iter_blocks(
+                    source, block_samples=window_config.hop_samples
+                )
+                for start, samples in iter_windows(blocks, window_config):
+                    state.starts.append(start)
+                    state.ends.append(start + len(samples))
+                    queue.append((item, len(state.starts) - 1, np.ascontiguousarray(samples)))
+                    if len(queue) >= batch_size:
+                        flush()
+                        yield from finished()
+                if not state.starts:
+                    raise AuricleError(f"{name}: no audio samples")
+            except AuricleError as error:
+                state.error = str(error)
+                queue[:] = [entry for entry in queue if entry[0] != item]
+            state.finished = True
+            yield from finished()
+        if queue:
+            flush()
+        yield from finished()
+
+    # -- embeddings ------------------------------------------------------------
+    @torch.inference_mode()
+    def embed_waveform(self, waveform: np.ndarray, name: str = "<array>", batch_size: int = DEFAULT_BATCH_SIZE) -> Embeddings:
+        """Embeddings of one 16 kHz mono signal, computed as the official HEAR submission does.
+
+        The whole recording gets one log-mel (its own 120 dB floor), cut into
+        1012-frame pieces (10.12 s, the last zero-padded after normalisation);
+        ``clip`` is the mean of all tokens, ``windows`` the mean per piece.
+        """
+        network = self.network
+        wave = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)).unsqueeze(0).to(self.device)
+        pieces, count = network.pieces(network.normalize(network.spectrogram(wave)))
+        token_means = []
+        token_sums = torch.zeros(self.embedding_dim, dtype=torch.float64)
+        token_count = 0
+        for first in range(0, count, batch_size):
+            tokens = network.forward_features(pieces[first : first + batch_size]).cpu()
+            token_means.append(tokens.mean(dim=1))
+            token_sums += tokens.double().sum(dim=(0, 1))
+            token_count += tokens.shape[0] * tokens.shape[1]
+        piece_seconds = network.config.target_frames * HOP_LENGTH / SAMPLE_RATE
+        duration = len(waveform) / SAMPLE_RATE
+        starts = np.arange(count) * piece_seconds
+        return Embeddings(
+            file=name,
+            duration=duration,
+            model=self.name,
+            clip=(token_sums / token_count).float().numpy(),
+            windows=torch.cat(token_means).numpy(),
+            starts=starts,
+            ends=np.minimum(starts + piece_seconds, duration),
+        )
+
+    def embed(
+        self, source: Source, sample_rate: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Embeddings:
+        """Embeddings of a file or a waveform array (then give ``sample_rate``)."""
+        from auricle.audio import load_audio
+
+        if isinstance(source, (np.ndarray, torch.Tensor)):
+            if sample_rate is None:
+                raise ValueError("a waveform array needs its sample_rate")
+            return self.embed_waveform(prepare_waveform(source, sample_rate), batch_size=batch_size)
+        return self.embed_waveform(load_audio(source), name=str(source), batch_size=batch_size)
+
+    def iter_embed(
+        self, sources: Iterable[str | os.PathLike], batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Iterator[Embeddings | Failure]:
+        """Embed many files, yielding a :class:`Failure` for each bad one and going on."""
+        for source in sources:
+            try:
+                yield self.embed(source, batch_size=batch_size)
+            except AuricleError as error:
+                yield Failure(str(source), str(error))
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+) -> AudioModel:
+    """Load a CED model by name (``ced-tiny`` ... ``ced-base``) or from a checkpoint.
+
+    Weights come from ``checkpoint`` if given (official ``.pt``, Hugging Face
+    folder or auricle ``.safetensors``), else from the local Hugging Face cache,
+    else they are downloaded from the Hub.
+    """
+    if checkpoint is None:
+        from auricle.models.hub import fetch_weights
+
+        info: ModelInfo | None = model_info(name)
+        checkpoint = fetch_weights(info, cache_dir=cache_dir)
+    else:
+        info = None
+    loaded = read_checkpoint(checkpoint)
+    if info is not None and loaded.config.embed_dim != info.config.embed_dim:
+        raise CheckpointError(
+            f"{checkpoint}: holds a {loaded.config.embed_dim}-wide encoder, not {info.name}"
+        )
+    if loaded.labels is not None:
+        labels = LabelSet.from_names(loaded.labels)
+    elif loaded.config.num_classes == 527:
+        labels = audioset_labels()
+    else:
+        raise CheckpointError(
+            f"{checkpoint}: head has {loaded.config.num_classes} classes but the checkpoint names none"
+        )
+    display_name = info.name if info is not None else (loaded.name or Path(str(checkpoint)).stem)
+    return AudioModel(build_model(loaded), display_name, labels, device)
+
+
+__all__ = ["AudioModel", "load_model", "available_models"]

@@ -1,0 +1,168 @@
+"""Checkpoint layouts (official, Hugging Face, auricle), strict loading and the hub fallback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import auricle
+from auricle.errors import CheckpointError
+from auricle.models.checkpoints import read_checkpoint, save_checkpoint
+
+
+def official_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, weights_only=True)
+
+
+def write_hf_folder(state: dict[str, torch.Tensor], folder: Path, name: str = "ced-tiny") -> Path:
+    """The layout of mispeech/ced-*: drop front_end, rename init_bn.1, prefix encoder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    converted = {}
+    for key, tensor in state.items():
+        if key.startswith("front_end."):
+            continue
+        key = key.replace("init_bn.1.", "init_bn.")
+        converted[key if key.startswith("outputlayer") else f"encoder.{key}"] = tensor.contiguous()
+    save_file(converted, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"name": name, "embed_dim": 192, "num_heads": 3}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def noise() -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, (2, 32000)).astype(np.float32))
+
+
+def test_official_checkpoint_infers_dimensions(tiny_checkpoint, mini_checkpoint):
+    tiny = read_checkpoint(tiny_checkpoint)
+    mini = read_checkpoint(mini_checkpoint)
+    assert tiny.layout == mini.layout == "official"
+    assert (tiny.config.embed_dim, tiny.config.num_heads) == (192, 3)
+    assert (mini.config.embed_dim, mini.config.num_heads) == (256, 4)
+    assert not any(key.startswith("front_end") for key in tiny.state_dict)
+
+
+def test_huggingface_layout_gives_identical_outputs(tiny_checkpoint, tiny_model, tmp_path, noise):
+    folder = write_hf_folder(official_state(tiny_checkpoint), tmp_path / "ced-tiny")
+    model = auricle.load_model(checkpoint=folder)
+    assert read_checkpoint(folder).layout == "huggingface"
+    assert torch.equal(model.probabilities(noise), tiny_model.probabilities(noise))
+
+
+def test_auricle_format_round_trip(tiny_model, tmp_path, noise):
+    path = save_checkpoint(tiny_model.network, tmp_path / "mine.safetensors", labels=None, name="my-tiny")
+    assert path.with_suffix(".json").is_file()
+    model = auricle.load_model(checkpoint=path)
+    assert model.name == "my-tiny"
+    assert torch.equal(model.probabilities(noise), tiny_model.probabilities(noise))
+
+
+def test_auricle_format_carries_custom_labels(tiny_model, tmp_path):
+    network = type(tiny_model.network)(tiny_model.network.config.__class__(embed_dim=192, num_heads=3, num_classes=3))
+    path = save_checkpoint(network, tmp_path / "three.safetensors", labels=["cat", "dog", "bird"])
+    model = auricle.load_model(checkpoint=path)
+    assert model.labels.names == ("cat", "dog", "bird") or list(model.labels.names) == ["cat", "dog", "bird"]
+    result = model.tag(np.zeros(16000, dtype=np.float32), 16000, top_k=2)
+    assert {t.label for t in result.tags} <= {"cat", "dog", "bird"}
+
+
+def test_missing_and_unexpected_keys_are_listed(tiny_checkpoint, tmp_path):
+    state = official_state(tiny_checkpoint)
+    del state["blocks.3.attn.qkv.weight"]
+    state["blocks.3.attn.extra"] = torch.zeros(1)
+    broken = tmp_path / "broken.pt"
+    torch.save(state, broken)
+    with pytest.raises(CheckpointError) as error:
+        auricle.load_model(checkpoint=broken)
+    message = str(error.value)
+    assert "broken.pt" in message and "\n" not in message
+    assert "missing: blocks.3.attn.qkv.weight" in message
+    assert "unexpected: blocks.3.attn.extra" in message
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Payload()}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        read_checkpoint(path)
+
+
+def test_other_frontend_is_refused(tiny_checkpoint, tmp_path):
+    state = official_state(tiny_checkpoint)
+    state["front_end.0.mel_scale.fb"] = torch.rand(257, 128)
+    path = tmp_path / "mel128.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="frontend"):
+        read_checkpoint(path)
+
+
+def test_missing_checkpoint_and_unknown_model():
+    with pytest.raises(CheckpointError, match="nowhere.pt: checkpoint not found"):
+        auricle.load_model(checkpoint="nowhere.pt")
+    with pytest.raises(CheckpointError, match="unknown model"):
+        auricle.load_model("ced-huge")
+
+
+def test_available_models_lists_the_four():
+    models = auricle.available_models()
+    assert [m.name for m in models] == ["ced-tiny", "ced-mini", "ced-small", "ced-base"]
+    assert [m.audioset_map for m in models] == [48.1, 49.0, 49.6, 50.0]
+    assert all(m.hf_repo.startswith("mispeech/ced-") for m in models)
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.hf_hub_download: a cache folder and a 'remote' folder."""
+
+    def __init__(self, remote: Path, cache: Path, online: bool = True) -> None:
+        self.remote, self.cache, self.online = remote, cache, online
+        self.calls: list[tuple[str, str, bool]] = []
+
+    def __call__(self, repo_id, filename, *, cache_dir=None, local_files_only=False, **_):
+        self.calls.append((repo_id, filename, local_files_only))
+        cached = self.cache / repo_id / filename
+        if cached.is_file():
+            return str(cached)
+        if local_files_only or not self.online:
+            raise FileNotFoundError(f"{filename} is not in the local cache")
+        source = self.remote / repo_id / filename
+        if not source.is_file():
+            raise FileNotFoundError(f"404: {filename} not found in {repo_id}")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(source.read_bytes())
+        return str(cached)
+
+
+def test_name_downloads_once_then_uses_cache(tiny_checkpoint, tmp_path, monkeypatch, noise, tiny_model):
+    import huggingface_hub
+
+    write_hf_folder(official_state(tiny_checkpoint), tmp_path / "remote" / "mispeech" / "ced-tiny")
+    hub = FakeHub(tmp_path / "remote", tmp_path / "cache")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    model = auricle.load_model("ced-tiny")
+    assert model.name == "ced-tiny"
+    assert ("mispeech/ced-tiny", "model.safetensors", False) in hub.calls
+    assert torch.equal(model.probabilities(noise), tiny_model.probabilities(noise))
+
+    hub.calls.clear()
+    hub.online = False
+    auricle.load_model("tiny")
+    assert all(local_only for _, _, local_only in hub.calls)
+
+
+def test_offline_without_cache_says_how_to_pass_a_file(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", FakeHub(tmp_path, tmp_path / "cache", online=False))
+    with pytest.raises(CheckpointError) as error:
+        auricle.load_model("ced-mini")
+    message = str(error.value)
+    assert "ced-mini" in message and "--checkpoint" in message and "mispeech/ced-mini" in message

@@ -1,0 +1,246 @@
+"""End-to-end tests of `auricle tag`, `embed`, `models` and `labels`, called as a user would."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from auricle.cli import cli
+from conftest import DATA, require
+
+INPUTS = ["a_sine440_1s.wav", "d_mix_25p3s.wav", "f_stereo_44k1_2s.wav", "i_tooshort_0p1s.wav"]
+
+
+def run(*args: str) -> "click.testing.Result":
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def inputs(reference_dir) -> list[str]:
+    return [str(reference_dir / "inputs" / name) for name in INPUTS]
+
+
+def test_tag_table(inputs, tiny_checkpoint):
+    result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    for name in INPUTS:
+        assert name in result.stdout
+    assert result.stdout.count("\n  ") >= 3 * len(INPUTS)
+
+
+def test_tag_json_matches_api(inputs, tiny_checkpoint, tiny_model):
+    result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "--format", "json", "--top-k", "4")
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert [r["file"] for r in records] == inputs
+    for record, path in zip(records, inputs):
+        expected = tiny_model.tag(path, top_k=4).to_dict()
+        assert record["schema_version"] == 1
+        assert [t["index"] for t in record["tags"]] == [t["index"] for t in expected["tags"]]
+        np.testing.assert_allclose([t["score"] for t in record["tags"]], [t["score"] for t in expected["tags"]], atol=1e-6)
+    mix = records[1]
+    assert [(w["start"], w["end"]) for w in mix["windows"]] == [(0.0, 10.0), (10.0, 20.0), (20.0, 25.3)]
+    assert records[2]["duration"] == pytest.approx(2.0)
+    assert records[3]["duration"] == pytest.approx(0.1)
+
+
+def test_tag_jsonl_and_csv(inputs, tiny_checkpoint, tmp_path):
+    out = tmp_path / "tags.jsonl"
+    result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-f", "jsonl", "-o", out, "--threshold", "0.6")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["file"] for line in lines] == inputs
+    assert all(t["score"] >= 0.6 for line in lines for t in line["tags"])
+
+    result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-f", "csv", "-k", "2")
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["file", "rank", "index", "mid", "label", "score"]
+    assert len(rows) == 1 + 2 * len(inputs)
+
+
+def test_events_csv_is_dcase(inputs, tiny_checkpoint):
+    result = run("tag", inputs[1], "--checkpoint", tiny_checkpoint, "--events", "--hop", "5",
+                 "--threshold", "0.55", "-f", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert rows, "the perturbed model scores many classes above 0.55"
+    assert list(rows[0].keys()) == ["filename", "onset", "offset", "event_label"]
+    for row in rows:
+        assert 0 <= float(row["onset"]) < float(row["offset"]) <= 25.3
+
+
+def test_classes_and_profile(inputs, tiny_checkpoint):
+    result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--classes", "Animal", "-k", "50", "-f", "json")
+    assert result.exit_code == 0, result.output
+    labels = {t["label"] for t in json.loads(result.stdout)[0]["tags"]}
+    assert "Dog" in labels and "Speech" not in labels
+
+    result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--profile", "home", "-k", "50", "-f", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["tags"]
+
+    result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--classes", "Dog barks loudly")
+    assert result.exit_code == 2
+    assert "Dog barks loudly" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_embed_outputs(inputs, tiny_checkpoint, tmp_path):
+    result = run("embed", *inputs, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "emb")
+    assert result.exit_code == 0, result.output
+    index = list(csv.DictReader(open(tmp_path / "emb" / "index.csv")))
+    assert [row["file"] for row in index] == inputs
+    mix = np.load(tmp_path / "emb" / index[1]["npz"])
+    assert mix["clip"].shape == (192,) and mix["windows"].shape == (3, 192)
+    np.testing.assert_allclose(mix["ends"], [10.12, 20.24, 25.3])
+
+    result = run("embed", *inputs, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "all.npz")
+    assert result.exit_code == 0, result.output
+    archive = np.load(tmp_path / "all.npz")
+    assert archive["clip"].shape == (4, 192)
+    np.testing.assert_allclose(archive["clip"][1], mix["clip"], atol=1e-6)
+
+    result = run("embed", *inputs, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "clips.npy")
+    assert np.load(tmp_path / "clips.npy").shape == (4, 192)
+
+
+def make_bad_folder(folder: Path, good_source: Path) -> dict[str, str]:
+    """Good and bad files side by side; returns bad file name -> expected words in its error."""
+    folder.mkdir()
+    shutil.copy(good_source, folder / "good.wav")
+    sf.write(folder / "good_8k.flac", np.sin(np.arange(8000) / 5).astype(np.float32) * 0.3, 8000)
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "noise.wav").write_bytes(os.urandom(5000))
+    (folder / "notes.wav").write_text("this is not audio\n" * 20)
+    (folder / "truncated.wav").write_bytes(good_source.read_bytes()[:20])
+    sf.write(folder / "nan.wav", np.array([0.1, np.nan] * 4000, dtype=np.float32), 16000, subtype="FLOAT")
+    return {"empty.wav": "empty", "noise.wav": "", "notes.wav": "", "truncated.wav": "", "nan.wav": "nan"}
+
+
+def test_bad_files_are_reported_and_the_rest_is_tagged(reference_dir, tiny_checkpoint, tmp_path):
+    folder = tmp_path / "mixed"
+    bad = make_bad_folder(folder, reference_dir / "inputs" / "a_sine440_1s.wav")
+    out = tmp_path / "out.jsonl"
+    result = run("tag", folder, "--checkpoint", tiny_checkpoint, "-f", "jsonl", "-o", out)
+    assert result.exit_code == 1
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("auricle: error:")]
+    assert len(error_lines) == len(bad)
+    for name, word in bad.items():
+        line = next(line for line in error_lines if name in line)
+        assert word in line.lower()
+    assert f"{len(bad)} failed" in result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    good = {Path(r["file"]).name for r in records if "error" not in r}
+    assert good == {"good.wav", "good_8k.flac"}
+
+
+def test_missing_file_is_an_error_not_a_crash(tiny_checkpoint, tmp_path):
+    result = run("tag", tmp_path / "nope.wav", "--checkpoint", tiny_checkpoint)
+    assert result.exit_code == 1
+    assert "nope.wav" in result.stderr and "not found" in result.stderr
+
+
+def test_resume_after_torn_write(reference_dir, tiny_checkpoint, tmp_path, inputs):
+    full = tmp_path / "full.jsonl"
+    assert run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-f", "jsonl", "-o", full).exit_code == 0
+    lines = full.read_text().splitlines(keepends=True)
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("".join(lines[:2]) + lines[2][:17])  # killed in the middle of line 3
+    result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-f", "jsonl", "-o", partial, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "2 already done" in result.stderr
+    resumed = [json.loads(line) for line in partial.read_text().splitlines()]
+    original = [json.loads(line) for line in lines]
+    assert sorted(r["file"] for r in resumed) == sorted(r["file"] for r in original)
+    assert sorted(resumed, key=lambda r: r["file"]) == sorted(original, key=lambda r: r["file"])
+
+
+def test_killed_run_resumes_to_the_same_results(reference_dir, tiny_checkpoint, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    source = reference_dir / "inputs" / "b_noise_3p7s.wav"
+    for i in range(40):
+        shutil.copy(source, folder / f"clip{i:02d}.wav")
+    command = [sys.executable, "-m", "auricle", "tag", str(folder), "--checkpoint", str(tiny_checkpoint),
+               "-f", "jsonl", "-b", "1", "--threads", "1"]
+    interrupted = tmp_path / "interrupted.jsonl"
+    process = subprocess.Popen(command + ["-o", str(interrupted)], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not interrupted.exists() or interrupted.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = interrupted.read_text().count("\n")
+    assert 3 <= done_before < 40, "the run should have been killed part-way"
+    subprocess.run(command + ["-o", str(interrupted), "--resume"], check=True, stderr=subprocess.DEVNULL)
+    complete = tmp_path / "complete.jsonl"
+    subprocess.run(command + ["-o", str(complete)], check=True, stderr=subprocess.DEVNULL)
+    resumed = [json.loads(line) for line in interrupted.read_text().splitlines()]
+    reference = [json.loads(line) for line in complete.read_text().splitlines()]
+    assert len(resumed) == 40 == len({r["file"] for r in resumed})
+    assert sorted(resumed, key=lambda r: r["file"]) == sorted(reference, key=lambda r: r["file"])
+
+
+def test_batching_across_files_matches_one_at_a_time(inputs, tiny_checkpoint):
+    batched = json.loads(run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-f", "json", "-b", "16",
+                             "--hop", "5", "-k", "10").stdout)
+    single = json.loads(run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-f", "json", "-b", "1",
+                            "--hop", "5", "-k", "10").stdout)
+    for a, b in zip(batched, single):
+        assert [t["index"] for t in a["tags"]] == [t["index"] for t in b["tags"]]
+        np.testing.assert_allclose([t["score"] for t in a["tags"]], [t["score"] for t in b["tags"]], atol=1e-5)
+
+
+def test_models_and_labels_commands():
+    result = run("models")
+    assert result.exit_code == 0
+    for name in ("ced-tiny", "ced-mini", "ced-small", "ced-base"):
+        assert name in result.stdout
+    assert "49.0" in result.stdout
+    models = json.loads(run("models", "--json").stdout)
+    assert models[1]["name"] == "ced-mini" and models[1]["audioset_map"] == 49.0
+    result = run("labels", "Dog")
+    assert "/m/0bt9lr" in result.stdout
+    assert run("labels", "--profile", "home").exit_code == 0
+
+
+def test_resume_needs_a_resumable_output(inputs, tiny_checkpoint):
+    result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--resume")
+    assert result.exit_code == 2 and "--resume" in result.stderr
+
+
+def test_real_long_recordings_events(tiny_checkpoint, tmp_path):
+    folder = require(DATA / "long")
+    out = tmp_path / "events.csv"
+    result = run("tag", folder, "--checkpoint", tiny_checkpoint, "--events", "-f", "csv", "-o", out,
+                 "--threshold", "0.6")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out)))
+    assert {Path(r["filename"]).name for r in rows} <= {f"long_0{i}.flac" for i in range(1, 5)}
+    truth = list(csv.DictReader(open(folder / "events.csv")))
+    assert list(rows[0].keys()) == list(truth[0].keys())
+
+
+def test_real_everyday_folder(tiny_checkpoint, tmp_path):
+    folder = require(DATA / "everyday")
+    out = tmp_path / "everyday.jsonl"
+    result = run("tag", folder, "--checkpoint", tiny_checkpoint, "-f", "jsonl", "-o", out, "-b", "16")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    labels = list(csv.DictReader(open(folder / "labels.csv")))
+    assert len(records) == len(labels)
+    durations = {row["file"]: float(row["duration_s"]) for row in labels}
+    for record in records:
+        assert record["duration"] == pytest.approx(durations[Path(record["file"]).name], abs=2e-3)
