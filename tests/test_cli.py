@@ -19,6 +19,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from auricle.cli import cli
+from auricle.labels import audioset_labels, resolve_classes
 from conftest import DATA, require
 
 INPUTS = ["a_sine440_1s.wav", "d_mix_25p3s.wav", "f_stereo_44k1_2s.wav", "i_tooshort_0p1s.wav"]
@@ -85,8 +86,12 @@ def test_events_csv_is_dcase(inputs, tiny_checkpoint):
 def test_classes_and_profile(inputs, tiny_checkpoint):
     result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--classes", "Animal", "-k", "50", "-f", "json")
     assert result.exit_code == 0, result.output
-    labels = {t["label"] for t in json.loads(result.stdout)[0]["tags"]}
-    assert "Dog" in labels and "Speech" not in labels
+    tags = json.loads(result.stdout)[0]["tags"]
+    animal = set(resolve_classes("Animal"))
+    assert "Dog" in {audioset_labels().names[i] for i in animal}
+    assert len(tags) == min(50, len(animal))
+    assert {t["index"] for t in tags} <= animal
+    assert "Speech" not in {t["label"] for t in tags}
 
     result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--profile", "home", "-k", "50", "-f", "json")
     assert result.exit_code == 0, result.output

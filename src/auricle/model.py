@@ -107,7 +107,7 @@ class AudioModel:
             profile = load_profile(profile)
         if events is True:
             events = EventOptions()
-        return TagOptions(
+        options = TagOptions(
             top_k=top_k,
             threshold=threshold,
             classes=tuple(classes),
@@ -116,6 +116,9 @@ class AudioModel:
             events=events or None,
             window=WindowConfig(window, hop),
         )
+        # Resolve class names now so a typo fails before any audio is decoded.
+        ClassSpace.build(self.labels, options.classes, options.profile)
+        return options
 
     def tag(
         self,

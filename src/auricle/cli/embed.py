@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import csv
 import hashlib
 import os
@@ -63,19 +65,20 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
     index_rows = []
     used: set[str] = set()
     failures = 0
-    bar = tqdm(total=len(files), unit="file", disable=len(files) < 2 or None, file=click.get_text_stream("stderr"))
+    bar = tqdm(total=len(files), unit="file", disable=len(files) < 2 or None, file=sys.stderr)
     for result in model.iter_embed(files, batch_size=batch_size):
         bar.update(1)
         if hasattr(result, "error"):
             failures += 1
-            bar.write(f"auricle: error: {result.error}", file=click.get_text_stream("stderr"))
+            bar.write(f"auricle: error: {result.error}", file=sys.stderr)
             continue
         if single_file:
             collected.append(result)
             continue
         name = _npz_name(result.file, used)
+        # numpy's savez reserves the keyword `file`, so the source path is stored as `path`.
         arrays = dict(clip=result.clip, windows=result.windows, starts=result.starts, ends=result.ends,
-                      file=np.array(result.file), model=np.array(result.model), duration=np.array(result.duration))
+                      path=np.array(result.file), model=np.array(result.model), duration=np.array(result.duration))
         _atomic_save(target / name, lambda handle: np.savez(handle, **arrays))
         index_rows.append([result.file, name, f"{result.duration:.3f}", len(result.starts)])
     bar.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from auricle.cli.common import fail, load_model_or_exit, model_options
@@ -75,19 +77,19 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     writer = make_writer(output_format, stream, events=events, appending=appending)
     show = progress if progress is not None else None
     bar = tqdm(total=len(todo), unit="file", disable=(not show) if show is not None else (len(todo) < 2 or None),
-               file=click.get_text_stream("stderr"))
+               file=sys.stderr)
     failures = 0
     try:
         for result in model.iter_tag(todo, options, batch_size=batch_size):
             if hasattr(result, "error"):
                 failures += 1
-                bar.write(f"auricle: error: {result.error}", file=click.get_text_stream("stderr"))
+                bar.write(f"auricle: error: {result.error}", file=sys.stderr)
             writer.write(result)
             bar.update(1)
     finally:
         bar.close()
         writer.close()
-        if stream is not click.get_text_stream("stdout"):
+        if stream is not sys.stdout:
             stream.close()
     skipped = f", {len(done & set(files))} already done" if resume else ""
     summary = f"tagged {len(todo) - failures} of {len(todo)} files{skipped}"

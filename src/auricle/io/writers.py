@@ -12,7 +12,6 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -181,9 +180,3 @@ def open_output(path: str | None, append: bool) -> IO[str]:
         return sys.stdout
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return open(path, "a" if append else "w", encoding="utf-8", newline="")
-
-
-def write_all(writer: ResultWriter, results: Iterable[ClipTags | Failure]) -> None:
-    for result in results:
-        writer.write(result)
-    writer.close()
