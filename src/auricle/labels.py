@@ -395,21 +395,14 @@ class Ontology:
 
     def descendants(self, mid: str, include_self: bool = True) -> set[str]:
         """MIDs of every node below ``mid`` (reached through any parent)."""
-        start = self._mid(mid)
-        seen: set[str] = set()
-        stack = [start]
-        while stack:
-            current = stack.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            stack.extend(self._nodes[current].child_ids)
-        if not include_self:
-            seen.discard(start)
-        return seen
+        return self._reach(mid, lambda node: self._nodes[node].child_ids, include_self)
 
     def ancestors(self, mid: str, include_self: bool = False) -> set[str]:
         """MIDs of every node above ``mid``, through all parents."""
+        return self._reach(mid, lambda node: self._parents[node], include_self)
+
+    def _reach(self, mid: str, step, include_self: bool) -> set[str]:
+        # The ontology is a DAG (some classes have two parents), so track what was seen.
         start = self._mid(mid)
         seen: set[str] = set()
         stack = [start]
@@ -418,7 +411,7 @@ class Ontology:
             if current in seen:
                 continue
             seen.add(current)
-            stack.extend(self._parents[current])
+            stack.extend(step(current))
         if not include_self:
             seen.discard(start)
         return seen
