@@ -1,28 +1,41 @@
-"""Command-line interface: ``auricle tag``, ``auricle embed``, ``auricle models``, ``auricle labels``.
+"""Command-line interface: one module per command, each a thin wrapper over library functions.
 
-Each command is a thin wrapper over library functions; errors of auricle's own
-types become one line on stderr.
+Commands are imported only when run (or when help lists them), so `auricle tag`
+does not pay for the service, export or training imports; errors of auricle's
+own types become one line on stderr.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from auricle.cli.embed import embed_command
-from auricle.cli.info import labels_command, models_command
-from auricle.cli.tag import tag_command
+# name -> "module:attribute" of a click command; one line per command.
+COMMANDS: dict[str, str] = {
+    "tag": "auricle.cli.tag:tag_command",
+    "embed": "auricle.cli.embed:embed_command",
+    "models": "auricle.cli.info:models_command",
+    "labels": "auricle.cli.info:labels_command",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attribute = target.split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="auricle")
 def cli() -> None:
     """auricle: sound tagging, event detection and embeddings with CED audio transformers."""
-
-
-cli.add_command(tag_command)
-cli.add_command(embed_command)
-cli.add_command(models_command)
-cli.add_command(labels_command)
 
 
 def main() -> None:
