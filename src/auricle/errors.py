@@ -21,3 +21,7 @@ class CheckpointError(AuricleError):
 
 class LabelError(AuricleError):
     """A class name, MID, ontology node or profile is unknown or malformed."""
+
+
+class DatasetError(AuricleError):
+    """A labelled dataset (manifest or class folders) is malformed or incomplete."""
