@@ -81,6 +81,8 @@ def test_events_csv_is_dcase(inputs, tiny_checkpoint):
     assert list(rows[0].keys()) == ["filename", "onset", "offset", "event_label"]
     for row in rows:
         assert 0 <= float(row["onset"]) < float(row["offset"]) <= 25.3
+    onsets = [float(row["onset"]) for row in rows]
+    assert onsets == sorted(onsets), "events are listed chronologically"
 
 
 def test_classes_and_profile(inputs, tiny_checkpoint):

@@ -145,7 +145,9 @@ def summarize(
                 max_score=s.max_score,
                 mean_score=s.mean_score,
             )
-            for s in detect_segments(bounds, scores, thresholds, options.events)
+            # Chronological, as people read a timeline and DCASE tools expect.
+            for s in sorted(detect_segments(bounds, scores, thresholds, options.events),
+                            key=lambda s: (s.onset, s.offset, s.column))
         )
     return ClipTags(
         file=file,
