@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from auricle.cli import cli
 from auricle.labels import audioset_labels, resolve_classes
 from conftest import DATA, require
+from test_audio import encode
 
 INPUTS = ["a_sine440_1s.wav", "d_mix_25p3s.wav", "f_stereo_44k1_2s.wav", "i_tooshort_0p1s.wav"]
 
@@ -127,7 +128,14 @@ def make_bad_folder(folder: Path, good_source: Path) -> dict[str, str]:
     """Good and bad files side by side; returns bad file name -> expected words in its error."""
     folder.mkdir()
     shutil.copy(good_source, folder / "good.wav")
-    sf.write(folder / "good_8k.flac", np.sin(np.arange(8000) / 5).astype(np.float32) * 0.3, 8000)
+    tone = lambda rate, seconds: (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
+    sf.write(folder / "good_8k.flac", tone(8000, 1.0), 8000)
+    sf.write(folder / "good_96k.wav", tone(96000, 1.0), 96000)
+    sf.write(folder / "good_24bit.wav", tone(16000, 1.0), 16000, subtype="PCM_24")
+    sf.write(folder / "good_float.wav", tone(16000, 1.0), 16000, subtype="FLOAT")
+    sf.write(folder / "good_6ch.wav", np.tile(tone(48000, 1.0)[:, None], (1, 6)), 48000)
+    sf.write(folder / "good.mp3", tone(44100, 1.5), 44100, format="MP3")
+    encode(folder / "good.m4a", "aac", 44100, tone(44100, 1.5)[None])
     (folder / "empty.wav").write_bytes(b"")
     (folder / "noise.wav").write_bytes(os.urandom(5000))
     (folder / "notes.wav").write_text("this is not audio\n" * 20)
@@ -150,7 +158,8 @@ def test_bad_files_are_reported_and_the_rest_is_tagged(reference_dir, tiny_check
     assert f"{len(bad)} failed" in result.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     good = {Path(r["file"]).name for r in records if "error" not in r}
-    assert good == {"good.wav", "good_8k.flac"}
+    assert good == {p.name for p in folder.iterdir()} - set(bad)
+    assert {"good.mp3", "good.m4a", "good_6ch.wav", "good_96k.wav"} <= good
 
 
 def test_missing_file_is_an_error_not_a_crash(tiny_checkpoint, tmp_path):
