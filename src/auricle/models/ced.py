@@ -21,6 +21,7 @@ PATCH_SIZE = 16
 TARGET_FRAMES = 1012
 #: The shortest waveform that fills one patch (16 frames); shorter input is zero-padded.
 MIN_SAMPLES = (PATCH_SIZE - 1) * HOP_LENGTH
+HEAD_ACTIVATIONS = ("sigmoid", "softmax")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class CEDConfig:
     patch_size: int = PATCH_SIZE
     target_frames: int = TARGET_FRAMES
     qkv_bias: bool = True
+    #: How logits become scores: "sigmoid" (multi-label, AudioSet) or "softmax"
+    #: (heads trained for exactly one class per clip, e.g. by ``auricle finetune``).
+    head_activation: str = "sigmoid"
+
+    def __post_init__(self) -> None:
+        if self.head_activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f"head_activation must be one of {', '.join(HEAD_ACTIVATIONS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,6 +167,12 @@ class CED(nn.Module):
         """Tokens -> logits (n, num_classes), from the mean token."""
         return self.outputlayer(tokens.mean(dim=1))
 
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> scores in [0, 1] with the head's activation (sigmoid unless configured)."""
+        if self.config.head_activation == "softmax":
+            return torch.softmax(logits, dim=-1)
+        return torch.sigmoid(logits)
+
     # -- whole-clip entry points ---------------------------------------------
     def encode(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Waveforms (batch, samples) -> (tokens (pieces * batch, N, dim), pieces)."""
@@ -170,8 +184,9 @@ class CED(nn.Module):
         """Waveforms (batch, samples) -> probabilities (batch, num_classes).
 
         Clips longer than 1012 frames are split into pieces whose sigmoid
-        outputs are averaged, as the official model does.
+        (or softmax, see ``CEDConfig.head_activation``) outputs are averaged,
+        as the official model does.
         """
         tokens, count = self.encode(waveforms)
-        probabilities = torch.sigmoid(self.forward_head(tokens))
+        probabilities = self.activate(self.forward_head(tokens))
         return probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
