@@ -1,0 +1,1 @@
+"""Downstream use of the encoders: HEAR API, probes, fine-tuning, evaluation."""

@@ -1,0 +1,210 @@
+"""The HEAR 2021 common API over a CED encoder.
+
+Use as a HEAR module: ``load_model``, ``get_scene_embeddings`` and
+``get_timestamp_embeddings`` at module level, and a ``torch.nn.Module`` model
+with ``sample_rate``, ``scene_embedding_size`` and ``timestamp_embedding_size``.
+
+The choices are those of the official CED submission (github.com/RicherMans/HEAR_CED):
+
+* scene embedding: the mean of all encoder tokens of the whole clip, the clip
+  cut internally into 1012-frame pieces (equals ``AudioModel.embed_waveform``);
+* timestamp embeddings, ``timestamps="windows"`` (the submission's default):
+  every 50 ms, the mean token of a 7677-sample (0.48 s) window centred on
+  the timestamp, the signal zero-padded by half a window at both ends;
+* ``timestamps="grid"`` (the submission's ``overlap=False``): one embedding per
+  16-frame time patch of the token grid (mean over the 4 frequency patches),
+  every 160 ms, one pass over the clip. Unlike the official code, pieces are
+  1008 frames (63 whole patches), so the grid stays regular past 10 s, and the
+  timestamps are the exact patch centres (75 ms + 160 ms * k, not 80 ms + ...).
+
+Every clip of a batch is analysed on its own (own log-mel floor, no padding
+shared across clips), so an item's embeddings never depend on its batch mates.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from auricle.audio import SAMPLE_RATE
+from auricle.frontend import HOP_LENGTH
+from auricle.models.ced import CED
+from auricle.models.registry import DEFAULT_MODEL
+
+TIMESTAMP_MODES = ("windows", "grid")
+#: The official submission's window: 5 patches of 16 frames (0.48 s).
+WINDOW_SAMPLES = 7677
+HOP_MS = 50.0
+DEFAULT_BATCH_SIZE = 64
+
+
+class HearModel(nn.Module):
+    """A CED encoder with the attributes the HEAR API asks for."""
+
+    sample_rate: int = SAMPLE_RATE
+
+    def __init__(
+        self,
+        network: CED,
+        name: str,
+        timestamps: str = "windows",
+        hop_ms: float = HOP_MS,
+        window_samples: int = WINDOW_SAMPLES,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        super().__init__()
+        if timestamps not in TIMESTAMP_MODES:
+            raise ValueError(f"timestamps must be one of {TIMESTAMP_MODES}, got {timestamps!r}")
+        hop_samples = hop_ms * SAMPLE_RATE / 1000
+        # A fractional hop would let timestamps and windows drift apart on long audio.
+        if hop_samples < 1 or hop_samples != int(hop_samples):
+            raise ValueError(f"hop_ms must be a whole number of samples at {SAMPLE_RATE} Hz, got {hop_ms}")
+        if window_samples < 1 or batch_size < 1:
+            raise ValueError("window_samples and batch_size must be >= 1")
+        self.network = network.eval()
+        self.name = name
+        self.timestamps = timestamps
+        self.hop_ms = float(hop_ms)
+        self.window_samples = int(window_samples)
+        self.batch_size = int(batch_size)
+        self.scene_embedding_size = int(network.config.embed_dim)
+        self.timestamp_embedding_size = int(network.config.embed_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, timestamps={self.timestamps!r}"
+
+
+def load_model(
+    model_file_path: str | os.PathLike = "",
+    model_name: str = DEFAULT_MODEL,
+    *,
+    timestamps: str = "windows",
+    hop_ms: float = HOP_MS,
+    device: str | torch.device = "cpu",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> HearModel:
+    """HEAR ``load_model``: weights from ``model_file_path`` if given, else ``model_name`` from the Hub.
+
+    ``model_file_path`` may be any checkpoint ``auricle.load_model`` reads (official
+    ``.pt``, Hugging Face folder, auricle ``.safetensors``).
+    """
+    from auricle.model import load_model as load_audio_model
+
+    checkpoint = model_file_path if str(model_file_path) else None
+    audio_model = load_audio_model(model_name, checkpoint=checkpoint, device=device)
+    return HearModel(audio_model.network, audio_model.name, timestamps, hop_ms, batch_size=batch_size)
+
+
+def _as_batch(audio: torch.Tensor | np.ndarray, model: HearModel) -> torch.Tensor:
+    """(n_sounds, n_samples) float32 on the model's device; refuses other shapes."""
+    audio = torch.as_tensor(audio)
+    if audio.dim() != 2:
+        raise ValueError(f"audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
+    if audio.shape[1] == 0:
+        raise ValueError("audio has no samples")
+    return audio.to(device=model.device, dtype=torch.float32)
+
+
+def _tokens_by_piece(network: CED, pieces: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Tokens of (n, 1, F, T) normalised pieces, computed ``batch_size`` pieces at a time."""
+    return torch.cat([network.forward_features(pieces[i : i + batch_size]) for i in range(0, len(pieces), batch_size)])
+
+
+@torch.inference_mode()
+def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
+    """(n_sounds, n_samples) at 16 kHz -> (n_sounds, scene_embedding_size) float32: mean of all tokens."""
+    audio = _as_batch(audio, model)
+    network = model.network
+    sounds = audio.shape[0]
+    pieces, count = network.pieces(network.normalize(network.spectrogram(audio)))
+    # Pieces are stacked piece-major: row r belongs to sound r % sounds.
+    sums = torch.zeros(sounds, model.scene_embedding_size, dtype=torch.float64, device=audio.device)
+    tokens_per_piece = 0
+    for first in range(0, len(pieces), model.batch_size):
+        tokens = network.forward_features(pieces[first : first + model.batch_size])
+        tokens_per_piece = tokens.shape[1]
+        owners = torch.arange(first, first + len(tokens), device=audio.device) % sounds
+        sums.index_add_(0, owners, tokens.double().sum(dim=1))
+    return (sums / (count * tokens_per_piece)).float()
+
+
+@torch.inference_mode()
+def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_sounds, n_samples) -> (embeddings (n_sounds, n_timestamps, size) float32, timestamps in ms).
+
+    Timestamps are the centres of what each embedding sees, at regular
+    intervals (``model.hop_ms`` for windows, 160 ms for the grid), never past the end.
+    """
+    audio = _as_batch(audio, model)
+    if model.timestamps == "grid":
+        return _grid_embeddings(audio, model)
+    return _window_embeddings(audio, model)
+
+
+def _window_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
+    sounds, samples = audio.shape
+    width = model.window_samples
+    hop = int(model.hop_ms * SAMPLE_RATE / 1000)
+    padded = torch.nn.functional.pad(audio, (width // 2, width - width // 2))
+    windows = padded.unfold(-1, width, hop)  # a view: (sounds, per_sound, width)
+    per_sound = windows.shape[1]  # = samples // hop + 1, centred at 0, hop, 2 hop, ...
+    embeddings = torch.empty(sounds * per_sound, model.timestamp_embedding_size, device=audio.device)
+    for first in range(0, sounds * per_sound, model.batch_size):
+        rows = torch.arange(first, min(first + model.batch_size, sounds * per_sound), device=audio.device)
+        # Gather only this chunk: the unfolded view of 60 s clips would not fit in memory.
+        chunk = windows[rows // per_sound, rows % per_sound]
+        tokens, _ = model.network.encode(chunk)
+        embeddings[rows] = tokens.mean(dim=1)
+    timestamps = torch.arange(per_sound, dtype=torch.float64, device=audio.device) * model.hop_ms
+    return embeddings.reshape(sounds, per_sound, -1), timestamps.float().expand(sounds, -1).contiguous()
+
+
+def _grid_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
+    network = model.network
+    config = network.config
+    sounds, samples = audio.shape
+    normalized = network.normalize(network.spectrogram(audio))  # (sounds, 1, F, frames)
+    frames = normalized.shape[-1]
+    piece_frames = (config.target_frames // config.patch_size) * config.patch_size
+    if frames <= piece_frames:
+        pieces, count = normalized, 1
+    else:
+        splits = list(normalized.split(piece_frames, dim=-1))
+        splits[-1] = torch.nn.functional.pad(splits[-1], (0, piece_frames - splits[-1].shape[-1]))
+        pieces, count = torch.cat(splits), len(splits)
+    tokens = _tokens_by_piece(network, pieces, model.batch_size)
+    freq_patches = config.n_mels // config.patch_size
+    grid = tokens.reshape(count, sounds, freq_patches, -1, tokens.shape[-1]).mean(dim=2)
+    patches = max(1, frames // config.patch_size)  # only patches made of real frames
+    embeddings = grid.transpose(0, 1).reshape(sounds, -1, tokens.shape[-1])[:, :patches]
+    # Frame j is centred on sample j * hop, so patch k is centred on frame 16 k + 7.5.
+    frame_ms = 1000 * HOP_LENGTH / SAMPLE_RATE
+    centres = (torch.arange(patches, dtype=torch.float64) * config.patch_size + (config.patch_size - 1) / 2) * frame_ms
+    # A clip shorter than one patch was zero-padded; its one embedding is placed inside the clip.
+    centres = centres.clamp(max=1000 * samples / SAMPLE_RATE)
+    timestamps = centres.float().to(audio.device).expand(sounds, -1).contiguous()
+    return embeddings.contiguous(), timestamps
+
+
+def timestamp_hop_ms(model: HearModel) -> float:
+    """Interval between timestamp embeddings of ``model``, in milliseconds."""
+    if model.timestamps == "grid":
+        return model.network.config.patch_size * 1000 * HOP_LENGTH / SAMPLE_RATE
+    return model.hop_ms
+
+
+__all__ = [
+    "HearModel",
+    "load_model",
+    "get_scene_embeddings",
+    "get_timestamp_embeddings",
+    "timestamp_hop_ms",
+    "TIMESTAMP_MODES",
+]
