@@ -29,11 +29,13 @@ def available_models() -> list["ModelInfo"]:
     return _available()
 
 
-def load_model(name: str = "ced-mini", checkpoint: Any = None, device: Any = "cpu", cache_dir: Any = None) -> "AudioModel":
-    """Load a model by name or checkpoint; see :func:`auricle.model.load_model`."""
+def load_model(name: str = "ced-mini", checkpoint: Any = None, device: Any = "cpu", cache_dir: Any = None,
+               **engine: Any) -> "AudioModel":
+    """Load a model by name or checkpoint; see :func:`auricle.model.load_model`
+    (``engine=``, ``precision=``, ``threads=`` choose how the encoder runs)."""
     from auricle.model import load_model as _load
 
-    return _load(name, checkpoint=checkpoint, device=device, cache_dir=cache_dir)
+    return _load(name, checkpoint=checkpoint, device=device, cache_dir=cache_dir, **engine)
 
 
 def tag(source: Any, sample_rate: int | None = None, *, model: str = "ced-mini", checkpoint: Any = None, **options: Any):

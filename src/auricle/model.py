@@ -13,6 +13,7 @@ import torch
 from auricle.audio import SAMPLE_RATE, iter_blocks, prepare_waveform
 from auricle.errors import AuricleError, CheckpointError
 from auricle.frontend import HOP_LENGTH
+from auricle.inference.engines import Engine, EngineConfig, make_engine
 from auricle.inference.events import EventOptions
 from auricle.inference.results import ClipTags, Embeddings, Failure
 from auricle.inference.tagging import ClassSpace, TagOptions, summarize
@@ -45,11 +46,20 @@ class _FileState:
 class AudioModel:
     """A CED encoder with its labels, ready to tag and embed audio."""
 
-    def __init__(self, network: CED, name: str, labels: LabelSet, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        network: CED,
+        name: str,
+        labels: LabelSet,
+        device: str | torch.device = "cpu",
+        engine: EngineConfig | Engine | None = None,
+    ) -> None:
         self.network = network.to(device).eval()
         self.name = name
         self.labels = labels
         self.device = torch.device(device)
+        # The encoder runner (torch fp32 unless asked otherwise); see auricle.inference.engines.
+        self.engine = engine if isinstance(engine, Engine) else make_engine(self.network, engine)
 
     @property
     def sample_rate(self) -> int:
@@ -60,7 +70,8 @@ class AudioModel:
         return self.network.config.embed_dim
 
     def __repr__(self) -> str:
-        return f"AudioModel(name={self.name!r}, classes={len(self.labels)}, device={str(self.device)!r})"
+        return (f"AudioModel(name={self.name!r}, classes={len(self.labels)}, device={str(self.device)!r}, "
+                f"engine={self.engine.config.label!r})")
 
     # -- raw scores ------------------------------------------------------------
     @torch.inference_mode()
@@ -73,7 +84,7 @@ class AudioModel:
         waveforms = torch.as_tensor(waveforms, dtype=torch.float32)
         if waveforms.dim() == 1:
             waveforms = waveforms.unsqueeze(0)
-        return self.network(waveforms.to(self.device)).cpu()
+        return self.engine.probabilities(waveforms.to(self.device)).cpu()
 
     def _score_windows(self, windows: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
         """Probabilities of windows of any lengths, batching equal lengths together."""
@@ -237,7 +248,7 @@ class AudioModel:
         token_sums = torch.zeros(self.embedding_dim, dtype=torch.float64)
         token_count = 0
         for first in range(0, count, batch_size):
-            tokens = network.forward_features(pieces[first : first + batch_size]).cpu()
+            tokens = self.engine.forward_features(pieces[first : first + batch_size]).cpu()
             token_means.append(tokens.mean(dim=1))
             token_sums += tokens.double().sum(dim=(0, 1))
             token_count += tokens.shape[0] * tokens.shape[1]
@@ -282,13 +293,19 @@ def load_model(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     cache_dir: str | os.PathLike | None = None,
+    engine: str = "torch",
+    precision: str = "fp32",
+    threads: int | None = None,
 ) -> AudioModel:
     """Load a CED model by name (``ced-tiny`` ... ``ced-base``) or from a checkpoint.
 
     Weights come from ``checkpoint`` if given (official ``.pt``, Hugging Face
     folder or auricle ``.safetensors``), else from the local Hugging Face cache,
-    else they are downloaded from the Hub.
+    else they are downloaded from the Hub. ``engine`` (torch, onnx),
+    ``precision`` (fp32, bf16, int8) and ``threads`` choose how the encoder
+    runs (see :mod:`auricle.inference.engines`); results keep their format.
     """
+    engine_config = EngineConfig(engine, precision, threads)  # fails before any weights are read
     if checkpoint is None:
         from auricle.models.hub import fetch_weights
 
@@ -310,7 +327,7 @@ def load_model(
             f"{checkpoint}: head has {loaded.config.num_classes} classes but the checkpoint names none"
         )
     display_name = info.name if info is not None else (loaded.name or Path(str(checkpoint)).stem)
-    return AudioModel(build_model(loaded), display_name, labels, device)
+    return AudioModel(build_model(loaded), display_name, labels, device, engine=engine_config)
 
 
 __all__ = ["AudioModel", "load_model", "available_models"]

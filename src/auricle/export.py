@@ -1,0 +1,297 @@
+"""ONNX export of CED models, with the frontend and the 10.12 s piece splitting inside the graph.
+
+Three graphs are built from one network:
+
+* :class:`WaveformGraph` (the default export): 16 kHz waveforms (batch, samples)
+  -> ``probabilities`` (batch, classes) and ``embedding`` (batch, dim). The
+  log-mel (STFT as the opset-17 DFT), the per-clip 120 dB floor, the input
+  BatchNorm and the split into 1012-frame pieces all run in the graph, with
+  dynamic batch and length, so any clip length gives what ``AudioModel.probabilities``
+  gives.
+* :class:`MelGraph` (``--mel-input``): the log-mel (batch, 64, frames) in dB,
+  as ``auricle.frontend.LogMel`` computes it, for runtimes with their own frontend.
+* :class:`EncoderGraph`: normalised mel pieces -> tokens; what the ``onnx``
+  inference engine runs (auricle keeps the frontend and head in torch).
+
+Every export is checked against the torch model on synthetic clips of several
+lengths before it is written; :class:`ExportReport` carries the figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from auricle.audio import SAMPLE_RATE
+from auricle.errors import AuricleError
+from auricle.models.ced import CED, MIN_SAMPLES
+
+OPSET = 18
+#: An fp32 export whose probabilities stray further than this from torch is refused.
+FP32_TOLERANCE = 1e-4
+FORMATS = ("onnx",)
+
+
+class ExportError(AuricleError):
+    """A model cannot be exported, or the export does not reproduce the torch model."""
+
+
+def split_pieces(normalized: torch.Tensor, target_frames: int) -> tuple[torch.Tensor, torch.SymInt | int]:
+    """``CED.pieces`` without Python branching on the length, so it exports with a dynamic length.
+
+    Up to ``target_frames`` the input is one piece of its own length; past it,
+    the mel is zero-padded to a whole number of pieces, stacked piece-major.
+    """
+    frames = normalized.shape[-1]
+    count = (frames + target_frames - 1) // target_frames
+    # sym_min(count - 1, 1) is 0 for one piece (keep its length) and 1 otherwise (pad).
+    target = frames + torch.sym_min(count - 1, 1) * (count * target_frames - frames)
+    padded = F.pad(normalized, (0, target - frames))
+    batch, _, mels, _ = padded.shape
+    pieces = padded.reshape(batch, mels, count, target // count).permute(2, 0, 1, 3)
+    return pieces.reshape(count * batch, 1, mels, target // count), count
+
+
+class MelGraph(nn.Module):
+    """Log-mel (batch, n_mels, frames) in dB -> (probabilities, embedding)."""
+
+    def __init__(self, network: CED) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        network = self.network
+        batch = mel.shape[0]
+        pieces, count = split_pieces(network.normalize(mel), network.config.target_frames)
+        tokens = network.forward_features(pieces)
+        probabilities = torch.sigmoid(network.forward_head(tokens))
+        probabilities = probabilities.reshape(count, batch, -1).mean(dim=0)
+        # Every piece has the same token count, so this is the mean over all tokens (the HEAR clip embedding).
+        embedding = tokens.mean(dim=1).reshape(count, batch, -1).mean(dim=0)
+        return probabilities, embedding
+
+
+class WaveformGraph(MelGraph):
+    """16 kHz waveforms (batch, samples) -> (probabilities, embedding), frontend included."""
+
+    def forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Clips under one patch are zero-padded, as CED.spectrogram does, without a branch.
+        short = torch.sym_max(MIN_SAMPLES - waveforms.shape[-1], 0)
+        return super().forward(self.network.frontend(F.pad(waveforms, (0, short))))
+
+
+class EncoderGraph(nn.Module):
+    """Normalised mel pieces (n, 1, n_mels, <=1012 frames) -> tokens (n, patches, dim)."""
+
+    def __init__(self, network: CED) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, pieces: torch.Tensor) -> torch.Tensor:
+        return self.network.forward_features(pieces)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's chatter (missing torchvision ops, deprecations) for one export."""
+    # onnxruntime.quantization warns through the root logger.
+    loggers = [logging.getLogger("torch.onnx"), logging.getLogger()]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _to_onnx(graph: nn.Module, example: torch.Tensor, input_name: str, dims: dict[int, torch.export.Dim],
+             output_names: list[str]):
+    """ModelProto of ``graph``; ``input_name`` is its forward argument, ``dims`` its dynamic axes."""
+    graph.eval()
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            graph, (example,), dynamo=True, opset_version=OPSET, input_names=[input_name],
+            output_names=output_names, dynamic_shapes={input_name: dims},
+            optimize=True, verbose=False,
+        )
+    return program.model_proto
+
+
+def quantize_int8(model_proto, work_dir: Path):
+    """Dynamic int8 quantisation of the MatMul/Gemm weights (activations quantised per call)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, target = work_dir / "fp32.onnx", work_dir / "int8.onnx"
+    onnx.save_model(model_proto, source)
+    with _quiet_exporter():
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    return onnx.load_model(target)
+
+
+def encoder_onnx(network: CED, int8: bool = False) -> bytes:
+    """Serialized :class:`EncoderGraph` for the ``onnx`` engine (dynamic piece count and length)."""
+    import tempfile
+
+    config = network.config
+    example = torch.zeros(2, 1, config.n_mels, config.target_frames)
+    dims = {0: torch.export.Dim("pieces"), 3: torch.export.Dim("frames", min=config.patch_size,
+                                                                max=config.target_frames)}
+    proto = _to_onnx(EncoderGraph(network), example, "pieces", dims, ["tokens"])
+    if int8:
+        with tempfile.TemporaryDirectory() as work:
+            proto = quantize_int8(proto, Path(work))
+    return proto.SerializeToString()
+
+
+# -- user-facing export --------------------------------------------------------------
+
+@dataclass
+class ExportReport:
+    """What was exported and how closely it reproduces the torch model."""
+
+    path: str
+    model: str
+    input: str  # "waveform" or "log-mel"
+    int8: bool
+    opset: int
+    max_abs_diff: float  # probabilities, ONNX Runtime vs torch fp32, over the check clips
+    embedding_max_abs_diff: float
+    top5_overlap: float  # mean share of each clip's torch top 5 found in the ONNX top 5
+    check_clips: list[str]
+    seconds: float
+    size_bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_clips(seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic clips that exercise the length handling: short, one piece, exactly full, several pieces."""
+    rng = np.random.default_rng(seed)
+    t = lambda seconds: np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE  # noqa: E731
+    chirp = lambda seconds: 0.5 * np.sin(2 * np.pi * (100 + 300 * t(seconds)) * t(seconds))  # noqa: E731
+    clips = {
+        "noise_0.1s": 0.1 * rng.standard_normal(1600),
+        "sine_1s": 0.5 * np.sin(2 * np.pi * 440 * t(1.0)),
+        "chirp_10s": chirp(10.0),
+        "noise_tone_10.12s_x2": np.concatenate([0.1 * rng.standard_normal(161760), chirp(10.23)[:161920]]),
+        "mix_25.3s": 0.05 * rng.standard_normal(404800) + chirp(25.3),
+    }
+    return {name: clip.astype(np.float32) for name, clip in clips.items()}
+
+
+def _metadata(model, input_kind: str, int8: bool) -> dict[str, str]:
+    from auricle import __version__
+
+    network = model.network
+    return {
+        "producer": f"auricle {__version__}",
+        "model": model.name,
+        "input": input_kind,
+        "precision": "int8" if int8 else "fp32",
+        "labels": json.dumps([item.name for item in model.labels.classes]),
+        "label_mids": json.dumps([item.mid for item in model.labels.classes]),
+        "frontend": json.dumps(asdict(network.frontend.config)),
+        "encoder": json.dumps(network.config.to_dict()),
+        "piece_frames": str(network.config.target_frames),
+        "min_samples": str(MIN_SAMPLES),
+        "outputs": "probabilities (batch, classes): mean over 1012-frame pieces of the sigmoid; "
+                   "embedding (batch, dim): mean of all encoder tokens",
+    }
+
+
+def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input: bool = False) -> ExportReport:
+    """Export ``model`` (an :class:`auricle.model.AudioModel`) to ``out`` and check it against torch.
+
+    The file is written only if the check passes (fp32: probabilities within
+    :data:`FP32_TOLERANCE`); int8 agreement is reported, never enforced.
+    """
+    import tempfile
+
+    import onnxruntime as ort
+
+    started = time.perf_counter()
+    # A copy: the caller's model keeps its device and dtype.
+    network = copy.deepcopy(model.network).float().cpu().eval()
+    if mel_input:
+        graph, input_name = MelGraph(network), "mel"
+        example = torch.zeros(2, network.config.n_mels, 1101)
+        dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("frames", min=1, max=2**24)}
+    else:
+        graph, input_name = WaveformGraph(network), "waveforms"
+        example = torch.zeros(2, 176000)
+        dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=1, max=2**31 - 1)}
+    try:
+        proto = _to_onnx(graph, example, input_name, dims, ["probabilities", "embedding"])
+        with tempfile.TemporaryDirectory() as work:
+            if int8:
+                proto = quantize_int8(proto, Path(work))
+    except Exception as error:  # the exporter raises many types; all mean "cannot export"
+        raise ExportError(f"{model.name}: ONNX export failed: {str(error).strip().splitlines()[0]}") from error
+    for key, value in _metadata(model, "log-mel" if mel_input else "waveform", int8).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    payload = proto.SerializeToString()
+
+    session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
+    clips = check_clips()
+    worst = embedding_worst = 0.0
+    overlaps = []
+    with torch.inference_mode():
+        for clip in clips.values():
+            # Batch of two (the clip and half its amplitude) to exercise the batch axis.
+            batch = torch.from_numpy(np.stack([clip, 0.5 * clip]))
+            expected = network(batch).numpy()
+            tokens, count = network.encode(batch)
+            expected_embedding = tokens.mean(dim=1).reshape(count, 2, -1).mean(dim=0).numpy()
+            feed = network.spectrogram(batch) if mel_input else batch
+            probabilities, embedding = session.run(None, {input_name: feed.numpy()})
+            worst = max(worst, float(np.abs(probabilities - expected).max()))
+            embedding_worst = max(embedding_worst, float(np.abs(embedding - expected_embedding).max()))
+            overlaps.extend(top_k_overlap(expected, probabilities, 5))
+    if not int8 and worst > FP32_TOLERANCE:
+        raise ExportError(f"{model.name}: exported graph differs from torch by {worst:.2e} in probability "
+                          f"(limit {FP32_TOLERANCE:g}); nothing written")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_bytes(payload)
+    os.replace(partial, out)
+    return ExportReport(
+        path=str(out), model=model.name, input="log-mel" if mel_input else "waveform", int8=int8, opset=OPSET,
+        max_abs_diff=worst, embedding_max_abs_diff=embedding_worst, top5_overlap=float(np.mean(overlaps)),
+        check_clips=list(clips), seconds=time.perf_counter() - started, size_bytes=len(payload),
+    )
+
+
+def top_k_overlap(reference: np.ndarray, other: np.ndarray, k: int = 5) -> list[float]:
+    """Per row, the share of ``reference``'s top ``k`` classes that are also in ``other``'s top ``k``."""
+    reference_top = np.argsort(-reference, axis=-1)[:, :k]
+    other_top = np.argsort(-other, axis=-1)[:, :k]
+    return [len(set(a) & set(b)) / k for a, b in zip(reference_top, other_top)]
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata an exported file carries (labels, frontend parameters, ...)."""
+    import onnx
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    return {entry.key: entry.value for entry in model.metadata_props}

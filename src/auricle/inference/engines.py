@@ -1,0 +1,205 @@
+"""Inference engines: who runs the CED encoder, and at what precision.
+
+Every engine runs the same pipeline around the encoder: the log-mel frontend,
+the input BatchNorm, the split into 1012-frame pieces and the head always run
+in float32 torch from the network itself, so all engines see identical inputs
+and produce results of identical shape and meaning. Only the encoder (patch
+embedding, transformer blocks, final norm: ~99% of the FLOPs) changes hands:
+
+========  =========  ====================================================
+engine    precision  encoder
+========  =========  ====================================================
+torch     fp32       the network as is (bit-identical to ``CED.forward``)
+torch     bf16       ``torch.autocast`` to bfloat16 (fast on CPUs with avx512_bf16/AMX)
+torch     int8       Linear layers of the blocks dynamically quantised to int8
+onnx      fp32       ONNX Runtime running the exported encoder
+onnx      int8       the same graph with MatMul weights dynamically quantised
+========  =========  ====================================================
+
+The ``onnx`` engine exports the encoder once per set of weights and caches the
+file (``$AURICLE_CACHE``, else ``~/.cache/auricle``), so only the first use
+pays the export (seconds).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from auricle.errors import AuricleError
+from auricle.inference.tuning import default_threads
+from auricle.models.ced import CED
+
+ENGINES = ("torch", "onnx")
+PRECISIONS = ("fp32", "bf16", "int8")
+#: Bump when the exported encoder graph changes, so stale cache files are not reused.
+ONNX_CACHE_VERSION = 1
+
+
+class EngineError(AuricleError):
+    """An engine or precision cannot run here (missing package, unsupported device, ...)."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which engine runs the encoder, at what precision, on how many threads.
+
+    ``threads=None`` means one per usable core for ONNX Runtime and PyTorch's
+    own default for torch (also one per core); torch's thread count is
+    process-wide, so setting it here sets it for the whole process.
+    """
+
+    engine: str = "torch"
+    precision: str = "fp32"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise EngineError(f"unknown engine {self.engine!r} (choose from {', '.join(ENGINES)})")
+        if self.precision not in PRECISIONS:
+            raise EngineError(f"unknown precision {self.precision!r} (choose from {', '.join(PRECISIONS)})")
+        if self.engine == "onnx" and self.precision == "bf16":
+            raise EngineError("the onnx engine runs fp32 or int8; use --engine torch for bf16")
+        if self.threads is not None and self.threads < 1:
+            raise EngineError(f"threads must be at least 1, got {self.threads}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine}-{self.precision}"
+
+
+class Engine:
+    """Runs the encoder of ``network``; the frontend, piece split and head stay in fp32 torch."""
+
+    def __init__(self, network: CED, config: EngineConfig) -> None:
+        self.network = network
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config.label})"
+
+    def forward_features(self, pieces: torch.Tensor) -> torch.Tensor:
+        """Normalised mel pieces (n, 1, n_mels, frames) -> float32 tokens (n, patches, dim)."""
+        raise NotImplementedError
+
+    def probabilities(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) 16 kHz -> (batch, classes), exactly as ``CED.forward`` but with this encoder."""
+        network = self.network
+        pieces, count = network.pieces(network.normalize(network.spectrogram(waveforms)))
+        probabilities = torch.sigmoid(network.forward_head(self.forward_features(pieces)))
+        return probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
+
+
+class TorchEngine(Engine):
+    def __init__(self, network: CED, config: EngineConfig) -> None:
+        super().__init__(network, config)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        device = next(network.parameters()).device
+        self._encoder: nn.Module = network
+        if config.precision == "int8":
+            if device.type != "cpu":
+                raise EngineError(f"int8 runs on the CPU only, not on {device}")
+            # Only the blocks' Linear layers (~97% of the FLOPs); the patch
+            # embedding and norms stay fp32, which keeps agreement high.
+            encoder = copy.deepcopy(network)
+            with warnings.catch_warnings():  # torch.ao prints a migration notice on every call
+                warnings.simplefilter("ignore")
+                encoder.blocks = torch.ao.quantization.quantize_dynamic(
+                    encoder.blocks, {nn.Linear}, dtype=torch.qint8
+                )
+            self._encoder = encoder.eval()
+        self._device_type = device.type
+
+    def forward_features(self, pieces: torch.Tensor) -> torch.Tensor:
+        if self.config.precision == "bf16":
+            with torch.autocast(device_type=self._device_type, dtype=torch.bfloat16):
+                return self._encoder.forward_features(pieces).float()
+        return self._encoder.forward_features(pieces)
+
+    def probabilities(self, waveforms: torch.Tensor) -> torch.Tensor:
+        if self.config.precision == "fp32":
+            return self.network(waveforms)  # the reference path itself
+        return super().probabilities(waveforms)
+
+
+class OnnxEngine(Engine):
+    def __init__(self, network: CED, config: EngineConfig, cache_dir: str | os.PathLike | None = None) -> None:
+        super().__init__(network, config)
+        device = next(network.parameters()).device
+        if device.type != "cpu":
+            raise EngineError(f"the onnx engine runs on the CPU only, not on {device}")
+        try:
+            import onnxruntime as ort
+        except ImportError as error:
+            raise EngineError("the onnx engine needs onnxruntime: pip install 'auricle[onnx]'") from error
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            encoder_model(network, config.precision == "int8", cache_dir), options,
+            providers=["CPUExecutionProvider"],
+        )
+
+    def forward_features(self, pieces: torch.Tensor) -> torch.Tensor:
+        feed = np.ascontiguousarray(pieces.detach().cpu().numpy(), dtype=np.float32)
+        (tokens,) = self._session.run(None, {"pieces": feed})
+        return torch.from_numpy(tokens)
+
+
+def engine_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("AURICLE_CACHE"):
+        return Path(os.environ["AURICLE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "auricle"
+
+
+def weights_digest(network: nn.Module) -> str:
+    """A digest of the weights, their names and the encoder config: equal digests, equal functions."""
+    digest = hashlib.sha256()
+    config = getattr(network, "config", None)
+    digest.update(json.dumps(config.to_dict() if config is not None else {}, sort_keys=True).encode())
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def encoder_model(network: CED, int8: bool, cache_dir: str | os.PathLike | None = None) -> bytes:
+    """The serialized ONNX encoder for ``network``: from the cache, else exported (and cached)."""
+    from auricle import export
+
+    key = f"v{ONNX_CACHE_VERSION}-torch{torch.__version__}-{weights_digest(network)}-{'int8' if int8 else 'fp32'}"
+    path = engine_cache_dir(cache_dir) / "onnx" / f"encoder-{key}.onnx"
+    if path.is_file():
+        return path.read_bytes()
+    payload = export.encoder_onnx(copy.deepcopy(network).float().eval(), int8=int8)
+    try:  # a cache that cannot be written only costs the export next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_bytes(payload)
+        os.replace(partial, path)
+    except OSError:
+        pass
+    return payload
+
+
+def make_engine(network: CED, config: EngineConfig | None = None,
+                cache_dir: str | os.PathLike | None = None) -> Engine:
+    """The engine ``config`` names, running ``network``'s encoder."""
+    config = config or EngineConfig()
+    if config.engine == "onnx":
+        return OnnxEngine(network, config, cache_dir)
+    return TorchEngine(network, config)
