@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "embed": "auricle.cli.embed:embed_command",
     "models": "auricle.cli.info:models_command",
     "labels": "auricle.cli.info:labels_command",
+    "evaluate": "auricle.cli.evaluate:evaluate_command",
 }
 
 

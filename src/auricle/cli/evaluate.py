@@ -1,0 +1,230 @@
+"""``auricle evaluate``: tagging metrics on a labelled manifest, or event metrics against strong labels."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import click
+
+from auricle.cli.common import fail, load_model_or_exit, model_options
+from auricle.errors import AuricleError
+
+
+@click.command("evaluate")
+@click.argument("labels", type=click.Path(exists=True, dir_okay=True))
+@click.option("--events", is_flag=True,
+              help="LABELS are strong labels (file,onset,offset,label): score detected events, not clip tags.")
+@click.option("--predictions", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Score this `auricle tag --format json/jsonl` output instead of running a model.")
+@model_options
+@click.option("--split", default=None, help="Tagging: evaluate only this split of the manifest.")
+@click.option("--audio-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder that relative file names in LABELS are under [default: the folder of LABELS].")
+@click.option("--window", type=click.FloatRange(0.15), default=10.0, show_default=True, help="Window length in seconds.")
+@click.option("--hop", type=click.FloatRange(0.01), default=None, help="Hop between windows in seconds [default: the window].")
+@click.option("--pool", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+              help="Tagging: how window scores become clip scores.")
+@click.option("--threshold", "-t", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Events: score at which a class is active.")
+@click.option("--median-filter", type=click.IntRange(1), default=1, show_default=True, help="Events: median filter length (odd).")
+@click.option("--min-duration", type=click.FloatRange(0), default=0.0, show_default=True, help="Events: drop shorter events (s).")
+@click.option("--min-gap", type=click.FloatRange(0), default=0.0, show_default=True, help="Events: merge closer events (s).")
+@click.option("--segment", type=click.FloatRange(0.01), default=1.0, show_default=True,
+              help="Events: segment length of the segment-based F1 (s).")
+@click.option("--psds/--no-psds", default=True, show_default=True, help="Events: compute PSDS1 and PSDS2.")
+@click.option("--json", "json_path", default=None, help="Write the full report as JSON to FILE ('-': stdout, no table).")
+@click.option("--csv", "csv_path", default=None, help="Write the per-class table as CSV to FILE ('-': stdout, no table).")
+@click.option("--plot", "plot_path", default=None, help="Write per-class bars (AP, or event F1) to this PNG.")
+@click.option("--timeline", "timeline_file", default=None,
+              help="Events: plot true vs predicted events of this labelled file over its spectrogram.")
+@click.option("--timeline-png", default="timeline.png", show_default=True, help="Where --timeline writes its PNG.")
+@click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True, help="Windows per model call.")
+def evaluate_command(labels, events, predictions, model_name, checkpoint, device, threads, split, audio_dir, window,
+                     hop, pool, threshold, median_filter, min_duration, min_gap, segment, psds, json_path, csv_path,
+                     plot_path, timeline_file, timeline_png, batch_size) -> None:
+    """Score a model (or earlier predictions) against LABELS.
+
+    \b
+    Tagging (default): LABELS is a manifest `file,labels[,split]` (labels ';'-separated names
+    or AudioSet MIDs) or a folder per class; reports per-class AP, ROC AUC and d', and mAP.
+    Events (--events): LABELS is `file,onset,offset,label` (or DCASE filename,...,event_label);
+    reports segment-based F1 (1 s), event-based F1 (collars 200 ms / max(200 ms, 20%)) and PSDS.
+
+    Exits with status 1 if some file could not be processed (the others are scored).
+    """
+    from auricle.downstream import evaluate as ev
+    from auricle.inference.events import EventOptions
+
+    if timeline_file and not events:
+        fail("--timeline needs --events (strong labels)")
+    try:
+        event_options = EventOptions(median_filter, min_duration, min_gap)
+        if events:
+            reference, files, classes = ev.read_strong_labels(labels, audio_dir)
+        else:
+            from auricle.io.datasets import read_dataset
+
+            dataset = read_dataset(labels, split, audio_dir=audio_dir, check_files=predictions is None)
+            files, classes = dataset.files, dataset.classes
+    except (AuricleError, ValueError) as error:
+        fail(str(error))
+
+    try:
+        found, failures, model_label = _predictions(
+            ev, labels, files, classes, predictions, events, model_name, checkpoint, device, threads,
+            dict(threshold=threshold if events else None, pool=pool, window=window, hop=hop,
+                 events=event_options if events else False),
+            batch_size,
+        )
+        for failure in failures:
+            click.echo(f"auricle: error: {failure.error}", err=True)
+        if events:
+            settings = ev.EventSettings(segment=segment, psds=psds)
+            report = ev.event_report(reference, found, classes, settings, model_label, failures)
+        else:
+            kept = {p.file for p in found}
+            rows = [i for i, f in enumerate(files) if f in kept]
+            report = ev.tagging_report(dataset.targets()[rows], _stack([p.clip_scores for p in found], len(classes)),
+                                       classes, model_label, failures)
+    except (AuricleError, ValueError) as error:
+        fail(str(error))
+
+    to_stdout = json_path == "-" or csv_path == "-"
+    if not to_stdout:
+        click.echo(_table(report))
+    if json_path:
+        _write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    if csv_path:
+        _write_text(csv_path, _csv(report))
+    try:
+        if plot_path:
+            _plot(report, plot_path, labels)
+        if timeline_file:
+            _timeline(ev, timeline_file, reference, found, classes, timeline_png, model_label)
+    except AuricleError as error:
+        fail(str(error))
+    if failures:
+        click.echo(f"auricle: evaluated {report.files} files; {len(failures)} failed", err=True)
+        raise SystemExit(1)
+
+
+def _predictions(ev, labels, files, classes, predictions, events, model_name, checkpoint, device, threads,
+                 option_values, batch_size):
+    """Predictions of every labelled file, in label order: read from a file or computed by the model."""
+    if predictions is not None:
+        found, failures = ev.read_predictions(predictions, classes)
+        failed = {f.file for f in failures}
+        pairs = ev.match_files(files, list(found) + list(failed), predictions)
+        model_names = {p.file for p in found.values()}
+        ordered = [ev.relabel(found[pairs[f]], f) for f in files if pairs[f] in model_names]
+        return ordered, failures, f"predictions {predictions}"
+    from tqdm import tqdm
+
+    model = load_model_or_exit(model_name, checkpoint, device, threads)
+    options = model.tag_options(**option_values)
+    ev.model_columns(model.labels, classes, labels)  # fail on unknown classes before decoding audio
+    found, failures = [], []
+    bar = tqdm(total=len(files), unit="file", disable=len(files) < 2 or None, file=sys.stderr)
+    for result in ev.predict(model, files, classes, options, batch_size, source=labels):
+        (failures if hasattr(result, "error") else found).append(result)
+        bar.update(1)
+    bar.close()
+    return found, failures, model.name
+
+
+def _stack(rows, width: int):
+    import numpy as np
+
+    return np.stack(rows) if rows else np.zeros((0, width))
+
+
+def _format(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _table(report) -> str:
+    data = report.to_dict()
+    lines = [f"{data['model']}: {data['files']} files"]
+    if data["task"] == "tagging":
+        width = max((len(c["label"]) for c in data["classes"]), default=5)
+        lines.append(f"  {'class':<{width}}  {'pos':>5}  {'AP':>6}  {'AUC':>6}  {'dprime':>6}")
+        for c in data["classes"]:
+            lines.append(f"  {c['label']:<{width}}  {c['positives']:>5}  {_format(c['average_precision']):>6}  "
+                         f"{_format(c['auc']):>6}  {_format(c['d_prime']):>6}")
+        lines.append(f"  mAP {_format(data['mAP'])}   mean AUC {_format(data['mean_auc'])}   d' {_format(data['d_prime'])}")
+        return "\n".join(lines)
+    width = max((len(c["label"]) for c in data["classes"]), default=5)
+    lines.append(f"  {'class':<{width}}  {'ref':>4}  {'pred':>4}  {'seg F1':>6}  {'ev F1':>6}  {'ev P':>6}  {'ev R':>6}")
+    for c in data["classes"]:
+        lines.append(f"  {c['label']:<{width}}  {c['reference_events']:>4}  {c['predicted_events']:>4}  "
+                     f"{_format(c['segment']['f1']):>6}  {_format(c['event']['f1']):>6}  "
+                     f"{_format(c['event']['precision']):>6}  {_format(c['event']['recall']):>6}")
+    seg, evt = data["segment_based"], data["event_based"]
+    lines.append(f"  segment-based ({data['settings']['segment_seconds']:g} s): F1 {_format(seg['f1'])} "
+                 f"(P {_format(seg['precision'])}, R {_format(seg['recall'])}), macro F1 {_format(seg['macro_f1'])}")
+    lines.append(f"  event-based (collar 200 ms / 20%): F1 {_format(evt['f1'])} "
+                 f"(P {_format(evt['precision'])}, R {_format(evt['recall'])}), macro F1 {_format(evt['macro_f1'])}")
+    if data["psds"]:
+        lines.append("  " + "   ".join(f"{name.upper()} {_format(value)}" for name, value in data["psds"].items()))
+    return "\n".join(lines)
+
+
+def _csv(report) -> str:
+    import io
+
+    data = report.to_dict()
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if data["task"] == "tagging":
+        writer.writerow(["label", "positives", "average_precision", "auc", "d_prime"])
+        for c in data["classes"]:
+            writer.writerow([c["label"], c["positives"], c["average_precision"], c["auc"], c["d_prime"]])
+    else:
+        writer.writerow(["label", "reference_events", "predicted_events", "segment_f1", "segment_precision",
+                         "segment_recall", "event_f1", "event_precision", "event_recall", "psds1"])
+        for c in data["classes"]:
+            s, e = c["segment"], c["event"]
+            writer.writerow([c["label"], c["reference_events"], c["predicted_events"], s["f1"], s["precision"],
+                             s["recall"], e["f1"], e["precision"], e["recall"], c["psds1"]])
+    return out.getvalue()
+
+
+def _write_text(path: str, text: str) -> None:
+    import os
+    from pathlib import Path
+
+    if path == "-":
+        click.echo(text, nl=False)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, target)
+
+
+def _plot(report, path: str, labels: str) -> None:
+    from auricle.downstream.plots import plot_class_bars
+
+    names = [c.label for c in report.classes]
+    if hasattr(report, "mean_average_precision"):
+        plot_class_bars(path, names, {"AP": [c.average_precision for c in report.classes]},
+                        f"{report.model} on {labels}: mAP {report.mean_average_precision:.3f}", "average precision")
+    else:
+        plot_class_bars(path, names, {"event F1": [c.event.f1 for c in report.classes],
+                                      "segment F1": [c.segment.f1 for c in report.classes]},
+                        f"{report.model} on {labels}: event F1 {report.event_f1:.3f}, "
+                        f"segment F1 {report.segment_f1:.3f}", "F1")
+
+
+def _timeline(ev, file, reference, found, classes, png, model_label) -> None:
+    from auricle.audio import load_audio
+    from auricle.downstream.plots import plot_timeline
+
+    pairs = ev.match_files([file], {event.file for event in reference}, "--timeline")
+    labelled = pairs[file]
+    predicted = [e for p in found if p.file == labelled for e in p.events]
+    truth = [e for e in reference if e.file == labelled]
+    plot_timeline(png, load_audio(labelled), truth, predicted, classes, f"{labelled}: {model_label}")
