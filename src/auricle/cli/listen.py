@@ -1,0 +1,142 @@
+"""``auricle listen``: live tagging of the microphone, raw PCM on stdin, or a file played in real time."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from auricle.cli.common import fail, load_model_or_exit, model_options
+from auricle.errors import AuricleError
+from auricle.inference.results import SCHEMA_VERSION, Event
+
+
+def _percentile_ms(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) * 1000 if values else float("nan")
+
+
+class _Printer:
+    """Events (and, with --windows, each window's tags) as text lines or JSON lines on stdout."""
+
+    def __init__(self, output_format: str, windows: bool) -> None:
+        self.json = output_format == "jsonl"
+        self.windows = windows
+
+    def _line(self, record: dict) -> None:
+        click.echo(json.dumps({"schema_version": SCHEMA_VERSION, **record}))
+
+    def report(self, timed) -> None:
+        report = timed.report
+        timing = {"compute_ms": round(timed.compute_seconds * 1000, 1),
+                  "delay_ms": round(timed.delay_seconds * 1000, 1)}
+        for event in report.ended:
+            self.end(event, report.end, timing)
+        if self.windows:
+            if self.json:
+                self._line({"type": "window", "start": round(report.start, 3), "end": round(report.end, 3),
+                            "tags": [tag.to_dict() for tag in report.tags], **timing})
+            else:
+                tags = ", ".join(f"{tag.label} {tag.score:.2f}" for tag in report.tags) or "-"
+                click.echo(f"[{report.start:8.2f} - {report.end:8.2f}]  {tags}")
+        for event in report.started:
+            if self.json:
+                self._line({"type": "start", **event.to_dict(), "reported_at": round(report.end, 3), **timing})
+            else:
+                click.echo(f"{event.onset:9.2f} s  start  {event.label}  (score {event.score:.2f})")
+
+    def end(self, event: Event, reported_at: float, timing: dict | None = None) -> None:
+        if self.json:
+            self._line({"type": "end", **event.to_dict(), "reported_at": round(reported_at, 3), **(timing or {})})
+        else:
+            click.echo(f"{event.offset:9.2f} s  end    {event.label}  ({event.onset:.2f}-{event.offset:.2f} s, "
+                       f"max {event.max_score:.2f}, mean {event.mean_score:.2f})")
+
+
+@click.command("listen")
+@click.argument("source", required=False, default=None)
+@model_options
+@click.option("--window", type=click.FloatRange(0.15), default=10.0, show_default=True, help="Window length in seconds.")
+@click.option("--hop", type=click.FloatRange(0.01), default=1.0, show_default=True,
+              help="Seconds between reports (and the onset time resolution).")
+@click.option("--top-k", "-k", type=click.IntRange(1), default=None, help="Tags per window with --windows (default 5).")
+@click.option("--threshold", "-t", type=click.FloatRange(0, 1), default=None,
+              help="Score at which an event starts (default 0.5; a profile sets its own).")
+@click.option("--classes", "-c", multiple=True,
+              help="Watch only these classes by name, MID or ontology subtree (repeatable; ';' separates).")
+@click.option("--profile", "-p", default=None, help="Event profile: bundled name (e.g. home) or a TOML file.")
+@click.option("--format", "-f", "output_format", type=click.Choice(["text", "jsonl"]), default="text",
+              show_default=True)
+@click.option("--windows", "show_windows", is_flag=True, help="Also print every window's tags.")
+@click.option("--rate", type=click.IntRange(1), default=16000, show_default=True, help="Raw PCM input: sample rate.")
+@click.option("--channels", type=click.IntRange(1), default=1, show_default=True, help="Raw PCM input: channels.")
+@click.option("--sample-format", type=click.Choice(["s16le", "s32le", "f32le", "u8"]), default="s16le",
+              show_default=True, help="Raw PCM input: sample format.")
+@click.option("--input-device", default=None, help="Microphone: PortAudio device name or number.")
+@click.option("--as-fast-as-possible", "fast", is_flag=True, help="A file: do not pace it in real time.")
+def listen_command(source, model_name, checkpoint, device, threads, window, hop, top_k, threshold, classes, profile,
+                   output_format, show_windows, rate, channels, sample_format, input_device, fast) -> None:
+    """Tag live audio with a rolling WINDOW every HOP and print events as they start and end.
+
+    SOURCE is omitted (or `mic`) for the microphone, `-` for raw PCM on stdin
+    (s16le, 16 kHz, mono unless told otherwise), or a file played in real time.
+    An event's onset is known to within one hop; its end is reported once the
+    sound has left the window (WINDOW seconds later). A latency summary goes to
+    stderr at the end.
+    """
+    from auricle.inference.tagging import ClassSpace
+    from auricle.listen import PcmDecoder, file_blocks, listen, microphone_blocks
+    from auricle.listen import TimedReport
+
+    if hop > window:
+        fail(f"--hop ({hop}) must be at most --window ({window})")
+    model = load_model_or_exit(model_name, checkpoint, device, threads)
+    try:
+        options = model.tag_options(top_k=top_k, threshold=threshold, classes=classes, profile=profile,
+                                    events=True, window=window, hop=hop)
+        space = ClassSpace.build(model.labels, options.classes, options.profile)
+        if source in (None, "mic"):
+            blocks = microphone_blocks(input_device)
+        elif source == "-":
+            blocks = _stdin_blocks(PcmDecoder(rate, sample_format, channels))
+        else:
+            blocks = file_blocks(source, realtime=not fast)
+    except (AuricleError, ValueError) as error:
+        fail(str(error))
+
+    def score(samples):
+        return model.probabilities(samples)[0].numpy()
+
+    printer = _Printer(output_format, show_windows)
+    compute: list[float] = []
+    delays: list[float] = []
+    end = 0.0
+    try:
+        for item in listen(score, blocks, space, options):
+            if isinstance(item, TimedReport):
+                compute.append(item.compute_seconds)
+                delays.append(item.delay_seconds)
+                end = item.report.end
+                printer.report(item)
+            else:
+                printer.end(item, end)
+    except KeyboardInterrupt:
+        pass
+    except AuricleError as error:
+        fail(str(error), code=1)
+    click.echo(
+        f"auricle: {len(compute)} windows over {end:.2f} s; model time per window "
+        f"p50 {_percentile_ms(compute, 50):.1f} ms, max {_percentile_ms(compute, 100):.1f} ms; "
+        f"report delay after the audio arrived p50 {_percentile_ms(delays, 50):.1f} ms, "
+        f"p95 {_percentile_ms(delays, 95):.1f} ms, max {_percentile_ms(delays, 100):.1f} ms "
+        f"(sound-to-report latency is at most the hop, {hop:g} s, plus this delay)",
+        err=True,
+    )
+
+
+def _stdin_blocks(decoder):
+    from auricle.listen import pcm_blocks
+
+    return pcm_blocks(sys.stdin.buffer, decoder)

@@ -1,0 +1,70 @@
+"""``auricle serve``: the HTTP API and web page (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from auricle.cli.common import fail, load_model_or_exit, model_options
+
+
+@click.command("serve")
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the service to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Server processes, each with its own copy of the model.")
+@click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=50.0, show_default=True,
+              help="Larger uploads get 413.")
+@click.option("--max-duration", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,
+              help="Seconds of audio beyond which a request gets 413.")
+@click.option("--max-windows", type=click.IntRange(1), default=1000, show_default=True,
+              help="Analysis windows one request may ask for (413 beyond).")
+@click.option("--max-pending", type=click.IntRange(1), default=64, show_default=True,
+              help="Requests in progress at once; more get 503 with Retry-After.")
+@click.option("--request-timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Seconds a request may take (503 beyond).")
+@click.option("--max-batch-size", type=click.IntRange(1), default=16, show_default=True,
+              help="Windows per model call across concurrent requests.")
+@click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="How long a window may wait for others to fill a batch.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+def serve_command(model_name, checkpoint, device, threads, host, port, workers, max_upload_mb, max_duration,
+                  max_windows, max_pending, request_timeout, max_batch_size, max_wait_ms, log_level) -> None:
+    """Serve tagging and embeddings over HTTP, with a web page at /.
+
+    API: POST /v1/tag, POST /v1/embed, GET /v1/models, GET /v1/labels,
+    GET /healthz, WebSocket /v1/stream; OpenAPI at /docs and /openapi.json.
+    See docs/serve.md.
+    """
+    try:
+        import uvicorn
+
+        from auricle.serve.config import ServeConfig
+    except ImportError as error:
+        fail(f"the service needs its extra: pip install 'auricle[serve]' ({error})")
+    try:
+        config = ServeConfig(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_duration=max_duration,
+                             max_windows=max_windows, max_pending=max_pending, request_timeout=request_timeout,
+                             max_batch_size=max_batch_size, max_wait=max_wait_ms / 1000)
+    except ValueError as error:
+        fail(str(error))
+    if workers == 1:
+        from auricle.serve.app import create_app
+
+        model = load_model_or_exit(model_name, checkpoint, device, threads)
+        uvicorn.run(create_app(model, config), host=host, port=port, log_level=log_level)
+        return
+    # Several processes: each worker builds its own app from this description.
+    load_model_or_exit(model_name, checkpoint, device, threads)  # fail here, once, on a bad model
+    from dataclasses import asdict
+
+    os.environ["AURICLE_SERVE"] = json.dumps({
+        "model": model_name, "checkpoint": checkpoint, "device": device, "threads": threads, "config": asdict(config),
+    })
+    uvicorn.run("auricle.serve.app:create_app_from_environment", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level)

@@ -1,0 +1,257 @@
+"""The FastAPI application: tagging and embedding endpoints, the web page, and the live stream.
+
+:func:`create_app` takes the model and a :class:`ServeConfig`; everything the
+app needs lives on it (``app.state``), nothing in module globals. Responses of
+``POST /v1/tag`` are exactly one element of ``auricle tag --format json``
+(``ClipTags.to_dict()``), computed with the same windows, frontend and
+summary, only batched with other requests' windows on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Query, Request, WebSocket
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from auricle.audio import SAMPLE_RATE
+from auricle.errors import AuricleError
+from auricle.inference.events import EventOptions
+from auricle.inference.tagging import ClassSpace, TagOptions, summarize
+from auricle.inference.windows import window_bounds
+from auricle.model import AudioModel
+from auricle.serve.batching import DynamicBatcher
+from auricle.serve.config import ServeConfig
+from auricle.serve.uploads import RequestError, audio_part, decode_upload, read_body
+
+STATIC = os.path.join(os.path.dirname(__file__), "static")
+#: Columns of the spectrogram image returned for the web page (time is max-pooled down to this).
+SPECTROGRAM_COLUMNS = 800
+
+_AUDIO_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
+                           "required": ["file"]}
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+class Admission:
+    """Counts requests in progress; refuses one more than ``limit`` with 503 and Retry-After."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        self.pending = 0
+
+    def __enter__(self) -> "Admission":
+        if self.pending >= self.limit:
+            raise RequestError(503, f"server busy ({self.pending} requests in progress); retry later",
+                               {"Retry-After": str(self.retry_after)})
+        self.pending += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pending -= 1
+
+
+def tag_options(model: AudioModel, *, top_k=None, threshold=None, classes: Sequence[str] = (), profile=None,
+                pool="max", events=False, window=10.0, hop=None, median_filter=1, min_duration=0.0,
+                min_gap=0.0) -> TagOptions:
+    """The CLI's tagging options from request parameters; 400 on a bad value (never reads a path)."""
+    if profile is not None and ("/" in profile or "\\" in profile or profile.lower().endswith(".toml")):
+        raise RequestError(400, f"profile {profile!r}: give a bundled profile name, not a path")
+    try:
+        event_options = EventOptions(median_filter, min_duration, min_gap) if events else False
+        return model.tag_options(top_k=top_k, threshold=threshold, classes=classes, profile=profile, pool=pool,
+                                 events=event_options, window=window, hop=hop)
+    except (AuricleError, ValueError) as error:
+        raise RequestError(400, str(error)) from None
+
+
+def spectrogram_image(model: AudioModel, waveform: np.ndarray, columns: int = SPECTROGRAM_COLUMNS) -> dict:
+    """The log-mel of a whole recording as a small 8-bit image for the web page (row 0 = lowest band)."""
+    with torch.inference_mode():
+        mel = model.network.spectrogram(torch.from_numpy(waveform)[None])[0].numpy()  # (mels, frames), dB
+    frames = mel.shape[1]
+    step = max(1, -(-frames // columns))
+    pad = (-frames) % step
+    if pad:
+        mel = np.concatenate([mel, np.repeat(mel[:, -1:], pad, axis=1)], axis=1)
+    pooled = mel.reshape(mel.shape[0], -1, step).max(axis=2)
+    top = float(pooled.max())
+    bottom = max(float(pooled.min()), top - 80.0)  # 80 dB of range is what the eye can use
+    scaled = np.clip((pooled - bottom) / max(top - bottom, 1e-6), 0, 1)
+    return {
+        "mels": int(pooled.shape[0]),
+        "columns": int(pooled.shape[1]),
+        "seconds_per_column": step * model.network.frontend.config.hop_length / SAMPLE_RATE,
+        "db_min": round(bottom, 2),
+        "db_max": round(top, 2),
+        "data": base64.b64encode((scaled * 255).round().astype(np.uint8).tobytes()).decode("ascii"),
+    }
+
+
+def create_app(model: AudioModel, config: ServeConfig = ServeConfig()) -> FastAPI:
+    """The service over ``model`` with the limits of ``config``."""
+    batcher = DynamicBatcher(lambda batch: model.probabilities(torch.from_numpy(batch)).numpy(),
+                             max_batch_size=config.max_batch_size, max_wait=config.max_wait)
+    admission = Admission(config.max_pending, config.retry_after)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(batcher.close)
+
+    app = FastAPI(title="auricle", version="1", lifespan=lifespan,
+                  description="Sound tagging, events and embeddings with CED audio transformers.")
+    app.state.model = model
+    app.state.config = config
+    app.state.batcher = batcher
+    app.state.admission = admission
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(RequestError)
+    async def refuse(request: Request, error: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": error.message}, status_code=error.status, headers=error.headers)
+
+    async def admitted(request: Request, filename: str | None, work) -> dict:
+        """Run ``work(name, waveform)`` for the request's audio, within admission and time limits."""
+        with admission:
+            async def process() -> dict:
+                body = await read_body(request.headers, request.stream(), config.max_upload_bytes)
+                name, data = await audio_part(request.headers, body, filename)
+                waveform = await run_in_threadpool(decode_upload, data, name, config.max_duration)
+                return await work(name, waveform)
+
+            try:
+                return await asyncio.wait_for(process(), config.request_timeout)
+            except TimeoutError:
+                raise RequestError(503, f"request timed out after {config.request_timeout:g} s (server busy)",
+                                   {"Retry-After": str(config.retry_after)}) from None
+
+    async def on_model(function):
+        batcher.start()
+        return await asyncio.wrap_future(batcher.call(function))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(os.path.join(STATIC, "index.html"))
+
+    @app.get("/healthz")
+    async def health() -> dict:
+        """Liveness, with the load: requests in progress and windows waiting for the model."""
+        return {"status": "ok", "model": model.name, "pending": admission.pending, "queued": batcher.queued}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        """The model this server runs, the published models, and the bundled event profiles."""
+        from auricle.models.registry import available_models
+        from auricle.profiles import available_profiles
+
+        return {
+            "model": {"name": model.name, "classes": len(model.labels), "embedding_dim": model.embedding_dim,
+                      "sample_rate": SAMPLE_RATE},
+            "available": [info.to_dict() for info in available_models()],
+            "profiles": available_profiles(),
+        }
+
+    @app.get("/v1/labels")
+    async def labels() -> list[dict]:
+        """The model's classes: output index, AudioSet MID (empty for custom heads) and name."""
+        return model.labels.to_list()
+
+    @app.post("/v1/tag", openapi_extra=_AUDIO_BODY)
+    async def tag(
+        request: Request,
+        top_k: int | None = Query(None, ge=1, description="The K best classes (default 5 unless threshold)."),
+        threshold: float | None = Query(None, ge=0, le=1, description="Classes scoring at least this."),
+        classes: list[str] = Query([], description="Class names, MIDs or ontology nodes (repeatable; ';' separates)."),
+        profile: str | None = Query(None, description="A bundled event profile, e.g. home."),
+        pool: str = Query("max", pattern="^(max|mean)$"),
+        events: bool = Query(False, description="Detect time-stamped events."),
+        window: float = Query(10.0, ge=0.15, description="Window length in seconds."),
+        hop: float | None = Query(None, ge=0.01, description="Hop between windows in seconds (default: window)."),
+        median_filter: int = Query(1, ge=1),
+        min_duration: float = Query(0.0, ge=0),
+        min_gap: float = Query(0.0, ge=0),
+        filename: str | None = Query(None, description="Name to report for a raw-body upload."),
+        spectrogram: bool = Query(False, description="Add a small log-mel image (for the web page)."),
+    ) -> dict:
+        """Tag one recording (multipart field ``file``, or the raw body): the ``auricle tag --format json`` object."""
+        options = tag_options(model, top_k=top_k, threshold=threshold, classes=classes, profile=profile, pool=pool,
+                              events=events, window=window, hop=hop, median_filter=median_filter,
+                              min_duration=min_duration, min_gap=min_gap)
+        space = ClassSpace.build(model.labels, options.classes, options.profile)
+
+        async def work(name: str, waveform: np.ndarray) -> dict:
+            bounds = window_bounds(len(waveform), options.window)
+            if len(bounds) > config.max_windows:
+                raise RequestError(413, f"{name}: {len(bounds)} windows is over the limit of {config.max_windows}; "
+                                        "use a longer hop")
+            batcher.start()
+            futures = [batcher.submit(waveform[start:end]) for start, end in bounds]
+            try:
+                rows = await asyncio.gather(*(asyncio.wrap_future(future) for future in futures))
+            finally:
+                for future in futures:  # a timed-out request leaves no work behind
+                    future.cancel()
+            result = summarize(name, len(waveform) / SAMPLE_RATE, model.name,
+                               np.array(bounds, dtype=float) / SAMPLE_RATE, np.stack(rows), space, options).to_dict()
+            if spectrogram:
+                result["spectrogram"] = await on_model(lambda: spectrogram_image(model, waveform))
+            return result
+
+        return await admitted(request, filename, work)
+
+    @app.post("/v1/embed", openapi_extra=_AUDIO_BODY)
+    async def embed(request: Request, filename: str | None = Query(None)) -> dict:
+        """Embeddings of one recording: the clip embedding and one per 10.12 s piece (``Embeddings.to_dict()``)."""
+
+        async def work(name: str, waveform: np.ndarray) -> dict:
+            return (await on_model(lambda: model.embed_waveform(waveform, name=name))).to_dict()
+
+        return await admitted(request, filename, work)
+
+    @app.websocket("/v1/stream")
+    async def stream(websocket: WebSocket) -> None:
+        """Live tagging of PCM sent over the socket; see docs/serve.md for the protocol."""
+        from auricle.serve.stream import serve_stream
+
+        await serve_stream(websocket, model, batcher, config, tag_options)
+
+    app.state.streams = 0
+    return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """App factory for ``uvicorn --factory`` (several worker processes): settings from ``AURICLE_SERVE``.
+
+    ``AURICLE_SERVE`` is the JSON that ``auricle serve`` writes: model name,
+    checkpoint, device, threads and the :class:`ServeConfig` fields.
+    """
+    from auricle.model import load_model
+
+    spec = json.loads(os.environ["AURICLE_SERVE"])
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    model = load_model(spec["model"], checkpoint=spec.get("checkpoint"), device=spec.get("device", "cpu"))
+    return create_app(model, ServeConfig(**spec.get("config", {})))
