@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "embed": "auricle.cli.embed:embed_command",
     "models": "auricle.cli.info:models_command",
     "labels": "auricle.cli.info:labels_command",
+    "distill": "auricle.cli.distill:distill_command",
     "evaluate": "auricle.cli.evaluate:evaluate_command",
     "serve": "auricle.cli.serve:serve_command",
     "listen": "auricle.cli.listen:listen_command",

@@ -1,0 +1,298 @@
+"""The teacher pass: score every view of every chunk, keep the top-k, one file per (shard, epoch).
+
+Work is cut into units, one per (shard, epoch). Under ``torchrun`` rank r takes
+units r, r + world, r + 2 world, ... of the store's fixed unit list, so ranks
+never share a unit; each unit is written atomically, and a resumed run skips the
+units already on disk, so a killed run loses at most the units in flight and
+never writes one twice. The only communication is the manifest hand-off at the
+start and a barrier at the end (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auricle.distill import DistillError
+from auricle.distill.augment import AugmentConfig, View, ViewRenderer, iter_views
+from auricle.distill.shards import MANIFEST as SHARDS_MANIFEST
+from auricle.distill.shards import ShardReader, ShardSet
+from auricle.distill import file_sha256
+from auricle.distill.store import CODECS, DEFAULT_CODEC, TargetStore, encode_values
+from auricle.distill.teachers import TeacherEnsemble, TeacherSpec, load_ensemble
+
+# Manifest fields that must agree for --resume (and for verify to trust the teachers).
+_RUN_FIELDS = ("teachers", "augment", "seed", "epochs", "top_k", "codec", "num_classes", "shards")
+
+
+@dataclass(frozen=True)
+class TeachConfig:
+    epochs: int = 1
+    top_k: int = 20
+    seed: int = 0
+    batch_size: int = 16
+    codec: str = DEFAULT_CODEC
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise DistillError(f"epochs must be at least 1, got {self.epochs}")
+        if self.top_k < 1:
+            raise DistillError(f"top-k must be at least 1, got {self.top_k}")
+        if self.batch_size < 1:
+            raise DistillError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.codec not in CODECS:
+            raise DistillError(f"unknown value codec {self.codec!r} (choose from {', '.join(CODECS)})")
+
+
+@dataclass
+class TeachReport:
+    """What a teacher pass did and what the store costs (sizes cover the whole store)."""
+
+    store: str
+    rank: int
+    world_size: int
+    units_total: int
+    units_skipped: int
+    units_written: int
+    views_written: int
+    seconds: float
+    views_per_second: float
+    views_total: int
+    store_bytes: int
+    bytes_per_view: float
+    payload_bytes_per_view: int
+    audio_bytes: int
+    audio_pcm16_bytes: int
+    store_fraction_of_shards: float
+    store_fraction_of_pcm16: float
+    complete: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def code_version() -> dict:
+    """auricle's version and, when run from a git checkout, its commit."""
+    from auricle import __version__
+
+    version = {"auricle": __version__, "git": None}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5)
+        if commit.returncode == 0:
+            version["git"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version
+
+
+def build_manifest(shards: ShardSet, ensemble: TeacherEnsemble, config: TeachConfig) -> dict:
+    return {
+        "teachers": ensemble.identities(),
+        "augment": config.augment.to_dict(),
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "top_k": config.top_k,
+        "codec": config.codec,
+        "num_classes": ensemble.num_classes,
+        "uncovered_classes": [int(i) for i in np.flatnonzero(~ensemble.coverage.numpy())],
+        "shards": {
+            "path": str(shards.directory.resolve()),
+            "manifest_sha256": file_sha256(shards.directory / SHARDS_MANIFEST),
+            "names": [path.name for path in shards.shards],
+            "chunks": {path.name: len(shards.keys(path)) for path in shards.shards},
+        },
+        "code_version": code_version(),
+        "complete": False,
+    }
+
+
+def _differences(stored: dict, wanted: dict) -> list[str]:
+    return [name for name in _RUN_FIELDS if stored.get(name) != wanted.get(name)]
+
+
+def _prepare_store(store_dir: Path, wanted: dict, resume: bool, rank: int) -> TargetStore:
+    """Rank 0 creates (or checks, on resume) the manifest; other ranks only check it."""
+    exists = (store_dir / "manifest.json").exists()
+    if rank == 0 and not exists:
+        return TargetStore.create(store_dir, wanted)
+    if not exists:
+        raise DistillError(f"{store_dir}: no manifest was written by rank 0")
+    store = TargetStore.open(store_dir)
+    if rank == 0 and not resume:
+        raise DistillError(f"{store_dir}: already holds targets; use --resume to continue it or choose another --out")
+    different = _differences(store.manifest, wanted)
+    if different:
+        raise DistillError(f"{store_dir}: was made with other {', '.join(different)}; cannot resume it with these")
+    if rank == 0:
+        for stale in (store_dir / "targets").glob("*.tmp*"):
+            stale.unlink(missing_ok=True)
+    return store
+
+
+class _Distributed:
+    """torch.distributed when launched by torchrun (WORLD_SIZE > 1), else a no-op."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.created = False
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+                self.created = True
+
+    def share(self, value):
+        """Rank 0's value on every rank."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _score_unit(reader: ShardReader, keys: list[str], epoch: int, renderer: ViewRenderer,
+                ensemble: TeacherEnsemble, config: TeachConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(indices (N, K), probabilities (N, K)) of a shard's views for one epoch, in key order."""
+    k = min(config.top_k, ensemble.num_classes)
+    indices = np.zeros((len(keys), k), dtype=np.int64)
+    values = np.zeros((len(keys), k), dtype=np.float32)
+    needs_mel = any(teacher.takes_mel for teacher in ensemble.teachers)
+    batch: list[tuple[int, View]] = []
+
+    def flush() -> None:
+        waves = torch.from_numpy(np.stack([view.waveform for _, view in batch]))
+        mel = renderer.mel(waves, [view.params for _, view in batch]) if needs_mel else None
+        top = ensemble.probabilities(waves, mel).topk(k, dim=1)
+        rows = [row for row, _ in batch]
+        indices[rows], values[rows] = top.indices.numpy(), top.values.numpy()
+        batch.clear()
+
+    for row, view in enumerate(iter_views(reader, epoch, renderer, keys)):
+        # Only equal-length views share a batch: padding would change what the teacher hears.
+        if batch and (len(batch) == config.batch_size or len(view.waveform) != len(batch[0][1].waveform)):
+            flush()
+        batch.append((row, view))
+    if batch:
+        flush()
+    return indices, values
+
+
+def teach(
+    shards_dir: str | os.PathLike,
+    store_dir: str | os.PathLike,
+    teachers: Sequence[TeacherSpec | str] = (),
+    config: TeachConfig = TeachConfig(),
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    ensemble: TeacherEnsemble | None = None,
+) -> TeachReport:
+    """Run (this rank's share of) the teacher pass; see the module docstring."""
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    shards = ShardSet.open(shards_dir)
+    store_dir = Path(store_dir)
+    if ensemble is None:
+        ensemble = load_ensemble(teachers, device)
+    if config.augment.masks_mel and not ensemble.takes_mel:
+        names = ", ".join(t.spec.spec for t in ensemble.teachers if not t.takes_mel)
+        raise DistillError(f"teacher {names} scores waveforms, so views cannot be masked on the log-mel; "
+                           "pass --time-mask 0 --freq-mask 0")
+    wanted = build_manifest(shards, ensemble, config)
+    runtime = _Distributed(device)
+    try:
+        problem, store = None, None
+        if runtime.rank == 0:
+            try:
+                store = _prepare_store(store_dir, wanted, resume, 0)
+            except DistillError as error:
+                problem = str(error)
+        problem = runtime.share(problem)
+        if problem is not None:
+            raise DistillError(problem)
+        if store is None:
+            store = _prepare_store(store_dir, wanted, resume, runtime.rank)
+
+        units = store.units()
+        mine = units[runtime.rank :: runtime.world]
+        todo = [unit for unit in mine if not store.has_unit(*unit)]
+        renderer = ViewRenderer(config.augment, config.seed)
+        bar = tqdm(total=sum(store.manifest["shards"]["chunks"][s] for s, _ in todo), unit="view",
+                   disable=not (progress and runtime.rank == 0), file=sys.stderr,
+                   desc=f"teacher pass ({len(todo)} units)")
+        started = time.perf_counter()
+        views = 0
+        for shard, epoch in todo:
+            keys = shards.keys(shard)
+            with ShardReader(shards.directory / shard) as reader:
+                if reader.keys != keys:
+                    raise DistillError(f"{reader.path}: members do not match {shards.directory / 'index.csv'}")
+                indices, values = _score_unit(reader, keys, epoch, renderer, ensemble, config)
+            store.write_unit(shard, epoch, keys, indices, values)
+            views += len(keys)
+            bar.update(len(keys))
+        bar.close()
+        elapsed = time.perf_counter() - started
+        runtime.barrier()
+        complete = len(store.done_units()) == len(units)
+        if runtime.rank == 0 and complete and not store.manifest.get("complete"):
+            store.update_manifest(complete=True, views=store.views(), store_bytes=store.size_bytes())
+        return _report(store, shards, config, runtime, units, len(mine) - len(todo), len(todo), views, elapsed,
+                       complete)
+    finally:
+        runtime.close()
+
+
+def _report(store, shards, config, runtime, units, skipped, written, views, elapsed, complete) -> TeachReport:
+    size = store.size_bytes()
+    total_views = store.views()
+    pcm16 = int(round(sum(int(shards.row(key)["num_samples"]) for path in shards.shards
+                          for key in shards.keys(path)) * 2))
+    value_bytes = encode_values(np.zeros(1), config.codec).itemsize
+    return TeachReport(
+        store=str(store.directory),
+        rank=runtime.rank,
+        world_size=runtime.world,
+        units_total=len(units),
+        units_skipped=skipped,
+        units_written=written,
+        views_written=views,
+        seconds=elapsed,
+        views_per_second=views / elapsed if elapsed > 0 else float("nan"),
+        views_total=total_views,
+        store_bytes=size,
+        bytes_per_view=size / total_views if total_views else float("nan"),
+        payload_bytes_per_view=config.top_k * (2 + value_bytes),
+        audio_bytes=shards.audio_bytes,
+        audio_pcm16_bytes=pcm16,
+        store_fraction_of_shards=size / shards.audio_bytes if shards.audio_bytes else float("nan"),
+        store_fraction_of_pcm16=size / pcm16 if pcm16 else float("nan"),
+        complete=complete,
+    )

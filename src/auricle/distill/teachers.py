@@ -1,0 +1,237 @@
+"""Teachers: auricle models or any ``module:function``, averaged on the AudioSet classes.
+
+A teacher spec is one of
+
+* a model name (``ced-mini``; weights from the Hugging Face cache or Hub),
+* a checkpoint path (official ``.pt``, Hugging Face folder, auricle ``.safetensors``),
+* ``package.module:function``, a callable mapping a (batch, samples) float32 16 kHz
+  tensor to (batch, classes) probabilities. Its classes are AudioSet's 527 in
+  model order unless the callable has an attribute ``mids`` (AudioSet MIDs in
+  output order); an attribute ``identity`` (a dict, or a callable returning one)
+  is recorded in the store's manifest (e.g. the sha256 of the weights it loads).
+
+optionally followed by ``@WEIGHT`` (default 1). Classes are aligned by MID: a
+teacher with another class list (YAMNet's 521) contributes to the classes it
+has; each class is the weighted mean over the teachers that cover it.
+
+CED teachers score the masked log-mel the view renderer produced (the same
+tensor a student sees); callables see the view waveform, so they cannot be used
+with log-mel masks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auricle.distill import DistillError, file_sha256
+from auricle.errors import AuricleError
+from auricle.labels import LabelSet, audioset_labels
+from auricle.models.ced import CED
+
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_WEIGHT = re.compile(r"^(?P<spec>.+)@(?P<weight>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)$")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A teacher as given on the command line: ``SPEC[@WEIGHT]``."""
+
+    spec: str
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "TeacherSpec":
+        text = text.strip()
+        match = _WEIGHT.match(text)
+        if match and not os.path.exists(text):
+            spec, weight = match["spec"], float(match["weight"])
+        else:
+            spec, weight = text, 1.0
+        if not spec:
+            raise DistillError("empty teacher spec")
+        if not weight > 0:
+            raise DistillError(f"{text}: teacher weight must be positive")
+        return cls(spec, weight)
+
+    def __str__(self) -> str:
+        return self.spec if self.weight == 1.0 else f"{self.spec}@{self.weight:g}"
+
+
+@torch.inference_mode()
+def ced_probabilities_from_mel(network: CED, mel: torch.Tensor) -> torch.Tensor:
+    """What ``CED.forward`` computes, starting from a (possibly masked) log-mel (batch, n_mels, frames)."""
+    pieces, count = network.pieces(network.normalize(mel))
+    probabilities = torch.sigmoid(network.forward_head(network.forward_features(pieces)))
+    return probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
+
+
+@dataclass
+class Teacher:
+    """One loaded teacher: a scoring function and the MIDs of its output columns."""
+
+    spec: TeacherSpec
+    name: str
+    mids: tuple[str, ...]
+    identity: dict
+    network: CED | None = None
+    function: object = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def takes_mel(self) -> bool:
+        return self.network is not None
+
+    @torch.inference_mode()
+    def probabilities(self, waveforms: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, columns) float32 probabilities on CPU."""
+        if self.network is not None:
+            if mel is None:
+                mel = self.network.spectrogram(waveforms.to(self.device))
+            return ced_probabilities_from_mel(self.network, mel.to(self.device)).float().cpu()
+        try:
+            output = self.function(waveforms)
+        except AuricleError:
+            raise
+        except Exception as error:
+            raise DistillError(f"teacher {self.spec.spec}: failed on a batch ({type(error).__name__}: {error})") from None
+        output = torch.as_tensor(np.asarray(output) if not isinstance(output, torch.Tensor) else output).float().cpu()
+        if output.shape != (waveforms.shape[0], len(self.mids)):
+            raise DistillError(f"teacher {self.spec.spec}: returned shape {tuple(output.shape)}, "
+                               f"expected ({waveforms.shape[0]}, {len(self.mids)})")
+        if not torch.isfinite(output).all() or output.min() < 0 or output.max() > 1:
+            raise DistillError(f"teacher {self.spec.spec}: returned values outside [0, 1] (probabilities expected)")
+        return output
+
+
+def _label_mids(labels: LabelSet, source: str) -> tuple[str, ...]:
+    """MIDs of a head's classes; custom heads are matched to AudioSet by class name."""
+    audioset = audioset_labels()
+    mids = []
+    for item in labels:
+        if item.mid:
+            mids.append(item.mid)
+        else:
+            index = audioset.find(item.name)
+            mids.append(audioset[index].mid if index is not None else "")
+    if not any(mids):
+        raise DistillError(f"{source}: none of the teacher's classes is an AudioSet class")
+    return tuple(mids)
+
+
+def _load_auricle(spec: TeacherSpec, device: torch.device) -> Teacher:
+    from auricle.models.checkpoints import build_model, read_checkpoint
+
+    if os.path.exists(spec.spec):
+        checkpoint = read_checkpoint(spec.spec)
+        name = Path(spec.spec).stem if Path(spec.spec).is_file() else Path(spec.spec).name
+        identity = {"kind": "checkpoint"}
+    else:
+        from auricle.models.hub import fetch_weights
+        from auricle.models.registry import model_info
+
+        info = model_info(spec.spec)
+        checkpoint = read_checkpoint(fetch_weights(info))
+        name = info.name
+        identity = {"kind": "model"}
+    if checkpoint.labels is not None:
+        labels = LabelSet.from_names(checkpoint.labels)
+    elif checkpoint.config.num_classes == 527:
+        labels = audioset_labels()
+    else:
+        raise DistillError(f"{checkpoint.source}: {checkpoint.config.num_classes} classes but no class names")
+    identity.update(spec=spec.spec, name=name, sha256=file_sha256(checkpoint.source), config=checkpoint.config.to_dict())
+    network = build_model(checkpoint).to(device).eval()
+    return Teacher(spec, name, _label_mids(labels, checkpoint.source), identity, network=network, device=device)
+
+
+def _load_callable(spec: TeacherSpec, device: torch.device) -> Teacher:
+    module_name, _, attribute = spec.spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise DistillError(f"teacher {spec.spec}: cannot import {module_name} ({error})") from None
+    function = module
+    for part in attribute.split("."):
+        function = getattr(function, part, None)
+    if not callable(function):
+        raise DistillError(f"teacher {spec.spec}: {attribute} is not a callable of {module_name}")
+    mids = getattr(function, "mids", None)
+    mids = tuple(mids) if mids is not None else audioset_labels().mids
+    identity = {"kind": "callable", "spec": spec.spec}
+    source = inspect.getsourcefile(module) if hasattr(module, "__file__") else None
+    if source:
+        identity["module_sha256"] = file_sha256(source)
+    extra = getattr(function, "identity", None)
+    if callable(extra):
+        extra = extra()
+    if isinstance(extra, dict):
+        identity.update(extra)
+    identity.setdefault("sha256", identity.get("module_sha256", ""))
+    return Teacher(spec, spec.spec, mids, identity, function=function, device=device)
+
+
+def load_teacher(spec: TeacherSpec | str, device: str | torch.device = "cpu") -> Teacher:
+    """Load one teacher from its spec (see the module docstring)."""
+    if isinstance(spec, str):
+        spec = TeacherSpec.parse(spec)
+    device = torch.device(device)
+    if not os.path.exists(spec.spec) and _CALLABLE.match(spec.spec):
+        return _load_callable(spec, device)
+    return _load_auricle(spec, device)
+
+
+class TeacherEnsemble:
+    """Teachers combined on AudioSet's classes: per class, the weighted mean of those that cover it."""
+
+    def __init__(self, teachers: Sequence[Teacher], labels: LabelSet | None = None) -> None:
+        if not teachers:
+            raise DistillError("at least one teacher is needed")
+        self.teachers = list(teachers)
+        self.labels = labels if labels is not None else audioset_labels()
+        self.num_classes = len(self.labels)
+        self._columns: list[tuple[torch.Tensor, torch.Tensor]] = []
+        weight_sum = torch.zeros(self.num_classes, dtype=torch.float64)
+        for teacher in self.teachers:
+            pairs = [(column, self.labels.find(mid)) for column, mid in enumerate(teacher.mids) if mid]
+            pairs = [(column, target) for column, target in pairs if target is not None]
+            if not pairs:
+                raise DistillError(f"teacher {teacher.spec.spec}: no output class is in the target label set")
+            source, target = (torch.tensor(values, dtype=torch.long) for values in zip(*pairs))
+            self._columns.append((source, target))
+            weight_sum[target] += teacher.spec.weight
+        self.coverage = weight_sum > 0
+        self._weight_sum = weight_sum.clamp(min=1e-300)
+
+    @property
+    def takes_mel(self) -> bool:
+        """True when every teacher scores a log-mel (needed for log-mel masks)."""
+        return all(teacher.takes_mel for teacher in self.teachers)
+
+    def identities(self) -> list[dict]:
+        return [dict(teacher.identity, weight=teacher.spec.weight) for teacher in self.teachers]
+
+    def mapped_columns(self) -> list[int]:
+        """How many output columns of each teacher land on a target class."""
+        return [len(source) for source, _ in self._columns]
+
+    @torch.inference_mode()
+    def probabilities(self, waveforms: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, num_classes) float32: weighted mean over teachers; classes nobody covers are 0."""
+        total = torch.zeros(waveforms.shape[0], self.num_classes, dtype=torch.float64)
+        for teacher, (source, target) in zip(self.teachers, self._columns):
+            scores = teacher.probabilities(waveforms, mel).double()
+            total[:, target] += teacher.spec.weight * scores[:, source]
+        return (total / self._weight_sum).float()
+
+
+def load_ensemble(specs: Sequence[TeacherSpec | str], device: str | torch.device = "cpu") -> TeacherEnsemble:
+    return TeacherEnsemble([load_teacher(spec, device) for spec in specs])

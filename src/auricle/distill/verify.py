@@ -1,0 +1,118 @@
+"""Spot-check a target store: regenerate random views, rerun the teachers, compare.
+
+A view passes when every stored value is within one quantisation step of the
+recomputed probability of its class, and the stored classes are the recomputed
+top-k (or differ from it only by a near-tie: the best class left out scores
+within one step of the smallest stored value).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from auricle.distill import DistillError
+from auricle.distill.augment import ViewRenderer, iter_views
+from auricle.distill.shards import ShardReader, ShardSet
+from auricle.distill.store import TargetStore, code_distance, encode_values
+from auricle.distill.teachers import TeacherEnsemble, TeacherSpec, load_teacher
+
+
+@dataclass
+class VerifyReport:
+    store: str
+    sampled: int
+    passed: int
+    max_abs_error: float
+    max_code_distance: int
+    index_mismatches: int
+    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.sampled > 0 and self.passed == self.sampled
+
+    def to_dict(self) -> dict:
+        return dict(asdict(self), ok=self.ok)
+
+
+def load_store_teachers(store: TargetStore, device: str | torch.device = "cpu") -> TeacherEnsemble:
+    """The teachers a store names, refusing any whose weights changed since the teacher pass."""
+    teachers = []
+    for identity in store.manifest["teachers"]:
+        teacher = load_teacher(TeacherSpec(identity["spec"], float(identity.get("weight", 1.0))), device)
+        for name in ("sha256", "module_sha256"):
+            if identity.get(name) and teacher.identity.get(name) != identity[name]:
+                raise DistillError(f"teacher {identity['spec']}: {name} is now {teacher.identity.get(name)}, "
+                                   f"the store was made with {identity[name]}")
+        teachers.append(teacher)
+    return TeacherEnsemble(teachers)
+
+
+def verify(
+    store_dir: str | os.PathLike,
+    sample: int = 16,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    ensemble: TeacherEnsemble | None = None,
+) -> VerifyReport:
+    """Recompute ``sample`` random stored views (drawn with ``seed``) and compare with the store."""
+    store = TargetStore.open(store_dir)
+    shards = ShardSet.open(store.shards_dir)
+    units = store.done_units()
+    if not units:
+        raise DistillError(f"{store_dir}: holds no finished targets")
+    if ensemble is None:
+        ensemble = load_store_teachers(store, device)
+    renderer = ViewRenderer(store.augment_config(), store.seed)
+    needs_mel = any(teacher.takes_mel for teacher in ensemble.teachers)
+
+    population = [(unit, row) for unit in units for row in range(store.manifest["shards"]["chunks"][unit[0]])]
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(population), size=min(sample, len(population)), replace=False)
+    by_unit: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for position in sorted(chosen):
+        unit, row = population[position]
+        by_unit[unit].append(row)
+
+    report = VerifyReport(str(store_dir), 0, 0, 0.0, 0, 0)
+    codec = store.codec
+    for (shard, epoch), rows in by_unit.items():
+        keys = shards.keys(shard)
+        stored = store.read_unit(shard, epoch)
+        with ShardReader(shards.directory / shard) as reader:
+            for row, view in zip(rows, iter_views(reader, epoch, renderer, [keys[r] for r in rows])):
+                waves = torch.from_numpy(view.waveform).unsqueeze(0)
+                mel = renderer.mel(waves, [view.params]) if needs_mel else None
+                probabilities = ensemble.probabilities(waves, mel)[0].numpy()
+                _check_view(report, view.key, shard, epoch, stored.indices[row], stored.codes[row],
+                            stored.probabilities[row], probabilities, codec)
+    return report
+
+
+def _check_view(report: VerifyReport, key, shard, epoch, indices, codes, decoded, probabilities, codec) -> None:
+    k = len(indices)
+    recomputed = probabilities[indices]
+    distance = code_distance(encode_values(recomputed, codec), codes, codec)
+    error = float(np.max(np.abs(recomputed - decoded))) if k else 0.0
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    same = np.array_equal(order, indices)
+    near_tie = True
+    if not same:
+        report.index_mismatches += 1
+        left_out = np.setdiff1d(np.arange(len(probabilities)), indices)
+        best_left = probabilities[left_out].max() if len(left_out) else 0.0
+        gap = code_distance(encode_values(np.array([best_left]), codec), codes[-1:], codec)
+        near_tie = bool(best_left <= decoded.min() or gap.max() <= 1)
+    report.sampled += 1
+    report.max_abs_error = max(report.max_abs_error, error)
+    report.max_code_distance = max(report.max_code_distance, int(distance.max()) if k else 0)
+    if distance.max(initial=0) <= 1 and near_tie:
+        report.passed += 1
+    else:
+        report.failures.append({"shard": shard, "epoch": epoch, "key": key, "max_abs_error": error,
+                                "code_distance": int(distance.max(initial=0)), "same_classes": same})
