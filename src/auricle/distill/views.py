@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from auricle.errors import AuricleError
+from auricle.distill import DistillError
 
 
 def seed_from(*parts: Any) -> int:
@@ -35,32 +35,30 @@ class StoreViews:
 
     def __init__(self, shards_dir: str | Path, store_dir: str | Path, cache_shards: int = 4) -> None:
         from auricle.distill.augment import AugmentConfig
-        from auricle.distill.shards import ShardSet
+        from auricle.distill.shards import MANIFEST, ShardSet, file_sha256
         from auricle.distill.store import TargetStore
 
         self.shard_set = ShardSet.open(shards_dir)
         self.store = TargetStore.open(store_dir)
         manifest = self.store.manifest
+        if not manifest.get("complete"):
+            raise DistillError(f"{store_dir}: the teacher pass is not finished (rerun `auricle distill teach --resume`)")
+        if manifest["shards"]["manifest_sha256"] != file_sha256(Path(shards_dir) / MANIFEST):
+            raise DistillError(f"{store_dir}: its targets were computed on another shard set than {shards_dir}")
         self.augment_config = AugmentConfig.from_dict(manifest["augment"])
         self.seed = int(manifest["seed"])
-        units = self.store.units()
-        self.stored_epochs = sorted({epoch for _, epoch in units})
+        self.stored_epochs = list(range(int(manifest["epochs"])))
         self.shard_names = [Path(shard).name for shard in self.shard_set.shards]
         self._shard_paths = {Path(shard).name: Path(shard) for shard in self.shard_set.shards}
-        stored_shards = {shard for shard, _ in units}
-        missing = [name for name in self.shard_names if self._unit_name(name) not in stored_shards]
-        if missing:
-            raise AuricleError(f"{store_dir}: no teacher targets for {len(missing)} shards (first: {missing[0]})")
+        # The store's class list: its own when it names one, else AudioSet's.
         self.labels: tuple[str, ...] = tuple(manifest.get("labels") or _audioset_names())
+        if len(self.labels) != int(manifest.get("num_classes", len(self.labels))):
+            raise DistillError(f"{store_dir}: {manifest['num_classes']} classes stored but {len(self.labels)} names")
         self.cache_shards = max(cache_shards, 1)
         self._audio: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
         self._targets: OrderedDict[tuple[str, int], dict] = OrderedDict()
         self._renderers: dict[int, Any] = {}
         self._keys: dict[str, list[str]] = {}
-
-    @staticmethod
-    def _unit_name(shard_name: str) -> str:
-        return Path(shard_name).stem
 
     def keys(self, shard_name: str) -> list[str]:
         return list(self.shard_set.keys(self._shard_paths[shard_name]))
@@ -77,9 +75,10 @@ class StoreViews:
         return self._audio[shard_name]
 
     def targets(self, shard_name: str, epoch: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        unit = (self._unit_name(shard_name), epoch)
+        """key -> (class indices, probabilities) the teachers stored for this shard and epoch."""
+        unit = (shard_name, epoch)
         if unit not in self._targets:
-            self._targets[unit] = self.store.targets(*unit)
+            self._targets[unit] = self.store.targets(shard_name, epoch, self._shard_keys(shard_name))
             while len(self._targets) > self.cache_shards:
                 self._targets.popitem(last=False)
         self._targets.move_to_end(unit)
