@@ -66,8 +66,8 @@ class RollingWindow:
         while self._next_report <= self.total:
             yield self._cut(self._next_report)
             self._next_report += self.hop
-        # Keep only what the next window needs.
-        keep_from = max(0, self._next_report - self.window)
+        # Keep what any later window needs: the next report's, or the tail's if the stream ends now.
+        keep_from = max(0, self.total - self.window)
         drop = keep_from - self._buffer_start
         if drop > 0:
             self._buffer = self._buffer[drop:]

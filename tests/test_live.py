@@ -1,0 +1,224 @@
+"""Live tagging: the rolling window, event timing, raw PCM decoding and `auricle listen`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from auricle.audio import SAMPLE_RATE
+from auricle.cli import cli
+from auricle.errors import AudioError
+from auricle.inference.live import LiveTagger, LiveWindow, RollingWindow
+from auricle.inference.tagging import ClassSpace, TagOptions
+from auricle.inference.windows import WindowConfig
+from auricle.labels import LabelSet
+from auricle.listen import PcmDecoder, file_blocks, pcm_blocks
+from serve_support import burst_checkpoint, burst_signal, write_wav
+
+
+@pytest.fixture(scope="module")
+def burst_model_path(tmp_path_factory):
+    return burst_checkpoint(tmp_path_factory.mktemp("burst") / "burst.safetensors")
+
+
+def s16le(signal: np.ndarray) -> bytes:
+    return (np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+# -- the rolling window ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", [1, 333, 8000, 50000])
+def test_rolling_window_reports_every_hop_over_the_last_window(block):
+    signal = np.arange(5 * SAMPLE_RATE + 123, dtype=np.float32)
+    rolling = RollingWindow(WindowConfig(2.0, 0.5))
+    windows = []
+    for first in range(0, len(signal), block):
+        windows.extend(rolling.push(signal[first : first + block]))
+    windows.extend(rolling.finish())
+    ends = [w.end for w in windows]
+    assert ends == [int(0.5 * SAMPLE_RATE) * k for k in range(1, 11)] + [len(signal)]
+    for window in windows:
+        assert window.start == max(0, window.end - 2 * SAMPLE_RATE)
+        np.testing.assert_array_equal(window.samples, signal[window.start : window.end])
+
+
+def test_rolling_window_no_tail_report_when_the_stream_ends_on_a_hop():
+    rolling = RollingWindow(WindowConfig(1.0, 0.5))
+    windows = list(rolling.push(np.zeros(SAMPLE_RATE, dtype=np.float32)))
+    assert [w.end for w in windows] == [8000, 16000]
+    assert list(rolling.finish()) == []
+
+
+# -- event timing ------------------------------------------------------------------
+
+
+def _tagger(window: float, hop: float) -> LiveTagger:
+    labels = LabelSet.from_names(["Bark", "Other"])
+    options = TagOptions(threshold=0.5, window=WindowConfig(window, hop))
+    return LiveTagger(ClassSpace.build(labels), options)
+
+
+def test_live_events_onset_is_the_hop_before_detection_and_offset_the_window_before_release():
+    # A presence detector: the window sees the sound in [3.2, 5.6] s.
+    window, hop = 2.0, 0.5
+    tagger = _tagger(window, hop)
+    started, ended = [], []
+    for k in range(1, 21):
+        end = k * hop
+        start = max(0.0, end - window)
+        present = start < 5.6 and end > 3.2
+        report = tagger.report(
+            LiveWindow(int(start * SAMPLE_RATE), int(end * SAMPLE_RATE), np.zeros(1, np.float32)),
+            np.array([0.9 if present else 0.1, 0.2]),
+        )
+        started += [(e.label, e.onset, end) for e in report.started]
+        ended += [(e.label, e.onset, e.offset, end) for e in report.ended]
+    assert started == [("Bark", 3.0, 3.5)]
+    assert ended == [("Bark", 3.0, 6.0, 8.0)]  # true event 3.2-5.6: each estimate within one hop
+    assert tagger.close(10.0) == ()
+
+
+def test_live_events_still_open_end_with_the_stream():
+    tagger = _tagger(1.0, 1.0)
+    report = tagger.report(LiveWindow(0, SAMPLE_RATE, np.zeros(1, np.float32)), np.array([0.8, 0.7]))
+    assert [e.label for e in report.started] == ["Bark", "Other"]
+    closed = tagger.close(1.5)
+    assert [(e.label, e.onset, e.offset) for e in closed] == [("Bark", 0.0, 1.5), ("Other", 0.0, 1.5)]
+    assert closed[0].max_score == pytest.approx(0.8)
+
+
+# -- raw PCM -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sample_format", ["s16le", "s32le", "f32le", "u8"])
+def test_pcm_decoder_formats_split_anywhere(sample_format):
+    rng = np.random.default_rng(0)
+    signal = (rng.uniform(-0.5, 0.5, 1000)).astype(np.float32)
+    stereo = np.stack([signal, -signal * 0.5], axis=1)
+    data = {
+        "s16le": lambda x: (x * 32768).astype("<i2"),
+        "s32le": lambda x: (x * 2**31).astype("<i4"),
+        "f32le": lambda x: x.astype("<f4"),
+        "u8": lambda x: (x * 128 + 128).astype("u1"),
+    }[sample_format](stereo).tobytes()
+    decoder = PcmDecoder(SAMPLE_RATE, sample_format, channels=2)
+    pieces = [decoder.decode(data[i : i + 7]) for i in range(0, len(data), 7)]  # frames split across reads
+    decoded = np.concatenate(pieces)
+    tolerance = {"s16le": 1e-4, "s32le": 1e-6, "f32le": 1e-7, "u8": 1e-2}[sample_format]
+    np.testing.assert_allclose(decoded, stereo.mean(axis=1), atol=tolerance)
+
+
+def test_pcm_decoder_resamples_as_one_stream():
+    tone = np.sin(2 * np.pi * 440 * np.arange(48000) / 48000).astype(np.float32)
+    decoder = PcmDecoder(48000, "f32le")
+    data = tone.tobytes()
+    out = np.concatenate([decoder.decode(data[:40000]), decoder.decode(data[40000:], last=True)])
+    assert abs(len(out) - SAMPLE_RATE) <= 1
+    expected = np.sin(2 * np.pi * 440 * np.arange(len(out)) / SAMPLE_RATE)
+    assert np.abs(out[200:-200] - expected[200:-200]).max() < 1e-3
+
+
+def test_pcm_decoder_refuses_bad_settings():
+    with pytest.raises(AudioError, match="unknown PCM format 'mp3'"):
+        PcmDecoder(SAMPLE_RATE, "mp3")
+    decoder = PcmDecoder(SAMPLE_RATE, "f32le")
+    with pytest.raises(AudioError, match="NaN or Inf"):
+        decoder.decode(np.array([np.nan], "<f4").tobytes())
+
+
+def test_pcm_blocks_reads_until_eof(tmp_path):
+    import io
+
+    blocks = list(pcm_blocks(io.BytesIO(s16le(np.zeros(10000))), PcmDecoder(), read_bytes=4096))
+    assert sum(len(b.samples) for b in blocks) == 10000
+
+
+def test_file_blocks_are_paced_in_real_time(tmp_path):
+    path = write_wav(tmp_path / "a.wav", np.zeros(SAMPLE_RATE // 2, np.float32))
+    now = [0.0]
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    blocks = list(file_blocks(str(path), realtime=True, block_seconds=0.1, clock=lambda: now[0], sleep=sleep))
+    assert len(blocks) == 5
+    assert [b.arrived for b in blocks] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert list(file_blocks(str(path), realtime=False, clock=lambda: 0.0, sleep=sleep)) and len(slept) == 5
+
+
+# -- auricle listen ----------------------------------------------------------------
+
+
+def _listen(args, stdin: bytes | None = None):
+    return CliRunner().invoke(cli, ["listen", *map(str, args)], input=stdin, catch_exceptions=False)
+
+
+def test_listen_stdin_reports_a_known_burst_at_its_times(burst_model_path):
+    # Loud noise from 1.6 s to 2.9 s in quiet noise; the hand-set model fires on any loud patch.
+    stdin = s16le(burst_signal(5.0, 1.6, 2.9))
+    result = _listen(["-", "--checkpoint", burst_model_path, "--window", "1", "--hop", "0.25",
+                      "--classes", "Burst", "--format", "jsonl"], stdin)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(line["type"], line["label"]) for line in lines] == [("start", "Burst"), ("end", "Burst")]
+    start, end = lines
+    hop = 0.25
+    assert 1.6 - hop <= start["onset"] <= 1.6  # onset known to within one hop, never late
+    assert start["reported_at"] == pytest.approx(start["onset"] + hop)
+    assert 2.9 <= end["offset"] <= 2.9 + hop
+    assert end["reported_at"] == pytest.approx(end["offset"] + 1.0)  # the end is known one window later
+    assert end["max_score"] > 0.99 and start["compute_ms"] >= 0
+    assert "windows over 5.00 s" in result.stderr and "report delay" in result.stderr
+
+
+def test_listen_text_output_from_a_resampled_stereo_stream(burst_model_path):
+    signal = burst_signal(4.0, 2.0, 3.0)
+    import soxr
+
+    at_44k = soxr.resample(signal, SAMPLE_RATE, 44100).astype("<f4")
+    stereo = np.stack([at_44k, at_44k], axis=1).tobytes()
+    result = _listen(["-", "--checkpoint", burst_model_path, "--window", "0.5", "--hop", "0.5", "--rate", "44100",
+                      "--channels", "2", "--sample-format", "f32le", "--classes", "Burst", "--windows"], stereo)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("[") for line in lines) == 8  # one line per 0.5 s window
+    events = [line.split() for line in lines if not line.startswith("[")]
+    assert events[0][:4] == ["2.00", "s", "start", "Burst"]  # burst 2.0-3.0 s: first seen in [2.0, 2.5]
+    assert events[1][:4] == ["3.00", "s", "end", "Burst"]
+
+
+def test_listen_file_as_fast_as_possible(burst_model_path, tmp_path):
+    path = write_wav(tmp_path / "burst.wav", burst_signal(3.0, 0.5, 1.0))
+    result = _listen([path, "--checkpoint", burst_model_path, "--window", "1", "--hop", "0.5", "--classes", "Burst",
+                      "--as-fast-as-possible", "-f", "jsonl"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(line["type"], line["onset"]) for line in lines] == [("start", 0.5), ("end", 0.5)]
+    assert lines[1]["offset"] == 1.0
+
+
+def test_listen_bad_file_and_bad_options(burst_model_path, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really")
+    result = _listen([bad, "--checkpoint", burst_model_path, "--as-fast-as-possible"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"auricle: error: {bad}:")
+    result = _listen(["-", "--checkpoint", burst_model_path, "--window", "1", "--hop", "2"], b"")
+    assert result.exit_code == 2 and "--hop" in result.stderr
+    result = _listen(["-", "--checkpoint", burst_model_path, "--classes", "Dog"], b"")
+    assert result.exit_code == 2 and "Dog" in result.stderr
+
+
+def test_listen_microphone_without_sounddevice_says_what_to_install(burst_model_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as if not installed
+    result = _listen(["mic", "--checkpoint", burst_model_path])
+    assert result.exit_code == 1
+    assert "auricle[listen]" in result.stderr
