@@ -106,7 +106,7 @@ def plot_timeline(
 
     bottom.legend(handles=[Patch(color=_REFERENCE_COLOUR, label="true (upper)"),
                            Patch(color=_PREDICTED_COLOUR, label="predicted (lower)")],
-                  loc="upper right", fontsize=8, ncols=2)
+                  loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncols=2, frameon=False)
     figure.tight_layout()
     _save(figure, path)
     plt.close(figure)
