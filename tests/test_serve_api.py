@@ -1,0 +1,306 @@
+"""The HTTP API through FastAPI's test client: results, parameters, limits and the stream socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+from fastapi.testclient import TestClient  # noqa: E402
+
+import auricle  # noqa: E402
+from auricle.serve.app import create_app  # noqa: E402
+from auricle.serve.config import ServeConfig  # noqa: E402
+from serve_support import SR, burst_checkpoint, burst_signal, noise, tiny_random_checkpoint, write_wav  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return auricle.load_model(checkpoint=tiny_random_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def burst_model(tmp_path_factory):
+    return auricle.load_model(checkpoint=burst_checkpoint(tmp_path_factory.mktemp("burst") / "burst.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    with TestClient(create_app(model, ServeConfig(max_wait=0.001))) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def long_wav(tmp_path_factory):
+    return write_wav(tmp_path_factory.mktemp("audio") / "street scene.wav", burst_signal(23.5, 4.0, 6.0))
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """Point the temp folder at an empty one, to check that uploads leave nothing behind."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def same_as_cli(response_json: dict, expected) -> None:
+    expected = expected.to_dict()
+    assert response_json.pop("file") == os.path.basename(expected.pop("file"))
+    assert response_json == expected
+
+
+# -- results -----------------------------------------------------------------------
+
+
+def test_tag_multipart_equals_the_library_and_cli_schema(client, model, long_wav, private_tmp):
+    with open(long_wav, "rb") as handle:
+        response = client.post("/v1/tag", files={"file": (long_wav.name, handle, "audio/wav")},
+                               params={"events": "true", "hop": 5, "top_k": 3})
+    assert response.status_code == 200, response.text
+    same_as_cli(response.json(), model.tag(str(long_wav), events=True, hop=5, top_k=3))
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_tag_raw_body_with_classes_threshold_pool(client, model, long_wav):
+    params = [("classes", "Animal"), ("classes", "Speech;Music"), ("threshold", "0.2"), ("pool", "mean"),
+              ("filename", "../../etc/clip.wav"), ("window", "4"), ("hop", "2")]
+    response = client.post("/v1/tag", content=long_wav.read_bytes(), params=params)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["file"] == "clip.wav"  # a client name is a display name, never a path
+    expected = model.tag(str(long_wav), classes=["Animal", "Speech;Music"], threshold=0.2, pool="mean",
+                         window=4, hop=2)
+    body["file"] = long_wav.name
+    same_as_cli(body, expected)
+    assert len(body["windows"]) == 11
+
+
+def test_tag_with_a_profile_and_the_spectrogram_for_the_page(client, model, long_wav):
+    response = client.post("/v1/tag?profile=home&events=true&spectrogram=true", content=long_wav.read_bytes())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    spectrogram = body.pop("spectrogram")
+    same_as_cli(body | {"file": long_wav.name}, model.tag(str(long_wav), profile="home", events=True))
+    assert spectrogram["mels"] == 64 and 0 < spectrogram["columns"] <= 800
+    import base64
+
+    image = np.frombuffer(base64.b64decode(spectrogram["data"]), np.uint8)
+    assert image.size == 64 * spectrogram["columns"] and image.max() == 255
+    assert spectrogram["columns"] * spectrogram["seconds_per_column"] == pytest.approx(23.5, abs=0.1)
+
+
+def test_embed_equals_the_library(client, model, long_wav):
+    response = client.post("/v1/embed", files={"file": ("x.wav", long_wav.read_bytes())})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = model.embed(str(long_wav)).to_dict()
+    assert body["file"] == "x.wav" and body["dim"] == 64 and len(body["windows"]) == 3
+    np.testing.assert_allclose(body["clip"], expected["clip"], rtol=1e-6, atol=1e-7)
+
+
+def test_info_endpoints_page_and_openapi(client, model):
+    assert client.get("/healthz").json() == {"status": "ok", "model": "test-tiny", "pending": 0, "queued": 0}
+    info = client.get("/v1/models").json()
+    assert info["model"] == {"name": "test-tiny", "classes": 527, "embedding_dim": 64, "sample_rate": 16000}
+    assert "ced-mini" in [m["name"] for m in info["available"]] and "home" in info["profiles"]
+    labels = client.get("/v1/labels").json()
+    assert len(labels) == 527 and labels[0] == {"index": 0, "mid": "/m/09x0r", "name": "Speech"}
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    for asset in ("app.js", "style.css"):
+        assert client.get(f"/static/{asset}").status_code == 200
+    # Everything the page loads is local.
+    assert "http://" not in page.text.replace("http://www.w3.org", "") and "https://" not in page.text
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/tag", "/v1/embed", "/v1/models", "/v1/labels", "/healthz"} <= set(paths)
+    assert "multipart/form-data" in paths["/v1/tag"]["post"]["requestBody"]["content"]
+
+
+# -- bad requests ------------------------------------------------------------------
+
+
+def test_bad_audio_is_400_with_the_decoders_reason(client, private_tmp):
+    response = client.post("/v1/tag", files={"file": ("broken.wav", b"RIFF\x00\x00\x00\x00WAVEjunk")})
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert detail.startswith("broken.wav: ") and "\n" not in detail and str(private_tmp) not in detail
+    assert client.post("/v1/tag", content=b"").json()["detail"] == "upload: empty upload (0 bytes)"
+    response = client.post("/v1/tag", files={"other": (None, "text only")})
+    assert response.status_code == 400 and "no file part" in response.json()["detail"]
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_bad_parameters_are_400_or_422(client, long_wav):
+    data = long_wav.read_bytes()
+    response = client.post("/v1/tag?classes=Dgo", content=data)
+    assert response.status_code == 400 and "Dgo" in response.json()["detail"]
+    response = client.post("/v1/tag?profile=/etc/passwd", content=data)
+    assert response.status_code == 400 and "bundled profile name" in response.json()["detail"]
+    assert client.post("/v1/tag?window=2&hop=3", content=data).status_code == 400
+    assert client.post("/v1/tag?top_k=0", content=data).status_code == 422
+    assert client.post("/v1/tag?pool=median", content=data).status_code == 422
+
+
+# -- limits ------------------------------------------------------------------------
+
+
+def test_upload_size_limit_is_413_declared_or_streamed(model):
+    config = ServeConfig(max_upload_bytes=10_000)
+    with TestClient(create_app(model, config)) as client:
+        response = client.post("/v1/tag", content=b"\0" * 10_001)
+        assert response.status_code == 413 and "10001 bytes" in response.json()["detail"]
+
+        def chunks():  # no Content-Length: counted while reading
+            for _ in range(20):
+                yield b"\0" * 1000
+
+        response = client.post("/v1/tag", content=chunks())
+        assert response.status_code == 413 and "over the limit of 10000 bytes" in response.json()["detail"]
+
+
+def test_duration_and_window_limits_are_413(model, tmp_path, private_tmp):
+    path = write_wav(tmp_path / "long.wav", noise(3.0, 0.1, 0))
+    with TestClient(create_app(model, ServeConfig(max_duration=2.5, max_windows=5))) as client:
+        response = client.post("/v1/tag", content=path.read_bytes(), params={"filename": "long.wav"})
+        assert response.status_code == 413
+        assert response.json()["detail"] == "long.wav: audio is longer than the limit of 2.5 s"
+        short = write_wav(tmp_path / "short.wav", noise(2.0, 0.1, 0)).read_bytes()
+        response = client.post("/v1/tag?window=1&hop=0.1", content=short)
+        assert response.status_code == 413 and "11 windows" in response.json()["detail"]
+        assert client.post("/v1/tag?window=1&hop=0.5", content=short).status_code == 200
+        assert client.post("/v1/embed", content=path.read_bytes()).status_code == 413
+    assert list(private_tmp.iterdir()) == []
+
+
+class Gate:
+    """Makes the model wait until released, to hold requests in progress."""
+
+    def __init__(self, model, monkeypatch):
+        self.open = threading.Event()
+        original = model.probabilities
+
+        def probabilities(waveforms):
+            self.open.wait(10)
+            return original(waveforms)
+
+        monkeypatch.setattr(model, "probabilities", probabilities)
+
+
+def test_full_queue_is_503_with_retry_after(model, monkeypatch):
+    gate = Gate(model, monkeypatch)
+    config = ServeConfig(max_pending=1, retry_after=7)
+    data = write_wav_bytes(noise(1.0, 0.1, 1))
+    with TestClient(create_app(model, config)) as client:
+        app = client.app
+        first: dict = {}
+        thread = threading.Thread(target=lambda: first.setdefault("r", client.post("/v1/tag", content=data)))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while app.state.admission.pending < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = client.post("/v1/tag", content=data)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "7" and "busy" in refused.json()["detail"]
+        assert client.get("/healthz").json()["pending"] == 1
+        gate.open.set()
+        thread.join(10)
+        assert first["r"].status_code == 200
+        assert client.post("/v1/tag", content=data).status_code == 200  # admitted again once free
+
+
+def test_request_timeout_is_503_and_leaves_no_work_behind(model, monkeypatch):
+    gate = Gate(model, monkeypatch)
+    config = ServeConfig(request_timeout=0.3, retry_after=2, max_wait=0.0, max_batch_size=1)
+    data = write_wav_bytes(noise(25.0, 0.1, 2))  # three windows
+    with TestClient(create_app(model, config)) as client:
+        batcher = client.app.state.batcher
+        began = time.monotonic()
+        response = client.post("/v1/tag", content=data)
+        assert time.monotonic() - began < 5
+        assert response.status_code == 503 and response.headers["retry-after"] == "2"
+        assert response.json()["detail"] == "request timed out after 0.3 s (server busy)"
+        gate.open.set()
+        deadline = time.monotonic() + 10
+        while batcher.queued and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # The window already on the model finished; the two still queued were dropped.
+        assert batcher.stats.windows == 1
+
+
+def test_concurrent_requests_share_model_batches(model, long_wav):
+    config = ServeConfig(max_wait=0.2, max_batch_size=16)
+    data = long_wav.read_bytes()  # 3 windows each: 10, 10 and 3.5 s
+    with TestClient(create_app(model, config)) as client:
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(client.post("/v1/tag", content=data)))
+                   for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        stats = client.app.state.batcher.stats
+    assert [r.status_code for r in results] == [200] * 4
+    assert len({json.dumps(r.json()) for r in results}) == 1  # batching does not change results
+    assert stats.windows == 12 and stats.largest_batch > 2  # full windows of different requests shared calls
+
+
+def write_wav_bytes(signal: np.ndarray) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, signal, SR, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+# -- the stream socket -------------------------------------------------------------
+
+
+def test_stream_socket_reports_a_burst_with_its_times(burst_model):
+    signal = burst_signal(4.0, 1.6, 2.9)
+    with TestClient(create_app(burst_model)) as client, client.websocket_connect("/v1/stream") as socket:
+        socket.send_text(json.dumps({"sample_rate": 16000, "format": "s16le", "window": 1, "hop": 0.25,
+                                     "classes": ["Burst"]}))
+        ready = socket.receive_json()
+        assert ready["type"] == "ready" and ready["window"] == 1 and ready["hop"] == 0.25
+        pcm = (signal * 32767).astype("<i2").tobytes()
+        for first in range(0, len(pcm), 3000):  # odd-sized messages
+            socket.send_bytes(pcm[first : first + 3000])
+        reports = [socket.receive_json() for _ in range(16)]
+        socket.send_text(json.dumps({"type": "end"}))
+        final = socket.receive_json()
+    assert [r["type"] for r in reports] == ["report"] * 16
+    assert [r["end"] for r in reports] == [0.25 * k for k in range(1, 17)]
+    started = [(e["onset"], r["end"]) for r in reports for e in r["started"]]
+    ended = [(e["onset"], e["offset"]) for r in reports for e in r["ended"]]
+    assert started == [(1.5, 1.75)]
+    assert ended == [(1.5, 3.0)]
+    assert final == {"type": "end", "duration": 4.0, "ended": []}
+
+
+def test_stream_socket_refuses_bad_settings_and_too_many_streams(burst_model):
+    from starlette.websockets import WebSocketDisconnect
+
+    with TestClient(create_app(burst_model, ServeConfig(max_streams=1))) as client:
+        with client.websocket_connect("/v1/stream") as socket:
+            socket.send_text(json.dumps({"format": "mp3"}))
+            assert "unknown PCM format" in socket.receive_json()["detail"]
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket.receive_json()
+            assert closed.value.code == 1008
+        with client.websocket_connect("/v1/stream") as first:
+            first.send_text("{}")
+            assert first.receive_json()["type"] == "ready"
+            with client.websocket_connect("/v1/stream") as second:
+                assert "too many streams" in second.receive_json()["detail"]
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    second.receive_json()
+                assert closed.value.code == 1013
