@@ -144,8 +144,10 @@ function drawTimeline(result, events) {
       ctx.fillRect(x(event.onset), specHeight - 6, Math.max(2, x(event.offset) - x(event.onset)), 6);
       ctx.globalAlpha = 1;
     }
+    ctx.fillStyle = "rgba(0, 0, 0, 0.6)"; // keep the label readable over its bars
+    ctx.fillRect(2, top + 3, ctx.measureText(label).width + 6, lane - 6);
     ctx.fillStyle = "#fff";
-    ctx.fillText(label, 4, top + lane / 2 + 4);
+    ctx.fillText(label, 5, top + lane / 2 + 4);
   });
   if (!labels.length) {
     ctx.fillStyle = "#aaa";
