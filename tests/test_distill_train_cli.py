@@ -59,13 +59,6 @@ def _train_args(root: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _invoke(args: list[str]):
-    import click
-    from auricle.cli import COMMANDS
-    if "distill" not in COMMANDS:  # TEMPORARY until the distill group lands
-        from auricle.cli.distill_train import train_command
-        group = click.Group(commands={"train": train_command}, name="distill")
-        top = click.Group(commands={"distill": group, "tag": cli.get_command(None, "tag")})
-        return CliRunner().invoke(top, args, catch_exceptions=False)
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
@@ -138,12 +131,8 @@ def test_targets_of_another_shard_set_are_refused(distill_data, tmp_path):
 
 
 def test_two_processes_under_torchrun(distill_data, tmp_path):
-    from auricle.cli import COMMANDS
-
-    if "distill" not in COMMANDS:  # TEMPORARY until the distill group lands
-        pytest.skip("the `auricle distill` group is not registered yet")
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "auricle", *_train_args(distill_data, out, "--epochs", "1", "--batch-size", "2")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
