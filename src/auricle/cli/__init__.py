@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "labels": "auricle.cli.info:labels_command",
     "distill": "auricle.cli.distill:distill_command",
     "evaluate": "auricle.cli.evaluate:evaluate_command",
+    "finetune": "auricle.cli.finetune:finetune_command",
+    "probe": "auricle.cli.probe:probe_command",
     "serve": "auricle.cli.serve:serve_command",
     "listen": "auricle.cli.listen:listen_command",
 }

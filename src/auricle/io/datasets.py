@@ -270,4 +270,66 @@ def _listing(entries: Sequence[str]) -> str:
     return shown + (f", ... ({len(entries) - _SHOW} more)" if len(entries) > _SHOW else "")
 
 
-__all__ = ["LabelledItem", "LabelledDataset", "read_dataset", "LABEL_SEPARATOR"]
+# --------------------------------------------------------------------------- training splits
+
+#: Split names taken as validation data when present.
+VALIDATION_NAMES = ("valid", "validation", "val", "dev")
+
+
+def carve_validation(dataset: LabelledDataset, fraction: float, seed: int) -> tuple[LabelledDataset, LabelledDataset]:
+    """Hold out ``fraction`` of each class (by first label) as validation data, seeded."""
+    generator = np.random.default_rng(seed)
+    by_class: dict[str, list[int]] = {}
+    for position, item in enumerate(dataset.items):
+        by_class.setdefault(item.labels[0] if item.labels else "", []).append(position)
+    held: set[int] = set()
+    for positions in by_class.values():
+        take = int(round(len(positions) * fraction))
+        held.update(generator.permutation(positions)[:take].tolist())
+    rest = [i for i in range(len(dataset)) if i not in held]
+    if not held or not rest:
+        raise DatasetError(f"{dataset.source}: too few clips to hold out {fraction:.0%} for validation")
+    return dataset.subset(rest), dataset.subset(sorted(held))
+
+
+@dataclass(frozen=True)
+class TrainingSplits:
+    train: LabelledDataset
+    validation: LabelledDataset
+    test: LabelledDataset | None
+    #: How validation data was chosen, for logs and reports.
+    validation_origin: str
+
+
+def training_splits(
+    dataset: LabelledDataset,
+    train: str = "train",
+    validation: str | None = None,
+    test: str | None = "test",
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+) -> TrainingSplits:
+    """Train/validation/test parts of a dataset.
+
+    Without splits everything is training data. Validation is the named split,
+    else the first of :data:`VALIDATION_NAMES` present, else ``validation_fraction``
+    of the training data held out per class. Test is the named split when present.
+    """
+    if not dataset.splits:
+        train_part, test_part = dataset, None
+    else:
+        train_part = dataset.split(train)
+        test_part = dataset.split(test) if test is not None and test in dataset.splits else None
+    if validation is None:
+        validation = next((name for name in VALIDATION_NAMES if name in dataset.splits), None)
+    if validation is not None:
+        return TrainingSplits(train_part, dataset.split(validation), test_part, f"split {validation!r}")
+    train_part, held = carve_validation(train_part, validation_fraction, seed)
+    return TrainingSplits(train_part, held, test_part,
+                          f"{validation_fraction:.0%} of {train if dataset.splits else 'the data'} per class (seed {seed})")
+
+
+__all__ = [
+    "LabelledItem", "LabelledDataset", "read_dataset", "LABEL_SEPARATOR", "carve_validation",
+    "training_splits", "TrainingSplits", "VALIDATION_NAMES",
+]

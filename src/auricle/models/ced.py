@@ -40,6 +40,9 @@ class CEDConfig:
     #: How logits become scores: "sigmoid" (multi-label, AudioSet) or "softmax"
     #: (heads trained for exactly one class per clip, e.g. by ``auricle finetune``).
     head_activation: str = "sigmoid"
+    #: Hidden width of an MLP head (LayerNorm, Linear, GELU, Linear), e.g. from ``auricle probe --head mlp``;
+    #: 0 is the standard LayerNorm+Linear head.
+    head_hidden: int = 0
 
     def __post_init__(self) -> None:
         if self.head_activation not in HEAD_ACTIVATIONS:
@@ -105,6 +108,13 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
+def make_head(dim: int, classes: int, hidden: int = 0) -> nn.Sequential:
+    """The classification head over the mean token: LayerNorm+Linear, or an MLP when ``hidden`` > 0."""
+    if hidden <= 0:
+        return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, classes))
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, classes))
+
+
 class CED(nn.Module):
     """CED encoder with its AudioSet (or custom) head.
 
@@ -126,7 +136,7 @@ class CED(nn.Module):
         self.freq_pos_embed = nn.Parameter(torch.randn(1, dim, freq_patches, 1) * 0.02)
         self.blocks = nn.Sequential(*[Block(config) for _ in range(config.depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.outputlayer = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, config.num_classes))
+        self.outputlayer = make_head(dim, config.num_classes, config.head_hidden)
         self.eval()
 
     # -- stages -------------------------------------------------------------

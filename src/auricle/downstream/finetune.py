@@ -1,0 +1,582 @@
+"""Fine-tune a CED encoder with a new head on a labelled dataset.
+
+What a run does:
+
+1. decode every clip once into memory (16 kHz mono; training crops to
+   ``max_seconds``, evaluation sees whole clips exactly as ``auricle tag`` does);
+2. build the network: the encoder's weights (a named model, a checkpoint, or a
+   random initialisation of that size) under a new LayerNorm+Linear head over
+   the dataset's classes; ``train_blocks`` freezes all but the last N blocks;
+3. train with AdamW, linear warm-up then cosine decay, SpecAugment masks and
+   optional mixup on the normalised log-mel, optionally class-balanced draws;
+4. after each epoch score the validation set, keep the best weights as an
+   auricle checkpoint (``model.safetensors`` + ``model.json``), stop after
+   ``patience`` epochs without improvement, and write a resume point
+   (``last.pt``: model, optimiser, scheduler, RNG, epoch, history);
+5. score the test split (if any) with the best weights.
+
+Single-label datasets train with softmax cross-entropy and save a head with
+``head_activation="softmax"`` (scores of a clip sum to 1); multi-label
+datasets train with binary cross-entropy and keep the sigmoid.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on
+its share of each epoch's draws (``EpochSampler``: one seeded permutation or
+balanced draw, dealt out by rank, which is what ``DistributedSampler`` does
+plus class balancing), gradients are averaged by DDP (gloo on CPU, nccl on
+CUDA), and rank 0 evaluates, saves and broadcasts the stop decision.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from auricle.audio import SAMPLE_RATE, load_audio
+from auricle.downstream.classification import Scores, score_classification
+from auricle.errors import AuricleError, CheckpointError, DatasetError
+from auricle.frontend import HOP_LENGTH, num_frames
+from auricle.io.datasets import LabelledDataset
+from auricle.models.ced import CED, MIN_SAMPLES
+
+STATE_FORMAT = "auricle-finetune-state"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyper-parameters of one fine-tuning run."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    #: Train only the last N transformer blocks (+ final norm and head); None trains everything.
+    train_blocks: int | None = None
+    #: SpecAugment: number of time masks, each up to this fraction of the clip's frames.
+    time_masks: int = 2
+    time_mask_fraction: float = 0.15
+    #: SpecAugment: number of frequency masks, each up to this many mel bands.
+    freq_masks: int = 2
+    freq_mask_bands: int = 8
+    #: Mixup Beta(alpha, alpha) on the normalised log-mel; 0 turns it off.
+    mixup_alpha: float = 0.0
+    #: Draw training clips with probability inversely proportional to their class frequency.
+    balanced: bool = False
+    #: Stop after this many epochs without a better validation metric.
+    patience: int = 8
+    #: "accuracy" or "map"; "auto" is accuracy for single-label and mAP for multi-label data.
+    metric: str = "auto"
+    #: Longer training clips are cut at a random offset to this length (evaluation sees whole clips).
+    max_seconds: float = 10.0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def metric_for(self, multi_label: bool) -> str:
+        if self.metric == "auto":
+            return "map" if multi_label else "accuracy"
+        if self.metric not in ("accuracy", "map"):
+            raise ValueError(f"metric must be auto, accuracy or map, not {self.metric!r}")
+        return self.metric
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    learning_rate: float
+    validation: dict
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FinetuneResult:
+    """Where the model went and how well it did."""
+
+    checkpoint: str
+    classes: tuple[str, ...]
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    validation: dict
+    test: dict | None
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["classes"] = list(self.classes)
+        return values
+
+
+# --------------------------------------------------------------------------- the network
+
+
+def with_new_head(encoder: CED, classes: int, activation: str) -> CED:
+    """A copy of ``encoder`` whose head is a fresh LayerNorm+Linear over ``classes`` outputs."""
+    config = replace(encoder.config, num_classes=classes, head_activation=activation, head_hidden=0)
+    network = CED(config)
+    own = {k: v for k, v in encoder.state_dict().items() if not k.startswith("outputlayer.")}
+    missing, unexpected = network.load_state_dict(own, strict=False)
+    if unexpected or any(not key.startswith("outputlayer.") for key in missing):
+        raise CheckpointError(f"encoder does not fit a new head (missing {missing}, unexpected {unexpected})")
+    return network
+
+
+def freeze_for_partial(network: CED, train_blocks: int | None) -> list[nn.Parameter]:
+    """Leave only the last ``train_blocks`` blocks, the final norm and the head trainable."""
+    if train_blocks is None:
+        for parameter in network.parameters():
+            parameter.requires_grad_(True)
+        return list(network.parameters())
+    depth = len(network.blocks)
+    if not 0 <= train_blocks <= depth:
+        raise ValueError(f"train_blocks must be between 0 and {depth}, not {train_blocks}")
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    trainable: list[nn.Module] = [network.outputlayer]
+    if train_blocks:
+        trainable += [network.norm, *network.blocks[depth - train_blocks:]]
+    for module in trainable:
+        for parameter in module.parameters():
+            parameter.requires_grad_(True)
+    return [p for p in network.parameters() if p.requires_grad]
+
+
+def valid_time_patches(lengths: torch.Tensor, patch_size: int, total: int) -> torch.Tensor:
+    """Time patches holding real (not padded) frames, per clip; at least one."""
+    frames = 1 + torch.clamp(lengths, min=MIN_SAMPLES) // HOP_LENGTH
+    return torch.clamp((frames + patch_size - 1) // patch_size, 1, total)
+
+
+@dataclass
+class AugmentPlan:
+    """Random choices of one training batch, drawn outside the model so its forward is deterministic."""
+
+    keep: torch.Tensor  # (B, 1, F, T) 0/1 mask from SpecAugment
+    mix_order: torch.Tensor | None = None  # partner of each clip in mixup
+    mix_weight: torch.Tensor | None = None  # (B,) weight of the clip itself
+
+
+class TrainingNet(nn.Module):
+    """Log-mel -> masks/mixup -> encoder -> mean of the real tokens -> logits; what DDP wraps."""
+
+    def __init__(self, network: CED) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, plan: AugmentPlan | None) -> torch.Tensor:
+        network = self.network
+        normalized = network.normalize(network.spectrogram(waveforms))
+        target = network.config.target_frames
+        if normalized.shape[-1] > target:
+            normalized = normalized[..., :target]
+        patch = network.config.patch_size
+        time_patches = normalized.shape[-1] // patch
+        valid = valid_time_patches(lengths, patch, time_patches)
+        if plan is not None:
+            normalized = normalized * plan.keep[..., : normalized.shape[-1]]
+            if plan.mix_order is not None:
+                weight = plan.mix_weight.view(-1, 1, 1, 1)
+                normalized = weight * normalized + (1 - weight) * normalized[plan.mix_order]
+                valid = torch.maximum(valid, valid[plan.mix_order])
+        tokens = network.forward_features(normalized)
+        batch, _, dim = tokens.shape
+        grid = tokens.reshape(batch, -1, time_patches, dim)  # frequency-major token order
+        mask = (torch.arange(time_patches, device=tokens.device)[None, :] < valid[:, None]).to(tokens.dtype)
+        pooled = (grid * mask[:, None, :, None]).sum(dim=(1, 2)) / (mask.sum(dim=1) * grid.shape[1])[:, None]
+        return network.outputlayer(pooled)
+
+
+def draw_augment_plan(
+    shape: tuple[int, int, int], lengths: torch.Tensor, config: FinetuneConfig, generator: torch.Generator
+) -> AugmentPlan:
+    """SpecAugment masks over (B, n_mels, frames) and mixup partners, from ``generator``."""
+    batch, bands, frames = shape
+    keep = torch.ones(batch, 1, bands, frames)
+    clip_frames = (1 + torch.clamp(lengths, min=MIN_SAMPLES) // HOP_LENGTH).clamp(max=frames)
+    for row in range(batch):
+        width_limit = max(1, int(config.time_mask_fraction * int(clip_frames[row])))
+        for _ in range(config.time_masks):
+            width = int(torch.randint(0, width_limit + 1, (1,), generator=generator))
+            start = int(torch.randint(0, max(1, int(clip_frames[row]) - width + 1), (1,), generator=generator))
+            keep[row, :, :, start:start + width] = 0
+        for _ in range(config.freq_masks):
+            width = int(torch.randint(0, config.freq_mask_bands + 1, (1,), generator=generator))
+            start = int(torch.randint(0, max(1, bands - width + 1), (1,), generator=generator))
+            keep[row, :, start:start + width, :] = 0
+    plan = AugmentPlan(keep)
+    if config.mixup_alpha > 0 and batch > 1:
+        beta = torch.distributions.Beta(config.mixup_alpha, config.mixup_alpha)
+        # Beta sampling has no generator argument; draw it from a uniform of ours by inversion-free seeding.
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            weight = beta.sample((batch,))
+        plan.mix_weight = torch.maximum(weight, 1 - weight)  # the clip itself dominates its target
+        plan.mix_order = torch.randperm(batch, generator=generator)
+    return plan
+
+
+# --------------------------------------------------------------------------- data
+
+
+class EpochSampler:
+    """The clips of each epoch: a seeded permutation, or a class-balanced draw, dealt out by rank.
+
+    Depends only on (seed, epoch), so a resumed run sees the same order, and
+    every rank gets an equal share (the list is padded by wrapping around).
+    """
+
+    def __init__(self, targets: np.ndarray, balanced: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.count = len(targets)
+        self.balanced = balanced
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        frequency = targets.sum(axis=0)
+        inverse = np.where(frequency > 0, 1.0 / np.maximum(frequency, 1), 0.0)
+        weights = (targets * inverse).max(axis=1)
+        weights = np.where(weights > 0, weights, inverse[inverse > 0].min() if (inverse > 0).any() else 1.0)
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+
+    def indices(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.balanced:
+            order = torch.multinomial(self.weights, self.count, replacement=True, generator=generator)
+        else:
+            order = torch.randperm(self.count, generator=generator)
+        order = order.tolist()
+        per_rank = math.ceil(len(order) / self.world_size)
+        order += order[: per_rank * self.world_size - len(order)]
+        return order[self.rank::self.world_size]
+
+
+def load_waveforms(dataset: LabelledDataset, progress: bool = False) -> list[np.ndarray]:
+    """Decode every clip; one error listing every file that cannot be read."""
+    from tqdm import tqdm
+
+    waveforms: list[np.ndarray] = []
+    failures: list[str] = []
+    for item in tqdm(dataset.items, desc="decoding", unit="file", disable=not progress):
+        try:
+            waveforms.append(load_audio(item.file))
+        except AuricleError as error:
+            failures.append(str(error))
+            waveforms.append(np.zeros(0, dtype=np.float32))
+    if failures:
+        shown = "; ".join(failures[:3]) + (f"; ... ({len(failures) - 3} more)" if len(failures) > 3 else "")
+        raise DatasetError(f"{dataset.source}: {len(failures)} files cannot be decoded: {shown}")
+    return waveforms
+
+
+def collate(clips: Sequence[np.ndarray], max_samples: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad clips to the longest (after a random crop of longer ones) -> (waveforms, lengths)."""
+    cut = []
+    for clip in clips:
+        if len(clip) > max_samples:
+            start = int(torch.randint(0, len(clip) - max_samples + 1, (1,), generator=generator)) if generator else 0
+            clip = clip[start:start + max_samples]
+        cut.append(clip)
+    lengths = torch.tensor([len(c) for c in cut])
+    batch = torch.zeros(len(cut), max(int(lengths.max()), MIN_SAMPLES))
+    for row, clip in enumerate(cut):
+        batch[row, : len(clip)] = torch.from_numpy(clip)
+    return batch, lengths
+
+
+def predict(network: CED, waveforms: Sequence[np.ndarray], batch_size: int = 16, device: str = "cpu") -> np.ndarray:
+    """Scores (N, C) of whole clips, each analysed alone, by the code path of ``auricle tag``.
+
+    (For clips up to 10 s that is exactly what ``auricle tag`` reports.)
+    """
+    from auricle.labels import LabelSet
+    from auricle.model import AudioModel
+
+    labels = LabelSet.from_names([f"class {i}" for i in range(network.config.num_classes)])
+    return np.stack(AudioModel(network, "finetune", labels, device)._score_windows(list(waveforms), batch_size))
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_from_env(device: str) -> Distributed:
+    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def _broadcast_flag(value: bool, where: Distributed) -> bool:
+    if where.world_size == 1:
+        return value
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if value else 0])
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _atomic_save(payload: dict, path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _metric_value(scores: Scores, metric: str) -> float:
+    return scores.accuracy if metric == "accuracy" else scores.mean_average_precision
+
+
+def finetune(
+    encoder: CED,
+    train: LabelledDataset,
+    validation: LabelledDataset,
+    output: str | os.PathLike,
+    config: FinetuneConfig = FinetuneConfig(),
+    *,
+    test: LabelledDataset | None = None,
+    name: str = "finetuned",
+    resume: bool = False,
+    stop_after: int | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    log: Callable[[str], None] = lambda line: None,
+) -> FinetuneResult:
+    """Fine-tune ``encoder`` with a new head on ``train``; see the module docs for the steps.
+
+    ``stop_after`` ends this call after that many epochs (a resume point is
+    kept; for jobs with a time limit); the test split is then not scored.
+    """
+    from tqdm import tqdm
+
+    output = Path(output)
+    where = distributed_from_env(device)
+    train.require_examples("the training data")
+    classes = train.classes
+    multi_label = train.multi_label or validation.multi_label
+    metric = config.metric_for(multi_label)
+    activation = "sigmoid" if multi_label else "softmax"
+    state_path = output / "last.pt"
+    checkpoint_path = output / "model.safetensors"
+    if state_path.exists() and not resume:
+        raise CheckpointError(f"{state_path}: a run is already here; pass --resume or choose another output")
+    output.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    network = with_new_head(encoder, len(classes), activation).to(device)
+    trainable = freeze_for_partial(network, config.train_blocks)
+    model = TrainingNet(network)
+    if where.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model)
+    optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    train_waves = load_waveforms(train, progress and where.main)
+    validation_waves = load_waveforms(validation, progress and where.main) if where.main else []
+    train_targets = train.targets()
+    sampler = EpochSampler(train_targets, config.balanced, config.seed, where.rank, where.world_size)
+    steps_per_epoch = math.ceil(len(sampler.indices(0)) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, _schedule(steps_per_epoch * config.epochs, max(1, int(config.warmup_epochs * steps_per_epoch)))
+    )
+    generator = torch.Generator().manual_seed(config.seed * 7919 + where.rank)
+    max_samples = int(config.max_seconds * SAMPLE_RATE)
+    start_epoch, best, best_epoch, bad_epochs = 0, -math.inf, 0, 0
+    best_scores: dict = {}
+    history: list[EpochRecord] = []
+
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("format") != STATE_FORMAT or tuple(state["classes"]) != tuple(classes):
+            raise CheckpointError(f"{state_path}: not a resume point of this run (other classes or format)")
+        network.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"][where.rank] if where.rank < len(state["generator"]) else state["generator"][0])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, best, best_epoch, bad_epochs = state["epoch"], state["best"], state["best_epoch"], state["bad_epochs"]
+        best_scores = state["best_scores"]
+        history = [EpochRecord(**record) for record in state["history"]]
+        log(f"resumed after epoch {start_epoch} (best {metric} {best:.4f} at epoch {best_epoch})")
+
+    loss_function = nn.BCEWithLogitsLoss() if multi_label else None
+    stopped_early = False
+    last_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, last_epoch):
+        if bad_epochs >= config.patience:
+            stopped_early = True
+            break
+        began = time.perf_counter()
+        model.train()
+        if config.train_blocks is not None:
+            network.init_bn.eval()  # a frozen encoder keeps its input statistics
+        order = sampler.indices(epoch)
+        total_loss, batches = 0.0, 0
+        bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch + 1}", unit="batch",
+                   disable=not (progress and where.main), leave=False)
+        for first in bar:
+            chosen = order[first:first + config.batch_size]
+            waves, lengths = collate([train_waves[i] for i in chosen], max_samples, generator)
+            targets = torch.from_numpy(train_targets[chosen])
+            frames = num_frames(waves.shape[-1])
+            plan = draw_augment_plan((len(chosen), network.config.n_mels, frames), lengths, config, generator)
+            if plan.mix_order is not None:
+                weight = plan.mix_weight[:, None]
+                targets = weight * targets + (1 - weight) * targets[plan.mix_order]
+            logits = model(waves.to(device), lengths.to(device), _to_device(plan, device))
+            targets = targets.to(device)
+            loss = loss_function(logits, targets) if multi_label else F.cross_entropy(logits, targets)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 5.0)
+            optimiser.step()
+            scheduler.step()
+            total_loss += loss.item()
+            batches += 1
+            bar.set_postfix(loss=f"{total_loss / batches:.3f}")
+        bar.close()
+
+        improved = False
+        record = EpochRecord(epoch + 1, total_loss / max(1, batches), scheduler.get_last_lr()[0], {}, 0.0)
+        if where.main:
+            scores = score_classification(validation.targets(), predict(network, validation_waves, device=device),
+                                          multi_label)
+            record.validation = scores.to_dict()
+            value = _metric_value(scores, metric)
+            improved = value > best
+            if improved:
+                best, best_epoch, best_scores = value, epoch + 1, scores.to_dict()
+                _save_model(network, checkpoint_path, classes, name)
+        improved = _broadcast_flag(improved, where)
+        bad_epochs = 0 if improved else bad_epochs + 1
+        record.seconds = time.perf_counter() - began
+        history.append(record)
+        if where.main:
+            log(f"epoch {epoch + 1}/{config.epochs}: loss {record.train_loss:.4f}, validation "
+                f"{metric} {_metric_value(scores, metric):.4f}{' (best)' if improved else ''}, {record.seconds:.0f} s")
+            _atomic_save({
+                "format": STATE_FORMAT,
+                "classes": list(classes),
+                "model": network.state_dict(),
+                "optimizer": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": _gather_generators(generator, where),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch + 1,
+                "best": best,
+                "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs,
+                "best_scores": best_scores,
+                "history": [r.to_dict() for r in history],
+                "config": config.to_dict(),
+            }, state_path)
+        else:
+            _gather_generators(generator, where)
+
+    test_scores = None
+    finished = stopped_early or len(history) >= config.epochs or bad_epochs >= config.patience
+    if where.main and finished and test is not None and len(test):
+        from auricle.models.checkpoints import build_model, read_checkpoint
+
+        best_network = build_model(read_checkpoint(checkpoint_path)).to(device)
+        test_scores = score_classification(test.targets(), predict(best_network, load_waveforms(test), device=device),
+                                           multi_label).to_dict()
+    result = FinetuneResult(str(checkpoint_path), classes, best_epoch, len(history), stopped_early,
+                            best_scores, test_scores, history)
+    if where.main:
+        temporary = output / "result.json.tmp"
+        temporary.write_text(json.dumps(result.to_dict(), indent=2))
+        os.replace(temporary, output / "result.json")
+    return result
+
+
+def _gather_generators(generator: torch.Generator, where: Distributed) -> list[torch.Tensor]:
+    """Every rank's augmentation RNG state (collective: all ranks must call it)."""
+    state = generator.get_state()
+    if where.world_size == 1:
+        return [state]
+    import torch.distributed as dist
+
+    gathered = [torch.empty_like(state) for _ in range(where.world_size)]
+    dist.all_gather(gathered, state)
+    return gathered
+
+
+def _to_device(plan: AugmentPlan, device: str) -> AugmentPlan:
+    return AugmentPlan(
+        plan.keep.to(device),
+        None if plan.mix_order is None else plan.mix_order.to(device),
+        None if plan.mix_weight is None else plan.mix_weight.to(device),
+    )
+
+
+def _save_model(network: CED, path: Path, classes: Sequence[str], name: str) -> None:
+    from auricle.models.checkpoints import save_checkpoint
+
+    save_checkpoint(network, path, labels=list(classes), name=name)
+
+
+def load_encoder(model_name: str, checkpoint: str | None, from_scratch: bool) -> tuple[CED, str]:
+    """The encoder to start from and a description of where its weights came from."""
+    from auricle.models.checkpoints import build_model, read_checkpoint
+    from auricle.models.registry import model_info
+
+    if from_scratch:
+        if checkpoint is not None:
+            raise CheckpointError("--from-scratch and --checkpoint exclude each other")
+        info = model_info(model_name)
+        return CED(info.config), f"{info.name} (random initialisation)"
+    if checkpoint is None:
+        from auricle.models.hub import fetch_weights
+
+        info = model_info(model_name)
+        checkpoint = str(fetch_weights(info))
+        return build_model(read_checkpoint(checkpoint)), f"{info.name} ({checkpoint})"
+    return build_model(read_checkpoint(checkpoint)), str(checkpoint)
+
+
+__all__ = [
+    "FinetuneConfig", "FinetuneResult", "EpochRecord", "EpochSampler", "finetune", "load_encoder",
+    "with_new_head", "freeze_for_partial", "predict", "load_waveforms",
+]

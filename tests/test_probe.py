@@ -1,0 +1,145 @@
+"""`auricle probe`: embeddings cached by model and content, probe scores, the probe served by `auricle tag`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import auricle
+from auricle.cli import cli
+from auricle.downstream.classification import score_classification
+from auricle.downstream.probe import (
+    EmbeddingCache, ProbeConfig, model_key, probe_scores, stratified_folds, train_probe, with_probe_head,
+)
+from downstream_support import tiny_encoder, tone_manifest
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tones")
+    return tone_manifest(folder), tiny_encoder(folder / "tiny.safetensors")
+
+
+def _probe(args, tmp_path):
+    runner = CliRunner()
+    return runner.invoke(cli, ["probe", *map(str, args), "--threads", "1"], catch_exceptions=False)
+
+
+def test_probe_reports_scores_caches_embeddings_and_serves_as_a_head(tones, tmp_path):
+    manifest, encoder = tones
+    cache, output = tmp_path / "cache", tmp_path / "probe.safetensors"
+    first = _probe([manifest, "--checkpoint", encoder, "--cache-dir", cache, "-o", output, "--folds", "3"], tmp_path)
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.stdout)
+    assert report["classes"] == ["high", "low", "mid"] and not report["multi_label"]
+    assert report["train_examples"] == 18 and report["test"]["examples"] == 6
+    assert len(report["folds"]) == 3 and report["fold_mean"]["examples"] == 18
+    # Three pure pitches are linearly separable even through a random encoder.
+    assert report["test"]["accuracy"] == 1.0
+    assert "24 clips" not in first.stderr and "(0 from the cache)" in first.stderr
+
+    second = _probe([manifest, "--checkpoint", encoder, "--cache-dir", cache], tmp_path)
+    assert "18 clips embedded (18 from the cache)" in second.stderr
+    assert "6 clips embedded (6 from the cache)" in second.stderr
+    assert json.loads(second.stdout)["test"] == report["test"]
+
+    # The saved checkpoint is the encoder with the probe as its head: tag names the new classes.
+    tagged = CliRunner().invoke(cli, ["tag", "--checkpoint", str(output), "-f", "json", "-k", "3",
+                                      str(manifest.parent / "low" / "low_0.wav")])
+    assert tagged.exit_code == 0, tagged.output
+    tags = json.loads(tagged.stdout)
+    tags = tags[0] if isinstance(tags, list) else tags
+    assert tags["tags"][0]["label"] == "low"
+    assert sum(tag["score"] for tag in tags["tags"]) == pytest.approx(1.0, abs=1e-5)  # softmax head
+
+
+def test_cache_key_follows_weights_not_names(tones, tmp_path):
+    _, encoder = tones
+    model = auricle.load_model(checkpoint=encoder)
+    key = model_key(model.network)
+    assert key == model_key(auricle.load_model(checkpoint=encoder).network)
+    with torch.no_grad():
+        model.network.blocks[0].mlp.fc1.bias[0] += 1e-3
+    assert model_key(model.network) != key
+    cache = EmbeddingCache(tmp_path, key)
+    cache.put("abc", np.arange(4, dtype=np.float32))
+    np.testing.assert_array_equal(cache.get("abc"), [0, 1, 2, 3])
+    assert cache.get("other") is None and not list(cache.folder.glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("head, multi_label", [("linear", False), ("mlp", True)])
+def test_saved_head_scores_equal_the_probe(tones, tmp_path, head, multi_label):
+    """What `auricle tag` computes from the checkpoint is exactly the probe on the clip embedding."""
+    manifest, encoder = tones
+    model = auricle.load_model(checkpoint=encoder)
+    files = sorted(manifest.parent.glob("*/*.wav"))[:9]
+    embeddings = np.stack([model.embed(f).clip for f in files])
+    targets = np.eye(3, dtype=np.float32)[np.arange(9) % 3]
+    if multi_label:
+        targets[0, 1] = 1
+    config = ProbeConfig(head=head, hidden=16, epochs=5)
+    probe = train_probe(embeddings, targets, multi_label, config)
+    expected = probe_scores(probe, embeddings, multi_label)
+    path = tmp_path / "head.safetensors"
+    from auricle.models.checkpoints import save_checkpoint
+
+    save_checkpoint(with_probe_head(model.network, probe, multi_label, config), path, labels=["x", "y", "z"])
+    served = auricle.load_model(checkpoint=path)
+    assert served.network.config.head_activation == ("sigmoid" if multi_label else "softmax")
+    assert served.network.config.head_hidden == (16 if head == "mlp" else 0)
+    from auricle.audio import load_audio
+
+    got = np.stack([served.probabilities(torch.from_numpy(load_audio(f)))[0].numpy() for f in files])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_multi_label_probe_and_bad_files(tmp_path):
+    from downstream_support import tone_clips
+
+    rows = tone_clips(tmp_path, per_class=4)
+    lines = ["file,labels"] + [f"{file},{label}{';loud' if n % 2 else ''}" for n, (file, label) in enumerate(rows)]
+    (tmp_path / "broken.wav").write_bytes(b"not audio at all")
+    lines.append("broken.wav,low")
+    (tmp_path / "multi.csv").write_text("\n".join(lines) + "\n")
+    encoder = tiny_encoder(tmp_path / "tiny.safetensors")
+    result = _probe([tmp_path / "multi.csv", "--checkpoint", encoder, "--no-cache", "--folds", "2",
+                     "-o", tmp_path / "p.safetensors"], tmp_path)
+    assert result.exit_code == 1
+    assert "broken.wav" in result.stderr and "1 files failed and were left out" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["multi_label"] and report["classes"] == ["high", "loud", "low", "mid"]
+    assert report["train_examples"] == 12
+    assert json.loads((tmp_path / "p.json").read_text())["config"]["head_activation"] == "sigmoid"
+
+
+def test_probe_usage_errors(tones, tmp_path):
+    manifest, encoder = tones
+    runner = CliRunner()
+    no_test = runner.invoke(cli, ["probe", str(manifest), "--checkpoint", str(encoder), "--test-split", "eval"])
+    assert no_test.exit_code == 2 and "no 'eval' split to score; use --folds" in no_test.stderr
+    bad_split = runner.invoke(cli, ["probe", str(manifest), "--checkpoint", str(encoder), "--train-split", "dev"])
+    assert bad_split.exit_code == 2 and "no split 'dev' (splits: " in bad_split.stderr
+
+
+def test_stratified_folds_partition_every_class():
+    targets = np.eye(3, dtype=np.float32)[[0] * 6 + [1] * 6 + [2] * 3]
+    folds = stratified_folds(targets, 3, seed=1)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(15))
+    for fold in folds:
+        assert targets[fold].sum(axis=0).tolist() == [2, 2, 1]
+
+
+def test_classification_scores_by_hand():
+    targets = np.eye(2, dtype=np.float32)[[0, 0, 1, 1]]
+    scores = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
+    result = score_classification(targets, scores, multi_label=False)
+    assert result.accuracy == 0.75
+    # class 0: precision 1, recall 1/2 -> F1 2/3; class 1: precision 2/3, recall 1 -> F1 4/5.
+    assert result.macro_f1 == pytest.approx((2 / 3 + 4 / 5) / 2)
+    # class 0 ranks: 0.9(+) 0.4(+) 0.3 0.2 -> AP 1; class 1: 0.8(+) 0.7(+) 0.6 0.1 -> AP 1.
+    assert result.mean_average_precision == pytest.approx(1.0)
+    assert result.mean_auc == pytest.approx(1.0) and result.to_dict()["d_prime"] is None
