@@ -304,3 +304,27 @@ def test_stream_socket_refuses_bad_settings_and_too_many_streams(burst_model):
                 with pytest.raises(WebSocketDisconnect) as closed:
                     second.receive_json()
                 assert closed.value.code == 1013
+
+
+# -- the command -------------------------------------------------------------------
+
+
+def test_serve_command_refuses_a_bad_checkpoint_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from auricle.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--checkpoint", str(tmp_path / "missing.pt")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("auricle: error: ") and result.stderr.count("\n") == 1
+
+
+def test_worker_processes_build_the_app_from_the_environment(tmp_path, monkeypatch):
+    from auricle.serve.app import create_app_from_environment
+
+    checkpoint = tiny_random_checkpoint(tmp_path / "tiny.safetensors")
+    monkeypatch.setenv("AURICLE_SERVE", json.dumps({"model": "ced-mini", "checkpoint": str(checkpoint),
+                                                    "config": {"max_pending": 3, "max_duration": 5.0}}))
+    app = create_app_from_environment()
+    assert app.state.config == ServeConfig(max_pending=3, max_duration=5.0)
+    assert app.state.model.name == "test-tiny"

@@ -31,10 +31,12 @@ from auricle.cli.common import fail, load_model_or_exit, model_options
               help="Windows per model call across concurrent requests.")
 @click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
               help="How long a window may wait for others to fill a batch.")
+@click.option("--max-streams", type=click.IntRange(1), default=8, show_default=True,
+              help="Concurrent /v1/stream sockets (more are closed with code 1013).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 def serve_command(model_name, checkpoint, device, threads, host, port, workers, max_upload_mb, max_duration,
-                  max_windows, max_pending, request_timeout, max_batch_size, max_wait_ms, log_level) -> None:
+                  max_windows, max_pending, request_timeout, max_batch_size, max_wait_ms, max_streams, log_level) -> None:
     """Serve tagging and embeddings over HTTP, with a web page at /.
 
     API: POST /v1/tag, POST /v1/embed, GET /v1/models, GET /v1/labels,
@@ -50,7 +52,8 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
     try:
         config = ServeConfig(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_duration=max_duration,
                              max_windows=max_windows, max_pending=max_pending, request_timeout=request_timeout,
-                             max_batch_size=max_batch_size, max_wait=max_wait_ms / 1000)
+                             max_batch_size=max_batch_size, max_wait=max_wait_ms / 1000,
+                             max_streams=max_streams)
     except ValueError as error:
         fail(str(error))
     if workers == 1:
@@ -63,8 +66,11 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
     load_model_or_exit(model_name, checkpoint, device, threads)  # fail here, once, on a bad model
     from dataclasses import asdict
 
+    meta = click.get_current_context().meta
     os.environ["AURICLE_SERVE"] = json.dumps({
-        "model": model_name, "checkpoint": checkpoint, "device": device, "threads": threads, "config": asdict(config),
+        "model": model_name, "checkpoint": checkpoint, "device": device, "threads": threads,
+        "engine": meta.get("auricle.engine", "torch"), "precision": meta.get("auricle.precision", "fp32"),
+        "config": asdict(config),
     })
     uvicorn.run("auricle.serve.app:create_app_from_environment", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level)

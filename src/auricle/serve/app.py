@@ -246,12 +246,14 @@ def create_app_from_environment() -> FastAPI:
     """App factory for ``uvicorn --factory`` (several worker processes): settings from ``AURICLE_SERVE``.
 
     ``AURICLE_SERVE`` is the JSON that ``auricle serve`` writes: model name,
-    checkpoint, device, threads and the :class:`ServeConfig` fields.
+    checkpoint, device, threads, engine, precision and the :class:`ServeConfig` fields.
     """
     from auricle.model import load_model
 
     spec = json.loads(os.environ["AURICLE_SERVE"])
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    model = load_model(spec["model"], checkpoint=spec.get("checkpoint"), device=spec.get("device", "cpu"))
+    model = load_model(spec["model"], checkpoint=spec.get("checkpoint"), device=spec.get("device", "cpu"),
+                       engine=spec.get("engine", "torch"), precision=spec.get("precision", "fp32"),
+                       threads=spec.get("threads"))
     return create_app(model, ServeConfig(**spec.get("config", {})))

@@ -160,20 +160,25 @@ function niceStep(duration) {
   return 1200;
 }
 
+// The microphone, or null (with the reason shown) when the browser refuses it.
+async function microphone() {
+  showError("");
+  try {
+    return await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (error) {
+    showError(`microphone unavailable: ${error.message || error}`);
+    return null;
+  }
+}
+
 // -- recording: MediaRecorder, then upload like a file ------------------------------------
 let recorder = null;
 
 async function toggleRecord() {
   const button = $("record-button");
   if (recorder) { recorder.stop(); return; }
-  showError("");
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-  } catch (error) {
-    showError(`microphone unavailable: ${error.message || error}`);
-    return;
-  }
+  const stream = await microphone();
+  if (!stream) return;
   const chunks = [];
   recorder = new MediaRecorder(stream);
   recorder.ondataavailable = (event) => chunks.push(event.data);
@@ -197,14 +202,8 @@ let live = null;
 
 async function toggleLive() {
   if (live) { live.stop(); return; }
-  showError("");
-  let media;
-  try {
-    media = await navigator.mediaDevices.getUserMedia({ audio: true });
-  } catch (error) {
-    showError(`microphone unavailable: ${error.message || error}`);
-    return;
-  }
+  const media = await microphone();
+  if (!media) return;
   const context = new AudioContext();
   const source = context.createMediaStreamSource(media);
   // ScriptProcessor is old but needs no extra module file; 4096 frames is ~85 ms at 48 kHz.
