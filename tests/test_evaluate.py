@@ -76,9 +76,9 @@ def test_tagging_metrics_by_hand_from_a_predictions_file(tmp_path):
 
 
 def test_tagging_with_a_model_equals_scoring_its_tag_output(two_class_checkpoint, recordings, tmp_path):
-    direct = run("evaluate", recordings / "labels.csv", "--checkpoint", two_class_checkpoint, "--json", "-")
+    direct = run("evaluate", recordings / "labels.csv", "--checkpoint", two_class_checkpoint, "--threads", "1", "--json", "-")
     assert direct.exit_code == 0, direct.output
-    tags = run("tag", *(recordings / f"r{n}.wav" for n in range(4)), "--checkpoint", two_class_checkpoint,
+    tags = run("tag", *(recordings / f"r{n}.wav" for n in range(4)), "--checkpoint", two_class_checkpoint, "--threads", "1",
                "--top-k", "2", "--format", "json", "--output", tmp_path / "tags.json")
     assert tags.exit_code == 0, tags.output
     scored = run("evaluate", recordings / "labels.csv", "--predictions", tmp_path / "tags.json", "--json", "-")
@@ -152,12 +152,12 @@ def test_psds_of_perfect_and_of_useless_scores(tmp_path):
 
 def test_events_with_a_model_equal_scoring_its_tag_output_and_plot_a_timeline(two_class_checkpoint, recordings, tmp_path):
     window = ("--window", "1", "--hop", "0.5")
-    direct = run("evaluate", recordings / "events.csv", "--events", "--checkpoint", two_class_checkpoint, *window,
+    direct = run("evaluate", recordings / "events.csv", "--events", "--checkpoint", two_class_checkpoint, "--threads", "1", *window,
                  "--json", tmp_path / "direct.json", "--timeline", recordings / "r2.wav",
                  "--timeline-png", tmp_path / "timeline.png")
     assert direct.exit_code == 0, direct.output
     assert (tmp_path / "timeline.png").read_bytes().startswith(PNG_MAGIC)
-    tags = run("tag", *(recordings / f"r{n}.wav" for n in range(4)), "--checkpoint", two_class_checkpoint, *window,
+    tags = run("tag", *(recordings / f"r{n}.wav" for n in range(4)), "--checkpoint", two_class_checkpoint, "--threads", "1", *window,
                "--events", "--top-k", "2", "--format", "jsonl", "--output", tmp_path / "tags.jsonl")
     assert tags.exit_code == 0, tags.output
     scored = run("evaluate", recordings / "events.csv", "--events", "--predictions", tmp_path / "tags.jsonl", "--json", "-")
@@ -172,11 +172,11 @@ def test_events_with_a_model_equal_scoring_its_tag_output_and_plot_a_timeline(tw
 # -- errors ------------------------------------------------------------------------------
 def test_bad_input_gives_one_line_errors(two_class_checkpoint, recordings, tmp_path):
     (tmp_path / "horse.csv").write_text("file,labels\n" + f"{recordings / 'r0.wav'},Horse\n")
-    result = run("evaluate", tmp_path / "horse.csv", "--checkpoint", two_class_checkpoint)
+    result = run("evaluate", tmp_path / "horse.csv", "--checkpoint", two_class_checkpoint, "--threads", "1")
     assert result.exit_code == 2 and "not outputs of the model: 'Horse'" in result.output
 
     (tmp_path / "bad.csv").write_text("file,start,end,label\na.wav,0,1,Dog\n")
-    result = run("evaluate", tmp_path / "bad.csv", "--events", "--checkpoint", two_class_checkpoint)
+    result = run("evaluate", tmp_path / "bad.csv", "--events", "--checkpoint", two_class_checkpoint, "--threads", "1")
     assert result.exit_code == 2 and "strong labels need columns" in result.output
 
     (tmp_path / "ref.csv").write_text("file,onset,offset,label\na.wav,0,1,Dog\nb.wav,0,1,Dog\n")
@@ -194,7 +194,7 @@ def test_a_broken_file_is_reported_and_the_rest_scored(two_class_checkpoint, rec
         "file,labels\n" + "".join(f"{recordings / f'r{n}.wav'},{'Dog' if n % 2 == 0 else 'Cat'}\n" for n in range(4))
         + "broken.wav,Dog\n"
     )
-    result = run("evaluate", tmp_path / "labels.csv", "--checkpoint", two_class_checkpoint, "--json", "-")
+    result = run("evaluate", tmp_path / "labels.csv", "--checkpoint", two_class_checkpoint, "--threads", "1", "--json", "-")
     assert result.exit_code == 1
     assert "broken.wav" in result.output
     report = json.loads(result.output[result.output.index("{"): result.output.rindex("}") + 1])
