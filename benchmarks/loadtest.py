@@ -158,10 +158,19 @@ async def run(args, url: str, process: subprocess.Popen | None) -> dict:
                     status = f"transport:{type(error).__name__}"
                 records.append((payload, status, time.perf_counter() - began))
 
+        before = (await client.get(f"{url}/healthz")).json().get("batching", {})
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         elapsed = time.perf_counter() - began
-    return summarize(records, elapsed, args)
+        after = (await client.get(f"{url}/healthz")).json().get("batching", {})
+    summary = summarize(records, elapsed, args)
+    if before and after:
+        calls = after["model_calls"] - before["model_calls"]
+        windows = after["windows"] - before["windows"]
+        summary["batching"] = {"model_calls": calls, "windows": windows,
+                               "mean_batch": round(windows / calls, 2) if calls else None,
+                               "largest_batch": after["largest_batch"]}
+    return summary
 
 
 def percentiles(values: list[float]) -> dict:

@@ -106,7 +106,9 @@ def test_embed_equals_the_library(client, model, long_wav):
 
 
 def test_info_endpoints_page_and_openapi(client, model):
-    assert client.get("/healthz").json() == {"status": "ok", "model": "test-tiny", "pending": 0, "queued": 0}
+    health = client.get("/healthz").json()
+    assert health.pop("batching").keys() == {"model_calls", "windows", "largest_batch"}
+    assert health == {"status": "ok", "model": "test-tiny", "pending": 0, "queued": 0}
     info = client.get("/v1/models").json()
     assert info["model"] == {"name": "test-tiny", "classes": 527, "embedding_dim": 64, "sample_rate": 16000}
     assert "ced-mini" in [m["name"] for m in info["available"]] and "home" in info["profiles"]

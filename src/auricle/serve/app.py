@@ -158,8 +158,11 @@ def create_app(model: AudioModel, config: ServeConfig = ServeConfig()) -> FastAP
 
     @app.get("/healthz")
     async def health() -> dict:
-        """Liveness, with the load: requests in progress and windows waiting for the model."""
-        return {"status": "ok", "model": model.name, "pending": admission.pending, "queued": batcher.queued}
+        """Liveness, with the load: requests in progress, windows waiting, and batching so far."""
+        stats = batcher.stats
+        return {"status": "ok", "model": model.name, "pending": admission.pending, "queued": batcher.queued,
+                "batching": {"model_calls": stats.batches, "windows": stats.windows,
+                             "largest_batch": stats.largest_batch}}
 
     @app.get("/v1/models")
     async def models() -> dict:
