@@ -184,6 +184,8 @@ def teach_command(shards_dir, teachers, out_dir, epochs, top_k, seed, codec, bat
     except AuricleError as error:
         fail(str(error), 1)
     if report.rank != 0:
+        click.echo(f"rank {report.rank} of {report.world_size}: {report.views_written} views in "
+                   f"{report.units_written} units ({report.units_skipped} already done)", err=True)
         return
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))

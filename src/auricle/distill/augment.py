@@ -123,15 +123,28 @@ class _Stream:
         """An integer in [0, n)."""
         return min(int(self.uniform() * n), n - 1)
 
-    def beta(self, alpha: float) -> float:
-        """Beta(alpha, alpha) by Johnk's method in log space (any alpha > 0)."""
+    def normal(self) -> float:
+        """A standard normal (Box-Muller, cosine branch)."""
+        return math.sqrt(-2.0 * math.log(self.uniform())) * math.cos(2.0 * math.pi * self.uniform())
+
+    def log_gamma_variate(self, shape: float) -> float:
+        """log of a Gamma(shape, 1) draw (Marsaglia-Tsang; boosted by u^(1/shape) below shape 1)."""
+        boost = 0.0
+        if shape < 1.0:
+            boost = math.log(self.uniform()) / shape
+            shape += 1.0
+        d = shape - 1.0 / 3.0
+        c = 1.0 / math.sqrt(9.0 * d)
         while True:
-            log_x = math.log(self.uniform()) / alpha
-            log_y = math.log(self.uniform()) / alpha
-            top = max(log_x, log_y)
-            log_sum = top + math.log(math.exp(log_x - top) + math.exp(log_y - top))
-            if log_sum <= 0.0:
-                return math.exp(log_x - log_sum)
+            x = self.normal()
+            v = (1.0 + c * x) ** 3
+            if v > 0 and math.log(self.uniform()) < 0.5 * x * x + d - d * v + d * math.log(v):
+                return math.log(d * v) + boost
+
+    def beta(self, alpha: float) -> float:
+        """Beta(alpha, alpha) = G1 / (G1 + G2), in log space so tiny alphas cannot underflow."""
+        log_first, log_second = self.log_gamma_variate(alpha), self.log_gamma_variate(alpha)
+        return 1.0 / (1.0 + math.exp(min(log_second - log_first, 700.0)))
 
 
 def _grid(value: float, step: float) -> float:

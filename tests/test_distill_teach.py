@@ -1,0 +1,231 @@
+"""`auricle distill teach` and `verify`: teachers, the store, resume after SIGKILL, two ranks under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from distill_helpers import make_audio, make_teacher, waveform_teacher
+
+from auricle.cli import cli
+from auricle.distill import DistillError
+from auricle.distill.shards import ShardConfig, ShardSet, write_shards
+from auricle.distill.store import TargetStore, decode_values, encode_values
+from auricle.labels import audioset_labels
+
+TESTS = Path(__file__).resolve().parent
+CALLABLE = "distill_helpers:waveform_teacher"
+NO_MASKS = ["--time-mask", "0", "--freq-mask", "0"]
+AUGMENT = ["--gain-db", "6", "--mixup-prob", "0.5", "--time-mask", "30", "--freq-mask", "8"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Shards of 2 s chunks (5 shards of 3) and two tiny CED teachers."""
+    root = tmp_path_factory.mktemp("teach")
+    audio = make_audio(root / "audio", bad=False)
+    write_shards(sorted(str(p) for p in audio.glob("*.wav")), root / "shards",
+                 ShardConfig(chunk_seconds=2.0, chunks_per_shard=3))
+    return {"root": root, "shards": root / "shards", "teacher": make_teacher(root / "t1.safetensors", seed=1),
+            "teacher2": make_teacher(root / "t2.safetensors", seed=2)}
+
+
+def _units(store_dir: Path) -> dict:
+    store = TargetStore.open(store_dir)
+    return {unit: store.read_unit(*unit) for unit in store.units()}
+
+
+def _same_store(a: Path, b: Path) -> None:
+    first, second = _units(a), _units(b)
+    assert first.keys() == second.keys()
+    for unit in first:
+        assert np.array_equal(first[unit].indices, second[unit].indices), unit
+        assert np.array_equal(first[unit].codes, second[unit].codes), unit
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    return env
+
+
+def test_teach_and_verify_cli(corpus, tmp_path):
+    store_dir = tmp_path / "store"
+    args = ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher", str(corpus["teacher"]),
+            "--teacher", f"{corpus['teacher2']}@3", "--epochs", "2", "--top-k", "8", "--seed", "5",
+            "--out", str(store_dir), "--json", *AUGMENT]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    shards = ShardSet.open(corpus["shards"])
+    assert report["views_total"] == 2 * len(shards) and report["complete"]
+    assert report["bytes_per_view"] == pytest.approx(report["store_bytes"] / report["views_total"])
+    assert report["payload_bytes_per_view"] == 8 * 3
+    assert "B/view" in result.stderr and "% of the shards' audio" in result.stderr
+
+    store = TargetStore.open(store_dir)
+    manifest = store.manifest
+    assert manifest["complete"] and manifest["seed"] == 5 and manifest["top_k"] == 8
+    assert [t["weight"] for t in manifest["teachers"]] == [1.0, 3.0]
+    assert all(len(t["sha256"]) == 64 for t in manifest["teachers"])
+    assert manifest["augment"]["mixup_prob"] == 0.5 and manifest["code_version"]["auricle"]
+    assert len(store.units()) == 2 * len(shards.shards) and store.done_units() == store.units()
+    targets = store.targets(shards.shards[0].name, 1)
+    assert list(targets) == shards.keys(shards.shards[0])
+    indices, probabilities = next(iter(targets.values()))
+    assert indices.shape == probabilities.shape == (8,) and np.all(np.diff(probabilities) <= 0)
+    # Different epochs are different views, hence (generally) different targets.
+    assert any(not np.array_equal(store.read_unit(s, 0).codes, store.read_unit(s, 1).codes)
+               for s in manifest["shards"]["names"])
+
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "6", "--json"])
+    assert result.exit_code == 0, result.output
+    verified = json.loads(result.stdout)
+    assert verified["sampled"] == verified["passed"] == 6 and verified["max_code_distance"] <= 1
+
+    # A tampered value is caught.
+    shard, epoch = store.units()[0]
+    unit = store.read_unit(shard, epoch)
+    codes = unit.codes.copy()
+    codes[:, 0] = np.where(codes[:, 0] > 100, codes[:, 0] - 40, codes[:, 0] + 40)
+    store.write_unit(shard, epoch, shards.keys(shard), unit.indices, decode_values(codes, store.codec))
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", str(2 * len(shards))])
+    assert result.exit_code == 1 and "stored targets differ" in result.stderr
+
+    # Resuming a complete store is a no-op; starting over in it is refused.
+    result = CliRunner().invoke(cli, [*args[:-len(AUGMENT) - 1], "--resume", *AUGMENT])
+    assert result.exit_code == 0 and f"0 views in 0 units ({len(store.units())} already done)" in result.stderr
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "already holds targets" in result.stderr
+    result = CliRunner().invoke(cli, [*args[:-len(AUGMENT) - 1], "--resume", "--top-k", "4", *AUGMENT])
+    assert result.exit_code == 1 and "other top_k" in result.stderr
+
+
+def test_verify_refuses_a_changed_teacher(corpus, tmp_path):
+    teacher = make_teacher(tmp_path / "teacher.safetensors", seed=4)
+    store_dir = tmp_path / "store"
+    result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
+                                      str(teacher), "--out", str(store_dir), "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    make_teacher(tmp_path / "teacher.safetensors", seed=5)
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir)])
+    assert result.exit_code == 1 and "sha256 is now" in result.stderr
+
+
+def test_callable_teacher_is_aligned_by_mid_and_weighted(corpus, tmp_path):
+    from auricle.distill.teachers import TeacherEnsemble, load_teacher
+
+    ced = load_teacher(str(corpus["teacher"]))
+    foreign = load_teacher(f"{CALLABLE}@3")
+    assert foreign.identity["note"] == "test teacher" and len(foreign.identity["module_sha256"]) == 64
+    ensemble = TeacherEnsemble([ced, foreign])
+    waves = torch.randn(2, 16000) * 0.1
+    combined = ensemble.probabilities(waves)
+    p_ced, p_foreign = ced.probabilities(waves), foreign.probabilities(waves)
+    labels = audioset_labels()
+    covered = {labels.index_of_mid(mid): column for column, mid in enumerate(waveform_teacher.mids[:100])}
+    for index in range(527):
+        if index in covered:
+            expected = (p_ced[:, index] + 3 * p_foreign[:, covered[index]]) / 4
+        else:
+            expected = p_ced[:, index]
+        assert torch.allclose(combined[:, index], expected, atol=1e-6)
+    alone = TeacherEnsemble([foreign])
+    assert int(alone.coverage.sum()) == 100 and alone.mapped_columns() == [100]
+    assert torch.all(alone.probabilities(waves)[:, ~alone.coverage] == 0)
+
+    # Through the CLI: a callable scores waveforms, so log-mel masks are refused ...
+    base = ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher", CALLABLE, "--top-k", "5"]
+    result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "masked")])
+    assert result.exit_code == 1 and "cannot be masked on the log-mel" in result.stderr
+    # ... and without masks it works, with uncovered classes recorded.
+    result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "store"), *NO_MASKS, "--gain-db", "3"])
+    assert result.exit_code == 0, result.output
+    manifest = TargetStore.open(tmp_path / "store").manifest
+    assert len(manifest["uncovered_classes"]) == 427 and manifest["teachers"][0]["kind"] == "callable"
+    result = CliRunner().invoke(cli, ["distill", "verify", str(tmp_path / "store"), "-n", "4"])
+    assert result.exit_code == 0, result.output
+
+
+def test_teacher_spec_errors(corpus, tmp_path):
+    from auricle.distill.teachers import TeacherSpec, load_teacher
+
+    assert TeacherSpec.parse("ced-mini@2.5") == TeacherSpec("ced-mini", 2.5)
+    assert TeacherSpec.parse("pkg.mod:fn") == TeacherSpec("pkg.mod:fn", 1.0)
+    with pytest.raises(DistillError, match="cannot import"):
+        load_teacher("no_such_module_xyz:fn")
+    with pytest.raises(DistillError, match="not a callable"):
+        load_teacher("distill_helpers:SOURCES")
+    result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
+                                      str(tmp_path / "missing.pt"), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1 and "missing.pt" in result.stderr
+
+
+def test_teach_resumes_after_sigkill_with_no_loss_and_no_duplicates(corpus, tmp_path):
+    base = [sys.executable, "-m", "auricle", "distill", "teach", "--shards", str(corpus["shards"]),
+            "--teacher", str(corpus["teacher"]), "--epochs", "4", "--top-k", "5", "--batch-size", "1",
+            "--threads", "1", *AUGMENT]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*base, "--out", str(killed)], env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list((killed / "targets").glob("*.npz"))) >= 2:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    done_before = len(list((killed / "targets").glob("*.npz")))
+    total = 4 * len(ShardSet.open(corpus["shards"]).shards)
+    assert 2 <= done_before < total, "the run must have been killed part-way"
+    assert not TargetStore.open(killed).manifest["complete"]
+
+    resumed = subprocess.run([*base, "--out", str(killed), "--resume"], env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"in {total - done_before} units ({done_before} already done)" in resumed.stderr
+    assert TargetStore.open(killed).manifest["complete"]
+    assert not list((killed / "targets").glob("*.tmp*"))
+
+    from auricle.distill.augment import AugmentConfig
+    from auricle.distill.teach import TeachConfig, teach
+
+    augment = AugmentConfig(gain_db=6, mixup_prob=0.5, time_mask=30, freq_mask=8)
+    teach(corpus["shards"], tmp_path / "whole", [str(corpus["teacher"])], TeachConfig(4, 5, 0, 7, augment=augment))
+    _same_store(killed, tmp_path / "whole")
+
+
+def test_teach_under_torchrun_with_two_ranks(corpus, tmp_path):
+    args = ["--shards", str(corpus["shards"]), "--teacher", str(corpus["teacher"]), "--epochs", "2",
+            "--top-k", "5", "--threads", "1", *AUGMENT]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "auricle", "distill", "teach", *args, "--out", str(tmp_path / "two")]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shards = ShardSet.open(corpus["shards"])
+    units = [(shard, epoch) for epoch in range(2) for shard in shards.shards]
+    rank1 = units[1::2]
+    views = sum(len(shards.keys(shard)) for shard, _ in rank1)
+    assert f"rank 1 of 2: {views} views in {len(rank1)} units (0 already done)" in result.stderr
+    assert "on rank 0 of 2" in result.stderr
+    assert TargetStore.open(tmp_path / "two").manifest["complete"]
+    single = CliRunner().invoke(cli, ["distill", "teach", *args, "--out", str(tmp_path / "one")])
+    assert single.exit_code == 0, single.output
+    _same_store(tmp_path / "one", tmp_path / "two")
+
+
+def test_codecs_round_trip_within_their_step():
+    p = np.concatenate([np.linspace(0, 1, 1001), [1e-5, 3e-4, 0.0123]]).astype(np.float32)
+    for codec, bound in (("sqrt-u8", lambda q: np.sqrt(q) / 255 + 1 / 260100 + 1e-7), ("u16", lambda q: 7.7e-6),
+                         ("f16", lambda q: q * 2**-11 + 6e-8), ("f32", lambda q: 0.0)):
+        decoded = decode_values(encode_values(p, codec), codec)
+        assert np.all(np.abs(decoded - p) <= bound(p)), codec
