@@ -9,5 +9,5 @@ OUTPUT=${1:-${RUNS:-../runs}/fsdd-finetune}
 shift || true
 mkdir -p "$OUTPUT"
 nice -n 10 .venv/bin/auricle finetune "$FSDD/labels.csv" --audio-dir "$FSDD/recordings" --label-column digit \
-  --output "$OUTPUT" --model ced-tiny --from-scratch --epochs 40 --batch-size 32 --lr 5e-4 --warmup 2 \
-  --patience 10 --threads 2 --seed 0 --no-progress "$@" 2> >(tee -a "$OUTPUT/log" >&2)
+  --output "$OUTPUT" --model ced-tiny --from-scratch --epochs 30 --batch-size 16 --lr 7e-4 --warmup 1 \
+  --max-seconds 1.0 --patience 8 --threads 2 --seed 0 --no-progress "$@" 2> >(tee -a "$OUTPUT/log" >&2)

@@ -91,7 +91,7 @@ def finetune_command(dataset, output, model_name, checkpoint, from_scratch, audi
     say = lambda line: click.echo(f"auricle: {line}", err=True)  # noqa: E731
     try:
         splits = training_splits(labelled, train_split, valid_split, test_split, valid_fraction, seed)
-        encoder, origin = load_encoder(model_name, checkpoint, from_scratch)
+        encoder, origin = load_encoder(model_name, checkpoint, from_scratch, seed)
         if train_blocks is not None and train_blocks > len(encoder.blocks):
             fail(f"--train-blocks {train_blocks}: the encoder has only {len(encoder.blocks)} blocks")
         say(f"encoder {origin}; {len(splits.train)} training clips, {len(splits.validation)} validation "

@@ -557,8 +557,11 @@ def _save_model(network: CED, path: Path, classes: Sequence[str], name: str) -> 
     save_checkpoint(network, path, labels=list(classes), name=name)
 
 
-def load_encoder(model_name: str, checkpoint: str | None, from_scratch: bool) -> tuple[CED, str]:
-    """The encoder to start from and a description of where its weights came from."""
+def load_encoder(model_name: str, checkpoint: str | None, from_scratch: bool, seed: int = 0) -> tuple[CED, str]:
+    """The encoder to start from and a description of where its weights came from.
+
+    A random initialisation is drawn from ``seed`` (the same seed gives the same weights).
+    """
     from auricle.models.checkpoints import build_model, read_checkpoint
     from auricle.models.registry import model_info
 
@@ -566,7 +569,9 @@ def load_encoder(model_name: str, checkpoint: str | None, from_scratch: bool) ->
         if checkpoint is not None:
             raise CheckpointError("--from-scratch and --checkpoint exclude each other")
         info = model_info(model_name)
-        return CED(info.config), f"{info.name} (random initialisation)"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return CED(info.config), f"{info.name} (random initialisation, seed {seed})"
     if checkpoint is None:
         from auricle.models.hub import fetch_weights
 
