@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 
 import click
@@ -210,8 +211,13 @@ def _plot(report, path: str, labels: str) -> None:
 
     names = [c.label for c in report.classes]
     if hasattr(report, "mean_average_precision"):
-        plot_class_bars(path, names, {"AP": [c.average_precision for c in report.classes]},
-                        f"{report.model} on {labels}: mAP {report.mean_average_precision:.3f}", "average precision")
+        # Classes without a positive file have no AP; a bar of nothing would read as AP 0.
+        shown = [c for c in report.classes if not math.isnan(c.average_precision)]
+        hidden = len(report.classes) - len(shown)
+        note = f" ({hidden} classes without positives not shown)" if hidden else ""
+        plot_class_bars(path, [c.label for c in shown], {"AP": [c.average_precision for c in shown]},
+                        f"{report.model} on {labels}: mAP {report.mean_average_precision:.3f}{note}",
+                        "average precision")
     else:
         plot_class_bars(path, names, {"event F1": [c.event.f1 for c in report.classes],
                                       "segment F1": [c.segment.f1 for c in report.classes]},

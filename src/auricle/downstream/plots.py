@@ -6,6 +6,7 @@ matplotlib is imported here only, with the Agg backend (no display needed).
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -52,9 +53,10 @@ def plot_class_bars(
         axis.bar_label(bars, labels=["n/a" if np.isnan(v) else f"{v:.2f}" for v in values[number, order]],
                        fontsize=7, padding=2)
     axis.set_yticks(positions, [labels[i] for i in order], fontsize=8)
-    axis.set_xlim(0, 1)
+    axis.set_ylim(-0.6, len(labels) - 0.4)
+    axis.set_xlim(0, 1.08)  # room for the value labels of bars at 1
     axis.set_xlabel(xlabel)
-    axis.set_title(title, fontsize=10)
+    axis.set_title(textwrap.fill(title, 80), fontsize=10)
     axis.grid(axis="x", alpha=0.3)
     if len(names) > 1:
         axis.legend(loc="lower right", fontsize=8)
