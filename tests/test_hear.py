@@ -162,3 +162,10 @@ def test_window_embedding_is_mean_token_of_the_centred_window(tiny_hear, tiny_mo
     window = audio[:, 8000 - hear.WINDOW_SAMPLES // 2 : 8000 + hear.WINDOW_SAMPLES - hear.WINDOW_SAMPLES // 2]
     expected = tiny_model.embed_waveform(window[0].numpy()).clip
     np.testing.assert_allclose(embeddings[0, k].numpy(), expected, atol=1e-5, rtol=0)
+
+
+def test_short_module_name_is_the_same_api():
+    import auricle.hear
+
+    for name in ("load_model", "get_scene_embeddings", "get_timestamp_embeddings"):
+        assert getattr(auricle.hear, name) is getattr(hear, name)
