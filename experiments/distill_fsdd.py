@@ -115,7 +115,7 @@ def logits_of(network: CED, mel: torch.Tensor) -> torch.Tensor:
 
 
 def train_supervised(waves: torch.Tensor, digits: torch.Tensor, config: dict, seed: int, epochs: int,
-                     batch_size: int = 32, lr: float = 1e-3) -> CED:
+                     batch_size: int = 32, lr: float = 2e-3) -> CED:
     """Cross-entropy on the ten digits with roll + mask augmentation, AdamW, warm-up + cosine."""
     from auricle.distill.schedule import Schedule
 
@@ -172,7 +172,7 @@ def auricle(*args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT.parent / "runs" / "distill-fsdd")
-    parser.add_argument("--teacher-epochs", type=int, default=6)
+    parser.add_argument("--teacher-epochs", type=int, default=12)
     parser.add_argument("--student-epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
@@ -241,7 +241,7 @@ def main() -> None:
                 tick = time.perf_counter()
                 auricle("distill", "train", "--shards", str(shards), "--targets", str(store), "--out", str(run),
                         "--student", str(student_json), "--epochs", str(args.student_epochs), "--batch-size", "32",
-                        "--lr", "1e-3", "--seed", str(seed), "--holdout-fraction", "0.03", "--holdout-max", "64",
+                        "--lr", "2e-3", "--seed", str(seed), "--holdout-fraction", "0.03", "--holdout-max", "64",
                         "--checkpoint-every", "80", "--eval-every", "40", "--average-best", "3",
                         "--threads", str(args.threads), "--quiet", "--resume",
                         *(["--inconsistent"] if mode == "inconsistent" else []))

@@ -111,7 +111,7 @@ def test_training_writes_logs_states_and_a_taggable_checkpoint(tmp_path, student
 
 def test_the_student_learns_the_teacher_on_held_out_views(tmp_path, student_config):
     torch.set_num_threads(1)
-    config = _config(tmp_path, student_config, epochs=8, eval_every=8, checkpoint_every=100, mixup_alpha=0.0)
+    config = _config(tmp_path, student_config, epochs=8, eval_every=1, checkpoint_every=100, mixup_alpha=0.0)
     result = train(config, FakeViews())
     with open(tmp_path / "run" / "eval.csv") as handle:
         evals = [row for row in csv.DictReader(handle) if row["kind"] == "eval"]
@@ -147,6 +147,14 @@ def test_inconsistent_views_train_on_other_inputs(tmp_path, student_config):
     a = _weights(consistent.final_checkpoint)
     b = _weights(inconsistent.final_checkpoint)
     assert not all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path, student_config):
+    torch.set_num_threads(1)
+    result = train(_config(tmp_path, student_config, epochs=1, precision="bf16", average_best=0), FakeViews())
+    assert result.finished
+    weights = _weights(result.final_checkpoint)
+    assert all(tensor.dtype != torch.bfloat16 and torch.isfinite(tensor.float()).all() for tensor in weights.values())
 
 
 def test_refuses_to_overwrite_or_resume_with_other_settings(tmp_path, student_config):
