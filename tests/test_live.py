@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -222,3 +223,31 @@ def test_listen_microphone_without_sounddevice_says_what_to_install(burst_model_
     result = _listen(["mic", "--checkpoint", burst_model_path])
     assert result.exit_code == 1
     assert "auricle[listen]" in result.stderr
+
+
+def test_listen_ctrl_c_ends_the_stream_and_its_open_events(burst_model_path):
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "auricle", "listen", "-", "--checkpoint", str(burst_model_path), "--window", "1",
+         "--hop", "0.5", "--classes", "Burst", "-f", "jsonl", "--threads", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        process.stdin.write(s16le(burst_signal(2.0, 1.0, 2.0)))  # the burst is still on when input stops
+        process.stdin.flush()
+        start = json.loads(process.stdout.readline())
+        assert (start["type"], start["onset"]) == ("start", 1.0)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    # Input stops where Ctrl-C came (audio still in the pipe is not read); the open event ends there.
+    stopped = float(re.search(rb"windows over ([0-9.]+) s", err).group(1))
+    assert 1.5 <= stopped <= 2.0
+    end = json.loads(out.splitlines()[-1])
+    assert (end["type"], end["onset"], end["offset"]) == ("end", 1.0, pytest.approx(stopped, abs=0.006))

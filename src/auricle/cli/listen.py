@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 
 import click
 
@@ -113,8 +115,11 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
     compute: list[float] = []
     delays: list[float] = []
     end = 0.0
+    interrupt = _Interrupt()
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous_handler = signal.signal(signal.SIGINT, interrupt.handle) if in_main_thread else None
     try:
-        for item in listen(score, blocks, space, options):
+        for item in listen(score, interrupt.blocks(blocks), space, options):
             if isinstance(item, TimedReport):
                 compute.append(item.compute_seconds)
                 delays.append(item.delay_seconds)
@@ -122,10 +127,11 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
                 printer.report(item)
             else:
                 printer.end(item, end)
-    except KeyboardInterrupt:
-        pass
     except AuricleError as error:
         fail(str(error), code=1)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_handler)
     click.echo(
         f"auricle: {len(compute)} windows over {end:.2f} s; model time per window "
         f"p50 {_percentile_ms(compute, 50):.1f} ms, max {_percentile_ms(compute, 100):.1f} ms; "
@@ -134,6 +140,37 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
         f"(sound-to-report latency is at most the hop, {hop:g} s, plus this delay)",
         err=True,
     )
+
+
+class _Interrupt:
+    """Ctrl-C ends the stream as EOF would: the tail is reported and open events end.
+
+    While waiting for audio the signal interrupts the wait; while the model
+    runs it only asks the loop to stop before the next block.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.waiting = False
+
+    def handle(self, signum, frame) -> None:
+        self.requested = True
+        if self.waiting:
+            raise KeyboardInterrupt
+
+    def blocks(self, blocks):
+        iterator = iter(blocks)
+        while True:
+            self.waiting = True
+            try:
+                if self.requested:
+                    return
+                block = next(iterator)
+            except (StopIteration, KeyboardInterrupt):
+                return
+            finally:
+                self.waiting = False
+            yield block
 
 
 def _stdin_blocks(decoder):
