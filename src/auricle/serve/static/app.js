@@ -17,7 +17,7 @@ function options() {
   const params = new URLSearchParams();
   params.set("top_k", $("top-k").value || "5");
   params.set("window", $("window").value || "10");
-  params.set("hop", $("hop").value || "1");
+  params.set("hop", $("hop").value || "2");
   if ($("threshold").value) params.set("threshold", $("threshold").value);
   params.set("events", "true");
   params.set("spectrogram", "true");
