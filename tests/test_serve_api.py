@@ -68,6 +68,22 @@ def test_tag_multipart_equals_the_library_and_cli_schema(client, model, long_wav
     assert list(private_tmp.iterdir()) == []
 
 
+def test_tag_answer_is_an_element_of_auricle_tag_format_json(client, model, long_wav, tmp_path):
+    from click.testing import CliRunner
+
+    from auricle.cli import cli
+
+    checkpoint = tiny_random_checkpoint(tmp_path / "same.safetensors")  # the served weights (same seed)
+    result = CliRunner().invoke(cli, ["tag", str(long_wav), "--checkpoint", str(checkpoint), "--format", "json",
+                                      "--events", "--hop", "4", "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    (expected,) = json.loads(result.stdout)
+    response = client.post("/v1/tag?events=true&hop=4&top_k=2", files={"file": (long_wav.name, long_wav.read_bytes())})
+    body = response.json()
+    assert body.pop("file") == long_wav.name and expected.pop("file") == str(long_wav)
+    assert body == expected
+
+
 def test_tag_raw_body_with_classes_threshold_pool(client, model, long_wav):
     params = [("classes", "Animal"), ("classes", "Speech;Music"), ("threshold", "0.2"), ("pool", "mean"),
               ("filename", "../../etc/clip.wav"), ("window", "4"), ("hop", "2")]
