@@ -39,7 +39,7 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("*.result.json")):
     if not result.get("test"):
         continue
     test, folds = result["test"], result.get("fold_mean") or {}
-    cv = f", 5-fold accuracy {folds['accuracy']:.4f} ± {folds['accuracy_std']:.4f}" if folds else ""
+    cv = f", 5-fold accuracy {folds['accuracy']:.4f} +- {folds['accuracy_std']:.4f}" if folds else ""
     name = path.name.removesuffix('.result.json')
     print(f"{name}: test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, "
           f"mAP {test['mean_average_precision']:.4f}, d' {test['d_prime']}{cv}")
