@@ -6,6 +6,8 @@ view and the quantisation error, all on the same teacher outputs:
 
     python benchmarks/distill_store.py ../shared/data/everyday/audio \
         --teacher ../shared/reference/ced_tiny_perturbed.pt --top-k 20 --epochs 2 --out /tmp/distill-bench
+    python benchmarks/distill_store.py ../shared/data/everyday/audio \
+        --teacher auricle.distill.yamnet:yamnet --no-masks --top-k 20 --epochs 1 --out /tmp/distill-bench-yamnet
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--no-masks", action="store_true", help="No log-mel masks (needed for callable teachers).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -46,8 +49,10 @@ def main() -> None:
     shard_seconds = time.perf_counter() - started
 
     config = TeachConfig(epochs=args.epochs, top_k=args.top_k, batch_size=args.batch_size, codec="f32",
-                         augment=AugmentConfig())
+                         augment=AugmentConfig(time_mask=0, freq_mask=0) if args.no_masks else AugmentConfig())
     report = teach(out / "shards", out / "store-f32", [args.teacher], config, resume=True)
+    if not report.complete:
+        raise SystemExit("teacher pass incomplete")
     store = TargetStore.open(out / "store-f32")
 
     rows = []

@@ -172,7 +172,7 @@ def test_teacher_spec_errors(corpus, tmp_path):
 
 def test_teach_resumes_after_sigkill_with_no_loss_and_no_duplicates(corpus, tmp_path):
     base = [sys.executable, "-m", "auricle", "distill", "teach", "--shards", str(corpus["shards"]),
-            "--teacher", str(corpus["teacher"]), "--epochs", "4", "--top-k", "5", "--batch-size", "1",
+            "--teacher", str(corpus["teacher"]), "--epochs", "3", "--top-k", "5", "--batch-size", "1",
             "--threads", "1", *AUGMENT]
     killed = tmp_path / "killed"
     process = subprocess.Popen([*base, "--out", str(killed)], env=_env(), stdout=subprocess.DEVNULL,
@@ -186,7 +186,7 @@ def test_teach_resumes_after_sigkill_with_no_loss_and_no_duplicates(corpus, tmp_
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
     done_before = len(list((killed / "targets").glob("*.npz")))
-    total = 4 * len(ShardSet.open(corpus["shards"]).shards)
+    total = 3 * len(ShardSet.open(corpus["shards"]).shards)
     assert 2 <= done_before < total, "the run must have been killed part-way"
     assert not TargetStore.open(killed).manifest["complete"]
 
@@ -200,7 +200,7 @@ def test_teach_resumes_after_sigkill_with_no_loss_and_no_duplicates(corpus, tmp_
     from auricle.distill.teach import TeachConfig, teach
 
     augment = AugmentConfig(gain_db=6, mixup_prob=0.5, time_mask=30, freq_mask=8)
-    teach(corpus["shards"], tmp_path / "whole", [str(corpus["teacher"])], TeachConfig(4, 5, 0, 7, augment=augment))
+    teach(corpus["shards"], tmp_path / "whole", [str(corpus["teacher"])], TeachConfig(3, 5, 0, 7, augment=augment))
     _same_store(killed, tmp_path / "whole")
 
 

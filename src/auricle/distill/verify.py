@@ -71,13 +71,14 @@ def verify(
     renderer = ViewRenderer(store.augment_config(), store.seed)
     needs_mel = any(teacher.takes_mel for teacher in ensemble.teachers)
 
-    population = [(unit, row) for unit in units for row in range(store.manifest["shards"]["chunks"][unit[0]])]
+    # Views are numbered unit by unit; draw positions without listing every view.
+    ends = np.cumsum([store.manifest["shards"]["chunks"][shard] for shard, _ in units])
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(population), size=min(sample, len(population)), replace=False)
+    chosen = rng.choice(int(ends[-1]), size=min(sample, int(ends[-1])), replace=False)
     by_unit: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for position in sorted(chosen):
-        unit, row = population[position]
-        by_unit[unit].append(row)
+    for position in sorted(int(p) for p in chosen):
+        number = int(np.searchsorted(ends, position, side="right"))
+        by_unit[units[number]].append(position - (int(ends[number - 1]) if number else 0))
 
     report = VerifyReport(str(store_dir), 0, 0, 0.0, 0, 0)
     codec = store.codec
