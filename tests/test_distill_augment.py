@@ -119,11 +119,12 @@ def test_student_replay_is_bit_identical_to_what_the_teacher_saw(tmp_path):
     write_shards([str(audio / name) for name in ("a.wav", "c.wav", "e.wav")], tmp_path / "shards",
                  ShardConfig(chunk_seconds=2.0, chunks_per_shard=4))
     teacher = load_teacher(str(make_teacher(tmp_path / "teacher.safetensors")))
-    seen: list[torch.Tensor] = []
+    seen: dict[bytes, torch.Tensor] = {}  # the teacher's input waveform (bytes) -> the log-mel it scored
     scored = teacher.probabilities
 
     def recording(waveforms, mel=None):
-        seen.extend(mel.clone())
+        for wave, row in zip(waveforms, mel):
+            seen[wave.numpy().tobytes()] = row.clone()
         return scored(waveforms, mel)
 
     teacher.probabilities = recording
@@ -133,21 +134,21 @@ def test_student_replay_is_bit_identical_to_what_the_teacher_saw(tmp_path):
 
     shards = ShardSet.open(tmp_path / "shards")
     store = TargetStore.open(tmp_path / "store")
-    teacher_order = [(s, e, k) for s, e in store.units() for k in shards.keys(s)]
-    assert len(seen) == len(teacher_order) == 2 * len(shards)
-    views = list(zip(teacher_order, seen))
+    views = [(s, e, k) for s, e in store.units() for k in shards.keys(s)]
+    assert len(seen) == len(views) == 2 * len(shards)
     random.Random(0).shuffle(views)
     renderer = ViewRenderer(store.augment_config(), store.seed)  # built from the manifest alone
     readers = {path.name: ShardReader(path) for path in shards.shards}
     units = {unit: store.read_unit(*unit) for unit in store.units()}
     mixed = 0
-    for (shard, epoch, key), teacher_mel in views:
+    for shard, epoch, key in views:
         reader = readers[shard]
         audio = reader.audio(key)
         params = renderer.params(key, epoch, len(audio), shards.keys(shard))
         wave = renderer.waveform(audio, params, reader.audio)
         student_mel = renderer.mel([wave], [params])[0]
-        assert torch.equal(student_mel, teacher_mel), (shard, epoch, key)
+        # The same waveform bytes reached the teacher, and it scored exactly this log-mel.
+        assert torch.equal(student_mel, seen[wave.tobytes()]), (shard, epoch, key)
         mixed += params.partner is not None
         # And the stored targets are the teacher's top-k on exactly this input.
         top = scored(torch.from_numpy(wave)[None], student_mel[None])[0].topk(5)

@@ -29,6 +29,8 @@ from auricle.distill import file_sha256
 from auricle.distill.store import CODECS, DEFAULT_CODEC, TargetStore, encode_values
 from auricle.distill.teachers import TeacherEnsemble, TeacherSpec, load_ensemble
 
+# Views of other lengths waiting for a full batch, in batches, before all are scored.
+_MAX_WAITING = 8
 # Manifest fields that must agree for --resume (and for verify to trust the teachers).
 _RUN_FIELDS = ("teachers", "augment", "seed", "epochs", "top_k", "codec", "num_classes", "shards")
 
@@ -149,6 +151,8 @@ class _Distributed:
         if self.world > 1:
             import torch.distributed as dist
 
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # nccl collectives run on the current device
             if not dist.is_initialized():
                 dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
                 self.created = True
@@ -178,28 +182,36 @@ class _Distributed:
 
 def _score_unit(reader: ShardReader, keys: list[str], epoch: int, renderer: ViewRenderer,
                 ensemble: TeacherEnsemble, config: TeachConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(indices (N, K), probabilities (N, K)) of a shard's views for one epoch, in key order."""
+    """(indices (N, K), probabilities (N, K)) of a shard's views for one epoch, in key order.
+
+    Only views of equal length share a batch (padding would change what the
+    teacher hears), so views wait in one bucket per length; a bucket is scored
+    when full, and all are scored when too many views wait.
+    """
     k = min(config.top_k, ensemble.num_classes)
     indices = np.zeros((len(keys), k), dtype=np.int64)
     values = np.zeros((len(keys), k), dtype=np.float32)
     needs_mel = any(teacher.takes_mel for teacher in ensemble.teachers)
-    batch: list[tuple[int, View]] = []
+    buckets: dict[int, list[tuple[int, View]]] = {}
 
-    def flush() -> None:
+    def flush(length: int) -> None:
+        batch = buckets.pop(length)
         waves = torch.from_numpy(np.stack([view.waveform for _, view in batch]))
         mel = renderer.mel(waves, [view.params for _, view in batch]) if needs_mel else None
         top = ensemble.probabilities(waves, mel).topk(k, dim=1)
         rows = [row for row, _ in batch]
         indices[rows], values[rows] = top.indices.numpy(), top.values.numpy()
-        batch.clear()
 
     for row, view in enumerate(iter_views(reader, epoch, renderer, keys)):
-        # Only equal-length views share a batch: padding would change what the teacher hears.
-        if batch and (len(batch) == config.batch_size or len(view.waveform) != len(batch[0][1].waveform)):
-            flush()
-        batch.append((row, view))
-    if batch:
-        flush()
+        length = len(view.waveform)
+        buckets.setdefault(length, []).append((row, view))
+        if len(buckets[length]) == config.batch_size:
+            flush(length)
+        elif sum(len(bucket) for bucket in buckets.values()) >= _MAX_WAITING * config.batch_size:
+            for waiting in sorted(buckets):
+                flush(waiting)
+    for waiting in sorted(buckets):
+        flush(waiting)
     return indices, values
 
 
