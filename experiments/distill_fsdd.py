@@ -115,12 +115,16 @@ def logits_of(network: CED, mel: torch.Tensor) -> torch.Tensor:
 
 
 def train_supervised(waves: torch.Tensor, digits: torch.Tensor, config: dict, seed: int, epochs: int,
-                     batch_size: int = 32, lr: float = 2e-3) -> CED:
-    """Cross-entropy on the ten digits with roll + mask augmentation, AdamW, warm-up + cosine."""
+                     batch_size: int = 32, lr: float = 2e-3, loss_kind: str = "ce") -> CED:
+    """Cross-entropy (softmax head) or one-hot BCE (sigmoid head, as AudioSet teachers) on the ten digits.
+
+    Roll + mask augmentation, AdamW, warm-up + cosine.
+    """
     from auricle.distill.schedule import Schedule
 
     torch.manual_seed(seed)
-    network = CED(CEDConfig(**config, num_classes=10, head_activation="softmax"))
+    activation = "softmax" if loss_kind == "ce" else "sigmoid"
+    network = CED(CEDConfig(**config, num_classes=10, head_activation=activation))
     network.train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=0.01)
     steps_per_epoch = len(waves) // batch_size
@@ -138,7 +142,11 @@ def train_supervised(waves: torch.Tensor, digits: torch.Tensor, config: dict, se
                 mel = augment_mel(network.spectrogram(rolled), generator)
             for group in optimizer.param_groups:
                 group["lr"] = schedule.lr(step)
-            loss = F.cross_entropy(logits_of(network, mel), digits[batch])
+            logits = logits_of(network, mel)
+            if loss_kind == "ce":
+                loss = F.cross_entropy(logits, digits[batch])
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, F.one_hot(digits[batch], 10).float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
@@ -173,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT.parent / "runs" / "distill-fsdd")
     parser.add_argument("--teacher-epochs", type=int, default=12)
-    parser.add_argument("--student-epochs", type=int, default=5)
+    parser.add_argument("--student-epochs", type=int, default=12)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -200,7 +208,8 @@ def main() -> None:
         path = out / "teachers" / f"teacher{seed}.safetensors"
         if not path.exists():
             tick = time.perf_counter()
-            network = train_supervised(train_waves, train_digits, TEACHER, seed, args.teacher_epochs)
+            # Sigmoid (BCE) teachers: the teach pass scores CED checkpoints with a sigmoid.
+            network = train_supervised(train_waves, train_digits, TEACHER, seed, args.teacher_epochs, loss_kind="bce")
             save_checkpoint(network, path, labels=DIGIT_SLOTS, name=f"fsdd-teacher{seed}")
             results.setdefault("teachers", {})[str(seed)] = {
                 "test_accuracy": accuracy(test_scores(network, test_waves), test_digits),
