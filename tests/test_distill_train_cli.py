@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -64,9 +65,16 @@ def _invoke(args: list[str]):
 
 def test_train_then_tag_with_the_student(distill_data, tmp_path):
     out = tmp_path / "run"
-    result = _invoke(_train_args(distill_data, out, "--mixup-alpha", "0.4", "--fill", "last_mean"))
+    labelled = tmp_path / "eval.csv"
+    labelled.write_text("file,labels\n" + "".join(
+        f"clip{i}.wav,{'Speech' if i % 2 else 'Music;Sine wave'}\n" for i in range(6)))
+    result = _invoke(_train_args(distill_data, out, "--mixup-alpha", "0.4", "--fill", "last_mean",
+                                 "--eval-csv", str(labelled), "--eval-audio-dir", str(distill_data)))
     assert result.exit_code == 0, result.output
-    assert "student:" in result.output and "agreement_top1" in result.output
+    assert "student:" in result.output and "agreement_top1" in result.output and " map " in result.output
+    with open(out / "eval.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(0 < float(row["map"]) <= 1 and row["score"] == row["map"] for row in rows)
     config = json.loads((out / "config.json").read_text())
     assert config["total_steps"] == 2 * config["steps_per_epoch"] > 0
     tagged = _invoke(["tag", "--checkpoint", str(out / "student.safetensors"), str(distill_data / "clip0.wav"),
