@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,17 @@ def test_shards_cli_errors(tmp_path):
     assert result.exit_code == 2 and "no files match" in result.stderr
     with pytest.raises(DistillError, match="not a shard set"):
         ShardSet.open(tmp_path)
+
+
+def test_shards_cli_reads_a_file_list_and_resumes_a_finished_set(audio_dir, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# sources\n{audio_dir / 'a.wav'}\n\n{audio_dir / 'e*.wav'}\n")
+    args = ["distill", "shards", "--files-from", str(listing), "--out", str(tmp_path / "s"), "--chunk-seconds", "2"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert {Path(row["source"]).name for row in csv.DictReader(open(tmp_path / "s" / "index.csv"))} == {"a.wav", "e.wav"}
+    assert "5 chunks" in result.stderr and "0 of 2 sources failed" in result.stderr
+    result = CliRunner().invoke(cli, [*args, "--resume"])
+    assert result.exit_code == 0 and "5 chunks" in result.stderr
+    result = CliRunner().invoke(cli, [*args[:-1], "3", "--resume"])
+    assert result.exit_code == 1 and "other sources or options" in result.stderr
