@@ -165,3 +165,17 @@ def test_two_process_gloo_run(tones, tmp_path):
     assert len(state["generator"]) == 2  # both ranks' RNG states are in the resume point
     model = build_model(read_checkpoint(output / "model.safetensors"))
     assert model.config.num_classes == 3
+
+
+def test_multi_label_finetune_uses_sigmoid_and_map(tmp_path):
+    from downstream_support import tone_clips
+
+    rows = tone_clips(tmp_path, per_class=4)
+    lines = ["file,labels"] + [f"{file},{label}{';loud' if n % 2 else ''}" for n, (file, label) in enumerate(rows)]
+    (tmp_path / "multi.csv").write_text("\n".join(lines) + "\n")
+    encoder = tiny_encoder(tmp_path / "tiny.safetensors")
+    result = _finetune(tmp_path / "multi.csv", encoder, tmp_path / "run", "--epochs", "1", "--valid-fraction", "0.25")
+    assert result.exit_code == 0, result.output
+    assert "(multi-label)" in result.stderr and "validation map" in result.stderr
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["config"]["head_activation"] == "sigmoid" and meta["labels"] == ["high", "loud", "low", "mid"]
