@@ -87,6 +87,8 @@ def test_shards_are_deterministic_and_random_access_matches_stream(audio_dir, tm
             assert np.array_equal(reader.audio(chunk.key), chunk.audio)
     with pytest.raises(DistillError, match="already holds a shard set"):
         write_shards(files, tmp_path / "one", config)
+    with pytest.raises(DistillError, match="listed twice"):
+        write_shards(files + files[:1], tmp_path / "three", config)
 
 
 def test_shards_resume_after_a_crash_gives_identical_shards(audio_dir, tmp_path, monkeypatch):

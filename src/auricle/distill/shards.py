@@ -220,6 +220,8 @@ def write_shards(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sources = list(sources)
+    if len({os.path.abspath(source) for source in sources}) != len(sources):
+        raise DistillError("a source is listed twice; its chunks would get the same keys")
     digest = _sources_digest(sources)
     manifest_path = out / MANIFEST
     report = ShardReport(out_dir=str(out), sources=len(sources))
