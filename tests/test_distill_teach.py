@@ -119,6 +119,12 @@ def test_verify_refuses_a_changed_teacher(corpus, tmp_path):
     make_teacher(tmp_path / "teacher.safetensors", seed=5)
     result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir)])
     assert result.exit_code == 1 and "sha256 is now" in result.stderr
+    # So is a store whose shard set has changed since the teacher pass.
+    manifest = TargetStore.open(store_dir).manifest
+    manifest["shards"]["manifest_sha256"] = "0" * 64
+    (store_dir / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir)])
+    assert result.exit_code == 1 and "another version of" in result.stderr
 
 
 def test_callable_teacher_is_aligned_by_mid_and_weighted(corpus, tmp_path):

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from auricle.distill import DistillError
+from auricle.distill import DistillError, file_sha256
 from auricle.distill.augment import ViewRenderer, iter_views
 from auricle.distill.shards import ShardReader, ShardSet
 from auricle.distill.store import TargetStore, code_distance, encode_values
@@ -63,6 +63,8 @@ def verify(
     """Recompute ``sample`` random stored views (drawn with ``seed``) and compare with the store."""
     store = TargetStore.open(store_dir)
     shards = ShardSet.open(store.shards_dir)
+    if file_sha256(shards.directory / "manifest.json") != store.manifest["shards"]["manifest_sha256"]:
+        raise DistillError(f"{store_dir}: its targets were computed on another version of {shards.directory}")
     units = store.done_units()
     if not units:
         raise DistillError(f"{store_dir}: holds no finished targets")
