@@ -6,12 +6,16 @@ Measures, in one run:
     and batched, for tiny, mini, small and base;
   * the same network with the official attention arithmetic (explicit
     softmax(q k^T) v instead of scaled_dot_product_attention), as the baseline
-    that reproduces the official code's compute graph.
+    that reproduces the official code's compute graph;
+  * with --engine/--precision, each other engine (torch bf16/int8, ONNX Runtime
+    fp32/int8; see auricle.inference.engines) on the same clips.
 
 Weights are random (speed does not depend on them). FLOPs per clip come from
 ../shared/reference/official/flops.json when present, else from the analytic count.
 
     python benchmarks/throughput.py --threads 2 --batch-size 8 --json benchmarks/results/throughput.json
+    python benchmarks/throughput.py --engine torch onnx --precision fp32 bf16 int8 --no-baseline
+    python benchmarks/throughput.py --quick            # ced-mini, fp32 torch, 1.5 s per figure
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from auricle.inference.engines import ENGINES, PRECISIONS, EngineConfig, EngineError
+from auricle.inference.tuning import cpu_features
 from auricle.labels import audioset_labels
 from auricle.model import AudioModel
 from auricle.models import ced
@@ -89,30 +95,49 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per configuration")
     parser.add_argument("--models", nargs="+", default=[m.name for m in available_models()])
     parser.add_argument("--no-baseline", action="store_true", help="skip the official-attention baseline")
+    parser.add_argument("--engine", nargs="+", default=["torch"], choices=ENGINES)
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
+    parser.add_argument("--quick", action="store_true",
+                        help="ced-mini only, no baseline, 1.5 s per figure: for trying an idea, not for the table")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
+    if args.quick:
+        args.models, args.no_baseline, args.seconds = ["ced-mini"], True, min(args.seconds, 1.5)
 
     torch.set_num_threads(args.threads)
     flops = json.loads(FLOPS_FILE.read_text()) if FLOPS_FILE.exists() else {}
-    peak = matmul_peak()
-    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
+    peak = matmul_peak(1.0 if args.quick else 3.0)
+    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+          f"{cpu_features().to_dict()}")
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s\n")
     header = f"{'model':<10} {'engine':<18} {'GFLOP/clip':>10} {'batch 1':>9} {f'batch {args.batch_size}':>9} {'% peak':>7}"
     print(header)
     print("-" * len(header))
     rows = []
-    variants = [("auricle", None)] + ([] if args.no_baseline else [("official-attention", official_attention)])
+    # (row label, engine config, attention override); "auricle" is torch fp32, the reference.
+    variants = []
+    for engine in args.engine:
+        for precision in args.precision:
+            try:
+                config = EngineConfig(engine, precision, args.threads)
+            except EngineError:  # e.g. onnx bf16: not a combination that exists
+                continue
+            label = "auricle" if config.label == "torch-fp32" else config.label
+            variants.append((label, config, None))
+    if not args.no_baseline:
+        variants.append(("official-attention", EngineConfig(threads=args.threads), official_attention))
     for info in available_models():
         if info.name not in args.models:
             continue
         size = info.name.split("-")[1]
         gflop = flops.get(size, {}).get("flop_counter_total_GFLOP") or analytic_gflops(info.config)
-        for engine, attention in variants:
+        for engine, config, attention in variants:
             original = ced.Attention.forward
             if attention is not None:
                 ced.Attention.forward = attention
             try:
-                model = AudioModel(CED(info.config), info.name, audioset_labels())
+                torch.manual_seed(0)  # same weights each run: the onnx engine's export cache is reused
+                model = AudioModel(CED(info.config), info.name, audioset_labels(), engine=config)
                 single = clips_per_second(model, 1, args.seconds)
                 batched = clips_per_second(model, args.batch_size, args.seconds)
             finally:
@@ -125,7 +150,8 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(
             date=time.strftime("%Y-%m-%d"), torch=torch.__version__, threads=args.threads,
-            machine=platform.machine(), matmul_peak_gflops=peak, results=rows), indent=2))
+            machine=platform.machine(), cpu=cpu_features().to_dict(), matmul_peak_gflops=peak,
+            results=rows), indent=2))
 
 
 if __name__ == "__main__":

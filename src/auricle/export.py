@@ -146,19 +146,13 @@ def quantize_int8(model_proto, work_dir: Path):
     return onnx.load_model(target)
 
 
-def encoder_onnx(network: CED, int8: bool = False) -> bytes:
-    """Serialized :class:`EncoderGraph` for the ``onnx`` engine (dynamic piece count and length)."""
-    import tempfile
-
+def encoder_onnx(network: CED) -> bytes:
+    """Serialized fp32 :class:`EncoderGraph` for the ``onnx`` engine (dynamic piece count and length)."""
     config = network.config
     example = torch.zeros(2, 1, config.n_mels, config.target_frames)
     dims = {0: torch.export.Dim("pieces"), 3: torch.export.Dim("frames", min=config.patch_size,
                                                                 max=config.target_frames)}
-    proto = _to_onnx(EncoderGraph(network), example, "pieces", dims, ["tokens"])
-    if int8:
-        with tempfile.TemporaryDirectory() as work:
-            proto = quantize_int8(proto, Path(work))
-    return proto.SerializeToString()
+    return _to_onnx(EncoderGraph(network), example, "pieces", dims, ["tokens"]).SerializeToString()
 
 
 # -- user-facing export --------------------------------------------------------------

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "models": "auricle.cli.info:models_command",
     "labels": "auricle.cli.info:labels_command",
     "distill": "auricle.cli.distill:distill_command",
+    "export": "auricle.cli.export:export_command",
     "evaluate": "auricle.cli.evaluate:evaluate_command",
     "finetune": "auricle.cli.finetune:finetune_command",
     "probe": "auricle.cli.probe:probe_command",

@@ -178,16 +178,29 @@ def weights_digest(network: nn.Module) -> str:
 
 
 def encoder_model(network: CED, int8: bool, cache_dir: str | os.PathLike | None = None) -> bytes:
-    """The serialized ONNX encoder for ``network``: from the cache, else exported (and cached)."""
+    """The serialized ONNX encoder for ``network``: from the cache, else exported (and cached).
+
+    The int8 graph is quantised from the (cached) fp32 one, so asking for both exports once.
+    """
+    import tempfile
+
+    import onnx
+
     from auricle import export
 
-    key = f"v{ONNX_CACHE_VERSION}-torch{torch.__version__}-{weights_digest(network)}-{'int8' if int8 else 'fp32'}"
-    path = engine_cache_dir(cache_dir) / "onnx" / f"encoder-{key}.onnx"
+    key = f"v{ONNX_CACHE_VERSION}-torch{torch.__version__}-{weights_digest(network)}"
+    folder = engine_cache_dir(cache_dir) / "onnx"
+    path = folder / f"encoder-{key}-{'int8' if int8 else 'fp32'}.onnx"
     if path.is_file():
         return path.read_bytes()
-    payload = export.encoder_onnx(copy.deepcopy(network).float().eval(), int8=int8)
+    if int8:
+        fp32 = onnx.load_model_from_string(encoder_model(network, False, cache_dir))
+        with tempfile.TemporaryDirectory() as work:
+            payload = export.quantize_int8(fp32, Path(work)).SerializeToString()
+    else:
+        payload = export.encoder_onnx(copy.deepcopy(network).float().eval())
     try:  # a cache that cannot be written only costs the export next time
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         partial.write_bytes(payload)
         os.replace(partial, path)

@@ -1,0 +1,73 @@
+"""Cold start: wall time of `auricle tag one.wav` with the weights already on disk.
+
+Times, each in a fresh process and as the median of --repeats runs:
+  * `python -c "import auricle.cli"`       (interpreter and CLI imports)
+  * `auricle tag one.wav --checkpoint W`   (the whole command, what a user waits for)
+and, inside one process, the parts: importing torch and auricle.model, loading
+the weights, tagging the clip. The target is under 2 s, most of it model load.
+
+    python benchmarks/cold_start.py --repeats 5 --json benchmarks/results/cold_start.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from synthetic import REFERENCE_CHECKPOINT, auricle_command, report, run_measured, write_recording
+
+PARTS = """
+import json, sys, time
+start = time.perf_counter()
+import torch
+from auricle.model import load_model
+imported = time.perf_counter()
+model = load_model(checkpoint=sys.argv[1], engine=sys.argv[3], precision=sys.argv[4])
+loaded = time.perf_counter()
+model.tag(sys.argv[2], top_k=5)
+tagged = time.perf_counter()
+print(json.dumps(dict(import_s=imported - start, load_s=loaded - imported, tag_s=tagged - loaded)))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=REFERENCE_CHECKPOINT)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the clip to tag")
+    parser.add_argument("--engine", default="torch")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        clip = write_recording(Path(folder) / "one.wav", args.seconds)
+        engine = ["--engine", args.engine, "--precision", args.precision]
+        # One untimed run warms the OS file cache (and the onnx engine's export cache).
+        run_measured(auricle_command("tag", clip, "--checkpoint", args.checkpoint, *engine))
+        imports = [run_measured([sys.executable, "-c", "import auricle.cli"])[0] for _ in range(args.repeats)]
+        commands = [run_measured(auricle_command("tag", clip, "--checkpoint", args.checkpoint, *engine))
+                    for _ in range(args.repeats)]
+        parts = [json.loads(subprocess.run([sys.executable, "-c", PARTS, str(args.checkpoint), str(clip),
+                                            args.engine, args.precision],
+                                           capture_output=True, check=True, text=True).stdout)
+                 for _ in range(args.repeats)]
+    result = dict(
+        date=time.strftime("%Y-%m-%d"), checkpoint=str(args.checkpoint), clip_seconds=args.seconds,
+        engine=args.engine, precision=args.precision,
+        cli_import_s=statistics.median(imports),
+        tag_command_wall_s=statistics.median(wall for wall, _, _ in commands),
+        tag_command_peak_rss_mb=statistics.median(peak for _, peak, _ in commands),
+        **{key: statistics.median(p[key] for p in parts) for key in ("import_s", "load_s", "tag_s")},
+    )
+    report(result, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Folder tagging end to end (decode + resample + model) next to model-only throughput.
+
+Writes --files clips of --seconds each to a temporary folder, cycling through
+formats and rates (WAV 16 kHz mono, FLAC 44.1 kHz stereo, OGG Vorbis 48 kHz,
+MP3 22.05 kHz, AAC in M4A 44.1 kHz; a format the local libsndfile cannot write
+is skipped and said so), then measures in one process:
+  * decode only: `load_audio` of every file (decode, mix, resample to 16 kHz);
+  * model only: `AudioModel.probabilities` on the already decoded clips, batched;
+  * end to end: `AudioModel.iter_tag` over the files (what `auricle tag folder/` runs).
+The target is end to end within 10% of model only.
+
+    python benchmarks/folder_e2e.py --files 48 --threads 2 --json benchmarks/results/folder_e2e.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthetic import REFERENCE_CHECKPOINT, report, write_recording, write_with_pyav
+
+# (suffix, sample rate, channels, writer)
+FORMATS = [("wav", 16000, 1, "sndfile"), ("flac", 44100, 2, "sndfile"), ("ogg", 48000, 1, "sndfile"),
+           ("mp3", 22050, 1, "sndfile"), ("m4a", 44100, 1, "aac")]
+
+
+def make_folder(folder: Path, files: int, seconds: float) -> tuple[list[str], list[str]]:
+    paths, skipped = [], []
+    usable = []
+    for suffix, rate, channels, writer in FORMATS:
+        probe = folder / f"probe.{suffix}"
+        try:
+            if writer == "sndfile":
+                write_recording(probe, 0.5, rate, channels)
+            else:
+                write_with_pyav(probe, 0.5, rate, writer)
+            usable.append((suffix, rate, channels, writer))
+        except Exception as error:  # a format this machine's libraries cannot write
+            skipped.append(f"{suffix}: {str(error).splitlines()[0]}")
+        probe.unlink(missing_ok=True)
+    for index in range(files):
+        suffix, rate, channels, writer = usable[index % len(usable)]
+        path = folder / f"clip_{index:04d}.{suffix}"
+        if writer == "sndfile":
+            write_recording(path, seconds, rate, channels, seed=index)
+        else:
+            write_with_pyav(path, seconds, rate, writer, seed=index)
+        paths.append(str(path))
+    return paths, skipped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=48)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--checkpoint", type=Path, default=REFERENCE_CHECKPOINT)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--engine", default="torch")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    from auricle.audio import load_audio
+    from auricle.model import load_model
+
+    torch.set_num_threads(args.threads)
+    model = load_model(checkpoint=args.checkpoint, engine=args.engine, precision=args.precision,
+                       threads=args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        files, skipped = make_folder(Path(folder), args.files, args.seconds)
+        for line in skipped:
+            print(f"skipped format {line}")
+
+        start = time.perf_counter()
+        decoded = [load_audio(path) for path in files]
+        decode_s = time.perf_counter() - start
+
+        # Model only, on the decoded clips cut as tagging cuts them (one 10 s window per clip here).
+        window = int(10.0 * 16000)
+        clips = [clip[:window] for clip in decoded]
+        by_length: dict[int, list[np.ndarray]] = {}
+        for clip in clips:
+            by_length.setdefault(len(clip), []).append(clip)
+        model.probabilities(torch.from_numpy(np.stack(clips[:1])))  # warm-up
+        start = time.perf_counter()
+        for group in by_length.values():
+            for first in range(0, len(group), args.batch_size):
+                model.probabilities(torch.from_numpy(np.stack(group[first : first + args.batch_size])))
+        model_s = time.perf_counter() - start
+
+        options = model.tag_options(top_k=5)
+        start = time.perf_counter()
+        results = list(model.iter_tag(files, options, batch_size=args.batch_size))
+        e2e_s = time.perf_counter() - start
+    failures = [r for r in results if hasattr(r, "error")]
+    result = dict(
+        date=time.strftime("%Y-%m-%d"), files=len(files), seconds=args.seconds, threads=args.threads,
+        batch_size=args.batch_size, engine=args.engine, precision=args.precision, skipped_formats=skipped,
+        decode_files_per_s=len(files) / decode_s, model_only_clips_per_s=len(files) / model_s,
+        end_to_end_files_per_s=len(files) / e2e_s, end_to_end_vs_model_only=model_s / e2e_s,
+        failures=len(failures),
+    )
+    report(result, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Peak memory and time of `auricle tag --events` on long recordings (default 1, 10 and 60 minutes).
+
+Each recording is synthetic (noise with a 1 kHz tone 3 s in every 20 s), written
+in blocks to a temporary folder as FLAC, then tagged by a fresh `auricle tag`
+process whose peak resident memory is read from the kernel (wait4). Memory
+should stay flat with duration (the file is decoded in blocks and windows are
+scored as they arrive) and time should grow linearly.
+
+    python benchmarks/long_memory.py --minutes 1 10 60 --threads 2 --json benchmarks/results/long_memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from synthetic import REFERENCE_CHECKPOINT, auricle_command, run_measured, write_recording
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
+    parser.add_argument("--checkpoint", type=Path, default=REFERENCE_CHECKPOINT,
+                        help="weights to tag with (default: the ced-mini reference checkpoint)")
+    parser.add_argument("--hop", type=float, default=None, help="window hop in seconds (default: the window)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--engine", default="torch")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    rows = []
+    print(f"{'minutes':>8} {'wall s':>8} {'s per audio min':>16} {'peak RSS MB':>12} {'events':>7}")
+    with tempfile.TemporaryDirectory() as folder:
+        for minutes in args.minutes:
+            audio = write_recording(Path(folder) / f"long_{minutes:g}min.flac", minutes * 60)
+            command = auricle_command("tag", audio, "--events", "--format", "json", "--checkpoint", args.checkpoint,
+                                      "--threads", args.threads, "--engine", args.engine, "--precision",
+                                      args.precision, *(["--hop", args.hop] if args.hop else []))
+            wall, peak_mb, result = run_measured(command)
+            events = len(json.loads(result.stdout)[0]["events"])
+            rows.append(dict(minutes=minutes, wall_s=wall, s_per_audio_minute=wall / minutes, peak_rss_mb=peak_mb,
+                             events=events))
+            print(f"{minutes:>8g} {wall:>8.1f} {wall / minutes:>16.2f} {peak_mb:>12.0f} {events:>7}")
+            audio.unlink()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(dict(date=time.strftime("%Y-%m-%d"), machine=platform.machine(),
+                                             threads=args.threads, engine=args.engine, precision=args.precision,
+                                             hop=args.hop, results=rows), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Synthetic recordings for the benchmarks: written in blocks, so an hour never sits in memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REFERENCE_CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ced_mini_perturbed.pt"
+
+
+def signal_block(start: int, samples: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Noise with a 1 kHz tone switched on for 3 s of every 20 s: events to find."""
+    t = (start + np.arange(samples)) / sample_rate
+    tone = 0.3 * np.sin(2 * np.pi * 1000 * t) * ((t % 20.0) < 3.0)
+    return (0.05 * rng.standard_normal(samples) + tone).astype(np.float32)
+
+
+def write_recording(path: Path, seconds: float, sample_rate: int = 16000, channels: int = 1, seed: int = 0,
+                    block_seconds: float = 30.0) -> Path:
+    """Write ``seconds`` of the synthetic signal to ``path`` (format from the suffix)."""
+    rng = np.random.default_rng(seed)
+    total = int(seconds * sample_rate)
+    block = int(block_seconds * sample_rate)
+    with sf.SoundFile(path, "w", samplerate=sample_rate, channels=channels) as handle:
+        for start in range(0, total, block):
+            mono = signal_block(start, min(block, total - start), sample_rate, rng)
+            handle.write(np.repeat(mono[:, None], channels, axis=1) if channels > 1 else mono)
+    return path
+
+
+def write_with_pyav(path: Path, seconds: float, sample_rate: int, codec: str, seed: int = 0) -> Path:
+    """Formats libsndfile cannot write (e.g. AAC in .m4a), through PyAV."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    samples = signal_block(0, int(seconds * sample_rate), sample_rate, rng)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=sample_rate, layout="mono")
+        frame_size = 1024
+        for start in range(0, len(samples), frame_size):
+            chunk = samples[start : start + frame_size][None, :]
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="flt", layout="mono")
+            frame.sample_rate = sample_rate
+            frame.pts = start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def auricle_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "auricle", *map(str, args)]
+
+
+def run_measured(command: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, peak RSS in MB of the child, result) of one command."""
+    import os
+    import tempfile
+    import time
+
+    # Output goes to files, not pipes: a pipe would fill up and block the child while we wait4 it.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if code != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({code}): {stderr.decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, subprocess.CompletedProcess(command, 0, stdout, stderr)
+
+
+def report(result: dict, json_path: Path | None) -> None:
+    """Print ``result`` one figure a line, and write it as JSON if asked."""
+    import json
+
+    for key, value in result.items():
+        print(f"{key:>26}: {value:.3f}" if isinstance(value, float) else f"{key:>26}: {value}")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
