@@ -12,6 +12,8 @@ where they are not, the overlap is still reported but not asserted for that inpu
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,13 +136,18 @@ def test_tag_cli_engines_give_the_same_format(tiny_checkpoint, reference_dir):
         assert shape(record[0]) == shape(reference[0])
 
 
-def test_onnx_engine_cache_is_reused(engine_models, tiny_model, tmp_path):
+def test_onnx_engine_cache_is_reused(engine_models, tiny_checkpoint, tiny_model, monkeypatch):
     engine_models("onnx", "fp32")  # exported into the module cache
-    import os
-    from pathlib import Path
-
     cached = list((Path(os.environ["AURICLE_CACHE"]) / "onnx").glob(f"encoder-*{weights_digest(tiny_model.network)}*"))
     assert cached, "the exported encoder was not cached"
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the cache holds this encoder")
+
+    monkeypatch.setattr("auricle.export.encoder_onnx", no_export)
+    model = auricle.load_model(checkpoint=tiny_checkpoint, engine="onnx")
+    wave = torch.zeros(1, 16000)
+    np.testing.assert_allclose(model.probabilities(wave), tiny_model.probabilities(wave), atol=1e-5)
 
 
 def test_bad_engine_choices():
