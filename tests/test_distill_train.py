@@ -111,7 +111,8 @@ def test_training_writes_logs_states_and_a_taggable_checkpoint(tmp_path, student
 
 def test_the_student_learns_the_teacher_on_held_out_views(tmp_path, student_config):
     torch.set_num_threads(1)
-    config = _config(tmp_path, student_config, epochs=8, eval_every=1, checkpoint_every=100, mixup_alpha=0.0)
+    config = _config(tmp_path, student_config, epochs=8, eval_every=1, checkpoint_every=100, mixup_alpha=0.0,
+                     head_prior=False)  # from a random head, so the first evaluation is the untrained baseline
     result = train(config, FakeViews())
     with open(tmp_path / "run" / "eval.csv") as handle:
         evals = [row for row in csv.DictReader(handle) if row["kind"] == "eval"]
@@ -147,6 +148,23 @@ def test_inconsistent_views_train_on_other_inputs(tmp_path, student_config):
     a = _weights(consistent.final_checkpoint)
     b = _weights(inconsistent.final_checkpoint)
     assert not all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_output_biases_start_at_the_log_odds_of_the_mean_target(tmp_path, student_config):
+    from auricle.distill.train import Trainer
+
+    trainer = Trainer(_config(tmp_path, student_config), FakeViews())
+    bias = torch.sigmoid(trainer.network.outputlayer[-1].bias)
+    views = FakeViews()
+    dense = np.zeros((0, 4))
+    for shard in views.shard_names:
+        for indices, values in views.targets(shard, 0).values():
+            row = np.zeros(4)
+            row[indices] = values
+            dense = np.vstack([dense, row])
+    assert torch.allclose(bias, torch.tensor(dense.mean(0), dtype=torch.float32).clamp(1e-4, 1 - 1e-4), atol=1e-6)
+    plain = Trainer(_config(tmp_path, student_config, head_prior=False), FakeViews())
+    assert not torch.allclose(torch.sigmoid(plain.network.outputlayer[-1].bias), bias)
 
 
 def test_bf16_autocast_runs_on_cpu(tmp_path, student_config):

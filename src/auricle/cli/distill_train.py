@@ -48,6 +48,8 @@ from auricle.distill.targets import DEFAULT_FILL, FILL_MODES
 @click.option("--eval-label-column", default="labels", show_default=True, help="Label column of --eval-csv.")
 @click.option("--eval-audio-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder the CSV's file names are relative to [default: the CSV's folder].")
+@click.option("--head-prior/--no-head-prior", default=True, show_default=True,
+              help="Start the output biases at the log-odds of the classes' mean stored targets.")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=500, show_default=True,
               help="Save a full resume point every N steps.")
 @click.option("--eval-every", type=click.IntRange(1), default=None, help="Evaluate every N steps [default: with checkpoints].")
