@@ -235,3 +235,16 @@ def test_codecs_round_trip_within_their_step():
                          ("f16", lambda q: q * 2**-11 + 6e-8), ("f32", lambda q: 0.0)):
         decoded = decode_values(encode_values(p, codec), codec)
         assert np.all(np.abs(decoded - p) <= bound(p)), codec
+
+
+def test_a_softmax_teacher_is_scored_with_its_own_activation():
+    from auricle.distill.teachers import ced_probabilities_from_mel
+    from auricle.models.ced import CED, CEDConfig
+
+    torch.manual_seed(0)
+    network = CED(CEDConfig(embed_dim=64, num_heads=1, depth=1, num_classes=10, head_activation="softmax")).eval()
+    waveform = torch.randn(2, 16000) * 0.1
+    scores = ced_probabilities_from_mel(network, network.spectrogram(waveform))
+    torch.testing.assert_close(scores.sum(dim=-1), torch.ones(2))
+    with torch.inference_mode():
+        torch.testing.assert_close(scores, network(waveform))

@@ -70,7 +70,7 @@ class TeacherSpec:
 def ced_probabilities_from_mel(network: CED, mel: torch.Tensor) -> torch.Tensor:
     """What ``CED.forward`` computes, starting from a (possibly masked) log-mel (batch, n_mels, frames)."""
     pieces, count = network.pieces(network.normalize(mel))
-    probabilities = torch.sigmoid(network.forward_head(network.forward_features(pieces)))
+    probabilities = network.activate(network.forward_head(network.forward_features(pieces)))
     return probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
 
 
