@@ -36,10 +36,16 @@ ENGINES = {("onnx", "fp32"): 1e-4, ("torch", "bf16"): 1e-2, ("torch", "int8"): 1
 
 @pytest.fixture(scope="module", autouse=True)
 def engine_cache(tmp_path_factory):
-    """Keep exported encoders out of the user's cache; shared by this module's tests."""
+    """Keep exported encoders out of the user's cache; shared by this module's tests.
+
+    Loading a model sets torch's process-wide thread count; it is put back so
+    later tests see the thread count they started with.
+    """
+    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AURICLE_CACHE", str(tmp_path_factory.mktemp("auricle-cache")))
         yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +122,8 @@ def test_tag_cli_engines_give_the_same_format(tiny_checkpoint, reference_dir):
     outputs = {}
     for engine, precision in [("torch", "fp32"), ("onnx", "fp32"), ("torch", "int8")]:
         result = CliRunner().invoke(cli, ["tag", *inputs, "--checkpoint", str(tiny_checkpoint), "--format", "json",
-                                          "--engine", engine, "--precision", precision, "--threads", "1",
-                                          "--events"], catch_exceptions=False)
+                                          "--engine", engine, "--precision", precision, "--events"],
+                                   catch_exceptions=False)
         assert result.exit_code == 0, result.output
         outputs[engine, precision] = json.loads(result.stdout)
 

@@ -26,6 +26,14 @@ INPUTS = ["a_sine440_1s", "b_noise_3p7s", "d_mix_25p3s", "f_stereo_44k1_2s", "h_
 LABELS = [f"sound {i}" for i in range(10)]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def keep_thread_count():
+    """The CLI sets torch's process-wide thread count; later tests get theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
