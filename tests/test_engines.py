@@ -181,3 +181,18 @@ def test_cpu_features_from_flags(tmp_path):
     cpuinfo.write_text("processor : 0\nflags : fpu avx2\n")
     assert fastest_precision(cpu_features(cpuinfo)) == "fp32"
     assert default_batch_size("cpu") == 8 and default_batch_size("cuda:0") > 8
+
+
+@pytest.mark.parametrize("engine,precision", [("torch", "int8"), ("torch", "bf16")])
+def test_softmax_heads_keep_their_activation_in_every_engine(engine, precision):
+    from auricle.inference.engines import make_engine
+    from auricle.models.ced import CED, CEDConfig
+
+    torch.manual_seed(0)
+    network = CED(CEDConfig(embed_dim=64, num_heads=1, depth=1, num_classes=10, head_activation="softmax")).eval()
+    waveforms = torch.randn(2, 16000) * 0.1
+    with torch.inference_mode():
+        reference = network(waveforms)
+        scores = make_engine(network, EngineConfig(engine, precision)).probabilities(waveforms)
+    torch.testing.assert_close(scores.sum(dim=-1), torch.ones(2))
+    assert (scores - reference).abs().max() < 0.05

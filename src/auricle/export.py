@@ -77,7 +77,7 @@ class MelGraph(nn.Module):
         batch = mel.shape[0]
         pieces, count = split_pieces(network.normalize(mel), network.config.target_frames)
         tokens = network.forward_features(pieces)
-        probabilities = torch.sigmoid(network.forward_head(tokens))
+        probabilities = network.activate(network.forward_head(tokens))
         probabilities = probabilities.reshape(count, batch, -1).mean(dim=0)
         # Every piece has the same token count, so this is the mean over all tokens (the HEAR clip embedding).
         embedding = tokens.mean(dim=1).reshape(count, batch, -1).mean(dim=0)

@@ -95,7 +95,7 @@ class Engine:
         """(batch, samples) 16 kHz -> (batch, classes), exactly as ``CED.forward`` but with this encoder."""
         network = self.network
         pieces, count = network.pieces(network.normalize(network.spectrogram(waveforms)))
-        probabilities = torch.sigmoid(network.forward_head(self.forward_features(pieces)))
+        probabilities = network.activate(network.forward_head(self.forward_features(pieces)))
         return probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
 
 
