@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import queue as queue_module
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,25 +209,25 @@ class AudioModel:
                     state.name, state.ends[-1] / SAMPLE_RATE, self.name, bounds, probabilities, space, options
                 )
 
-        for item, source in enumerate(sources):
-            name = names[item] if names is not None else str(source)
-            state = states[item] = _FileState(name)
-            try:
-                blocks = [source] if isinstance(source, np.ndarray) else iter_blocks(
-                    source, block_samples=window_config.hop_samples
-                )
-                for start, samples in iter_windows(blocks, window_config):
-                    state.starts.append(start)
-                    state.ends.append(start + len(samples))
-                    queue.append((item, len(state.starts) - 1, np.ascontiguousarray(samples)))
-                    if len(queue) >= batch_size:
-                        flush()
-                        yield from finished()
-                if not state.starts:
-                    raise AuricleError(f"{name}: no audio samples")
-            except AuricleError as error:
-                state.error = str(error)
+        for kind, item, payload in _decoded_windows(sources, names, window_config):
+            if kind == "start":
+                states[item] = _FileState(payload)
+                continue
+            state = states[item]
+            if kind == "window":
+                start, samples = payload
+                state.starts.append(start)
+                state.ends.append(start + len(samples))
+                queue.append((item, len(state.starts) - 1, samples))
+                if len(queue) >= batch_size:
+                    flush()
+                    yield from finished()
+                continue
+            if kind == "error":
+                state.error = payload
                 queue[:] = [entry for entry in queue if entry[0] != item]
+            elif not state.starts:  # "end" of a file that had no samples
+                state.error = f"{state.name}: no audio samples"
             state.finished = True
             yield from finished()
         if queue:
@@ -286,6 +288,71 @@ class AudioModel:
                 yield self.embed(source, batch_size=batch_size)
             except AuricleError as error:
                 yield Failure(str(source), str(error))
+
+
+# Decoded windows waiting for the model: enough to keep the model busy while the
+# decoder works ahead, small enough that memory stays flat on long files.
+PREFETCH_WINDOWS = 32
+
+
+def _decoded_windows(
+    sources: Iterable[str | os.PathLike | np.ndarray],
+    names: Sequence[str] | None,
+    window_config: WindowConfig,
+) -> Iterator[tuple[str, int, object]]:
+    """("start", item, name), ("window", item, (start, samples)), then ("end"|"error", item, ...) per source.
+
+    Decoding (libsndfile, FFmpeg, soxr; all release the GIL) runs in a
+    background thread, so it overlaps the model instead of alternating with it.
+    """
+    messages: queue_module.Queue = queue_module.Queue(maxsize=PREFETCH_WINDOWS)
+    stop = threading.Event()
+
+    def put(message) -> bool:
+        while not stop.is_set():
+            try:
+                messages.put(message, timeout=0.1)
+                return True
+            except queue_module.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item, source in enumerate(sources):
+                name = names[item] if names is not None else str(source)
+                if not put(("start", item, name)):
+                    return
+                try:
+                    blocks = [source] if isinstance(source, np.ndarray) else iter_blocks(
+                        source, block_samples=window_config.hop_samples
+                    )
+                    for start, samples in iter_windows(blocks, window_config):
+                        if not put(("window", item, (start, np.ascontiguousarray(samples)))):
+                            return
+                except AuricleError as error:
+                    if not put(("error", item, str(error))):
+                        return
+                    continue
+                if not put(("end", item, None)):
+                    return
+            put(("done", -1, None))
+        except BaseException as error:  # anything unexpected is re-raised in the consumer
+            put(("raise", -1, error))
+
+    worker = threading.Thread(target=produce, name="auricle-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, item, payload = messages.get()
+            if kind == "done":
+                return
+            if kind == "raise":
+                raise payload
+            yield kind, item, payload
+    finally:
+        stop.set()  # a consumer that stops early releases the decoder
+        worker.join(timeout=5)
 
 
 def load_model(
