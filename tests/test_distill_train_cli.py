@@ -149,3 +149,29 @@ def test_two_processes_under_torchrun(distill_data, tmp_path):
     assert config["world_size"] == 2
     assert (out / "student.safetensors").is_file()
     assert completed.stdout.count("student:") == 1  # only rank 0 reports and writes
+
+
+def test_sigkill_in_the_middle_of_training_then_resume_matches_an_uninterrupted_run(distill_data, tmp_path):
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    args = ["--epochs", "8"]
+    assert _invoke(_train_args(distill_data, tmp_path / "whole", *args)).exit_code == 0
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "auricle", *_train_args(distill_data, out, *args)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while not list((out / "state").glob("state-*.pt")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / "student.safetensors").exists()
+    resumed = _invoke(_train_args(distill_data, out, *args, "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    whole = load_file(str(tmp_path / "whole" / "student.safetensors"))
+    killed = load_file(str(out / "student.safetensors"))
+    assert all(torch.equal(whole[key], killed[key]) for key in whole)
