@@ -1,0 +1,88 @@
+"""Student training speed: optimiser steps per second of a CED on 10 s clips, next to the matmul peak.
+
+Measures, in one process with the given threads: the fp32 matmul peak, then full training steps
+(log-mel frontend, forward, BCE-with-logits on dense soft targets, backward, gradient clipping,
+AdamW) of a randomly initialised student on random 10 s waveforms. FLOPs per step are taken as
+3x the forward FLOPs of the batch (forward + backward), from ../shared/reference/official/flops.json.
+This is the arithmetic `auricle distill train` runs per step; data loading and augmentation replay
+are measured separately by the trainer itself (views_per_second in its train.csv).
+
+    python benchmarks/train_speed.py --models ced-tiny ced-mini --batch-size 16 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from throughput import FLOPS_FILE, analytic_gflops, matmul_peak
+
+from auricle.models.ced import CED
+from auricle.models.registry import model_info
+
+
+def forward_gflops(name: str) -> float:
+    if FLOPS_FILE.is_file():
+        flops = json.loads(FLOPS_FILE.read_text())
+        key = name.removeprefix("ced-")
+        if key in flops:
+            return flops[key]["flop_counter_total_GFLOP"]
+    return analytic_gflops(model_info(name).config)
+
+
+def steps_per_second(name: str, batch_size: int, seconds: float) -> float:
+    torch.manual_seed(0)
+    network = CED(model_info(name).config).train()
+    optimiser = torch.optim.AdamW(network.parameters(), lr=1e-4)
+    waveforms = torch.randn(batch_size, 160000) * 0.1
+    targets = torch.rand(batch_size, network.config.num_classes) * 0.2
+
+    def step() -> None:
+        tokens, count = network.encode(waveforms)
+        logits = network.forward_head(tokens).reshape(count, batch_size, -1).mean(dim=0)
+        loss = F.binary_cross_entropy_with_logits(logits, targets)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        optimiser.step()
+
+    step()  # warm-up: allocator and kernels
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        steps += 1
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["ced-tiny", "ced-mini"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak()
+    rows = []
+    print(f"torch {torch.__version__}, {args.threads} threads; fp32 matmul peak {peak:.1f} GFLOP/s")
+    print(f"{'model':10} {'batch':>5} {'steps/s':>8} {'clips/s':>8} {'% peak':>7}")
+    for name in args.models:
+        rate = steps_per_second(name, args.batch_size, args.seconds)
+        fraction = rate * args.batch_size * 3 * forward_gflops(name) / peak
+        rows.append({"model": name, "batch_size": args.batch_size, "steps_per_s": rate,
+                     "clips_per_s": rate * args.batch_size, "peak_fraction": fraction})
+        print(f"{name:10} {args.batch_size:5d} {rate:8.3f} {rate * args.batch_size:8.1f} {fraction:7.0%}")
+    if args.json:
+        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                                         "threads": args.threads, "matmul_peak_gflops": peak, "results": rows},
+                                        indent=2))
+
+
+if __name__ == "__main__":
+    main()
