@@ -88,7 +88,7 @@ class AudioModel:
             waveforms = waveforms.unsqueeze(0)
         return self.engine.probabilities(waveforms.to(self.device)).cpu()
 
-    def _score_windows(self, windows: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    def score_windows(self, windows: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
         """Probabilities of windows of any lengths, batching equal lengths together."""
         results: list[np.ndarray | None] = [None] * len(windows)
         by_length: dict[int, list[int]] = {}
@@ -190,7 +190,7 @@ class AudioModel:
         next_to_emit = 0
 
         def flush() -> None:
-            rows = self._score_windows([samples for _, _, samples in queue], batch_size)
+            rows = self.score_windows([samples for _, _, samples in queue], batch_size)
             for (item, position, _), row in zip(queue, rows):
                 states[item].rows[position] = row
             queue.clear()

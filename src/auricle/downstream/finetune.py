@@ -307,7 +307,7 @@ def predict(network: CED, waveforms: Sequence[np.ndarray], batch_size: int = 16,
     from auricle.model import AudioModel
 
     labels = LabelSet.from_names([f"class {i}" for i in range(network.config.num_classes)])
-    return np.stack(AudioModel(network, "finetune", labels, device)._score_windows(list(waveforms), batch_size))
+    return np.stack(AudioModel(network, "finetune", labels, device).score_windows(list(waveforms), batch_size))
 
 
 # --------------------------------------------------------------------------- distributed
