@@ -9,14 +9,20 @@ embedding, transformer blocks, final norm: ~99% of the FLOPs) changes hands:
 ========  =========  ====================================================
 engine    precision  encoder
 ========  =========  ====================================================
-torch     fp32       the network as is (bit-identical to ``CED.forward``)
-torch     bf16       ``torch.autocast`` to bfloat16 (fast on CPUs with avx512_bf16/AMX)
+torch     fp32       on CPUs with oneDNN: :class:`~auricle.inference.fused.FusedEncoder`
+                     (prepacked weights, fused GELU/residual epilogues; same float32
+                     math, ~1e-7 from ``CED.forward`` in probabilities); elsewhere
+                     the network as is
+torch     bf16       the same fused encoder with bfloat16 products and float32
+                     residuals (fast on CPUs with avx512_bf16/AMX); ``torch.autocast``
+                     where oneDNN is missing
 torch     int8       Linear layers of the blocks dynamically quantised to int8
-onnx      fp32       ONNX Runtime running the exported encoder
-onnx      int8       the same graph with MatMul weights dynamically quantised
+onnx      fp32       ONNX Runtime running the encoder written with its fused
+                     Attention/BiasGelu operators (:mod:`auricle.inference.ort_graph`)
+onnx      int8       the same graph dynamically quantised (QAttention, int8 MatMuls)
 ========  =========  ====================================================
 
-The ``onnx`` engine exports the encoder once per set of weights and caches the
+The ``onnx`` engine builds the encoder graph once per set of weights and caches the
 file (``$AURICLE_CACHE``, else ``~/.cache/auricle``), so only the first use
 pays the export (seconds).
 """
@@ -36,13 +42,14 @@ import torch
 from torch import nn
 
 from auricle.errors import AuricleError
+from auricle.inference.fused import FusedEncoder, fused_supported
 from auricle.inference.tuning import default_threads
 from auricle.models.ced import CED
 
 ENGINES = ("torch", "onnx")
 PRECISIONS = ("fp32", "bf16", "int8")
 #: Bump when the exported encoder graph changes, so stale cache files are not reused.
-ONNX_CACHE_VERSION = 1
+ONNX_CACHE_VERSION = 2
 
 
 class EngineError(AuricleError):
@@ -119,15 +126,21 @@ class TorchEngine(Engine):
                 )
             self._encoder = encoder.eval()
         self._device_type = device.type
+        self._fused: FusedEncoder | None = None
+        if config.precision in ("fp32", "bf16") and fused_supported(device):
+            dtype = torch.float32 if config.precision == "fp32" else torch.bfloat16
+            self._fused = FusedEncoder(network, dtype)
 
     def forward_features(self, pieces: torch.Tensor) -> torch.Tensor:
+        if self._fused is not None and next(self.network.parameters()).device.type == "cpu":
+            return self._fused.forward_features(pieces)
         if self.config.precision == "bf16":
             with torch.autocast(device_type=self._device_type, dtype=torch.bfloat16):
                 return self._encoder.forward_features(pieces).float()
         return self._encoder.forward_features(pieces)
 
     def probabilities(self, waveforms: torch.Tensor) -> torch.Tensor:
-        if self.config.precision == "fp32":
+        if self.config.precision == "fp32" and self._fused is None:
             return self.network(waveforms)  # the reference path itself
         return super().probabilities(waveforms)
 
@@ -187,6 +200,7 @@ def encoder_model(network: CED, int8: bool, cache_dir: str | os.PathLike | None 
     import onnx
 
     from auricle import export
+    from auricle.inference import ort_graph
 
     key = f"v{ONNX_CACHE_VERSION}-torch{torch.__version__}-{weights_digest(network)}"
     folder = engine_cache_dir(cache_dir) / "onnx"
@@ -195,10 +209,10 @@ def encoder_model(network: CED, int8: bool, cache_dir: str | os.PathLike | None 
         return path.read_bytes()
     if int8:
         fp32 = onnx.load_model_from_string(encoder_model(network, False, cache_dir))
-        with tempfile.TemporaryDirectory() as work:
-            payload = export.quantize_int8(fp32, Path(work)).SerializeToString()
+        with tempfile.TemporaryDirectory() as work, export._quiet_exporter():
+            payload = ort_graph.quantize_encoder(fp32, Path(work)).SerializeToString()
     else:
-        payload = export.encoder_onnx(copy.deepcopy(network).float().eval())
+        payload = ort_graph.encoder_graph(copy.deepcopy(network).float().eval()).SerializeToString()
     try:  # a cache that cannot be written only costs the export next time
         folder.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")

@@ -170,7 +170,9 @@ class CED(nn.Module):
         x = self.patch_embed(pieces)
         x = x + self.time_pos_embed[:, :, :, : x.shape[-1]]
         x = x + self.freq_pos_embed
-        x = x.flatten(2).transpose(1, 2)
+        # Contiguous once here: otherwise the residual stream keeps the transposed
+        # layout through every block, and each LayerNorm and residual add pays a copy.
+        x = x.flatten(2).transpose(1, 2).contiguous()
         return self.norm(self.blocks(x))
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:

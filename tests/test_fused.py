@@ -1,0 +1,89 @@
+"""The fused oneDNN encoder computes what the CED module computes, and never serves stale weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import auricle
+from auricle.inference.fused import FusedEncoder, fused_supported
+from auricle.models.ced import CED, CEDConfig
+
+pytestmark = pytest.mark.skipif(not fused_supported(), reason="this torch build has no oneDNN fused linear kernels")
+
+
+def small_network(seed: int = 0, **overrides) -> CED:
+    torch.manual_seed(seed)
+    network = CED(CEDConfig(embed_dim=64, num_heads=2, depth=2, **overrides))
+    with torch.no_grad():  # off the init values (zero biases, unit norms), so every term matters
+        for parameter in network.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    return network.eval()
+
+
+def pieces_of(network: CED, samples: int, batch: int) -> torch.Tensor:
+    waveforms = torch.randn(batch, samples, generator=torch.Generator().manual_seed(samples)) * 0.1
+    return network.pieces(network.normalize(network.spectrogram(waveforms)))[0]
+
+
+@pytest.mark.parametrize("samples,batch", [(160000, 3), (16000, 1), (3000, 2), (400000, 2)])
+def test_tokens_match_the_module(samples, batch):
+    network = small_network()
+    pieces = pieces_of(network, samples, batch)
+    with torch.inference_mode():
+        expected = network.forward_features(pieces)
+    got = FusedEncoder(network).forward_features(pieces)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_without_qkv_bias():
+    network = small_network(qkv_bias=False)
+    pieces = pieces_of(network, 48000, 2)
+    with torch.inference_mode():
+        expected = network.forward_features(pieces)
+    torch.testing.assert_close(FusedEncoder(network).forward_features(pieces), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_stays_close_and_returns_float32():
+    network = small_network()
+    pieces = pieces_of(network, 160000, 2)
+    with torch.inference_mode():
+        expected = network.forward_features(pieces)
+    got = FusedEncoder(network, torch.bfloat16).forward_features(pieces)
+    assert got.dtype == torch.float32
+    assert (got - expected).abs().max() < 0.1  # bf16 keeps 8 mantissa bits; LayerNorm outputs are O(1)
+    assert (got - expected).abs().max() > 0  # and it really ran in bf16
+
+
+def test_weights_changed_in_place_are_repacked():
+    network = small_network()
+    fused = FusedEncoder(network)
+    pieces = pieces_of(network, 32000, 1)
+    before = fused.forward_features(pieces)
+    with torch.no_grad():  # what an optimizer step or load_state_dict does
+        network.blocks[1].mlp.fc1.weight.mul_(1.5)
+        network.blocks[0].attn.qkv.bias.add_(0.3)
+    after = fused.forward_features(pieces)
+    with torch.inference_mode():
+        expected = network.forward_features(pieces)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)
+    network.load_state_dict(small_network(seed=1).state_dict())
+    with torch.inference_mode():
+        expected = network.forward_features(pieces)
+    torch.testing.assert_close(fused.forward_features(pieces), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fp32_engine_uses_the_fused_encoder_and_matches_the_module(tiny_checkpoint):
+    model = auricle.load_model(checkpoint=tiny_checkpoint)
+    assert model.engine._fused is not None
+    waveforms = torch.randn(2, 50000, generator=torch.Generator().manual_seed(3)) * 0.1
+    with torch.inference_mode():
+        expected = model.network(waveforms)
+    torch.testing.assert_close(model.probabilities(waveforms), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_rejects_other_dtypes():
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        FusedEncoder(small_network(), torch.float16)
