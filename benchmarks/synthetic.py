@@ -32,18 +32,24 @@ def write_recording(path: Path, seconds: float, sample_rate: int = 16000, channe
     return path
 
 
-def write_with_pyav(path: Path, seconds: float, sample_rate: int, codec: str, seed: int = 0) -> Path:
-    """Formats libsndfile cannot write (e.g. AAC in .m4a), through PyAV."""
+def write_with_pyav(path: Path, seconds: float, sample_rate: int, codec: str, seed: int = 0, channels: int = 1,
+                    container_format: str | None = None) -> Path:
+    """Formats libsndfile cannot write (e.g. AAC in .m4a, Opus in .webm), through PyAV.
+
+    With ``channels=2`` the right channel is the left one at half level.
+    """
     import av
 
     rng = np.random.default_rng(seed)
     samples = signal_block(0, int(seconds * sample_rate), sample_rate, rng)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=sample_rate, layout="mono")
-        frame_size = 1024
+    layout = {1: "mono", 2: "stereo"}[channels]
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=sample_rate, layout=layout)
+        frame_size = 960 if "opus" in codec else 1024
         for start in range(0, len(samples), frame_size):
-            chunk = samples[start : start + frame_size][None, :]
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="flt", layout="mono")
+            chunk = samples[start : start + frame_size]
+            interleaved = np.stack([chunk, 0.5 * chunk][:channels], axis=1).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(interleaved), format="flt", layout=layout)
             frame.sample_rate = sample_rate
             frame.pts = start
             for packet in stream.encode(frame):

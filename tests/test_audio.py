@@ -183,6 +183,68 @@ def test_six_channels_are_mixed_by_plain_mean(tmp_path):
     assert audio.mean() == pytest.approx(levels.mean(), abs=1e-3)
 
 
+def extreme_channels(channels: int, samples: int, seed: int = 0, overflow: bool = False) -> np.ndarray:
+    """(channels, samples) float32 spanning every magnitude: subnormals, ±0, huge values.
+
+    With ``overflow``, some float32 sums of the channels overflow (their means do not).
+    """
+    rng = np.random.default_rng(seed)
+    top = np.finfo(np.float32).max
+    exponents = rng.integers(-149, 127 - channels.bit_length(), (channels, samples)).astype(np.float64)
+    values = (rng.uniform(1, 2, (channels, samples)) * np.exp2(exponents)).astype(np.float32)
+    values *= rng.choice(np.float32([-1, 1]), (channels, samples))
+    values[:, :1000] = rng.standard_normal((channels, 1000)).astype(np.float32)  # ordinary audio
+    values[:, 1000:1200] = rng.choice(np.float32([0, -0.0, 1e-45, -1e-45, 3e-45, 1e-38]), (channels, 200))
+    values[:, 1200:1210] = 1.0
+    values[0, 1200:1210] = top
+    values[1, 1200:1205] = -top
+    values[:, 1210] = top / channels  # no overflow yet
+    if overflow:
+        values[:, 1211:1220] = rng.choice(np.float32([top, top / 2, 1.7e38]), (channels, 9))
+    return values
+
+
+def reference_mean(channels_first: np.ndarray) -> np.ndarray:
+    return channels_first.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def assert_same_bits(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.dtype == expected.dtype == np.float32 and actual.shape == expected.shape
+    different = np.flatnonzero(actual.view(np.uint32) != expected.view(np.uint32))
+    assert not len(different), (len(different), actual[different[:5]], expected[different[:5]])
+
+
+@pytest.mark.parametrize("channels", [2, 3, 5, 7, 8, 9])
+@pytest.mark.parametrize("layout", ["channels_first", "interleaved"])
+def test_mix_is_the_float64_mean_bit_for_bit(channels, layout):
+    from auricle.audio import _mix
+
+    for overflow in (False, True):
+        values = extreme_channels(channels, 20000, seed=channels, overflow=overflow)
+        with np.errstate(over="ignore"):
+            assert np.isfinite(values.sum(axis=0)).all() != overflow  # float32 sums overflow or not
+        # the decoder hands over (frames, channels) arrays, so _mix sees a strided transposed view
+        view = values if layout == "channels_first" else np.ascontiguousarray(values.T).T
+        assert_same_bits(_mix(view), reference_mean(view))
+        assert_same_bits(_mix(view.astype(np.float64)), reference_mean(view.astype(np.float64)))
+
+
+def test_stereo_mix_of_extreme_values_through_files_and_arrays(tmp_path):
+    path = tmp_path / "extreme.wav"
+    for overflow in (False, True):
+        values = extreme_channels(2, 30000, overflow=overflow)
+        expected = reference_mean(values)
+        assert np.isfinite(expected).all()
+        assert_same_bits(prepare_waveform(values, SAMPLE_RATE), expected)
+        sf.write(path, values.T, SAMPLE_RATE, subtype="FLOAT")
+        assert_same_bits(load_audio(path), expected)
+    values[1, 20000] = np.inf
+    expect_audio_error(prepare_waveform, values, SAMPLE_RATE, "loud", fragment="contains NaN or Inf", name="loud")
+    values[1, 20000] = np.nan
+    sf.write(path, values.T, SAMPLE_RATE, subtype="FLOAT")
+    expect_audio_error(load_audio, path, fragment="contains NaN or Inf", name="extreme.wav")
+
+
 def test_stereo_44k1_is_mean_then_resampled(tmp_path):
     left = sine(440, 44100, 2.0)
     right = sine(440, 44100, 2.0) + 0.2
@@ -251,6 +313,50 @@ def test_pyav_packed_int16_stereo_is_plain_mean(tmp_path):
     audio = load_audio(path)
     expected = (channels.astype(np.float64).mean(axis=0) / 32768).astype(np.float32)
     np.testing.assert_array_equal(audio, expected)
+
+
+def per_frame_reference(path: Path) -> np.ndarray:
+    """Mono at the native rate, converted and mixed one PyAV frame at a time (the former decoder)."""
+    import av
+
+    pieces = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.audio[0]):
+            array = frame.to_ndarray()
+            if not frame.format.is_planar:
+                array = array.reshape(-1, frame.layout.nb_channels).T
+            if array.dtype == np.int16:
+                array = array / np.float32(32768)
+            pieces.append(reference_mean(array))
+    return np.concatenate(pieces)
+
+
+@pytest.mark.parametrize(
+    "suffix, codec, rate, container_format",
+    [("m4a", "aac", 44100, None), ("webm", "libopus", 48000, "webm"), ("mka", "pcm_s16le", 22050, "matroska")],
+)
+def test_pyav_chunks_equal_frame_by_frame_decoding(tmp_path, suffix, codec, rate, container_format):
+    rng = np.random.default_rng(4)
+    seconds = 2.5 * 65536 / rate  # several DECODE_FRAMES chunks
+    left = sine(440, rate, seconds, 0.4) + rng.normal(0, 0.05, int(rate * seconds)).astype(np.float32)
+    stereo = np.stack([left, sine(1300, rate, seconds, 0.3)])
+    if codec.startswith("pcm_s16"):
+        stereo = (stereo * 32767).astype(np.int16)
+    path = encode(tmp_path / f"x.{suffix}", codec, rate, stereo, container_format=container_format)
+    expected = per_frame_reference(path)
+    assert len(expected) > 2 * 65536
+    native = load_audio(path, sample_rate=rate)  # same rate: no resampling, decode and mix only
+    assert_same_bits(native, expected)
+    np.testing.assert_array_equal(np.concatenate(list(iter_blocks(path, 30000, sample_rate=rate))), native)
+
+
+def test_pyav_sample_format_without_numpy_dtype(tmp_path, monkeypatch):
+    import av.audio.frame
+
+    path = encode(tmp_path / "x.m4a", "aac", 44100, sine(440, 44100, 0.5)[None])
+    dtypes = {key: value for key, value in av.audio.frame.format_dtypes.items() if key != "fltp"}
+    monkeypatch.setattr(av.audio.frame, "format_dtypes", dtypes)
+    expect_audio_error(load_audio, path, fragment="unsupported sample format 'fltp'", name="x.m4a")
 
 
 def test_video_file_uses_its_audio_stream(tmp_path):

@@ -381,18 +381,59 @@ def _to_float(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def _mix(channels_first: np.ndarray) -> np.ndarray:
-    """Float32 mono: the single channel unchanged, or the plain mean of all channels."""
-    if channels_first.shape[0] == 1:
+    """Float32 mono: the single channel unchanged, or the plain mean of all channels.
+
+    Always exactly ``channels_first.mean(axis=0, dtype=np.float64)`` rounded to
+    float32, computed without numpy's reduction over the (usually strided)
+    channel axis, which cost more than decoding itself.
+    """
+    channels, samples = channels_first.shape
+    if channels == 1:
         return np.ascontiguousarray(channels_first[0], dtype=np.float32)
+    if channels == 2 and channels_first.dtype == np.float32:
+        # The float64 sum of two float32 rounds to float32 exactly as the float32 sum
+        # does, and halving commutes with rounding (subnormal sums are exact in both),
+        # so this is the float64 mean bit for bit, unless the float32 sum overflows.
+        with np.errstate(over="ignore", invalid="ignore"):
+            mono = np.add(channels_first[0], channels_first[1])
+        mono += np.float32(0)  # numpy's sum starts from +0: -0 + -0 gives +0 there
+        mono *= np.float32(0.5)
+        if np.isfinite(mono).all():
+            return mono
+    elif 2 <= channels < 8:
+        # numpy's mean adds fewer than 8 rows one after another too (from 8 on it may
+        # pair them up, depending on the memory layout), so this matches it bit for bit.
+        total = np.zeros(samples, dtype=np.float64)
+        for row in channels_first:
+            total += row
+        total /= channels
+        return total.astype(np.float32)
     return channels_first.mean(axis=0, dtype=np.float64).astype(np.float32)
 
 
-def _frame_samples(frame) -> np.ndarray:
-    """A PyAV audio frame as float (channels, samples), integers scaled by full scale."""
-    array = frame.to_ndarray()
-    if not frame.format.is_planar:  # packed: one plane of interleaved samples
-        array = array.reshape(-1, frame.layout.nb_channels).T
-    return _to_float(array, "<frame>")
+def _frames_mono(name: str, frames: list, sample_format: str, planar: bool, channels: int) -> np.ndarray:
+    """PyAV frames, all of one sample format and layout, as one float32 mono chunk.
+
+    Reading the planes straight into one array and converting and mixing it at
+    once gives exactly the samples of doing it frame by frame (every step is per
+    sample), without ``to_ndarray``'s per-frame cost (more than a quarter of an
+    AAC file's decoding time).
+    """
+    from av.audio.frame import format_dtypes
+
+    if sample_format not in format_dtypes:
+        raise AudioError(f"{name}: unsupported sample format {sample_format!r}")
+    dtype = np.dtype(format_dtypes[sample_format])
+    if planar:
+        array = np.empty((channels, sum(frame.samples for frame in frames)), dtype)
+        for channel, row in enumerate(array):
+            np.concatenate(
+                [np.frombuffer(frame.planes[channel], dtype, frame.samples) for frame in frames], out=row
+            )
+    else:  # packed: one plane of interleaved samples
+        interleaved = [np.frombuffer(frame.planes[0], dtype, frame.samples * channels) for frame in frames]
+        array = np.concatenate(interleaved).reshape(-1, channels).T
+    return _mix(_to_float(array, name))
 
 
 # -- errors -------------------------------------------------------------------------
@@ -442,37 +483,39 @@ def _pyav_open(name: str, head: bytes, sndfile_error: Exception):
 def _pyav_decoded(name: str, head: bytes, sndfile_error: Exception) -> Iterator[tuple[float, np.ndarray]]:
     """Decode the first audio stream at its native rate, mixing channels by their mean.
 
-    FFmpeg frames are small (about 1000 samples); they are gathered into
-    chunks of about DECODE_FRAMES samples before resampling.
+    FFmpeg frames are small (about 1000 samples); they are gathered into chunks
+    of about DECODE_FRAMES samples, then read, converted and mixed at once. A
+    chunk ends early where the rate, sample format or channel count changes.
     """
     import av
 
     container, stream = _pyav_open(name, head, sndfile_error)
     codec = stream.codec_context.name
     with container:
-        pending: list[np.ndarray] = []
+        pending: list[av.AudioFrame] = []
         pending_samples = 0
-        pending_rate: float | None = None
+        kind = (0, "", False, 0)  # (rate, sample format, planar, channels) of the pending frames
         try:
             for frame in container.decode(stream):
                 if not frame.samples:
                     continue
-                rate = frame.sample_rate
-                if pending and rate != pending_rate:
-                    yield pending_rate, np.concatenate(pending)
+                sample_format = frame.format
+                frame_kind = (frame.sample_rate, sample_format.name, sample_format.is_planar, frame.layout.nb_channels)
+                if pending and frame_kind != kind:
+                    yield kind[0], _frames_mono(name, pending, *kind[1:])
                     pending, pending_samples = [], 0
-                pending_rate = rate
-                pending.append(_mix(_frame_samples(frame)))
+                kind = frame_kind
+                pending.append(frame)
                 pending_samples += frame.samples
                 if pending_samples >= DECODE_FRAMES:
-                    yield pending_rate, np.concatenate(pending)
+                    yield kind[0], _frames_mono(name, pending, *kind[1:])
                     pending, pending_samples = [], 0
         except av.error.DecoderNotFoundError:
             raise AudioError(f"{name}: unsupported codec {codec!r}") from None
         except av.FFmpegError as error:
             raise AudioError(f"{name}: corrupt or truncated audio ({_pyav_detail(error)})") from None
         if pending:
-            yield pending_rate, np.concatenate(pending)
+            yield kind[0], _frames_mono(name, pending, *kind[1:])
 
 
 def _pyav_info(name: str, head: bytes, sndfile_error: Exception) -> AudioInfo:
