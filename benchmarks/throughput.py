@@ -4,7 +4,9 @@ Measures, in one run:
   * the fp32 matrix-multiply peak (GFLOP/s) with the same thread count;
   * auricle's ``AudioModel.probabilities`` (frontend + encoder + head) at batch 1
     and batched, for tiny, mini, small and base;
-  * the same network with the official attention arithmetic (explicit
+  * the plain ``CED`` module (``CED.forward``: PyTorch's standard kernels, no
+    fused oneDNN encoder), as the unfused baseline;
+  * the same module with the official attention arithmetic (explicit
     softmax(q k^T) v instead of scaled_dot_product_attention), as the baseline
     that reproduces the official code's compute graph;
   * with --engine/--precision, each other engine (torch bf16/int8, ONNX Runtime
@@ -75,7 +77,18 @@ def official_attention(self, x: torch.Tensor) -> torch.Tensor:
     return self.proj(x)
 
 
-def clips_per_second(model: AudioModel, batch: int, seconds: float) -> float:
+class ModulePath:
+    """The bare ``CED.forward`` (standard PyTorch kernels), measured like a model."""
+
+    def __init__(self, network: CED) -> None:
+        self.network = network
+
+    @torch.inference_mode()
+    def probabilities(self, waveforms: torch.Tensor) -> torch.Tensor:
+        return self.network(waveforms)
+
+
+def clips_per_second(model: AudioModel | ModulePath, batch: int, seconds: float) -> float:
     waveforms = torch.randn(batch, CLIP_SAMPLES) * 0.1
     for _ in range(2):
         model.probabilities(waveforms)
@@ -114,7 +127,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     rows = []
-    # (row label, engine config, attention override); "auricle" is torch fp32, the reference.
+    # (row label, engine config or None for the bare module, attention override); "auricle" is torch fp32.
     variants = []
     for engine in args.engine:
         for precision in args.precision:
@@ -125,7 +138,8 @@ def main() -> None:
             label = "auricle" if config.label == "torch-fp32" else config.label
             variants.append((label, config, None))
     if not args.no_baseline:
-        variants.append(("official-attention", EngineConfig(threads=args.threads), official_attention))
+        variants.append(("module", None, None))
+        variants.append(("official-attention", None, official_attention))
     for info in available_models():
         if info.name not in args.models:
             continue
@@ -137,7 +151,9 @@ def main() -> None:
                 ced.Attention.forward = attention
             try:
                 torch.manual_seed(0)  # same weights each run: the onnx engine's export cache is reused
-                model = AudioModel(CED(info.config), info.name, audioset_labels(), engine=config)
+                network = CED(info.config)
+                model = (AudioModel(network, info.name, audioset_labels(), engine=config) if config is not None
+                         else ModulePath(network))
                 single = clips_per_second(model, 1, args.seconds)
                 batched = clips_per_second(model, args.batch_size, args.seconds)
             finally:

@@ -159,6 +159,9 @@ class OnnxEngine(Engine):
         options.intra_op_num_threads = config.threads or default_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Attention and the quantised products produce subnormal floats; flushing them to
+        # zero (values under 1.2e-38, invisible in any output) made int8 ~10% faster here.
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         self._session = ort.InferenceSession(
             encoder_model(network, config.precision == "int8", cache_dir), options,
             providers=["CPUExecutionProvider"],
