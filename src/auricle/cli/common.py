@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import click
 import torch
 
 from auricle.errors import AuricleError
 from auricle.models.registry import DEFAULT_MODEL
+from auricle.options import OptionSpec
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -39,6 +40,37 @@ def model_options(command: Callable) -> Callable:
     command = click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
                            help="Model name (see `auricle models`).")(command)
     return command
+
+
+def tag_option_flags(specs: Mapping[str, OptionSpec], *names: str) -> Callable:
+    """Click options for the tagging options ``names`` (all of ``specs`` if none), in that order.
+
+    Flags, defaults, bounds, choices and help come from the one declaration in
+    :mod:`auricle.options`, which the service's parameters are built from too.
+    """
+
+    def decorate(command: Callable) -> Callable:
+        for name in reversed(names or tuple(specs)):
+            command = _click_option(specs[name])(command)
+        return command
+
+    return decorate
+
+
+def _click_option(spec: OptionSpec) -> Callable:
+    declarations = [spec.flag] + ([spec.short] if spec.short else []) + [spec.name]
+    if spec.kind is bool:
+        return click.option(*declarations, is_flag=True, default=spec.default, help=spec.help)
+    if spec.choices:
+        kind = click.Choice(list(spec.choices))
+    elif spec.kind is int:
+        kind = click.IntRange(spec.minimum, spec.maximum)
+    elif spec.kind is float:
+        kind = click.FloatRange(spec.minimum, spec.maximum)
+    else:
+        kind = None
+    return click.option(*declarations, type=kind, default=spec.default, multiple=spec.multiple, help=spec.help,
+                        show_default=spec.default is not None and not spec.multiple)
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value):

@@ -9,9 +9,10 @@ import threading
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit, model_options
+from auricle.cli.common import fail, load_model_or_exit, model_options, tag_option_flags
 from auricle.errors import AuricleError
 from auricle.inference.results import SCHEMA_VERSION, Event
+from auricle.options import LIVE_TAG_OPTIONS
 
 
 def _percentile_ms(values: list[float], q: float) -> float:
@@ -60,15 +61,7 @@ class _Printer:
 @click.command("listen")
 @click.argument("source", required=False, default=None)
 @model_options
-@click.option("--window", type=click.FloatRange(0.15), default=10.0, show_default=True, help="Window length in seconds.")
-@click.option("--hop", type=click.FloatRange(0.01), default=1.0, show_default=True,
-              help="Seconds between reports (and the onset time resolution).")
-@click.option("--top-k", "-k", type=click.IntRange(1), default=None, help="Tags per window with --windows (default 5).")
-@click.option("--threshold", "-t", type=click.FloatRange(0, 1), default=None,
-              help="Score at which an event starts (default 0.5; a profile sets its own).")
-@click.option("--classes", "-c", multiple=True,
-              help="Watch only these classes by name, MID or ontology subtree (repeatable; ';' separates).")
-@click.option("--profile", "-p", default=None, help="Event profile: bundled name (e.g. home) or a TOML file.")
+@tag_option_flags(LIVE_TAG_OPTIONS)
 @click.option("--format", "-f", "output_format", type=click.Choice(["text", "jsonl"]), default="text",
               show_default=True)
 @click.option("--windows", "show_windows", is_flag=True, help="Also print every window's tags.")

@@ -6,32 +6,16 @@ import sys
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit, model_options
+from auricle.cli.common import fail, load_model_or_exit, model_options, tag_option_flags
 from auricle.errors import AuricleError
 from auricle.io.writers import FORMATS, RESUMABLE_FORMATS, completed_files, make_writer, open_output
+from auricle.options import TAG_OPTIONS
 
 
 @click.command("tag")
 @click.argument("paths", nargs=-1, required=True)
 @model_options
-@click.option("--top-k", "-k", type=click.IntRange(1), default=None,
-              help="Report the K best classes (default 5 unless --threshold is given).")
-@click.option("--threshold", "-t", type=click.FloatRange(0, 1), default=None,
-              help="Report classes scoring at least T (and use T for events; default 0.5).")
-@click.option("--classes", "-c", multiple=True,
-              help="Restrict output to classes by name, MID or ontology subtree (repeatable; ';' separates).")
-@click.option("--profile", "-p", default=None, help="Event profile: bundled name (e.g. home) or a TOML file.")
-@click.option("--events", is_flag=True, help="Detect time-stamped events.")
-@click.option("--window", type=click.FloatRange(0.15), default=10.0, show_default=True, help="Window length in seconds.")
-@click.option("--hop", type=click.FloatRange(0.01), default=None, help="Hop between windows in seconds [default: the window].")
-@click.option("--pool", type=click.Choice(["max", "mean"]), default="max", show_default=True,
-              help="How window scores become clip scores.")
-@click.option("--median-filter", type=click.IntRange(1), default=1, show_default=True,
-              help="Events: median filter length over window segments (odd).")
-@click.option("--min-duration", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="Events: drop events shorter than this (seconds).")
-@click.option("--min-gap", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="Events: merge events of a class closer than this (seconds).")
+@tag_option_flags(TAG_OPTIONS)
 @click.option("--format", "-f", "output_format", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--output", "-o", default=None, help="Write results to FILE instead of stdout.")
 @click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,

@@ -29,6 +29,7 @@ from auricle.inference.events import EventOptions
 from auricle.inference.tagging import ClassSpace, TagOptions, summarize
 from auricle.inference.windows import window_bounds
 from auricle.model import AudioModel
+from auricle.options import TAG_OPTIONS
 from auricle.serve.batching import DynamicBatcher
 from auricle.serve.config import ServeConfig
 from auricle.serve.uploads import RequestError, audio_part, decode_upload, read_body
@@ -68,6 +69,14 @@ class Admission:
 
     def __exit__(self, *exc) -> None:
         self.pending -= 1
+
+
+def _query(name: str, description: str | None = None):
+    """The query parameter of tagging option ``name``: name, default, bounds and choices of the CLI flag."""
+    spec = TAG_OPTIONS[name]
+    return Query(list(spec.default) if spec.multiple else spec.default, ge=spec.minimum, le=spec.maximum,
+                 pattern=f"^({'|'.join(spec.choices)})$" if spec.choices else None,
+                 description=description or spec.help)
 
 
 def tag_options(model: AudioModel, *, top_k=None, threshold=None, classes: Sequence[str] = (), profile=None,
@@ -185,17 +194,17 @@ def create_app(model: AudioModel, config: ServeConfig = ServeConfig()) -> FastAP
     @app.post("/v1/tag", openapi_extra=_AUDIO_BODY)
     async def tag(
         request: Request,
-        top_k: int | None = Query(None, ge=1, description="The K best classes (default 5 unless threshold)."),
-        threshold: float | None = Query(None, ge=0, le=1, description="Classes scoring at least this."),
-        classes: list[str] = Query([], description="Class names, MIDs or ontology nodes (repeatable; ';' separates)."),
-        profile: str | None = Query(None, description="A bundled event profile, e.g. home."),
-        pool: str = Query("max", pattern="^(max|mean)$"),
-        events: bool = Query(False, description="Detect time-stamped events."),
-        window: float = Query(10.0, ge=0.15, description="Window length in seconds."),
-        hop: float | None = Query(None, ge=0.01, description="Hop between windows in seconds (default: window)."),
-        median_filter: int = Query(1, ge=1),
-        min_duration: float = Query(0.0, ge=0),
-        min_gap: float = Query(0.0, ge=0),
+        top_k: int | None = _query("top_k"),
+        threshold: float | None = _query("threshold"),
+        classes: list[str] = _query("classes"),
+        profile: str | None = _query("profile", "A bundled event profile, e.g. home (not a file)."),
+        pool: str = _query("pool"),
+        events: bool = _query("events"),
+        window: float = _query("window"),
+        hop: float | None = _query("hop"),
+        median_filter: int = _query("median_filter"),
+        min_duration: float = _query("min_duration"),
+        min_gap: float = _query("min_gap"),
         filename: str | None = Query(None, description="Name to report for a raw-body upload."),
         spectrogram: bool = Query(False, description="Add a small log-mel image (for the web page)."),
     ) -> dict:

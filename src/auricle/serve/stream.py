@@ -30,11 +30,12 @@ from auricle.errors import AuricleError
 from auricle.inference.live import LiveTagger, LiveWindow, RollingWindow
 from auricle.inference.tagging import ClassSpace
 from auricle.listen import PcmDecoder
+from auricle.options import LIVE_TAG_OPTIONS
 from auricle.serve.batching import DynamicBatcher
 from auricle.serve.config import ServeConfig
 from auricle.serve.uploads import RequestError
 
-_OPTION_KEYS = ("window", "hop", "top_k", "threshold", "classes", "profile")
+_LIVE = LIVE_TAG_OPTIONS  # the settings' names and defaults are those of `auricle listen`
 
 
 class _Refused(Exception):
@@ -73,9 +74,10 @@ async def _session(websocket: WebSocket, model, batcher: DynamicBatcher, tag_opt
             raise _Refused(f"bad settings: {error}") from None
         message = None
     try:
-        options = tag_options(model, events=True, window=float(settings.get("window", 10.0)),
-                              hop=float(settings.get("hop", 1.0)),
-                              **{key: settings[key] for key in _OPTION_KEYS[2:] if settings.get(key) is not None})
+        options = tag_options(model, events=True, window=float(settings.get("window", _LIVE["window"].default)),
+                              hop=float(settings.get("hop", _LIVE["hop"].default)),
+                              **{key: settings[key] for key in _LIVE if key not in ("window", "hop")
+                                 and settings.get(key) is not None})
         decoder = PcmDecoder(int(settings.get("sample_rate", 16000)), str(settings.get("format", "f32le")),
                              int(settings.get("channels", 1)), name="stream")
     except RequestError as error:

@@ -1,0 +1,78 @@
+"""The tagging options every front end offers, declared once.
+
+``auricle tag`` and ``auricle listen`` build their flags from these
+declarations (:func:`auricle.cli.common.tag_option_flags`), the service builds
+the query parameters of ``POST /v1/tag`` and the defaults of ``/v1/stream``
+settings from them, so a name, default, bound or choice cannot differ between
+them. Each name is a keyword of :meth:`auricle.model.AudioModel.tag_options`
+or a field of :class:`auricle.inference.events.EventOptions`, with the same
+default (tests/test_options.py checks all of this).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One tagging option: its keyword, value type, default, bounds and help.
+
+    ``name`` is the keyword and the query parameter; the CLI flag is
+    ``--name-with-dashes`` plus ``short`` when given. ``kind`` is ``int``,
+    ``float``, ``str`` or ``bool`` (a bool is an on/off flag). ``minimum`` and
+    ``maximum`` are inclusive bounds; ``choices`` the allowed strings;
+    ``multiple`` marks a repeatable option whose default is a tuple.
+    """
+
+    name: str
+    kind: type
+    default: object = None
+    help: str = ""
+    short: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    multiple: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _by_name(*specs: OptionSpec) -> dict[str, OptionSpec]:
+    return {spec.name: spec for spec in specs}
+
+
+#: Options of tagging recordings (``auricle tag``, ``POST /v1/tag``), in the order the help lists them.
+TAG_OPTIONS: dict[str, OptionSpec] = _by_name(
+    OptionSpec("top_k", int, None, "Report the K best classes (default 5 unless a threshold is given).",
+               short="-k", minimum=1),
+    OptionSpec("threshold", float, None, "Report classes scoring at least this (and use it for events; default 0.5).",
+               short="-t", minimum=0, maximum=1),
+    OptionSpec("classes", str, (), "Restrict output to classes by name, MID or ontology subtree "
+               "(repeatable; ';' separates).", short="-c", multiple=True),
+    OptionSpec("profile", str, None, "Event profile: bundled name (e.g. home) or a TOML file.", short="-p"),
+    OptionSpec("events", bool, False, "Detect time-stamped events."),
+    OptionSpec("window", float, 10.0, "Window length in seconds.", minimum=0.15),
+    OptionSpec("hop", float, None, "Hop between windows in seconds [default: the window].", minimum=0.01),
+    OptionSpec("pool", str, "max", "How window scores become clip scores.", choices=("max", "mean")),
+    OptionSpec("median_filter", int, 1, "Events: median filter length over window segments (odd).", minimum=1),
+    OptionSpec("min_duration", float, 0.0, "Events: drop events shorter than this (seconds).", minimum=0),
+    OptionSpec("min_gap", float, 0.0, "Events: merge events of a class closer than this (seconds).", minimum=0),
+)
+
+#: Live tagging reports every hop, so its hop has a default of its own (the report interval).
+LIVE_HOP = 1.0
+
+#: Options of live tagging (``auricle listen``, ``/v1/stream`` settings): the tagging options a
+#: rolling window uses, with the live hop and help that says what each means there.
+LIVE_TAG_OPTIONS: dict[str, OptionSpec] = _by_name(
+    TAG_OPTIONS["window"],
+    replace(TAG_OPTIONS["hop"], default=LIVE_HOP, help="Seconds between reports (and the onset time resolution)."),
+    replace(TAG_OPTIONS["top_k"], help="Tags per window with --windows (default 5)."),
+    replace(TAG_OPTIONS["threshold"], help="Score at which an event starts (default 0.5; a profile sets its own)."),
+    replace(TAG_OPTIONS["classes"],
+            help="Watch only these classes by name, MID or ontology subtree (repeatable; ';' separates)."),
+    TAG_OPTIONS["profile"],
+)
