@@ -116,6 +116,19 @@ def test_batch_independence(small_model):
     torch.testing.assert_close(hear.get_timestamp_embeddings(audio, rechunked)[0], stamps, atol=1e-5, rtol=0)
 
 
+def test_batched_tokens_are_the_tokens_of_all_pieces_in_order(small_model):
+    from auricle.models.ced import batched_tokens
+
+    network = small_model.network
+    pieces = torch.randn(5, 1, network.config.n_mels, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        batches = list(batched_tokens(network.forward_features, pieces, 2))
+        everything = network.forward_features(pieces)
+    assert [first for first, _ in batches] == [0, 2, 4]
+    assert [len(tokens) for _, tokens in batches] == [2, 2, 1]
+    torch.testing.assert_close(torch.cat([tokens for _, tokens in batches]), everything, atol=1e-5, rtol=0)
+
+
 def test_numpy_input_and_bad_shapes(small_model):
     audio = noise(2, 0.5)
     torch.testing.assert_close(

@@ -31,7 +31,7 @@ from torch import nn
 
 from auricle.audio import SAMPLE_RATE
 from auricle.frontend import HOP_LENGTH
-from auricle.models.ced import CED
+from auricle.models.ced import CED, batched_tokens
 from auricle.models.registry import DEFAULT_MODEL
 
 TIMESTAMP_MODES = ("windows", "grid")
@@ -112,11 +112,6 @@ def _as_batch(audio: torch.Tensor | np.ndarray, model: HearModel) -> torch.Tenso
     return audio.to(device=model.device, dtype=torch.float32)
 
 
-def _tokens_by_piece(network: CED, pieces: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Tokens of (n, 1, F, T) normalised pieces, computed ``batch_size`` pieces at a time."""
-    return torch.cat([network.forward_features(pieces[i : i + batch_size]) for i in range(0, len(pieces), batch_size)])
-
-
 @torch.inference_mode()
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     """(n_sounds, n_samples) at 16 kHz -> (n_sounds, scene_embedding_size) float32: mean of all tokens."""
@@ -127,8 +122,7 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     # Pieces are stacked piece-major: row r belongs to sound r % sounds.
     sums = torch.zeros(sounds, model.scene_embedding_size, dtype=torch.float64, device=audio.device)
     tokens_per_piece = 0
-    for first in range(0, len(pieces), model.batch_size):
-        tokens = network.forward_features(pieces[first : first + model.batch_size])
+    for first, tokens in batched_tokens(network.forward_features, pieces, model.batch_size):
         tokens_per_piece = tokens.shape[1]
         owners = torch.arange(first, first + len(tokens), device=audio.device) % sounds
         sums.index_add_(0, owners, tokens.double().sum(dim=1))
@@ -179,7 +173,7 @@ def _grid_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tenso
         splits = list(normalized.split(piece_frames, dim=-1))
         splits[-1] = torch.nn.functional.pad(splits[-1], (0, piece_frames - splits[-1].shape[-1]))
         pieces, count = torch.cat(splits), len(splits)
-    tokens = _tokens_by_piece(network, pieces, model.batch_size)
+    tokens = torch.cat([batch for _, batch in batched_tokens(network.forward_features, pieces, model.batch_size)])
     freq_patches = config.n_mels // config.patch_size
     grid = tokens.reshape(count, sounds, freq_patches, -1, tokens.shape[-1]).mean(dim=2)
     patches = max(1, frames // config.patch_size)  # only patches made of real frames

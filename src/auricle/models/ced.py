@@ -8,6 +8,7 @@ holds no parameters. ``models.checkpoints`` converts every foreign layout.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -202,3 +203,16 @@ class CED(nn.Module):
         tokens, count = self.encode(waveforms)
         probabilities = self.activate(self.forward_head(tokens))
         return probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
+
+
+def batched_tokens(
+    forward_features: Callable[[torch.Tensor], torch.Tensor], pieces: torch.Tensor, batch_size: int
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Tokens of normalised pieces (n, 1, F, T), ``batch_size`` pieces per call of ``forward_features``.
+
+    Yields (index of the batch's first piece, its tokens) so that callers can
+    reduce tokens as they come instead of holding those of every piece.
+    ``forward_features`` is :meth:`CED.forward_features` or an engine's.
+    """
+    for first in range(0, len(pieces), batch_size):
+        yield first, forward_features(pieces[first : first + batch_size])
