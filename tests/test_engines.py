@@ -196,3 +196,37 @@ def test_softmax_heads_keep_their_activation_in_every_engine(engine, precision):
         scores = make_engine(network, EngineConfig(engine, precision)).probabilities(waveforms)
     torch.testing.assert_close(scores.sum(dim=-1), torch.ones(2))
     assert (scores - reference).abs().max() < 0.05
+
+
+def test_precision_auto_resolves_per_cpu_and_engine(tmp_path):
+    from auricle.inference.engines import resolve_precision
+    from auricle.inference.tuning import CpuFeatures
+
+    vnni, bf16_only, plain = CpuFeatures(2, True, True), CpuFeatures(2, True, False), CpuFeatures(2, False, False)
+    assert resolve_precision("torch", "auto", features=vnni) == "int8"
+    assert resolve_precision("onnx", "auto", features=vnni) == "int8"
+    assert resolve_precision("torch", "auto", features=bf16_only) == "bf16"
+    assert resolve_precision("onnx", "auto", features=bf16_only) == "fp32"  # ONNX Runtime has no bf16 path here
+    assert resolve_precision("torch", "auto", features=plain) == "fp32"
+    assert resolve_precision("torch", "auto", device="cuda:0", features=vnni) == "fp32"
+    assert resolve_precision("torch", "bf16", features=plain) == "bf16"  # explicit choices are kept
+
+
+def test_cli_precision_auto_tags_with_this_cpus_choice(tiny_checkpoint, reference_dir, monkeypatch):
+    from auricle.inference import engines
+    from auricle.inference.tuning import CpuFeatures
+
+    loaded = []
+    original = engines.make_engine
+
+    def spy(network, config=None, cache_dir=None):
+        loaded.append(config.precision)
+        return original(network, config, cache_dir)
+
+    monkeypatch.setattr("auricle.model.make_engine", spy)
+    monkeypatch.setattr(engines, "fastest_precision", lambda features=None: "bf16")
+    result = CliRunner().invoke(cli, ["tag", str(reference_dir / "inputs" / "a_sine440_1s.wav"), "--checkpoint",
+                                      str(tiny_checkpoint), "--precision", "auto", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert loaded == ["bf16"]
+    assert json.loads(result.stdout)[0]["tags"]

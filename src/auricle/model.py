@@ -15,13 +15,13 @@ import torch
 from auricle.audio import SAMPLE_RATE, iter_blocks, prepare_waveform
 from auricle.errors import AuricleError, CheckpointError
 from auricle.frontend import HOP_LENGTH
-from auricle.inference.engines import Engine, EngineConfig, make_engine
+from auricle.inference.engines import Engine, EngineConfig, make_engine, resolve_precision
 from auricle.inference.events import EventOptions
 from auricle.inference.results import ClipTags, Embeddings, Failure
 from auricle.inference.tagging import ClassSpace, TagOptions, summarize
 from auricle.inference.windows import WindowConfig, iter_windows
 from auricle.labels import LabelSet, audioset_labels
-from auricle.models.ced import CED
+from auricle.models.ced import CED, batched_tokens
 from auricle.models.checkpoints import build_model, read_checkpoint
 from auricle.models.registry import DEFAULT_MODEL, ModelInfo, available_models, model_info
 from auricle.profiles import Profile, load_profile
@@ -249,8 +249,8 @@ class AudioModel:
         token_means = []
         token_sums = torch.zeros(self.embedding_dim, dtype=torch.float64)
         token_count = 0
-        for first in range(0, count, batch_size):
-            tokens = self.engine.forward_features(pieces[first : first + batch_size]).cpu()
+        for _, tokens in batched_tokens(self.engine.forward_features, pieces, batch_size):
+            tokens = tokens.cpu()
             token_means.append(tokens.mean(dim=1))
             token_sums += tokens.double().sum(dim=(0, 1))
             token_count += tokens.shape[0] * tokens.shape[1]
@@ -369,10 +369,12 @@ def load_model(
     Weights come from ``checkpoint`` if given (official ``.pt``, Hugging Face
     folder or auricle ``.safetensors``), else from the local Hugging Face cache,
     else they are downloaded from the Hub. ``engine`` (torch, onnx),
-    ``precision`` (fp32, bf16, int8) and ``threads`` choose how the encoder
-    runs (see :mod:`auricle.inference.engines`); results keep their format.
+    ``precision`` (fp32, bf16, int8, or auto: the fastest this CPU supports) and
+    ``threads`` choose how the encoder runs (see :mod:`auricle.inference.engines`);
+    results keep their format.
     """
-    engine_config = EngineConfig(engine, precision, threads)  # fails before any weights are read
+    # fails before any weights are read
+    engine_config = EngineConfig(engine, resolve_precision(engine, precision, device), threads)
     if checkpoint is None:
         from auricle.models.hub import fetch_weights
 

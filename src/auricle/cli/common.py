@@ -26,9 +26,10 @@ def model_options(command: Callable) -> Callable:
     click context and read by :func:`load_model_or_exit`, so every command built
     on these options gets them without changing its signature.
     """
-    command = click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]), default="fp32",
+    command = click.option("--precision", type=click.Choice(["fp32", "bf16", "int8", "auto"]), default="fp32",
                            show_default=True, expose_value=False, callback=_remember,
-                           help="Encoder arithmetic: bf16 is fast on CPUs with avx512_bf16/AMX, int8 with VNNI.")(command)
+                           help="Encoder arithmetic: bf16 is fast on CPUs with avx512_bf16/AMX, int8 with VNNI; "
+                                "auto picks the fastest this CPU supports (results shift slightly, see docs/deploy.md).")(command)
     command = click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
                            expose_value=False, callback=_remember,
                            help="Who runs the encoder: PyTorch, or ONNX Runtime (exported once, then cached).")(command)

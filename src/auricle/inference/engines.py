@@ -43,7 +43,7 @@ from torch import nn
 
 from auricle.errors import AuricleError
 from auricle.inference.fused import FusedEncoder, fused_supported
-from auricle.inference.tuning import default_threads
+from auricle.inference.tuning import CpuFeatures, default_threads, fastest_precision
 from auricle.models.ced import CED
 
 ENGINES = ("torch", "onnx")
@@ -82,6 +82,21 @@ class EngineConfig:
     @property
     def label(self) -> str:
         return f"{self.engine}-{self.precision}"
+
+
+def resolve_precision(engine: str, precision: str, device: str | torch.device = "cpu",
+                      features: CpuFeatures | None = None) -> str:
+    """``"auto"`` -> the precision expected to run fastest for ``engine`` here; other values unchanged.
+
+    On the CPU: int8 with VNNI, else bf16 with native bfloat16 (torch only), else
+    fp32 (see :func:`~auricle.inference.tuning.fastest_precision`). Off the CPU: fp32.
+    """
+    if precision != "auto":
+        return precision
+    if torch.device(device).type != "cpu":
+        return "fp32"
+    chosen = fastest_precision(features)
+    return "fp32" if engine == "onnx" and chosen == "bf16" else chosen
 
 
 class Engine:

@@ -71,7 +71,7 @@ def default_batch_size(device: str = "cpu") -> int:
 def fastest_precision(features: CpuFeatures | None = None) -> str:
     """The precision expected to run fastest here: int8 with VNNI, bf16 with native bf16, else fp32.
 
-    Only a hint for users and benchmarks; auricle never lowers precision unasked.
+    What ``--precision auto`` picks; auricle never lowers precision unasked.
     """
     features = features or cpu_features()
     if features.vnni:
