@@ -10,17 +10,25 @@ is skipped and said so), then measures in one process:
 The target is end to end within 10% of model only.
 
     python benchmarks/folder_e2e.py --files 48 --threads 2 --json benchmarks/results/folder_e2e.json
+
+Like `auricle tag`, it runs with OMP_WAIT_POLICY=PASSIVE unless the variable is set
+(OMP_WAIT_POLICY=ACTIVE shows the spinning default of torch's OpenMP).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from auricle.cli import prefer_sleeping_openmp_threads
+
+prefer_sleeping_openmp_threads()  # what `auricle tag` does before torch loads; OMP_WAIT_POLICY=ACTIVE to compare
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from synthetic import REFERENCE_CHECKPOINT, report, write_recording, write_with_pyav
 
@@ -104,7 +112,7 @@ def main() -> None:
         batch_size=args.batch_size, engine=args.engine, precision=args.precision, skipped_formats=skipped,
         decode_files_per_s=len(files) / decode_s, model_only_clips_per_s=len(files) / model_s,
         end_to_end_files_per_s=len(files) / e2e_s, end_to_end_vs_model_only=model_s / e2e_s,
-        failures=len(failures),
+        failures=len(failures), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
     )
     report(result, args.json)
 
