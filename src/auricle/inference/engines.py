@@ -13,10 +13,12 @@ torch     fp32       on CPUs with oneDNN: :class:`~auricle.inference.fused.Fused
                      (prepacked weights, fused GELU/residual epilogues; same float32
                      math, ~1e-7 from ``CED.forward`` in probabilities); elsewhere
                      the network as is
-torch     bf16       the same fused encoder with bfloat16 products and float32
+torch     bf16       the fused encoder with bfloat16 products and attention, float32
                      residuals (fast on CPUs with avx512_bf16/AMX); ``torch.autocast``
                      where oneDNN is missing
-torch     int8       Linear layers of the blocks dynamically quantised to int8
+torch     int8       the fused encoder with FBGEMM dynamic int8 Linear layers and, on
+                     CPUs with native bf16, bfloat16 attention; elsewhere the blocks'
+                     Linear layers through ``quantize_dynamic``
 onnx      fp32       ONNX Runtime running the encoder written with its fused
                      Attention/BiasGelu operators (:mod:`auricle.inference.ort_graph`)
 onnx      int8       the same graph dynamically quantised (QAttention, int8 MatMuls)
@@ -127,10 +129,14 @@ class TorchEngine(Engine):
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         device = next(network.parameters()).device
+        self._device_type = device.type
         self._encoder: nn.Module = network
-        if config.precision == "int8":
-            if device.type != "cpu":
-                raise EngineError(f"int8 runs on the CPU only, not on {device}")
+        self._fused: FusedEncoder | None = None
+        if config.precision == "int8" and device.type != "cpu":
+            raise EngineError(f"int8 runs on the CPU only, not on {device}")
+        if fused_supported(device, config.precision):
+            self._fused = FusedEncoder(network, config.precision)
+        elif config.precision == "int8":
             # Only the blocks' Linear layers (~97% of the FLOPs); the patch
             # embedding and norms stay fp32, which keeps agreement high.
             encoder = copy.deepcopy(network)
@@ -140,11 +146,6 @@ class TorchEngine(Engine):
                     encoder.blocks, {nn.Linear}, dtype=torch.qint8
                 )
             self._encoder = encoder.eval()
-        self._device_type = device.type
-        self._fused: FusedEncoder | None = None
-        if config.precision in ("fp32", "bf16") and fused_supported(device):
-            dtype = torch.float32 if config.precision == "fp32" else torch.bfloat16
-            self._fused = FusedEncoder(network, dtype)
 
     def forward_features(self, pieces: torch.Tensor) -> torch.Tensor:
         if self._fused is not None and next(self.network.parameters()).device.type == "cpu":

@@ -1,22 +1,26 @@
-"""The CED transformer blocks on oneDNN, with prepacked weights and fused epilogues (CPU inference).
+"""The CED transformer blocks with prepacked weights and fused kernels (CPU inference).
 
-Same arithmetic as :meth:`auricle.models.ced.CED.forward_features`, faster on
-x86 CPUs because:
+Same computation as :meth:`auricle.models.ced.CED.forward_features`, faster on
+x86 CPUs. Per precision:
 
-* every Linear runs through oneDNN with its weight reordered once into the
-  blocked layout the kernel wants (``addmm`` re-reads a plain layout and first
-  copies the broadcast bias into the output), which alone is 10-15% faster on
-  the narrow 192/256-wide matrices of ced-tiny and ced-mini;
-* the fc1 GELU (exact, erf) and the two residual additions run in the GEMM
-  epilogue instead of as separate passes over memory;
-* the residual stream is kept as one contiguous (tokens, dim) matrix.
-
-Results differ from the module only by float32 rounding order (~1e-6 on
-tokens); the engine tests hold both to the official reference tolerances.
-
-With ``dtype=torch.bfloat16`` the matrix products and attention run in
-bfloat16 while the residual stream, LayerNorms and the output stay float32
-(what autocast does, without its per-call weight casts).
+``fp32``
+    Every Linear runs through oneDNN with its weight reordered once into the
+    blocked layout the kernel wants (``addmm`` re-reads a plain layout and first
+    copies the broadcast bias into its output), 10-15% faster on the narrow
+    192/256-wide matrices of ced-tiny and ced-mini. The fc1 GELU (exact, erf)
+    and both residual additions run in the GEMM epilogue, and the residual
+    stream is one contiguous (tokens, dim) matrix. Differs from the module only
+    by float32 rounding order (~1e-6 on tokens).
+``bf16``
+    The same oneDNN linears on bfloat16 weights, and attention as two bfloat16
+    batched products around a softmax (oneDNN's bf16 kernels; PyTorch's fused
+    attention kernel is slower in bf16 on CPUs without AMX). The residual stream,
+    LayerNorms and output stay float32, as under autocast.
+``int8``
+    The Linear layers as FBGEMM dynamic int8 products (weights int8 per tensor,
+    symmetric, exactly what ``torch.ao.quantization.quantize_dynamic`` makes;
+    activations quantised per call), and attention in bfloat16 as above where
+    the CPU has native bf16 (``avx512_bf16``/AMX), else float32.
 
 The packed weights are a snapshot: when any encoder weight changes in place
 (training, ``load_state_dict``), the next call repacks, so a model being
@@ -25,7 +29,9 @@ fine-tuned is never scored with stale weights.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,63 +39,73 @@ from torch import nn
 
 from auricle.models.ced import CED
 
+PRECISIONS = ("fp32", "bf16", "int8")
 #: Rows the blocked weight layouts are tuned for (one 8-clip batch of 10 s windows is ~2000 token rows);
 #: any other row count still works.
 _ROWS_HINT = 2048
 
 
-def fused_supported(device: torch.device | str = "cpu") -> bool:
-    """True where the oneDNN fused linear kernels exist: CPU builds of torch with oneDNN (mkldnn)."""
+def fused_supported(device: torch.device | str = "cpu", precision: str = "fp32") -> bool:
+    """True where this precision's fused kernels exist: CPU builds of torch with oneDNN (and FBGEMM for int8)."""
     if torch.device(device).type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     try:
-        _linear()
-        torch.ops.mkldnn._reorder_linear_weight  # noqa: B018 - attribute lookup is the check
+        torch.ops.mkldnn._linear_pointwise  # noqa: B018 - the lookups are the check
+        torch.ops.mkldnn._reorder_linear_weight  # noqa: B018
+        if precision == "int8":
+            return "fbgemm" in torch.backends.quantized.supported_engines
     except (AttributeError, RuntimeError):
         return False
     return True
 
 
-def _linear():
-    return torch.ops.mkldnn._linear_pointwise
-
-
-@dataclass(frozen=True)
-class _Packed:
-    weight: torch.Tensor
-    bias: torch.Tensor
+def native_bf16() -> bool:
+    """True where bfloat16 products run in hardware (avx512_bf16, AMX) rather than emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @dataclass(frozen=True)
 class _PackedBlock:
-    qkv: _Packed
-    proj: _Packed
-    fc1: _Packed
-    fc2: _Packed
+    qkv: Any
+    proj: Any
+    fc1: Any
+    fc2: Any
 
 
 class FusedEncoder:
-    """Runs ``network``'s encoder (patch embedding, blocks, final norm) with fused oneDNN kernels."""
+    """Runs ``network``'s encoder (patch embedding, blocks, final norm) with fused CPU kernels."""
 
-    def __init__(self, network: CED, dtype: torch.dtype = torch.float32) -> None:
-        if dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"fused encoder runs float32 or bfloat16, not {dtype}")
+    def __init__(self, network: CED, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"fused encoder runs {', '.join(PRECISIONS)}, not {precision!r}")
         self.network = network
-        self.dtype = dtype
+        self.precision = precision
+        self._dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        # Attention in bf16 only where it is fast; bf16 precision always (it is asked for).
+        self._bf16_attention = precision == "bf16" or (precision == "int8" and native_bf16())
         self._packed: list[_PackedBlock] = []
         self._signature: tuple = ()
 
-    def _weights(self) -> list[nn.Parameter]:
-        return list(self.network.blocks.parameters())
-
     def _current_signature(self) -> tuple:
         # _version moves on every in-place write (optimizer steps, copy_ from load_state_dict).
-        return tuple((p.data_ptr(), p._version) for p in self._weights())
+        return tuple((p.data_ptr(), p._version) for p in self.network.blocks.parameters())
 
-    def _pack(self, linear: nn.Linear) -> _Packed:
-        weight = linear.weight.detach().to(self.dtype)
-        bias = linear.bias.detach().to(self.dtype) if linear.bias is not None else None
-        return _Packed(torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT), bias)
+    def _pack(self, linear: nn.Linear):
+        weight = linear.weight.detach()
+        bias = linear.bias.detach() if linear.bias is not None else None
+        if self.precision == "int8":
+            observer = torch.ao.quantization.MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+            observer(weight)
+            scale, zero_point = observer.calculate_qparams()
+            with warnings.catch_warnings():  # quantized tensors print a deprecation notice per call
+                warnings.simplefilter("ignore")
+                quantized = torch.quantize_per_tensor(weight, float(scale), int(zero_point), torch.qint8)
+                return torch.ops.quantized.linear_prepack(quantized, bias)
+        weight = torch.ops.mkldnn._reorder_linear_weight(weight.to(self._dtype), _ROWS_HINT)
+        return weight, bias.to(self._dtype) if bias is not None else None
 
     def _packed_blocks(self) -> list[_PackedBlock]:
         signature = self._current_signature()
@@ -103,6 +119,44 @@ class FusedEncoder:
             self._signature = signature
         return self._packed
 
+    # -- the three linear flavours: (input, packed) -> output, optionally + residual / GELU ------
+    def _linear(self, x: torch.Tensor, packed, activation: str = "none") -> torch.Tensor:
+        if self.precision == "int8":
+            out = torch.ops.quantized.linear_dynamic(x, packed, reduce_range=True)
+            return F.gelu(out) if activation == "gelu" else out
+        weight, bias = packed
+        if activation == "gelu":
+            return torch.ops.mkldnn._linear_pointwise(x.to(self._dtype), weight, bias, "gelu", [None], "none")
+        return torch.ops.mkldnn._linear_pointwise(x.to(self._dtype), weight, bias, "none", [], "")
+
+    def _residual(self, x: torch.Tensor, h: torch.Tensor, packed) -> torch.Tensor:
+        """x + linear(h): in the GEMM epilogue for fp32, as a float32 add otherwise."""
+        if self.precision == "fp32":
+            weight, bias = packed
+            return torch.ops.mkldnn._linear_pointwise.binary(h, x, weight, bias, "add")
+        return x + self._linear(h, packed).float()
+
+    def _attention(self, qkv: torch.Tensor, batch: int, tokens: int, heads: int, dim: int) -> torch.Tensor:
+        """(rows, 3 dim) products -> (rows, dim) attended values, in the projection's input dtype."""
+        head_dim = dim // heads
+        if not self._bf16_attention:
+            q, k, v = qkv.reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, dim)
+        # One pass casts and regroups the products head-major, so q, k and v are contiguous
+        # (batch * heads, tokens, head_dim) blocks; the softmax scale rides on the first product.
+        grouped = torch.empty((3, batch * heads, tokens, head_dim), dtype=torch.bfloat16)
+        grouped.view(3, batch, heads, tokens, head_dim).copy_(
+            qkv.view(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4))
+        q, k, v = grouped.unbind(0)
+        scores = torch.empty((batch * heads, tokens, tokens), dtype=torch.bfloat16)  # beta=0: never read
+        scores = torch.baddbmm(scores, q, k.transpose(1, 2), beta=0.0, alpha=head_dim**-0.5)
+        out = torch.bmm(torch.softmax(scores, dim=-1), v)
+        # Back to (rows, dim) token-major, in the dtype the projection takes, again in one pass.
+        rows = torch.empty((batch, tokens, heads, head_dim), dtype=torch.bfloat16 if self.precision == "bf16"
+                           else torch.float32)
+        rows.copy_(out.view(batch, heads, tokens, head_dim).transpose(1, 2))
+        return rows.view(-1, dim)
+
     @torch.inference_mode()
     def forward_features(self, pieces: torch.Tensor) -> torch.Tensor:
         """Normalised mel pieces (n, 1, n_mels, frames) -> float32 tokens (n, patches, dim)."""
@@ -113,22 +167,10 @@ class FusedEncoder:
         batch, dim = x.shape[0], x.shape[1]
         x = x.flatten(2).transpose(1, 2).reshape(-1, dim)  # one contiguous (tokens, dim) matrix
         tokens = x.shape[0] // batch
-        linear = _linear()
-        low = self.dtype != torch.float32
         for block, packed in zip(network.blocks, self._packed_blocks()):
-            heads = block.attn.num_heads
             h = F.layer_norm(x, (dim,), block.norm1.weight, block.norm1.bias, block.norm1.eps)
-            qkv = linear(h.to(self.dtype), packed.qkv.weight, packed.qkv.bias, "none", [], "")
-            q, k, v = qkv.reshape(batch, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4).unbind(0)
-            attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, dim)
-            if low:  # residual stream stays float32, as under autocast
-                x = x + linear(attended, packed.proj.weight, packed.proj.bias, "none", [], "")
-            else:
-                x = linear.binary(attended, x, packed.proj.weight, packed.proj.bias, "add")
+            attended = self._attention(self._linear(h, packed.qkv), batch, tokens, block.attn.num_heads, dim)
+            x = self._residual(x, attended, packed.proj)
             h = F.layer_norm(x, (dim,), block.norm2.weight, block.norm2.bias, block.norm2.eps)
-            h = linear(h.to(self.dtype), packed.fc1.weight, packed.fc1.bias, "gelu", [None], "none")
-            if low:
-                x = x + linear(h, packed.fc2.weight, packed.fc2.bias, "none", [], "")
-            else:
-                x = linear.binary(h, x, packed.fc2.weight, packed.fc2.bias, "add")
+            x = self._residual(x, self._linear(h, packed.fc1, "gelu"), packed.fc2)
         return network.norm(x.reshape(batch, tokens, dim).float())
