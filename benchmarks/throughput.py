@@ -12,12 +12,14 @@ Measures, in one run:
   * with --engine/--precision, each other engine (torch bf16/int8, ONNX Runtime
     fp32/int8; see auricle.inference.engines) on the same clips.
 
-Weights are random (speed does not depend on them). FLOPs per clip come from
-../shared/reference/official/flops.json when present, else from the analytic count.
+All variants of a size, and the matmul peak, take turns in --rounds rounds and
+each figure is the median over rounds, so drift on a shared machine hits them
+alike. Weights are random (speed does not depend on them). FLOPs per clip come
+from ../shared/reference/official/flops.json when present, else from the analytic count.
 
     python benchmarks/throughput.py --threads 2 --batch-size 8 --json benchmarks/results/throughput.json
-    python benchmarks/throughput.py --engine torch onnx --precision fp32 bf16 int8 --no-baseline
-    python benchmarks/throughput.py --quick            # ced-mini, fp32 torch, 1.5 s per figure
+    python benchmarks/throughput.py --engine torch onnx --precision fp32 bf16 int8 --json benchmarks/results/engines.json
+    python benchmarks/throughput.py --quick            # ced-mini, fp32 torch, 3 rounds
 """
 
 from __future__ import annotations
@@ -78,52 +80,78 @@ def official_attention(self, x: torch.Tensor) -> torch.Tensor:
 
 
 class ModulePath:
-    """The bare ``CED.forward`` (standard PyTorch kernels), measured like a model."""
+    """The bare ``CED.forward`` (standard PyTorch kernels), measured like a model.
 
-    def __init__(self, network: CED) -> None:
+    ``attention`` replaces ``Attention.forward`` during this model's calls only.
+    """
+
+    def __init__(self, network: CED, attention=None) -> None:
         self.network = network
+        self.attention = attention
 
     @torch.inference_mode()
     def probabilities(self, waveforms: torch.Tensor) -> torch.Tensor:
-        return self.network(waveforms)
+        original = ced.Attention.forward
+        if self.attention is not None:
+            ced.Attention.forward = self.attention
+        try:
+            return self.network(waveforms)
+        finally:
+            ced.Attention.forward = original
 
 
-def clips_per_second(model: AudioModel | ModulePath, batch: int, seconds: float) -> float:
+def one_round(model, waveforms: torch.Tensor, seconds: float) -> float:
+    """Clips/s of back-to-back calls on ``waveforms`` for about ``seconds`` (at least one call)."""
+    calls, start = 0, time.perf_counter()
+    while calls == 0 or time.perf_counter() - start < seconds:
+        model.probabilities(waveforms)
+        calls += 1
+    return calls * len(waveforms) / (time.perf_counter() - start)
+
+
+def interleaved(models: dict, batch: int, rounds: int, seconds: float,
+                peaks: list[float]) -> dict[str, list[float]]:
+    """Each model's clips/s in ``rounds`` rounds, the models taking turns within a round.
+
+    On a shared machine speed drifts over minutes; taking turns exposes every
+    variant, and the matmul peak (appended to ``peaks`` once per round), to the
+    same drift, so the ratios between them hold even when absolute figures move.
+    """
     waveforms = torch.randn(batch, CLIP_SAMPLES) * 0.1
-    for _ in range(2):
+    for model in models.values():  # warm-up: first calls pay allocation and weight packing
         model.probabilities(waveforms)
-    rates = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(rates) < 3:
-        start = time.perf_counter()
-        model.probabilities(waveforms)
-        rates.append(batch / (time.perf_counter() - start))
-    return statistics.median(rates)
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        peaks.append(matmul_peak(seconds))
+        for name, model in models.items():
+            rates[name].append(one_round(model, waveforms, seconds))
+    return rates
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per configuration")
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="measuring time per figure per round (batch 1 gets half)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; figures are their medians")
     parser.add_argument("--models", nargs="+", default=[m.name for m in available_models()])
     parser.add_argument("--no-baseline", action="store_true", help="skip the official-attention baseline")
     parser.add_argument("--engine", nargs="+", default=["torch"], choices=ENGINES)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
     parser.add_argument("--quick", action="store_true",
-                        help="ced-mini only, no baseline, 1.5 s per figure: for trying an idea, not for the table")
+                        help="ced-mini only, no baseline, 3 rounds: for trying an idea, not for the table")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     if args.quick:
-        args.models, args.no_baseline, args.seconds = ["ced-mini"], True, min(args.seconds, 1.5)
+        args.models, args.no_baseline, args.rounds = ["ced-mini"], True, min(args.rounds, 3)
 
     torch.set_num_threads(args.threads)
     flops = json.loads(FLOPS_FILE.read_text()) if FLOPS_FILE.exists() else {}
-    peak = matmul_peak(1.0 if args.quick else 3.0)
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-          f"{cpu_features().to_dict()}")
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s\n")
-    header = f"{'model':<10} {'engine':<18} {'GFLOP/clip':>10} {'batch 1':>9} {f'batch {args.batch_size}':>9} {'% peak':>7}"
+          f"{cpu_features().to_dict()}; {args.rounds} interleaved rounds, ~{args.seconds} s per figure per round\n")
+    header = (f"{'model':<10} {'engine':<18} {'GFLOP/clip':>10} {'batch 1':>9} {f'batch {args.batch_size}':>9} "
+              f"{'(min-max)':>13} {'% peak':>7}")
     print(header)
     print("-" * len(header))
     rows = []
@@ -140,33 +168,41 @@ def main() -> None:
     if not args.no_baseline:
         variants.append(("module", None, None))
         variants.append(("official-attention", None, official_attention))
+    peaks: list[float] = []
     for info in available_models():
         if info.name not in args.models:
             continue
         size = info.name.split("-")[1]
         gflop = flops.get(size, {}).get("flop_counter_total_GFLOP") or analytic_gflops(info.config)
-        for engine, config, attention in variants:
-            original = ced.Attention.forward
-            if attention is not None:
-                ced.Attention.forward = attention
-            try:
-                torch.manual_seed(0)  # same weights each run: the onnx engine's export cache is reused
-                network = CED(info.config)
-                model = (AudioModel(network, info.name, audioset_labels(), engine=config) if config is not None
-                         else ModulePath(network))
-                single = clips_per_second(model, 1, args.seconds)
-                batched = clips_per_second(model, args.batch_size, args.seconds)
-            finally:
-                ced.Attention.forward = original
-            fraction = batched * gflop / peak
-            rows.append(dict(model=info.name, engine=engine, gflop_per_clip=gflop, batch1_clips_per_s=single,
-                             batched_clips_per_s=batched, batch_size=args.batch_size, peak_fraction=fraction))
-            print(f"{info.name:<10} {engine:<18} {gflop:>10.2f} {single:>9.1f} {batched:>9.1f} {100 * fraction:>6.0f}%")
+        models = {}
+        for label, config, attention in variants:
+            torch.manual_seed(0)  # same weights each run: the onnx engine's cached graph is reused
+            network = CED(info.config)
+            models[label] = (AudioModel(network, info.name, audioset_labels(), engine=config) if config is not None
+                             else ModulePath(network, attention))
+        model_peaks: list[float] = []
+        single = interleaved(models, 1, args.rounds, args.seconds / 2, model_peaks)
+        batched = interleaved(models, args.batch_size, args.rounds, args.seconds, model_peaks)
+        peak = statistics.median(model_peaks)
+        peaks += model_peaks
+        for label in models:
+            rate = statistics.median(batched[label])
+            fraction = rate * gflop / peak
+            rows.append(dict(model=info.name, engine=label, gflop_per_clip=gflop,
+                             batch1_clips_per_s=statistics.median(single[label]), batched_clips_per_s=rate,
+                             batched_min=min(batched[label]), batched_max=max(batched[label]),
+                             batch_size=args.batch_size, matmul_peak_gflops=peak, peak_fraction=fraction))
+            spread = f"({min(batched[label]):.1f}-{max(batched[label]):.1f})"
+            print(f"{info.name:<10} {label:<18} {gflop:>10.2f} {statistics.median(single[label]):>9.1f} "
+                  f"{rate:>9.1f} {spread:>13} {100 * fraction:>6.0f}%")
+        print(f"{'':<10} {'matmul peak':<18} {'':>10} {'':>9} {peak:>9.1f} "
+              f"{f'({min(model_peaks):.0f}-{max(model_peaks):.0f})':>13}  GFLOP/s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(
-            date=time.strftime("%Y-%m-%d"), torch=torch.__version__, threads=args.threads,
-            machine=platform.machine(), cpu=cpu_features().to_dict(), matmul_peak_gflops=peak,
+            date=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__, threads=args.threads,
+            machine=platform.machine(), cpu=cpu_features().to_dict(), rounds=args.rounds,
+            seconds_per_figure=args.seconds, matmul_peaks_gflops=peaks, load_average=os.getloadavg(),
             results=rows), indent=2))
 
 
