@@ -93,3 +93,21 @@ def test_fp32_engine_uses_the_fused_encoder_and_matches_the_module(tiny_checkpoi
 def test_rejects_other_precisions():
     with pytest.raises(ValueError, match="fp32, bf16, int8"):
         FusedEncoder(small_network(), "fp16")
+
+
+def test_int8_scores_depend_on_batch_mates_only_within_int8_error():
+    # Dynamic int8 takes one activation scale per batch (documented in docs/deploy.md): a clip's tokens
+    # change with its batch mates, but by no more than the int8 error itself; fp32 does not change at all.
+    network = small_network()
+    quiet = pieces_of(network, 160000, 1)
+    loud = pieces_of(network, 160000, 3) * 4.0  # batch mates with a much wider activation range
+    batch = torch.cat([quiet, loud])
+    with torch.inference_mode():
+        expected = network.forward_features(quiet)
+    for precision, bound in [("fp32", 1e-5), ("int8", 0.15)]:
+        fused = FusedEncoder(network, precision)
+        alone = fused.forward_features(quiet)
+        together = fused.forward_features(batch)[:1]
+        assert (together - expected).abs().max() < bound
+        if precision == "fp32":
+            torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
