@@ -68,14 +68,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--checkpoint", type=Path, default=REFERENCE_CHECKPOINT)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: what auricle tag uses on a CPU")
     parser.add_argument("--engine", default="torch")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     from auricle.audio import load_audio
+    from auricle.inference.tuning import default_batch_size
     from auricle.model import load_model
+
+    args.batch_size = args.batch_size or default_batch_size("cpu")
 
     torch.set_num_threads(args.threads)
     model = load_model(checkpoint=args.checkpoint, engine=args.engine, precision=args.precision,

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from auricle.inference.engines import ENGINES, PRECISIONS, EngineConfig, EngineError
-from auricle.inference.tuning import cpu_features
+from auricle.inference.tuning import CPU_BATCH_SIZE, cpu_features
 from auricle.labels import audioset_labels
 from auricle.model import AudioModel
 from auricle.models import ced
@@ -131,7 +131,7 @@ def interleaved(models: dict, batch: int, rounds: int, seconds: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=CPU_BATCH_SIZE, help="the CPU default of auricle tag")
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="measuring time per figure per round (batch 1 gets half)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; figures are their medians")

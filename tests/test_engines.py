@@ -180,7 +180,7 @@ def test_cpu_features_from_flags(tmp_path):
     assert fastest_precision(features) == "int8"
     cpuinfo.write_text("processor : 0\nflags : fpu avx2\n")
     assert fastest_precision(cpu_features(cpuinfo)) == "fp32"
-    assert default_batch_size("cpu") == 8 and default_batch_size("cuda:0") > 8
+    assert default_batch_size("cpu") == 4 and default_batch_size("cuda:0") > 4
 
 
 @pytest.mark.parametrize("engine,precision", [("torch", "int8"), ("torch", "bf16")])

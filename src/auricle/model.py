@@ -16,6 +16,7 @@ from auricle.audio import SAMPLE_RATE, iter_blocks, prepare_waveform
 from auricle.errors import AuricleError, CheckpointError
 from auricle.frontend import HOP_LENGTH
 from auricle.inference.engines import Engine, EngineConfig, make_engine, resolve_precision
+from auricle.inference.tuning import CPU_BATCH_SIZE
 from auricle.inference.events import EventOptions
 from auricle.inference.results import ClipTags, Embeddings, Failure
 from auricle.inference.tagging import ClassSpace, TagOptions, summarize
@@ -27,7 +28,7 @@ from auricle.models.registry import DEFAULT_MODEL, ModelInfo, available_models, 
 from auricle.profiles import Profile, load_profile
 
 Source = str | os.PathLike | np.ndarray | torch.Tensor
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE = CPU_BATCH_SIZE
 
 
 @dataclass

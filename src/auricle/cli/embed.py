@@ -40,7 +40,7 @@ def _npz_name(file: str, used: set[str]) -> str:
 @click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,
               help="Search named folders through all sub-folders.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=None,
-              help="Pieces per model call [default: 8 on a CPU, 32 on an accelerator].")
+              help="Pieces per model call [default: 4 on a CPU, 32 on an accelerator].")
 def embed_command(paths, model_name, checkpoint, device, threads, output, recursive, batch_size) -> None:
     """Compute embeddings: the clip embedding (mean of all tokens, as the official
     HEAR submission) and one per 10.12 s piece with start/end times."""

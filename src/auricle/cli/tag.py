@@ -21,7 +21,7 @@ from auricle.options import TAG_OPTIONS
 @click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,
               help="Search named folders through all sub-folders.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=None,
-              help="Windows per model call, across files [default: 8 on a CPU, 32 on an accelerator].")
+              help="Windows per model call, across files [default: 4 on a CPU, 32 on an accelerator].")
 @click.option("--resume", is_flag=True, help="Skip files already in --output (jsonl or csv) and append.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal, for several files].")
 def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold, classes, profile, events,

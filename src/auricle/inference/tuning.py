@@ -11,10 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Windows per model call on a CPU. Batching amortises the per-call overhead and
-#: keeps the matrix products large; past about 8 ten-second windows the gain is
-#: within noise on 2 and 16 cores alike, while memory grows linearly.
-CPU_BATCH_SIZE = 8
+#: Windows per model call on a CPU. Batching amortises the per-call overhead, but
+#: the activations of a call should stay cache-sized: on the 2-core development VM
+#: 4 ten-second windows ran 4-13% faster than 8 with the torch engines (interleaved
+#: A/B, docs/benchmarks.md), and never slower; memory grows linearly with it.
+CPU_BATCH_SIZE = 4
 #: Larger batches keep an accelerator busy; memory is plentiful there.
 ACCELERATOR_BATCH_SIZE = 32
 
