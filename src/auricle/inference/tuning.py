@@ -13,8 +13,9 @@ from pathlib import Path
 
 #: Windows per model call on a CPU. Batching amortises the per-call overhead, but
 #: the activations of a call should stay cache-sized: on the 2-core development VM
-#: 4 ten-second windows ran 4-13% faster than 8 with the torch engines (interleaved
-#: A/B, docs/benchmarks.md), and never slower; memory grows linearly with it.
+#: 4 ten-second windows were as fast as 8 or faster (up to +13%) for torch fp32 and
+#: int8 in four interleaved comparisons, bf16 and ONNX int8 were mixed (+-10%), and
+#: 2 was slower (benchmarks/batch_size.py, docs/benchmarks.md). Memory grows with it.
 CPU_BATCH_SIZE = 4
 #: Larger batches keep an accelerator busy; memory is plentiful there.
 ACCELERATOR_BATCH_SIZE = 32
