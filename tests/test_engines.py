@@ -150,7 +150,7 @@ def test_onnx_engine_cache_is_reused(engine_models, tiny_checkpoint, tiny_model,
     def no_export(*args, **kwargs):
         raise AssertionError("exported again although the cache holds this encoder")
 
-    monkeypatch.setattr("auricle.export.encoder_onnx", no_export)
+    monkeypatch.setattr("auricle.inference.ort_graph.encoder_graph", no_export)
     model = auricle.load_model(checkpoint=tiny_checkpoint, engine="onnx")
     wave = torch.zeros(1, 16000)
     np.testing.assert_allclose(model.probabilities(wave), tiny_model.probabilities(wave), atol=1e-5)

@@ -1,6 +1,7 @@
 """ONNX export of CED models, with the frontend and the 10.12 s piece splitting inside the graph.
 
-Three graphs are built from one network:
+Two graphs are built from one network (the ``onnx`` inference engine runs its own
+encoder graph, :mod:`auricle.inference.ort_graph`):
 
 * :class:`WaveformGraph` (the default export): 16 kHz waveforms (batch, samples)
   -> ``probabilities`` (batch, classes) and ``embedding`` (batch, dim). The
@@ -10,8 +11,6 @@ Three graphs are built from one network:
   gives.
 * :class:`MelGraph` (``--mel-input``): the log-mel (batch, 64, frames) in dB,
   as ``auricle.frontend.LogMel`` computes it, for runtimes with their own frontend.
-* :class:`EncoderGraph`: normalised mel pieces -> tokens; what the ``onnx``
-  inference engine runs (auricle keeps the frontend and head in torch).
 
 Every export is checked against the torch model on synthetic clips of several
 lengths before it is written; :class:`ExportReport` carries the figures.
@@ -93,17 +92,6 @@ class WaveformGraph(MelGraph):
         return super().forward(self.network.frontend(F.pad(waveforms, (0, short))))
 
 
-class EncoderGraph(nn.Module):
-    """Normalised mel pieces (n, 1, n_mels, <=1012 frames) -> tokens (n, patches, dim)."""
-
-    def __init__(self, network: CED) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, pieces: torch.Tensor) -> torch.Tensor:
-        return self.network.forward_features(pieces)
-
-
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's chatter (missing torchvision ops, deprecations) for one export."""
@@ -144,15 +132,6 @@ def quantize_int8(model_proto, work_dir: Path):
     with _quiet_exporter():
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
     return onnx.load_model(target)
-
-
-def encoder_onnx(network: CED) -> bytes:
-    """Serialized fp32 :class:`EncoderGraph` for the ``onnx`` engine (dynamic piece count and length)."""
-    config = network.config
-    example = torch.zeros(2, 1, config.n_mels, config.target_frames)
-    dims = {0: torch.export.Dim("pieces"), 3: torch.export.Dim("frames", min=config.patch_size,
-                                                                max=config.target_frames)}
-    return _to_onnx(EncoderGraph(network), example, "pieces", dims, ["tokens"]).SerializeToString()
 
 
 # -- user-facing export --------------------------------------------------------------
