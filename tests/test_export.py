@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import auricle
 from auricle.audio import load_audio
 from auricle.cli import cli
-from auricle.export import export_onnx, read_metadata
+from auricle.export import ExportError, export_onnx, read_metadata, top_k_overlap
 from auricle.models.ced import CED, CEDConfig
 from auricle.models.checkpoints import save_checkpoint
 
@@ -85,6 +85,8 @@ def test_export_waveform_graph(small_checkpoint, waveforms, tmp_path):
     metadata = read_metadata(out)
     assert json.loads(metadata["labels"]) == LABELS
     assert metadata["input"] == "waveform" and metadata["precision"] == "fp32"
+    assert metadata["runtime"] == "portable" and "portable runtime" in result.stdout
+    assert not contrib_ops(out)
     frontend = json.loads(metadata["frontend"])
     assert (frontend["sample_rate"], frontend["hop_length"], frontend["n_mels"]) == (16000, 160, 64)
     assert int(metadata["piece_frames"]) == 1012
@@ -107,6 +109,89 @@ def test_export_mel_input_int8(small_checkpoint, waveforms, tmp_path):
         expected = model.probabilities(torch.from_numpy(wave)[None]).numpy()
         assert probabilities.shape == (1, 10)
         assert np.abs(probabilities - expected).max() < 0.05
+
+
+def onnx_nodes(path) -> list:
+    import onnx
+
+    return list(onnx.load_model(str(path)).graph.node)
+
+
+def contrib_ops(path) -> set[str]:
+    return {node.op_type for node in onnx_nodes(path) if node.domain == "com.microsoft"}
+
+
+def test_export_onnxruntime_runtime_fused_encoder(small_checkpoint, waveforms, tmp_path):
+    out = tmp_path / "small-ort.onnx"
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(small_checkpoint), "--out", str(out),
+                                      "--runtime", "onnxruntime"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime runtime" in result.stdout
+    assert {"Attention", "BiasGelu"} <= contrib_ops(out)
+    metadata = read_metadata(out)
+    assert (metadata["runtime"], metadata["input"], metadata["precision"]) == ("onnxruntime", "waveform", "fp32")
+    assert json.loads(metadata["labels"]) == LABELS
+
+    model = auricle.load_model(checkpoint=small_checkpoint)
+    # reference inputs: 0.1 s (padded), 1 s, 3.7 s, 20.23 s, 25.3 s (three pieces) ...
+    check_against_torch(out, model, waveforms, 1e-4)
+    # ... a 10 s clip, and a batch of two 25 s clips (pieces of both clips through one encoder call)
+    ten = waveforms["d_mix_25p3s"][:160000]
+    check_against_torch(out, model, {"10s": ten}, 1e-4)
+    batch = np.stack([waveforms["d_mix_25p3s"][:400000], 0.5 * waveforms["d_mix_25p3s"][-400000:]])
+    together, embedding = session(out).run(None, {"waveforms": batch})
+    np.testing.assert_allclose(together, model.probabilities(torch.from_numpy(batch)).numpy(), atol=1e-4)
+    assert embedding.shape == (2, 64)
+
+
+def test_export_onnxruntime_int8_quantises_the_fused_encoder(small_checkpoint, waveforms, tmp_path):
+    out = tmp_path / "small-ort-int8.onnx"
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(small_checkpoint), "--out", str(out),
+                                      "--runtime", "onnxruntime", "--int8", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["runtime"], report["int8"]) == ("onnxruntime", True)
+    ops = contrib_ops(out)
+    assert "QAttention" in ops and "Attention" not in ops
+    # Only the encoder is quantised: its projection and MLP MatMuls (3 per block, 2 blocks); the
+    # frontend's mel filterbank MatMul and the head stay float.
+    standard = [node.op_type for node in onnx_nodes(out) if node.domain == ""]
+    assert standard.count("MatMulInteger") == 6 and "MatMul" in standard and "Gemm" in standard
+    assert read_metadata(out)["precision"] == "int8"
+
+    model = auricle.load_model(checkpoint=small_checkpoint)
+    graph = session(out)
+    worst, overlaps = 0.0, []
+    for wave in waveforms.values():
+        probabilities, _ = graph.run(None, {"waveforms": wave[None, :]})
+        expected = model.probabilities(torch.from_numpy(wave)[None]).numpy()
+        worst = max(worst, float(np.abs(probabilities - expected).max()))
+        overlaps.extend(top_k_overlap(expected, probabilities, 5))
+    assert 0 < worst < 0.05  # int8 really ran, and stayed close
+    assert np.mean(overlaps) >= 0.95
+
+
+def test_export_onnxruntime_mel_input(small_checkpoint, waveforms, tmp_path):
+    model = auricle.load_model(checkpoint=small_checkpoint)
+    report = export_onnx(model, tmp_path / "mel.onnx", mel_input=True, runtime="onnxruntime")
+    assert (report.runtime, report.input) == ("onnxruntime", "log-mel") and report.max_abs_diff <= 1e-4
+    assert "Attention" in contrib_ops(report.path)
+    graph = session(report.path)
+    for name, wave in waveforms.items():
+        mel = model.network.spectrogram(torch.from_numpy(np.stack([wave, 0.5 * wave])))
+        probabilities, _ = graph.run(None, {"mel": mel.numpy()})
+        expected = model.probabilities(torch.from_numpy(np.stack([wave, 0.5 * wave]))).numpy()
+        np.testing.assert_allclose(probabilities, expected, atol=1e-4, err_msg=name)
+
+
+def test_export_refuses_unknown_runtime(small_checkpoint, tmp_path):
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(small_checkpoint), "--out",
+                                      str(tmp_path / "x.onnx"), "--runtime", "tensorrt"])
+    assert result.exit_code == 2 and "--runtime" in result.stderr
+    model = auricle.load_model(checkpoint=small_checkpoint)
+    with pytest.raises(ExportError, match="unknown runtime 'tensorrt'"):
+        export_onnx(model, tmp_path / "x.onnx", runtime="tensorrt")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_export_refuses_missing_checkpoint(tmp_path):

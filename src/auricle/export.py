@@ -1,7 +1,6 @@
 """ONNX export of CED models, with the frontend and the 10.12 s piece splitting inside the graph.
 
-Two graphs are built from one network (the ``onnx`` inference engine runs its own
-encoder graph, :mod:`auricle.inference.ort_graph`):
+Two graphs are built from one network:
 
 * :class:`WaveformGraph` (the default export): 16 kHz waveforms (batch, samples)
   -> ``probabilities`` (batch, classes) and ``embedding`` (batch, dim). The
@@ -11,6 +10,15 @@ encoder graph, :mod:`auricle.inference.ort_graph`):
   gives.
 * :class:`MelGraph` (``--mel-input``): the log-mel (batch, 64, frames) in dB,
   as ``auricle.frontend.LogMel`` computes it, for runtimes with their own frontend.
+
+Each comes in two runtimes. ``portable`` (the default) is the exporter's trace
+of the whole network in standard operators (opset 18), for any ONNX runtime.
+``onnxruntime`` keeps the traced frontend and head but puts in the encoder the
+``onnx`` engine runs, :mod:`auricle.inference.ort_graph` (fused
+``com.microsoft`` Attention and BiasGelu; QAttention with int8): faster in
+ONNX Runtime, and only loadable there. It is three graphs joined with
+``onnx.compose``: input -> pieces (:class:`MelPieces`), pieces -> tokens
+(ort_graph), tokens -> outputs (:class:`PooledHead`).
 
 Every export is checked against the torch model on synthetic clips of several
 lengths before it is written; :class:`ExportReport` carries the figures.
@@ -42,6 +50,8 @@ OPSET = 18
 #: An fp32 export whose probabilities stray further than this from torch is refused.
 FP32_TOLERANCE = 1e-4
 FORMATS = ("onnx",)
+#: ``portable``: standard operators only; ``onnxruntime``: ONNX Runtime's fused contrib operators in the encoder.
+RUNTIMES = ("portable", "onnxruntime")
 
 
 class ExportError(AuricleError):
@@ -64,6 +74,20 @@ def split_pieces(normalized: torch.Tensor, target_frames: int) -> tuple[torch.Te
     return pieces.reshape(count * batch, 1, mels, target // count), count
 
 
+def pool_pieces(network: CED, tokens: torch.Tensor, count) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens of ``count`` pieces per clip, piece-major -> (probabilities, embedding) per clip."""
+    probabilities = network.activate(network.forward_head(tokens))
+    probabilities = probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
+    # Every piece has the same token count, so this is the mean over all tokens (the HEAR clip embedding).
+    embedding = tokens.mean(dim=1).reshape(count, -1, tokens.shape[-1]).mean(dim=0)
+    return probabilities, embedding
+
+
+def pad_short(waveforms: torch.Tensor) -> torch.Tensor:
+    """Clips under one patch zero-padded, as CED.spectrogram does, without a branch."""
+    return F.pad(waveforms, (0, torch.sym_max(MIN_SAMPLES - waveforms.shape[-1], 0)))
+
+
 class MelGraph(nn.Module):
     """Log-mel (batch, n_mels, frames) in dB -> (probabilities, embedding)."""
 
@@ -73,23 +97,50 @@ class MelGraph(nn.Module):
 
     def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         network = self.network
-        batch = mel.shape[0]
         pieces, count = split_pieces(network.normalize(mel), network.config.target_frames)
-        tokens = network.forward_features(pieces)
-        probabilities = network.activate(network.forward_head(tokens))
-        probabilities = probabilities.reshape(count, batch, -1).mean(dim=0)
-        # Every piece has the same token count, so this is the mean over all tokens (the HEAR clip embedding).
-        embedding = tokens.mean(dim=1).reshape(count, batch, -1).mean(dim=0)
-        return probabilities, embedding
+        return pool_pieces(network, network.forward_features(pieces), count)
 
 
 class WaveformGraph(MelGraph):
     """16 kHz waveforms (batch, samples) -> (probabilities, embedding), frontend included."""
 
     def forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Clips under one patch are zero-padded, as CED.spectrogram does, without a branch.
-        short = torch.sym_max(MIN_SAMPLES - waveforms.shape[-1], 0)
-        return super().forward(self.network.frontend(F.pad(waveforms, (0, short))))
+        return super().forward(self.network.frontend(pad_short(waveforms)))
+
+
+class MelPieces(nn.Module):
+    """Log-mel -> (normalised pieces, ``piece_marker``): the part before the encoder, ``onnxruntime`` runtime.
+
+    ``piece_marker`` is an empty-valued (zeros) tensor of shape (pieces per clip,):
+    its length carries the piece count to :class:`PooledHead` through the joined
+    graph as a dynamic dimension, which a shape-only input traces without data-dependent ops.
+    """
+
+    def __init__(self, network: CED) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pieces, count = split_pieces(self.network.normalize(mel), self.network.config.target_frames)
+        return pieces, pieces.new_zeros(count)
+
+
+class WaveformPieces(MelPieces):
+    """16 kHz waveforms -> (normalised pieces, ``piece_marker``), frontend included."""
+
+    def forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().forward(self.network.frontend(pad_short(waveforms)))
+
+
+class PooledHead(nn.Module):
+    """(tokens (pieces * batch, patches, dim), ``piece_marker``) -> (probabilities, embedding)."""
+
+    def __init__(self, network: CED) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, tokens: torch.Tensor, piece_marker: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return pool_pieces(self.network, tokens, piece_marker.shape[0])
 
 
 @contextlib.contextmanager
@@ -109,15 +160,14 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _to_onnx(graph: nn.Module, example: torch.Tensor, input_name: str, dims: dict[int, torch.export.Dim],
+def _to_onnx(graph: nn.Module, examples: dict[str, torch.Tensor], dims: dict[str, dict[int, torch.export.Dim]],
              output_names: list[str]):
-    """ModelProto of ``graph``; ``input_name`` is its forward argument, ``dims`` its dynamic axes."""
+    """ModelProto of ``graph``; ``examples`` are its forward arguments by name, ``dims`` their dynamic axes."""
     graph.eval()
     with _quiet_exporter():
         program = torch.onnx.export(
-            graph, (example,), dynamo=True, opset_version=OPSET, input_names=[input_name],
-            output_names=output_names, dynamic_shapes={input_name: dims},
-            optimize=True, verbose=False,
+            graph, tuple(examples.values()), dynamo=True, opset_version=OPSET, input_names=list(examples),
+            output_names=output_names, dynamic_shapes=dims, optimize=True, verbose=False,
         )
     return program.model_proto
 
@@ -132,6 +182,54 @@ def quantize_int8(model_proto, work_dir: Path):
     with _quiet_exporter():
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
     return onnx.load_model(target)
+
+
+def onnxruntime_graph(network: CED, mel_input: bool, int8: bool, work_dir: Path):
+    """The ``onnxruntime`` runtime's graph: traced frontend, ort_graph's fused encoder, traced head."""
+    import onnx
+    from onnx import compose
+
+    from auricle.inference import ort_graph
+
+    front = _to_onnx(*_front_parts(network, mel_input, pieces_only=True), ["pieces", "piece_marker"])
+    # Examples of size 2 at least on every dynamic axis: torch.export specialises axes of size 0 or 1.
+    tokens = torch.zeros(4, 62, network.config.embed_dim)
+    head = _to_onnx(PooledHead(network), {"tokens": tokens, "piece_marker": torch.zeros(2)},
+                    {"tokens": {0: torch.export.Dim("n"), 1: torch.export.Dim("patches")},
+                     "piece_marker": {0: torch.export.Dim("count")}},
+                    ["probabilities", "embedding"])
+    encoder = ort_graph.encoder_graph(network)
+    if int8:  # only the encoder: its MatMuls and Attention are nearly all of the arithmetic
+        with _quiet_exporter():
+            encoder = ort_graph.quantize_encoder(encoder, work_dir)
+    # merge_models wants one IR version and one version per operator domain. The encoder's standard
+    # operators (Conv, Slice, Shape, Reshape, Transpose, Add, MatMul, LayerNormalization and, int8,
+    # DynamicQuantizeLinear, Mul, Cast) have the same definition in opset 17 and 18.
+    encoder.ir_version = front.ir_version
+    for entry in encoder.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = OPSET
+    parts = [compose.add_prefix(model, prefix, rename_inputs=False, rename_outputs=False)
+             for model, prefix in ((front, "front/"), (encoder, "encoder/"), (head, "head/"))]
+    joined = compose.merge_models(parts[0], parts[1], io_map=[("pieces", "pieces")])
+    joined = compose.merge_models(joined, parts[2],
+                                  io_map=[("tokens", "tokens"), ("piece_marker", "piece_marker")])
+    opsets = {entry.domain or "": entry.version for entry in joined.opset_import}
+    del joined.opset_import[:]
+    joined.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items())
+    joined.graph.name = "auricle_ced_onnxruntime"
+    return joined
+
+
+def _front_parts(network: CED, mel_input: bool, pieces_only: bool = False):
+    """(module, example inputs, dynamic axes) of the graph's input side for ``_to_onnx``."""
+    if mel_input:
+        module = MelPieces(network) if pieces_only else MelGraph(network)
+        return (module, {"mel": torch.zeros(2, network.config.n_mels, 1101)},
+                {"mel": {0: torch.export.Dim("batch"), 2: torch.export.Dim("frames", min=1, max=2**24)}})
+    module = WaveformPieces(network) if pieces_only else WaveformGraph(network)
+    return (module, {"waveforms": torch.zeros(2, 176000)},
+            {"waveforms": {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=1, max=2**31 - 1)}})
 
 
 # -- user-facing export --------------------------------------------------------------
@@ -151,6 +249,7 @@ class ExportReport:
     check_clips: list[str]
     seconds: float
     size_bytes: int
+    runtime: str = "portable"  # see RUNTIMES
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,7 +270,7 @@ def check_clips(seed: int = 0) -> dict[str, np.ndarray]:
     return {name: clip.astype(np.float32) for name, clip in clips.items()}
 
 
-def _metadata(model, input_kind: str, int8: bool) -> dict[str, str]:
+def _metadata(model, input_kind: str, int8: bool, runtime: str) -> dict[str, str]:
     from auricle import __version__
 
     network = model.network
@@ -180,6 +279,7 @@ def _metadata(model, input_kind: str, int8: bool) -> dict[str, str]:
         "model": model.name,
         "input": input_kind,
         "precision": "int8" if int8 else "fp32",
+        "runtime": runtime,
         "labels": json.dumps([item.name for item in model.labels.classes]),
         "label_mids": json.dumps([item.mid for item in model.labels.classes]),
         "frontend": json.dumps(asdict(network.frontend.config)),
@@ -191,9 +291,12 @@ def _metadata(model, input_kind: str, int8: bool) -> dict[str, str]:
     }
 
 
-def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input: bool = False) -> ExportReport:
+def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input: bool = False,
+                runtime: str = "portable") -> ExportReport:
     """Export ``model`` (an :class:`auricle.model.AudioModel`) to ``out`` and check it against torch.
 
+    ``runtime="onnxruntime"`` puts the ``onnx`` engine's fused encoder in the
+    graph (ONNX Runtime only; with ``int8`` only the encoder is quantised).
     The file is written only if the check passes (fp32: probabilities within
     :data:`FP32_TOLERANCE`); int8 agreement is reported, never enforced.
     """
@@ -201,25 +304,23 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
 
     import onnxruntime as ort
 
+    if runtime not in RUNTIMES:
+        raise ExportError(f"{model.name}: unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     started = time.perf_counter()
     # A copy: the caller's model keeps its device and dtype.
     network = copy.deepcopy(model.network).float().cpu().eval()
-    if mel_input:
-        graph, input_name = MelGraph(network), "mel"
-        example = torch.zeros(2, network.config.n_mels, 1101)
-        dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("frames", min=1, max=2**24)}
-    else:
-        graph, input_name = WaveformGraph(network), "waveforms"
-        example = torch.zeros(2, 176000)
-        dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=1, max=2**31 - 1)}
+    input_name = "mel" if mel_input else "waveforms"
     try:
-        proto = _to_onnx(graph, example, input_name, dims, ["probabilities", "embedding"])
         with tempfile.TemporaryDirectory() as work:
-            if int8:
-                proto = quantize_int8(proto, Path(work))
+            if runtime == "onnxruntime":
+                proto = onnxruntime_graph(network, mel_input, int8, Path(work))
+            else:
+                proto = _to_onnx(*_front_parts(network, mel_input), ["probabilities", "embedding"])
+                if int8:
+                    proto = quantize_int8(proto, Path(work))
     except Exception as error:  # the exporter raises many types; all mean "cannot export"
         raise ExportError(f"{model.name}: ONNX export failed: {str(error).strip().splitlines()[0]}") from error
-    for key, value in _metadata(model, "log-mel" if mel_input else "waveform", int8).items():
+    for key, value in _metadata(model, "log-mel" if mel_input else "waveform", int8, runtime).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     payload = proto.SerializeToString()
@@ -251,7 +352,7 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
     return ExportReport(
         path=str(out), model=model.name, input="log-mel" if mel_input else "waveform", int8=int8, opset=OPSET,
         max_abs_diff=worst, embedding_max_abs_diff=embedding_worst, top5_overlap=float(np.mean(overlaps)),
-        check_clips=list(clips), seconds=time.perf_counter() - started, size_bytes=len(payload),
+        check_clips=list(clips), seconds=time.perf_counter() - started, size_bytes=len(payload), runtime=runtime,
     )
 
 
