@@ -14,8 +14,9 @@ ONNX Runtime's own graph optimiser fuses neither on this graph. Here each block 
 which is the same float32 arithmetic in fewer, fused kernels, and which
 ONNX Runtime's dynamic quantiser turns into ``QAttention`` and
 ``DynamicQuantizeMatMul`` for int8. The contrib operators exist only in ONNX
-Runtime, so this graph is for the engine's cache; ``auricle export`` writes
-the portable standard-operator graph.
+Runtime: the engine caches this graph, and ``auricle export --runtime
+onnxruntime`` joins it with the traced frontend and head; the default export
+stays the portable standard-operator graph.
 """
 
 from __future__ import annotations
