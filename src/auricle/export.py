@@ -4,7 +4,8 @@ Two graphs are built from one network:
 
 * :class:`WaveformGraph` (the default export): 16 kHz waveforms (batch, samples)
   -> ``probabilities`` (batch, classes) and ``embedding`` (batch, dim). The
-  log-mel (STFT as the opset-17 DFT), the per-clip 120 dB floor, the input
+  log-mel (STFT as a strided convolution with a windowed DFT basis, see
+  :class:`ConvLogMel`), the per-clip 120 dB floor, the input
   BatchNorm and the split into 1012-frame pieces all run in the graph, with
   dynamic batch and length, so any clip length gives what ``AudioModel.probabilities``
   gives.
@@ -44,6 +45,7 @@ from torch import nn
 
 from auricle.audio import SAMPLE_RATE
 from auricle.errors import AuricleError
+from auricle.frontend import FrontendConfig, LogMel
 from auricle.models.ced import CED, MIN_SAMPLES
 
 OPSET = 18
@@ -88,6 +90,34 @@ def pad_short(waveforms: torch.Tensor) -> torch.Tensor:
     return F.pad(waveforms, (0, torch.sym_max(MIN_SAMPLES - waveforms.shape[-1], 0)))
 
 
+class ConvLogMel(LogMel):
+    """The log-mel with its STFT written as a strided convolution with a windowed DFT basis (for export).
+
+    ONNX's ``STFT`` operator ran at ~8 ms per 10 s clip in ONNX Runtime here, a
+    third of an int8 file's time; the same transform as a ``Conv`` runs on the
+    matrix-product kernels. Same float32 arithmetic up to summation order (the
+    export's parity check holds it to the torch model).
+    """
+
+    def __init__(self, config: FrontendConfig) -> None:
+        if config.win_length != config.n_fft:
+            raise ExportError("the convolutional STFT assumes win_length == n_fft")
+        super().__init__(config)
+        bins = config.n_fft // 2 + 1
+        time_index = torch.arange(config.n_fft, dtype=torch.float64)
+        angle = 2 * torch.pi * torch.arange(bins, dtype=torch.float64)[:, None] * time_index / config.n_fft
+        window = torch.hann_window(config.win_length, periodic=True, dtype=torch.float64)
+        basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])  # (2 * bins, n_fft)
+        self.register_buffer("dft_basis", basis.float().unsqueeze(1), persistent=False)
+
+    def power_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        padded = F.pad(waveforms.unsqueeze(1), (cfg.n_fft // 2, cfg.n_fft // 2), mode="reflect")
+        real, imag = F.conv1d(padded, self.dft_basis, stride=cfg.hop_length).chunk(2, dim=1)
+        power = real.square() + imag.square()
+        return torch.matmul(power.transpose(-1, -2), self.mel_basis).transpose(-1, -2)
+
+
 class MelGraph(nn.Module):
     """Log-mel (batch, n_mels, frames) in dB -> (probabilities, embedding)."""
 
@@ -104,8 +134,12 @@ class MelGraph(nn.Module):
 class WaveformGraph(MelGraph):
     """16 kHz waveforms (batch, samples) -> (probabilities, embedding), frontend included."""
 
+    def __init__(self, network: CED) -> None:
+        super().__init__(network)
+        self.frontend = ConvLogMel(network.frontend.config)
+
     def forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().forward(self.network.frontend(pad_short(waveforms)))
+        return super().forward(self.frontend(pad_short(waveforms)))
 
 
 class MelPieces(nn.Module):
@@ -128,8 +162,12 @@ class MelPieces(nn.Module):
 class WaveformPieces(MelPieces):
     """16 kHz waveforms -> (normalised pieces, ``piece_marker``), frontend included."""
 
+    def __init__(self, network: CED) -> None:
+        super().__init__(network)
+        self.frontend = ConvLogMel(network.frontend.config)
+
     def forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().forward(self.network.frontend(pad_short(waveforms)))
+        return super().forward(self.frontend(pad_short(waveforms)))
 
 
 class PooledHead(nn.Module):
