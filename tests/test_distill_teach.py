@@ -248,3 +248,15 @@ def test_a_softmax_teacher_is_scored_with_its_own_activation():
     torch.testing.assert_close(scores.sum(dim=-1), torch.ones(2))
     with torch.inference_mode():
         torch.testing.assert_close(scores, network(waveform))
+
+
+def test_checkpoint_teachers_score_on_the_fused_cpu_encoder(tiny_checkpoint):
+    from auricle.distill.teachers import load_teacher
+    from auricle.inference.fused import fused_supported
+
+    teacher = load_teacher(str(tiny_checkpoint))
+    assert (teacher.encoder is not None) == fused_supported()
+    waveforms = torch.randn(2, 48000, generator=torch.Generator().manual_seed(1)) * 0.1
+    with torch.inference_mode():
+        expected = teacher.network(waveforms)
+    torch.testing.assert_close(teacher.probabilities(waveforms), expected, atol=1e-6, rtol=1e-5)

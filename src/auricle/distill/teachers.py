@@ -67,10 +67,14 @@ class TeacherSpec:
 
 
 @torch.inference_mode()
-def ced_probabilities_from_mel(network: CED, mel: torch.Tensor) -> torch.Tensor:
-    """What ``CED.forward`` computes, starting from a (possibly masked) log-mel (batch, n_mels, frames)."""
+def ced_probabilities_from_mel(network: CED, mel: torch.Tensor, forward_features=None) -> torch.Tensor:
+    """What ``CED.forward`` computes, starting from a (possibly masked) log-mel (batch, n_mels, frames).
+
+    ``forward_features`` replaces the network's encoder call (e.g. the fused CPU encoder's).
+    """
     pieces, count = network.pieces(network.normalize(mel))
-    probabilities = network.activate(network.forward_head(network.forward_features(pieces)))
+    tokens = (forward_features or network.forward_features)(pieces)
+    probabilities = network.activate(network.forward_head(tokens))
     return probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
 
 
@@ -85,6 +89,9 @@ class Teacher:
     network: CED | None = None
     function: object = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: The fused fp32 CPU encoder over ``network`` (auricle.inference.fused), where it runs: same
+    #: float32 arithmetic as the module, 9-19% faster (docs/benchmarks.md).
+    encoder: object = None
 
     @property
     def takes_mel(self) -> bool:
@@ -96,7 +103,8 @@ class Teacher:
         if self.network is not None:
             if mel is None:
                 mel = self.network.spectrogram(waveforms.to(self.device))
-            return ced_probabilities_from_mel(self.network, mel.to(self.device)).float().cpu()
+            forward_features = self.encoder.forward_features if self.encoder is not None else None
+            return ced_probabilities_from_mel(self.network, mel.to(self.device), forward_features).float().cpu()
         try:
             output = self.function(waveforms)
         except AuricleError:
@@ -150,7 +158,11 @@ def _load_auricle(spec: TeacherSpec, device: torch.device) -> Teacher:
         raise DistillError(f"{checkpoint.source}: {checkpoint.config.num_classes} classes but no class names")
     identity.update(spec=spec.spec, name=name, sha256=file_sha256(checkpoint.source), config=checkpoint.config.to_dict())
     network = build_model(checkpoint).to(device).eval()
-    return Teacher(spec, name, _label_mids(labels, checkpoint.source), identity, network=network, device=device)
+    from auricle.inference.fused import FusedEncoder, fused_supported
+
+    encoder = FusedEncoder(network) if fused_supported(device) else None
+    return Teacher(spec, name, _label_mids(labels, checkpoint.source), identity, network=network, device=device,
+                   encoder=encoder)
 
 
 def _load_callable(spec: TeacherSpec, device: torch.device) -> Teacher:
