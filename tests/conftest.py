@@ -46,3 +46,13 @@ def mini_model(mini_checkpoint):
     import auricle
 
     return auricle.load_model(checkpoint=mini_checkpoint)
+
+
+@pytest.fixture
+def restore_torch_threads():
+    """Loading a model or running a command sets torch's process-wide thread count; put it back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

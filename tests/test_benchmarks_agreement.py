@@ -20,13 +20,6 @@ def agreement():
     return module
 
 
-@pytest.fixture
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
     from auricle.models.ced import CED, CEDConfig
@@ -59,7 +52,7 @@ def test_compare_figures(agreement):
         agreement.compare(reference, reference[:1], gap=0.01)
 
 
-def test_main_on_a_few_clips(agreement, small_checkpoint, tmp_path, restore_threads):
+def test_main_on_a_few_clips(agreement, small_checkpoint, tmp_path, restore_torch_threads):
     require(REFERENCE / "inputs")
     require(DATA / "everyday")
     out = tmp_path / "results" / "agreement.json"

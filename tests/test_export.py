@@ -24,14 +24,8 @@ from auricle.models.checkpoints import save_checkpoint
 INPUTS = ["a_sine440_1s", "b_noise_3p7s", "d_mix_25p3s", "f_stereo_44k1_2s", "h_edge_20p23s", "i_tooshort_0p1s",
           "r_JeD5V5aaaoI_931_932"]
 LABELS = [f"sound {i}" for i in range(10)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def keep_thread_count():
-    """The CLI sets torch's process-wide thread count; later tests get theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+# The CLI sets torch's process-wide thread count; later tests get theirs back.
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 @pytest.fixture(scope="module")

@@ -7,29 +7,15 @@ import torch
 
 import auricle
 from auricle.inference.fused import FusedEncoder, fused_supported
-from auricle.models.ced import CED, CEDConfig
+from encoder_support import normalised_pieces, perturbed_network
 
 pytestmark = pytest.mark.skipif(not fused_supported(), reason="this torch build has no oneDNN fused linear kernels")
 
 
-def small_network(seed: int = 0, **overrides) -> CED:
-    torch.manual_seed(seed)
-    network = CED(CEDConfig(embed_dim=64, num_heads=2, depth=2, **overrides))
-    with torch.no_grad():  # off the init values (zero biases, unit norms), so every term matters
-        for parameter in network.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    return network.eval()
-
-
-def pieces_of(network: CED, samples: int, batch: int) -> torch.Tensor:
-    waveforms = torch.randn(batch, samples, generator=torch.Generator().manual_seed(samples)) * 0.1
-    return network.pieces(network.normalize(network.spectrogram(waveforms)))[0]
-
-
 @pytest.mark.parametrize("samples,batch", [(160000, 3), (16000, 1), (3000, 2), (400000, 2)])
 def test_tokens_match_the_module(samples, batch):
-    network = small_network()
-    pieces = pieces_of(network, samples, batch)
+    network = perturbed_network()
+    pieces = normalised_pieces(network, samples, batch)
     with torch.inference_mode():
         expected = network.forward_features(pieces)
     got = FusedEncoder(network).forward_features(pieces)
@@ -38,8 +24,8 @@ def test_tokens_match_the_module(samples, batch):
 
 
 def test_without_qkv_bias():
-    network = small_network(qkv_bias=False)
-    pieces = pieces_of(network, 48000, 2)
+    network = perturbed_network(qkv_bias=False)
+    pieces = normalised_pieces(network, 48000, 2)
     with torch.inference_mode():
         expected = network.forward_features(pieces)
     torch.testing.assert_close(FusedEncoder(network).forward_features(pieces), expected, atol=1e-5, rtol=1e-5)
@@ -50,8 +36,8 @@ def test_without_qkv_bias():
 def test_lower_precisions_stay_close_and_return_float32(precision, samples, batch):
     if not fused_supported(precision=precision):
         pytest.skip(f"no fused {precision} kernels in this build")
-    network = small_network()
-    pieces = pieces_of(network, samples, batch)
+    network = perturbed_network()
+    pieces = normalised_pieces(network, samples, batch)
     with torch.inference_mode():
         expected = network.forward_features(pieces)
     got = FusedEncoder(network, precision).forward_features(pieces)
@@ -62,10 +48,10 @@ def test_lower_precisions_stay_close_and_return_float32(precision, samples, batc
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_weights_changed_in_place_are_repacked(precision):
-    network = small_network()
+    network = perturbed_network()
     fused = FusedEncoder(network, precision)
     tolerance = 1e-5 if precision == "fp32" else 0.15
-    pieces = pieces_of(network, 32000, 1)
+    pieces = normalised_pieces(network, 32000, 1)
     before = fused.forward_features(pieces)
     with torch.no_grad():  # what an optimizer step or load_state_dict does
         network.blocks[1].mlp.fc1.weight.mul_(1.5)
@@ -75,7 +61,7 @@ def test_weights_changed_in_place_are_repacked(precision):
         expected = network.forward_features(pieces)
     assert (before - after).abs().max() > 10 * tolerance if precision == "fp32" else not torch.allclose(before, after)
     assert (after - expected).abs().max() < tolerance
-    network.load_state_dict(small_network(seed=1).state_dict())
+    network.load_state_dict(perturbed_network(seed=1).state_dict())
     with torch.inference_mode():
         expected = network.forward_features(pieces)
     assert (fused.forward_features(pieces) - expected).abs().max() < tolerance
@@ -92,15 +78,15 @@ def test_fp32_engine_uses_the_fused_encoder_and_matches_the_module(tiny_checkpoi
 
 def test_rejects_other_precisions():
     with pytest.raises(ValueError, match="fp32, bf16, int8"):
-        FusedEncoder(small_network(), "fp16")
+        FusedEncoder(perturbed_network(), "fp16")
 
 
 def test_int8_scores_depend_on_batch_mates_only_within_int8_error():
     # Dynamic int8 takes one activation scale per batch (documented in docs/deploy.md): a clip's tokens
     # change with its batch mates, but by no more than the int8 error itself; fp32 does not change at all.
-    network = small_network()
-    quiet = pieces_of(network, 160000, 1)
-    loud = pieces_of(network, 160000, 3) * 4.0  # batch mates with a much wider activation range
+    network = perturbed_network()
+    quiet = normalised_pieces(network, 160000, 1)
+    loud = normalised_pieces(network, 160000, 3) * 4.0  # batch mates with a much wider activation range
     batch = torch.cat([quiet, loud])
     with torch.inference_mode():
         expected = network.forward_features(quiet)

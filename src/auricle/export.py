@@ -2,7 +2,7 @@
 
 Two graphs are built from one network:
 
-* :class:`WaveformGraph` (the default export): 16 kHz waveforms (batch, samples)
+* :class:`WaveformInput` over :class:`MelGraph` (the default export): 16 kHz waveforms (batch, samples)
   -> ``probabilities`` (batch, classes) and ``embedding`` (batch, dim). The
   log-mel (STFT as a strided convolution with a windowed DFT basis, see
   :class:`ConvLogMel`), the per-clip 120 dB floor, the input
@@ -131,15 +131,20 @@ class MelGraph(nn.Module):
         return pool_pieces(network, network.forward_features(pieces), count)
 
 
-class WaveformGraph(MelGraph):
-    """16 kHz waveforms (batch, samples) -> (probabilities, embedding), frontend included."""
+class WaveformInput(nn.Module):
+    """16 kHz waveforms (batch, samples) -> what ``mel_part`` makes of their log-mel: the frontend in the graph.
 
-    def __init__(self, network: CED) -> None:
-        super().__init__(network)
-        self.frontend = ConvLogMel(network.frontend.config)
+    ``WaveformInput(MelGraph(network))`` is the default export (waveforms -> probabilities,
+    embedding); ``WaveformInput(MelPieces(network))`` the input side of the ``onnxruntime`` runtime.
+    """
+
+    def __init__(self, mel_part: MelGraph | MelPieces) -> None:
+        super().__init__()
+        self.mel_part = mel_part
+        self.frontend = ConvLogMel(mel_part.network.frontend.config)
 
     def forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().forward(self.frontend(pad_short(waveforms)))
+        return self.mel_part(self.frontend(pad_short(waveforms)))
 
 
 class MelPieces(nn.Module):
@@ -159,17 +164,6 @@ class MelPieces(nn.Module):
         return pieces, pieces.new_zeros(count)
 
 
-class WaveformPieces(MelPieces):
-    """16 kHz waveforms -> (normalised pieces, ``piece_marker``), frontend included."""
-
-    def __init__(self, network: CED) -> None:
-        super().__init__(network)
-        self.frontend = ConvLogMel(network.frontend.config)
-
-    def forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().forward(self.frontend(pad_short(waveforms)))
-
-
 class PooledHead(nn.Module):
     """(tokens (pieces * batch, patches, dim), ``piece_marker``) -> (probabilities, embedding)."""
 
@@ -182,7 +176,7 @@ class PooledHead(nn.Module):
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     """Silence the exporter's chatter (missing torchvision ops, deprecations) for one export."""
     # onnxruntime.quantization warns through the root logger.
     loggers = [logging.getLogger("torch.onnx"), logging.getLogger()]
@@ -202,7 +196,7 @@ def _to_onnx(graph: nn.Module, examples: dict[str, torch.Tensor], dims: dict[str
              output_names: list[str]):
     """ModelProto of ``graph``; ``examples`` are its forward arguments by name, ``dims`` their dynamic axes."""
     graph.eval()
-    with _quiet_exporter():
+    with quiet_exporter():
         program = torch.onnx.export(
             graph, tuple(examples.values()), dynamo=True, opset_version=OPSET, input_names=list(examples),
             output_names=output_names, dynamic_shapes=dims, optimize=True, verbose=False,
@@ -210,8 +204,9 @@ def _to_onnx(graph: nn.Module, examples: dict[str, torch.Tensor], dims: dict[str
     return program.model_proto
 
 
-def quantize_int8(model_proto, work_dir: Path, keep_float: list[str] | None = None):
-    """Dynamic int8 quantisation of the MatMul/Gemm weights (activations quantised per call).
+def quantize_int8(model_proto, work_dir: Path, keep_float: list[str] | None = None,
+                  op_types: tuple[str, ...] = ("MatMul", "Gemm"), extra_options: dict | None = None):
+    """Dynamic int8 quantisation of the weights of ``op_types`` nodes (activations quantised per call).
 
     ``keep_float`` names nodes left in float32 (see :func:`filterbank_products`).
     """
@@ -220,9 +215,9 @@ def quantize_int8(model_proto, work_dir: Path, keep_float: list[str] | None = No
 
     source, target = work_dir / "fp32.onnx", work_dir / "int8.onnx"
     onnx.save_model(model_proto, source)
-    with _quiet_exporter():
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                         nodes_to_exclude=list(keep_float or []))
+    with quiet_exporter():
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
+                         nodes_to_exclude=list(keep_float or []), extra_options=extra_options or {})
     return onnx.load_model(target)
 
 
@@ -260,8 +255,7 @@ def onnxruntime_graph(network: CED, mel_input: bool, int8: bool, work_dir: Path)
                     ["probabilities", "embedding"])
     encoder = ort_graph.encoder_graph(network)
     if int8:  # only the encoder: its MatMuls and Attention are nearly all of the arithmetic
-        with _quiet_exporter():
-            encoder = ort_graph.quantize_encoder(encoder, work_dir)
+        encoder = ort_graph.quantize_encoder(encoder, work_dir)
     # merge_models wants one IR version and one version per operator domain. The encoder's standard
     # operators (Conv, Slice, Shape, Reshape, Transpose, Add, MatMul, LayerNormalization and, int8,
     # DynamicQuantizeLinear, Mul, Cast) have the same definition in opset 17 and 18.
@@ -283,12 +277,11 @@ def onnxruntime_graph(network: CED, mel_input: bool, int8: bool, work_dir: Path)
 
 def _front_parts(network: CED, mel_input: bool, pieces_only: bool = False):
     """(module, example inputs, dynamic axes) of the graph's input side for ``_to_onnx``."""
+    module = MelPieces(network) if pieces_only else MelGraph(network)
     if mel_input:
-        module = MelPieces(network) if pieces_only else MelGraph(network)
         return (module, {"mel": torch.zeros(2, network.config.n_mels, 1101)},
                 {"mel": {0: torch.export.Dim("batch"), 2: torch.export.Dim("frames", min=1, max=2**24)}})
-    module = WaveformPieces(network) if pieces_only else WaveformGraph(network)
-    return (module, {"waveforms": torch.zeros(2, 176000)},
+    return (WaveformInput(module), {"waveforms": torch.zeros(2, 176000)},
             {"waveforms": {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=1, max=2**31 - 1)}})
 
 

@@ -44,12 +44,11 @@ import torch
 from torch import nn
 
 from auricle.errors import AuricleError
-from auricle.inference.fused import FusedEncoder, fused_supported
+from auricle.inference.fused import PRECISIONS, FusedEncoder, fused_supported
 from auricle.inference.tuning import CpuFeatures, default_threads, fastest_precision
 from auricle.models.ced import CED
 
 ENGINES = ("torch", "onnx")
-PRECISIONS = ("fp32", "bf16", "int8")
 #: Bump when the exported encoder graph changes, so stale cache files are not reused.
 ONNX_CACHE_VERSION = 2
 
@@ -218,7 +217,6 @@ def encoder_model(network: CED, int8: bool, cache_dir: str | os.PathLike | None 
 
     import onnx
 
-    from auricle import export
     from auricle.inference import ort_graph
 
     key = f"v{ONNX_CACHE_VERSION}-torch{torch.__version__}-{weights_digest(network)}"
@@ -228,7 +226,7 @@ def encoder_model(network: CED, int8: bool, cache_dir: str | os.PathLike | None 
         return path.read_bytes()
     if int8:
         fp32 = onnx.load_model_from_string(encoder_model(network, False, cache_dir))
-        with tempfile.TemporaryDirectory() as work, export._quiet_exporter():
+        with tempfile.TemporaryDirectory() as work:
             payload = ort_graph.quantize_encoder(fp32, Path(work)).SerializeToString()
     else:
         payload = ort_graph.encoder_graph(copy.deepcopy(network).float().eval()).SerializeToString()

@@ -116,12 +116,10 @@ def encoder_graph(network: CED):
 
 def quantize_encoder(model_proto, work_dir: Path):
     """Dynamic int8: weights of MatMul and Attention to int8, activations quantised per call."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnx import TensorProto
 
-    source, target = work_dir / "fp32.onnx", work_dir / "int8.onnx"
-    onnx.save_model(model_proto, source)
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"],
-                     # shape inference cannot type the contrib ops' outputs; everything here is float32
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return onnx.load_model(target)
+    from auricle.export import quantize_int8
+
+    # shape inference cannot type the contrib ops' outputs; everything here is float32
+    return quantize_int8(model_proto, work_dir, op_types=("MatMul", "Attention"),
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
