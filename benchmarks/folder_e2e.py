@@ -5,11 +5,14 @@ formats and rates (WAV 16 kHz mono, FLAC 44.1 kHz stereo, OGG Vorbis 48 kHz,
 MP3 22.05 kHz, AAC in M4A 44.1 kHz; a format the local libsndfile cannot write
 is skipped and said so), then measures in one process:
   * decode only: `load_audio` of every file (decode, mix, resample to 16 kHz);
-  * model only: `AudioModel.probabilities` on the already decoded clips, batched;
+  * model only: `AudioModel.score_windows` on the already decoded clips (batched
+    as tagging batches them, over the engine's streams);
   * end to end: `AudioModel.iter_tag` over the files (what `auricle tag folder/` runs).
-The target is end to end within 10% of model only.
+Model only and end to end take turns for --rounds rounds, so the machine's drift
+hits both alike; the figures are medians over rounds, and the ratio is the
+median of the per-round ratios. The target is end to end within 10% of model only.
 
-    python benchmarks/folder_e2e.py --files 48 --threads 2 --json benchmarks/results/folder_e2e.json
+    python benchmarks/folder_e2e.py --files 48 --rounds 5 --json benchmarks/results/folder_e2e.json
 
 Like `auricle tag`, it runs with OMP_WAIT_POLICY=PASSIVE unless the variable is set
 (OMP_WAIT_POLICY=ACTIVE shows the spinning default of torch's OpenMP).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -71,18 +75,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: what auricle tag uses on a CPU")
     parser.add_argument("--engine", default="torch")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--streams", type=int, default=None, help="default: one per thread, as auricle tag")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     from auricle.audio import load_audio
-    from auricle.inference.tuning import default_batch_size
     from auricle.model import load_model
-
-    args.batch_size = args.batch_size or default_batch_size("cpu")
 
     torch.set_num_threads(args.threads)
     model = load_model(checkpoint=args.checkpoint, engine=args.engine, precision=args.precision,
-                       threads=args.threads)
+                       threads=args.threads, streams=args.streams)
+    args.batch_size = args.batch_size or model.batch_size
     with tempfile.TemporaryDirectory() as folder:
         files, skipped = make_folder(Path(folder), args.files, args.seconds)
         for line in skipped:
@@ -95,26 +99,27 @@ def main() -> None:
         # Model only, on the decoded clips cut as tagging cuts them (one 10 s window per clip here).
         window = int(10.0 * 16000)
         clips = [clip[:window] for clip in decoded]
-        by_length: dict[int, list[np.ndarray]] = {}
-        for clip in clips:
-            by_length.setdefault(len(clip), []).append(clip)
-        model.probabilities(torch.from_numpy(np.stack(clips[:1])))  # warm-up
-        start = time.perf_counter()
-        for group in by_length.values():
-            for first in range(0, len(group), args.batch_size):
-                model.probabilities(torch.from_numpy(np.stack(group[first : first + args.batch_size])))
-        model_s = time.perf_counter() - start
-
+        model.score_windows(clips[: 2 * args.batch_size], args.batch_size)  # warm-up: weight packing, streams
         options = model.tag_options(top_k=5)
-        start = time.perf_counter()
-        results = list(model.iter_tag(files, options, batch_size=args.batch_size))
-        e2e_s = time.perf_counter() - start
+        model_rates, e2e_rates, ratios = [], [], []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            model.score_windows(clips, args.batch_size)
+            model_s = time.perf_counter() - start
+            start = time.perf_counter()
+            results = list(model.iter_tag(files, options, batch_size=args.batch_size))
+            e2e_s = time.perf_counter() - start
+            model_rates.append(len(files) / model_s)
+            e2e_rates.append(len(files) / e2e_s)
+            ratios.append(model_s / e2e_s)
     failures = [r for r in results if hasattr(r, "error")]
     result = dict(
         date=time.strftime("%Y-%m-%d"), files=len(files), seconds=args.seconds, threads=args.threads,
-        batch_size=args.batch_size, engine=args.engine, precision=args.precision, skipped_formats=skipped,
-        decode_files_per_s=len(files) / decode_s, model_only_clips_per_s=len(files) / model_s,
-        end_to_end_files_per_s=len(files) / e2e_s, end_to_end_vs_model_only=model_s / e2e_s,
+        batch_size=args.batch_size, engine=args.engine, precision=args.precision, streams=model.engine.streams,
+        skipped_formats=skipped,
+        rounds=args.rounds, decode_files_per_s=len(files) / decode_s,
+        model_only_clips_per_s=statistics.median(model_rates), end_to_end_files_per_s=statistics.median(e2e_rates),
+        end_to_end_vs_model_only=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
         failures=len(failures), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
     )
     report(result, args.json)

@@ -10,7 +10,10 @@ Measures, in one run:
     softmax(q k^T) v instead of scaled_dot_product_attention), as the baseline
     that reproduces the official code's compute graph;
   * with --engine/--precision, each other engine (torch bf16/int8, ONNX Runtime
-    fp32/int8; see auricle.inference.engines) on the same clips.
+    fp32/int8; see auricle.inference.engines) on the same clips;
+  * with --streams, each engine with that many streams (the batch split over
+    concurrent calls; auricle.inference.streams); by default the engine's own
+    default (one per thread). "s1" rows are one call on all threads.
 
 All variants of a size, and the matmul peak, take turns in --rounds rounds and
 each figure is the median over rounds, so drift on a shared machine hits them
@@ -19,6 +22,7 @@ from ../shared/reference/official/flops.json when present, else from the analyti
 
     python benchmarks/throughput.py --threads 2 --batch-size 8 --json benchmarks/results/throughput.json
     python benchmarks/throughput.py --engine torch onnx --precision fp32 bf16 int8 --json benchmarks/results/engines.json
+    python benchmarks/throughput.py --models ced-mini --engine torch onnx --precision fp32 int8 --streams 1 2
     python benchmarks/throughput.py --quick            # ced-mini, fp32 torch, 3 rounds
 """
 
@@ -36,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from auricle.inference.engines import ENGINES, PRECISIONS, EngineConfig, EngineError
-from auricle.inference.tuning import CPU_BATCH_SIZE, cpu_features
+from auricle.inference.tuning import cpu_features, default_batch_size, default_streams
 from auricle.labels import audioset_labels
 from auricle.model import AudioModel
 from auricle.models import ced
@@ -131,7 +135,8 @@ def interleaved(models: dict, batch: int, rounds: int, seconds: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--batch-size", type=int, default=CPU_BATCH_SIZE, help="the CPU default of auricle tag")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="clips per call [default: what auricle tag uses with the default streams]")
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="measuring time per figure per round (batch 1 gets half)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds; figures are their medians")
@@ -139,6 +144,8 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the official-attention baseline")
     parser.add_argument("--engine", nargs="+", default=["torch"], choices=ENGINES)
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
+    parser.add_argument("--streams", nargs="+", type=int, default=[None],
+                        help="stream counts to compare [default: the engines' default, one per thread]")
     parser.add_argument("--quick", action="store_true",
                         help="ced-mini only, no baseline, 3 rounds: for trying an idea, not for the table")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -147,6 +154,7 @@ def main() -> None:
         args.models, args.no_baseline, args.rounds = ["ced-mini"], True, min(args.rounds, 3)
 
     torch.set_num_threads(args.threads)
+    args.batch_size = args.batch_size or default_batch_size("cpu", default_streams(args.threads))
     flops = json.loads(FLOPS_FILE.read_text()) if FLOPS_FILE.exists() else {}
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"{cpu_features().to_dict()}; {args.rounds} interleaved rounds, ~{args.seconds} s per figure per round\n")
@@ -159,12 +167,14 @@ def main() -> None:
     variants = []
     for engine in args.engine:
         for precision in args.precision:
-            try:
-                config = EngineConfig(engine, precision, args.threads)
-            except EngineError:  # e.g. onnx bf16: not a combination that exists
-                continue
-            label = "auricle" if config.label == "torch-fp32" else config.label
-            variants.append((label, config, None))
+            for streams in args.streams:
+                try:
+                    config = EngineConfig(engine, precision, args.threads, streams)
+                except EngineError:  # e.g. onnx bf16: not a combination that exists
+                    continue
+                label = "auricle" if config.label == "torch-fp32" else config.label
+                label += f" s{streams}" if streams is not None else ""
+                variants.append((label, config, None))
     if not args.no_baseline:
         variants.append(("module", None, None))
         variants.append(("official-attention", None, official_attention))

@@ -93,7 +93,8 @@ def test_tag_answer_is_an_element_of_auricle_tag_format_json(client, model, long
     response = client.post("/v1/tag?events=true&hop=4&top_k=2", files={"file": (long_wav.name, long_wav.read_bytes())})
     body = response.json()
     assert body.pop("file") == long_wav.name and expected.pop("file") == str(long_wav)
-    assert body == expected
+    # The CLI splits batches over its streams, the service's model may run another layout: floats compare closely.
+    assert body == approx_tree(expected)
 
 
 def test_tag_raw_body_with_classes_threshold_pool(client, model, long_wav):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import queue as queue_module
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +18,6 @@ from auricle.audio import SAMPLE_RATE, iter_blocks, prepare_waveform
 from auricle.errors import AuricleError, CheckpointError
 from auricle.frontend import HOP_LENGTH
 from auricle.inference.engines import Engine, EngineConfig, make_engine, resolve_precision
-from auricle.inference.tuning import CPU_BATCH_SIZE
 from auricle.inference.events import EventOptions
 from auricle.inference.results import ClipTags, Embeddings, Failure
 from auricle.inference.tagging import ClassSpace, TagOptions, summarize
@@ -28,7 +29,6 @@ from auricle.models.registry import DEFAULT_MODEL, ModelInfo, available_models, 
 from auricle.profiles import Profile, load_profile
 
 Source = str | os.PathLike | np.ndarray | torch.Tensor
-DEFAULT_BATCH_SIZE = CPU_BATCH_SIZE
 
 
 @dataclass
@@ -72,6 +72,11 @@ class AudioModel:
     def embedding_dim(self) -> int:
         return self.network.config.embed_dim
 
+    @property
+    def batch_size(self) -> int:
+        """Default windows per model call: enough to keep every engine stream busy."""
+        return self.engine.batch_size
+
     def __repr__(self) -> str:
         return (f"AudioModel(name={self.name!r}, classes={len(self.labels)}, device={str(self.device)!r}, "
                 f"engine={self.engine.config.label!r})")
@@ -89,18 +94,24 @@ class AudioModel:
             waveforms = waveforms.unsqueeze(0)
         return self.engine.probabilities(waveforms.to(self.device)).cpu()
 
-    def score_windows(self, windows: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
-        """Probabilities of windows of any lengths, batching equal lengths together."""
+    def score_windows(self, windows: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
+        """Probabilities of windows of any lengths, batching equal lengths together.
+
+        With several engine streams each takes calls of ``batch_size // streams``
+        windows on its own (no stream waits for another between calls).
+        """
+        calls = _Calls(self, batch_size or self.batch_size)
         results: list[np.ndarray | None] = [None] * len(windows)
         by_length: dict[int, list[int]] = {}
         for position, samples in enumerate(windows):
             by_length.setdefault(len(samples), []).append(position)
         for positions in by_length.values():
-            for first in range(0, len(positions), batch_size):
-                chunk = positions[first : first + batch_size]
-                batch = torch.from_numpy(np.stack([windows[p] for p in chunk]))
-                for p, row in zip(chunk, self.probabilities(batch).numpy()):
+            for first in range(0, len(positions), calls.part):
+                chunk = positions[first : first + calls.part]
+                for p, row in calls.submit(chunk, [windows[p] for p in chunk]):
                     results[p] = row
+        for p, row in calls.collect(keep=0):
+            results[p] = row
         return results  # type: ignore[return-value]
 
     # -- tagging ---------------------------------------------------------------
@@ -140,7 +151,7 @@ class AudioModel:
         sample_rate: int | None = None,
         *,
         options: TagOptions | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         **option_values,
     ) -> ClipTags | list[ClipTags]:
         """Tag a file, a list of files, or a waveform array (then give ``sample_rate``).
@@ -176,7 +187,7 @@ class AudioModel:
         self,
         sources: Iterable[str | os.PathLike | np.ndarray],
         options: TagOptions,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         names: Sequence[str] | None = None,
     ) -> Iterator[ClipTags | Failure]:
         """Tag many recordings, batching windows across files; yields in input order.
@@ -184,16 +195,28 @@ class AudioModel:
         A file that fails yields a :class:`Failure` and the rest go on. Results
         equal tagging each file alone (windows never share a frontend).
         """
+        batch_size = batch_size or self.batch_size
         space = ClassSpace.build(self.labels, options.classes, options.profile)
         window_config = options.window
         states: dict[int, _FileState] = {}
         queue: list[tuple[int, int, np.ndarray]] = []
         next_to_emit = 0
+        calls = _Calls(self, batch_size)
+
+        def store(rows: Iterable[tuple[tuple[int, int], np.ndarray]]) -> None:
+            for (item, position), row in rows:
+                if item in states:  # else its file failed meanwhile and was reported
+                    states[item].rows[position] = row
 
         def flush() -> None:
-            rows = self.score_windows([samples for _, _, samples in queue], batch_size)
-            for (item, position, _), row in zip(queue, rows):
-                states[item].rows[position] = row
+            by_length: dict[int, list[tuple[int, int, np.ndarray]]] = {}
+            for entry in queue:
+                by_length.setdefault(len(entry[2]), []).append(entry)
+            for group in by_length.values():
+                for first in range(0, len(group), calls.part):
+                    chunk = group[first : first + calls.part]
+                    store(calls.submit([(item, position) for item, position, _ in chunk],
+                                       [samples for _, _, samples in chunk]))
             queue.clear()
 
         def finished() -> Iterator[ClipTags | Failure]:
@@ -211,6 +234,9 @@ class AudioModel:
                 )
 
         for kind, item, payload in _decoded_windows(sources, names, window_config):
+            if calls.ready():
+                store(calls.collect())
+                yield from finished()
             if kind == "start":
                 states[item] = _FileState(payload)
                 continue
@@ -220,7 +246,7 @@ class AudioModel:
                 state.starts.append(start)
                 state.ends.append(start + len(samples))
                 queue.append((item, len(state.starts) - 1, samples))
-                if len(queue) >= batch_size:
+                if len(queue) >= calls.part:
                     flush()
                     yield from finished()
                 continue
@@ -233,11 +259,12 @@ class AudioModel:
             yield from finished()
         if queue:
             flush()
+        store(calls.collect(keep=0))
         yield from finished()
 
     # -- embeddings ------------------------------------------------------------
     @torch.inference_mode()
-    def embed_waveform(self, waveform: np.ndarray, name: str = "<array>", batch_size: int = DEFAULT_BATCH_SIZE) -> Embeddings:
+    def embed_waveform(self, waveform: np.ndarray, name: str = "<array>", batch_size: int | None = None) -> Embeddings:
         """Embeddings of one 16 kHz mono signal, computed as the official HEAR submission does.
 
         The whole recording gets one log-mel (its own 120 dB floor), cut into
@@ -245,6 +272,7 @@ class AudioModel:
         ``clip`` is the mean of all tokens, ``windows`` the mean per piece.
         """
         network = self.network
+        batch_size = batch_size or self.batch_size
         wave = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)).unsqueeze(0).to(self.device)
         pieces, count = network.pieces(network.normalize(network.spectrogram(wave)))
         token_means = []
@@ -269,7 +297,7 @@ class AudioModel:
         )
 
     def embed(
-        self, source: Source, sample_rate: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+        self, source: Source, sample_rate: int | None = None, batch_size: int | None = None
     ) -> Embeddings:
         """Embeddings of a file or a waveform array (then give ``sample_rate``)."""
         from auricle.audio import load_audio
@@ -281,7 +309,7 @@ class AudioModel:
         return self.embed_waveform(load_audio(source), name=str(source), batch_size=batch_size)
 
     def iter_embed(
-        self, sources: Iterable[str | os.PathLike], batch_size: int = DEFAULT_BATCH_SIZE
+        self, sources: Iterable[str | os.PathLike], batch_size: int | None = None
     ) -> Iterator[Embeddings | Failure]:
         """Embed many files, yielding a :class:`Failure` for each bad one and going on."""
         for source in sources:
@@ -289,6 +317,40 @@ class AudioModel:
                 yield self.embed(source, batch_size=batch_size)
             except AuricleError as error:
                 yield Failure(str(source), str(error))
+
+
+class _Calls:
+    """Model calls in flight on the engine's streams; rows come back in submission order.
+
+    Each stream takes calls of ``part = batch_size // streams`` windows on its own.
+    Up to two calls per stream are in flight, so no stream waits for another (or
+    idles) while the caller or the decoder holds a core; with one stream every
+    call runs at once, as a plain loop would.
+    """
+
+    def __init__(self, model: AudioModel, batch_size: int) -> None:
+        self._model = model
+        self.part = max(1, batch_size // model.engine.streams)
+        self._keep = 2 * model.engine.streams
+        self._in_flight: deque[tuple[list, Future]] = deque()
+
+    def submit(self, owners: list, windows: Sequence[np.ndarray]) -> list[tuple[object, np.ndarray]]:
+        """Start a call on equal-length ``windows``; returns the (owner, row) pairs of calls that finished."""
+        batch = torch.from_numpy(np.stack(windows)).to(self._model.device)
+        self._in_flight.append((owners, self._model.engine.submit(batch)))
+        return self.collect()
+
+    def ready(self) -> bool:
+        return bool(self._in_flight) and self._in_flight[0][1].done()
+
+    def collect(self, keep: int | None = None) -> list[tuple[object, np.ndarray]]:
+        """Rows of the finished calls, oldest first, waiting while more than ``keep`` are in flight."""
+        keep = self._keep if keep is None else keep
+        rows = []
+        while self._in_flight and (len(self._in_flight) > keep or self._in_flight[0][1].done()):
+            owners, future = self._in_flight.popleft()
+            rows.extend(zip(owners, future.result().cpu().numpy()))
+        return rows
 
 
 # Decoded windows waiting for the model: enough to keep the model busy while the
@@ -364,6 +426,7 @@ def load_model(
     engine: str = "torch",
     precision: str = "fp32",
     threads: int | None = None,
+    streams: int | None = None,
 ) -> AudioModel:
     """Load a CED model by name (``ced-tiny`` ... ``ced-base``) or from a checkpoint.
 
@@ -371,11 +434,12 @@ def load_model(
     folder or auricle ``.safetensors``), else from the local Hugging Face cache,
     else they are downloaded from the Hub. ``engine`` (torch, onnx),
     ``precision`` (fp32, bf16, int8, or auto: the fastest this CPU supports) and
-    ``threads`` choose how the encoder runs (see :mod:`auricle.inference.engines`);
+    ``threads`` and ``streams`` (concurrent calls a batch is split over; default one
+    per thread) choose how the encoder runs (see :mod:`auricle.inference.engines`);
     results keep their format.
     """
     # fails before any weights are read
-    engine_config = EngineConfig(engine, resolve_precision(engine, precision, device), threads)
+    engine_config = EngineConfig(engine, resolve_precision(engine, precision, device), threads, streams)
     if checkpoint is None:
         from auricle.models.hub import fetch_weights
 

@@ -20,9 +20,9 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def model_options(command: Callable) -> Callable:
-    """--model, --checkpoint, --device, --threads, --engine, --precision.
+    """--model, --checkpoint, --device, --threads, --streams, --engine, --precision.
 
-    --engine and --precision are not passed to the command: they are kept in the
+    --streams, --engine and --precision are not passed to the command: they are kept in the
     click context and read by :func:`load_model_or_exit`, so every command built
     on these options gets them without changing its signature.
     """
@@ -33,6 +33,10 @@ def model_options(command: Callable) -> Callable:
     command = click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
                            expose_value=False, callback=_remember,
                            help="Who runs the encoder: PyTorch, or ONNX Runtime (exported once, then cached).")(command)
+    command = click.option("--streams", type=click.IntRange(1), default=None, expose_value=False,
+                           callback=_remember,
+                           help="Parts of a batch run at once, each on threads/streams threads [default: one per "
+                                "thread]. 1 gives the lowest latency for single clips with --engine onnx.")(command)
     command = click.option("--threads", type=click.IntRange(1), default=None,
                            help="CPU threads for the model [default: one per usable core].")(command)
     command = click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")(command)
@@ -88,10 +92,13 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
     meta = ctx.meta if ctx is not None else {}
     engine = engine or meta.get("auricle.engine", "torch")
     precision = precision or meta.get("auricle.precision", "fp32")
+    streams = meta.get("auricle.streams")
     threads = threads or default_threads()
+    if streams is not None and streams > threads:
+        fail(f"--streams {streams} needs at least as many --threads (got {threads})")
     torch.set_num_threads(threads)
     try:
         return load_model(model_name, checkpoint=checkpoint, device=device, engine=engine, precision=precision,
-                          threads=threads)
+                          threads=threads, streams=streams)
     except AuricleError as error:
         fail(str(error))

@@ -40,14 +40,13 @@ def _npz_name(file: str, used: set[str]) -> str:
 @click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,
               help="Search named folders through all sub-folders.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=None,
-              help="Pieces per model call [default: 4 on a CPU, 32 on an accelerator].")
+              help="Pieces per model call [default: 2 per stream, at least 4, on a CPU; 32 on an accelerator].")
 def embed_command(paths, model_name, checkpoint, device, threads, output, recursive, batch_size) -> None:
     """Compute embeddings: the clip embedding (mean of all tokens, as the official
     HEAR submission) and one per 10.12 s piece with start/end times."""
     from tqdm import tqdm
 
     from auricle.audio import list_audio_files
-    from auricle.inference.tuning import default_batch_size
 
     try:
         files = list_audio_files(list(paths), recursive=recursive)
@@ -68,7 +67,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
     used: set[str] = set()
     failures = 0
     bar = tqdm(total=len(files), unit="file", disable=len(files) < 2 or None, file=sys.stderr)
-    for result in model.iter_embed(files, batch_size=batch_size or default_batch_size(device)):
+    for result in model.iter_embed(files, batch_size=batch_size or model.batch_size):
         bar.update(1)
         if hasattr(result, "error"):
             failures += 1

@@ -42,7 +42,7 @@ from auricle.errors import AuricleError
               help="Events: plot true vs predicted events of this labelled file over its spectrogram.")
 @click.option("--timeline-png", default="timeline.png", show_default=True, help="Where --timeline writes its PNG.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=None,
-              help="Windows per model call [default: as auricle tag, 4 on a CPU, 32 on an accelerator].")
+              help="Windows per model call [default: 2 per stream, at least 4, on a CPU; 32 on an accelerator].")
 def evaluate_command(labels, events, predictions, model_name, checkpoint, device, threads, split, audio_dir, window,
                      hop, pool, threshold, median_filter, min_duration, min_gap, segment, psds, json_path, csv_path,
                      plot_path, timeline_file, timeline_png, batch_size) -> None:
@@ -58,7 +58,6 @@ def evaluate_command(labels, events, predictions, model_name, checkpoint, device
     """
     from auricle.downstream import evaluate as ev
     from auricle.inference.events import EventOptions
-    from auricle.inference.tuning import default_batch_size
 
     if timeline_file and not events:
         fail("--timeline needs --events (strong labels)")
@@ -79,7 +78,7 @@ def evaluate_command(labels, events, predictions, model_name, checkpoint, device
             ev, labels, files, classes, predictions, events, model_name, checkpoint, device, threads,
             dict(threshold=threshold if events else None, pool=pool, window=window, hop=hop,
                  events=event_options if events else False),
-            batch_size or default_batch_size(device),
+            batch_size,
         )
         for failure in failures:
             click.echo(f"auricle: error: {failure.error}", err=True)

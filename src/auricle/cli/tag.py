@@ -21,7 +21,7 @@ from auricle.options import TAG_OPTIONS
 @click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,
               help="Search named folders through all sub-folders.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=None,
-              help="Windows per model call, across files [default: 4 on a CPU, 32 on an accelerator].")
+              help="Windows per model call, across files [default: 2 per stream, at least 4, on a CPU; 32 on an accelerator].")
 @click.option("--resume", is_flag=True, help="Skip files already in --output (jsonl or csv) and append.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal, for several files].")
 def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold, classes, profile, events,
@@ -36,7 +36,6 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
 
     from auricle.audio import list_audio_files
     from auricle.inference.events import EventOptions
-    from auricle.inference.tuning import default_batch_size
 
     if resume and (output is None or output_format not in RESUMABLE_FORMATS):
         fail(f"--resume needs --output FILE with --format {' or '.join(RESUMABLE_FORMATS)}")
@@ -65,7 +64,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
                file=sys.stderr)
     failures = 0
     try:
-        for result in model.iter_tag(todo, options, batch_size=batch_size or default_batch_size(device)):
+        for result in model.iter_tag(todo, options, batch_size=batch_size or model.batch_size):
             if hasattr(result, "error"):
                 failures += 1
                 bar.write(f"auricle: error: {result.error}", file=sys.stderr)

@@ -88,7 +88,7 @@ def predict(
     files: Sequence[str],
     classes: Sequence[str],
     options: TagOptions,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     source: str = "<labels>",
 ) -> Iterator[FilePrediction | Failure]:
     """Run ``model`` over ``files``; yields one prediction (or failure) per file, in order."""

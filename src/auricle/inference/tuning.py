@@ -11,12 +11,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Windows per model call on a CPU. Batching amortises the per-call overhead, but
-#: the activations of a call should stay cache-sized: on the 2-core development VM
-#: 4 ten-second windows were as fast as 8 or faster (up to +13%) for torch fp32 and
-#: int8 in four interleaved comparisons, bf16 and ONNX int8 were mixed (+-10%), and
-#: 2 was slower (benchmarks/batch_size.py, docs/benchmarks.md). Memory grows with it.
+#: Windows per model call on a CPU with one stream. Batching amortises the per-call
+#: overhead, but the activations of a call should stay cache-sized: on the 2-core
+#: development VM 4 ten-second windows were as fast as 8 or faster (up to +13%) for
+#: torch fp32 and int8 in four interleaved comparisons, bf16 and ONNX int8 were mixed
+#: (+-10%), and 2 was slower (benchmarks/batch_size.py, docs/benchmarks.md).
 CPU_BATCH_SIZE = 4
+#: Windows per stream per call with several streams (auricle.inference.streams): one
+#: thread per stream ran 2 windows as fast as 4 and faster than 1 (ced-mini, torch
+#: fp32 and int8), so a call of 2 x streams windows keeps every stream busy.
+STREAM_BATCH_SIZE = 2
 #: Larger batches keep an accelerator busy; memory is plentiful there.
 ACCELERATOR_BATCH_SIZE = 32
 
@@ -66,8 +70,21 @@ def default_threads() -> int:
     return usable_cores()
 
 
-def default_batch_size(device: str = "cpu") -> int:
-    return CPU_BATCH_SIZE if str(device).startswith("cpu") else ACCELERATOR_BATCH_SIZE
+def default_streams(threads: int | None = None) -> int:
+    """Concurrent model calls on a CPU: one per thread.
+
+    On the 2-core development VM two one-thread streams beat one two-thread call
+    by 12-48% depending on the engine (docs/benchmarks.md); larger machines were
+    not measured, and ``--streams`` overrides it.
+    """
+    return threads or default_threads()
+
+
+def default_batch_size(device: str = "cpu", streams: int | None = None) -> int:
+    """Windows per model call: enough for every stream (``streams=None``: the default count)."""
+    if not str(device).startswith("cpu"):
+        return ACCELERATOR_BATCH_SIZE
+    return max(CPU_BATCH_SIZE, STREAM_BATCH_SIZE * (streams or default_streams()))
 
 
 def fastest_precision(features: CpuFeatures | None = None) -> str:
