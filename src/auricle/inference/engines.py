@@ -176,8 +176,13 @@ class Engine:
         probabilities = network.activate(network.forward_head(self._features(pieces, stream)))
         return probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
 
-    def _stream_setup(self) -> None:
-        """Per-thread state each stream's worker needs (run once in it)."""
+    @staticmethod
+    def _stream_setup() -> None:
+        """Per-thread state each stream's worker needs (run once in it).
+
+        A static method: the workers keep it for their lifetime, and a bound method
+        would keep the engine, and so the workers themselves, alive forever.
+        """
 
     def _parts(self, count: int) -> list[tuple[int, int]]:
         """How a batch of ``count`` is cut over the streams; one part runs on the calling thread.
@@ -260,7 +265,8 @@ class OnnxEngine(Engine):
         self._sessions = [ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
                           for _ in range(sessions)]
 
-    def _stream_setup(self) -> None:
+    @staticmethod
+    def _stream_setup() -> None:
         torch.set_flush_denormal(True)
 
     def _parts(self, count: int) -> list[tuple[int, int]]:
