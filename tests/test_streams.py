@@ -574,3 +574,25 @@ def test_cli_rejects_more_streams_than_threads_in_one_line(checkpoint, audio_fil
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("auricle: error:") and "--streams" in lines[0]
     assert result.stdout == ""
+
+
+def test_a_single_clip_runs_on_the_calling_thread_with_all_threads(checkpoint, audio_files, monkeypatch,
+                                                                    restore_torch_threads):
+    """`auricle tag one.wav`: the one call is not handed to a one-thread stream while the other stream idles."""
+    model = load_model(checkpoint=checkpoint, threads=2, streams=2)
+    calls = spy_threads(monkeypatch, model.engine)
+    (result,) = within(lambda: list(model.iter_tag([audio_files[2]], model.tag_options(top_k=3))))  # 4.5 s: one window
+    assert isinstance(result, ClipTags)
+    assert calls == [("test-within", 1)]  # the thread that called iter_tag
+    assert model.score_windows([signal("chirp", 2.0)])[0].shape == (model.network.config.num_classes,)
+    assert calls[1:] == [(threading.current_thread().name, 1)]
+    assert model.engine._pool._inbox is None  # the workers never started
+
+
+def test_the_last_call_goes_to_a_stream_while_others_are_in_flight(checkpoint, monkeypatch, restore_torch_threads):
+    model = load_model(checkpoint=checkpoint, threads=2, streams=2)
+    calls = spy_threads(monkeypatch, model.engine)
+    windows = [signal("noise", 1.0, seed) for seed in range(5)]  # calls of 2, 2 and a last 1
+    within(lambda: model.score_windows(windows))
+    assert sorted(size for _, size in calls) == [1, 2, 2]
+    assert all(name.startswith("auricle-stream-") for name, _ in calls)

@@ -105,11 +105,11 @@ class AudioModel:
         by_length: dict[int, list[int]] = {}
         for position, samples in enumerate(windows):
             by_length.setdefault(len(samples), []).append(position)
-        for positions in by_length.values():
-            for first in range(0, len(positions), calls.part):
-                chunk = positions[first : first + calls.part]
-                for p, row in calls.submit(chunk, [windows[p] for p in chunk]):
-                    results[p] = row
+        chunks = [positions[first : first + calls.part]
+                  for positions in by_length.values() for first in range(0, len(positions), calls.part)]
+        for index, chunk in enumerate(chunks):
+            for p, row in calls.submit(chunk, [windows[p] for p in chunk], last=index == len(chunks) - 1):
+                results[p] = row
         for p, row in calls.collect(keep=0):
             results[p] = row
         return results  # type: ignore[return-value]
@@ -208,7 +208,7 @@ class AudioModel:
                 if item in states:  # else its file failed meanwhile and was reported
                     states[item].rows[position] = row
 
-        def flush() -> None:
+        def flush(last: bool = False) -> None:
             by_length: dict[int, list[tuple[int, int, np.ndarray]]] = {}
             for entry in queue:
                 by_length.setdefault(len(entry[2]), []).append(entry)
@@ -216,7 +216,7 @@ class AudioModel:
                 for first in range(0, len(group), calls.part):
                     chunk = group[first : first + calls.part]
                     store(calls.submit([(item, position) for item, position, _ in chunk],
-                                       [samples for _, _, samples in chunk]))
+                                       [samples for _, _, samples in chunk], last=last))
             queue.clear()
 
         def finished() -> Iterator[ClipTags | Failure]:
@@ -258,7 +258,7 @@ class AudioModel:
             state.finished = True
             yield from finished()
         if queue:
-            flush()
+            flush(last=True)
         store(calls.collect(keep=0))
         yield from finished()
 
@@ -334,9 +334,17 @@ class _Calls:
         self._keep = 2 * model.engine.streams
         self._in_flight: deque[tuple[list, Future]] = deque()
 
-    def submit(self, owners: list, windows: Sequence[np.ndarray]) -> list[tuple[object, np.ndarray]]:
-        """Start a call on equal-length ``windows``; returns the (owner, row) pairs of calls that finished."""
+    def submit(self, owners: list, windows: Sequence[np.ndarray], last: bool = False) -> list[tuple[object, np.ndarray]]:
+        """Start a call on equal-length ``windows``; returns the (owner, row) pairs of calls that finished.
+
+        ``last``: no more windows follow. Then, with nothing else in flight, the call runs
+        here on all threads (split over the streams if it is big enough): a single clip
+        would otherwise get one stream's thread and leave the others idle.
+        """
         batch = torch.from_numpy(np.stack(windows)).to(self._model.device)
+        if last and not self._in_flight:
+            with torch.inference_mode():
+                return list(zip(owners, self._model.engine.probabilities(batch).cpu().numpy()))
         self._in_flight.append((owners, self._model.engine.submit(batch)))
         return self.collect()
 
