@@ -79,7 +79,12 @@ class StreamPool:
                                  name=f"auricle-stream-{stream}", daemon=True).start()
             ready.wait()
             torch.set_num_threads(restore)
-            weakref.finalize(self, _stop, inbox, self.streams)
+            stopper = weakref.finalize(self, _stop, inbox, self.streams)
+            # Not at interpreter exit: workers woken then would exit (and run torch's and ONNX
+            # Runtime's per-thread clean-up) while the process tears those libraries down, which
+            # once aborted a run ("terminate called without an active exception"). Left blocked,
+            # daemon threads simply end with the process.
+            stopper.atexit = False
             self._inbox = inbox
             return inbox
 
