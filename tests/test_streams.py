@@ -596,3 +596,22 @@ def test_the_last_call_goes_to_a_stream_while_others_are_in_flight(checkpoint, m
     within(lambda: model.score_windows(windows))
     assert sorted(size for _, size in calls) == [1, 2, 2]
     assert all(name.startswith("auricle-stream-") for name, _ in calls)
+
+
+def test_a_worker_that_never_starts_fails_the_pool_instead_of_hanging(monkeypatch):
+    import auricle.inference.streams as streams_module
+
+    real_work = streams_module._work
+
+    def stuck_first_worker(inbox, stream, threads, initializer, ready):
+        if stream == 0:
+            return  # never reaches the start barrier
+        real_work(inbox, stream, threads, initializer, ready)
+
+    monkeypatch.setattr(streams_module, "_work", stuck_first_worker)
+    before = stream_threads()
+    pool = StreamPool(2)
+    pool.start_timeout = 0.5
+    with pytest.raises(RuntimeError, match="did not start"):
+        within(lambda: pool.submit(lambda stream, part: part, 1))
+    assert all_stopped(stream_threads() - before)

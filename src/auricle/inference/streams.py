@@ -62,6 +62,9 @@ class StreamPool:
         self._inbox: queue.SimpleQueue | None = None
         self._lock = threading.Lock()
 
+    #: Seconds the first use waits for the workers to set themselves up.
+    start_timeout: float = 60.0
+
     def __repr__(self) -> str:
         return f"StreamPool(streams={self.streams}, threads_per_stream={self.threads_per_stream})"
 
@@ -77,7 +80,12 @@ class StreamPool:
             for stream in range(self.streams):
                 threading.Thread(target=_work, args=(inbox, stream, self.threads_per_stream, self._initializer, ready),
                                  name=f"auricle-stream-{stream}", daemon=True).start()
-            ready.wait()
+            try:
+                ready.wait(timeout=self.start_timeout)
+            except threading.BrokenBarrierError:  # a worker never got going: fail, do not hang
+                _stop(inbox, self.streams)
+                raise RuntimeError(f"the {self.streams} inference stream threads did not start within "
+                                   f"{self.start_timeout:g} s") from None
             torch.set_num_threads(restore)
             stopper = weakref.finalize(self, _stop, inbox, self.streams)
             # Not at interpreter exit: workers woken then would exit (and run torch's and ONNX
@@ -126,7 +134,10 @@ def _work(inbox: queue.SimpleQueue, stream: int, threads: int, initializer: Call
             initializer()
     except BaseException as error:  # every task this worker takes will report it
         failure = error
-    ready.wait()
+    try:
+        ready.wait()
+    except threading.BrokenBarrierError:  # the pool gave up starting
+        return
     with torch.inference_mode():
         while (task := inbox.get()) is not _STOP:
             function, part, future = task
