@@ -3,9 +3,9 @@
 One call of a small transformer spread over N threads waits at every operator
 for the slowest thread, and the small operators (LayerNorm, softmax, the
 attention of one head) split thinly. N calls on one thread each, on N parts of
-the batch, have neither cost: on the 2-core development VM this ran ced-mini
-13% faster in torch fp32, 12% in torch int8 and 48% in ONNX Runtime int8
-(docs/benchmarks.md). It also keeps the cores busy when another thread (the
+the batch, have neither cost: in the same-run table on the 2-core development
+VM, ced-mini ran 6% faster in torch fp32, 34% in torch int8 and 15-16% in ONNX
+Runtime fp32 and int8 (ced-tiny torch int8 was 6% slower; docs/benchmarks.md). It also keeps the cores busy when another thread (the
 decoder) takes one of them for a while: the other stream goes on instead of
 waiting for it. OpenVINO's "throughput streams" are the same idea.
 

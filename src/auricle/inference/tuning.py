@@ -74,8 +74,9 @@ def default_streams(threads: int | None = None) -> int:
     """Concurrent model calls on a CPU: one per thread.
 
     On the 2-core development VM two one-thread streams beat one two-thread call
-    by 12-48% depending on the engine (docs/benchmarks.md); larger machines were
-    not measured, and ``--streams`` overrides it.
+    for every engine and size except ced-tiny in torch bf16/int8 (ced-mini: +6%
+    torch fp32, +34% torch int8, +16% ONNX int8; docs/benchmarks.md); larger
+    machines were not measured, and ``--streams`` overrides it.
     """
     return threads or default_threads()
 
