@@ -17,9 +17,12 @@ from pathlib import Path
 #: torch fp32 and int8 in four interleaved comparisons, bf16 and ONNX int8 were mixed
 #: (+-10%), and 2 was slower (benchmarks/batch_size.py, docs/benchmarks.md).
 CPU_BATCH_SIZE = 4
-#: Windows per stream per call with several streams (auricle.inference.streams): one
-#: thread per stream ran 2 windows as fast as 4 and faster than 1 (ced-mini, torch
-#: fp32 and int8), so a call of 2 x streams windows keeps every stream busy.
+#: Windows per stream per call with several streams (auricle.inference.streams). On the
+#: tagging path with two one-thread streams (benchmarks/batch_size.py --streams 2
+#: --tagging-path, ced-mini) calls of 2 were fastest for torch fp32 and int8 (29.6 and
+#: 55.5 clips/s vs 27.7 and 47.4 for 1, 29.5 and 48.2 for 4); ONNX int8 preferred 1
+#: (59.0 vs 55.3), all within wide ranges. A call of 2 x streams windows keeps every
+#: stream busy.
 STREAM_BATCH_SIZE = 2
 #: Larger batches keep an accelerator busy; memory is plentiful there.
 ACCELERATOR_BATCH_SIZE = 32
