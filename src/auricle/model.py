@@ -100,18 +100,10 @@ class AudioModel:
         With several engine streams each takes calls of ``batch_size // streams``
         windows on its own (no stream waits for another between calls).
         """
-        calls = _Calls(self, batch_size or self.batch_size)
+        calls = _Calls(self, batch_size)
         results: list[np.ndarray | None] = [None] * len(windows)
-        by_length: dict[int, list[int]] = {}
-        for position, samples in enumerate(windows):
-            by_length.setdefault(len(samples), []).append(position)
-        chunks = [positions[first : first + calls.part]
-                  for positions in by_length.values() for first in range(0, len(positions), calls.part)]
-        for index, chunk in enumerate(chunks):
-            for p, row in calls.submit(chunk, [windows[p] for p in chunk], last=index == len(chunks) - 1):
-                results[p] = row
-        for p, row in calls.collect(keep=0):
-            results[p] = row
+        for position, row in calls.add(list(range(len(windows))), windows, last=True) + calls.collect(keep=0):
+            results[position] = row
         return results  # type: ignore[return-value]
 
     # -- tagging ---------------------------------------------------------------
@@ -195,7 +187,6 @@ class AudioModel:
         A file that fails yields a :class:`Failure` and the rest go on. Results
         equal tagging each file alone (windows never share a frontend).
         """
-        batch_size = batch_size or self.batch_size
         space = ClassSpace.build(self.labels, options.classes, options.profile)
         window_config = options.window
         states: dict[int, _FileState] = {}
@@ -209,14 +200,8 @@ class AudioModel:
                     states[item].rows[position] = row
 
         def flush(last: bool = False) -> None:
-            by_length: dict[int, list[tuple[int, int, np.ndarray]]] = {}
-            for entry in queue:
-                by_length.setdefault(len(entry[2]), []).append(entry)
-            for group in by_length.values():
-                for first in range(0, len(group), calls.part):
-                    chunk = group[first : first + calls.part]
-                    store(calls.submit([(item, position) for item, position, _ in chunk],
-                                       [samples for _, _, samples in chunk], last=last))
+            store(calls.add([(item, position) for item, position, _ in queue],
+                            [samples for _, _, samples in queue], last=last))
             queue.clear()
 
         def finished() -> Iterator[ClipTags | Failure]:
@@ -328,9 +313,9 @@ class _Calls:
     call runs at once, as a plain loop would.
     """
 
-    def __init__(self, model: AudioModel, batch_size: int) -> None:
+    def __init__(self, model: AudioModel, batch_size: int | None = None) -> None:
         self._model = model
-        self.part = max(1, batch_size // model.engine.streams)
+        self.part = max(1, (batch_size or model.batch_size) // model.engine.streams)
         self._keep = 2 * model.engine.streams
         self._in_flight: deque[tuple[list, Future]] = deque()
 
@@ -347,6 +332,23 @@ class _Calls:
                 return list(zip(owners, self._model.engine.probabilities(batch).cpu().numpy()))
         self._in_flight.append((owners, self._model.engine.submit(batch)))
         return self.collect()
+
+    def add(self, owners: list, windows: Sequence[np.ndarray], last: bool = False) -> list[tuple[object, np.ndarray]]:
+        """Calls on windows of any lengths, equal lengths batched together, ``part`` per call.
+
+        Returns the (owner, row) pairs of calls that finished; ``last`` marks the final call
+        as :meth:`submit`'s ``last``.
+        """
+        by_length: dict[int, list[int]] = {}
+        for index, samples in enumerate(windows):
+            by_length.setdefault(len(samples), []).append(index)
+        chunks = [indices[first : first + self.part]
+                  for indices in by_length.values() for first in range(0, len(indices), self.part)]
+        rows = []
+        for number, chunk in enumerate(chunks):
+            rows += self.submit([owners[i] for i in chunk], [windows[i] for i in chunk],
+                                last=last and number == len(chunks) - 1)
+        return rows
 
     def ready(self) -> bool:
         return bool(self._in_flight) and self._in_flight[0][1].done()

@@ -67,7 +67,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
     used: set[str] = set()
     failures = 0
     bar = tqdm(total=len(files), unit="file", disable=len(files) < 2 or None, file=sys.stderr)
-    for result in model.iter_embed(files, batch_size=batch_size or model.batch_size):
+    for result in model.iter_embed(files, batch_size=batch_size):
         bar.update(1)
         if hasattr(result, "error"):
             failures += 1

@@ -64,7 +64,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
                file=sys.stderr)
     failures = 0
     try:
-        for result in model.iter_tag(todo, options, batch_size=batch_size or model.batch_size):
+        for result in model.iter_tag(todo, options, batch_size=batch_size):
             if hasattr(result, "error"):
                 failures += 1
                 bar.write(f"auricle: error: {result.error}", file=sys.stderr)

@@ -126,9 +126,9 @@ class Engine:
     def __init__(self, network: CED, config: EngineConfig, threads: int) -> None:
         self.network = network
         self.config = config
-        on_cpu = next(network.parameters()).device.type == "cpu"
+        self.device_type = next(network.parameters()).device.type
         self.threads = threads
-        self.streams = min(config.streams or default_streams(threads), threads) if on_cpu else 1
+        self.streams = min(config.streams or default_streams(threads), threads) if self.device_type == "cpu" else 1
         self._pool = (StreamPool(self.streams, max(1, threads // self.streams), self._stream_setup)
                       if self.streams > 1 else None)
 
@@ -138,8 +138,7 @@ class Engine:
     @property
     def batch_size(self) -> int:
         """Windows per call that keep every stream busy (what the CLI's --batch-size defaults to)."""
-        device = next(self.network.parameters()).device
-        return default_batch_size(device.type, self.streams)
+        return default_batch_size(self.device_type, self.streams)
 
     def forward_features(self, pieces: torch.Tensor) -> torch.Tensor:
         """Normalised mel pieces (n, 1, n_mels, frames) -> float32 tokens (n, patches, dim)."""
@@ -208,7 +207,6 @@ class TorchEngine(Engine):
             torch.set_num_threads(config.threads)
         super().__init__(network, config, torch.get_num_threads())
         device = next(network.parameters()).device
-        self._device_type = device.type
         self._encoder: nn.Module = network
         self._fused: FusedEncoder | None = None
         if config.precision == "int8" and device.type != "cpu":
@@ -230,7 +228,7 @@ class TorchEngine(Engine):
         if self._fused is not None and next(self.network.parameters()).device.type == "cpu":
             return self._fused.forward_features(pieces)
         if self.config.precision == "bf16":
-            with torch.autocast(device_type=self._device_type, dtype=torch.bfloat16):
+            with torch.autocast(device_type=self.device_type, dtype=torch.bfloat16):
                 return self._encoder.forward_features(pieces).float()
         return self._encoder.forward_features(pieces)
 
