@@ -230,3 +230,31 @@ def test_cli_precision_auto_tags_with_this_cpus_choice(tiny_checkpoint, referenc
     assert result.exit_code == 0, result.output
     assert loaded == ["bf16"]
     assert json.loads(result.stdout)[0]["tags"]
+
+
+def test_bf16_without_cpu_kernels_runs_emulated_and_says_so(tiny_checkpoint, reference_dir, waveforms,
+                                                             fp32_probabilities, monkeypatch):
+    # AVX2-only CPUs (e.g. AMD Zen 3): oneDNN refuses to pack bf16 weights. bf16 must still run
+    # (through autocast), with a one-line warning that it is slow, instead of a RuntimeError.
+    import warnings
+
+    from auricle.inference import fused
+    from auricle.inference.engines import EngineWarning
+
+    monkeypatch.setattr(fused, "bf16_kernels", lambda: False)
+    assert not fused.fused_supported("cpu", "bf16") and fused.fused_supported("cpu", "fp32")
+    with pytest.warns(EngineWarning, match="runs emulated"):
+        model = auricle.load_model(checkpoint=tiny_checkpoint, precision="bf16")
+    got = model.probabilities(waveforms["c_chirp_10s"]).numpy()
+    error = np.abs(got - fp32_probabilities["c_chirp_10s"]).max()
+    assert 0 < error <= ENGINES["torch", "bf16"]  # really bf16, and close
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EngineWarning)  # the precisions that have kernels stay quiet
+        auricle.load_model(checkpoint=tiny_checkpoint, precision="int8")
+
+    result = CliRunner().invoke(cli, ["tag", str(reference_dir / "inputs" / "c_chirp_10s.wav"), "--checkpoint",
+                                      str(tiny_checkpoint), "--precision", "bf16", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["tags"]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("auricle: warning: bf16 has no fast kernels on this CPU")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -169,6 +170,26 @@ def test_export_int8_keeps_top5_agreement(runtime, small_checkpoint, waveforms, 
         overlaps.extend(top_k_overlap(expected, probabilities, 5))
     assert 0 < worst < 0.05  # int8 really ran, and stayed close
     assert np.mean(overlaps) >= 0.95
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "portable"])
+def test_export_int8_weights_are_per_channel_and_seven_bit(runtime, small_checkpoint, tmp_path):
+    # 8-bit weights saturate ONNX Runtime's u8s8 products on CPUs without VNNI (AVX2),
+    # so the file must carry 7-bit weights with one scale per output channel wherever it was made.
+    from onnx import numpy_helper
+
+    out = tmp_path / f"small-{runtime}-int8.onnx"
+    export_onnx(auricle.load_model(checkpoint=small_checkpoint), out, int8=True, runtime=runtime)
+    proto = onnx.load_model(out)
+    initializers = {item.name: numpy_helper.to_array(item) for item in proto.graph.initializer}
+    # (weight, weight zero point) inputs of every quantised product
+    positions = {"MatMulInteger": (1, 3), "QAttention": (1, 7)}
+    quantised = [(initializers[node.input[w]], initializers[node.input[z]]) for node in proto.graph.node
+                 if node.op_type in positions for w, z in [positions[node.op_type]]]
+    assert len(quantised) == (8 if runtime == "onnxruntime" else 9)
+    for weight, zero_point in quantised:
+        assert weight.dtype == np.int8 and np.abs(weight.astype(np.int32)).max() <= 64
+        assert zero_point.shape == (weight.shape[1],)  # one scale and zero point per output channel
 
 
 def test_export_onnxruntime_mel_input(small_checkpoint, waveforms, tmp_path):

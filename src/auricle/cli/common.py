@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 
 import click
@@ -85,6 +86,7 @@ def _remember(ctx: click.Context, param: click.Parameter, value):
 
 def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, threads: int | None,
                        engine: str | None = None, precision: str | None = None):
+    from auricle.inference.engines import EngineWarning
     from auricle.inference.tuning import default_threads
     from auricle.model import load_model
 
@@ -98,7 +100,15 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
         fail(f"--streams {streams} needs at least as many --threads (got {threads})")
     torch.set_num_threads(threads)
     try:
-        return load_model(model_name, checkpoint=checkpoint, device=device, engine=engine, precision=precision,
-                          threads=threads, streams=streams)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EngineWarning)
+            model = load_model(model_name, checkpoint=checkpoint, device=device, engine=engine,
+                               precision=precision, threads=threads, streams=streams)
     except AuricleError as error:
         fail(str(error))
+    for warning in caught:
+        if issubclass(warning.category, EngineWarning):
+            click.echo(f"auricle: warning: {warning.message}", err=True)
+        else:  # not ours to format: hand it back unchanged
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return model

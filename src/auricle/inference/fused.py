@@ -29,6 +29,7 @@ fine-tuned is never scored with stale weights.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,21 @@ def fused_supported(device: torch.device | str = "cpu", precision: str = "fp32")
         torch.ops.mkldnn._reorder_linear_weight  # noqa: B018
         if precision == "int8":
             return "fbgemm" in torch.backends.quantized.supported_engines
+    except (AttributeError, RuntimeError):
+        return False
+    return precision != "bf16" or bf16_kernels()
+
+
+@functools.cache
+def bf16_kernels() -> bool:
+    """True where oneDNN has bfloat16 linear kernels: CPUs with AVX-512 (bw, vl, dq) or AVX-NE-CONVERT.
+
+    Elsewhere (e.g. AVX2-only CPUs such as AMD Zen 3) it refuses to pack bf16
+    weights, so the fused bf16 encoder cannot run. Probed, not read off the CPU
+    flags, because the requirement is oneDNN's and may change with it.
+    """
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), 16)
     except (AttributeError, RuntimeError):
         return False
     return True
