@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from auricle.inference.engines import ENGINES, PRECISIONS, EngineConfig, EngineError
+from auricle.inference.fused import FusedEncoder, fp32_products
 from auricle.inference.tuning import cpu_features, default_batch_size, default_streams
 from auricle.labels import audioset_labels
 from auricle.model import AudioModel
@@ -104,6 +105,19 @@ class ModulePath:
             ced.Attention.forward = original
 
 
+def cpu_model() -> str:
+    """The CPU's model name and family/model numbers (e.g. 'AMD EPYC, family 25 model 1'), as far as known."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or platform.machine()
+    return f"{fields.get('model name', platform.machine())}, family {fields.get('cpu family', '?')} " \
+           f"model {fields.get('model', '?')}"
+
+
 def one_round(model, waveforms: torch.Tensor, seconds: float) -> float:
     """Clips/s of back-to-back calls on ``waveforms`` for about ``seconds`` (at least one call)."""
     calls, start = 0, time.perf_counter()
@@ -146,6 +160,9 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
     parser.add_argument("--streams", nargs="+", type=int, default=[None],
                         help="stream counts to compare [default: the engines' default, one per thread]")
+    parser.add_argument("--products", nargs="+", choices=["onednn", "blas"], default=[None],
+                        help="torch fp32 only: run the fused encoder's products this way (rows 'auricle[blas]' "
+                             "...); default: what this CPU picks (auricle.inference.fused.fp32_products)")
     parser.add_argument("--quick", action="store_true",
                         help="ced-mini only, no baseline, 3 rounds: for trying an idea, not for the table")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -156,14 +173,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.batch_size = args.batch_size or default_batch_size("cpu", default_streams(args.threads))
     flops = json.loads(FLOPS_FILE.read_text()) if FLOPS_FILE.exists() else {}
-    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-          f"{cpu_features().to_dict()}; {args.rounds} interleaved rounds, ~{args.seconds} s per figure per round\n")
+    print(f"torch {torch.__version__}, {args.threads} threads, {cpu_model()}, {cpu_features().to_dict()}, "
+          f"{torch.backends.cpu.get_cpu_capability()} (fp32 products: {fp32_products()}); "
+          f"{args.rounds} interleaved rounds, ~{args.seconds} s per figure per round\n")
     header = (f"{'model':<10} {'engine':<18} {'GFLOP/clip':>10} {'batch 1':>9} {f'batch {args.batch_size}':>9} "
               f"{'(min-max)':>13} {'% peak':>7}")
     print(header)
     print("-" * len(header))
     rows = []
-    # (row label, engine config or None for the bare module, attention override); "auricle" is torch fp32.
+    # (row label, engine config or None for the bare module, fp32 products or the module's attention
+    # override); "auricle" is torch fp32.
     variants = []
     for engine in args.engine:
         for precision in args.precision:
@@ -172,9 +191,11 @@ def main() -> None:
                     config = EngineConfig(engine, precision, args.threads, streams)
                 except EngineError:  # e.g. onnx bf16: not a combination that exists
                     continue
-                label = "auricle" if config.label == "torch-fp32" else config.label
-                label += f" s{streams}" if streams is not None else ""
-                variants.append((label, config, None))
+                for products in args.products if config.label == "torch-fp32" else [None]:
+                    label = "auricle" if config.label == "torch-fp32" else config.label
+                    label += f"[{products}]" if products is not None else ""
+                    label += f" s{streams}" if streams is not None else ""
+                    variants.append((label, config, products))
     if not args.no_baseline:
         variants.append(("module", None, None))
         variants.append(("official-attention", None, official_attention))
@@ -185,11 +206,15 @@ def main() -> None:
         size = info.name.split("-")[1]
         gflop = flops.get(size, {}).get("flop_counter_total_GFLOP") or analytic_gflops(info.config)
         models = {}
-        for label, config, attention in variants:
+        for label, config, option in variants:
             torch.manual_seed(0)  # same weights each run: the onnx engine's cached graph is reused
             network = CED(info.config)
-            models[label] = (AudioModel(network, info.name, audioset_labels(), engine=config) if config is not None
-                             else ModulePath(network, attention))
+            if config is None:
+                models[label] = ModulePath(network, option)
+                continue
+            models[label] = AudioModel(network, info.name, audioset_labels(), engine=config)
+            if option is not None:  # a benchmark-only swap: users get what fp32_products() picks
+                models[label].engine._fused = FusedEncoder(network, "fp32", option)
         model_peaks: list[float] = []
         single = interleaved(models, 1, args.rounds, args.seconds / 2, model_peaks)
         batched = interleaved(models, args.batch_size, args.rounds, args.seconds, model_peaks)
@@ -211,7 +236,8 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(
             date=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__, threads=args.threads,
-            machine=platform.machine(), cpu=cpu_features().to_dict(), rounds=args.rounds,
+            machine=platform.machine(), cpu_model=cpu_model(), cpu=cpu_features().to_dict(),
+            cpu_capability=torch.backends.cpu.get_cpu_capability(), fp32_products=fp32_products(), rounds=args.rounds,
             seconds_per_figure=args.seconds, matmul_peaks_gflops=peaks, load_average=os.getloadavg(),
             results=rows), indent=2))
 

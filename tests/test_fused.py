@@ -12,23 +12,30 @@ from encoder_support import normalised_pieces, perturbed_network
 pytestmark = pytest.mark.skipif(not fused_supported(), reason="this torch build has no oneDNN fused linear kernels")
 
 
+# Both ways of running the fp32 products are checked on every machine, whichever this CPU gets by default.
+PRODUCTS = ["onednn", "blas"]
+
+
+@pytest.mark.parametrize("products", PRODUCTS)
 @pytest.mark.parametrize("samples,batch", [(160000, 3), (16000, 1), (3000, 2), (400000, 2)])
-def test_tokens_match_the_module(samples, batch):
+def test_tokens_match_the_module(samples, batch, products):
     network = perturbed_network()
     pieces = normalised_pieces(network, samples, batch)
     with torch.inference_mode():
         expected = network.forward_features(pieces)
-    got = FusedEncoder(network).forward_features(pieces)
+    got = FusedEncoder(network, products=products).forward_features(pieces)
     assert got.shape == expected.shape and got.dtype == torch.float32
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_without_qkv_bias():
+@pytest.mark.parametrize("products", PRODUCTS)
+def test_without_qkv_bias(products):
     network = perturbed_network(qkv_bias=False)
     pieces = normalised_pieces(network, 48000, 2)
     with torch.inference_mode():
         expected = network.forward_features(pieces)
-    torch.testing.assert_close(FusedEncoder(network).forward_features(pieces), expected, atol=1e-5, rtol=1e-5)
+    got = FusedEncoder(network, products=products).forward_features(pieces)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
@@ -46,10 +53,10 @@ def test_lower_precisions_stay_close_and_return_float32(precision, samples, batc
     assert (got - expected).abs().max() > 1e-4  # and it really ran at lower precision
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_weights_changed_in_place_are_repacked(precision):
+@pytest.mark.parametrize(("precision", "products"), [("fp32", "onednn"), ("fp32", "blas"), ("int8", None)])
+def test_weights_changed_in_place_are_repacked(precision, products):
     network = perturbed_network()
-    fused = FusedEncoder(network, precision)
+    fused = FusedEncoder(network, precision, products)
     tolerance = 1e-5 if precision == "fp32" else 0.15
     pieces = normalised_pieces(network, 32000, 1)
     before = fused.forward_features(pieces)
@@ -79,6 +86,18 @@ def test_fp32_engine_uses_the_fused_encoder_and_matches_the_module(tiny_checkpoi
 def test_rejects_other_precisions():
     with pytest.raises(ValueError, match="fp32, bf16, int8"):
         FusedEncoder(perturbed_network(), "fp16")
+    with pytest.raises(ValueError, match="'onednn' or 'blas'"):
+        FusedEncoder(perturbed_network(), "fp32", "mkl")
+
+
+def test_fp32_products_follow_the_cpus_vector_width(monkeypatch):
+    from auricle.inference import fused
+
+    for capability, products in [("AVX512", "onednn"), ("AVX2", "blas"), ("DEFAULT", "blas")]:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda capability=capability: capability)
+        assert fused.fp32_products() == products
+        assert FusedEncoder(perturbed_network()).products == products
+        assert FusedEncoder(perturbed_network(), "int8").products == "fbgemm"  # only fp32 has the choice
 
 
 def test_int8_scores_depend_on_batch_mates_only_within_int8_error():

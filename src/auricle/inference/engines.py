@@ -10,7 +10,8 @@ embedding, transformer blocks, final norm: ~99% of the FLOPs) changes hands:
 engine    precision  encoder
 ========  =========  ====================================================
 torch     fp32       on CPUs with oneDNN: :class:`~auricle.inference.fused.FusedEncoder`
-                     (prepacked weights, fused GELU/residual epilogues; same float32
+                     (AVX-512: prepacked oneDNN weights, fused GELU/residual epilogues;
+                     AVX2: BLAS products accumulating the residual; same float32
                      math, ~1e-7 from ``CED.forward`` in probabilities); elsewhere
                      the network as is
 torch     bf16       the fused encoder with bfloat16 products and attention, float32
