@@ -179,6 +179,8 @@ def test_cpu_features_from_flags(tmp_path):
     assert features.cores >= 1
     assert fastest_precision(features) == "int8"
     cpuinfo.write_text("processor : 0\nflags : fpu avx2\n")
+    assert cpu_features(cpuinfo).avx2 and fastest_precision(cpu_features(cpuinfo)) == "int8"
+    cpuinfo.write_text("processor : 0\nflags : fpu sse4_2\n")
     assert fastest_precision(cpu_features(cpuinfo)) == "fp32"
     assert default_batch_size("cpu") == 4 and default_batch_size("cuda:0") > 4
 
@@ -208,6 +210,9 @@ def test_precision_auto_resolves_per_cpu_and_engine(tmp_path):
     assert resolve_precision("torch", "auto", features=bf16_only) == "bf16"
     assert resolve_precision("onnx", "auto", features=bf16_only) == "fp32"  # ONNX Runtime has no bf16 path here
     assert resolve_precision("torch", "auto", features=plain) == "fp32"
+    avx2 = CpuFeatures(2, False, False, avx2=True)
+    assert resolve_precision("torch", "auto", features=avx2) == resolve_precision("onnx", "auto", features=avx2) \
+        == "int8"
     assert resolve_precision("torch", "auto", device="cuda:0", features=vnni) == "fp32"
     assert resolve_precision("torch", "bf16", features=plain) == "bf16"  # explicit choices are kept
 

@@ -29,7 +29,8 @@ def model_options(command: Callable) -> Callable:
     """
     command = click.option("--precision", type=click.Choice(["fp32", "bf16", "int8", "auto"]), default="fp32",
                            show_default=True, expose_value=False, callback=_remember,
-                           help="Encoder arithmetic: bf16 is fast on CPUs with avx512_bf16/AMX, int8 with VNNI; "
+                           help="Encoder arithmetic: bf16 is fast on CPUs with avx512_bf16/AMX, int8 with VNNI (and faster "
+                                "than fp32 with AVX2); "
                                 "auto picks the fastest this CPU supports (results shift slightly, see docs/deploy.md).")(command)
     command = click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
                            expose_value=False, callback=_remember,

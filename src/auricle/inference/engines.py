@@ -111,7 +111,7 @@ def resolve_precision(engine: str, precision: str, device: str | torch.device = 
     """``"auto"`` -> the precision expected to run fastest for ``engine`` here; other values unchanged.
 
     On the CPU: int8 with VNNI, else bf16 with native bfloat16 (torch only), else
-    fp32 (see :func:`~auricle.inference.tuning.fastest_precision`). Off the CPU: fp32.
+    int8 with AVX2, else fp32 (see :func:`~auricle.inference.tuning.fastest_precision`). Off the CPU: fp32.
     """
     if precision != "auto":
         return precision
