@@ -106,6 +106,17 @@ def native_bf16() -> bool:
         return False
 
 
+def _gelu_in_place(x: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU written over ``x``, a product this encoder just made and owns.
+
+    Saves one (rows, 4 dim) allocation per block, whose first touch costs page
+    faults. Small but consistent for fp32 on the Zen 3 VM (ced-mini, 2 streams,
+    three interleaved comparisons of 8 rounds: fp32 +4%, +4%, +4.5%; int8 +11%,
+    -2%, +3%); no gain measured on the Zen 4 VM, same results bit for bit.
+    """
+    return torch.ops.aten.gelu_(x)
+
+
 @dataclass(frozen=True)
 class _PackedBlock:
     qkv: Any
@@ -169,11 +180,11 @@ class FusedEncoder:
     def _linear(self, x: torch.Tensor, packed, activation: str = "none") -> torch.Tensor:
         if self.precision == "int8":
             out = torch.ops.quantized.linear_dynamic(x, packed, reduce_range=True)
-            return F.gelu(out) if activation == "gelu" else out
+            return _gelu_in_place(out) if activation == "gelu" else out
         weight, bias = packed
         if self.products == "blas":
             out = torch.addmm(bias, x, weight) if bias is not None else torch.mm(x, weight)
-            return F.gelu(out) if activation == "gelu" else out
+            return _gelu_in_place(out) if activation == "gelu" else out
         if activation == "gelu":
             return torch.ops.mkldnn._linear_pointwise(x.to(self._dtype), weight, bias, "gelu", [None], "none")
         return torch.ops.mkldnn._linear_pointwise(x.to(self._dtype), weight, bias, "none", [], "")
