@@ -24,7 +24,8 @@ x86 CPUs. Per precision:
     The same oneDNN linears on bfloat16 weights, and attention as two bfloat16
     batched products around a softmax (oneDNN's bf16 kernels; PyTorch's fused
     attention kernel is slower in bf16 on CPUs without AMX). The residual stream,
-    LayerNorms and output stay float32, as under autocast.
+    LayerNorms and output stay float32, as under autocast. Needs AVX-512 or
+    AVX-NE-CONVERT (:func:`bf16_kernels`); elsewhere the engine uses autocast.
 ``int8``
     The Linear layers as FBGEMM dynamic int8 products (weights int8 per tensor,
     symmetric, exactly what ``torch.ao.quantization.quantize_dynamic`` makes;
