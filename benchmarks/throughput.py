@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from auricle.inference.engines import ENGINES, PRECISIONS, EngineConfig, EngineError
 from auricle.inference.fused import FusedEncoder, fp32_products
-from auricle.inference.tuning import cpu_features, default_batch_size, default_streams
+from auricle.inference.tuning import cpu_features, cpu_model, default_batch_size, default_streams
 from auricle.labels import audioset_labels
 from auricle.model import AudioModel
 from auricle.models import ced
@@ -103,19 +103,6 @@ class ModulePath:
             return self.network(waveforms)
         finally:
             ced.Attention.forward = original
-
-
-def cpu_model() -> str:
-    """The CPU's model name and family/model numbers (e.g. 'AMD EPYC, family 25 model 1'), as far as known."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
-    return f"{fields.get('model name', platform.machine())}, family {fields.get('cpu family', '?')} " \
-           f"model {fields.get('model', '?')}"
 
 
 def one_round(model, waveforms: torch.Tensor, seconds: float) -> float:

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "embed": "auricle.cli.embed:embed_command",
     "models": "auricle.cli.info:models_command",
     "labels": "auricle.cli.info:labels_command",
+    "system": "auricle.cli.info:system_command",
     "distill": "auricle.cli.distill:distill_command",
     "export": "auricle.cli.export:export_command",
     "evaluate": "auricle.cli.evaluate:evaluate_command",

@@ -1,4 +1,4 @@
-"""``auricle models`` and ``auricle labels``: what is available."""
+"""``auricle models``, ``auricle labels`` and ``auricle system``: what is available."""
 
 from __future__ import annotations
 
@@ -62,3 +62,36 @@ def labels_command(query: tuple[str, ...], profile: str | None, as_json: bool) -
         click.echo(f"{i:>4}  {labels[i].mid:<12} {labels[i].name}")
     if not query:
         click.echo(f"({len(indices)} classes; bundled profiles: {', '.join(available_profiles())})", err=True)
+
+
+@click.command("system")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def system_command(as_json: bool) -> None:
+    """Show this machine's CPU and how each engine and precision would run on it.
+
+    Also the defaults auricle picks here: threads, streams, batch size and what
+    --precision auto chooses. Include it in bug reports about speed.
+    """
+    from auricle.inference.system import system_report
+
+    report = system_report()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    flags = ", ".join(f"{name}: {'yes' if present else 'no'}" for name, present in
+                      [("AVX2", report.avx2), ("VNNI", report.vnni), ("native bf16", report.native_bf16)])
+    rows = [
+        ("cpu", f"{report.cpu} ({report.cores} usable cores)"),
+        ("vector isa", f"{report.vector_isa} ({flags})"),
+        ("torch", report.torch),
+        ("onnxruntime", report.onnxruntime or "not installed (pip install 'auricle[onnx]')"),
+        ("defaults", f"{report.threads} threads, {report.streams} streams, batch {report.batch_size}"),
+        ("--precision auto", ", ".join(f"{engine}: {precision}" for engine, precision in report.auto_precision.items())),
+        ("engine cache", report.cache_dir),
+    ]
+    for key, value in rows:
+        click.echo(f"{key:<17} {value}")
+    click.echo("")
+    click.echo(f"{'engine':<11} {'runs as':<58} note")
+    for route in report.routes:
+        click.echo(f"{route.label:<11} {route.route if route.available else 'unavailable':<58} {route.note}".rstrip())

@@ -1,0 +1,124 @@
+"""What this machine offers for inference, and how each engine and precision would run on it.
+
+``auricle system`` prints it. The defaults auricle picks (threads, streams, batch
+size, ``--precision auto``, the fp32 product path) depend on the CPU; this says
+which were picked and why, so a slow or surprising run can be explained, and
+bug reports can carry it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from importlib import metadata
+
+import torch
+
+from auricle.inference.engines import engine_cache_dir, resolve_precision
+from auricle.inference.fused import bf16_kernels, fp32_products, fused_supported, native_bf16
+from auricle.inference.tuning import (
+    cpu_features,
+    cpu_model,
+    default_batch_size,
+    default_streams,
+    default_threads,
+)
+
+
+@dataclass(frozen=True)
+class EngineRoute:
+    """How one engine/precision pair runs the encoder here."""
+
+    engine: str
+    precision: str
+    available: bool
+    route: str  # what runs it, in a few words
+    note: str = ""  # why it is slow or unavailable, where it is
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine}-{self.precision}"
+
+
+@dataclass(frozen=True)
+class SystemReport:
+    cpu: str
+    cores: int
+    vector_isa: str  # ATen's CPU capability: DEFAULT, AVX2, AVX512, ...
+    avx2: bool
+    vnni: bool
+    native_bf16: bool
+    torch: str
+    onnxruntime: str | None
+    threads: int
+    streams: int
+    batch_size: int
+    auto_precision: dict[str, str]  # engine -> what --precision auto picks
+    routes: list[EngineRoute]
+    cache_dir: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _torch_routes(features) -> list[EngineRoute]:
+    routes = []
+    if fused_supported("cpu", "fp32"):
+        products = fp32_products()
+        how = "oneDNN, prepacked weights" if products == "onednn" else "BLAS products (no AVX-512)"
+        routes.append(EngineRoute("torch", "fp32", True, f"fused encoder, {how}"))
+    else:
+        routes.append(EngineRoute("torch", "fp32", True, "the CED module (no oneDNN in this torch build)"))
+    if fused_supported("cpu", "bf16"):
+        slow = "" if native_bf16() else "no native bf16 (avx512_bf16/AMX): converted products, may not beat fp32"
+        routes.append(EngineRoute("torch", "bf16", True, "fused encoder, oneDNN bf16", slow))
+    else:
+        why = "no oneDNN bf16 kernels on this CPU" if not bf16_kernels() else "no oneDNN in this build"
+        routes.append(EngineRoute("torch", "bf16", True, "torch.autocast, emulated",
+                                  f"{why}: several times slower than fp32"))
+    if fused_supported("cpu", "int8"):
+        slow = "" if features.vnni else "no VNNI: slower than with it, still faster than fp32 on AVX2"
+        routes.append(EngineRoute("torch", "int8", True, "fused encoder, FBGEMM dynamic int8", slow))
+    else:
+        routes.append(EngineRoute("torch", "int8", True, "quantize_dynamic Linear layers (no FBGEMM)"))
+    return routes
+
+
+def _onnx_routes(version: str | None) -> list[EngineRoute]:
+    if version is None:
+        missing = "needs onnxruntime: pip install 'auricle[onnx]'"
+        return [EngineRoute("onnx", precision, False, "-", missing) for precision in ("fp32", "int8")]
+    return [
+        EngineRoute("onnx", "fp32", True, f"ONNX Runtime {version}, fused Attention/BiasGelu graph"),
+        EngineRoute("onnx", "int8", True, f"ONNX Runtime {version}, QAttention, 7-bit per-channel weights"),
+    ]
+
+
+def system_report() -> SystemReport:
+    """Probe this machine (CPU flags, torch and ONNX Runtime builds); nothing is loaded or run."""
+    features = cpu_features()
+    threads = default_threads()
+    streams = default_streams(threads)
+    onnxruntime = _version("onnxruntime")
+    return SystemReport(
+        cpu=cpu_model(),
+        cores=features.cores,
+        vector_isa=torch.backends.cpu.get_cpu_capability(),
+        avx2=features.avx2,
+        vnni=features.vnni,
+        native_bf16=features.bf16,
+        torch=torch.__version__,
+        onnxruntime=onnxruntime,
+        threads=threads,
+        streams=streams,
+        batch_size=default_batch_size("cpu", streams),
+        auto_precision={engine: resolve_precision(engine, "auto", "cpu", features) for engine in ("torch", "onnx")},
+        routes=_torch_routes(features) + _onnx_routes(onnxruntime),
+        cache_dir=str(engine_cache_dir()),
+    )

@@ -1,0 +1,74 @@
+"""`auricle system`: the machine's CPU, the defaults picked from it, and how each engine would run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from auricle.cli import cli
+from auricle.inference import fused, system
+from auricle.inference.engines import resolve_precision
+from auricle.inference.tuning import cpu_model, default_threads
+
+PAIRS = ["torch-fp32", "torch-bf16", "torch-int8", "onnx-fp32", "onnx-int8"]
+
+
+def run(*args: str):
+    result = CliRunner().invoke(cli, ["system", *args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def routes(report: dict) -> dict[str, dict]:
+    return {f"{route['engine']}-{route['precision']}": route for route in report["routes"]}
+
+
+def test_json_report_matches_what_auricle_picks_here():
+    report = json.loads(run("--json"))
+    assert list(routes(report)) == PAIRS
+    assert report["threads"] == default_threads() and report["streams"] >= 1 and report["batch_size"] >= 1
+    assert report["auto_precision"] == {"torch": resolve_precision("torch", "auto"),
+                                        "onnx": resolve_precision("onnx", "auto")}
+    assert report["vector_isa"] == torch.backends.cpu.get_cpu_capability()
+    assert report["torch"] == torch.__version__
+
+
+def test_table_has_one_line_per_engine_and_precision():
+    lines = run().splitlines()
+    assert lines[0].startswith("cpu") and any(line.startswith("--precision auto") for line in lines)
+    assert [line.split()[0] for line in lines if line.split() and line.split()[0] in PAIRS] == PAIRS
+
+
+def test_routes_follow_the_cpu(monkeypatch):
+    if not fused.fused_supported("cpu", "fp32"):
+        pytest.skip("this torch build has no oneDNN fused kernels")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert "oneDNN" in routes(json.loads(run("--json")))["torch-fp32"]["route"]
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(fused, "bf16_kernels", lambda: False)
+    report = routes(json.loads(run("--json")))
+    assert "BLAS" in report["torch-fp32"]["route"]
+    assert "emulated" in report["torch-bf16"]["route"] and "slower than fp32" in report["torch-bf16"]["note"]
+
+
+def test_missing_onnxruntime_is_reported_with_the_install_hint(monkeypatch):
+    monkeypatch.setattr(system, "_version", lambda package: None)
+    report = json.loads(run("--json"))
+    assert report["onnxruntime"] is None
+    for pair in ("onnx-fp32", "onnx-int8"):
+        assert not routes(report)[pair]["available"] and "auricle[onnx]" in routes(report)[pair]["note"]
+    table = run()
+    assert "onnx-int8   unavailable" in table and "pip install 'auricle[onnx]'" in table
+
+
+def test_cpu_model_names_the_generation(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+                       "model name\t: AMD EPYC\nflags\t\t: fpu avx2\n\nprocessor\t: 1\nmodel name\t: other\n")
+    assert cpu_model(cpuinfo) == "AMD EPYC, family 25 model 1"
+    cpuinfo.write_text("processor\t: 0\nModel name\t: Neoverse-N1\n")  # no family numbers (e.g. ARM)
+    assert cpu_model(cpuinfo) == "Neoverse-N1"
+    assert cpu_model(tmp_path / "missing")  # not Linux: still names something
