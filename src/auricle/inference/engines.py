@@ -206,6 +206,18 @@ class Engine:
                                         [batch[start:end] for start, end in parts]))
 
 
+def torch_encoder_path(device: torch.device | str, precision: str) -> str:
+    """What the torch engine runs the encoder with on ``device`` at ``precision``.
+
+    ``"fused"`` (:class:`~auricle.inference.fused.FusedEncoder`), ``"autocast"``
+    (bf16 without fused kernels), ``"quantized"`` (int8 through
+    ``quantize_dynamic``) or ``"module"`` (fp32: the network itself).
+    """
+    if fused_supported(device, precision):
+        return "fused"
+    return {"bf16": "autocast", "int8": "quantized"}.get(precision, "module")
+
+
 class TorchEngine(Engine):
     def __init__(self, network: CED, config: EngineConfig) -> None:
         if config.threads is not None:
@@ -216,14 +228,15 @@ class TorchEngine(Engine):
         self._fused: FusedEncoder | None = None
         if config.precision == "int8" and device.type != "cpu":
             raise EngineError(f"int8 runs on the CPU only, not on {device}")
-        if fused_supported(device, config.precision):
+        path = torch_encoder_path(device, config.precision)
+        if path == "fused":
             self._fused = FusedEncoder(network, config.precision)
-        elif config.precision == "bf16" and device.type == "cpu":
+        elif path == "autocast" and device.type == "cpu":
             # Measured on an AVX2-only AMD Zen 3: ced-mini 2.9 clips/s under autocast vs 19.7 in fp32.
             warnings.warn("bf16 has no fast kernels on this CPU (oneDNN needs AVX-512 or AVX-NE-CONVERT), so it "
                           "runs emulated, several times slower than fp32; --precision auto picks the fastest here",
                           EngineWarning, stacklevel=2)
-        elif config.precision == "int8":
+        elif path == "quantized":
             # Only the blocks' Linear layers (~97% of the FLOPs); the patch
             # embedding and norms stay fp32, which keeps agreement high.
             encoder = copy.deepcopy(network)

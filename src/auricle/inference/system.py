@@ -13,8 +13,8 @@ from importlib import metadata
 
 import torch
 
-from auricle.inference.engines import engine_cache_dir, resolve_precision
-from auricle.inference.fused import bf16_kernels, fp32_products, fused_supported, native_bf16
+from auricle.inference.engines import engine_cache_dir, resolve_precision, torch_encoder_path
+from auricle.inference.fused import fp32_products, fused_supported, native_bf16
 from auricle.inference.tuning import (
     cpu_features,
     cpu_model,
@@ -68,26 +68,21 @@ def _version(package: str) -> str | None:
 
 
 def _torch_routes(features) -> list[EngineRoute]:
-    routes = []
-    if fused_supported("cpu", "fp32"):
-        products = fp32_products()
-        how = "oneDNN, prepacked weights" if products == "onednn" else "BLAS products (no AVX-512)"
-        routes.append(EngineRoute("torch", "fp32", True, f"fused encoder, {how}"))
-    else:
-        routes.append(EngineRoute("torch", "fp32", True, "the CED module (no oneDNN in this torch build)"))
-    if fused_supported("cpu", "bf16"):
-        slow = "" if native_bf16() else "no native bf16 (avx512_bf16/AMX): converted products, may not beat fp32"
-        routes.append(EngineRoute("torch", "bf16", True, "fused encoder, oneDNN bf16", slow))
-    else:
-        why = "no oneDNN bf16 kernels on this CPU" if not bf16_kernels() else "no oneDNN in this build"
-        routes.append(EngineRoute("torch", "bf16", True, "torch.autocast, emulated",
-                                  f"{why}: several times slower than fp32"))
-    if fused_supported("cpu", "int8"):
-        slow = "" if features.vnni else "no VNNI: slower than with it, still faster than fp32 on AVX2"
-        routes.append(EngineRoute("torch", "int8", True, "fused encoder, FBGEMM dynamic int8", slow))
-    else:
-        routes.append(EngineRoute("torch", "int8", True, "quantize_dynamic Linear layers (no FBGEMM)"))
-    return routes
+    """Described from the same decision the torch engine makes (:func:`torch_encoder_path`)."""
+    products = "oneDNN, prepacked weights" if fp32_products() == "onednn" else "BLAS products (no AVX-512)"
+    no_bf16 = "no oneDNN bf16 kernels on this CPU" if fused_supported("cpu", "fp32") else "no oneDNN in this build"
+    described = {
+        ("fp32", "fused"): (f"fused encoder, {products}", ""),
+        ("fp32", "module"): ("the CED module (no oneDNN in this torch build)", ""),
+        ("bf16", "fused"): ("fused encoder, oneDNN bf16", "" if native_bf16() else
+                            "no native bf16 (avx512_bf16/AMX): converted products, may not beat fp32"),
+        ("bf16", "autocast"): ("torch.autocast, emulated", f"{no_bf16}: several times slower than fp32"),
+        ("int8", "fused"): ("fused encoder, FBGEMM dynamic int8", "" if features.vnni else
+                            "no VNNI: slower than with it, still faster than fp32 on AVX2"),
+        ("int8", "quantized"): ("quantize_dynamic Linear layers (no fused FBGEMM path)", ""),
+    }
+    return [EngineRoute("torch", precision, True, *described[precision, torch_encoder_path("cpu", precision)])
+            for precision in ("fp32", "bf16", "int8")]
 
 
 def _onnx_routes(version: str | None) -> list[EngineRoute]:

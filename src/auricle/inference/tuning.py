@@ -42,15 +42,22 @@ class CpuFeatures:
         return {"cores": self.cores, "bf16": self.bf16, "vnni": self.vnni, "avx2": self.avx2}
 
 
-def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+def _cpuinfo(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str] | None:
+    """The first processor's ``key: value`` fields of /proc/cpuinfo; None where there is none (not Linux)."""
     try:
         text = cpuinfo.read_text()
-    except OSError:  # not Linux: no flags known, so no special claims
-        return set()
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    fields = _cpuinfo(cpuinfo) or {}  # not Linux: no flags known, so no special claims
+    return set((fields.get("flags") or fields.get("Features") or "").split())
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
@@ -59,12 +66,8 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     Virtual machines often report only a vendor's family name; the numbers tell the
     generation apart (AMD family 25 model 1 is Zen 3, model 17 Zen 4).
     """
-    fields: dict[str, str] = {}
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
+    fields = _cpuinfo(cpuinfo)
+    if fields is None:
         return platform.processor() or platform.machine()
     name = fields.get("model name") or fields.get("Model name") or platform.processor() or platform.machine()
     if "cpu family" in fields and "model" in fields:
