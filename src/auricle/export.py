@@ -215,7 +215,7 @@ def quantize_int8(model_proto, work_dir: Path, keep_float: list[str] | None = No
     weights with ``vpmaddubsw``, whose int16 pair sums saturate for 8-bit weights:
     on an AMD Zen 3 that moved a small model's probabilities by 0.39 (0.11 through
     QAttention). 7-bit weights cannot saturate, and per-channel scales win back
-    the lost bit (worst difference 0.008, same speed). A file exported on one CPU
+    the lost bit (worst difference 0.008). A file exported on one CPU
     runs on any other, so this is done everywhere.
     """
     import onnx

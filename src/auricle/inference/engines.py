@@ -232,7 +232,7 @@ class TorchEngine(Engine):
         if path == "fused":
             self._fused = FusedEncoder(network, config.precision)
         elif path == "autocast" and device.type == "cpu":
-            # Measured on an AVX2-only AMD Zen 3: ced-mini 2.9 clips/s under autocast vs 19.7 in fp32.
+            # AVX2-only AMD Zen 3: ced-mini 2.6 clips/s under autocast vs 17.2 in fp32 (docs/benchmarks.md).
             warnings.warn("bf16 has no fast kernels on this CPU (oneDNN needs AVX-512 or AVX-NE-CONVERT), so it "
                           "runs emulated, several times slower than fp32; --precision auto picks the fastest here",
                           EngineWarning, stacklevel=2)

@@ -17,7 +17,7 @@ x86 CPUs. Per precision:
     * ``"blas"`` (AVX2 CPUs): ``addmm`` (MKL), with the residual accumulated
       in the product's output and GELU as its own vectorised pass. On an
       AVX2-only AMD Zen 3, oneDNN's epilogue GELU alone cost a third of the
-      fc1 product, and this way was 7-20% faster end to end for all four sizes.
+      fc1 product, and this way was 8-21% faster on one thread for all four sizes.
 
     Either differs from the module only by float32 rounding order (~1e-6 on tokens).
 ``bf16``
@@ -110,10 +110,8 @@ def native_bf16() -> bool:
 def _gelu_in_place(x: torch.Tensor) -> torch.Tensor:
     """Exact (erf) GELU written over ``x``, a product this encoder just made and owns.
 
-    Saves one (rows, 4 dim) allocation per block, whose first touch costs page
-    faults. Small but consistent for fp32 on the Zen 3 VM (ced-mini, 2 streams,
-    three interleaved comparisons of 8 rounds: fp32 +4%, +4%, +4.5%; int8 +11%,
-    -2%, +3%); no gain measured on the Zen 4 VM, same results bit for bit.
+    Saves one (rows, 4 dim) allocation per block; same results bit for bit. Not a
+    claimed speed-up (ad-hoc comparisons on the Zen 3 VM were within noise to +4%).
     """
     return torch.ops.aten.gelu_(x)
 
