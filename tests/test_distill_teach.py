@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from distill_helpers import make_audio, make_teacher, waveform_teacher
+from torchrun_support import failure_report, torchrun
 
 from auricle.cli import cli
 from auricle.distill import DistillError
@@ -213,10 +214,9 @@ def test_teach_resumes_after_sigkill_with_no_loss_and_no_duplicates(corpus, tmp_
 def test_teach_under_torchrun_with_two_ranks(corpus, tmp_path):
     args = ["--shards", str(corpus["shards"]), "--teacher", str(corpus["teacher"]), "--epochs", "2",
             "--top-k", "5", "--threads", "1", *AUGMENT]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "auricle", "distill", "teach", *args, "--out", str(tmp_path / "two")]
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(["--standalone", "--nproc_per_node", "2", "-m", "auricle", "distill", "teach", *args,
+                       "--out", str(tmp_path / "two")], tmp_path / "logs", _env(), timeout=300)
+    assert result.returncode == 0, failure_report(result, tmp_path / "logs")
     shards = ShardSet.open(corpus["shards"])
     units = [(shard, epoch) for epoch in range(2) for shard in shards.shards]
     rank1 = units[1::2]

@@ -15,6 +15,7 @@ import soundfile
 import torch
 from click.testing import CliRunner
 
+from torchrun_support import failure_report, torchrun
 from auricle.cli import cli
 
 TINY = {"embed_dim": 64, "num_heads": 1, "depth": 1}
@@ -140,11 +141,11 @@ def test_targets_of_another_shard_set_are_refused(distill_data, tmp_path):
 
 def test_two_processes_under_torchrun(distill_data, tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "auricle", *_train_args(distill_data, out, "--epochs", "1", "--batch-size", "2")]
+    arguments = ["--standalone", "--nproc-per-node", "2", "-m", "auricle",
+                 *_train_args(distill_data, out, "--epochs", "1", "--batch-size", "2")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    completed = torchrun(arguments, tmp_path / "logs", env, timeout=120)
+    assert completed.returncode == 0, failure_report(completed, tmp_path / "logs")
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2
     assert (out / "student.safetensors").is_file()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from auricle.downstream.finetune import (
 from auricle.models.checkpoints import build_model, read_checkpoint
 from conftest import ROOT
 from downstream_support import TINY, tiny_encoder, tone_manifest
+from torchrun_support import failure_report, torchrun
 
 FAST = ["--threads", "1", "--batch-size", "8", "--no-progress", "--warmup", "0.5"]
 
@@ -156,11 +155,10 @@ def test_two_process_gloo_run(tones, tmp_path):
     manifest, encoder = tones
     output = tmp_path / "ddp"
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               "-m", "auricle", "finetune", str(manifest), "--checkpoint", str(encoder), "-o", str(output),
-               "--epochs", "1", *FAST]
-    completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    arguments = ["--nproc_per_node", "2", "--master_port", "29533", "-m", "auricle", "finetune", str(manifest),
+                 "--checkpoint", str(encoder), "-o", str(output), "--epochs", "1", *FAST]
+    completed = torchrun(arguments, tmp_path / "logs", environment, timeout=120)
+    assert completed.returncode == 0, failure_report(completed, tmp_path / "logs")
     state = torch.load(output / "last.pt", weights_only=True)
     assert len(state["generator"]) == 2  # both ranks' RNG states are in the resume point
     model = build_model(read_checkpoint(output / "model.safetensors"))
