@@ -27,8 +27,14 @@ def test_other_commands_and_help_leave_openmp_alone(monkeypatch):
     assert "OMP_WAIT_POLICY" not in os.environ
 
 
-def test_the_setting_is_in_place_before_torch_loads():
+def test_the_setting_is_in_place_before_torch_loads(tmp_path):
     # libgomp reads the variable once, when torch is imported: the command's module must not import it earlier.
+    # `tag` imports torch only to load weights; a missing weights file gets that far, then fails.
+    import numpy as np
+    import soundfile
+
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, np.zeros(1600, dtype=np.float32), 16000)
     probe = (
         "import os, sys\n"
         "os.environ.pop('OMP_WAIT_POLICY', None)\n"
@@ -41,10 +47,10 @@ def test_the_setting_is_in_place_before_torch_loads():
         "sys.meta_path.insert(0, Watch())\n"
         "from auricle.cli import cli\n"
         "try:\n"
-        "    cli(['tag', '--help'])\n"
+        f"    cli(['tag', {str(clip)!r}, '--checkpoint', {str(tmp_path / 'missing.safetensors')!r}])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "assert seen, 'tag --help no longer imports torch; this check needs another command path'\n"
+        "assert seen, 'tag with weights no longer imports torch; this check needs another command path'\n"
         "print(seen[0])\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

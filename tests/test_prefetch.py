@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from auricle.model import _decoded_windows
+from auricle.inference.pipeline import decoded_windows as _decoded_windows
 from auricle.inference.windows import WindowConfig
 
 

@@ -32,7 +32,18 @@ def available_models() -> list["ModelInfo"]:
 def load_model(name: str = "ced-mini", checkpoint: Any = None, device: Any = "cpu", cache_dir: Any = None,
                **engine: Any) -> "AudioModel":
     """Load a model by name or checkpoint; see :func:`auricle.model.load_model`
-    (``engine=``, ``precision=``, ``threads=`` choose how the encoder runs)."""
+    (``engine=``, ``precision=``, ``threads=`` choose how the encoder runs).
+
+    A ``checkpoint`` ending in ``.onnx`` (an ``auricle export`` file) gives an
+    :class:`auricle.exported.ExportedModel`: tagging and probabilities through
+    ONNX Runtime, without importing torch.
+    """
+    from auricle.exported import is_exported_file
+
+    if is_exported_file(checkpoint):
+        from auricle.exported import load_exported
+
+        return load_exported(checkpoint, device=device, **engine)
     from auricle.model import load_model as _load
 
     return _load(name, checkpoint=checkpoint, device=device, cache_dir=cache_dir, **engine)

@@ -7,7 +7,6 @@ import warnings
 from collections.abc import Callable, Mapping
 
 import click
-import torch
 
 from auricle.errors import AuricleError
 from auricle.models.registry import DEFAULT_MODEL
@@ -43,7 +42,8 @@ def model_options(command: Callable) -> Callable:
                            help="CPU threads for the model [default: one per usable core].")(command)
     command = click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")(command)
     command = click.option("--checkpoint", type=click.Path(dir_okay=True), default=None,
-                           help="Weights file or folder (Zenodo .pt, Hugging Face folder, auricle .safetensors).")(command)
+                           help="Weights file or folder (Zenodo .pt, Hugging Face folder, auricle .safetensors); tag and "
+                           "evaluate also take an `auricle export` .onnx file (run by ONNX Runtime, no torch).")(command)
     command = click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
                            help="Model name (see `auricle models`).")(command)
     return command
@@ -86,10 +86,14 @@ def _remember(ctx: click.Context, param: click.Parameter, value):
 
 
 def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, threads: int | None,
-                       engine: str | None = None, precision: str | None = None):
-    from auricle.inference.engines import EngineWarning
+                       engine: str | None = None, precision: str | None = None, exported: bool = False):
+    """The model the options name, or one error line and exit.
+
+    ``exported``: the command accepts an ``auricle export`` file as ``--checkpoint``
+    (tagging only); it then runs through ONNX Runtime without importing torch.
+    """
+    from auricle.exported import is_exported_file
     from auricle.inference.tuning import default_threads
-    from auricle.model import load_model
 
     ctx = click.get_current_context(silent=True)
     meta = ctx.meta if ctx is not None else {}
@@ -99,6 +103,14 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
     threads = threads or default_threads()
     if streams is not None and streams > threads:
         fail(f"--streams {streams} needs at least as many --threads (got {threads})")
+    if is_exported_file(checkpoint):
+        return _load_exported_or_exit(ctx, str(checkpoint), device, threads, streams, precision, exported)
+
+    import torch
+
+    from auricle.inference.engines import EngineWarning
+    from auricle.model import load_model
+
     torch.set_num_threads(threads)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -113,3 +125,32 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
         else:  # not ours to format: hand it back unchanged
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     return model
+
+
+def _load_exported_or_exit(ctx: click.Context | None, path: str, device: str, threads: int, streams: int | None,
+                           precision: str, supported: bool):
+    """An :class:`~auricle.exported.ExportedModel`; the file fixes engine and precision, so asking otherwise fails."""
+    from auricle.exported import load_exported
+
+    if not supported:
+        command = ctx.info_name if ctx is not None else "this command"
+        fail(f"{path}: an exported ONNX file can only tag (auricle tag, auricle evaluate); "
+             f"give {command} the model's weights (.pt, .safetensors or a Hugging Face folder)")
+    try:
+        return load_exported(path, device=device, engine=_meta_value(ctx, "engine") if _given(ctx, "engine") else None,
+                             precision=precision if _given(ctx, "precision") else None,
+                             threads=threads, streams=streams)
+    except AuricleError as error:
+        fail(str(error))
+
+
+def _given(ctx: click.Context | None, name: str) -> bool:
+    """Whether the user set option ``name`` (not left at its default)."""
+    if ctx is None:
+        return False
+    source = ctx.get_parameter_source(name)
+    return source is not None and source != click.core.ParameterSource.DEFAULT
+
+
+def _meta_value(ctx: click.Context | None, name: str):
+    return ctx.meta.get(f"auricle.{name}") if ctx is not None else None

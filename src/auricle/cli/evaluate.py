@@ -124,7 +124,7 @@ def _predictions(ev, labels, files, classes, predictions, events, model_name, ch
         return ordered, failures, f"predictions {predictions}"
     from tqdm import tqdm
 
-    model = load_model_or_exit(model_name, checkpoint, device, threads)
+    model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
     options = model.tag_options(**option_values)
     ev.model_columns(model.labels, classes, labels)  # fail on unknown classes before decoding audio
     found, failures = [], []

@@ -49,7 +49,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     done = completed_files(output, output_format) if resume else set()
     todo = [f for f in files if f not in done]
 
-    model = load_model_or_exit(model_name, checkpoint, device, threads)
+    model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
     try:
         options = model.tag_options(top_k=top_k, threshold=threshold, classes=classes, profile=profile,
                                     pool=pool, events=event_options or False, window=window, hop=hop)

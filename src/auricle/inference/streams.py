@@ -15,14 +15,13 @@ of a batch. The workers never call back into the pool, so it cannot deadlock.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TypeVar
-
-import torch
 
 Part = TypeVar("Part")
 Result = TypeVar("Result")
@@ -50,15 +49,18 @@ class StreamPool:
     runs under ``torch.inference_mode`` (the mode is per thread in torch, so it
     is not inherited from the caller). ``initializer`` runs once in each worker
     before any work (per-thread CPU state such as flushing subnormals).
+    ``torch_threads=False``: the work does not use torch (ONNX Runtime sessions
+    sized by their own options); the pool then neither imports nor configures it.
     """
 
     def __init__(self, streams: int, threads_per_stream: int = 1,
-                 initializer: Callable[[], None] | None = None) -> None:
+                 initializer: Callable[[], None] | None = None, torch_threads: bool = True) -> None:
         if streams < 1 or threads_per_stream < 1:
             raise ValueError(f"streams and threads per stream must be at least 1, got {streams}, {threads_per_stream}")
         self.streams = streams
         self.threads_per_stream = threads_per_stream
         self._initializer = initializer
+        self._torch_threads = torch_threads
         self._inbox: queue.SimpleQueue | None = None
         self._lock = threading.Lock()
 
@@ -74,11 +76,13 @@ class StreamPool:
                 return self._inbox
             # torch.set_num_threads in a worker also sets the count that threads
             # created later start with; put the caller's count back once all are set.
-            restore = torch.get_num_threads()
+            torch = _torch() if self._torch_threads else None
+            restore = torch.get_num_threads() if torch is not None else 0
             ready = threading.Barrier(self.streams + 1)
             inbox: queue.SimpleQueue = queue.SimpleQueue()
+            threads = self.threads_per_stream if torch is not None else None
             for stream in range(self.streams):
-                threading.Thread(target=_work, args=(inbox, stream, self.threads_per_stream, self._initializer, ready),
+                threading.Thread(target=_work, args=(inbox, stream, threads, self._initializer, ready),
                                  name=f"auricle-stream-{stream}", daemon=True).start()
             try:
                 ready.wait(timeout=self.start_timeout)
@@ -86,7 +90,8 @@ class StreamPool:
                 _stop(inbox, self.streams)
                 raise RuntimeError(f"the {self.streams} inference stream threads did not start within "
                                    f"{self.start_timeout:g} s") from None
-            torch.set_num_threads(restore)
+            if torch is not None:
+                torch.set_num_threads(restore)
             stopper = weakref.finalize(self, _stop, inbox, self.streams)
             # Not at interpreter exit: workers woken then would exit (and run torch's and ONNX
             # Runtime's per-thread clean-up) while the process tears those libraries down, which
@@ -122,14 +127,25 @@ class StreamPool:
             self._inbox = None
 
 
-def _work(inbox: queue.SimpleQueue, stream: int, threads: int, initializer: Callable[[], None] | None,
+def _torch():
+    import torch
+
+    return torch
+
+
+def _work(inbox: queue.SimpleQueue, stream: int, threads: int | None, initializer: Callable[[], None] | None,
           ready: threading.Barrier) -> None:
+    """A worker's loop; ``threads``: its torch thread count, ``None`` for work without torch."""
     failure: BaseException | None = None
+    scope: contextlib.AbstractContextManager = contextlib.nullcontext()
     try:
-        # torch sets a thread's count lazily, on its first parallel operator, from the count
-        # last set anywhere; asking for it runs that first, so the count set next sticks.
-        torch.get_num_threads()
-        torch.set_num_threads(threads)
+        if threads is not None:
+            torch = _torch()
+            # torch sets a thread's count lazily, on its first parallel operator, from the count
+            # last set anywhere; asking for it runs that first, so the count set next sticks.
+            torch.get_num_threads()
+            torch.set_num_threads(threads)
+            scope = torch.inference_mode()
         if initializer is not None:
             initializer()
     except BaseException as error:  # every task this worker takes will report it
@@ -138,7 +154,7 @@ def _work(inbox: queue.SimpleQueue, stream: int, threads: int, initializer: Call
         ready.wait()
     except threading.BrokenBarrierError:  # the pool gave up starting
         return
-    with torch.inference_mode():
+    with scope:
         while (task := inbox.get()) is not _STOP:
             function, part, future = task
             del task  # hold no reference to the work once it is done

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auricle.frontend import SAMPLE_RATE
+from auricle.audio import SAMPLE_RATE
 
 
 @dataclass(frozen=True)

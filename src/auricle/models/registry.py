@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from auricle.errors import CheckpointError
-from auricle.models.ced import CEDConfig
+from auricle.models.config import CEDConfig
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,170 @@
+"""Tagging with an exported ONNX file (``auricle export``) through ONNX Runtime, without PyTorch.
+
+An exported file holds the whole model (frontend, piece splitting, encoder, head)
+and, in its metadata, the class labels. That is all tagging needs, so
+:class:`ExportedModel` runs it with only numpy and onnxruntime: a short command
+does not pay the 1-2 s that importing torch costs (docs/benchmarks.md, cold
+start). Results have the same format as :class:`auricle.model.AudioModel`'s and,
+for an fp32 file, the same values within the export's checked tolerance
+(probabilities within 1e-4 of the torch model).
+
+    model = ExportedModel("ced-mini.onnx")
+    result = model.tag("recording.wav", top_k=5, events=True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+
+from auricle.errors import AuricleError, CheckpointError
+from auricle.inference.pipeline import Tagger
+from auricle.inference.streams import StreamPool, split_bounds
+from auricle.inference.tuning import default_batch_size, default_streams, default_threads
+from auricle.labels import AudioClass, LabelSet
+
+#: What an exported file must declare in its metadata to be tagged with.
+REQUIRED_METADATA = ("producer", "labels", "input", "precision")
+
+
+def is_exported_file(checkpoint: str | os.PathLike | None) -> bool:
+    """Whether ``checkpoint`` names an ONNX file (by its suffix) rather than weights."""
+    return checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
+
+
+class ExportedModel(Tagger):
+    """An ``auricle export`` file (waveform input) run by ONNX Runtime on the CPU: tagging and probabilities.
+
+    ``threads`` (default one per usable core) and ``streams`` (calls at once,
+    each on ``threads // streams`` threads; default one per thread) as for the
+    ``onnx`` engine (:mod:`auricle.inference.engines`). Embeddings per window
+    are not in an exported file; use :class:`auricle.model.AudioModel` for them.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, streams: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path}: no such file")
+        try:
+            import onnxruntime as ort
+        except ImportError as error:
+            raise AuricleError(f"{self.path}: running an exported file needs onnxruntime: "
+                               f"pip install 'auricle[onnx]'") from error
+        if threads is not None and threads < 1:
+            raise AuricleError(f"threads must be at least 1, got {threads}")
+        self.threads = threads or default_threads()
+        if streams is not None and not 1 <= streams <= self.threads:
+            raise AuricleError(f"streams must be between 1 and the thread count ({self.threads}), got {streams}")
+        self._streams = min(streams or default_streams(self.threads), self.threads)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, self.threads // self._streams)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ONNX Runtime sets flush-to-zero on the thread that creates the first session, and
+        # threads inherit it, so the stream workers started later flush subnormals too.
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        try:
+            first = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ORT raises its own exception types for unreadable files
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"{self.path}: not a loadable ONNX model ({message})") from error
+        self.metadata: dict[str, str] = dict(first.get_modelmeta().custom_metadata_map)
+        self.labels = _labels(self.path, self.metadata)
+        self.name = self.metadata.get("model") or self.path.stem
+        self.precision = self.metadata["precision"]
+        if self.metadata["input"] != "waveform" or [i.name for i in first.get_inputs()] != ["waveforms"]:
+            raise CheckpointError(f"{self.path}: takes {self.metadata['input']} input; tagging needs a file "
+                                  f"exported with waveform input (auricle export without --mel-input)")
+        outputs = [item.name for item in first.get_outputs()]
+        if "probabilities" not in outputs:
+            raise CheckpointError(f"{self.path}: has no 'probabilities' output")
+        self._output = outputs.index("probabilities")
+        # A one-thread session runs on its caller's thread, so concurrent runs of one
+        # session are the streams; with more threads each stream needs its own pool.
+        extra = 0 if options.intra_op_num_threads == 1 else self._streams - 1
+        self._sessions = [first] + [ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+                                    for _ in range(extra)]
+        self._pool = StreamPool(self._streams, options.intra_op_num_threads, torch_threads=False) \
+            if self._streams > 1 else None
+
+    def __repr__(self) -> str:
+        return (f"ExportedModel(path={str(self.path)!r}, name={self.name!r}, classes={len(self.labels)}, "
+                f"precision={self.precision!r}, threads={self.threads}, streams={self._streams})")
+
+    @property
+    def batch_size(self) -> int:
+        return default_batch_size("cpu", self._streams)
+
+    @property
+    def streams(self) -> int:
+        return self._streams
+
+    def probabilities(self, waveforms: np.ndarray) -> np.ndarray:
+        """(batch, samples) 16 kHz clips of equal length -> (batch, classes) float32 probabilities."""
+        batch = np.asarray(waveforms, dtype=np.float32)
+        if batch.ndim == 1:
+            batch = batch[np.newaxis]
+        if batch.ndim != 2:
+            raise ValueError(f"expected (batch, samples) waveforms, got shape {batch.shape}")
+        return self._score_now(np.ascontiguousarray(batch))
+
+    # -- scoring for the pipeline --------------------------------------------------
+    def _run(self, stream: int, batch: np.ndarray) -> np.ndarray:
+        session = self._sessions[stream % len(self._sessions)]
+        return session.run(None, {"waveforms": batch})[self._output]
+
+    def _submit(self, batch: np.ndarray) -> Future:
+        if self._pool is not None:
+            return self._pool.submit(self._run, batch)
+        future: Future = Future()
+        try:
+            future.set_result(self._run(0, batch))
+        except Exception as error:
+            future.set_exception(error)
+        return future
+
+    def _score_now(self, batch: np.ndarray) -> np.ndarray:
+        # Sessions are sized for one stream, so a batch is spread over the streams.
+        parts = split_bounds(len(batch), self._streams) if self._pool is not None else [(0, len(batch))]
+        if len(parts) == 1:
+            return self._run(0, batch)
+        return np.concatenate(self._pool.map(self._run, [batch[start:end] for start, end in parts]))
+
+
+def _labels(path: Path, metadata: dict[str, str]) -> LabelSet:
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing or not metadata["producer"].startswith("auricle"):
+        raise CheckpointError(f"{path}: not an auricle export (metadata lacks {', '.join(missing) or 'producer'}); "
+                              f"write one with `auricle export`")
+    try:
+        names = json.loads(metadata["labels"])
+        mids = json.loads(metadata.get("label_mids", "null")) or [""] * len(names)
+        return LabelSet(tuple(AudioClass(index, mid, name) for index, (mid, name) in enumerate(zip(mids, names,
+                                                                                                      strict=True))))
+    except (ValueError, TypeError, AuricleError) as error:
+        raise CheckpointError(f"{path}: unreadable class labels in its metadata ({error})") from error
+
+
+def load_exported(path: str | os.PathLike, *, device: str = "cpu", engine: str | None = None,
+                  precision: str | None = None, threads: int | None = None,
+                  streams: int | None = None) -> ExportedModel:
+    """:class:`ExportedModel` of ``path``; a bad file or a request it cannot meet raises :class:`CheckpointError`.
+
+    The file fixes how the model runs (ONNX Runtime on the CPU, the precision it was
+    exported at), so ``device``, ``engine`` and ``precision``, where given, must agree
+    with it (``precision="auto"`` takes the file's).
+    """
+    if str(device) != "cpu":
+        raise CheckpointError(f"{path}: an exported ONNX file runs on the CPU only, not {device}")
+    if engine not in (None, "onnx"):
+        raise CheckpointError(f"{path}: an exported ONNX file runs in ONNX Runtime, not the {engine} engine")
+    model = ExportedModel(path, threads=threads, streams=streams)
+    if precision not in (None, "auto", model.precision):
+        fix = ("bf16 needs the torch engine and the model's weights" if precision == "bf16"
+               else f"export with{'' if precision == 'int8' else 'out'} --int8 for {precision}")
+        raise CheckpointError(f"{path}: holds an {model.precision} model, not {precision} ({fix})")
+    return model

@@ -1,0 +1,370 @@
+"""The tagging pipeline every model shares: decode -> windows -> batched scoring -> per-file results.
+
+:class:`Tagger` holds everything of tagging that does not depend on who
+computes the probabilities: options, the decoder thread that works ahead of
+the model, batching windows of many files into calls, and turning each file's
+window probabilities into a :class:`~auricle.inference.results.ClipTags`.
+A subclass says only how a batch of equal-length 16 kHz windows is scored
+(:meth:`Tagger._submit`, :meth:`Tagger._score_now`). :class:`auricle.model.AudioModel`
+scores with a PyTorch network; :class:`auricle.exported.ExportedModel` with an
+exported ONNX file, without importing torch (a torch import costs ~1-2 s of a
+short command's start).
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queue_module
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from auricle.audio import SAMPLE_RATE, iter_blocks, prepare_waveform
+from auricle.errors import AuricleError
+from auricle.inference.events import EventOptions
+from auricle.inference.results import ClipTags, Failure
+from auricle.inference.tagging import ClassSpace, TagOptions, summarize
+from auricle.inference.windows import WindowConfig, iter_windows
+from auricle.labels import LabelSet
+from auricle.profiles import Profile, load_profile
+
+
+def is_array(source: object) -> bool:
+    """A numpy array or a torch tensor (checked without importing torch)."""
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is imported
+    return isinstance(source, np.ndarray) or (torch is not None and isinstance(source, torch.Tensor))
+
+
+class Tagger:
+    """Tagging for any model that scores batches of 16 kHz windows; subclasses implement the scoring.
+
+    Subclasses set ``name`` and ``labels`` and implement :attr:`batch_size`,
+    :attr:`streams`, :meth:`_submit` and :meth:`_score_now`.
+    """
+
+    name: str
+    labels: LabelSet
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    @property
+    def batch_size(self) -> int:
+        """Default windows per model call: enough to keep every stream busy."""
+        raise NotImplementedError
+
+    @property
+    def streams(self) -> int:
+        """How many calls run at once (each on its share of the threads)."""
+        raise NotImplementedError
+
+    def _submit(self, batch: np.ndarray) -> Future:
+        """Start scoring ``batch`` (n, samples) float32 on the next free stream; a future of (n, classes)."""
+        raise NotImplementedError
+
+    def _score_now(self, batch: np.ndarray) -> np.ndarray:
+        """Score ``batch`` here on all threads (a lone call, nothing else in flight); (n, classes)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _rows(result) -> np.ndarray:
+        """A finished call's result as a numpy array (subclasses whose calls return tensors convert here)."""
+        return np.asarray(result)
+
+    # -- scoring ---------------------------------------------------------------
+    def score_windows(self, windows: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
+        """Probabilities of windows of any lengths, batching equal lengths together.
+
+        With several streams each takes calls of ``batch_size // streams``
+        windows on its own (no stream waits for another between calls).
+        """
+        calls = _Calls(self, batch_size)
+        results: list[np.ndarray | None] = [None] * len(windows)
+        for position, row in calls.add(list(range(len(windows))), windows, last=True) + calls.collect(keep=0):
+            results[position] = row
+        return results  # type: ignore[return-value]
+
+    # -- tagging ---------------------------------------------------------------
+    def tag_options(
+        self,
+        *,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        classes: Sequence[str] = (),
+        profile: str | Profile | None = None,
+        pool: str = "max",
+        events: bool | EventOptions = False,
+        window: float = 10.0,
+        hop: float | None = None,
+    ) -> TagOptions:
+        """Typed options from keyword arguments (what the CLI flags map to)."""
+        if isinstance(profile, str):
+            profile = load_profile(profile)
+        if events is True:
+            events = EventOptions()
+        options = TagOptions(
+            top_k=top_k,
+            threshold=threshold,
+            classes=tuple(classes),
+            profile=profile,
+            pool=pool,
+            events=events or None,
+            window=WindowConfig(window, hop),
+        )
+        # Resolve class names now so a typo fails before any audio is decoded.
+        ClassSpace.build(self.labels, options.classes, options.profile)
+        return options
+
+    def tag(
+        self,
+        source,
+        sample_rate: int | None = None,
+        *,
+        options: TagOptions | None = None,
+        batch_size: int | None = None,
+        **option_values,
+    ) -> ClipTags | list[ClipTags]:
+        """Tag a file, a list of files, or a waveform array (then give ``sample_rate``).
+
+        Keyword arguments are those of :meth:`tag_options` (``top_k``,
+        ``threshold``, ``classes``, ``profile``, ``pool``, ``events``,
+        ``window``, ``hop``), or pass ``options`` directly. A list of files
+        raises on the first bad file; :meth:`iter_tag` goes on past failures.
+        """
+        options = options or self.tag_options(**option_values)
+        if is_array(source):
+            if sample_rate is None:
+                raise ValueError("a waveform array needs its sample_rate")
+            waveform = prepare_waveform(source, sample_rate)
+            return self._only(self.iter_tag([waveform], options, batch_size, names=["<array>"]))
+        if isinstance(source, (str, os.PathLike)):
+            return self._only(self.iter_tag([source], options, batch_size))
+        results = []
+        for result in self.iter_tag(list(source), options, batch_size):
+            if isinstance(result, Failure):
+                raise AuricleError(result.error)
+            results.append(result)
+        return results
+
+    @staticmethod
+    def _only(results: Iterator[ClipTags | Failure]) -> ClipTags:
+        result = next(results)
+        if isinstance(result, Failure):
+            raise AuricleError(result.error)
+        return result
+
+    def iter_tag(
+        self,
+        sources: Iterable[str | os.PathLike | np.ndarray],
+        options: TagOptions,
+        batch_size: int | None = None,
+        names: Sequence[str] | None = None,
+    ) -> Iterator[ClipTags | Failure]:
+        """Tag many recordings, batching windows across files; yields in input order.
+
+        A file that fails yields a :class:`Failure` and the rest go on. Results
+        equal tagging each file alone (windows never share a frontend).
+        """
+        space = ClassSpace.build(self.labels, options.classes, options.profile)
+        window_config = options.window
+        states: dict[int, _FileState] = {}
+        queue: list[tuple[int, int, np.ndarray]] = []
+        next_to_emit = 0
+        calls = _Calls(self, batch_size)
+
+        def store(rows: Iterable[tuple[tuple[int, int], np.ndarray]]) -> None:
+            for (item, position), row in rows:
+                if item in states:  # else its file failed meanwhile and was reported
+                    states[item].rows[position] = row
+
+        def flush(last: bool = False) -> None:
+            store(calls.add([(item, position) for item, position, _ in queue],
+                            [samples for _, _, samples in queue], last=last))
+            queue.clear()
+
+        def finished() -> Iterator[ClipTags | Failure]:
+            nonlocal next_to_emit
+            while next_to_emit in states and states[next_to_emit].complete():
+                state = states.pop(next_to_emit)
+                next_to_emit += 1
+                if state.error is not None:
+                    yield Failure(state.name, state.error)
+                    continue
+                bounds = np.array([state.starts, state.ends], dtype=float).T / SAMPLE_RATE
+                probabilities = np.stack([state.rows[i] for i in range(len(state.starts))])
+                yield summarize(
+                    state.name, state.ends[-1] / SAMPLE_RATE, self.name, bounds, probabilities, space, options
+                )
+
+        for kind, item, payload in decoded_windows(sources, names, window_config):
+            if calls.ready():
+                store(calls.collect())
+                yield from finished()
+            if kind == "start":
+                states[item] = _FileState(payload)
+                continue
+            state = states[item]
+            if kind == "window":
+                start, samples = payload
+                state.starts.append(start)
+                state.ends.append(start + len(samples))
+                queue.append((item, len(state.starts) - 1, samples))
+                if len(queue) >= calls.part:
+                    flush()
+                    yield from finished()
+                continue
+            if kind == "error":
+                state.error = payload
+                queue[:] = [entry for entry in queue if entry[0] != item]
+            elif not state.starts:  # "end" of a file that had no samples
+                state.error = f"{state.name}: no audio samples"
+            state.finished = True
+            yield from finished()
+        if queue:
+            flush(last=True)
+        store(calls.collect(keep=0))
+        yield from finished()
+
+
+@dataclass
+class _FileState:
+    """Bookkeeping of one recording while its windows are in flight."""
+
+    name: str
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    rows: dict[int, np.ndarray] = field(default_factory=dict)
+    finished: bool = False
+    error: str | None = None
+
+    def complete(self) -> bool:
+        return self.error is not None or (self.finished and len(self.rows) == len(self.starts))
+
+
+class _Calls:
+    """Model calls in flight on the streams; rows come back in submission order.
+
+    Each stream takes calls of ``part = batch_size // streams`` windows on its own.
+    Up to two calls per stream are in flight, so no stream waits for another (or
+    idles) while the caller or the decoder holds a core; with one stream every
+    call runs at once, as a plain loop would.
+    """
+
+    def __init__(self, model: Tagger, batch_size: int | None = None) -> None:
+        self._model = model
+        self.part = max(1, (batch_size or model.batch_size) // model.streams)
+        self._keep = 2 * model.streams
+        self._in_flight: deque[tuple[list, Future]] = deque()
+
+    def submit(self, owners: list, windows: Sequence[np.ndarray], last: bool = False) -> list[tuple[object, np.ndarray]]:
+        """Start a call on equal-length ``windows``; returns the (owner, row) pairs of calls that finished.
+
+        ``last``: no more windows follow. Then, with nothing else in flight, the call runs
+        here on all threads (split over the streams if it is big enough): a single clip
+        would otherwise get one stream's thread and leave the others idle.
+        """
+        batch = np.stack(windows).astype(np.float32, copy=False)
+        if last and not self._in_flight:
+            return list(zip(owners, self._model._rows(self._model._score_now(batch))))
+        self._in_flight.append((owners, self._model._submit(batch)))
+        return self.collect()
+
+    def add(self, owners: list, windows: Sequence[np.ndarray], last: bool = False) -> list[tuple[object, np.ndarray]]:
+        """Calls on windows of any lengths, equal lengths batched together, ``part`` per call.
+
+        Returns the (owner, row) pairs of calls that finished; ``last`` marks the final call
+        as :meth:`submit`'s ``last``.
+        """
+        by_length: dict[int, list[int]] = {}
+        for index, samples in enumerate(windows):
+            by_length.setdefault(len(samples), []).append(index)
+        chunks = [indices[first : first + self.part]
+                  for indices in by_length.values() for first in range(0, len(indices), self.part)]
+        rows = []
+        for number, chunk in enumerate(chunks):
+            rows += self.submit([owners[i] for i in chunk], [windows[i] for i in chunk],
+                                last=last and number == len(chunks) - 1)
+        return rows
+
+    def ready(self) -> bool:
+        return bool(self._in_flight) and self._in_flight[0][1].done()
+
+    def collect(self, keep: int | None = None) -> list[tuple[object, np.ndarray]]:
+        """Rows of the finished calls, oldest first, waiting while more than ``keep`` are in flight."""
+        keep = self._keep if keep is None else keep
+        rows = []
+        while self._in_flight and (len(self._in_flight) > keep or self._in_flight[0][1].done()):
+            owners, future = self._in_flight.popleft()
+            rows.extend(zip(owners, self._model._rows(future.result())))
+        return rows
+
+
+# Decoded windows waiting for the model: enough to keep the model busy while the
+# decoder works ahead, small enough that memory stays flat on long files.
+PREFETCH_WINDOWS = 32
+
+
+def decoded_windows(
+    sources: Iterable[str | os.PathLike | np.ndarray],
+    names: Sequence[str] | None,
+    window_config: WindowConfig,
+) -> Iterator[tuple[str, int, object]]:
+    """("start", item, name), ("window", item, (start, samples)), then ("end"|"error", item, ...) per source.
+
+    Decoding (libsndfile, FFmpeg, soxr; all release the GIL) runs in a
+    background thread, so it overlaps the model instead of alternating with it.
+    """
+    messages: queue_module.Queue = queue_module.Queue(maxsize=PREFETCH_WINDOWS)
+    stop = threading.Event()
+
+    def put(message) -> bool:
+        while not stop.is_set():
+            try:
+                messages.put(message, timeout=0.1)
+                return True
+            except queue_module.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item, source in enumerate(sources):
+                name = names[item] if names is not None else str(source)
+                if not put(("start", item, name)):
+                    return
+                try:
+                    blocks = [source] if isinstance(source, np.ndarray) else iter_blocks(
+                        source, block_samples=window_config.hop_samples
+                    )
+                    for start, samples in iter_windows(blocks, window_config):
+                        if not put(("window", item, (start, np.ascontiguousarray(samples)))):
+                            return
+                except AuricleError as error:
+                    if not put(("error", item, str(error))):
+                        return
+                    continue
+                if not put(("end", item, None)):
+                    return
+            put(("done", -1, None))
+        except BaseException as error:  # anything unexpected is re-raised in the consumer
+            put(("raise", -1, error))
+
+    worker = threading.Thread(target=produce, name="auricle-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, item, payload = messages.get()
+            if kind == "done":
+                return
+            if kind == "raise":
+                raise payload
+            yield kind, item, payload
+    finally:
+        stop.set()  # a consumer that stops early releases the decoder
+        worker.join(timeout=5)

@@ -1,0 +1,157 @@
+"""Tagging with an `auricle export` file: same results as the weights, through ONNX Runtime, without torch.
+
+A 2-block CED with the 527 AudioSet classes keeps the exports fast; the
+pipeline around the graph (decoding, windows, batching, summaries) is the one
+every model uses.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+import auricle
+from auricle.cli import cli
+from auricle.errors import CheckpointError
+from auricle.export import export_onnx
+from auricle.exported import ExportedModel, load_exported
+from auricle.models.ced import CED, CEDConfig
+from auricle.models.checkpoints import save_checkpoint
+
+pytest.importorskip("onnxruntime")
+FILES = ["a_sine440_1s", "d_mix_25p3s", "f_stereo_44k1_2s", "h_edge_20p23s", "i_tooshort_0p1s", "r_JeD5V5aaaoI_931_932"]
+# The CLI sets torch's process-wide thread count; later tests get theirs back.
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    # A head sharper than this one makes the export refuse the file: on pure tones the float32 DFT of
+    # the exported frontend differs from torch's FFT by up to 0.2 dB in near-silent bins.
+    torch.manual_seed(1)
+    network = CED(CEDConfig(embed_dim=64, num_heads=2, depth=2))
+    return save_checkpoint(network, tmp_path_factory.mktemp("weights") / "small.safetensors", name="small")
+
+
+@pytest.fixture(scope="module")
+def torch_model(weights):
+    return auricle.load_model(checkpoint=weights)
+
+
+@pytest.fixture(scope="module")
+def exported(torch_model, tmp_path_factory):
+    """The portable fp32 file, as `auricle export` writes it."""
+    path = tmp_path_factory.mktemp("exported") / "small.onnx"
+    export_onnx(torch_model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(reference_dir):
+    return [str(reference_dir / "inputs" / f"{name}.wav") for name in FILES]
+
+
+def tag_json(*args: str) -> tuple[int, list[dict], str]:
+    result = CliRunner().invoke(cli, ["tag", "--format", "json", *args], catch_exceptions=False)
+    return result.exit_code, json.loads(result.stdout or "[]"), result.stderr
+
+
+def test_cli_tag_with_exported_file_equals_the_weights(weights, exported, files, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not audio")
+    paths = files[:3] + [str(broken)] + files[3:]
+    # Every class (threshold 0), compared by score: close scores may swap ranks between runtimes.
+    options = ["--threshold", "0", "--events", "--window", "4", "--hop", "2"]
+    code, from_file, stderr = tag_json(*paths, "--checkpoint", str(exported), *options)
+    assert code == 1 and "broken.wav" in stderr and f"tagged {len(files)} of {len(paths)} files" in stderr
+    code, from_weights, _ = tag_json(*paths, "--checkpoint", str(weights), *options)
+    assert code == 1
+    assert [r["file"] for r in from_file] == [r["file"] for r in from_weights] == files
+    for ours, theirs in zip(from_file, from_weights):
+        assert ours["model"] == theirs["model"] == "small"
+        assert ours["duration"] == theirs["duration"]
+        assert len(ours["tags"]) == 527
+        ours_scores = {t["mid"]: t["score"] for t in ours["tags"]}
+        np.testing.assert_allclose([ours_scores[t["mid"]] for t in theirs["tags"]],
+                                   [t["score"] for t in theirs["tags"]], atol=1e-4)
+        # Events come from the same window scores; an onset may move where a score sits within 1e-5 of its threshold.
+        assert isinstance(ours["events"], list) and abs(len(ours["events"]) - len(theirs["events"])) <= 2
+
+
+def test_tagging_an_exported_file_does_not_import_torch(exported, files):
+    """The point of the path: a short command skips torch's 1-2 s import. Fails if anything on it imports torch."""
+    script = ("import sys\nfrom auricle.cli import cli\n"
+              "cli(sys.argv[1:], standalone_mode=False)\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", script, "tag", files[0], "--checkpoint", str(exported), "-k", "3"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "a_sine440_1s.wav" in result.stdout and result.stdout.count("\n") >= 4
+
+
+def test_api_exported_model_scores_as_the_torch_model(torch_model, exported, files):
+    model = auricle.load_model(checkpoint=exported, threads=2, streams=2)
+    assert isinstance(model, ExportedModel)
+    assert (model.name, model.precision, model.streams) == ("small", "fp32", 2)
+    assert model.labels == torch_model.labels  # 527 AudioSet classes and their MIDs, from the file's metadata
+    rng = np.random.default_rng(0)
+    waves = (0.1 * rng.standard_normal((5, 40000))).astype(np.float32)
+    expected = torch_model.probabilities(torch.from_numpy(waves)).numpy()
+    np.testing.assert_allclose(model.probabilities(waves), expected, atol=1e-4)
+    one_stream = load_exported(exported, threads=2, streams=1)
+    # Split over two streams, ONNX Runtime picks other kernels for the smaller batches: last-bit differences.
+    np.testing.assert_allclose(np.stack(one_stream.score_windows(list(waves))), model.probabilities(waves), atol=1e-6)
+    # An array input and a list of files, as AudioModel.tag takes them.
+    from_array = {t.label: t.score for t in model.tag(waves[0], 16000, threshold=0.0).tags}
+    from_torch = {t.label: t.score for t in torch_model.tag(waves[0], 16000, threshold=0.0).tags}
+    assert from_array.keys() == from_torch.keys()
+    np.testing.assert_allclose([from_array[k] for k in from_torch], list(from_torch.values()), atol=1e-4)
+    assert [r.file for r in model.tag(files[:2], top_k=1)] == files[:2]
+
+
+def test_int8_file_and_precision_requests(torch_model, exported, files, tmp_path):
+    int8 = tmp_path / "small-int8.onnx"
+    export_onnx(torch_model, int8, int8=True)
+    model = auricle.load_model(checkpoint=int8, precision="auto")
+    assert model.precision == "int8"
+    assert len(model.tag(files[1], top_k=5).tags) == 5
+    with pytest.raises(CheckpointError, match="holds an int8 model, not fp32"):
+        auricle.load_model(checkpoint=int8, precision="fp32")
+    code, _, stderr = tag_json(files[0], "--checkpoint", str(exported), "--precision", "int8")
+    assert code == 2 and "holds an fp32 model, not int8 (export with --int8" in stderr
+    code, _, stderr = tag_json(files[0], "--checkpoint", str(exported), "--engine", "torch")
+    assert code == 2 and "runs in ONNX Runtime, not the torch engine" in stderr
+    code, _, stderr = tag_json(files[0], "--checkpoint", str(exported), "--device", "cuda")
+    assert code == 2 and "runs on the CPU only" in stderr
+
+
+def test_bad_exported_files_fail_with_one_line(torch_model, exported, files, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="junk.onnx: not a loadable ONNX model"):
+        load_exported(junk)
+    with pytest.raises(CheckpointError, match="missing.onnx: no such file"):
+        load_exported(tmp_path / "missing.onnx")
+    foreign = onnx.load_model(str(exported))
+    del foreign.metadata_props[:]
+    onnx.save_model(foreign, tmp_path / "foreign.onnx")
+    with pytest.raises(CheckpointError, match="not an auricle export"):
+        load_exported(tmp_path / "foreign.onnx")
+    mel = tmp_path / "mel.onnx"  # what `auricle export --mel-input` declares (a real one is slow to export)
+    relabelled = onnx.load_model(str(exported))
+    next(entry for entry in relabelled.metadata_props if entry.key == "input").value = "log-mel"
+    onnx.save_model(relabelled, mel)
+    code, _, stderr = tag_json(files[0], "--checkpoint", str(mel))
+    assert code == 2 and stderr.strip().splitlines() == [
+        f"auricle: error: {mel}: takes log-mel input; tagging needs a file exported with waveform input "
+        f"(auricle export without --mel-input)"]
+    # Commands that need more than tagging say so instead of failing on the file.
+    result = CliRunner().invoke(cli, ["embed", files[0], "-o", str(tmp_path / "e.npz"), "--checkpoint", str(exported)])
+    assert result.exit_code == 2 and "can only tag" in result.stderr
