@@ -1,12 +1,15 @@
-"""Cold start: wall time of `auricle tag one.wav` with the weights already on disk.
+"""Cold start: wall time of `auricle tag one.wav` with the model already on disk.
 
 Times, each in a fresh process and as the median of --repeats runs:
   * `python -c "import auricle.cli"`       (interpreter and CLI imports)
+  * `python -c "import torch"`             (what the weights path pays before any work)
   * `auricle tag one.wav --checkpoint W`   (the whole command, what a user waits for)
+  * `auricle tag one.wav --checkpoint W.onnx` with --exported: the same model written
+    by `auricle export` (no torch import), measured in turns with the weights command
 and, inside one process, the parts: importing torch and auricle.model, loading
 the weights, tagging the clip. The target is under 2 s, most of it model load.
 
-    python benchmarks/cold_start.py --repeats 5 --json benchmarks/results/cold_start.json
+    python benchmarks/cold_start.py --repeats 5 --exported onnxruntime --json benchmarks/results/cold_start.json
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from auricle.inference.tuning import cpu_model
 from synthetic import REFERENCE_CHECKPOINT, auricle_command, report, run_measured, write_recording
 
 PARTS = """
@@ -43,27 +47,51 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the clip to tag")
     parser.add_argument("--engine", default="torch")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--exported", choices=["portable", "onnxruntime"], default=None,
+                        help="also time the command on the checkpoint exported with this --runtime (fp32, "
+                             "or int8 with --precision int8)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
         clip = write_recording(Path(folder) / "one.wav", args.seconds)
         engine = ["--engine", args.engine, "--precision", args.precision]
-        # One untimed run warms the OS file cache (and the onnx engine's export cache).
-        run_measured(auricle_command("tag", clip, "--checkpoint", args.checkpoint, *engine))
+        weights_command = auricle_command("tag", clip, "--checkpoint", args.checkpoint, *engine)
+        exported_command = None
+        if args.exported:
+            exported = Path(folder) / "model.onnx"
+            subprocess.run(auricle_command("export", "--checkpoint", args.checkpoint, "--runtime", args.exported,
+                                           *(["--int8"] if args.precision == "int8" else []), "--out", exported),
+                           check=True, capture_output=True)
+            exported_command = auricle_command("tag", clip, "--checkpoint", exported)
+        # One untimed run each warms the OS file cache (and the onnx engine's export cache).
+        for command in filter(None, (weights_command, exported_command)):
+            run_measured(command)
         imports = [run_measured([sys.executable, "-c", "import auricle.cli"])[0] for _ in range(args.repeats)]
-        commands = [run_measured(auricle_command("tag", clip, "--checkpoint", args.checkpoint, *engine))
-                    for _ in range(args.repeats)]
+        torch_imports = [run_measured([sys.executable, "-c", "import torch"])[0] for _ in range(args.repeats)]
+        commands, exported_runs = [], []
+        for _ in range(args.repeats):  # in turns, so a slow phase of the machine hits both alike
+            commands.append(run_measured(weights_command))
+            if exported_command:
+                exported_runs.append(run_measured(exported_command))
         parts = [json.loads(subprocess.run([sys.executable, "-c", PARTS, str(args.checkpoint), str(clip),
                                             args.engine, args.precision],
                                            capture_output=True, check=True, text=True).stdout)
                  for _ in range(args.repeats)]
     result = dict(
-        date=time.strftime("%Y-%m-%d"), checkpoint=str(args.checkpoint), clip_seconds=args.seconds,
+        date=time.strftime("%Y-%m-%d"), time_utc=time.strftime("%H:%M", time.gmtime()), checkpoint=str(args.checkpoint), clip_seconds=args.seconds,
         engine=args.engine, precision=args.precision,
+        cpu_model=cpu_model(),
         cli_import_s=statistics.median(imports),
+        torch_import_s=statistics.median(torch_imports),
         tag_command_wall_s=statistics.median(wall for wall, _, _ in commands),
         tag_command_peak_rss_mb=statistics.median(peak for _, peak, _ in commands),
+        **({} if not exported_runs else dict(
+            exported_runtime=args.exported,
+            exported_tag_command_wall_s=statistics.median(wall for wall, _, _ in exported_runs),
+            exported_tag_command_walls_s=[round(wall, 3) for wall, _, _ in exported_runs],
+            exported_tag_command_peak_rss_mb=statistics.median(peak for _, peak, _ in exported_runs))),
+        tag_command_walls_s=[round(wall, 3) for wall, _, _ in commands],
         **{key: statistics.median(p[key] for p in parts) for key in ("import_s", "load_s", "tag_s")},
     )
     report(result, args.json)

@@ -14,6 +14,8 @@ median of the per-round ratios. The target is end to end within 10% of model onl
 
     python benchmarks/folder_e2e.py --files 48 --rounds 5 --json benchmarks/results/folder_e2e.json
 
+--checkpoint model.onnx runs an `auricle export` file (no torch in the model path).
+
 Like `auricle tag`, it runs with OMP_WAIT_POLICY=PASSIVE unless the variable is set
 (OMP_WAIT_POLICY=ACTIVE shows the spinning default of torch's OpenMP).
 """
@@ -115,7 +117,10 @@ def main() -> None:
     failures = [r for r in results if hasattr(r, "error")]
     result = dict(
         date=time.strftime("%Y-%m-%d"), files=len(files), seconds=args.seconds, threads=args.threads,
-        batch_size=args.batch_size, engine=args.engine, precision=args.precision, streams=model.engine.streams,
+        batch_size=args.batch_size,
+        engine=f"exported ({model.metadata['runtime']})" if hasattr(model, "metadata") else args.engine,
+        precision=getattr(model, "precision", args.precision), streams=model.streams,
+        checkpoint=str(args.checkpoint),
         skipped_formats=skipped,
         rounds=args.rounds, decode_files_per_s=len(files) / decode_s,
         model_only_clips_per_s=statistics.median(model_rates), end_to_end_files_per_s=statistics.median(e2e_rates),
