@@ -171,3 +171,28 @@ def test_evaluate_with_exported_file_equals_the_weights(weights, exported, files
     assert ours["files"] == theirs["files"] == len(files)
     # Scores agree within 1e-4; with six files an AP moves only if two of them swap ranks.
     assert ours["mAP"] == pytest.approx(theirs["mAP"], abs=1e-6)
+
+
+def test_serve_an_exported_file(exported, files):
+    """The service over an exported file: tagging as the library, no /v1/embed (it needs the weights)."""
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+    from fastapi.testclient import TestClient
+
+    from auricle.serve.app import create_app
+    from auricle.serve.config import ServeConfig
+
+    model = load_exported(exported)
+    with TestClient(create_app(model, ServeConfig(max_wait=0.001))) as client:
+        audio = open(files[1], "rb").read()
+        response = client.post("/v1/tag?threshold=0&spectrogram=true", content=audio)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        expected = {t.mid: t.score for t in model.tag(files[1], threshold=0.0).tags}
+        scores = {t["mid"]: t["score"] for t in body["tags"]}
+        assert scores.keys() == expected.keys()
+        np.testing.assert_allclose([scores[mid] for mid in expected], list(expected.values()), atol=1e-5)
+        assert body["spectrogram"]["mels"] == 64
+        info = client.get("/v1/models").json()["model"]
+        assert info == {"name": "small", "classes": 527, "embedding_dim": 64, "sample_rate": 16000}
+        refused = client.post("/v1/embed", content=audio)
+        assert refused.status_code == 501 and "exported ONNX file" in refused.json()["detail"]

@@ -83,6 +83,8 @@ class ExportedModel(Tagger):
         if "probabilities" not in outputs:
             raise CheckpointError(f"{self.path}: has no 'probabilities' output")
         self._output = outputs.index("probabilities")
+        width = first.get_outputs()[outputs.index("embedding")].shape[-1] if "embedding" in outputs else 0
+        self._embedding_width = width if isinstance(width, int) else 0
         # A one-thread session runs on its caller's thread, so concurrent runs of one
         # session are the streams; with more threads each stream needs its own pool.
         extra = 0 if options.intra_op_num_threads == 1 else self._streams - 1
@@ -98,6 +100,12 @@ class ExportedModel(Tagger):
     @property
     def batch_size(self) -> int:
         return default_batch_size("cpu", self._streams)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the encoder (the file's ``embedding`` output)."""
+        return int(json.loads(self.metadata.get("encoder", "{}")).get("embed_dim", 0)) or self._embedding_width
+
 
     @property
     def streams(self) -> int:

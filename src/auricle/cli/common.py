@@ -42,8 +42,9 @@ def model_options(command: Callable) -> Callable:
                            help="CPU threads for the model [default: one per usable core].")(command)
     command = click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")(command)
     command = click.option("--checkpoint", type=click.Path(dir_okay=True), default=None,
-                           help="Weights file or folder (Zenodo .pt, Hugging Face folder, auricle .safetensors); tag and "
-                           "evaluate also take an `auricle export` .onnx file (run by ONNX Runtime, no torch).")(command)
+                           help="Weights file or folder (Zenodo .pt, Hugging Face folder, auricle .safetensors); tag, "
+                           "evaluate and serve also take an `auricle export` .onnx file (run by ONNX Runtime, no "
+                           "torch).")(command)
     command = click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
                            help="Model name (see `auricle models`).")(command)
     return command
@@ -134,7 +135,7 @@ def _load_exported_or_exit(ctx: click.Context | None, path: str, device: str, th
 
     if not supported:
         command = ctx.info_name if ctx is not None else "this command"
-        fail(f"{path}: an exported ONNX file can only tag (auricle tag, auricle evaluate); "
+        fail(f"{path}: an exported ONNX file can only tag (auricle tag, evaluate, serve); "
              f"give {command} the model's weights (.pt, .safetensors or a Hugging Face folder)")
     try:
         return load_exported(path, device=device, engine=_meta_value(ctx, "engine") if _given(ctx, "engine") else None,

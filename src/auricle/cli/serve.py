@@ -59,11 +59,11 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
     if workers == 1:
         from auricle.serve.app import create_app
 
-        model = load_model_or_exit(model_name, checkpoint, device, threads)
+        model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
         uvicorn.run(create_app(model, config), host=host, port=port, log_level=log_level)
         return
     # Several processes: each worker builds its own app from this description.
-    load_model_or_exit(model_name, checkpoint, device, threads)  # fail here, once, on a bad model
+    load_model_or_exit(model_name, checkpoint, device, threads, exported=True)  # fail here, once, on a bad model
     from dataclasses import asdict
 
     meta = click.get_current_context().meta

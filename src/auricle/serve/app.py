@@ -16,8 +16,9 @@ import os
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -28,11 +29,16 @@ from auricle.errors import AuricleError
 from auricle.inference.events import EventOptions
 from auricle.inference.tagging import ClassSpace, TagOptions, summarize
 from auricle.inference.windows import window_bounds
-from auricle.model import AudioModel
 from auricle.options import TAG_OPTIONS
 from auricle.serve.batching import DynamicBatcher
 from auricle.serve.config import ServeConfig
 from auricle.serve.uploads import RequestError, audio_part, decode_upload, read_body
+
+if TYPE_CHECKING:
+    from auricle.exported import ExportedModel
+    from auricle.model import AudioModel
+
+    ServedModel = AudioModel | ExportedModel
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 #: Columns of the spectrogram image returned for the web page (time is max-pooled down to this).
@@ -79,7 +85,7 @@ def _query(name: str, description: str | None = None):
                  description=description or spec.help)
 
 
-def tag_options(model: AudioModel, *, top_k=None, threshold=None, classes: Sequence[str] = (), profile=None,
+def tag_options(model: ServedModel, *, top_k=None, threshold=None, classes: Sequence[str] = (), profile=None,
                 pool="max", events=False, window=10.0, hop=None, median_filter=1, min_duration=0.0,
                 min_gap=0.0) -> TagOptions:
     """The CLI's tagging options from request parameters; 400 on a bad value (never reads a path)."""
@@ -93,10 +99,19 @@ def tag_options(model: AudioModel, *, top_k=None, threshold=None, classes: Seque
         raise RequestError(400, str(error)) from None
 
 
-def spectrogram_image(model: AudioModel, waveform: np.ndarray, columns: int = SPECTROGRAM_COLUMNS) -> dict:
+def spectrogram_image(model: ServedModel, waveform: np.ndarray, columns: int = SPECTROGRAM_COLUMNS) -> dict:
     """The log-mel of a whole recording as a small 8-bit image for the web page (row 0 = lowest band)."""
+    import torch  # an exported file's server imports torch only when a page asks for a spectrogram
+
+    from auricle.frontend import FrontendConfig, LogMel
+
+    network = getattr(model, "network", None)
+    if network is not None:
+        frontend, log_mel = network.frontend, network.spectrogram
+    else:  # an exported file: its frontend parameters are in its metadata
+        frontend = log_mel = LogMel(FrontendConfig(**json.loads(model.metadata["frontend"])))
     with torch.inference_mode():
-        mel = model.network.spectrogram(torch.from_numpy(waveform)[None])[0].numpy()  # (mels, frames), dB
+        mel = log_mel(torch.from_numpy(waveform)[None])[0].numpy()  # (mels, frames), dB
     frames = mel.shape[1]
     step = max(1, -(-frames // columns))
     pad = (-frames) % step
@@ -109,16 +124,22 @@ def spectrogram_image(model: AudioModel, waveform: np.ndarray, columns: int = SP
     return {
         "mels": int(pooled.shape[0]),
         "columns": int(pooled.shape[1]),
-        "seconds_per_column": step * model.network.frontend.config.hop_length / SAMPLE_RATE,
+        "seconds_per_column": step * frontend.config.hop_length / SAMPLE_RATE,
         "db_min": round(bottom, 2),
         "db_max": round(top, 2),
         "data": base64.b64encode((scaled * 255).round().astype(np.uint8).tobytes()).decode("ascii"),
     }
 
 
-def create_app(model: AudioModel, config: ServeConfig = ServeConfig()) -> FastAPI:
-    """The service over ``model`` with the limits of ``config``."""
-    batcher = DynamicBatcher(lambda batch: model.probabilities(torch.from_numpy(batch)).numpy(),
+def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastAPI:
+    """The service over ``model`` with the limits of ``config``.
+
+    ``model`` is an :class:`~auricle.model.AudioModel` or an
+    :class:`~auricle.exported.ExportedModel` (an exported file: everything but
+    ``/v1/embed``, which needs the weights, and without importing torch unless a
+    page asks for a spectrogram).
+    """
+    batcher = DynamicBatcher(lambda batch: np.asarray(model.probabilities(batch)),
                              max_batch_size=config.max_batch_size, max_wait=config.max_wait)
     admission = Admission(config.max_pending, config.retry_after)
 
@@ -237,6 +258,9 @@ def create_app(model: AudioModel, config: ServeConfig = ServeConfig()) -> FastAP
     @app.post("/v1/embed", openapi_extra=_AUDIO_BODY)
     async def embed(request: Request, filename: str | None = Query(None)) -> dict:
         """Embeddings of one recording: the clip embedding and one per 10.12 s piece (``Embeddings.to_dict()``)."""
+        if not hasattr(model, "embed_waveform"):
+            raise RequestError(501, f"this server runs an exported ONNX file ({model.name}), which has no "
+                                    f"per-piece embeddings; serve the model's weights for /v1/embed")
 
         async def work(name: str, waveform: np.ndarray) -> dict:
             return (await on_model(lambda: model.embed_waveform(waveform, name=name))).to_dict()
