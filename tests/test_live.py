@@ -251,3 +251,24 @@ def test_listen_ctrl_c_ends_the_stream_and_its_open_events(burst_model_path):
     assert 1.5 <= stopped <= 2.0
     end = json.loads(out.splitlines()[-1])
     assert (end["type"], end["onset"], end["offset"]) == ("end", 1.0, pytest.approx(stopped, abs=0.006))
+
+
+def test_listen_with_an_exported_file_reports_the_same_events(burst_model_path, tmp_path):
+    """`auricle listen --checkpoint model.onnx`: live tagging from an exported file (no torch on a small device)."""
+    pytest.importorskip("onnxruntime")
+    import auricle
+    from auricle.export import export_onnx
+
+    exported = tmp_path / "burst.onnx"
+    export_onnx(auricle.load_model(checkpoint=burst_model_path), exported)
+    stdin = s16le(burst_signal(5.0, 1.6, 2.9))
+    outputs = []
+    for checkpoint in (exported, burst_model_path):
+        result = _listen(["-", "--checkpoint", checkpoint, "--window", "1", "--hop", "0.25", "--classes", "Burst",
+                          "--format", "jsonl"], stdin)
+        assert result.exit_code == 0, result.output
+        outputs.append([json.loads(line) for line in result.stdout.splitlines()])
+    ours, theirs = outputs
+    keys = ("type", "label", "onset", "offset")
+    assert [{k: line.get(k) for k in keys} for line in ours] == [{k: line.get(k) for k in keys} for line in theirs]
+    assert [line["type"] for line in ours] == ["start", "end"] and ours[1]["max_score"] > 0.99

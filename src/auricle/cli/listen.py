@@ -87,7 +87,7 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
 
     if hop > window:
         fail(f"--hop ({hop}) must be at most --window ({window})")
-    model = load_model_or_exit(model_name, checkpoint, device, threads)
+    model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
     try:
         options = model.tag_options(top_k=top_k, threshold=threshold, classes=classes, profile=profile,
                                     events=True, window=window, hop=hop)
@@ -101,8 +101,10 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
     except (AuricleError, ValueError) as error:
         fail(str(error))
 
+    import numpy as np
+
     def score(samples):
-        return model.probabilities(samples)[0].numpy()
+        return np.asarray(model.probabilities(samples)[0])  # a torch tensor, or numpy from an exported file
 
     printer = _Printer(output_format, show_windows)
     compute: list[float] = []
