@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import auricle
 from auricle.cli import cli
-from auricle.errors import CheckpointError
+from auricle.errors import AuricleError, CheckpointError
 from auricle.export import export_onnx
 from auricle.exported import ExportedModel, load_exported
 from auricle.models.ced import CED, CEDConfig
@@ -152,6 +152,8 @@ def test_bad_exported_files_fail_with_one_line(torch_model, exported, files, tmp
     assert code == 2 and stderr.strip().splitlines() == [
         f"auricle: error: {mel}: takes log-mel input; tagging needs a file exported with waveform input "
         f"(auricle export without --mel-input)"]
+    with pytest.raises(AuricleError, match="gives no per-piece embeddings"):
+        auricle.embed(files[0], checkpoint=exported)
     # Commands that need more than tagging say so instead of failing on the file.
     result = CliRunner().invoke(cli, ["embed", files[0], "-o", str(tmp_path / "e.npz"), "--checkpoint", str(exported)])
     assert result.exit_code == 2 and "can only tag" in result.stderr

@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = ["available_models", "load_model", "tag", "embed", "AudioModel", "__version__"]
 
 if TYPE_CHECKING:
+    from auricle.exported import ExportedModel
     from auricle.model import AudioModel
     from auricle.models.registry import ModelInfo
 
@@ -30,7 +31,7 @@ def available_models() -> list["ModelInfo"]:
 
 
 def load_model(name: str = "ced-mini", checkpoint: Any = None, device: Any = "cpu", cache_dir: Any = None,
-               **engine: Any) -> "AudioModel":
+               **engine: Any) -> "AudioModel | ExportedModel":
     """Load a model by name or checkpoint; see :func:`auricle.model.load_model`
     (``engine=``, ``precision=``, ``threads=`` choose how the encoder runs).
 

@@ -120,6 +120,11 @@ class ExportedModel(Tagger):
             raise ValueError(f"expected (batch, samples) waveforms, got shape {batch.shape}")
         return self._score_now(np.ascontiguousarray(batch))
 
+    def embed(self, *args, **kwargs):
+        """Not available: per-piece embeddings need the encoder's tokens, which an exported file does not output."""
+        raise AuricleError(f"{self.path}: an exported ONNX file gives no per-piece embeddings; "
+                           f"load the model's weights to embed (its `embedding` output is the clip embedding only)")
+
     # -- scoring for the pipeline --------------------------------------------------
     def _run(self, stream: int, batch: np.ndarray) -> np.ndarray:
         session = self._sessions[stream % len(self._sessions)]
