@@ -33,7 +33,6 @@ from auricle.cli import prefer_sleeping_openmp_threads
 
 prefer_sleeping_openmp_threads()  # what `auricle tag` does before torch loads; OMP_WAIT_POLICY=ACTIVE to compare
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from synthetic import REFERENCE_CHECKPOINT, report, write_recording, write_with_pyav

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from auricle.inference.engines import ENGINES, PRECISIONS, EngineConfig, EngineError
 from auricle.inference.fused import FusedEncoder, fp32_products

@@ -219,7 +219,6 @@ def test_precision_auto_resolves_per_cpu_and_engine(tmp_path):
 
 def test_cli_precision_auto_tags_with_this_cpus_choice(tiny_checkpoint, reference_dir, monkeypatch):
     from auricle.inference import engines
-    from auricle.inference.tuning import CpuFeatures
 
     loaded = []
     original = engines.make_engine

@@ -198,3 +198,13 @@ def test_serve_an_exported_file(exported, files):
         assert info == {"name": "small", "classes": 527, "embedding_dim": 64, "sample_rate": 16000}
         refused = client.post("/v1/embed", content=audio)
         assert refused.status_code == 501 and "exported ONNX file" in refused.json()["detail"]
+
+
+def test_serve_workers_build_the_app_from_an_exported_file(exported, monkeypatch):
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+    from auricle.serve.app import create_app_from_environment
+
+    monkeypatch.setenv("AURICLE_SERVE", json.dumps({"model": "ced-mini", "checkpoint": str(exported), "threads": 1,
+                                                    "engine": "torch", "precision": "fp32", "config": {}}))
+    model = create_app_from_environment().state.model
+    assert isinstance(model, ExportedModel) and model.threads == 1 and model.name == "small"

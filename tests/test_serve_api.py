@@ -353,9 +353,16 @@ def test_serve_command_refuses_a_bad_checkpoint_in_one_line(tmp_path):
 def test_worker_processes_build_the_app_from_the_environment(tmp_path, monkeypatch):
     from auricle.serve.app import create_app_from_environment
 
+    import torch
+
     checkpoint = tiny_random_checkpoint(tmp_path / "tiny.safetensors")
-    monkeypatch.setenv("AURICLE_SERVE", json.dumps({"model": "ced-mini", "checkpoint": str(checkpoint),
+    monkeypatch.setenv("AURICLE_SERVE", json.dumps({"model": "ced-mini", "checkpoint": str(checkpoint), "threads": 1,
                                                     "config": {"max_pending": 3, "max_duration": 5.0}}))
-    app = create_app_from_environment()
+    threads = torch.get_num_threads()
+    try:
+        app = create_app_from_environment()
+        assert torch.get_num_threads() == 1  # --threads reaches each worker process
+    finally:
+        torch.set_num_threads(threads)
     assert app.state.config == ServeConfig(max_pending=3, max_duration=5.0)
     assert app.state.model.name == "test-tiny"
