@@ -34,6 +34,8 @@ def test_json_report_matches_what_auricle_picks_here():
                                         "onnx": resolve_precision("onnx", "auto")}
     assert report["vector_isa"] == torch.backends.cpu.get_cpu_capability()
     assert report["torch"] == torch.__version__
+    if report["onnxruntime"]:
+        assert report["exported_files"].startswith(f"ONNX Runtime {report['onnxruntime']}, without importing torch")
 
 
 def test_table_has_one_line_per_engine_and_precision():
@@ -60,6 +62,7 @@ def test_missing_onnxruntime_is_reported_with_the_install_hint(monkeypatch):
     assert report["onnxruntime"] is None
     for pair in ("onnx-fp32", "onnx-int8"):
         assert not routes(report)[pair]["available"] and "auricle[onnx]" in routes(report)[pair]["note"]
+    assert "auricle[onnx]" in report["exported_files"]
     table = run()
     assert "onnx-int8   unavailable" in table and "pip install 'auricle[onnx]'" in table
 

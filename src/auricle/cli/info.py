@@ -88,6 +88,7 @@ def system_command(as_json: bool) -> None:
         ("defaults", f"{report.threads} threads, {report.streams} streams, batch {report.batch_size}"),
         ("--precision auto", ", ".join(f"{engine}: {precision}" for engine, precision in report.auto_precision.items())),
         ("engine cache", report.cache_dir),
+        ("exported files", report.exported_files),
     ]
     for key, value in rows:
         click.echo(f"{key:<17} {value}")

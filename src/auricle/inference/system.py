@@ -55,6 +55,7 @@ class SystemReport:
     auto_precision: dict[str, str]  # engine -> what --precision auto picks
     routes: list[EngineRoute]
     cache_dir: str
+    exported_files: str  # how an `auricle export` file given as --checkpoint runs here
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,4 +117,6 @@ def system_report() -> SystemReport:
         auto_precision={engine: resolve_precision(engine, "auto", "cpu", features) for engine in ("torch", "onnx")},
         routes=_torch_routes(features) + _onnx_routes(onnxruntime),
         cache_dir=str(engine_cache_dir()),
+        exported_files=(f"ONNX Runtime {onnxruntime}, without importing torch (tag, evaluate, serve, listen "
+                        f"--checkpoint FILE.onnx)" if onnxruntime else "need onnxruntime: pip install 'auricle[onnx]'"),
     )
