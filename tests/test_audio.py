@@ -359,6 +359,19 @@ def test_pyav_sample_format_without_numpy_dtype(tmp_path, monkeypatch):
     expect_audio_error(load_audio, path, fragment="unsupported sample format 'fltp'", name="x.m4a")
 
 
+def test_without_pyav_formats_libsndfile_cannot_read_fail_one_file_at_a_time(tmp_path, monkeypatch):
+    """A minimal install (exported files only, docs/deploy.md) may lack PyAV: say so per file, not with a traceback."""
+    import sys
+
+    m4a = encode(tmp_path / "x.m4a", "aac", 44100, sine(440, 44100, 0.5)[None])
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError
+    for call in (load_audio, audio_info, lambda path: list(iter_blocks(path, 16000))):
+        expect_audio_error(call, m4a, fragment="PyAV (FFmpeg), which reads more formats, is not installed: "
+                                               "pip install av", name="x.m4a")
+    sf.write(tmp_path / "x.flac", sine(440, 16000, 0.5), 16000)  # libsndfile formats still decode
+    assert load_audio(tmp_path / "x.flac").size == 8000
+
+
 def test_video_file_uses_its_audio_stream(tmp_path):
     stereo = np.stack([sine(440, 44100, 2.0), sine(440, 44100, 2.0)])
     path = encode(tmp_path / "clip.mp4", "aac", 44100, stereo, video=True)

@@ -461,9 +461,19 @@ def _unopenable(name: str, head: bytes, sndfile_error: Exception) -> AudioError:
 # -- FFmpeg (PyAV) --------------------------------------------------------------------
 
 
+def _import_av(name: str, sndfile_error: Exception):
+    """The PyAV module, or an AudioError for this file where it is missing (a minimal, exported-files-only install)."""
+    try:
+        import av
+    except ImportError:
+        raise AudioError(f"{name}: libsndfile cannot read it ({_sndfile_detail(sndfile_error)}) and PyAV (FFmpeg), "
+                         f"which reads more formats, is not installed: pip install av") from None
+    return av
+
+
 def _pyav_open(name: str, head: bytes, sndfile_error: Exception):
     """Open with PyAV; return (container, first audio stream) or raise AudioError."""
-    import av
+    av = _import_av(name, sndfile_error)
 
     try:
         container = av.open(name, mode="r", metadata_errors="ignore")
@@ -487,7 +497,7 @@ def _pyav_decoded(name: str, head: bytes, sndfile_error: Exception) -> Iterator[
     of about DECODE_FRAMES samples, then read, converted and mixed at once. A
     chunk ends early where the rate, sample format or channel count changes.
     """
-    import av
+    av = _import_av(name, sndfile_error)
 
     container, stream = _pyav_open(name, head, sndfile_error)
     codec = stream.codec_context.name
@@ -519,7 +529,7 @@ def _pyav_decoded(name: str, head: bytes, sndfile_error: Exception) -> Iterator[
 
 
 def _pyav_info(name: str, head: bytes, sndfile_error: Exception) -> AudioInfo:
-    import av
+    av = _import_av(name, sndfile_error)
 
     container, stream = _pyav_open(name, head, sndfile_error)
     with container:

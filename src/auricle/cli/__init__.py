@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import click
 
@@ -65,4 +66,13 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except ModuleNotFoundError as error:
+        if error.name != "torch":
+            raise
+        # An install without torch (for exported files only: docs/deploy.md) asked for something that needs it.
+        click.echo("auricle: error: this needs PyTorch, which is not installed (pip install torch==2.13.0); "
+                   "without it auricle runs exported files only: tag, evaluate, serve or listen "
+                   "--checkpoint FILE.onnx", err=True)
+        sys.exit(2)
