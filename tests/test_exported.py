@@ -215,6 +215,12 @@ def test_serve_an_exported_file(exported, files):
         assert info == {"name": "small", "classes": 527, "embedding_dim": 64, "sample_rate": 16000}
         refused = client.post("/v1/embed", content=audio)
         assert refused.status_code == 501 and "exported ONNX file" in refused.json()["detail"]
+        # An install without torch cannot draw the page's spectrogram: 501 with the reason, tagging goes on.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(sys.modules, "auricle.frontend", None)
+            no_image = client.post("/v1/tag?spectrogram=true", content=audio)
+        assert no_image.status_code == 501 and "spectrogram images need PyTorch" in no_image.json()["detail"]
+        assert client.post("/v1/tag", content=audio).status_code == 200
 
 
 def test_serve_workers_build_the_app_from_an_exported_file(exported, monkeypatch):

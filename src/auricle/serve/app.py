@@ -101,9 +101,13 @@ def tag_options(model: ServedModel, *, top_k=None, threshold=None, classes: Sequ
 
 def spectrogram_image(model: ServedModel, waveform: np.ndarray, columns: int = SPECTROGRAM_COLUMNS) -> dict:
     """The log-mel of a whole recording as a small 8-bit image for the web page (row 0 = lowest band)."""
-    import torch  # an exported file's server imports torch only when a page asks for a spectrogram
+    try:  # an exported file's server imports torch only when a page asks for a spectrogram
+        import torch
 
-    from auricle.frontend import FrontendConfig, LogMel
+        from auricle.frontend import FrontendConfig, LogMel
+    except ImportError:
+        raise RequestError(501, "spectrogram images need PyTorch, which this server's install lacks; "
+                                "ask without spectrogram=true") from None
 
     network = getattr(model, "network", None)
     if network is not None:
