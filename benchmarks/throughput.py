@@ -11,6 +11,9 @@ Measures, in one run:
     that reproduces the official code's compute graph;
   * with --engine/--precision, each other engine (torch bf16/int8, ONNX Runtime
     fp32/int8; see auricle.inference.engines) on the same clips;
+  * with --exported RUNTIME, the same network written by `auricle export --runtime RUNTIME`
+    (fp32, and int8 when --precision has it) and run as an ExportedModel (ONNX Runtime
+    for frontend, encoder and head; what `auricle tag --checkpoint FILE.onnx` runs);
   * with --streams, each engine with that many streams (the batch split over
     concurrent calls; auricle.inference.streams); by default the engine's own
     default (one per thread). "s1" rows are one call on all threads.
@@ -23,6 +26,7 @@ from ../shared/reference/official/flops.json when present, else from the analyti
     python benchmarks/throughput.py --threads 2 --batch-size 8 --json benchmarks/results/throughput.json
     python benchmarks/throughput.py --engine torch onnx --precision fp32 bf16 int8 --json benchmarks/results/engines.json
     python benchmarks/throughput.py --models ced-mini --engine torch onnx --precision fp32 int8 --streams 1 2
+    python benchmarks/throughput.py --models ced-mini --engine onnx --precision fp32 int8 --exported onnxruntime
     python benchmarks/throughput.py --quick            # ced-mini, fp32 torch, 3 rounds
 """
 
@@ -33,11 +37,14 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from auricle.export import export_onnx
+from auricle.exported import ExportedModel
 from auricle.inference.engines import ENGINES, PRECISIONS, EngineConfig, EngineError
 from auricle.inference.fused import FusedEncoder, fp32_products
 from auricle.inference.tuning import cpu_features, cpu_model, default_batch_size, default_streams
@@ -149,6 +156,8 @@ def main() -> None:
     parser.add_argument("--products", nargs="+", choices=["onednn", "blas"], default=[None],
                         help="torch fp32 only: run the fused encoder's products this way (rows 'auricle[blas]' "
                              "...); default: what this CPU picks (auricle.inference.fused.fp32_products)")
+    parser.add_argument("--exported", nargs="+", choices=["portable", "onnxruntime"], default=[],
+                        help="also run the network exported with these runtimes (rows 'exported[RUNTIME]-fp32/int8')")
     parser.add_argument("--quick", action="store_true",
                         help="ced-mini only, no baseline, 3 rounds: for trying an idea, not for the table")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -162,7 +171,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {cpu_model()}, {cpu_features().to_dict()}, "
           f"{torch.backends.cpu.get_cpu_capability()} (fp32 products: {fp32_products()}); "
           f"{args.rounds} interleaved rounds, ~{args.seconds} s per figure per round\n")
-    header = (f"{'model':<10} {'engine':<18} {'GFLOP/clip':>10} {'batch 1':>9} {f'batch {args.batch_size}':>9} "
+    header = (f"{'model':<10} {'engine':<28} {'GFLOP/clip':>10} {'batch 1':>9} {f'batch {args.batch_size}':>9} "
               f"{'(min-max)':>13} {'% peak':>7}")
     print(header)
     print("-" * len(header))
@@ -186,6 +195,7 @@ def main() -> None:
         variants.append(("module", None, None))
         variants.append(("official-attention", None, official_attention))
     peaks: list[float] = []
+    exports = tempfile.TemporaryDirectory()
     for info in available_models():
         if info.name not in args.models:
             continue
@@ -201,6 +211,13 @@ def main() -> None:
             models[label] = AudioModel(network, info.name, audioset_labels(), engine=config)
             if option is not None:  # a benchmark-only swap: users get what fp32_products() picks
                 models[label].engine._fused = FusedEncoder(network, "fp32", option)
+        torch.manual_seed(0)
+        reference = AudioModel(CED(info.config), info.name, audioset_labels())
+        for runtime in args.exported:
+            for precision in [p for p in ("fp32", "int8") if p in args.precision]:
+                path = Path(exports.name) / f"{info.name}-{runtime}-{precision}.onnx"
+                export_onnx(reference, path, int8=precision == "int8", runtime=runtime)
+                models[f"exported[{runtime}]-{precision}"] = ExportedModel(path, threads=args.threads)
         model_peaks: list[float] = []
         single = interleaved(models, 1, args.rounds, args.seconds / 2, model_peaks)
         batched = interleaved(models, args.batch_size, args.rounds, args.seconds, model_peaks)
@@ -214,9 +231,9 @@ def main() -> None:
                              batched_min=min(batched[label]), batched_max=max(batched[label]),
                              batch_size=args.batch_size, matmul_peak_gflops=peak, peak_fraction=fraction))
             spread = f"({min(batched[label]):.1f}-{max(batched[label]):.1f})"
-            print(f"{info.name:<10} {label:<18} {gflop:>10.2f} {statistics.median(single[label]):>9.1f} "
+            print(f"{info.name:<10} {label:<28} {gflop:>10.2f} {statistics.median(single[label]):>9.1f} "
                   f"{rate:>9.1f} {spread:>13} {100 * fraction:>6.0f}%")
-        print(f"{'':<10} {'matmul peak':<18} {'':>10} {'':>9} {peak:>9.1f} "
+        print(f"{'':<10} {'matmul peak':<28} {'':>10} {'':>9} {peak:>9.1f} "
               f"{f'({min(model_peaks):.0f}-{max(model_peaks):.0f})':>13}  GFLOP/s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
