@@ -215,6 +215,15 @@ def test_export_refuses_unknown_runtime(small_checkpoint, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_an_fp32_export_past_the_tolerance_is_refused_and_writes_nothing(small_checkpoint, tmp_path):
+    out = tmp_path / "x.onnx"
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(small_checkpoint), "--out", str(out),
+                                      "--tolerance", "1e-12"])
+    assert result.exit_code == 1 and not out.exists() and not out.with_name("x.onnx.partial").exists()
+    [line] = result.stderr.strip().splitlines()
+    assert "in probability (limit 1e-12); nothing written (raise the limit with --tolerance to accept it)" in line
+
+
 def test_export_refuses_missing_checkpoint(tmp_path):
     result = CliRunner().invoke(cli, ["export", "--checkpoint", str(tmp_path / "none.pt"), "--out",
                                       str(tmp_path / "x.onnx")])

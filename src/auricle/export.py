@@ -354,13 +354,13 @@ def _metadata(model, input_kind: str, int8: bool, runtime: str) -> dict[str, str
 
 
 def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input: bool = False,
-                runtime: str = "portable") -> ExportReport:
+                runtime: str = "portable", tolerance: float = FP32_TOLERANCE) -> ExportReport:
     """Export ``model`` (an :class:`auricle.model.AudioModel`) to ``out`` and check it against torch.
 
     ``runtime="onnxruntime"`` puts the ``onnx`` engine's fused encoder in the
     graph (ONNX Runtime only; with ``int8`` only the encoder is quantised).
     The file is written only if the check passes (fp32: probabilities within
-    :data:`FP32_TOLERANCE`); int8 agreement is reported, never enforced.
+    ``tolerance``, default :data:`FP32_TOLERANCE`); int8 agreement is reported, never enforced.
     """
     import tempfile
 
@@ -403,9 +403,10 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
             worst = max(worst, float(np.abs(probabilities - expected).max()))
             embedding_worst = max(embedding_worst, float(np.abs(embedding - expected_embedding).max()))
             overlaps.extend(top_k_overlap(expected, probabilities, 5))
-    if not int8 and worst > FP32_TOLERANCE:
+    if not int8 and worst > tolerance:
+        # Sharp heads magnify where the graph's float32 DFT and torch's FFT round apart (near-silent bins of pure tones).
         raise ExportError(f"{model.name}: exported graph differs from torch by {worst:.2e} in probability "
-                          f"(limit {FP32_TOLERANCE:g}); nothing written")
+                          f"(limit {tolerance:g}); nothing written (raise the limit with --tolerance to accept it)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
