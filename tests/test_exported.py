@@ -169,11 +169,39 @@ def test_bad_exported_files_fail_with_one_line(torch_model, exported, files, tmp
     assert code == 2 and stderr.strip().splitlines() == [
         f"auricle: error: {mel}: takes log-mel input; tagging needs a file exported with waveform input "
         f"(auricle export without --mel-input)"]
-    with pytest.raises(AuricleError, match="gives no per-piece embeddings"):
+    with pytest.raises(AuricleError, match="has no per-piece embeddings; export it with --piece-embeddings"):
         auricle.embed(files[0], checkpoint=exported)
-    # Commands that need more than tagging say so instead of failing on the file.
     result = CliRunner().invoke(cli, ["embed", files[0], "-o", str(tmp_path / "e.npz"), "--checkpoint", str(exported)])
-    assert result.exit_code == 2 and "can only tag" in result.stderr
+    assert result.exit_code == 2 and "export it with --piece-embeddings" in result.stderr
+    # Training needs the weights: said in one line instead of failing on the file.
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("file,labels\n" + "".join(f"{f},{'ab'[n % 2]}\n" for n, f in enumerate(files)))
+    result = CliRunner().invoke(cli, ["probe", str(manifest), "--folds", "2", "--checkpoint", str(exported)])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "not train" in result.stderr
+
+
+def test_embed_with_piece_embeddings_equals_the_weights(weights, torch_model, files, tmp_path):
+    """`auricle export --piece-embeddings` files embed as the weights do, also through the CLI."""
+    path = tmp_path / "pieces.onnx"
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(weights),
+                                      "--piece-embeddings", "--out", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    model = load_exported(path)
+    assert model.can_embed
+    long = files[1]  # 25.3 s: three pieces, the last one short
+    ours, theirs = model.embed(long), torch_model.embed(long)
+    np.testing.assert_allclose(ours.starts, theirs.starts)
+    np.testing.assert_allclose(ours.ends, theirs.ends)
+    assert ours.windows.shape == theirs.windows.shape == (3, 64) and ours.duration == theirs.duration
+    np.testing.assert_allclose(ours.clip, theirs.clip, atol=1e-3)
+    np.testing.assert_allclose(ours.windows, theirs.windows, atol=1e-3)
+    out = tmp_path / "e.npz"
+    cli_result = CliRunner().invoke(cli, ["embed", long, files[0], "-o", str(out), "--checkpoint", str(path)],
+                                    catch_exceptions=False)
+    assert cli_result.exit_code == 0, cli_result.output
+    saved = np.load(out)
+    np.testing.assert_allclose(saved["clip"][0], ours.clip, atol=1e-6)
+    assert list(saved["window_file"]) == [0, 0, 0, 1]
 
 
 def test_evaluate_with_exported_file_equals_the_weights(weights, exported, files, tmp_path):

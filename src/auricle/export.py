@@ -76,13 +76,18 @@ def split_pieces(normalized: torch.Tensor, target_frames: int) -> tuple[torch.Te
     return pieces.reshape(count * batch, 1, mels, target // count), count
 
 
-def pool_pieces(network: CED, tokens: torch.Tensor, count) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens of ``count`` pieces per clip, piece-major -> (probabilities, embedding) per clip."""
+def pool_pieces(network: CED, tokens: torch.Tensor, count, piece_embeddings: bool = False) -> tuple[torch.Tensor, ...]:
+    """Tokens of ``count`` pieces per clip, piece-major -> (probabilities, embedding) per clip.
+
+    ``piece_embeddings``: also the mean token of every piece, (pieces, batch, dim), what
+    ``AudioModel.embed`` gives as ``windows`` for a recording passed whole.
+    """
     probabilities = network.activate(network.forward_head(tokens))
     probabilities = probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
+    pieces = tokens.mean(dim=1).reshape(count, -1, tokens.shape[-1])
     # Every piece has the same token count, so this is the mean over all tokens (the HEAR clip embedding).
-    embedding = tokens.mean(dim=1).reshape(count, -1, tokens.shape[-1]).mean(dim=0)
-    return probabilities, embedding
+    embedding = pieces.mean(dim=0)
+    return (probabilities, embedding, pieces) if piece_embeddings else (probabilities, embedding)
 
 
 def pad_short(waveforms: torch.Tensor) -> torch.Tensor:
@@ -121,14 +126,15 @@ class ConvLogMel(LogMel):
 class MelGraph(nn.Module):
     """Log-mel (batch, n_mels, frames) in dB -> (probabilities, embedding)."""
 
-    def __init__(self, network: CED) -> None:
+    def __init__(self, network: CED, piece_embeddings: bool = False) -> None:
         super().__init__()
         self.network = network
+        self.piece_embeddings = piece_embeddings
 
-    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, ...]:
         network = self.network
         pieces, count = split_pieces(network.normalize(mel), network.config.target_frames)
-        return pool_pieces(network, network.forward_features(pieces), count)
+        return pool_pieces(network, network.forward_features(pieces), count, self.piece_embeddings)
 
 
 class WaveformInput(nn.Module):
@@ -143,7 +149,7 @@ class WaveformInput(nn.Module):
         self.mel_part = mel_part
         self.frontend = ConvLogMel(mel_part.network.frontend.config)
 
-    def forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.mel_part(self.frontend(pad_short(waveforms)))
 
 
@@ -165,14 +171,15 @@ class MelPieces(nn.Module):
 
 
 class PooledHead(nn.Module):
-    """(tokens (pieces * batch, patches, dim), ``piece_marker``) -> (probabilities, embedding)."""
+    """(tokens (pieces * batch, patches, dim), ``piece_marker``) -> (probabilities, embedding[, piece_embeddings])."""
 
-    def __init__(self, network: CED) -> None:
+    def __init__(self, network: CED, piece_embeddings: bool = False) -> None:
         super().__init__()
         self.network = network
+        self.piece_embeddings = piece_embeddings
 
-    def forward(self, tokens: torch.Tensor, piece_marker: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return pool_pieces(self.network, tokens, piece_marker.shape[0])
+    def forward(self, tokens: torch.Tensor, piece_marker: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return pool_pieces(self.network, tokens, piece_marker.shape[0], self.piece_embeddings)
 
 
 @contextlib.contextmanager
@@ -248,7 +255,7 @@ def filterbank_products(model_proto, network: CED) -> list[str]:
     return [node.name for node in model_proto.graph.node if node.op_type == "MatMul" and matches & set(node.input)]
 
 
-def onnxruntime_graph(network: CED, mel_input: bool, int8: bool, work_dir: Path):
+def onnxruntime_graph(network: CED, mel_input: bool, int8: bool, work_dir: Path, piece_embeddings: bool = False):
     """The ``onnxruntime`` runtime's graph: traced frontend, ort_graph's fused encoder, traced head."""
     import onnx
     from onnx import compose
@@ -258,10 +265,10 @@ def onnxruntime_graph(network: CED, mel_input: bool, int8: bool, work_dir: Path)
     front = _to_onnx(*_front_parts(network, mel_input, pieces_only=True), ["pieces", "piece_marker"])
     # Examples of size 2 at least on every dynamic axis: torch.export specialises axes of size 0 or 1.
     tokens = torch.zeros(4, 62, network.config.embed_dim)
-    head = _to_onnx(PooledHead(network), {"tokens": tokens, "piece_marker": torch.zeros(2)},
+    head = _to_onnx(PooledHead(network, piece_embeddings), {"tokens": tokens, "piece_marker": torch.zeros(2)},
                     {"tokens": {0: torch.export.Dim("n"), 1: torch.export.Dim("patches")},
                      "piece_marker": {0: torch.export.Dim("count")}},
-                    ["probabilities", "embedding"])
+                    output_names(piece_embeddings))
     encoder = ort_graph.encoder_graph(network)
     if int8:  # only the encoder: its MatMuls and Attention are nearly all of the arithmetic
         encoder = ort_graph.quantize_encoder(encoder, work_dir)
@@ -284,9 +291,13 @@ def onnxruntime_graph(network: CED, mel_input: bool, int8: bool, work_dir: Path)
     return joined
 
 
-def _front_parts(network: CED, mel_input: bool, pieces_only: bool = False):
+def output_names(piece_embeddings: bool) -> list[str]:
+    return ["probabilities", "embedding"] + (["piece_embeddings"] if piece_embeddings else [])
+
+
+def _front_parts(network: CED, mel_input: bool, pieces_only: bool = False, piece_embeddings: bool = False):
     """(module, example inputs, dynamic axes) of the graph's input side for ``_to_onnx``."""
-    module = MelPieces(network) if pieces_only else MelGraph(network)
+    module = MelPieces(network) if pieces_only else MelGraph(network, piece_embeddings)
     if mel_input:
         return (module, {"mel": torch.zeros(2, network.config.n_mels, 1101)},
                 {"mel": {0: torch.export.Dim("batch"), 2: torch.export.Dim("frames", min=1, max=2**24)}})
@@ -312,6 +323,7 @@ class ExportReport:
     seconds: float
     size_bytes: int
     runtime: str = "portable"  # see RUNTIMES
+    piece_embeddings: bool = False  # the third output, per-piece mean tokens
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -332,7 +344,7 @@ def check_clips(seed: int = 0) -> dict[str, np.ndarray]:
     return {name: clip.astype(np.float32) for name, clip in clips.items()}
 
 
-def _metadata(model, input_kind: str, int8: bool, runtime: str) -> dict[str, str]:
+def _metadata(model, input_kind: str, int8: bool, runtime: str, piece_embeddings: bool = False) -> dict[str, str]:
     from auricle import __version__
 
     network = model.network
@@ -349,18 +361,23 @@ def _metadata(model, input_kind: str, int8: bool, runtime: str) -> dict[str, str
         "piece_frames": str(network.config.target_frames),
         "min_samples": str(MIN_SAMPLES),
         "outputs": "probabilities (batch, classes): mean over 1012-frame pieces of the sigmoid; "
-                   "embedding (batch, dim): mean of all encoder tokens",
+                   "embedding (batch, dim): mean of all encoder tokens"
+                   + ("; piece_embeddings (pieces, batch, dim): mean token of each 1012-frame piece"
+                      if piece_embeddings else ""),
     }
 
 
 def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input: bool = False,
-                runtime: str = "portable", tolerance: float = FP32_TOLERANCE) -> ExportReport:
+                runtime: str = "portable", tolerance: float = FP32_TOLERANCE,
+                piece_embeddings: bool = False) -> ExportReport:
     """Export ``model`` (an :class:`auricle.model.AudioModel`) to ``out`` and check it against torch.
 
     ``runtime="onnxruntime"`` puts the ``onnx`` engine's fused encoder in the
     graph (ONNX Runtime only; with ``int8`` only the encoder is quantised).
     The file is written only if the check passes (fp32: probabilities within
     ``tolerance``, default :data:`FP32_TOLERANCE`); int8 agreement is reported, never enforced.
+    ``piece_embeddings`` adds a third output, the mean token of every 1012-frame piece
+    (pieces, batch, dim): with it, an exported file can embed as ``AudioModel.embed`` does.
     """
     import tempfile
 
@@ -375,14 +392,16 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
     try:
         with tempfile.TemporaryDirectory() as work:
             if runtime == "onnxruntime":
-                proto = onnxruntime_graph(network, mel_input, int8, Path(work))
+                proto = onnxruntime_graph(network, mel_input, int8, Path(work), piece_embeddings)
             else:
-                proto = _to_onnx(*_front_parts(network, mel_input), ["probabilities", "embedding"])
+                proto = _to_onnx(*_front_parts(network, mel_input, piece_embeddings=piece_embeddings),
+                                 output_names(piece_embeddings))
                 if int8:
                     proto = quantize_int8(proto, Path(work), keep_float=filterbank_products(proto, network))
     except Exception as error:  # the exporter raises many types; all mean "cannot export"
         raise ExportError(f"{model.name}: ONNX export failed: {str(error).strip().splitlines()[0]}") from error
-    for key, value in _metadata(model, "log-mel" if mel_input else "waveform", int8, runtime).items():
+    for key, value in _metadata(model, "log-mel" if mel_input else "waveform", int8, runtime,
+                                piece_embeddings).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     payload = proto.SerializeToString()
@@ -397,11 +416,14 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
             batch = torch.from_numpy(np.stack([clip, 0.5 * clip]))
             expected = network(batch).numpy()
             tokens, count = network.encode(batch)
-            expected_embedding = tokens.mean(dim=1).reshape(count, 2, -1).mean(dim=0).numpy()
+            expected_pieces = tokens.mean(dim=1).reshape(count, 2, -1)
+            expected_embedding = expected_pieces.mean(dim=0).numpy()
             feed = network.spectrogram(batch) if mel_input else batch
-            probabilities, embedding = session.run(None, {input_name: feed.numpy()})
+            probabilities, embedding, *pieces = session.run(None, {input_name: feed.numpy()})
             worst = max(worst, float(np.abs(probabilities - expected).max()))
             embedding_worst = max(embedding_worst, float(np.abs(embedding - expected_embedding).max()))
+            if pieces:
+                embedding_worst = max(embedding_worst, float(np.abs(pieces[0] - expected_pieces.numpy()).max()))
             overlaps.extend(top_k_overlap(expected, probabilities, 5))
     if not int8 and worst > tolerance:
         # Sharp heads magnify where the graph's float32 DFT and torch's FFT round apart (near-silent bins of pure tones).
@@ -416,6 +438,7 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
         path=str(out), model=model.name, input="log-mel" if mel_input else "waveform", int8=int8, opset=OPSET,
         max_abs_diff=worst, embedding_max_abs_diff=embedding_worst, top5_overlap=float(np.mean(overlaps)),
         check_clips=list(clips), seconds=time.perf_counter() - started, size_bytes=len(payload), runtime=runtime,
+        piece_embeddings=piece_embeddings,
     )
 
 

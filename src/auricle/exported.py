@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from auricle.audio import SAMPLE_RATE
 from auricle.errors import AuricleError, CheckpointError
 from auricle.inference.pipeline import Tagger
+from auricle.inference.results import Embeddings
 from auricle.inference.streams import StreamPool, split_bounds
 from auricle.inference.tuning import default_batch_size, default_streams, default_threads
 from auricle.labels import AudioClass, LabelSet
@@ -41,8 +43,8 @@ class ExportedModel(Tagger):
 
     ``threads`` (default one per usable core) and ``streams`` (calls at once,
     each on ``threads // streams`` threads; default one per thread) as for the
-    ``onnx`` engine (:mod:`auricle.inference.engines`). Embeddings per window
-    are not in an exported file; use :class:`auricle.model.AudioModel` for them.
+    ``onnx`` engine (:mod:`auricle.inference.engines`). Embeddings need a file
+    exported with ``--piece-embeddings`` (:attr:`can_embed`).
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, streams: int | None = None) -> None:
@@ -83,6 +85,9 @@ class ExportedModel(Tagger):
         if "probabilities" not in outputs:
             raise CheckpointError(f"{self.path}: has no 'probabilities' output")
         self._output = outputs.index("probabilities")
+        self._clip_output = outputs.index("embedding") if "embedding" in outputs else None
+        self._pieces_output = (outputs.index("piece_embeddings")
+                               if "piece_embeddings" in outputs and self._clip_output is not None else None)
         width = first.get_outputs()[outputs.index("embedding")].shape[-1] if "embedding" in outputs else 0
         self._embedding_width = width if isinstance(width, int) else 0
         # A one-thread session runs on its caller's thread, so concurrent runs of one
@@ -120,10 +125,29 @@ class ExportedModel(Tagger):
             raise ValueError(f"expected (batch, samples) waveforms, got shape {batch.shape}")
         return self._score_now(np.ascontiguousarray(batch))
 
-    def embed(self, *args, **kwargs):
-        """Not available: per-piece embeddings need the encoder's tokens, which an exported file does not output."""
-        raise AuricleError(f"{self.path}: an exported ONNX file gives no per-piece embeddings; "
-                           f"load the model's weights to embed (its `embedding` output is the clip embedding only)")
+    @property
+    def can_embed(self) -> bool:
+        """Whether the file has the ``piece_embeddings`` output (``auricle export --piece-embeddings``)."""
+        return self._pieces_output is not None
+
+    def embed_waveform(self, waveform: np.ndarray, name: str = "<array>", batch_size: int | None = None) -> Embeddings:
+        """Embeddings of one 16 kHz mono signal, as :meth:`auricle.model.AudioModel.embed_waveform` computes them.
+
+        The whole recording is one call (its log-mel floor is the recording's), so memory
+        grows with its length. ``batch_size`` is accepted for the shared signature and unused.
+        """
+        if self._pieces_output is None:
+            raise AuricleError(f"{self.path}: this exported file has no per-piece embeddings; export it with "
+                               f"--piece-embeddings, or load the model's weights to embed")
+        batch = np.ascontiguousarray(waveform, dtype=np.float32)[np.newaxis]
+        outputs = self._sessions[0].run(None, {"waveforms": batch})
+        pieces = outputs[self._pieces_output][:, 0, :]
+        frontend = json.loads(self.metadata["frontend"])
+        piece_seconds = int(self.metadata["piece_frames"]) * frontend["hop_length"] / SAMPLE_RATE
+        duration = len(waveform) / SAMPLE_RATE
+        starts = np.arange(len(pieces)) * piece_seconds
+        return Embeddings(file=name, duration=duration, model=self.name, clip=outputs[self._clip_output][0],
+                          windows=pieces, starts=starts, ends=np.minimum(starts + piece_seconds, duration))
 
     # -- scoring for the pipeline --------------------------------------------------
     def _run(self, stream: int, batch: np.ndarray) -> np.ndarray:

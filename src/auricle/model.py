@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from auricle.audio import SAMPLE_RATE, prepare_waveform
-from auricle.errors import AuricleError, CheckpointError
+from auricle.audio import SAMPLE_RATE
+from auricle.errors import CheckpointError
 from auricle.exported import ExportedModel, is_exported_file, load_exported
 from auricle.frontend import HOP_LENGTH
 from auricle.inference.engines import Engine, EngineConfig, make_engine, resolve_precision
 from auricle.inference.pipeline import Tagger
-from auricle.inference.results import Embeddings, Failure
+from auricle.inference.results import Embeddings
 from auricle.labels import LabelSet, audioset_labels
 from auricle.models.ced import CED, batched_tokens
 from auricle.models.checkpoints import build_model, read_checkpoint
 from auricle.models.registry import DEFAULT_MODEL, ModelInfo, available_models, model_info
-
-Source = str | os.PathLike | np.ndarray | torch.Tensor
 
 
 class AudioModel(Tagger):
@@ -121,28 +118,6 @@ class AudioModel(Tagger):
             starts=starts,
             ends=np.minimum(starts + piece_seconds, duration),
         )
-
-    def embed(
-        self, source: Source, sample_rate: int | None = None, batch_size: int | None = None
-    ) -> Embeddings:
-        """Embeddings of a file or a waveform array (then give ``sample_rate``)."""
-        from auricle.audio import load_audio
-
-        if isinstance(source, (np.ndarray, torch.Tensor)):
-            if sample_rate is None:
-                raise ValueError("a waveform array needs its sample_rate")
-            return self.embed_waveform(prepare_waveform(source, sample_rate), batch_size=batch_size)
-        return self.embed_waveform(load_audio(source), name=str(source), batch_size=batch_size)
-
-    def iter_embed(
-        self, sources: Iterable[str | os.PathLike], batch_size: int | None = None
-    ) -> Iterator[Embeddings | Failure]:
-        """Embed many files, yielding a :class:`Failure` for each bad one and going on."""
-        for source in sources:
-            try:
-                yield self.embed(source, batch_size=batch_size)
-            except AuricleError as error:
-                yield Failure(str(source), str(error))
 
 
 def load_model(

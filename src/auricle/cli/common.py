@@ -43,7 +43,7 @@ def model_options(command: Callable) -> Callable:
     command = click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")(command)
     command = click.option("--checkpoint", type=click.Path(dir_okay=True), default=None,
                            help="Weights file or folder (Zenodo .pt, Hugging Face folder, auricle .safetensors); tag, "
-                           "evaluate, serve and listen also take an `auricle export` .onnx file (run by ONNX Runtime, no "
+                           "evaluate, serve, listen and embed also take an `auricle export` .onnx file (run by ONNX Runtime, no "
                            "torch).")(command)
     command = click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
                            help="Model name (see `auricle models`).")(command)
@@ -135,8 +135,8 @@ def _load_exported_or_exit(ctx: click.Context | None, path: str, device: str, th
 
     if not supported:
         command = ctx.info_name if ctx is not None else "this command"
-        fail(f"{path}: an exported ONNX file can only tag (auricle tag, evaluate, serve, listen); "
-             f"give {command} the model's weights (.pt, .safetensors or a Hugging Face folder)")
+        fail(f"{path}: an exported ONNX file can tag and embed (auricle tag, evaluate, serve, listen, embed), "
+             f"not train; give {command} the model's weights (.pt, .safetensors or a Hugging Face folder)")
     try:
         return load_exported(path, device=device, engine=_meta_value(ctx, "engine") if _given(ctx, "engine") else None,
                              precision=precision if _given(ctx, "precision") else None,

@@ -54,7 +54,10 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
         fail(str(error))
     if not files:
         fail("no audio files found in " + " ".join(paths))
-    model = load_model_or_exit(model_name, checkpoint, device, threads)
+    model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
+    if not getattr(model, "can_embed", True):
+        fail(f"{checkpoint}: this exported file has no per-piece embeddings; export it with --piece-embeddings, "
+             f"or give the model's weights")
     target = Path(output)
     single_file = target.suffix in (".npz", ".npy")
     if single_file:

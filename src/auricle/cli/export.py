@@ -24,13 +24,16 @@ from auricle.models.registry import DEFAULT_MODEL
               help="portable: standard ONNX operators, for any ONNX runtime. onnxruntime: the encoder with "
                    "ONNX Runtime's fused com.microsoft operators (Attention, BiasGelu; QAttention with --int8, "
                    "which then quantises only the encoder); faster, but the file loads only in ONNX Runtime.")
+@click.option("--piece-embeddings", is_flag=True,
+              help="Add a third output, `piece_embeddings` (pieces, batch, dim): the mean token of each 10.12 s "
+                   "piece, so that `auricle embed --checkpoint FILE.onnx` works.")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
               help="Largest probability difference from the PyTorch model an fp32 export may show on the check "
                    "clips; past it nothing is written.")
 @click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="File to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export_command(model_name, checkpoint, export_format, int8, mel_input, runtime, tolerance, out,
-                   as_json) -> None:
+def export_command(model_name, checkpoint, export_format, int8, mel_input, runtime, piece_embeddings, tolerance,
+                   out, as_json) -> None:
     """Export a model to ONNX, checked against the PyTorch model before it is written.
 
     The graph takes 16 kHz mono waveforms (batch, samples) of any length, or
@@ -44,7 +47,8 @@ def export_command(model_name, checkpoint, export_format, int8, mel_input, runti
 
     model = load_model_or_exit(model_name, checkpoint, "cpu", None, engine="torch", precision="fp32")
     try:
-        report = export_onnx(model, out, int8=int8, mel_input=mel_input, runtime=runtime, tolerance=tolerance)
+        report = export_onnx(model, out, int8=int8, mel_input=mel_input, runtime=runtime, tolerance=tolerance,
+                             piece_embeddings=piece_embeddings)
     except AuricleError as error:
         fail(str(error), code=1)
     if as_json:

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from auricle.audio import SAMPLE_RATE, iter_blocks, prepare_waveform
+from auricle.audio import SAMPLE_RATE, iter_blocks, load_audio, prepare_waveform
 from auricle.errors import AuricleError
 from auricle.inference.events import EventOptions
-from auricle.inference.results import ClipTags, Failure
+from auricle.inference.results import ClipTags, Embeddings, Failure
 from auricle.inference.tagging import ClassSpace, TagOptions, summarize
 from auricle.inference.windows import WindowConfig, iter_windows
 from auricle.labels import LabelSet
@@ -44,7 +44,8 @@ class Tagger:
     """Tagging for any model that scores batches of 16 kHz windows; subclasses implement the scoring.
 
     Subclasses set ``name`` and ``labels`` and implement :attr:`batch_size`,
-    :attr:`streams`, :meth:`_submit` and :meth:`_score_now`.
+    :attr:`streams`, :meth:`_submit` and :meth:`_score_now`; models that embed
+    also :meth:`embed_waveform`, which :meth:`embed` and :meth:`iter_embed` call.
     """
 
     name: str
@@ -76,6 +77,29 @@ class Tagger:
     def _rows(result) -> np.ndarray:
         """A finished call's result as a numpy array (subclasses whose calls return tensors convert here)."""
         return np.asarray(result)
+
+    # -- embeddings --------------------------------------------------------------
+    def embed_waveform(self, waveform: np.ndarray, name: str = "<array>", batch_size: int | None = None) -> Embeddings:
+        """Embeddings of one 16 kHz mono signal (clip, and one per 10.12 s piece)."""
+        raise NotImplementedError
+
+    def embed(self, source, sample_rate: int | None = None, batch_size: int | None = None) -> Embeddings:
+        """Embeddings of a file or a waveform array (then give ``sample_rate``)."""
+        if is_array(source):
+            if sample_rate is None:
+                raise ValueError("a waveform array needs its sample_rate")
+            return self.embed_waveform(prepare_waveform(source, sample_rate), batch_size=batch_size)
+        return self.embed_waveform(load_audio(source), name=str(source), batch_size=batch_size)
+
+    def iter_embed(
+        self, sources: Iterable[str | os.PathLike], batch_size: int | None = None
+    ) -> Iterator[Embeddings | Failure]:
+        """Embed many files, yielding a :class:`Failure` for each bad one and going on."""
+        for source in sources:
+            try:
+                yield self.embed(source, batch_size=batch_size)
+            except AuricleError as error:
+                yield Failure(str(source), str(error))
 
     # -- scoring ---------------------------------------------------------------
     def score_windows(self, windows: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:

@@ -262,9 +262,9 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
     @app.post("/v1/embed", openapi_extra=_AUDIO_BODY)
     async def embed(request: Request, filename: str | None = Query(None)) -> dict:
         """Embeddings of one recording: the clip embedding and one per 10.12 s piece (``Embeddings.to_dict()``)."""
-        if not hasattr(model, "embed_waveform"):
-            raise RequestError(501, f"this server runs an exported ONNX file ({model.name}), which has no "
-                                    f"per-piece embeddings; serve the model's weights for /v1/embed")
+        if not getattr(model, "can_embed", True):
+            raise RequestError(501, f"this server runs an exported ONNX file ({model.name}) without per-piece "
+                                    f"embeddings; export it with --piece-embeddings, or serve the weights")
 
         async def work(name: str, waveform: np.ndarray) -> dict:
             return (await on_model(lambda: model.embed_waveform(waveform, name=name))).to_dict()
