@@ -202,6 +202,10 @@ def test_embed_with_piece_embeddings_equals_the_weights(weights, torch_model, fi
     saved = np.load(out)
     np.testing.assert_allclose(saved["clip"][0], ours.clip, atol=1e-6)
     assert list(saved["window_file"]) == [0, 0, 0, 1]
+    # and where torch cannot be imported
+    result = without_torch("embed", long, "-o", str(tmp_path / "e.npy"), "--checkpoint", str(path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy")[0], ours.clip, atol=1e-6)
 
 
 def test_evaluate_with_exported_file_equals_the_weights(weights, exported, files, tmp_path):
