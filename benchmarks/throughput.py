@@ -211,8 +211,9 @@ def main() -> None:
             models[label] = AudioModel(network, info.name, audioset_labels(), engine=config)
             if option is not None:  # a benchmark-only swap: users get what fp32_products() picks
                 models[label].engine._fused = FusedEncoder(network, "fp32", option)
-        torch.manual_seed(0)
-        reference = AudioModel(CED(info.config), info.name, audioset_labels())
+        if args.exported:
+            torch.manual_seed(0)
+            reference = AudioModel(CED(info.config), info.name, audioset_labels())
         for runtime in args.exported:
             for precision in [p for p in ("fp32", "int8") if p in args.precision]:
                 path = Path(exports.name) / f"{info.name}-{runtime}-{precision}.onnx"

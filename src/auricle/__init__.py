@@ -36,8 +36,9 @@ def load_model(name: str = "ced-mini", checkpoint: Any = None, device: Any = "cp
     (``engine=``, ``precision=``, ``threads=`` choose how the encoder runs).
 
     A ``checkpoint`` ending in ``.onnx`` (an ``auricle export`` file) gives an
-    :class:`auricle.exported.ExportedModel`: tagging and probabilities through
-    ONNX Runtime, without importing torch.
+    :class:`auricle.exported.ExportedModel`: tagging, probabilities and (files
+    exported with ``--piece-embeddings``) embeddings through ONNX Runtime, without
+    importing torch.
     """
     from auricle.exported import is_exported_file
 

@@ -25,12 +25,13 @@ from auricle.audio import SAMPLE_RATE
 from auricle.errors import AuricleError, CheckpointError
 from auricle.inference.pipeline import Tagger
 from auricle.inference.results import Embeddings
-from auricle.inference.streams import StreamPool, split_bounds
+from auricle.inference.ort_sessions import stream_sessions
+from auricle.inference.streams import StreamPool, run_here, split_bounds
 from auricle.inference.tuning import default_batch_size, default_streams, default_threads
 from auricle.labels import AudioClass, LabelSet
 
 #: What an exported file must declare in its metadata to be tagged with.
-REQUIRED_METADATA = ("producer", "labels", "input", "precision")
+REQUIRED_METADATA = ("producer", "labels", "input", "precision", "frontend", "piece_frames", "encoder")
 
 
 def is_exported_file(checkpoint: str | os.PathLike | None) -> bool:
@@ -51,29 +52,21 @@ class ExportedModel(Tagger):
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: no such file")
-        try:
-            import onnxruntime as ort
-        except ImportError as error:
-            raise AuricleError(f"{self.path}: running an exported file needs onnxruntime: "
-                               f"pip install 'auricle[onnx]'") from error
         if threads is not None and threads < 1:
             raise AuricleError(f"threads must be at least 1, got {threads}")
         self.threads = threads or default_threads()
         if streams is not None and not 1 <= streams <= self.threads:
             raise AuricleError(f"streams must be between 1 and the thread count ({self.threads}), got {streams}")
         self._streams = min(streams or default_streams(self.threads), self.threads)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, self.threads // self._streams)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ONNX Runtime sets flush-to-zero on the thread that creates the first session, and
-        # threads inherit it, so the stream workers started later flush subnormals too.
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         try:
-            first = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self._sessions = stream_sessions(str(self.path), self.threads, self._streams)
+        except ImportError as error:
+            raise AuricleError(f"{self.path}: running an exported file needs onnxruntime: "
+                               f"pip install 'auricle[onnx]'") from error
         except Exception as error:  # ORT raises its own exception types for unreadable files
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CheckpointError(f"{self.path}: not a loadable ONNX model ({message})") from error
+        first = self._sessions[0]
         self.metadata: dict[str, str] = dict(first.get_modelmeta().custom_metadata_map)
         self.labels = _labels(self.path, self.metadata)
         self.name = self.metadata.get("model") or self.path.stem
@@ -88,15 +81,11 @@ class ExportedModel(Tagger):
         self._clip_output = outputs.index("embedding") if "embedding" in outputs else None
         self._pieces_output = (outputs.index("piece_embeddings")
                                if "piece_embeddings" in outputs and self._clip_output is not None else None)
-        width = first.get_outputs()[outputs.index("embedding")].shape[-1] if "embedding" in outputs else 0
-        self._embedding_width = width if isinstance(width, int) else 0
-        # A one-thread session runs on its caller's thread, so concurrent runs of one
-        # session are the streams; with more threads each stream needs its own pool.
-        extra = 0 if options.intra_op_num_threads == 1 else self._streams - 1
-        self._sessions = [first] + [ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-                                    for _ in range(extra)]
-        self._pool = StreamPool(self._streams, options.intra_op_num_threads, torch_threads=False) \
-            if self._streams > 1 else None
+        # Per-piece embeddings span piece_frames frontend hops.
+        hop = json.loads(self.metadata["frontend"])["hop_length"]
+        self._piece_seconds = int(self.metadata["piece_frames"]) * hop / SAMPLE_RATE
+        self._pool = (StreamPool(self._streams, max(1, self.threads // self._streams), torch_threads=False)
+                      if self._streams > 1 else None)
 
     def __repr__(self) -> str:
         return (f"ExportedModel(path={str(self.path)!r}, name={self.name!r}, classes={len(self.labels)}, "
@@ -109,8 +98,7 @@ class ExportedModel(Tagger):
     @property
     def embedding_dim(self) -> int:
         """Width of the encoder (the file's ``embedding`` output)."""
-        return int(json.loads(self.metadata.get("encoder", "{}")).get("embed_dim", 0)) or self._embedding_width
-
+        return int(json.loads(self.metadata["encoder"])["embed_dim"])
 
     @property
     def streams(self) -> int:
@@ -142,12 +130,10 @@ class ExportedModel(Tagger):
         batch = np.ascontiguousarray(waveform, dtype=np.float32)[np.newaxis]
         outputs = self._sessions[0].run(None, {"waveforms": batch})
         pieces = outputs[self._pieces_output][:, 0, :]
-        frontend = json.loads(self.metadata["frontend"])
-        piece_seconds = int(self.metadata["piece_frames"]) * frontend["hop_length"] / SAMPLE_RATE
         duration = len(waveform) / SAMPLE_RATE
-        starts = np.arange(len(pieces)) * piece_seconds
+        starts = np.arange(len(pieces)) * self._piece_seconds
         return Embeddings(file=name, duration=duration, model=self.name, clip=outputs[self._clip_output][0],
-                          windows=pieces, starts=starts, ends=np.minimum(starts + piece_seconds, duration))
+                          windows=pieces, starts=starts, ends=np.minimum(starts + self._piece_seconds, duration))
 
     # -- scoring for the pipeline --------------------------------------------------
     def _run(self, stream: int, batch: np.ndarray) -> np.ndarray:
@@ -157,12 +143,7 @@ class ExportedModel(Tagger):
     def _submit(self, batch: np.ndarray) -> Future:
         if self._pool is not None:
             return self._pool.submit(self._run, batch)
-        future: Future = Future()
-        try:
-            future.set_result(self._run(0, batch))
-        except Exception as error:
-            future.set_exception(error)
-        return future
+        return run_here(self._run, 0, batch)
 
     def _score_now(self, batch: np.ndarray) -> np.ndarray:
         # Sessions are sized for one stream, so a batch is spread over the streams.

@@ -73,6 +73,6 @@ def main() -> None:
             raise
         # An install without torch (for exported files only: docs/deploy.md) asked for something that needs it.
         click.echo("auricle: error: this needs PyTorch, which is not installed (pip install torch==2.13.0); "
-                   "without it auricle runs exported files only: tag, evaluate, serve or listen "
+                   "without it auricle runs exported files only: tag, evaluate, serve, listen or embed "
                    "--checkpoint FILE.onnx", err=True)
         sys.exit(2)

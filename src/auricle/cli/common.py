@@ -91,7 +91,7 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
     """The model the options name, or one error line and exit.
 
     ``exported``: the command accepts an ``auricle export`` file as ``--checkpoint``
-    (tagging only); it then runs through ONNX Runtime without importing torch.
+    (it cannot train); it then runs through ONNX Runtime without importing torch.
     """
     from auricle.exported import is_exported_file
     from auricle.inference.tuning import default_threads
@@ -105,7 +105,7 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
     if streams is not None and streams > threads:
         fail(f"--streams {streams} needs at least as many --threads (got {threads})")
     if is_exported_file(checkpoint):
-        return _load_exported_or_exit(ctx, str(checkpoint), device, threads, streams, precision, exported)
+        return _load_exported_or_exit(ctx, str(checkpoint), device, threads, streams, engine, precision, exported)
 
     import torch
 
@@ -129,7 +129,7 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
 
 
 def _load_exported_or_exit(ctx: click.Context | None, path: str, device: str, threads: int, streams: int | None,
-                           precision: str, supported: bool):
+                           engine: str, precision: str, supported: bool):
     """An :class:`~auricle.exported.ExportedModel`; the file fixes engine and precision, so asking otherwise fails."""
     from auricle.exported import load_exported
 
@@ -138,7 +138,8 @@ def _load_exported_or_exit(ctx: click.Context | None, path: str, device: str, th
         fail(f"{path}: an exported ONNX file can tag and embed (auricle tag, evaluate, serve, listen, embed), "
              f"not train; give {command} the model's weights (.pt, .safetensors or a Hugging Face folder)")
     try:
-        return load_exported(path, device=device, engine=_meta_value(ctx, "engine") if _given(ctx, "engine") else None,
+        # Only what the user asked for is checked against the file; the defaults yield to it.
+        return load_exported(path, device=device, engine=engine if _given(ctx, "engine") else None,
                              precision=precision if _given(ctx, "precision") else None,
                              threads=threads, streams=streams)
     except AuricleError as error:
@@ -152,6 +153,3 @@ def _given(ctx: click.Context | None, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source is not None and source != click.core.ParameterSource.DEFAULT
 
-
-def _meta_value(ctx: click.Context | None, name: str):
-    return ctx.meta.get(f"auricle.{name}") if ctx is not None else None

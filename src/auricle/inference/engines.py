@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import os
 import warnings
@@ -52,7 +53,8 @@ from torch import nn
 
 from auricle.errors import AuricleError
 from auricle.inference.fused import PRECISIONS, FusedEncoder, fused_supported
-from auricle.inference.streams import StreamPool, split_bounds
+from auricle.inference.ort_sessions import stream_sessions
+from auricle.inference.streams import StreamPool, run_here, split_bounds
 from auricle.inference.tuning import CpuFeatures, default_batch_size, default_streams, default_threads, fastest_precision
 from auricle.models.ced import CED
 
@@ -162,13 +164,7 @@ class Engine:
         """
         if self._pool is not None:
             return self._pool.submit(lambda stream, part: self._probabilities(part, stream), waveforms)
-        future: Future = Future()
-        try:
-            with torch.inference_mode():
-                future.set_result(self._probabilities(waveforms, 0))
-        except Exception as error:
-            future.set_exception(error)
-        return future
+        return run_here(torch.inference_mode()(self._probabilities), waveforms, 0)
 
     # -- per stream ------------------------------------------------------------------
     def _features(self, pieces: torch.Tensor, stream: int = 0) -> torch.Tensor:
@@ -267,27 +263,14 @@ class OnnxEngine(Engine):
         device = next(network.parameters()).device
         if device.type != "cpu":
             raise EngineError(f"the onnx engine runs on the CPU only, not on {device}")
-        try:
-            import onnxruntime as ort
-        except ImportError as error:
-            raise EngineError("the onnx engine needs onnxruntime: pip install 'auricle[onnx]'") from error
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, self.threads // self.streams)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Attention and the quantised products produce subnormal floats; flushing them to
-        # zero (values under 1.2e-38, invisible in any output) made int8 ~10% faster here.
-        # This covers ORT's own threads; streams' workers set it in _stream_setup.
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        if importlib.util.find_spec("onnxruntime") is None:  # checked before the export, which needs it too
+            raise EngineError("the onnx engine needs onnxruntime: pip install 'auricle[onnx]'")
         model = encoder_model(network, config.precision == "int8", cache_dir)
-        # A one-thread session runs on its caller's thread, so concurrent runs of one
-        # session are the streams; with more threads each stream needs its own pool.
-        sessions = 1 if options.intra_op_num_threads == 1 else self.streams
-        self._sessions = [ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-                          for _ in range(sessions)]
+        self._sessions = stream_sessions(model, self.threads, self.streams)
 
     @staticmethod
     def _stream_setup() -> None:
+        # Flush subnormals in the workers too, whichever thread created the process's first session.
         torch.set_flush_denormal(True)
 
     def _parts(self, count: int) -> list[tuple[int, int]]:

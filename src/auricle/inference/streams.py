@@ -127,6 +127,19 @@ class StreamPool:
             self._inbox = None
 
 
+def run_here(function: Callable[..., Result], *args) -> Future:
+    """A finished future of ``function(*args)`` run on this thread (its result or its exception).
+
+    What a model's ``submit`` returns when it has no stream pool: callers treat both alike.
+    """
+    future: Future = Future()
+    try:
+        future.set_result(function(*args))
+    except Exception as error:
+        future.set_exception(error)
+    return future
+
+
 def _torch():
     import torch
 
