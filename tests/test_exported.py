@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+import soundfile as sf
 import torch
 from click.testing import CliRunner
 
@@ -21,11 +22,12 @@ import auricle
 from auricle.cli import cli
 from auricle.errors import AuricleError, CheckpointError
 from auricle.export import export_onnx
+from auricle import exported as exported_module
 from auricle.exported import ExportedModel, load_exported
 from auricle.models.ced import CED, CEDConfig
 from auricle.models.checkpoints import save_checkpoint
 
-pytest.importorskip("onnxruntime")
+onnxruntime = pytest.importorskip("onnxruntime")
 FILES = ["a_sine440_1s", "d_mix_25p3s", "f_stereo_44k1_2s", "h_edge_20p23s", "i_tooshort_0p1s", "r_JeD5V5aaaoI_931_932"]
 # The CLI sets torch's process-wide thread count; later tests get theirs back.
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
@@ -206,6 +208,53 @@ def test_embed_with_piece_embeddings_equals_the_weights(weights, torch_model, fi
     result = without_torch("embed", long, "-o", str(tmp_path / "e.npy"), "--checkpoint", str(path))
     assert result.returncode == 0, result.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "e.npy")[0], ours.clip, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def piece_file(torch_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("pieces") / "small_pieces.onnx"
+    export_onnx(torch_model, path, piece_embeddings=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_recording(tmp_path_factory):
+    """95 s, 10 pieces, ending in digital silence: the recording's floor, not the silence's own, decides its pieces."""
+    rate = 16000
+    rng = np.random.default_rng(11)
+    waveform = np.concatenate([0.8 * np.sin(2 * np.pi * 523 * np.arange(10 * rate) / rate),
+                               0.05 * rng.standard_normal(30 * rate), np.zeros(55 * rate)]).astype(np.float32)
+    path = tmp_path_factory.mktemp("long") / "long.flac"
+    sf.write(path, waveform, rate)
+    return path, sf.read(path, dtype="float32")[0]
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_a_long_recording_embeds_a_few_pieces_per_call_as_in_one(piece_file, torch_model, long_recording, streams):
+    path, waveform = long_recording
+    model = load_exported(piece_file, threads=2, streams=streams)
+    session = onnxruntime.InferenceSession(str(piece_file), providers=["CPUExecutionProvider"])
+    _, clip, pieces = session.run(None, {"waveforms": waveform[np.newaxis]})
+    embeddings = model.embed(str(path))
+    assert embeddings.windows.shape == (10, 64)
+    np.testing.assert_allclose(embeddings.windows, pieces[:, 0], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(embeddings.clip, clip[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(embeddings.windows, torch_model.embed(str(path)).windows, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(model.embed(waveform, sample_rate=16000).windows, embeddings.windows, atol=1e-6)
+
+
+def test_a_recording_rows_cannot_reproduce_goes_in_one_call(piece_file, long_recording, monkeypatch):
+    path, waveform = long_recording
+    model = load_exported(piece_file)
+    expected = model.embed(str(path))
+
+    def refuse(*args, **kwargs):
+        raise exported_module.InexactRows("made up")
+
+    monkeypatch.setattr(exported_module, "rows", refuse)
+    embeddings = model.embed(str(path))
+    np.testing.assert_allclose(embeddings.windows, expected.windows, atol=1e-6, rtol=0)
+    assert embeddings.duration == expected.duration == len(waveform) / 16000
 
 
 def test_evaluate_with_exported_file_equals_the_weights(weights, exported, files, tmp_path):

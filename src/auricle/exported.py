@@ -14,21 +14,28 @@ for an fp32 file, the same values within the export's checked tolerance
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 
-from auricle.audio import SAMPLE_RATE
+from auricle.audio import SAMPLE_RATE, iter_blocks
 from auricle.errors import AuricleError, CheckpointError
-from auricle.inference.pipeline import Tagger
+from auricle.inference.pipeline import EMBED_BLOCK_SAMPLES, Tagger
 from auricle.inference.results import Embeddings
 from auricle.inference.ort_sessions import stream_sessions
+from auricle.inference.piece_rows import Framing, InexactRows, MelPeaks, Row, loudest_frame, rows
 from auricle.inference.streams import StreamPool, run_here, split_bounds
 from auricle.inference.tuning import default_batch_size, default_streams, default_threads
 from auricle.labels import AudioClass, LabelSet
+
+#: Pieces (10.12 s each) per call when embedding a long recording; each call also runs two it discards.
+PIECES_PER_ROW = 8
 
 #: What an exported file must declare in its metadata to be tagged with.
 REQUIRED_METADATA = ("producer", "labels", "input", "precision", "frontend", "piece_frames", "encoder")
@@ -121,24 +128,78 @@ class ExportedModel(Tagger):
     def embed_waveform(self, waveform: np.ndarray, name: str = "<array>", batch_size: int | None = None) -> Embeddings:
         """Embeddings of one 16 kHz mono signal, as :meth:`auricle.model.AudioModel.embed_waveform` computes them.
 
-        The whole recording is one call (its log-mel floor is the recording's), so memory
-        grows with its length. ``batch_size`` is accepted for the shared signature and unused.
+        A long recording goes through a few pieces per call, on all streams, with the
+        results of one call (:mod:`auricle.inference.piece_rows`). ``batch_size`` is
+        accepted for the shared signature and unused.
         """
+        return self._embeddings(name, lambda: [np.asarray(waveform, dtype=np.float32)])
+
+    def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
+        # A long file is decoded twice (loudest frame, then rows) rather than held whole.
+        return self._embeddings(str(path), lambda: iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES))
+
+    def _embeddings(self, name: str, blocks: Callable[[], Iterable[np.ndarray]]) -> Embeddings:
         if self._pieces_output is None:
             raise AuricleError(f"{self.path}: this exported file has no per-piece embeddings; export it with "
                                f"--piece-embeddings, or load the model's weights to embed")
-        batch = np.ascontiguousarray(waveform, dtype=np.float32)[np.newaxis]
-        outputs = self._sessions[0].run(None, {"waveforms": batch})
-        pieces = outputs[self._pieces_output][:, 0, :]
-        duration = len(waveform) / SAMPLE_RATE
+        framing = Framing.from_metadata(self.metadata)
+        peaks = MelPeaks(framing)
+        short = PIECES_PER_ROW * framing.piece_samples + framing.half  # shorter: one call
+        held: list[np.ndarray] = []
+        source = iter(blocks())
+        for block in source:
+            held.append(block)
+            if sum(map(len, held)) >= short:
+                break
+        else:
+            return self._one_call(name, np.concatenate(held) if held else np.zeros(0, dtype=np.float32))
+        try:
+            loudest = loudest_frame(itertools.chain(held, source), peaks)
+            held.clear()
+            pieces = self._row_pieces(rows(blocks(), peaks, loudest, PIECES_PER_ROW))
+        except InexactRows:
+            return self._one_call(name, np.concatenate(list(blocks())))
+        return self._result(name, loudest.samples, pieces.mean(axis=0, dtype=np.float64).astype(np.float32), pieces)
+
+    def _one_call(self, name: str, waveform: np.ndarray) -> Embeddings:
+        """The whole recording in one call: what the graph computes, by definition."""
+        if len(waveform) == 0:
+            raise AuricleError(f"{name}: no audio samples")
+        outputs = self._sessions[0].run(None, {"waveforms": np.ascontiguousarray(waveform, dtype=np.float32)[None]})
+        return self._result(name, len(waveform), outputs[self._clip_output][0], outputs[self._pieces_output][:, 0, :])
+
+    def _row_pieces(self, parts: Iterable[Row]) -> np.ndarray:
+        """The kept piece embeddings of every row, in order; rows run on all streams."""
+        in_flight: deque[tuple[Row, Future]] = deque()
+        pieces: list[np.ndarray] = []
+
+        def collect(keep: int) -> None:
+            while len(in_flight) > keep:
+                row, future = in_flight.popleft()
+                found = future.result()[self._pieces_output][row.skip:, 0, :]
+                pieces.append(found if row.keep is None else found[: row.keep])
+
+        for row in parts:
+            batch = row.samples[np.newaxis]
+            future = self._pool.submit(self._outputs, batch) if self._pool is not None else run_here(
+                self._outputs, 0, batch)
+            in_flight.append((row, future))
+            collect(keep=2 * self._streams)
+        collect(keep=0)
+        return np.concatenate(pieces)
+
+    def _result(self, name: str, samples: int, clip: np.ndarray, pieces: np.ndarray) -> Embeddings:
+        duration = samples / SAMPLE_RATE
         starts = np.arange(len(pieces)) * self._piece_seconds
-        return Embeddings(file=name, duration=duration, model=self.name, clip=outputs[self._clip_output][0],
-                          windows=pieces, starts=starts, ends=np.minimum(starts + self._piece_seconds, duration))
+        return Embeddings(file=name, duration=duration, model=self.name, clip=clip, windows=pieces,
+                          starts=starts, ends=np.minimum(starts + self._piece_seconds, duration))
 
     # -- scoring for the pipeline --------------------------------------------------
     def _run(self, stream: int, batch: np.ndarray) -> np.ndarray:
-        session = self._sessions[stream % len(self._sessions)]
-        return session.run(None, {"waveforms": batch})[self._output]
+        return self._outputs(stream, batch)[self._output]
+
+    def _outputs(self, stream: int, batch: np.ndarray) -> list[np.ndarray]:
+        return self._sessions[stream % len(self._sessions)].run(None, {"waveforms": batch})
 
     def _submit(self, batch: np.ndarray) -> Future:
         if self._pool is not None:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 SAMPLE_RATE = 16000
@@ -89,15 +90,20 @@ class LogMel(nn.Module):
 
     def power_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
         """Mel power spectrogram before the dB conversion, (batch, n_mels, frames)."""
+        # torch.stft(center=True) pads exactly so before framing.
+        padding = self.config.n_fft // 2
+        return self.framed_power_mel(F.pad(waveforms.unsqueeze(-2), (padding, padding), mode="reflect").squeeze(-2))
+
+    def framed_power_mel(self, padded: torch.Tensor) -> torch.Tensor:
+        """Mel power of the frames of an already padded signal (frame ``j`` starts at sample ``j * hop``)."""
         cfg = self.config
         spectrum = torch.stft(
-            waveforms,
+            padded,
             n_fft=cfg.n_fft,
             hop_length=cfg.hop_length,
             win_length=cfg.win_length,
-            window=self.window.to(waveforms.dtype),
-            center=True,
-            pad_mode="reflect",
+            window=self.window.to(padded.dtype),
+            center=False,
             normalized=False,
             onesided=True,
             return_complex=True,
@@ -105,10 +111,87 @@ class LogMel(nn.Module):
         power = spectrum.real.square() + spectrum.imag.square()
         return torch.matmul(power.transpose(-1, -2), self.mel_basis.to(power.dtype)).transpose(-1, -2)
 
+    @staticmethod
+    def decibels(power: torch.Tensor) -> torch.Tensor:
+        """Mel power -> dB, before the floor."""
+        return 10.0 * torch.log10(torch.clamp(power, min=AMIN))
+
+    def floor(self, mel_db: torch.Tensor, maximum: torch.Tensor | float) -> torch.Tensor:
+        """``mel_db`` with nothing below ``maximum - top_db``."""
+        return torch.maximum(mel_db, torch.as_tensor(maximum, dtype=mel_db.dtype) - self.config.top_db)
+
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         if waveforms.dim() == 1:
             waveforms = waveforms.unsqueeze(0)
-        mel_db = 10.0 * torch.log10(torch.clamp(self.power_mel(waveforms), min=AMIN))
+        mel_db = self.decibels(self.power_mel(waveforms))
         # Per-clip floor: each row's own maximum, never the batch's.
-        floor = mel_db.amax(dim=(-2, -1), keepdim=True) - self.config.top_db
-        return torch.maximum(mel_db, floor)
+        return self.floor(mel_db, mel_db.amax(dim=(-2, -1), keepdim=True))
+
+
+class LogMelStream:
+    """The log-mel in dB (before the floor) of a signal that arrives in blocks, handed out in chunks.
+
+    Each chunk is ``chunk_frames`` frames (the last may be shorter), and the chunks
+    concatenate to ``frontend.decibels(frontend.power_mel(signal))`` of the whole
+    signal, reflect padding at both ends included: a recording of any length is
+    analysed as one signal without ever being held whole. Only the floor waits
+    for the end, since it hangs on the recording's loudest bin (:meth:`LogMel.floor`).
+
+    ``min_samples``: a shorter signal is zero-padded to this length first (as
+    :meth:`auricle.models.ced.CED.spectrogram` pads clips under one patch).
+    """
+
+    def __init__(self, frontend: LogMel, chunk_frames: int, min_samples: int = 0) -> None:
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be at least 1, got {chunk_frames}")
+        config = frontend.config
+        self._frontend = frontend
+        self._hop = config.hop_length
+        self._pad = config.n_fft // 2
+        self._n_fft = config.n_fft
+        self._chunk = chunk_frames
+        # Framing starts once the left reflect padding and the zero-padding rule are settled.
+        self._hold = max(min_samples, self._pad + 1)
+        self._min_samples = min_samples
+        self._buffer = frontend.window.new_zeros(0)
+        self._started = False
+        self.samples = 0
+
+    def push(self, block) -> list[torch.Tensor]:
+        """Add the next samples (1-D, 16 kHz); the chunks this completes, each (n_mels, chunk_frames)."""
+        block = torch.as_tensor(block, dtype=self._buffer.dtype).to(self._buffer.device).reshape(-1)
+        self.samples += len(block)
+        self._buffer = torch.cat([self._buffer, block])
+        if not self._started:
+            if len(self._buffer) < self._hold:
+                return []
+            self._buffer = torch.cat([self._buffer[1 : self._pad + 1].flip(0), self._buffer])
+            self._started = True
+        return self._drain()
+
+    def finish(self) -> list[torch.Tensor]:
+        """The remaining chunks once the signal has ended (raises ValueError if it had no samples)."""
+        if not self._started:
+            if self.samples == 0:
+                raise ValueError("no samples")
+            signal = F.pad(self._buffer, (0, max(0, self._min_samples - len(self._buffer))))
+            whole = self._frontend.decibels(self._frontend.power_mel(signal))
+            self._buffer = self._buffer[:0]
+            return list(whole.split(self._chunk, dim=-1))
+        self._buffer = torch.cat([self._buffer, self._buffer[-self._pad - 1 : -1].flip(0)])
+        chunks = self._drain()
+        if len(self._buffer) >= self._n_fft:
+            chunks.append(self._decibels(self._buffer))
+        self._buffer = self._buffer[:0]
+        return chunks
+
+    def _drain(self) -> list[torch.Tensor]:
+        needed = (self._chunk - 1) * self._hop + self._n_fft
+        chunks = []
+        while len(self._buffer) >= needed:
+            chunks.append(self._decibels(self._buffer[:needed]))
+            self._buffer = self._buffer[self._chunk * self._hop :]
+        return chunks
+
+    def _decibels(self, padded: torch.Tensor) -> torch.Tensor:
+        return self._frontend.decibels(self._frontend.framed_power_mel(padded))

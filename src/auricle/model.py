@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auricle.audio import SAMPLE_RATE
+from auricle.audio import SAMPLE_RATE, AudioError, iter_blocks
 from auricle.errors import CheckpointError
 from auricle.exported import ExportedModel, is_exported_file, load_exported
 from auricle.frontend import HOP_LENGTH
+from auricle.inference.embedding import token_means
 from auricle.inference.engines import Engine, EngineConfig, make_engine, resolve_precision
-from auricle.inference.pipeline import Tagger
+from auricle.inference.pipeline import EMBED_BLOCK_SAMPLES, Tagger
 from auricle.inference.results import Embeddings
 from auricle.labels import LabelSet, audioset_labels
-from auricle.models.ced import CED, batched_tokens
+from auricle.models.ced import CED
 from auricle.models.checkpoints import build_model, read_checkpoint
 from auricle.models.registry import DEFAULT_MODEL, ModelInfo, available_models, model_info
 
@@ -94,30 +95,22 @@ class AudioModel(Tagger):
         1012-frame pieces (10.12 s, the last zero-padded after normalisation);
         ``clip`` is the mean of all tokens, ``windows`` the mean per piece.
         """
-        network = self.network
-        batch_size = batch_size or self.batch_size
-        wave = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)).unsqueeze(0).to(self.device)
-        pieces, count = network.pieces(network.normalize(network.spectrogram(wave)))
-        token_means = []
-        token_sums = torch.zeros(self.embedding_dim, dtype=torch.float64)
-        token_count = 0
-        for _, tokens in batched_tokens(self.engine.forward_features, pieces, batch_size):
-            tokens = tokens.cpu()
-            token_means.append(tokens.mean(dim=1))
-            token_sums += tokens.double().sum(dim=(0, 1))
-            token_count += tokens.shape[0] * tokens.shape[1]
-        piece_seconds = network.config.target_frames * HOP_LENGTH / SAMPLE_RATE
-        duration = len(waveform) / SAMPLE_RATE
-        starts = np.arange(count) * piece_seconds
-        return Embeddings(
-            file=name,
-            duration=duration,
-            model=self.name,
-            clip=(token_sums / token_count).float().numpy(),
-            windows=torch.cat(token_means).numpy(),
-            starts=starts,
-            ends=np.minimum(starts + piece_seconds, duration),
-        )
+        return self._embeddings(name, [waveform], batch_size)
+
+    def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
+        # Streamed: a long recording is never held whole (auricle.inference.embedding).
+        return self._embeddings(str(path), iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES), batch_size)
+
+    def _embeddings(self, name: str, blocks, batch_size: int | None) -> Embeddings:
+        try:
+            means = token_means(self.network, self.engine.forward_features, blocks, batch_size or self.batch_size)
+        except ValueError as error:
+            raise AudioError(f"{name}: {error}") from None
+        piece_seconds = self.network.config.target_frames * HOP_LENGTH / SAMPLE_RATE
+        duration = means.samples / SAMPLE_RATE
+        starts = np.arange(len(means.pieces)) * piece_seconds
+        return Embeddings(file=name, duration=duration, model=self.name, clip=means.clip, windows=means.pieces,
+                          starts=starts, ends=np.minimum(starts + piece_seconds, duration))
 
 
 def load_model(

@@ -40,6 +40,10 @@ def is_array(source: object) -> bool:
     return isinstance(source, np.ndarray) or (torch is not None and isinstance(source, torch.Tensor))
 
 
+#: Samples decoded at a time when a model embeds a file block by block (10 s).
+EMBED_BLOCK_SAMPLES = 10 * SAMPLE_RATE
+
+
 class Tagger:
     """Tagging for any model that scores batches of 16 kHz windows; subclasses implement the scoring.
 
@@ -89,7 +93,11 @@ class Tagger:
             if sample_rate is None:
                 raise ValueError("a waveform array needs its sample_rate")
             return self.embed_waveform(prepare_waveform(source, sample_rate), batch_size=batch_size)
-        return self.embed_waveform(load_audio(source), name=str(source), batch_size=batch_size)
+        return self._embed_file(source, batch_size)
+
+    def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
+        """Embeddings of a file; models that can stream a long recording override this."""
+        return self.embed_waveform(load_audio(path), name=str(path), batch_size=batch_size)
 
     def iter_embed(
         self, sources: Iterable[str | os.PathLike], batch_size: int | None = None

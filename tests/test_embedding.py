@@ -1,0 +1,119 @@
+"""Embeddings of long recordings: streamed log-mel, one floor for the whole recording, pieces in batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from auricle.errors import AuricleError
+from auricle.frontend import LogMel, LogMelStream
+from auricle.inference.embedding import _MelStore
+from auricle.models.ced import MIN_SAMPLES
+
+PIECE = 1012
+
+
+def whole_decibels(frontend: LogMel, signal: torch.Tensor) -> torch.Tensor:
+    signal = torch.nn.functional.pad(signal, (0, max(0, MIN_SAMPLES - len(signal))))
+    return frontend.decibels(frontend.power_mel(signal))
+
+
+@pytest.mark.parametrize("samples", [1, 300, MIN_SAMPLES - 1, MIN_SAMPLES + 1, 161_759, 161_920, 2 * 161_920 - 352,
+                                     2 * 161_920 - 353, 3 * 161_920 + 37])
+@pytest.mark.parametrize("block", [999, 16_000, 10**6])
+def test_streamed_log_mel_equals_the_whole_signals(samples, block):
+    frontend = LogMel()
+    signal = torch.from_numpy(np.random.default_rng(samples).standard_normal(samples).astype(np.float32)) * 0.1
+    stream = LogMelStream(frontend, PIECE, min_samples=MIN_SAMPLES)
+    chunks = []
+    for start in range(0, samples, block):
+        chunks += stream.push(signal[start : start + block])
+    chunks += stream.finish()
+    assert all(chunk.shape == (64, PIECE) for chunk in chunks[:-1])
+    assert 1 <= chunks[-1].shape[-1] <= PIECE
+    expected = whole_decibels(frontend, signal)
+    got = torch.cat(chunks, dim=-1)
+    assert got.shape == expected.shape
+    # Batched FFTs of other lengths round differently in the last bits.
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert stream.samples == samples
+
+
+def test_a_stream_without_samples_fails():
+    stream = LogMelStream(LogMel(), PIECE)
+    assert stream.push(np.zeros(0, dtype=np.float32)) == []
+    with pytest.raises(ValueError, match="no samples"):
+        stream.finish()
+
+
+def test_mel_store_returns_every_piece_in_order_across_slabs():
+    store = _MelStore()
+    pieces = [torch.full((2, 5), float(i)) for i in range(30)] + [torch.full((2, 3), 99.0)]
+    for piece in pieces:
+        store.append(piece)
+    assert len(store) == 31
+    for index, piece in enumerate(pieces):
+        torch.testing.assert_close(store[index], piece)
+    assert float(store.loudest) == 99.0
+    with pytest.raises(IndexError):
+        store[31]
+
+
+def official_embeddings(network, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The whole recording at once: one log-mel, cut into pieces, every token averaged."""
+    with torch.inference_mode():
+        wave = torch.from_numpy(waveform).unsqueeze(0)
+        pieces, _ = network.pieces(network.normalize(network.spectrogram(wave)))
+        tokens = network.forward_features(pieces)
+    return tokens.mean(dim=(0, 1)).numpy(), tokens.mean(dim=1).numpy()
+
+
+@pytest.fixture(scope="module")
+def quiet_and_loud(tmp_path_factory) -> tuple[str, np.ndarray]:
+    """57 s: digital silence, a quiet hum, then a loud tone, so the recording's floor decides the silent pieces."""
+    rate = 16000
+    rng = np.random.default_rng(7)
+    time = np.arange(57 * rate) / rate
+    waveform = np.concatenate([
+        np.zeros(12 * rate),
+        1e-4 * rng.standard_normal(20 * rate),
+        0.9 * np.sin(2 * np.pi * 440 * time[: 25 * rate]),
+    ]).astype(np.float32)
+    path = tmp_path_factory.mktemp("long") / "quiet_and_loud.wav"
+    sf.write(path, waveform, rate, subtype="FLOAT")
+    return str(path), waveform
+
+
+def test_file_embeddings_equal_the_whole_recording_at_once(tiny_model, quiet_and_loud):
+    path, waveform = quiet_and_loud
+    clip, pieces = official_embeddings(tiny_model.network, waveform)
+    embeddings = tiny_model.embed(path, batch_size=2)
+    assert embeddings.windows.shape == pieces.shape == (6, tiny_model.embedding_dim)
+    np.testing.assert_allclose(embeddings.windows, pieces, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(embeddings.clip, clip, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(embeddings.ends, [10.12, 20.24, 30.36, 40.48, 50.6, 57.0])
+    assert embeddings.duration == pytest.approx(57.0)
+    # The array path is the same computation.
+    np.testing.assert_allclose(tiny_model.embed(waveform, sample_rate=16000).windows, embeddings.windows, atol=1e-6)
+
+
+def test_silent_pieces_take_the_whole_recordings_floor(tiny_model, quiet_and_loud):
+    """Each piece alone would floor 120 dB under its own loudest bin; the recording's floor is another."""
+    path, waveform = quiet_and_loud
+    piece_samples = PIECE * 160
+    alone = tiny_model.embed(waveform[:piece_samples], sample_rate=16000).clip  # the silent first piece
+    together = tiny_model.embed(path).windows[0]
+    assert np.abs(alone - together).max() > 1e-2
+
+
+def test_a_bad_file_fails_with_its_name_and_the_batch_goes_on(tiny_model, quiet_and_loud, tmp_path):
+    path, _ = quiet_and_loud
+    broken = tmp_path / "broken.flac"
+    broken.write_bytes(b"fLaC" + b"\x00" * 100)
+    results = list(tiny_model.iter_embed([str(broken), path]))
+    assert str(broken) in results[0].error
+    assert results[1].windows.shape[0] == 6
+    with pytest.raises(AuricleError, match="broken.flac"):
+        tiny_model.embed(str(broken))
