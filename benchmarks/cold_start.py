@@ -4,6 +4,8 @@ Times, each in a fresh process and as the median of --repeats runs:
   * `python -c "import auricle.cli"`       (interpreter and CLI imports)
   * `python -c "import torch"`             (what the weights path pays before any work)
   * `auricle tag one.wav --checkpoint W`   (the whole command, what a user waits for)
+  * the same with AURICLE_CLEAN_EXIT=1: with Python's own shutdown at the end, which
+    `auricle` otherwise skips (measured in turns with the command, as its baseline)
   * `auricle tag one.wav --checkpoint W.onnx` with --exported: the same model written
     by `auricle export` (no torch import), measured in turns with the weights command
 and, inside one process, the parts: importing torch and auricle.model, loading
@@ -69,9 +71,10 @@ def main() -> None:
             run_measured(command)
         imports = [run_measured([sys.executable, "-c", "import auricle.cli"])[0] for _ in range(args.repeats)]
         torch_imports = [run_measured([sys.executable, "-c", "import torch"])[0] for _ in range(args.repeats)]
-        commands, exported_runs = [], []
-        for _ in range(args.repeats):  # in turns, so a slow phase of the machine hits both alike
+        commands, clean_exits, exported_runs = [], [], []
+        for _ in range(args.repeats):  # in turns, so a slow phase of the machine hits all alike
             commands.append(run_measured(weights_command))
+            clean_exits.append(run_measured(weights_command, env={"AURICLE_CLEAN_EXIT": "1"}))
             if exported_command:
                 exported_runs.append(run_measured(exported_command))
         parts = [json.loads(subprocess.run([sys.executable, "-c", PARTS, str(args.checkpoint), str(clip),
@@ -86,6 +89,8 @@ def main() -> None:
         torch_import_s=statistics.median(torch_imports),
         tag_command_wall_s=statistics.median(wall for wall, _, _ in commands),
         tag_command_peak_rss_mb=statistics.median(peak for _, peak, _ in commands),
+        clean_exit_tag_command_wall_s=statistics.median(wall for wall, _, _ in clean_exits),
+        clean_exit_tag_command_walls_s=[round(wall, 3) for wall, _, _ in clean_exits],
         **({} if not exported_runs else dict(
             exported_runtime=args.exported,
             exported_tag_command_wall_s=statistics.median(wall for wall, _, _ in exported_runs),

@@ -63,8 +63,8 @@ def auricle_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "auricle", *map(str, args)]
 
 
-def run_measured(command: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
-    """(wall seconds, peak RSS in MB of the child, result) of one command."""
+def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, peak RSS in MB of the child, result) of one command (``env``: variables to set for it)."""
     import os
     import tempfile
     import time
@@ -72,7 +72,7 @@ def run_measured(command: list[str]) -> tuple[float, float, subprocess.Completed
     # Output goes to files, not pipes: a pipe would fill up and block the child while we wait4 it.
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err)
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=None if env is None else {**os.environ, **env})
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
         process.returncode = code = os.waitstatus_to_exitcode(status)

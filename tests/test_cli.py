@@ -260,3 +260,38 @@ def test_real_everyday_folder(tiny_checkpoint, tmp_path):
     durations = {row["file"]: float(row["duration_s"]) for row in labels}
     for record in records:
         assert record["duration"] == pytest.approx(durations[Path(record["file"]).name], abs=2e-3)
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_the_command_ends_at_once_with_its_output_and_status(reference_dir, tiny_checkpoint, tmp_path, clean):
+    """`auricle` skips Python's shutdown (0.7-1 s after torch): output piped out whole, status as it should be."""
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not audio")
+    files = [str(reference_dir / "inputs" / f"{name}.wav") for name in ("a_sine440_1s", "c_chirp_10s")]
+    env = dict(os.environ, AURICLE_CLEAN_EXIT="1" if clean else "")
+    run = subprocess.run([sys.executable, "-m", "auricle", "tag", *files, str(broken), "--checkpoint",
+                          str(tiny_checkpoint), "--format", "json", "--threshold", "0"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 1, run.stderr[-2000:]
+    results = json.loads(run.stdout)  # every class of every file: ~100 KB through the pipe
+    assert len(run.stdout) > 65536 and [len(r["tags"]) for r in results] == [527, 527]  # failures go to stderr
+    assert run.stderr.strip().endswith("tagged 2 of 3 files; 1 failed")
+    labels = subprocess.run([sys.executable, "-m", "auricle", "labels"], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert labels.returncode == 0 and len(labels.stdout.splitlines()) >= 527
+
+
+def test_end_skips_the_shutdown_unless_something_needs_it(monkeypatch, capsys):
+    from auricle import cli as cli_module
+
+    ended = []
+    monkeypatch.setattr(cli_module.os, "_exit", ended.append)
+    monkeypatch.delitem(sys.modules, "coverage", raising=False)
+    monkeypatch.delenv("AURICLE_CLEAN_EXIT", raising=False)
+    print("written before the end")
+    cli_module.end(3)
+    assert ended == [3] and "written before the end" in capsys.readouterr().out
+    monkeypatch.setenv("AURICLE_CLEAN_EXIT", "1")
+    with pytest.raises(SystemExit) as finished:
+        cli_module.end(4)
+    assert finished.value.code == 4 and ended == [3]
