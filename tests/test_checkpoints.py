@@ -122,15 +122,19 @@ def test_available_models_lists_the_four():
 class FakeHub:
     """Stands in for huggingface_hub.hf_hub_download: a cache folder and a 'remote' folder."""
 
-    def __init__(self, remote: Path, cache: Path, online: bool = True) -> None:
-        self.remote, self.cache, self.online = remote, cache, online
+    def __init__(self, remote: Path, cache: Path, online: bool = True, unreachable: bool = False) -> None:
+        self.remote, self.cache, self.online, self.unreachable = remote, cache, online, unreachable
         self.calls: list[tuple[str, str, bool]] = []
 
     def __call__(self, repo_id, filename, *, cache_dir=None, local_files_only=False, **_):
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
         self.calls.append((repo_id, filename, local_files_only))
         cached = self.cache / repo_id / filename
         if cached.is_file():
             return str(cached)
+        if not local_files_only and self.unreachable:  # no network: the real hub retries, then raises this
+            raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub")
         if local_files_only or not self.online:
             raise FileNotFoundError(f"{filename} is not in the local cache")
         source = self.remote / repo_id / filename
@@ -166,3 +170,14 @@ def test_offline_without_cache_says_how_to_pass_a_file(tmp_path, monkeypatch):
         auricle.load_model("ced-mini")
     message = str(error.value)
     assert "ced-mini" in message and "--checkpoint" in message and "mispeech/ced-mini" in message
+
+
+def test_an_unreachable_hub_is_asked_once(tmp_path, monkeypatch):
+    """Offline, each try waits through the hub's retries: the second weight file is not tried."""
+    import huggingface_hub
+
+    hub = FakeHub(tmp_path, tmp_path / "cache", unreachable=True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    with pytest.raises(CheckpointError, match="--checkpoint"):
+        auricle.load_model("ced-mini")
+    assert [filename for _, filename, local_only in hub.calls if not local_only] == ["model.safetensors"]

@@ -24,6 +24,10 @@ def fetch_weights(info: ModelInfo, cache_dir: str | os.PathLike | None = None) -
     """
     from huggingface_hub import hf_hub_download
 
+    try:  # what the hub raises when it cannot be reached at all (after its own retries)
+        from huggingface_hub.errors import LocalEntryNotFoundError as unreachable
+    except ImportError:
+        unreachable = ()
     reasons: list[str] = []
     for local_only in (True, False):
         for filename in WEIGHT_FILES:
@@ -34,6 +38,8 @@ def fetch_weights(info: ModelInfo, cache_dir: str | os.PathLike | None = None) -
             except Exception as error:  # hub errors vary across versions; all mean "not here"
                 if not local_only:
                     reasons.append(f"{filename}: {_first_line(error)}")
+                    if isinstance(error, unreachable):
+                        break  # the next file would only wait through the same retries (~25 s offline)
                 continue
             try:  # the config names the model; not needed to load it
                 hf_hub_download(info.hf_repo, "config.json", cache_dir=cache_dir, local_files_only=local_only)
