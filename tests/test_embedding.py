@@ -117,3 +117,25 @@ def test_a_bad_file_fails_with_its_name_and_the_batch_goes_on(tiny_model, quiet_
     assert results[1].windows.shape[0] == 6
     with pytest.raises(AuricleError, match="broken.flac"):
         tiny_model.embed(str(broken))
+
+
+def test_many_files_embed_on_their_streams_as_one_by_one(tiny_checkpoint, reference_dir, quiet_and_loud, tmp_path):
+    """Several files at once, each whole on one stream: same embeddings, input order, failures in place."""
+    import auricle
+
+    model = auricle.load_model(checkpoint=tiny_checkpoint, threads=2, streams=2)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not audio")
+    inputs = reference_dir / "inputs"
+    files = [str(inputs / "a_sine440_1s.wav"), quiet_and_loud[0], str(broken), str(inputs / "d_mix_25p3s.wav"),
+             str(inputs / "i_tooshort_0p1s.wav"), str(inputs / "f_stereo_44k1_2s.wav")]
+    results = list(model.iter_embed(files))
+    assert [r.file for r in results] == files
+    assert "broken.wav" in results[2].error
+    for result, file in zip(results, files):
+        if file == str(broken):
+            continue
+        alone = model.embed(file)
+        np.testing.assert_allclose(result.windows, alone.windows, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(result.clip, alone.clip, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(result.ends, alone.ends)

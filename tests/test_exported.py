@@ -243,6 +243,18 @@ def test_a_long_recording_embeds_a_few_pieces_per_call_as_in_one(piece_file, tor
     np.testing.assert_allclose(model.embed(waveform, sample_rate=16000).windows, embeddings.windows, atol=1e-6)
 
 
+def test_many_files_embed_on_their_streams_as_one_by_one(piece_file, long_recording, files, tmp_path):
+    model = load_exported(piece_file, threads=2, streams=2)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not audio")
+    paths = [files[0], str(long_recording[0]), str(broken), files[1], files[4]]
+    results = list(model.iter_embed(paths))
+    assert [r.file for r in results] == paths and "broken.wav" in results[2].error
+    for result, path in zip(results, paths):
+        if path != str(broken):
+            np.testing.assert_allclose(result.windows, model.embed(path).windows, atol=1e-6, rtol=0)
+
+
 def test_a_recording_rows_cannot_reproduce_goes_in_one_call(piece_file, long_recording, monkeypatch):
     path, waveform = long_recording
     model = load_exported(piece_file)

@@ -138,7 +138,15 @@ class ExportedModel(Tagger):
         # A long file is decoded twice (loudest frame, then rows) rather than held whole.
         return self._embeddings(str(path), lambda: iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES))
 
-    def _embeddings(self, name: str, blocks: Callable[[], Iterable[np.ndarray]]) -> Embeddings:
+    def _stream_pool(self) -> StreamPool | None:
+        return self._pool
+
+    def _embed_file_on_stream(self, stream: int, path: str | os.PathLike) -> Embeddings:
+        return self._embeddings(str(path), lambda: iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES), stream)
+
+    def _embeddings(self, name: str, blocks: Callable[[], Iterable[np.ndarray]],
+                    stream: int | None = None) -> Embeddings:
+        """``stream``: run every call here, on that stream's session (we are its worker); else on all streams."""
         if self._pieces_output is None:
             raise AuricleError(f"{self.path}: this exported file has no per-piece embeddings; export it with "
                                f"--piece-embeddings, or load the model's weights to embed")
@@ -152,24 +160,24 @@ class ExportedModel(Tagger):
             if sum(map(len, held)) >= short:
                 break
         else:
-            return self._one_call(name, np.concatenate(held) if held else np.zeros(0, dtype=np.float32))
+            return self._one_call(name, np.concatenate(held) if held else np.zeros(0, dtype=np.float32), stream)
         try:
             loudest = loudest_frame(itertools.chain(held, source), peaks)
             held.clear()
-            pieces = self._row_pieces(rows(blocks(), peaks, loudest, PIECES_PER_ROW))
+            pieces = self._row_pieces(rows(blocks(), peaks, loudest, PIECES_PER_ROW), stream)
         except InexactRows:
-            return self._one_call(name, np.concatenate(list(blocks())))
+            return self._one_call(name, np.concatenate(list(blocks())), stream)
         return self._result(name, loudest.samples, pieces.mean(axis=0, dtype=np.float64).astype(np.float32), pieces)
 
-    def _one_call(self, name: str, waveform: np.ndarray) -> Embeddings:
+    def _one_call(self, name: str, waveform: np.ndarray, stream: int | None = None) -> Embeddings:
         """The whole recording in one call: what the graph computes, by definition."""
         if len(waveform) == 0:
             raise AuricleError(f"{name}: no audio samples")
-        outputs = self._sessions[0].run(None, {"waveforms": np.ascontiguousarray(waveform, dtype=np.float32)[None]})
+        outputs = self._outputs(stream or 0, np.ascontiguousarray(waveform, dtype=np.float32)[None])
         return self._result(name, len(waveform), outputs[self._clip_output][0], outputs[self._pieces_output][:, 0, :])
 
-    def _row_pieces(self, parts: Iterable[Row]) -> np.ndarray:
-        """The kept piece embeddings of every row, in order; rows run on all streams."""
+    def _row_pieces(self, parts: Iterable[Row], stream: int | None = None) -> np.ndarray:
+        """The kept piece embeddings of every row, in order; rows run on all streams, or here on ``stream``'s."""
         in_flight: deque[tuple[Row, Future]] = deque()
         pieces: list[np.ndarray] = []
 
@@ -181,8 +189,8 @@ class ExportedModel(Tagger):
 
         for row in parts:
             batch = row.samples[np.newaxis]
-            future = self._pool.submit(self._outputs, batch) if self._pool is not None else run_here(
-                self._outputs, 0, batch)
+            future = (self._pool.submit(self._outputs, batch) if self._pool is not None and stream is None
+                      else run_here(self._outputs, stream or 0, batch))
             in_flight.append((row, future))
             collect(keep=2 * self._streams)
         collect(keep=0)

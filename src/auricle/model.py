@@ -101,9 +101,18 @@ class AudioModel(Tagger):
         # Streamed: a long recording is never held whole (auricle.inference.embedding).
         return self._embeddings(str(path), iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES), batch_size)
 
-    def _embeddings(self, name: str, blocks, batch_size: int | None) -> Embeddings:
+    def _stream_pool(self):
+        return self.engine.pool
+
+    def _embed_file_on_stream(self, stream: int, path: str | os.PathLike) -> Embeddings:
+        return self._embeddings(str(path), iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES),
+                                max(1, self.batch_size // self.streams),
+                                lambda pieces: self.engine.stream_features(pieces, stream))
+
+    def _embeddings(self, name: str, blocks, batch_size: int | None, forward_features=None) -> Embeddings:
         try:
-            means = token_means(self.network, self.engine.forward_features, blocks, batch_size or self.batch_size)
+            means = token_means(self.network, forward_features or self.engine.forward_features, blocks,
+                                batch_size or self.batch_size)
         except ValueError as error:
             raise AudioError(f"{name}: {error}") from None
         piece_seconds = self.network.config.target_frames * HOP_LENGTH / SAMPLE_RATE

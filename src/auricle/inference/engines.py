@@ -151,6 +151,15 @@ class Engine:
         """Normalised mel pieces (n, 1, n_mels, frames) -> float32 tokens (n, patches, dim)."""
         return self._split(self._features, pieces)
 
+    @property
+    def pool(self) -> StreamPool | None:
+        """The streams' workers (None with one stream); work handed to them runs on one stream's threads."""
+        return self._pool
+
+    def stream_features(self, pieces: torch.Tensor, stream: int) -> torch.Tensor:
+        """:meth:`forward_features` whole, as stream ``stream`` runs it: call it on that stream's worker."""
+        return self._features(pieces, stream)
+
     def probabilities(self, waveforms: torch.Tensor) -> torch.Tensor:
         """(batch, samples) 16 kHz -> (batch, classes), exactly as ``CED.forward`` but with this encoder."""
         return self._split(self._probabilities, waveforms)

@@ -13,6 +13,7 @@ short command's start).
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue as queue_module
 import sys
@@ -27,6 +28,7 @@ import numpy as np
 from auricle.audio import SAMPLE_RATE, iter_blocks, load_audio, prepare_waveform
 from auricle.errors import AuricleError
 from auricle.inference.events import EventOptions
+from auricle.inference.streams import StreamPool
 from auricle.inference.results import ClipTags, Embeddings, Failure
 from auricle.inference.tagging import ClassSpace, TagOptions, summarize
 from auricle.inference.windows import WindowConfig, iter_windows
@@ -99,15 +101,49 @@ class Tagger:
         """Embeddings of a file; models that can stream a long recording override this."""
         return self.embed_waveform(load_audio(path), name=str(path), batch_size=batch_size)
 
+    def _stream_pool(self) -> StreamPool | None:
+        """The pool whose workers run the streams (None with one stream)."""
+        return None
+
+    def _embed_file_on_stream(self, stream: int, path: str | os.PathLike) -> Embeddings:
+        """:meth:`_embed_file` run whole on one stream's worker (decoding included), never on the pool."""
+        raise NotImplementedError
+
     def iter_embed(
         self, sources: Iterable[str | os.PathLike], batch_size: int | None = None
     ) -> Iterator[Embeddings | Failure]:
-        """Embed many files, yielding a :class:`Failure` for each bad one and going on."""
-        for source in sources:
-            try:
-                yield self.embed(source, batch_size=batch_size)
-            except AuricleError as error:
-                yield Failure(str(source), str(error))
+        """Embed many files, yielding a :class:`Failure` for each bad one and going on; in input order.
+
+        With several streams, each file is embedded whole on one stream, decoding
+        included, several files at once: a file has no other file to share its
+        model calls with (its log-mel floor is its own), so this keeps every core
+        busy without a decoder thread taking turns with the model. A lone file
+        gets all streams. ``batch_size`` applies to lone files.
+        """
+        pool = self._stream_pool()
+        sources = iter(sources)
+        first = list(itertools.islice(sources, 2))
+        if pool is None or len(first) < 2:
+            for source in first:
+                yield self._embed_or_failure(lambda: self.embed(source, batch_size=batch_size), source)
+            return
+        in_flight: deque[Future] = deque()
+        for source in itertools.chain(first, sources):
+            in_flight.append(pool.submit(self._embed_job, source))
+            while in_flight and (len(in_flight) > 2 * self.streams or in_flight[0].done()):
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+
+    def _embed_job(self, stream: int, source: str | os.PathLike) -> Embeddings | Failure:
+        return self._embed_or_failure(lambda: self._embed_file_on_stream(stream, source), source)
+
+    @staticmethod
+    def _embed_or_failure(embed, source) -> Embeddings | Failure:
+        try:
+            return embed()
+        except AuricleError as error:
+            return Failure(str(source), str(error))
 
     # -- scoring ---------------------------------------------------------------
     def score_windows(self, windows: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
