@@ -139,3 +139,27 @@ def test_many_files_embed_on_their_streams_as_one_by_one(tiny_checkpoint, refere
         np.testing.assert_allclose(result.windows, alone.windows, atol=1e-6, rtol=0)
         np.testing.assert_allclose(result.clip, alone.clip, atol=1e-6, rtol=0)
         np.testing.assert_allclose(result.ends, alone.ends)
+
+
+def test_a_long_file_among_many_gets_all_streams(tiny_checkpoint, reference_dir, tmp_path, monkeypatch):
+    import auricle
+    from auricle.inference import pipeline
+
+    model = auricle.load_model(checkpoint=tiny_checkpoint, threads=2, streams=2)
+    monkeypatch.setattr(pipeline, "LONG_FILE_SECONDS", 30.0)  # a 35 s file stands in for a long one
+    long_file = tmp_path / "long.wav"
+    sf.write(long_file, (0.1 * np.random.default_rng(2).standard_normal(35 * 16000)).astype(np.float32), 16000)
+    inputs = reference_dir / "inputs"
+    files = [str(inputs / "a_sine440_1s.wav"), str(long_file), str(inputs / "d_mix_25p3s.wav")]
+    on_one_stream = []
+    original = model._embed_file_on_stream
+
+    def spy(stream, path):
+        on_one_stream.append(str(path))
+        return original(stream, path)
+
+    monkeypatch.setattr(model, "_embed_file_on_stream", spy)
+    results = list(model.iter_embed(files))
+    assert [r.file for r in results] == files
+    assert sorted(on_one_stream) == sorted([files[0], files[2]])
+    np.testing.assert_allclose(results[1].windows, model.embed(str(long_file)).windows, atol=1e-6, rtol=0)

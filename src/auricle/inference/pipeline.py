@@ -20,12 +20,12 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from auricle.audio import SAMPLE_RATE, iter_blocks, load_audio, prepare_waveform
+from auricle.audio import SAMPLE_RATE, audio_info, iter_blocks, load_audio, prepare_waveform
 from auricle.errors import AuricleError
 from auricle.inference.events import EventOptions
 from auricle.inference.streams import StreamPool
@@ -114,26 +114,34 @@ class Tagger:
     ) -> Iterator[Embeddings | Failure]:
         """Embed many files, yielding a :class:`Failure` for each bad one and going on; in input order.
 
-        With several streams, each file is embedded whole on one stream, decoding
-        included, several files at once: a file has no other file to share its
-        model calls with (its log-mel floor is its own), so this keeps every core
-        busy without a decoder thread taking turns with the model. A lone file
-        gets all streams. ``batch_size`` applies to lone files.
+        With several streams, files are embedded several at once, each whole (decoding
+        included) on one stream: a file's pieces share no call with another file's (each
+        file has its own floor), so one by one a 10 s file was one call of one piece with
+        decoding in between (48 files: 10.0 against 18.6 files/s, docs/benchmarks.md).
+        A lone file, and one of :data:`LONG_FILE_SECONDS` or more (on one stream it would
+        hold a single core long after the others ran out of work), get all streams, with
+        ``batch_size`` pieces per call.
         """
+        def alone(source) -> Embeddings | Failure:
+            return self._embed_or_failure(lambda: self.embed(source, batch_size=batch_size), source)
+
         pool = self._stream_pool()
         sources = iter(sources)
         first = list(itertools.islice(sources, 2))
         if pool is None or len(first) < 2:
-            for source in first:
-                yield self._embed_or_failure(lambda: self.embed(source, batch_size=batch_size), source)
+            yield from map(alone, itertools.chain(first, sources))
             return
-        in_flight: deque[Future] = deque()
+        pending: deque[Future] = deque()
         for source in itertools.chain(first, sources):
-            in_flight.append(pool.submit(self._embed_job, source))
-            while in_flight and (len(in_flight) > 2 * self.streams or in_flight[0].done()):
-                yield in_flight.popleft().result()
-        while in_flight:
-            yield in_flight.popleft().result()
+            if _is_long(source):
+                while pending:
+                    yield pending.popleft().result()
+                yield alone(source)
+                continue
+            yield from _make_room(pending, running=2 * self.streams, held=MAX_HELD_RESULTS)
+            pending.append(pool.submit(self._embed_job, source))
+        while pending:
+            yield pending.popleft().result()
 
     def _embed_job(self, stream: int, source: str | os.PathLike) -> Embeddings | Failure:
         return self._embed_or_failure(lambda: self._embed_file_on_stream(stream, source), source)
@@ -371,6 +379,37 @@ class _Calls:
             owners, future = self._in_flight.popleft()
             rows.extend(zip(owners, self._model._rows(future.result())))
         return rows
+
+
+#: Files at least this long are embedded on all streams, one at a time: on one
+#: stream such a file would hold a single core long after the others ran out of work.
+LONG_FILE_SECONDS = 300.0
+#: Finished results kept for in-order output behind a file still in work.
+MAX_HELD_RESULTS = 256
+
+
+def _is_long(source) -> bool:
+    if is_array(source):
+        return len(source) >= LONG_FILE_SECONDS * SAMPLE_RATE
+    try:
+        duration = audio_info(source).duration
+    except (AuricleError, OSError, ValueError):  # its job reports what is wrong with it
+        return False
+    return duration is not None and duration >= LONG_FILE_SECONDS
+
+
+def _make_room(pending: deque, running: int, held: int) -> Iterator:
+    """Yield the finished results at the head of ``pending``; return once another job may start.
+
+    Waits while ``running`` jobs are unfinished or ``held`` results are queued.
+    """
+    while True:
+        while pending and pending[0].done():
+            yield pending.popleft().result()
+        unfinished = [future for future in pending if not future.done()]
+        if len(unfinished) < running and len(pending) < held:
+            return
+        wait(unfinished, return_when=FIRST_COMPLETED)
 
 
 # Decoded windows waiting for the model: enough to keep the model busy while the
