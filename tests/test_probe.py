@@ -143,3 +143,23 @@ def test_classification_scores_by_hand():
     # class 0 ranks: 0.9(+) 0.4(+) 0.3 0.2 -> AP 1; class 1: 0.8(+) 0.7(+) 0.6 0.1 -> AP 1.
     assert result.mean_average_precision == pytest.approx(1.0)
     assert result.mean_auc == pytest.approx(1.0) and result.to_dict()["d_prime"] is None
+
+
+def test_clip_embeddings_keep_positions_past_cached_broken_and_unreadable_files(tiny_checkpoint, reference_dir,
+                                                                                  tmp_path):
+    from auricle.downstream.probe import clip_embeddings
+
+    model = auricle.load_model(checkpoint=tiny_checkpoint, threads=2, streams=2)
+    inputs = reference_dir / "inputs"
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not audio at all")
+    files = [str(inputs / "a_sine440_1s.wav"), str(broken), str(tmp_path / "missing.wav"),
+             str(inputs / "d_mix_25p3s.wav"), str(inputs / "g_stereo_16k_2s.wav")]
+    cache = EmbeddingCache(tmp_path / "cache", model_key(model.network))
+    clip_embeddings(model, files[3:4], cache)  # one file already cached
+    embeddings, kept, failures, hits = clip_embeddings(model, files, cache)
+    assert kept == [0, 3, 4] and hits == 1
+    assert [failure.file for failure in failures] == files[1:3]
+    assert "missing.wav" in failures[1].error and "broken.wav" in failures[0].error
+    for row, position in zip(embeddings, kept):
+        np.testing.assert_allclose(row, model.embed(files[position]).clip, atol=1e-6, rtol=0)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auricle.downstream.classification import Scores, score_classification
-from auricle.errors import AuricleError, DatasetError
+from auricle.errors import DatasetError
 from auricle.inference.results import Failure
 from auricle.io.datasets import LabelledDataset
 from auricle.models.ced import CED, make_head
@@ -139,32 +139,41 @@ def default_cache_dir() -> Path:
 def clip_embeddings(
     model, files: Sequence[str], cache: EmbeddingCache | None, progress: bool = False
 ) -> tuple[np.ndarray, list[int], list[Failure], int]:
-    """(embeddings of the readable files, their positions, failures, how many came from the cache)."""
+    """(embeddings of the readable files, their positions, failures, how many came from the cache).
+
+    Files not in the cache are embedded together (``model.iter_embed``: several at once on the streams).
+    """
     from tqdm import tqdm
 
-    rows: list[np.ndarray] = []
-    kept: list[int] = []
-    failures: list[Failure] = []
+    found: dict[int, np.ndarray] = {}
+    failed: dict[int, Failure] = {}
+    keys: dict[int, str] = {}
     hits = 0
-    for position, file in enumerate(tqdm(files, desc="embedding", unit="file", disable=not progress)):
-        try:
-            key = file_key(file) if cache is not None else ""
-        except OSError as error:
-            failures.append(Failure(str(file), f"{file}: cannot read ({error.strerror or error})"))
-            continue
-        embedding = cache.get(key) if cache is not None else None
-        if embedding is None:
+    with tqdm(total=len(files), desc="embedding", unit="file", disable=not progress) as bar:
+        for position, file in enumerate(files):
             try:
-                embedding = model.embed(file).clip
-            except AuricleError as error:
-                failures.append(Failure(str(file), str(error)))
+                keys[position] = file_key(file) if cache is not None else ""
+            except OSError as error:
+                failed[position] = Failure(str(file), f"{file}: cannot read ({error.strerror or error})")
+                bar.update()
                 continue
+            embedding = cache.get(keys[position]) if cache is not None else None
+            if embedding is not None:
+                found[position] = embedding
+                hits += 1
+                bar.update()
+        todo = [position for position in keys if position not in found]
+        for position, result in zip(todo, model.iter_embed([files[position] for position in todo])):
+            bar.update()
+            if isinstance(result, Failure):
+                failed[position] = result
+                continue
+            found[position] = result.clip
             if cache is not None:
-                cache.put(key, embedding)
-        else:
-            hits += 1
-        rows.append(embedding)
-        kept.append(position)
+                cache.put(keys[position], result.clip)
+    kept = sorted(found)
+    rows = [found[position] for position in kept]
+    failures = [failed[position] for position in sorted(failed)]
     width = model.embedding_dim
     return (np.stack(rows) if rows else np.zeros((0, width), np.float32)), kept, failures, hits
 
