@@ -150,14 +150,19 @@ class ExportedModel(Tagger):
         if self._pieces_output is None:
             raise AuricleError(f"{self.path}: this exported file has no per-piece embeddings; export it with "
                                f"--piece-embeddings, or load the model's weights to embed")
-        framing = Framing.from_metadata(self.metadata)
+        try:
+            framing = Framing.from_metadata(self.metadata)
+        except InexactRows:
+            return self._one_call(name, np.concatenate(list(blocks())), stream)
         peaks = MelPeaks(framing)
         short = PIECES_PER_ROW * framing.piece_samples + framing.half  # shorter: one call
         held: list[np.ndarray] = []
+        samples = 0
         source = iter(blocks())
         for block in source:
             held.append(block)
-            if sum(map(len, held)) >= short:
+            samples += len(block)
+            if samples >= short:
                 break
         else:
             return self._one_call(name, np.concatenate(held) if held else np.zeros(0, dtype=np.float32), stream)

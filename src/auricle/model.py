@@ -17,6 +17,7 @@ from auricle.inference.embedding import token_means
 from auricle.inference.engines import Engine, EngineConfig, make_engine, resolve_precision
 from auricle.inference.pipeline import EMBED_BLOCK_SAMPLES, Tagger
 from auricle.inference.results import Embeddings
+from auricle.inference.streams import StreamPool
 from auricle.labels import LabelSet, audioset_labels
 from auricle.models.ced import CED
 from auricle.models.checkpoints import build_model, read_checkpoint
@@ -95,13 +96,15 @@ class AudioModel(Tagger):
         1012-frame pieces (10.12 s, the last zero-padded after normalisation);
         ``clip`` is the mean of all tokens, ``windows`` the mean per piece.
         """
+        if len(waveform) == 0:
+            raise AudioError(f"{name}: no audio samples")
         return self._embeddings(name, [waveform], batch_size)
 
     def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
         # Streamed: a long recording is never held whole (auricle.inference.embedding).
         return self._embeddings(str(path), iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES), batch_size)
 
-    def _stream_pool(self):
+    def _stream_pool(self) -> StreamPool | None:
         return self.engine.pool
 
     def _embed_file_on_stream(self, stream: int, path: str | os.PathLike) -> Embeddings:
@@ -110,11 +113,8 @@ class AudioModel(Tagger):
                                 lambda pieces: self.engine.stream_features(pieces, stream))
 
     def _embeddings(self, name: str, blocks, batch_size: int | None, forward_features=None) -> Embeddings:
-        try:
-            means = token_means(self.network, forward_features or self.engine.forward_features, blocks,
-                                batch_size or self.batch_size)
-        except ValueError as error:
-            raise AudioError(f"{name}: {error}") from None
+        means = token_means(self.network, forward_features or self.engine.forward_features, blocks,
+                            batch_size or self.batch_size)
         piece_seconds = self.network.config.target_frames * HOP_LENGTH / SAMPLE_RATE
         duration = means.samples / SAMPLE_RATE
         starts = np.arange(len(means.pieces)) * piece_seconds
