@@ -295,3 +295,22 @@ def test_end_skips_the_shutdown_unless_something_needs_it(monkeypatch, capsys):
     with pytest.raises(SystemExit) as finished:
         cli_module.end(4)
     assert finished.value.code == 4 and ended == [3]
+
+
+def test_embed_resumes_a_folder_where_it_stopped(inputs, tiny_checkpoint, tmp_path):
+    full = tmp_path / "full"
+    assert run("embed", *inputs, "--checkpoint", tiny_checkpoint, "--output", full).exit_code == 0
+    # A run stopped after two files: their .npz are there (written atomically), the index is not.
+    part = tmp_path / "part"
+    assert run("embed", *inputs[:2], "--checkpoint", tiny_checkpoint, "--output", part).exit_code == 0
+    (part / "index.csv").unlink()
+    stamps = {path.name: path.stat().st_mtime_ns for path in part.glob("*.npz")}
+    result = run("embed", *inputs, "--checkpoint", tiny_checkpoint, "--output", part, "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"embedded {len(inputs) - 2} of {len(inputs) - 2} files" in result.stderr and "2 already done" in result.stderr
+    assert {path.name: path.stat().st_mtime_ns for path in part.glob("*.npz") if path.name in stamps} == stamps
+    assert (part / "index.csv").read_text() == (full / "index.csv").read_text()
+    for npz in full.glob("*.npz"):
+        np.testing.assert_allclose(np.load(part / npz.name)["clip"], np.load(npz)["clip"], atol=1e-6)
+    refused = run("embed", *inputs, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "all.npz", "--resume")
+    assert refused.exit_code == 2 and "--resume needs --output FOLDER" in refused.stderr

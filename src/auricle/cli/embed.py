@@ -6,6 +6,7 @@ import sys
 
 import csv
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -21,6 +22,19 @@ def _atomic_save(path: Path, save) -> None:
     with open(tmp, "wb") as handle:
         save(handle)
     os.replace(tmp, path)
+
+
+def _embedded(folder: Path, names: dict[str, str], model: str) -> dict[str, list]:
+    """The files whose .npz by ``model`` is already in ``folder`` (saves are atomic) -> their index row."""
+    done = {}
+    for file, name in names.items():
+        try:
+            with np.load(folder / name, allow_pickle=False) as saved:
+                if str(saved["path"]) == file and str(saved["model"]) == model:
+                    done[file] = [file, name, f"{float(saved['duration']):.3f}", len(saved["starts"])]
+        except (OSError, ValueError, KeyError):  # missing or unreadable: embedded again
+            continue
+    return done
 
 
 def _npz_name(file: str, used: set[str]) -> str:
@@ -41,9 +55,15 @@ def _npz_name(file: str, used: set[str]) -> str:
               help="Search named folders through all sub-folders.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=None,
               help="Pieces per model call [default: 2 per stream, at least 4, on a CPU; 32 on an accelerator].")
-def embed_command(paths, model_name, checkpoint, device, threads, output, recursive, batch_size) -> None:
+@click.option("--resume", is_flag=True,
+              help="With an output folder: keep the files already embedded there and embed the rest.")
+def embed_command(paths, model_name, checkpoint, device, threads, output, recursive, batch_size, resume) -> None:
     """Compute embeddings: the clip embedding (mean of all tokens, as the official
-    HEAR submission) and one per 10.12 s piece with start/end times."""
+    HEAR submission) and one per 10.12 s piece with start/end times.
+
+    Exits with status 1 if any file failed (each failure is reported on stderr;
+    the other files are still embedded).
+    """
     from tqdm import tqdm
 
     from auricle.audio import list_audio_files
@@ -54,23 +74,29 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
         fail(str(error))
     if not files:
         fail("no audio files found in " + " ".join(paths))
+    target = Path(output)
+    single_file = target.suffix in (".npz", ".npy")
+    if resume and single_file:
+        fail("--resume needs --output FOLDER (one .npz per file); a single .npz or .npy is written at the end")
+    # Each file's .npz name depends only on the file list, so a resumed run finds the same names.
+    used: set[str] = set()
+    names = {file: _npz_name(file, used) for file in files}
     model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
+    done = _embedded(target, names, model.name) if resume else {}
+    todo = [file for file in files if file not in done]
     if not getattr(model, "can_embed", True):
         fail(f"{checkpoint}: this exported file has no per-piece embeddings; export it with --piece-embeddings, "
              f"or give the model's weights")
-    target = Path(output)
-    single_file = target.suffix in (".npz", ".npy")
     if single_file:
         target.parent.mkdir(parents=True, exist_ok=True)
     else:
         target.mkdir(parents=True, exist_ok=True)
 
     collected = []
-    index_rows = []
-    used: set[str] = set()
+    index_rows = dict(done)
     failures = 0
-    bar = tqdm(total=len(files), unit="file", disable=len(files) < 2 or None, file=sys.stderr)
-    for result in model.iter_embed(files, batch_size=batch_size):
+    bar = tqdm(total=len(todo), unit="file", disable=len(todo) < 2 or None, file=sys.stderr)
+    for result in model.iter_embed(todo, batch_size=batch_size):
         bar.update(1)
         if hasattr(result, "error"):
             failures += 1
@@ -79,12 +105,12 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
         if single_file:
             collected.append(result)
             continue
-        name = _npz_name(result.file, used)
+        name = names[result.file]
         # numpy's savez reserves the keyword `file`, so the source path is stored as `path`.
         arrays = dict(clip=result.clip, windows=result.windows, starts=result.starts, ends=result.ends,
                       path=np.array(result.file), model=np.array(result.model), duration=np.array(result.duration))
         _atomic_save(target / name, lambda handle: np.savez(handle, **arrays))
-        index_rows.append([result.file, name, f"{result.duration:.3f}", len(result.starts)])
+        index_rows[result.file] = [result.file, name, f"{result.duration:.3f}", len(result.starts)]
     bar.close()
 
     if single_file and collected:
@@ -104,12 +130,13 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
             )
             _atomic_save(target, lambda handle: np.savez(handle, **arrays))
     if not single_file and index_rows:
-        with open(target / "index.csv", "w", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["file", "npz", "duration", "windows"])
-            writer.writerows(index_rows)
-    done = len(files) - failures
-    message = f"embedded {done} of {len(files)} files into {target}"
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(["file", "npz", "duration", "windows"])
+        writer.writerows(index_rows[file] for file in files if file in index_rows)
+        _atomic_save(target / "index.csv", lambda handle: handle.write(table.getvalue().encode()))
+    skipped = f", {len(done)} already done" if resume else ""
+    message = f"embedded {len(todo) - failures} of {len(todo)} files into {target}{skipped}"
     if failures:
         click.echo(f"auricle: {message}; {failures} failed", err=True)
         raise SystemExit(1)
