@@ -154,9 +154,9 @@ def test_a_long_file_among_many_gets_all_streams(tiny_checkpoint, reference_dir,
     on_one_stream = []
     original = model._embed_file_on_stream
 
-    def spy(stream, path):
+    def spy(stream, path, batch_size=None):
         on_one_stream.append(str(path))
-        return original(stream, path)
+        return original(stream, path, batch_size)
 
     monkeypatch.setattr(model, "_embed_file_on_stream", spy)
     results = list(model.iter_embed(files))

@@ -141,7 +141,7 @@ class ExportedModel(Tagger):
     def _stream_pool(self) -> StreamPool | None:
         return self._pool
 
-    def _embed_file_on_stream(self, stream: int, path: str | os.PathLike) -> Embeddings:
+    def _embed_file_on_stream(self, stream: int, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
         return self._embeddings(str(path), lambda: iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES), stream)
 
     def _embeddings(self, name: str, blocks: Callable[[], Iterable[np.ndarray]],

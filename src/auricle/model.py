@@ -107,9 +107,9 @@ class AudioModel(Tagger):
     def _stream_pool(self) -> StreamPool | None:
         return self.engine.pool
 
-    def _embed_file_on_stream(self, stream: int, path: str | os.PathLike) -> Embeddings:
+    def _embed_file_on_stream(self, stream: int, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
         return self._embeddings(str(path), iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES),
-                                max(1, self.batch_size // self.streams),
+                                max(1, (batch_size or self.batch_size) // self.streams),
                                 lambda pieces: self.engine.stream_features(pieces, stream))
 
     def _embeddings(self, name: str, blocks, batch_size: int | None, forward_features=None) -> Embeddings:

@@ -54,7 +54,8 @@ def _npz_name(file: str, used: set[str]) -> str:
 @click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,
               help="Search named folders through all sub-folders.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=None,
-              help="Pieces per model call [default: 2 per stream, at least 4, on a CPU; 32 on an accelerator].")
+              help="Pieces per model call [default: 2 per stream, at least 4, on a CPU; 32 on an accelerator]; "
+                   "several files run at once, one per stream, each with its share of the calls' pieces.")
 @click.option("--resume", is_flag=True,
               help="With an output folder: keep the files already embedded there and embed the rest.")
 def embed_command(paths, model_name, checkpoint, device, threads, output, recursive, batch_size, resume) -> None:

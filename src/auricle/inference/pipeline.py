@@ -105,8 +105,9 @@ class Tagger:
         """The pool whose workers run the streams (None with one stream)."""
         return None
 
-    def _embed_file_on_stream(self, stream: int, path: str | os.PathLike) -> Embeddings:
-        """:meth:`_embed_file` run whole on one stream's worker (decoding included), never on the pool."""
+    def _embed_file_on_stream(self, stream: int, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
+        """:meth:`_embed_file` run whole on one stream's worker (decoding included), never on the pool;
+        ``batch_size // streams`` pieces per call."""
         raise NotImplementedError
 
     def iter_embed(
@@ -139,12 +140,13 @@ class Tagger:
                 yield alone(source)
                 continue
             yield from _make_room(pending, running=2 * self.streams, held=MAX_HELD_RESULTS)
-            pending.append(pool.submit(self._embed_job, source))
+            pending.append(pool.submit(self._embed_job, (source, batch_size)))
         while pending:
             yield pending.popleft().result()
 
-    def _embed_job(self, stream: int, source: str | os.PathLike) -> Embeddings | Failure:
-        return self._embed_or_failure(lambda: self._embed_file_on_stream(stream, source), source)
+    def _embed_job(self, stream: int, work: tuple[str | os.PathLike, int | None]) -> Embeddings | Failure:
+        source, batch_size = work
+        return self._embed_or_failure(lambda: self._embed_file_on_stream(stream, source, batch_size), source)
 
     @staticmethod
     def _embed_or_failure(embed, source) -> Embeddings | Failure:
