@@ -314,3 +314,14 @@ def test_embed_resumes_a_folder_where_it_stopped(inputs, tiny_checkpoint, tmp_pa
         np.testing.assert_allclose(np.load(part / npz.name)["clip"], np.load(npz)["clip"], atol=1e-6)
     refused = run("embed", *inputs, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "all.npz", "--resume")
     assert refused.exit_code == 2 and "--resume needs --output FOLDER" in refused.stderr
+
+
+def test_when_no_input_exists_no_model_is_loaded(tmp_path):
+    """A mistyped path fails at once, as it would after loading (here the model could not even be loaded)."""
+    result = run("tag", tmp_path / "nope.wav", tmp_path / "nada.flac", "--checkpoint", tmp_path / "no-model.pt",
+                 "--format", "jsonl")
+    assert result.exit_code == 1
+    assert "nope.wav: file not found" in result.stderr and "nada.flac: file not found" in result.stderr
+    assert "tagged 0 of 2 files; 2 failed" in result.stderr and "no-model" not in result.stderr
+    assert [json.loads(line)["error"] for line in result.stdout.splitlines()] == [
+        f"{tmp_path / 'nope.wav'}: file not found", f"{tmp_path / 'nada.flac'}: file not found"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -36,6 +37,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
 
     from auricle.audio import list_audio_files
     from auricle.inference.events import EventOptions
+    from auricle.inference.results import Failure
 
     if resume and (output is None or output_format not in RESUMABLE_FORMATS):
         fail(f"--resume needs --output FILE with --format {' or '.join(RESUMABLE_FORMATS)}")
@@ -49,12 +51,17 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     done = completed_files(output, output_format) if resume else set()
     todo = [f for f in files if f not in done]
 
-    model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
-    try:
-        options = model.tag_options(top_k=top_k, threshold=threshold, classes=classes, profile=profile,
-                                    pool=pool, events=event_options or False, window=window, hop=hop)
-    except (AuricleError, ValueError) as error:
-        fail(str(error))
+    if todo and not any(os.path.exists(file) for file in todo):
+        # Nothing to decode, so no model to load (a download, maybe): each file fails as it would.
+        results = iter([Failure(file, f"{file}: file not found") for file in todo])
+    else:
+        model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
+        try:
+            options = model.tag_options(top_k=top_k, threshold=threshold, classes=classes, profile=profile,
+                                        pool=pool, events=event_options or False, window=window, hop=hop)
+        except (AuricleError, ValueError) as error:
+            fail(str(error))
+        results = model.iter_tag(todo, options, batch_size=batch_size)
 
     appending = resume and bool(done)
     stream = open_output(output, append=resume)
@@ -64,7 +71,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
                file=sys.stderr)
     failures = 0
     try:
-        for result in model.iter_tag(todo, options, batch_size=batch_size):
+        for result in results:
             if hasattr(result, "error"):
                 failures += 1
                 bar.write(f"auricle: error: {result.error}", file=sys.stderr)
