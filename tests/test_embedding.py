@@ -9,7 +9,6 @@ import torch
 
 from auricle.errors import AuricleError
 from auricle.frontend import LogMel, LogMelStream
-from auricle.inference.embedding import _MelStore
 from auricle.models.ced import MIN_SAMPLES
 
 PIECE = 1012
@@ -48,17 +47,30 @@ def test_a_stream_without_samples_fails():
         stream.finish()
 
 
-def test_mel_store_returns_every_piece_in_order_across_slabs():
-    store = _MelStore()
-    pieces = [torch.full((2, 5), float(i)) for i in range(30)] + [torch.full((2, 3), 99.0)]
-    for piece in pieces:
-        store.append(piece)
-    assert len(store) == 31
-    for index, piece in enumerate(pieces):
-        torch.testing.assert_close(store[index], piece)
-    assert float(store.loudest) == 99.0
-    with pytest.raises(IndexError):
-        store[31]
+@pytest.mark.parametrize(("loud_first", "runs"), [(True, 7), (False, 11)])
+def test_pieces_run_once_unless_a_later_floor_changes_them(tiny_model, loud_first, runs):
+    """Loud first: every piece has its final floor when it runs. Silence first: the 4 pieces with
+    digital silence ran under a lower floor than the recording's, and run again."""
+    from auricle.inference.embedding import token_means
+
+    rate = 16000
+    loud = 0.8 * np.sin(2 * np.pi * 440 * np.arange(20 * rate) / rate)
+    quiet = 0.05 * np.random.default_rng(0).standard_normal(20 * rate)
+    parts = [loud, quiet, np.zeros(21 * rate)] if loud_first else [np.zeros(31 * rate), quiet, loud[: 10 * rate]]
+    waveform = np.concatenate(parts).astype(np.float32)
+    network = tiny_model.network
+    seen = []
+
+    def forward(pieces):
+        seen.append(len(pieces))
+        return network.forward_features(pieces)
+
+    blocks = [waveform[start : start + 48000] for start in range(0, len(waveform), 48000)]
+    means = token_means(network, forward, lambda: blocks, batch_size=2)
+    clip, pieces = official_embeddings(network, waveform)
+    assert sum(seen) == runs and len(means.pieces) == 7  # 61 s: 6101 frames
+    np.testing.assert_allclose(means.pieces, pieces, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(means.clip, clip, atol=1e-4, rtol=0)
 
 
 def official_embeddings(network, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

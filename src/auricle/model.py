@@ -98,17 +98,17 @@ class AudioModel(Tagger):
         """
         if len(waveform) == 0:
             raise AudioError(f"{name}: no audio samples")
-        return self._embeddings(name, [waveform], batch_size)
+        return self._embeddings(name, lambda: [waveform], batch_size)
 
     def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
-        # Streamed: a long recording is never held whole (auricle.inference.embedding).
-        return self._embeddings(str(path), iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES), batch_size)
+        # Streamed: a long recording is never held whole, and may be read twice (auricle.inference.embedding).
+        return self._embeddings(str(path), lambda: iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES), batch_size)
 
     def _stream_pool(self) -> StreamPool | None:
         return self.engine.pool
 
     def _embed_file_on_stream(self, stream: int, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
-        return self._embeddings(str(path), iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES),
+        return self._embeddings(str(path), lambda: iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES),
                                 max(1, (batch_size or self.batch_size) // self.streams),
                                 lambda pieces: self.engine.stream_features(pieces, stream))
 
