@@ -14,7 +14,6 @@ Figures are files/s, medians over rounds.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -24,16 +23,12 @@ from auricle.cli import prefer_sleeping_openmp_threads
 
 prefer_sleeping_openmp_threads()  # as `auricle embed` does before torch loads
 
-from folder_e2e import make_folder  # noqa: E402
-from synthetic import REFERENCE_CHECKPOINT, report  # noqa: E402
+from folder_e2e import folder_arguments, make_folder  # noqa: E402
+from synthetic import report  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--files", type=int, default=48)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--checkpoint", type=Path, default=REFERENCE_CHECKPOINT)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = folder_arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

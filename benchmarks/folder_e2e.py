@@ -67,12 +67,18 @@ def make_folder(folder: Path, files: int, seconds: float) -> tuple[list[str], li
     return paths, skipped
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def folder_arguments(description: str) -> argparse.ArgumentParser:
+    """A parser with what the folder benchmarks share: the folder's size, the model, the threads."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=48)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--checkpoint", type=Path, default=REFERENCE_CHECKPOINT)
     parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def main() -> None:
+    parser = folder_arguments(__doc__)
     parser.add_argument("--batch-size", type=int, default=None, help="default: what auricle tag uses on a CPU")
     parser.add_argument("--engine", default="torch")
     parser.add_argument("--precision", default="fp32")

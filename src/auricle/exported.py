@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from auricle.audio import SAMPLE_RATE, iter_blocks
+from auricle.audio import SAMPLE_RATE
 from auricle.errors import AuricleError, CheckpointError
-from auricle.inference.pipeline import EMBED_BLOCK_SAMPLES, Tagger
+from auricle.inference.pipeline import Tagger, file_blocks
 from auricle.inference.results import Embeddings
 from auricle.inference.ort_sessions import stream_sessions
 from auricle.inference.piece_rows import Framing, InexactRows, MelPeaks, Row, loudest_frame, rows
@@ -91,6 +91,10 @@ class ExportedModel(Tagger):
         # Per-piece embeddings span piece_frames frontend hops.
         hop = json.loads(self.metadata["frontend"])["hop_length"]
         self._piece_seconds = int(self.metadata["piece_frames"]) * hop / SAMPLE_RATE
+        try:  # how a long recording is cut into calls (auricle.inference.piece_rows); None: in one call
+            self._framing: Framing | None = Framing.from_metadata(self.metadata)
+        except InexactRows:
+            self._framing = None
         self._pool = (StreamPool(self._streams, max(1, self.threads // self._streams), torch_threads=False)
                       if self._streams > 1 else None)
 
@@ -136,13 +140,13 @@ class ExportedModel(Tagger):
 
     def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
         # A long file is decoded twice (loudest frame, then rows) rather than held whole.
-        return self._embeddings(str(path), lambda: iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES))
+        return self._embeddings(str(path), file_blocks(path))
 
     def _stream_pool(self) -> StreamPool | None:
         return self._pool
 
     def _embed_file_on_stream(self, stream: int, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
-        return self._embeddings(str(path), lambda: iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES), stream)
+        return self._embeddings(str(path), file_blocks(path), stream)
 
     def _embeddings(self, name: str, blocks: Callable[[], Iterable[np.ndarray]],
                     stream: int | None = None) -> Embeddings:
@@ -150,11 +154,9 @@ class ExportedModel(Tagger):
         if self._pieces_output is None:
             raise AuricleError(f"{self.path}: this exported file has no per-piece embeddings; export it with "
                                f"--piece-embeddings, or load the model's weights to embed")
-        try:
-            framing = Framing.from_metadata(self.metadata)
-        except InexactRows:
+        framing = self._framing
+        if framing is None:
             return self._one_call(name, np.concatenate(list(blocks())), stream)
-        peaks = MelPeaks(framing)
         short = PIECES_PER_ROW * framing.piece_samples + framing.half  # shorter: one call
         held: list[np.ndarray] = []
         samples = 0
@@ -166,6 +168,7 @@ class ExportedModel(Tagger):
                 break
         else:
             return self._one_call(name, np.concatenate(held) if held else np.zeros(0, dtype=np.float32), stream)
+        peaks = MelPeaks(framing)
         try:
             loudest = loudest_frame(itertools.chain(held, source), peaks)
             held.clear()

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auricle.audio import SAMPLE_RATE, AudioError, iter_blocks
+from auricle.audio import SAMPLE_RATE, AudioError
 from auricle.errors import CheckpointError
 from auricle.exported import ExportedModel, is_exported_file, load_exported
 from auricle.frontend import HOP_LENGTH
 from auricle.inference.embedding import token_means
 from auricle.inference.engines import Engine, EngineConfig, make_engine, resolve_precision
-from auricle.inference.pipeline import EMBED_BLOCK_SAMPLES, Tagger
+from auricle.inference.pipeline import Tagger, file_blocks
 from auricle.inference.results import Embeddings
 from auricle.inference.streams import StreamPool
 from auricle.labels import LabelSet, audioset_labels
@@ -102,13 +102,13 @@ class AudioModel(Tagger):
 
     def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
         # Streamed: a long recording is never held whole, and may be read twice (auricle.inference.embedding).
-        return self._embeddings(str(path), lambda: iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES), batch_size)
+        return self._embeddings(str(path), file_blocks(path), batch_size)
 
     def _stream_pool(self) -> StreamPool | None:
         return self.engine.pool
 
     def _embed_file_on_stream(self, stream: int, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
-        return self._embeddings(str(path), lambda: iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES),
+        return self._embeddings(str(path), file_blocks(path),
                                 max(1, (batch_size or self.batch_size) // self.streams),
                                 lambda pieces: self.engine.stream_features(pieces, stream))
 

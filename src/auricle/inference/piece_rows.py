@@ -88,7 +88,10 @@ class MelPeaks:
 
 
 def _mel_bank(framing: Framing) -> np.ndarray:
-    """Triangular HTK-scale filters without area normalisation, (n_fft/2 + 1, n_mels)."""
+    """Triangular HTK-scale filters without area normalisation, (n_fft/2 + 1, n_mels).
+
+    :func:`auricle.frontend.mel_filterbank` in float64 numpy: this path runs without torch.
+    """
     def to_mel(hz):
         return 2595.0 * np.log10(1.0 + np.asarray(hz) / 700.0)
 

@@ -19,7 +19,7 @@ import queue as queue_module
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
@@ -44,6 +44,11 @@ def is_array(source: object) -> bool:
 
 #: Samples decoded at a time when a model embeds a file block by block (10 s).
 EMBED_BLOCK_SAMPLES = 10 * SAMPLE_RATE
+
+
+def file_blocks(path: str | os.PathLike) -> Callable[[], Iterator[np.ndarray]]:
+    """``path`` decoded block by block, afresh on every call (embedding may read a file twice)."""
+    return lambda: iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES)
 
 
 class Tagger:
