@@ -8,6 +8,7 @@ import soundfile as sf
 import torch
 
 from auricle.errors import AuricleError
+from auricle.inference.results import Failure
 from auricle.frontend import LogMel, LogMelStream
 from auricle.models.ced import MIN_SAMPLES
 
@@ -175,3 +176,23 @@ def test_a_long_file_among_many_gets_all_streams(tiny_checkpoint, reference_dir,
     assert [r.file for r in results] == files
     assert sorted(on_one_stream) == sorted([files[0], files[2]])
     np.testing.assert_allclose(results[1].windows, model.embed(str(long_file)).windows, atol=1e-6, rtol=0)
+
+
+def test_a_file_that_breaks_midway_fails_by_name_and_the_rest_is_embedded(tiny_checkpoint, quiet_and_loud, tmp_path):
+    """NaN after 90 s, when pieces have already run: one line naming the file, the next file embedded."""
+    import auricle
+
+    model = auricle.load_model(checkpoint=tiny_checkpoint, threads=2, streams=2)
+    broken = write_broken_midway(tmp_path / "broken.wav")
+    results = list(model.iter_embed([str(broken), quiet_and_loud[0]]))
+    assert isinstance(results[0], Failure) and str(broken) in results[0].error and "\n" not in results[0].error
+    assert results[1].windows.shape[0] == 6
+    with pytest.raises(AuricleError, match="broken.wav"):
+        model.embed(str(broken))  # alone, on all streams
+
+
+def write_broken_midway(path):
+    rng = np.random.default_rng(4)
+    samples = np.concatenate([0.1 * rng.standard_normal(90 * 16000), np.full(16000, np.nan)]).astype(np.float32)
+    sf.write(path, samples, 16000, subtype="FLOAT")
+    return path

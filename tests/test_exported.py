@@ -255,6 +255,19 @@ def test_many_files_embed_on_their_streams_as_one_by_one(piece_file, long_record
             np.testing.assert_allclose(result.windows, model.embed(path).windows, atol=1e-6, rtol=0)
 
 
+def test_a_long_file_that_breaks_midway_fails_by_name_and_the_rest_is_embedded(piece_file, long_recording, tmp_path):
+    """NaN after 90 s: the loudest-frame pass reads into it, before any row ran."""
+    from test_embedding import write_broken_midway
+
+    model = load_exported(piece_file, threads=2, streams=2)
+    broken = write_broken_midway(tmp_path / "broken.wav")
+    results = list(model.iter_embed([str(broken), str(long_recording[0])]))
+    assert str(broken) in results[0].error and "\n" not in results[0].error
+    assert results[1].windows.shape == (10, 64)
+    with pytest.raises(AuricleError, match="broken.wav"):
+        model.embed(str(broken))
+
+
 def test_a_recording_rows_cannot_reproduce_goes_in_one_call(piece_file, long_recording, monkeypatch):
     path, waveform = long_recording
     model = load_exported(piece_file)
