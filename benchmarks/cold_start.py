@@ -8,10 +8,13 @@ Times, each in a fresh process and as the median of --repeats runs:
     `auricle` otherwise skips (measured in turns with the command, as its baseline)
   * `auricle tag one.wav --checkpoint W.onnx` with --exported: the same model written
     by `auricle export` (no torch import), measured in turns with the weights command
+  * `auricle tag one.wav --checkpoint W --engine onnx` with --prepared: the graph prepared
+    from the weights on a first run (timed once, apart), then loaded from the cache without
+    torch; in turns with the weights command
 and, inside one process, the parts: importing torch and auricle.model, loading
 the weights, tagging the clip. The target is under 2 s, most of it model load.
 
-    python benchmarks/cold_start.py --repeats 5 --exported onnxruntime --json benchmarks/results/cold_start.json
+    python benchmarks/cold_start.py --repeats 5 --exported onnxruntime --prepared --json benchmarks/results/cold_start.json
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ def main() -> None:
     parser.add_argument("--exported", choices=["portable", "onnxruntime"], default=None,
                         help="also time the command on the checkpoint exported with this --runtime (fp32, "
                              "or int8 with --precision int8)")
+    parser.add_argument("--prepared", action="store_true",
+                        help="also time --engine onnx on the weights (fp32, or int8 with --precision int8): "
+                             "the prepared graph, in a cache of its own")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -66,17 +72,25 @@ def main() -> None:
                                            *(["--int8"] if args.precision == "int8" else []), "--out", exported),
                            check=True, capture_output=True)
             exported_command = auricle_command("tag", clip, "--checkpoint", exported)
+        prepared_command, prepared_env, preparing_s = None, {"AURICLE_CACHE": str(Path(folder) / "cache")}, None
+        if args.prepared:
+            precision = args.precision if args.precision == "int8" else "fp32"
+            prepared_command = auricle_command("tag", clip, "--checkpoint", args.checkpoint, "--engine", "onnx",
+                                               "--precision", precision)
+            preparing_s = run_measured(prepared_command, env=prepared_env)[0]  # the first run exports the graph
         # One untimed run each warms the OS file cache (and the onnx engine's export cache).
         for command in filter(None, (weights_command, exported_command)):
             run_measured(command)
         imports = [run_measured([sys.executable, "-c", "import auricle.cli"])[0] for _ in range(args.repeats)]
         torch_imports = [run_measured([sys.executable, "-c", "import torch"])[0] for _ in range(args.repeats)]
-        commands, clean_exits, exported_runs = [], [], []
+        commands, clean_exits, exported_runs, prepared_runs = [], [], [], []
         for _ in range(args.repeats):  # in turns, so a slow phase of the machine hits all alike
             commands.append(run_measured(weights_command))
             clean_exits.append(run_measured(weights_command, env={"AURICLE_CLEAN_EXIT": "1"}))
             if exported_command:
                 exported_runs.append(run_measured(exported_command))
+            if prepared_command:
+                prepared_runs.append(run_measured(prepared_command, env=prepared_env))
         parts = [json.loads(subprocess.run([sys.executable, "-c", PARTS, str(args.checkpoint), str(clip),
                                             args.engine, args.precision],
                                            capture_output=True, check=True, text=True).stdout)
@@ -96,6 +110,11 @@ def main() -> None:
             exported_tag_command_wall_s=statistics.median(wall for wall, _, _ in exported_runs),
             exported_tag_command_walls_s=[round(wall, 3) for wall, _, _ in exported_runs],
             exported_tag_command_peak_rss_mb=statistics.median(peak for _, peak, _ in exported_runs))),
+        **({} if not prepared_runs else dict(
+            prepared_first_run_s=preparing_s,
+            prepared_tag_command_wall_s=statistics.median(wall for wall, _, _ in prepared_runs),
+            prepared_tag_command_walls_s=[round(wall, 3) for wall, _, _ in prepared_runs],
+            prepared_tag_command_peak_rss_mb=statistics.median(peak for _, peak, _ in prepared_runs))),
         tag_command_walls_s=[round(wall, 3) for wall, _, _ in commands],
         **{key: statistics.median(p[key] for p in parts) for key in ("import_s", "load_s", "tag_s")},
     )

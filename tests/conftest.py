@@ -19,6 +19,14 @@ def require(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def auricle_cache(tmp_path_factory):
+    """What the tests export (ONNX encoders, prepared graphs) goes to a temporary cache, not the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AURICLE_CACHE", str(tmp_path_factory.mktemp("auricle-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     return require(REFERENCE)

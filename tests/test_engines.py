@@ -228,7 +228,7 @@ def test_cli_precision_auto_tags_with_this_cpus_choice(tiny_checkpoint, referenc
         return original(network, config, cache_dir)
 
     monkeypatch.setattr("auricle.model.make_engine", spy)
-    monkeypatch.setattr(engines, "fastest_precision", lambda features=None: "bf16")
+    monkeypatch.setattr(engines, "fastest_precision", lambda features=None, engine="torch": "bf16")
     result = CliRunner().invoke(cli, ["tag", str(reference_dir / "inputs" / "a_sine440_1s.wav"), "--checkpoint",
                                       str(tiny_checkpoint), "--precision", "auto", "--format", "json"])
     assert result.exit_code == 0, result.output

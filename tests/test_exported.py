@@ -8,7 +8,6 @@ every model uses.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -26,6 +25,7 @@ from auricle import exported as exported_module
 from auricle.exported import ExportedModel, load_exported
 from auricle.models.ced import CED, CEDConfig
 from auricle.models.checkpoints import save_checkpoint
+from no_torch_support import without_torch
 
 onnxruntime = pytest.importorskip("onnxruntime")
 FILES = ["a_sine440_1s", "d_mix_25p3s", "f_stereo_44k1_2s", "h_edge_20p23s", "i_tooshort_0p1s", "r_JeD5V5aaaoI_931_932"]
@@ -85,24 +85,6 @@ def test_cli_tag_with_exported_file_equals_the_weights(weights, exported, files,
                                    [t["score"] for t in theirs["tags"]], atol=1e-4)
         # Events come from the same window scores; an onset may move where a score sits within 1e-5 of its threshold.
         assert isinstance(ours["events"], list) and abs(len(ours["events"]) - len(theirs["events"])) <= 2
-
-
-# Runs the CLI in a fresh interpreter where `import torch` fails, as on an install without torch.
-WITHOUT_TORCH = """
-import sys
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError("No module named 'torch'", name="torch")
-sys.meta_path.insert(0, NoTorch())
-sys.argv[0] = "auricle"
-from auricle.cli import main
-main()
-"""
-
-
-def without_torch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *args], capture_output=True, text=True, timeout=120)
 
 
 def test_tagging_an_exported_file_works_without_torch(exported, weights, files):

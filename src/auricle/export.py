@@ -60,6 +60,10 @@ class ExportError(AuricleError):
     """A model cannot be exported, or the export does not reproduce the torch model."""
 
 
+class ParityError(ExportError):
+    """The exported graph was built but strays from the torch model beyond the tolerance."""
+
+
 def split_pieces(normalized: torch.Tensor, target_frames: int) -> tuple[torch.Tensor, torch.SymInt | int]:
     """``CED.pieces`` without Python branching on the length, so it exports with a dynamic length.
 
@@ -427,7 +431,7 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
             overlaps.extend(top_k_overlap(expected, probabilities, 5))
     if not int8 and worst > tolerance:
         # Sharp heads magnify where the graph's float32 DFT and torch's FFT round apart (near-silent bins of pure tones).
-        raise ExportError(f"{model.name}: exported graph differs from torch by {worst:.2e} in probability "
+        raise ParityError(f"{model.name}: exported graph differs from torch by {worst:.2e} in probability "
                           f"(limit {tolerance:g}); nothing written (raise the limit with --tolerance to accept it)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,13 +27,15 @@ def model_options(command: Callable) -> Callable:
     on these options gets them without changing its signature.
     """
     command = click.option("--precision", type=click.Choice(["fp32", "bf16", "int8", "auto"]), default="fp32",
-                           show_default=True, expose_value=False, callback=_remember,
+                           show_default=True, expose_value=False, callback=_remember, envvar="AURICLE_PRECISION",
+                           show_envvar=True,
                            help="Encoder arithmetic: bf16 is fast on CPUs with avx512_bf16/AMX, int8 with VNNI (and faster "
                                 "than fp32 with AVX2); "
                                 "auto picks the fastest this CPU supports (results shift slightly, see docs/deploy.md).")(command)
     command = click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
-                           expose_value=False, callback=_remember,
-                           help="Who runs the encoder: PyTorch, or ONNX Runtime (exported once, then cached).")(command)
+                           expose_value=False, callback=_remember, envvar="AURICLE_ENGINE", show_envvar=True,
+                           help="Who runs the model: PyTorch, or ONNX Runtime (exported once, then cached; commands "
+                                "that only tag or embed then start without torch).")(command)
     command = click.option("--streams", type=click.IntRange(1), default=None, expose_value=False,
                            callback=_remember,
                            help="Parts of a batch run at once, each on threads/streams threads [default: one per "
@@ -106,6 +108,10 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
         fail(f"--streams {streams} needs at least as many --threads (got {threads})")
     if is_exported_file(checkpoint):
         return _load_exported_or_exit(ctx, str(checkpoint), device, threads, streams, engine, precision, exported)
+    if engine == "onnx" and exported and str(device).split(":")[0] == "cpu" and precision != "bf16":
+        prepared = _load_prepared_or_none(model_name, checkpoint, threads, streams, precision)
+        if prepared is not None:
+            return prepared
 
     import torch
 
@@ -128,6 +134,21 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
     return model
 
 
+def _load_prepared_or_none(model_name: str, checkpoint: str | None, threads: int, streams: int | None,
+                           precision: str):
+    """The model as one prepared ONNX Runtime graph (:mod:`auricle.prepared`); None if it cannot be one."""
+    from auricle.prepared import PrepareError, load_prepared
+
+    try:
+        return load_prepared(model_name, checkpoint, precision=precision, threads=threads, streams=streams,
+                             announce=lambda line: click.echo(f"auricle: {line}", err=True))
+    except PrepareError as error:
+        click.echo(f"auricle: warning: {error}; running only the encoder in ONNX Runtime", err=True)
+        return None
+    except AuricleError as error:
+        fail(str(error))
+
+
 def _load_exported_or_exit(ctx: click.Context | None, path: str, device: str, threads: int, streams: int | None,
                            engine: str, precision: str, supported: bool):
     """An :class:`~auricle.exported.ExportedModel`; the file fixes engine and precision, so asking otherwise fails."""
@@ -147,9 +168,8 @@ def _load_exported_or_exit(ctx: click.Context | None, path: str, device: str, th
 
 
 def _given(ctx: click.Context | None, name: str) -> bool:
-    """Whether the user set option ``name`` (not left at its default)."""
+    """Whether the user set option ``name`` on the command line (defaults, AURICLE_* included, yield to a file)."""
     if ctx is None:
         return False
-    source = ctx.get_parameter_source(name)
-    return source is not None and source != click.core.ParameterSource.DEFAULT
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 

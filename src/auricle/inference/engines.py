@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from auricle.cache import cache_dir as engine_cache_dir
 from auricle.errors import AuricleError
 from auricle.inference.fused import PRECISIONS, FusedEncoder, fused_supported
 from auricle.inference.ort_sessions import stream_sessions
@@ -119,8 +120,7 @@ def resolve_precision(engine: str, precision: str, device: str | torch.device = 
         return precision
     if torch.device(device).type != "cpu":
         return "fp32"
-    chosen = fastest_precision(features)
-    return "fp32" if engine == "onnx" and chosen == "bf16" else chosen
+    return fastest_precision(features, engine)
 
 
 class Engine:
@@ -290,15 +290,6 @@ class OnnxEngine(Engine):
         feed = np.ascontiguousarray(pieces.detach().cpu().numpy(), dtype=np.float32)
         (tokens,) = self._sessions[stream % len(self._sessions)].run(None, {"pieces": feed})
         return torch.from_numpy(tokens)
-
-
-def engine_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("AURICLE_CACHE"):
-        return Path(os.environ["AURICLE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "auricle"
 
 
 def weights_digest(network: nn.Module) -> str:

@@ -116,10 +116,11 @@ def default_batch_size(device: str = "cpu", streams: int | None = None) -> int:
     return max(CPU_BATCH_SIZE, STREAM_BATCH_SIZE * (streams or default_streams()))
 
 
-def fastest_precision(features: CpuFeatures | None = None) -> str:
+def fastest_precision(features: CpuFeatures | None = None, engine: str = "torch") -> str:
     """The precision expected to run fastest here: int8 with VNNI, bf16 with native bf16, int8 with AVX2, else fp32.
 
-    What ``--precision auto`` picks; auricle never lowers precision unasked.
+    What ``--precision auto`` picks; auricle never lowers precision unasked. The ``onnx``
+    engine gets fp32 where torch would get bf16: ONNX Runtime has no bf16 path on the CPU here.
     Without VNNI int8 products are slower than with it, but on an AVX2-only AMD
     Zen 3 they still beat fp32 by far (ced-mini, 2 streams: torch int8 26.7 and
     ONNX int8 30.0 clips/s against 20.5 in fp32; ced-base 4.9 and 5.1 against
@@ -129,7 +130,7 @@ def fastest_precision(features: CpuFeatures | None = None) -> str:
     if features.vnni:
         return "int8"
     if features.bf16:
-        return "bf16"
+        return "bf16" if engine == "torch" else "fp32"  # ONNX Runtime has no bf16 path here
     if features.avx2:
         return "int8"
     return "fp32"

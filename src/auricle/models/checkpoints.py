@@ -24,6 +24,7 @@ import torch
 from auricle.errors import CheckpointError
 from auricle.frontend import mel_filterbank
 from auricle.models.ced import CED, CEDConfig
+from auricle.models.files import find_config, weights_in_folder
 from auricle.models.registry import config_for_width
 
 FORMAT_NAME = "auricle"
@@ -139,36 +140,15 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def _find_config(path: Path) -> dict | None:
-    candidates = [path.with_suffix(".json"), path.parent / "config.json"]
-    for candidate in candidates:
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except json.JSONDecodeError as error:
-                raise CheckpointError(f"{candidate}: invalid JSON ({error})") from None
-    return None
-
-
-def _weights_in_folder(folder: Path) -> Path:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return folder / name
-    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.pt"))
-    if len(weights) == 1:
-        return weights[0]
-    raise CheckpointError(f"{folder}: no model.safetensors, pytorch_model.bin or single weights file")
-
-
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read weights of any supported layout from a file or a Hugging Face style folder."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_dir():
-        path = _weights_in_folder(path)
+        path = weights_in_folder(path)
     state_dict, layout = to_auricle_keys(_read_tensors(path), str(path))
-    meta = _find_config(path)
+    meta = find_config(path)
     labels = None
     name = None
     if meta is not None and meta.get("format") == FORMAT_NAME:

@@ -1,0 +1,25 @@
+"""Running the CLI in a fresh interpreter where `import torch` fails, as on an install without torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+WITHOUT_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+sys.meta_path.insert(0, NoTorch())
+sys.argv[0] = "auricle"
+from auricle.cli import main
+main()
+"""
+
+
+def without_torch(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """`auricle ARGS` with ``env`` added to the environment; what runs provably never imports torch."""
+    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
