@@ -325,3 +325,101 @@ def test_when_no_input_exists_no_model_is_loaded(tmp_path):
     assert "tagged 0 of 2 files; 2 failed" in result.stderr and "no-model" not in result.stderr
     assert [json.loads(line)["error"] for line in result.stdout.splitlines()] == [
         f"{tmp_path / 'nope.wav'}: file not found", f"{tmp_path / 'nada.flac'}: file not found"]
+
+
+def test_csv_resume_counts_files_without_rows_and_writes_one_header(inputs, tiny_checkpoint, tmp_path):
+    out = tmp_path / "events.csv"
+    command = ["tag", inputs[0], "--checkpoint", tiny_checkpoint, "-f", "csv", "--events", "-t", "0.99", "-o", out,
+               "--resume"]
+    first = run(*command)
+    assert first.exit_code == 0, first.output
+    assert out.read_text() == "filename,onset,offset,event_label\n"  # nothing reaches 0.99: no row
+    again = run(*command)
+    assert again.exit_code == 0 and "tagged 0 of 0 files, 1 already done" in again.stderr
+    assert out.read_text() == "filename,onset,offset,event_label\n"
+
+
+def test_csv_resume_drops_the_rows_of_a_file_cut_short(inputs, tiny_checkpoint, tmp_path):
+    options = ["--checkpoint", tiny_checkpoint, "-f", "csv", "-k", "3"]
+    full = tmp_path / "full.csv"
+    assert run("tag", *inputs[:3], *options, "-o", full).exit_code == 0
+    rows = full.read_text().splitlines(keepends=True)
+    first, second = inputs[0], inputs[1]
+    assert [row.split(",")[0] for row in rows[1:7]] == [first] * 3 + [second] * 3
+    stopped = tmp_path / "stopped.csv"
+    stopped.write_text("".join(rows[:6]))  # the first file whole, the second cut after two of its rows
+    (tmp_path / "stopped.csv.done").write_text(json.dumps({"file": first, "model": "ced_tiny_perturbed"}) + "\n")
+    resumed = run("tag", *inputs[:3], *options, "-o", stopped, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "tagged 2 of 2 files, 1 already done" in resumed.stderr
+    assert sorted(stopped.read_text().splitlines()) == sorted(full.read_text().splitlines())
+    assert len((tmp_path / "stopped.csv.done").read_text().splitlines()) == 3
+
+
+def test_resume_refuses_results_of_another_model(inputs, tiny_checkpoint, mini_checkpoint, tmp_path):
+    out = tmp_path / "tags.jsonl"
+    assert run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "-f", "jsonl", "-o", out).exit_code == 0
+    mixed = run("tag", *inputs[:2], "--checkpoint", mini_checkpoint, "-f", "jsonl", "-o", out, "--resume")
+    assert mixed.exit_code == 2
+    assert mixed.stderr.splitlines() == [f"auricle: error: {out}: holds results of ced_tiny_perturbed, not "
+                                         "ced_mini_perturbed; resume with the same model or write to another file"]
+    assert len(out.read_text().splitlines()) == 1
+
+
+def test_outputs_that_cannot_be_written_fail_before_any_work(inputs, tiny_checkpoint, tmp_path):
+    afile = tmp_path / "a.txt"
+    afile.write_text("")
+    cases = [
+        (["tag", inputs[0], "-o", afile / "x.json"], f"{afile / 'x.json'}: {afile} is a file, not a folder"),
+        (["tag", inputs[0], "-o", tmp_path], f"{tmp_path}: is a folder; give a file name"),
+        (["embed", inputs[0], "-o", afile / "x.npy"], f"{afile / 'x.npy'}: {afile} is a file, not a folder"),
+        (["embed", inputs[0], "-o", afile], f"{afile}: exists and is not a folder"),
+        (["export", "--out", afile / "m.onnx"], f"{afile / 'm.onnx'}: {afile} is a file, not a folder"),
+        (["probe", inputs[0], "--result", afile / "r.json"], f"{afile / 'r.json'}: {afile} is a file, not a folder"),
+        (["finetune", inputs[0], "-o", afile], f"{afile}: exists and is not a folder"),
+        (["distill", "shards", inputs[0], "--out", afile], f"{afile}: exists and is not a folder"),
+    ]
+    for command, message in cases:
+        # A checkpoint that does not exist: loading it would fail too, so only the early check can pass this way.
+        result = run(*command, "--checkpoint", tmp_path / "no-model.pt") if command[0] != "distill" else run(*command)
+        assert result.exit_code == 2, (command, result.output)
+        assert result.stderr.splitlines() == [f"auricle: error: {message}"], command
+
+
+def test_a_write_that_fails_midway_is_one_line(inputs, tiny_checkpoint):
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full (Linux) to fail a write with a full disk")
+    result = subprocess.run([sys.executable, "-m", "auricle", "tag", inputs[0], "--checkpoint", str(tiny_checkpoint),
+                             "-o", "/dev/full"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == "auricle: error: /dev/full: cannot write (No space left on device)"
+
+
+def test_embed_resume_redoes_what_other_weights_of_the_same_name_computed(inputs, tiny_checkpoint, tmp_path):
+    import torch
+
+    out = tmp_path / "emb"
+    assert run("embed", inputs[0], "--checkpoint", tiny_checkpoint, "--output", out).exit_code == 0
+    before = np.load(out / "a_sine440_1s.npz")["clip"]
+    # Other weights under the same file name (a fine-tuning run written again to its folder).
+    torch.manual_seed(0)
+    retrained = tmp_path / "again" / tiny_checkpoint.name
+    retrained.parent.mkdir()
+    torch.save({key: value + 0.01 * torch.randn_like(value) if "blocks" in key else value
+                for key, value in torch.load(tiny_checkpoint, weights_only=True).items()}, retrained)
+    result = run("embed", inputs[0], "--checkpoint", retrained, "--output", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "embedded 1 of 1 files" in result.stderr
+    assert np.abs(np.load(out / "a_sine440_1s.npz")["clip"] - before).max() > 0
+    again = run("embed", inputs[0], "--checkpoint", retrained, "--output", out, "--resume")
+    assert "embedded 0 of 0 files" in again.stderr and "1 already done" in again.stderr
+
+
+def test_npy_rows_follow_the_inputs_when_a_file_fails(inputs, tiny_checkpoint, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not audio")
+    result = run("embed", inputs[0], broken, inputs[1], "--checkpoint", tiny_checkpoint, "--output", tmp_path / "c.npy")
+    assert result.exit_code == 1 and "broken.wav" in result.stderr
+    rows = np.load(tmp_path / "c.npy")
+    assert rows.shape == (3, 192)
+    assert np.isnan(rows[1]).all() and not np.isnan(rows[[0, 2]]).any()

@@ -120,7 +120,8 @@ def test_probe_usage_errors(tones, tmp_path):
     manifest, encoder = tones
     runner = CliRunner()
     no_test = runner.invoke(cli, ["probe", str(manifest), "--checkpoint", str(encoder), "--test-split", "eval"])
-    assert no_test.exit_code == 2 and "no 'eval' split to score; use --folds" in no_test.stderr
+    assert no_test.exit_code == 2 and "no split 'eval' to score (splits: test, train); name one with --test-split" \
+        in no_test.stderr
     bad_split = runner.invoke(cli, ["probe", str(manifest), "--checkpoint", str(encoder), "--train-split", "dev"])
     assert bad_split.exit_code == 2 and "no split 'dev' (splits: " in bad_split.stderr
 
@@ -163,3 +164,21 @@ def test_clip_embeddings_keep_positions_past_cached_broken_and_unreadable_files(
     assert "missing.wav" in failures[1].error and "broken.wav" in failures[0].error
     for row, position in zip(embeddings, kept):
         np.testing.assert_allclose(row, model.embed(files[position]).clip, atol=1e-6, rtol=0)
+
+
+def test_probe_on_class_folders_saves_without_a_test_split(tmp_path):
+    """A folder per class has no splits: saving the probe is reason enough to train it."""
+    from downstream_support import tone_clips
+
+    tone_clips(tmp_path / "classes", per_class=3)
+    encoder = tiny_encoder(tmp_path / "tiny.safetensors")
+    saved = _probe([tmp_path / "classes", "--checkpoint", encoder, "--no-cache", "--epochs", "5",
+                    "-o", tmp_path / "probe.safetensors"], tmp_path)
+    assert saved.exit_code == 0, saved.output
+    assert (tmp_path / "probe.safetensors").is_file()
+    assert json.loads(saved.stdout)["train_examples"] == 9
+    idle = _probe([tmp_path / "classes", "--checkpoint", encoder, "--no-cache"], tmp_path)
+    assert idle.exit_code == 2
+    assert idle.stderr.splitlines() == [f"auricle: error: {tmp_path / 'classes'}: no split 'test' to score (it has no "
+                                        "splits); name one with --test-split, cross-validate with --folds K, or save "
+                                        "the probe with --output FILE"]

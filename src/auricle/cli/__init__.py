@@ -77,6 +77,12 @@ def main() -> None:
                    "without it auricle runs exported files only: tag, evaluate, serve, listen or embed "
                    "--checkpoint FILE.onnx", err=True)
         end(2)
+    except OSError as error:
+        if error.filename is None:  # not about a file the user named (a closed pipe, a socket): not ours to word
+            raise
+        # What only writing shows (a full disk, a folder removed meanwhile); outputs are written atomically.
+        click.echo(f"auricle: error: {error.filename}: {error.strerror or error}", err=True)
+        end(1)
     except SystemExit as finished:  # how click ends every command
         code = finished.code
         if code is not None and not isinstance(code, int):

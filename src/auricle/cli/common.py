@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import click
 
@@ -17,6 +19,42 @@ def fail(message: str, code: int = 2) -> None:
     """Print one line on stderr and exit."""
     click.echo(f"auricle: error: {message}", err=True)
     sys.exit(code)
+
+
+def output_problem(path: str, folder: bool = False) -> str | None:
+    """Why ``path`` cannot be written as a file (``folder``: as a folder); None if nothing shows yet.
+
+    Checked before any work, so a typo costs no export or training; what only writing can
+    show (a full disk) is reported when it happens (:func:`auricle.cli.main`).
+    """
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        return f"{path}: exists and is not a folder"
+    if not folder and target.is_dir():
+        return f"{path}: is a folder; give a file name"
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{path}: {existing} is a file, not a folder"
+    if target.exists() and not target.is_dir() and not os.access(target, os.W_OK):
+        return f"{path}: not writable"
+    if not target.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{path}: cannot create it in {existing} (permission denied)"
+    return None
+
+
+def writable(folder: bool = False) -> Callable:
+    """A click callback that refuses, in one line, an output ``path`` that cannot be written ('-': stdout)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value):
+        if value is not None and value != "-":
+            problem = output_problem(str(value), folder)
+            if problem is not None:
+                fail(problem)
+        return value
+
+    return check
 
 
 def model_options(command: Callable) -> Callable:
@@ -152,12 +190,10 @@ def _load_prepared_or_none(model_name: str, checkpoint: str | None, threads: int
 def _load_exported_or_exit(ctx: click.Context | None, path: str, device: str, threads: int, streams: int | None,
                            engine: str, precision: str, supported: bool):
     """An :class:`~auricle.exported.ExportedModel`; the file fixes engine and precision, so asking otherwise fails."""
-    from auricle.exported import load_exported
+    from auricle.exported import load_exported, not_weights
 
     if not supported:
-        command = ctx.info_name if ctx is not None else "this command"
-        fail(f"{path}: an exported ONNX file can tag and embed (auricle tag, evaluate, serve, listen, embed), "
-             f"not train; give {command} the model's weights (.pt, .safetensors or a Hugging Face folder)")
+        fail(not_weights(path, ctx.info_name if ctx is not None else "this command"))
     try:
         # Only what the user asked for is checked against the file; the defaults yield to it.
         return load_exported(path, device=device, engine=engine if _given(ctx, "engine") else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from auricle.cli.common import writable
 from auricle.distill.targets import DEFAULT_FILL, FILL_MODES
 
 
@@ -12,7 +13,7 @@ from auricle.distill.targets import DEFAULT_FILL, FILL_MODES
               help="Shard folder written by `auricle distill shards`.")
 @click.option("--targets", "targets", type=click.Path(exists=True, file_okay=False), required=True,
               help="Target store written by `auricle distill teach` on those shards.")
-@click.option("--out", type=click.Path(file_okay=False), required=True,
+@click.option("--out", type=click.Path(file_okay=False), required=True, callback=writable(folder=True),
               help="Run folder: logs, states, best weights and the final student.safetensors.")
 @click.option("--student", default="ced-tiny", show_default=True,
               help="Student size (ced-tiny ... ced-base) or a JSON file of CEDConfig fields; initialised at random.")

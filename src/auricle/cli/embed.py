@@ -13,28 +13,41 @@ from pathlib import Path
 import click
 import numpy as np
 
-from auricle.cli.common import fail, load_model_or_exit, model_options
+from auricle.cli.common import fail, load_model_or_exit, model_options, writable
 from auricle.errors import AuricleError
+from auricle.fingerprints import tagger_key
 
 
 def _atomic_save(path: Path, save) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        save(handle)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            save(handle)
+        os.replace(tmp, path)
+    except OSError as error:  # a full disk: what was saved before stays, whole
+        tmp.unlink(missing_ok=True)
+        fail(f"{path}: cannot write ({error.strerror or error})", code=1)
 
 
-def _embedded(folder: Path, names: dict[str, str], model: str) -> dict[str, list]:
-    """The files whose .npz by ``model`` is already in ``folder`` (saves are atomic) -> their index row."""
+def _embedded(folder: Path, names: dict[str, str], model: str, weights: str) -> dict[str, list]:
+    """The files whose .npz by ``model`` (with these ``weights``) is already in ``folder`` -> their index row.
+
+    Saves are atomic, so an .npz there is whole. The name alone would not do: a
+    fine-tuning run written again to the same folder keeps its name.
+    """
     done = {}
     for file, name in names.items():
         try:
             with np.load(folder / name, allow_pickle=False) as saved:
-                if str(saved["path"]) == file and str(saved["model"]) == model:
+                if str(saved["path"]) == file and str(saved["model"]) == model and str(saved["weights"]) == weights:
                     done[file] = [file, name, f"{float(saved['duration']):.3f}", len(saved["starts"])]
         except (OSError, ValueError, KeyError):  # missing or unreadable: embedded again
             continue
     return done
+
+
+#: An --output with one of these suffixes is one file for all inputs; anything else is a folder.
+SINGLE_FILE_SUFFIXES = (".npz", ".npy")
 
 
 def _npz_name(file: str, used: set[str]) -> str:
@@ -49,7 +62,8 @@ def _npz_name(file: str, used: set[str]) -> str:
 @click.command("embed")
 @click.argument("paths", nargs=-1, required=True)
 @model_options
-@click.option("--output", "-o", required=True,
+@click.option("--output", "-o", required=True, callback=lambda ctx, param, value: writable(
+                  folder=Path(value).suffix not in SINGLE_FILE_SUFFIXES)(ctx, param, value),
               help="A folder (one .npz per file plus index.csv), a .npz file (all files), or a .npy file (clip embeddings).")
 @click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,
               help="Search named folders through all sub-folders.")
@@ -76,14 +90,15 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
     if not files:
         fail("no audio files found in " + " ".join(paths))
     target = Path(output)
-    single_file = target.suffix in (".npz", ".npy")
+    single_file = target.suffix in SINGLE_FILE_SUFFIXES
     if resume and single_file:
         fail("--resume needs --output FOLDER (one .npz per file); a single .npz or .npy is written at the end")
     # Each file's .npz name depends only on the file list, so a resumed run finds the same names.
     used: set[str] = set()
     names = {file: _npz_name(file, used) for file in files}
     model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
-    done = _embedded(target, names, model.name) if resume else {}
+    weights = tagger_key(model)[:16]
+    done = _embedded(target, names, model.name, weights) if resume else {}
     todo = [file for file in files if file not in done]
     if not getattr(model, "can_embed", True):
         fail(f"{checkpoint}: this exported file has no per-piece embeddings; export it with --piece-embeddings, "
@@ -109,7 +124,8 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
         name = names[result.file]
         # numpy's savez reserves the keyword `file`, so the source path is stored as `path`.
         arrays = dict(clip=result.clip, windows=result.windows, starts=result.starts, ends=result.ends,
-                      path=np.array(result.file), model=np.array(result.model), duration=np.array(result.duration))
+                      path=np.array(result.file), model=np.array(result.model), weights=np.array(weights),
+                      duration=np.array(result.duration))
         _atomic_save(target / name, lambda handle: np.savez(handle, **arrays))
         index_rows[result.file] = [result.file, name, f"{result.duration:.3f}", len(result.starts)]
     bar.close()
@@ -117,7 +133,11 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
     if single_file and collected:
         clips = np.stack([r.clip for r in collected])
         if target.suffix == ".npy":
-            _atomic_save(target, lambda handle: np.save(handle, clips))
+            # Row i is input i, as documented: nothing else in the file says which row is whose.
+            by_file = {result.file: result.clip for result in collected}
+            missing = np.full_like(clips[0], np.nan)
+            rows = np.stack([by_file.get(file, missing) for file in todo])
+            _atomic_save(target, lambda handle: np.save(handle, rows))
         else:
             arrays = dict(
                 files=np.array([r.file for r in collected]),
@@ -128,6 +148,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
                 starts=np.concatenate([r.starts for r in collected]),
                 ends=np.concatenate([r.ends for r in collected]),
                 model=np.array(model.name),
+                weights=np.array(weights),
             )
             _atomic_save(target, lambda handle: np.savez(handle, **arrays))
     if not single_file and index_rows:

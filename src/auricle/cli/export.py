@@ -6,7 +6,7 @@ import json
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit
+from auricle.cli.common import fail, load_model_or_exit, writable
 from auricle.errors import AuricleError
 from auricle.models.registry import DEFAULT_MODEL
 
@@ -30,7 +30,8 @@ from auricle.models.registry import DEFAULT_MODEL
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
               help="Largest probability difference from the PyTorch model an fp32 export may show on the check "
                    "clips; past it nothing is written.")
-@click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option("--out", "-o", "out", required=True, type=click.Path(), callback=writable(),
+              help="File to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export_command(model_name, checkpoint, export_format, int8, mel_input, runtime, piece_embeddings, tolerance,
                    out, as_json) -> None:
@@ -59,4 +60,4 @@ def export_command(model_name, checkpoint, export_format, int8, mel_input, runti
                f"{precision}, {report.runtime} runtime, opset {report.opset}) in {report.seconds:.1f} s")
     click.echo(f"parity vs torch fp32 on {len(report.check_clips)} check clips x 2: max |diff| probabilities "
                f"{report.max_abs_diff:.2e}, embedding {report.embedding_max_abs_diff:.2e}, "
-               f"top-5 overlap {report.top5_overlap:.3f}")
+               f"top-{min(5, len(model.labels))} overlap {report.top5_overlap:.3f}")

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from auricle.cli.common import fail
+from auricle.cli.common import fail, writable
 from auricle.cli.datasets import dataset_options, read_dataset_or_exit
 from auricle.errors import AuricleError
 from auricle.models.registry import DEFAULT_MODEL
@@ -14,7 +14,7 @@ from auricle.models.registry import DEFAULT_MODEL
 
 @click.command("finetune")
 @click.argument("dataset", type=click.Path(exists=True))
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+@click.option("--output", "-o", required=True, type=click.Path(), callback=writable(folder=True),
               help="Folder for model.safetensors (+ .json), last.pt (resume point) and result.json.")
 @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
               help="Encoder to start from (see `auricle models`); with --from-scratch only its size is used.")
@@ -71,6 +71,11 @@ def finetune_command(dataset, output, model_name, checkpoint, from_scratch, audi
     """
     import sys
     from pathlib import Path
+
+    from auricle.exported import is_exported_file, not_weights
+
+    if is_exported_file(checkpoint):  # before reading the dataset and importing torch
+        fail(not_weights(checkpoint, "finetune"))
 
     import torch
 

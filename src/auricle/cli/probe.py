@@ -6,7 +6,7 @@ import json
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit, model_options
+from auricle.cli.common import fail, load_model_or_exit, model_options, writable
 from auricle.cli.datasets import dataset_options, read_dataset_or_exit
 from auricle.errors import AuricleError
 
@@ -15,7 +15,7 @@ from auricle.errors import AuricleError
 @click.argument("dataset", type=click.Path(exists=True))
 @model_options
 @dataset_options
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+@click.option("--output", "-o", type=click.Path(), default=None, callback=writable(),
               help="Save encoder + probe head as this .safetensors checkpoint (+ .json) for `auricle tag`.")
 @click.option("--head", type=click.Choice(["linear", "mlp"]), default="linear", show_default=True,
               help="linear: LayerNorm+Linear (the CED head); mlp: LayerNorm+Linear+GELU+Linear.")
@@ -32,7 +32,8 @@ from auricle.errors import AuricleError
               help="Embedding cache [default: $XDG_CACHE_HOME/auricle/embeddings].")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--result", type=click.Path(dir_okay=False), default=None, help="Also write the scores as JSON here.")
+@click.option("--result", type=click.Path(), default=None, callback=writable(),
+              help="Also write the scores as JSON here.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 def probe_command(dataset, model_name, checkpoint, device, threads, audio_dir, file_column, label_column,
                   split_column, output, head, hidden, epochs, learning_rate, weight_decay, batch_size, folds,
@@ -50,14 +51,18 @@ def probe_command(dataset, model_name, checkpoint, device, threads, audio_dir, f
     if folds == 1:
         fail("--folds needs at least 2 (or 0 for none)")
     labelled = read_dataset_or_exit(dataset, audio_dir, file_column, label_column, split_column)
+    splits = f"splits: {', '.join(labelled.splits)}" if labelled.splits else "it has no splits"
     if labelled.splits:
         if train_split not in labelled.splits:
-            fail(f"{dataset}: no split {train_split!r} (splits: {', '.join(labelled.splits)})")
+            fail(f"{dataset}: no split {train_split!r} ({splits})")
         train, test = labelled.split(train_split), (labelled.split(test_split) if test_split in labelled.splits else None)
     else:
         train, test = labelled, None
-    if test is None and folds < 2:
-        fail(f"{dataset}: no {test_split!r} split to score; use --folds K for cross-validation")
+    asked_for_test = click.get_current_context().get_parameter_source("test_split") == click.core.ParameterSource.COMMANDLINE
+    if test is None and (asked_for_test or (folds < 2 and output is None)):
+        # Nothing to score and nothing to save would train for nothing.
+        fail(f"{dataset}: no split {test_split!r} to score ({splits}); name one with --test-split, "
+             "cross-validate with --folds K, or save the probe with --output FILE")
     model = load_model_or_exit(model_name, checkpoint, device, threads)
     config = ProbeConfig(head=head, hidden=hidden, epochs=epochs, batch_size=batch_size,
                          learning_rate=learning_rate, weight_decay=weight_decay, seed=seed)

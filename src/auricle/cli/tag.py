@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit, model_options, tag_option_flags
+from auricle.cli.common import fail, load_model_or_exit, model_options, tag_option_flags, writable
 from auricle.errors import AuricleError
-from auricle.io.writers import FORMATS, RESUMABLE_FORMATS, completed_files, make_writer, open_output
+from auricle.io.writers import FORMATS, RESUMABLE_FORMATS, completed_files, ledger_path, make_writer, open_output
 from auricle.options import TAG_OPTIONS
 
 
@@ -18,12 +18,14 @@ from auricle.options import TAG_OPTIONS
 @model_options
 @tag_option_flags(TAG_OPTIONS)
 @click.option("--format", "-f", "output_format", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--output", "-o", default=None, help="Write results to FILE instead of stdout.")
+@click.option("--output", "-o", default=None, callback=writable(), help="Write results to FILE instead of stdout.")
 @click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,
               help="Search named folders through all sub-folders.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=None,
               help="Windows per model call, across files [default: 2 per stream, at least 4, on a CPU; 32 on an accelerator].")
-@click.option("--resume", is_flag=True, help="Skip files already in --output (jsonl or csv) and append.")
+@click.option("--resume", is_flag=True,
+              help="Skip files already in --output (jsonl or csv) and append; with csv, FILE.done lists the files "
+                   "finished (a file without tags or events has no row).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal, for several files].")
 def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold, classes, profile, events,
                 window, hop, pool, median_filter, min_duration, min_gap, output_format, output, recursive,
@@ -48,7 +50,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         fail(str(error))
     if not files:
         fail("no audio files found in " + " ".join(paths))
-    done = completed_files(output, output_format) if resume else set()
+    done = completed_files(output, output_format) if resume else {}
     todo = [f for f in files if f not in done]
 
     if todo and not any(os.path.exists(file) for file in todo):
@@ -56,6 +58,10 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         results = iter([Failure(file, f"{file}: file not found") for file in todo])
     else:
         model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
+        others = sorted({name for name in done.values() if name is not None and name != model.name})
+        if others:
+            fail(f"{output}: holds results of {', '.join(others)}, not {model.name}; resume with the same model "
+                 f"or write to another file")
         try:
             options = model.tag_options(top_k=top_k, threshold=threshold, classes=classes, profile=profile,
                                         pool=pool, events=event_options or False, window=window, hop=hop)
@@ -63,26 +69,32 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
             fail(str(error))
         results = model.iter_tag(todo, options, batch_size=batch_size)
 
-    appending = resume and bool(done)
+    appending = resume and os.path.isfile(output) and os.path.getsize(output) > 0
     stream = open_output(output, append=resume)
-    writer = make_writer(output_format, stream, events=events, appending=appending)
+    ledger = open(ledger_path(output), "a", encoding="utf-8") if resume and output_format == "csv" else None
+    writer = make_writer(output_format, stream, events=events, appending=appending, ledger=ledger)
     show = progress if progress is not None else None
     bar = tqdm(total=len(todo), unit="file", disable=(not show) if show is not None else (len(todo) < 2 or None),
                file=sys.stderr)
     failures = 0
     try:
-        for result in results:
-            if hasattr(result, "error"):
-                failures += 1
-                bar.write(f"auricle: error: {result.error}", file=sys.stderr)
-            writer.write(result)
-            bar.update(1)
-    finally:
-        bar.close()
-        writer.close()
-        if stream is not sys.stdout:
-            stream.close()
-    skipped = f", {len(done & set(files))} already done" if resume else ""
+        try:
+            for result in results:
+                if hasattr(result, "error"):
+                    failures += 1
+                    bar.write(f"auricle: error: {result.error}", file=sys.stderr)
+                writer.write(result)
+                bar.update(1)
+        finally:
+            bar.close()
+            writer.close()
+            if stream is not sys.stdout:
+                stream.close()
+    except OSError as error:
+        if error.filename is not None or stream is sys.stdout:  # not the output's own write: as it comes
+            raise
+        fail(f"{output}: cannot write ({error.strerror or error})", code=1)
+    skipped = f", {len(done.keys() & set(files))} already done" if resume else ""
     summary = f"tagged {len(todo) - failures} of {len(todo)} files{skipped}"
     if failures:
         click.echo(f"auricle: {summary}; {failures} failed", err=True)

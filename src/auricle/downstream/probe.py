@@ -17,7 +17,6 @@ checkpoint keeps the cache and changing one weight invalidates it.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from torch import nn
 
 from auricle.downstream.classification import Scores, score_classification
 from auricle.errors import DatasetError
+from auricle.fingerprints import file_key, model_key
 from auricle.inference.results import Failure
 from auricle.io.datasets import LabelledDataset
 from auricle.models.ced import CED, make_head
@@ -82,27 +82,6 @@ class ProbeResult:
 
 
 # --------------------------------------------------------------------------- embedding cache
-
-
-def model_key(network: nn.Module) -> str:
-    """SHA-256 over the names, shapes and bytes of every tensor of the state dict (and its config)."""
-    digest = hashlib.sha256()
-    config = getattr(network, "config", None)
-    if config is not None:
-        digest.update(repr(sorted(config.to_dict().items())).encode())
-    for name, tensor in sorted(network.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_key(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class EmbeddingCache:

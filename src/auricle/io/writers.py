@@ -2,7 +2,10 @@
 
 Every writer takes results one at a time as they finish (so ``jsonl`` streams)
 and is closed at the end. ``jsonl`` and ``csv`` can append to an earlier run's
-output; :func:`completed_files` reads which files that run finished.
+output; :func:`completed_files` reads which files that run finished, and with
+which model. A ``jsonl`` line names its file and model; a CSV has no row for a
+file without tags above the threshold (or without events), so a resumable CSV
+run also lists each finished file in a ledger beside it (:func:`ledger_path`).
 """
 
 from __future__ import annotations
@@ -101,11 +104,16 @@ class JsonlWriter:
 
 
 class CsvWriter:
-    """Clip tags (``file,rank,index,mid,label,score``) or, with events, DCASE event rows."""
+    """Clip tags (``file,rank,index,mid,label,score``) or, with events, DCASE event rows.
 
-    def __init__(self, stream: IO[str], events: bool, write_header: bool = True) -> None:
+    ``ledger``: where each finished file is also recorded, as a JSON line with its model.
+    """
+
+    def __init__(self, stream: IO[str], events: bool, write_header: bool = True,
+                 ledger: IO[str] | None = None) -> None:
         self.stream = stream
         self.events = events
+        self.ledger = ledger
         self.csv = csv.writer(stream, lineterminator="\n")
         if write_header:
             self.csv.writerow(EVENT_CSV_HEADER if events else TAG_CSV_HEADER)
@@ -122,12 +130,18 @@ class CsvWriter:
             for rank, tag in enumerate(result.tags, start=1):
                 self.csv.writerow([result.file, rank, tag.index, tag.mid, tag.label, f"{tag.score:.6f}"])
         self.stream.flush()
+        if self.ledger is not None:  # after the rows: a file in the ledger has all its rows in the CSV
+            self.ledger.write(json.dumps({"file": result.file, "model": result.model}) + "\n")
+            self.ledger.flush()
 
     def close(self) -> None:
         self.stream.flush()
+        if self.ledger is not None:
+            self.ledger.close()
 
 
-def make_writer(format: str, stream: IO[str], events: bool, appending: bool = False) -> ResultWriter:
+def make_writer(format: str, stream: IO[str], events: bool, appending: bool = False,
+                ledger: IO[str] | None = None) -> ResultWriter:
     if format == "table":
         return TableWriter(stream)
     if format == "json":
@@ -135,44 +149,65 @@ def make_writer(format: str, stream: IO[str], events: bool, appending: bool = Fa
     if format == "jsonl":
         return JsonlWriter(stream)
     if format == "csv":
-        return CsvWriter(stream, events, write_header=not appending)
+        return CsvWriter(stream, events, write_header=not appending, ledger=ledger)
     raise ValueError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
 
 
-def completed_files(path: str | os.PathLike, format: str) -> set[str]:
-    """Files an earlier run already finished in ``path``, and drop a torn last line.
+def ledger_path(path: str | os.PathLike) -> Path:
+    """The list of files a resumable CSV run finished: ``FILE.csv.done``, one JSON line each."""
+    return Path(f"{path}.done")
 
-    A run killed mid-write can leave half a line; it is cut off here so that
-    appending continues on a clean line.
+
+def completed_files(path: str | os.PathLike, format: str) -> dict[str, str | None]:
+    """Files an earlier run already finished in ``path`` -> the model that tagged them (None: not recorded).
+
+    A run killed mid-write can leave half a line; it is cut off here (and in a
+    CSV's ledger) so that appending continues on a clean line.
     """
-    path = Path(path)
+    if format not in RESUMABLE_FORMATS:
+        raise ValueError(f"--resume works with {', '.join(RESUMABLE_FORMATS)} output, not {format}")
+    if format == "jsonl":
+        return _finished_records(_whole_lines(Path(path)))
+    text = _whole_lines(Path(path))
+    rows = list(csv.reader(io.StringIO(text)))
+    if not ledger_path(path).exists():  # written without --resume: a file with rows is done
+        return {row[0]: None for row in rows[1:] if row}
+    done = _finished_records(_whole_lines(ledger_path(path)))
+    # Rows of a file missing from the ledger were cut short by a stop: drop them, it is tagged again.
+    kept = rows[:1] + [row for row in rows[1:] if row and row[0] in done]
+    if len(kept) < len(rows):
+        table = io.StringIO()
+        csv.writer(table, lineterminator="\n").writerows(kept)
+        partial = Path(f"{path}.partial")
+        partial.write_text(table.getvalue(), encoding="utf-8")
+        os.replace(partial, path)
+    return done
+
+
+def _finished_records(text: str) -> dict[str, str | None]:
+    """JSON lines -> {file: model} of those that finished (a failure's line has an error and is tried again)."""
+    done: dict[str, str | None] = {}
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "file" in record and "error" not in record:
+            done[record["file"]] = record.get("model")
+    return done
+
+
+def _whole_lines(path: Path) -> str:
+    """The text of ``path`` up to its last newline (cutting off a torn last line in the file too); '' if absent."""
     if not path.exists():
-        return set()
+        return ""
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         keep = data.rfind(b"\n") + 1
         with open(path, "r+b") as handle:
             handle.truncate(keep)
         data = data[:keep]
-    text = data.decode("utf-8")
-    done: set[str] = set()
-    if format == "jsonl":
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "file" in record and "error" not in record:
-                done.add(record["file"])
-    elif format == "csv":
-        rows = csv.reader(io.StringIO(text))
-        header = next(rows, None)
-        column = 0 if header else None
-        if column is not None:
-            done.update(row[column] for row in rows if row)
-    else:
-        raise ValueError(f"--resume works with {', '.join(RESUMABLE_FORMATS)} output, not {format}")
-    return done
+    return data.decode("utf-8")
 
 
 def open_output(path: str | None, append: bool) -> IO[str]:
