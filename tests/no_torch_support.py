@@ -6,13 +6,16 @@ import os
 import subprocess
 import sys
 
-WITHOUT_TORCH = """
+#: Put first in a script: from then on `import torch` fails.
+NO_TORCH = """
 import sys
 class NoTorch:
     def find_spec(self, name, path=None, target=None):
         if name == "torch" or name.startswith("torch."):
             raise ModuleNotFoundError("No module named 'torch'", name="torch")
 sys.meta_path.insert(0, NoTorch())
+"""
+WITHOUT_TORCH = NO_TORCH + """
 sys.argv[0] = "auricle"
 from auricle.cli import main
 main()

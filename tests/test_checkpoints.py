@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import save_file
 
 import auricle
+from auricle.cli import cli
 from auricle.errors import CheckpointError
 from auricle.models.checkpoints import read_checkpoint, save_checkpoint
 
@@ -57,6 +59,8 @@ def test_huggingface_layout_gives_identical_outputs(tiny_checkpoint, tiny_model,
 def test_auricle_format_round_trip(tiny_model, tmp_path, noise):
     path = save_checkpoint(tiny_model.network, tmp_path / "mine.safetensors", labels=None, name="my-tiny")
     assert path.with_suffix(".json").is_file()
+    # The weights get the mode of the JSON beside them (safetensors alone would make them owner-only).
+    assert path.stat().st_mode == path.with_suffix(".json").stat().st_mode
     model = auricle.load_model(checkpoint=path)
     assert model.name == "my-tiny"
     assert torch.equal(model.probabilities(noise), tiny_model.probabilities(noise))
@@ -181,3 +185,21 @@ def test_an_unreachable_hub_is_asked_once(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="--checkpoint"):
         auricle.load_model("ced-mini")
     assert [filename for _, filename, local_only in hub.calls if not local_only] == ["model.safetensors"]
+
+
+def test_files_that_are_not_weights_say_why_in_one_line(tmp_path):
+    pickled = tmp_path / "objects.pt"
+    torch.save({"weights": Path("elsewhere")}, pickled)  # a Python object: never unpickled
+    with pytest.raises(CheckpointError) as error:
+        auricle.load_model(checkpoint=pickled)
+    assert str(error.value) == (f"{pickled}: not a loadable weights-only checkpoint (it is not a PyTorch file of "
+                                "tensors alone, and auricle never unpickles anything else)")
+    assert "weights_only" not in str(error.value)
+    exported = tmp_path / "model.onnx"
+    exported.write_bytes(b"\x08\x07")
+    result = CliRunner().invoke(cli, ["finetune", str(tmp_path), "--checkpoint", str(exported), "-o",
+                                      str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"auricle: error: {exported}: an exported ONNX file can tag and embed "
+                                          "(auricle tag, evaluate, serve, listen, embed), not train; give "
+                                          "finetune the model's weights (.pt, .safetensors or a Hugging Face folder)"]

@@ -261,3 +261,14 @@ def test_convolutional_stft_log_mel_matches_the_frontend():
         loud = expected >= expected.amax(dim=(-2, -1), keepdim=True) - 60
         assert error[loud].max() < 1e-3
         assert error.max() < 0.5
+
+
+def test_a_head_of_fewer_than_five_classes_is_checked_on_all_of_them(tmp_path):
+    """A probe's head of two classes: a top 5 would count classes that are not there (it read 0.400)."""
+    torch.manual_seed(0)
+    network = CED(CEDConfig(embed_dim=64, num_heads=2, depth=2, num_classes=2))
+    checkpoint = save_checkpoint(network, tmp_path / "two.safetensors", labels=["yes", "no"], name="two")
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(checkpoint), "--mel-input",
+                                      "--out", str(tmp_path / "two.onnx")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "top-2 overlap 1.000" in result.stdout

@@ -7,7 +7,9 @@ every model uses.
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -25,7 +27,7 @@ from auricle import exported as exported_module
 from auricle.exported import ExportedModel, load_exported
 from auricle.models.ced import CED, CEDConfig
 from auricle.models.checkpoints import save_checkpoint
-from no_torch_support import without_torch
+from no_torch_support import NO_TORCH, without_torch
 
 onnxruntime = pytest.importorskip("onnxruntime")
 FILES = ["a_sine440_1s", "d_mix_25p3s", "f_stereo_44k1_2s", "h_edge_20p23s", "i_tooshort_0p1s", "r_JeD5V5aaaoI_931_932"]
@@ -319,3 +321,20 @@ def test_serve_workers_build_the_app_from_an_exported_file(exported, monkeypatch
                                                     "engine": "torch", "precision": "fp32", "config": {}}))
     model = create_app_from_environment().state.model
     assert isinstance(model, ExportedModel) and model.threads == 1 and model.name == "small"
+
+
+def test_the_metadata_snippet_runs_without_torch(exported, files):
+    """docs/deploy.md's "Using the file" snippet, where torch cannot be imported."""
+    script = NO_TORCH + f"""
+import json, numpy as np, onnxruntime as ort
+from auricle.audio import load_audio
+from auricle.exported import read_metadata
+
+session = ort.InferenceSession({str(exported)!r})
+labels = json.loads(read_metadata({str(exported)!r})["labels"])
+probabilities, embedding = session.run(None, {{"waveforms": load_audio({files[0]!r})[None, :]}})
+print([labels[i] for i in np.argsort(-probabilities[0])[:5]])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(ast.literal_eval(result.stdout)) == 5

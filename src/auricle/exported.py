@@ -41,6 +41,12 @@ PIECES_PER_ROW = 8
 REQUIRED_METADATA = ("producer", "labels", "input", "precision", "frontend", "piece_frames", "encoder")
 
 
+def not_weights(path: str | os.PathLike, command: str = "this command") -> str:
+    """The one-line refusal of an exported file where weights are needed (to train, export or teach)."""
+    return (f"{path}: an exported ONNX file can tag and embed (auricle tag, evaluate, serve, listen, embed), not "
+            f"train; give {command} the model's weights (.pt, .safetensors or a Hugging Face folder)")
+
+
 def is_exported_file(checkpoint: str | os.PathLike | None) -> bool:
     """Whether ``checkpoint`` names an ONNX file (by its suffix) rather than weights."""
     return checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
@@ -263,3 +269,13 @@ def load_exported(path: str | os.PathLike, *, device: str = "cpu", engine: str |
                else f"export with{'' if precision == 'int8' else 'out'} --int8 for {precision}")
         raise CheckpointError(f"{path}: holds an {model.precision} model, not {precision} ({fix})")
     return model
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """What an exported file declares (labels, frontend parameters, ...); needs only ONNX Runtime, not torch."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # read, not run
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)

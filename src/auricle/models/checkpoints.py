@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from auricle.errors import CheckpointError
+from auricle.exported import is_exported_file, not_weights
 from auricle.frontend import mel_filterbank
 from auricle.models.ced import CED, CEDConfig
 from auricle.models.files import find_config, weights_in_folder
@@ -128,10 +129,14 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as error:  # safetensors raises several types on bad files
             raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
+    if is_exported_file(path):
+        raise CheckpointError(not_weights(path))
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if cause.startswith("Weights only load failed"):  # torch's advice (weights_only=False) runs foreign code
+            cause = "it is not a PyTorch file of tensors alone, and auricle never unpickles anything else"
         raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({cause})") from None
     if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
         loaded = loaded["model"]  # training checkpoints wrap the state dict
@@ -212,6 +217,10 @@ def save_checkpoint(
     tmp_weights = path.with_name(path.name + ".tmp")
     tmp_meta = path.with_suffix(".json.tmp")
     save_file(tensors, str(tmp_weights), metadata={"format": FORMAT_NAME})
+    # safetensors creates its file owner-only (0600); give it the mode every other file gets here.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_weights, 0o666 & ~umask)
     tmp_meta.write_text(json.dumps(meta, indent=2))
     os.replace(tmp_meta, path.with_suffix(".json"))
     os.replace(tmp_weights, path)
