@@ -75,3 +75,18 @@ def test_cpu_model_names_the_generation(tmp_path):
     cpuinfo.write_text("processor\t: 0\nModel name\t: Neoverse-N1\n")  # no family numbers (e.g. ARM)
     assert cpu_model(cpuinfo) == "Neoverse-N1"
     assert cpu_model(tmp_path / "missing")  # not Linux: still names something
+
+
+def test_the_report_works_without_torch():
+    """An install for exported files only asks `auricle system` whether they can run: it must answer."""
+    from no_torch_support import without_torch
+
+    result = without_torch("system", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["torch"] == system.NO_TORCH
+    assert not any(route["available"] for route in report["routes"] if route["engine"] == "torch")
+    assert report["vector_isa"] == torch.backends.cpu.get_cpu_capability()  # the same answer from the CPU flags
+    assert report["auto_precision"] == {"torch": resolve_precision("torch", "auto"),
+                                        "onnx": resolve_precision("onnx", "auto")}
+    assert report["prepared_graphs"] == 0 and "embed" in report["exported_files"]

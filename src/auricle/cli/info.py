@@ -87,7 +87,7 @@ def system_command(as_json: bool) -> None:
         ("onnxruntime", report.onnxruntime or "not installed (pip install 'auricle[onnx]')"),
         ("defaults", f"{report.threads} threads, {report.streams} streams, batch {report.batch_size}"),
         ("--precision auto", ", ".join(f"{engine}: {precision}" for engine, precision in report.auto_precision.items())),
-        ("engine cache", report.cache_dir),
+        ("engine cache", f"{report.cache_dir} ({report.prepared_graphs} prepared for --engine onnx)"),
         ("exported files", report.exported_files),
     ]
     for key, value in rows:

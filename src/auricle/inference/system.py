@@ -11,17 +11,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
-import torch
-
-from auricle.inference.engines import engine_cache_dir, resolve_precision, torch_encoder_path
-from auricle.inference.fused import fp32_products, fused_supported, native_bf16
+from auricle.cache import cache_dir
 from auricle.inference.tuning import (
     cpu_features,
     cpu_model,
     default_batch_size,
     default_streams,
     default_threads,
+    fastest_precision,
 )
+from auricle.inference.tuning import vector_isa as flags_vector_isa  # the report's field has the plain name
+
+#: Where torch is absent (an install for exported files only): what the report says instead.
+NO_TORCH = "not installed (exported files only; pip install torch==2.13.0 for the weights)"
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,11 @@ class EngineRoute:
 class SystemReport:
     cpu: str
     cores: int
-    vector_isa: str  # ATen's CPU capability: DEFAULT, AVX2, AVX512, ...
+    vector_isa: str  # ATen's CPU capability: DEFAULT, AVX2, AVX512, ... (without torch: from the CPU flags)
     avx2: bool
     vnni: bool
     native_bf16: bool
-    torch: str
+    torch: str  # its version, or NO_TORCH
     onnxruntime: str | None
     threads: int
     streams: int
@@ -56,6 +58,7 @@ class SystemReport:
     routes: list[EngineRoute]
     cache_dir: str
     exported_files: str  # how an `auricle export` file given as --checkpoint runs here
+    prepared_graphs: int = 0  # whole models prepared for `--engine onnx` in the cache (auricle.prepared)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +73,9 @@ def _version(package: str) -> str | None:
 
 def _torch_routes(features) -> list[EngineRoute]:
     """Described from the same decision the torch engine makes (:func:`torch_encoder_path`)."""
+    from auricle.inference.engines import torch_encoder_path
+    from auricle.inference.fused import fp32_products, fused_supported, native_bf16
+
     products = "oneDNN, prepacked weights" if fp32_products() == "onednn" else "BLAS products (no AVX-512)"
     no_bf16 = "no oneDNN bf16 kernels on this CPU" if fused_supported("cpu", "fp32") else "no oneDNN in this build"
     described = {
@@ -97,26 +103,45 @@ def _onnx_routes(version: str | None) -> list[EngineRoute]:
 
 
 def system_report() -> SystemReport:
-    """Probe this machine (CPU flags, torch and ONNX Runtime builds); nothing is loaded or run."""
+    """Probe this machine (CPU flags, torch and ONNX Runtime builds); nothing is loaded or run.
+
+    Works without torch installed too (an install for exported files only): the torch
+    engines are then reported unavailable.
+    """
     features = cpu_features()
     threads = default_threads()
     streams = default_streams(threads)
     onnxruntime = _version("onnxruntime")
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        vector_isa, torch_version, torch_routes = (torch.backends.cpu.get_cpu_capability(), torch.__version__,
+                                                   _torch_routes(features))
+    else:
+        vector_isa = flags_vector_isa()
+        torch_version = NO_TORCH
+        torch_routes = [EngineRoute("torch", precision, False, "-", "needs PyTorch") for precision in
+                        ("fp32", "bf16", "int8")]
+    cache = cache_dir()
     return SystemReport(
         cpu=cpu_model(),
         cores=features.cores,
-        vector_isa=torch.backends.cpu.get_cpu_capability(),
+        vector_isa=vector_isa,
         avx2=features.avx2,
         vnni=features.vnni,
         native_bf16=features.bf16,
-        torch=torch.__version__,
+        torch=torch_version,
         onnxruntime=onnxruntime,
         threads=threads,
         streams=streams,
         batch_size=default_batch_size("cpu", streams),
-        auto_precision={engine: resolve_precision(engine, "auto", "cpu", features) for engine in ("torch", "onnx")},
-        routes=_torch_routes(features) + _onnx_routes(onnxruntime),
-        cache_dir=str(engine_cache_dir()),
-        exported_files=(f"ONNX Runtime {onnxruntime}, without importing torch (tag, evaluate, serve, listen "
-                        f"--checkpoint FILE.onnx)" if onnxruntime else "need onnxruntime: pip install 'auricle[onnx]'"),
+        auto_precision={engine: fastest_precision(features, engine) for engine in ("torch", "onnx")},
+        routes=torch_routes + _onnx_routes(onnxruntime),
+        cache_dir=str(cache),
+        exported_files=(f"ONNX Runtime {onnxruntime}, without importing torch (tag, evaluate, serve, listen, embed "
+                        f"--checkpoint FILE.onnx, or --engine onnx)" if onnxruntime
+                        else "need onnxruntime: pip install 'auricle[onnx]'"),
+        prepared_graphs=len(list((cache / "prepared").glob("*.onnx"))),
     )

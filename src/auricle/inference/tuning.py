@@ -93,6 +93,12 @@ def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuFeatures:
     )
 
 
+def vector_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The widest vector extension the CPU flags name, in ATen's words (AVX512, AVX2, DEFAULT)."""
+    flags = _cpu_flags(cpuinfo)
+    return "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "DEFAULT"
+
+
 def default_threads() -> int:
     """One compute thread per usable core: the model is compute bound, so more threads only contend."""
     return usable_cores()
