@@ -174,7 +174,22 @@ def test_teacher_spec_errors(corpus, tmp_path):
         load_teacher("distill_helpers:SOURCES")
     result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
                                       str(tmp_path / "missing.pt"), "--out", str(tmp_path / "s")])
-    assert result.exit_code == 1 and "missing.pt" in result.stderr
+    assert result.exit_code == 2 and "missing.pt" in result.stderr  # bad input, as for `auricle tag`
+
+
+def test_an_unreachable_teacher_names_the_option_that_takes_a_file(corpus, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def offline(repo_id, filename, **options):
+        raise FileNotFoundError(f"{filename} is not in the local cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher", "ced-base",
+                                      "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("auricle: error: ced-base: weights are not in the local cache")
+    assert line.endswith("pass --teacher PATH (the weights file or folder)") and "--checkpoint" not in line
 
 
 def test_teach_resumes_after_sigkill_with_no_loss_and_no_duplicates(corpus, tmp_path):

@@ -14,8 +14,8 @@ import sys
 
 import click
 
-from auricle.cli.common import fail
-from auricle.errors import AuricleError
+from auricle.cli.common import fail, writable
+from auricle.errors import AuricleError, CheckpointError
 
 # Subcommands in other modules: name -> "module:attribute"; listed only when importable.
 EXTERNAL_SUBCOMMANDS = {"train": "auricle.cli.distill_train:train_command"}
@@ -58,7 +58,8 @@ def _human_bytes(count: float) -> str:
 
 @distill_command.command("shards")
 @click.argument("sources", nargs=-1)
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Shard folder to write.")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
+              callback=writable(folder=True), help="Shard folder to write.")
 @click.option("--files-from", type=click.File("r"), default=None,
               help="Read more sources (files, folders or globs) from FILE, one per line ('-' = stdin).")
 @click.option("--chunk-seconds", type=click.FloatRange(0.15), default=10.0, show_default=True,
@@ -95,17 +96,25 @@ def shards_command(sources, out_dir, files_from, chunk_seconds, min_seconds, chu
         fail(str(error))
     if not files:
         fail("no audio files found in " + " ".join(entries))
+    from tqdm import tqdm
+
     show = progress if progress is not None else sys.stderr.isatty()
+    told: list[str] = []
+
+    def tell(detail: str) -> None:  # as it happens, above the progress bar
+        told.append(detail)
+        tqdm.write(f"auricle: error: {detail}", file=sys.stderr)
+
     try:
-        report = write_shards(files, out_dir, config, resume=resume, progress=show)
+        report = write_shards(files, out_dir, config, resume=resume, progress=show, on_failure=tell)
     except AuricleError as error:
         fail(str(error), 1)
+    for failure in report.failures[:len(report.failures) - len(told)]:  # those of the run this one resumed
+        click.echo(f"auricle: error: {failure['error']}", err=True)
     click.echo(f"{report.chunks} chunks ({report.seconds / 3600:.2f} h) in {report.shards} shards in {out_dir}; "
                f"{len(report.failures)} of {report.sources} sources failed; "
                f"{report.dropped_short} chunks under {min_seconds:g} s dropped", err=True)
     if report.failures:
-        for failure in report.failures:
-            click.echo(f"auricle: error: {failure['error']}", err=True)
         sys.exit(1)
 
 
@@ -138,7 +147,8 @@ def _augment_options(command):
               help="Shard folder from `auricle distill shards`.")
 @click.option("--teacher", "teachers", multiple=True, required=True,
               help="Model name, checkpoint path or module:function, optionally @WEIGHT (repeatable).")
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Target store folder.")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(),
+              callback=writable(folder=True), help="Target store folder.")
 @click.option("--epochs", type=click.IntRange(1), default=1, show_default=True, help="Augmented views per chunk.")
 @click.option("--top-k", type=click.IntRange(1), default=20, show_default=True, help="Classes kept per view.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed of the augmentation.")
@@ -181,6 +191,8 @@ def teach_command(shards_dir, teachers, out_dir, epochs, top_k, seed, codec, bat
     show = progress if progress is not None else sys.stderr.isatty()
     try:
         report = teach(shards_dir, out_dir, specs, config, resume=resume, device=device, progress=show)
+    except CheckpointError as error:  # a teacher that cannot be loaded: bad input, as for `auricle tag`
+        fail(str(error))
     except AuricleError as error:
         fail(str(error), 1)
     if report.rank != 0:
@@ -226,9 +238,11 @@ def verify_command(store, sample, seed, device, threads, as_json) -> None:
         fail(str(error), 1)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
-    click.echo(f"verified {report.sampled} views: {report.passed} passed; max |stored - recomputed| "
-               f"{report.max_abs_error:.2e} (at most {report.max_code_distance} quantisation steps); "
-               f"{report.index_mismatches} with another class order", err=True)
+    steps = report.max_code_distance
+    click.echo(f"verified {report.sampled} views: {report.passed} passed; recomputed and encoded again, the targets "
+               f"are {'the stored codes' if steps == 0 else f'at most {steps} quantisation steps from the stored codes'}"
+               f"; decoded, the stored values are within {report.max_abs_error:.2e} of the recomputed probabilities "
+               f"(the codec's rounding); {report.index_mismatches} with another class order", err=True)
     for failure in report.failures:
         click.echo(f"auricle: error: {failure['shard']} epoch {failure['epoch']} {failure['key']}: stored targets "
                    f"differ ({failure['code_distance']} steps, same classes: {failure['same_classes']})", err=True)

@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -209,11 +209,14 @@ def write_shards(
     config: ShardConfig = ShardConfig(),
     resume: bool = False,
     progress: bool = False,
+    on_failure: Callable[[str], None] | None = None,
 ) -> ShardReport:
     """Decode ``sources`` into chunk shards under ``out_dir``; bad sources are reported and skipped.
 
     With ``resume=True`` a killed run continues from the last finished shard (the
     sources and options must be the same). A complete set is left as it is.
+    ``on_failure`` hears each source that fails in this run, as it fails; the
+    report lists them all, those of earlier runs of a resumed set included.
     """
     from tqdm import tqdm
 
@@ -252,7 +255,7 @@ def write_shards(
     for stale in out.glob("shard-*.tar.tmp"):
         stale.unlink()
     if not state["complete"]:
-        _fill_shards(sources, out, config, state, progress, tqdm)
+        _fill_shards(sources, out, config, state, progress, tqdm, on_failure)
         _write_index(out, state)
         state["complete"] = True
         write_json_atomic(manifest_path, state)
@@ -264,7 +267,8 @@ def write_shards(
     return report
 
 
-def _fill_shards(sources, out: Path, config: ShardConfig, state: dict, progress: bool, tqdm) -> None:
+def _fill_shards(sources, out: Path, config: ShardConfig, state: dict, progress: bool, tqdm,
+                 on_failure: Callable[[str], None] | None) -> None:
     manifest_path = out / MANIFEST
     writer = _ShardWriter(out, config, number=len(state["shards"]))
     first_source, skip = state["next"]["source"], state["next"]["chunk"]
@@ -298,7 +302,8 @@ def _fill_shards(sources, out: Path, config: ShardConfig, state: dict, progress:
         except AuricleError as error:
             detail = str(error) if kept == 0 else f"{error} (kept its first {kept} chunks)"
             failures.append({"source": source, "error": detail})
-            print(f"auricle: warning: {detail}", file=sys.stderr)
+            if on_failure is not None:
+                on_failure(detail)
         bar.update(1)
     bar.close()
     checkpoint(len(sources), 0)

@@ -147,7 +147,7 @@ def _load_auricle(spec: TeacherSpec, device: torch.device) -> Teacher:
         from auricle.models.registry import model_info
 
         info = model_info(spec.spec)
-        checkpoint = read_checkpoint(fetch_weights(info))
+        checkpoint = read_checkpoint(fetch_weights(info, instead="--teacher PATH (the weights file or folder)"))
         name = info.name
         identity = {"kind": "model"}
     if checkpoint.labels is not None:

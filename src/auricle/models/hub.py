@@ -17,10 +17,12 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def fetch_weights(info: ModelInfo, cache_dir: str | os.PathLike | None = None) -> Path:
+def fetch_weights(info: ModelInfo, cache_dir: str | os.PathLike | None = None,
+                  instead: str = "--checkpoint PATH (checkpoint=PATH in Python)") -> Path:
     """Path of ``info``'s weights: from the local cache if there, else downloaded (with progress).
 
     ``HF_HUB_OFFLINE=1`` and ``HF_HOME`` are honoured as usual by huggingface_hub.
+    ``instead``: how the caller takes a local file, named in the error when there is no way to the weights.
     """
     from huggingface_hub import hf_hub_download
 
@@ -50,6 +52,5 @@ def fetch_weights(info: ModelInfo, cache_dir: str | os.PathLike | None = None) -
     raise CheckpointError(
         f"{info.name}: weights are not in the local cache and could not be downloaded from "
         f"the Hugging Face Hub ({info.hf_repo}: {detail}). Without network access, download "
-        f"them elsewhere (Hugging Face {info.hf_repo} or Zenodo {info.zenodo_url}) and pass "
-        "--checkpoint PATH (checkpoint=PATH in Python)"
+        f"them elsewhere (Hugging Face {info.hf_repo} or Zenodo {info.zenodo_url}) and pass {instead}"
     )
