@@ -175,8 +175,16 @@ def test_bad_parameters_are_400_or_422(client, long_wav):
     response = client.post("/v1/tag?profile=/etc/passwd", content=data)
     assert response.status_code == 400 and "bundled profile name" in response.json()["detail"]
     assert client.post("/v1/tag?window=2&hop=3", content=data).status_code == 400
-    assert client.post("/v1/tag?top_k=0", content=data).status_code == 422
-    assert client.post("/v1/tag?pool=median", content=data).status_code == 422
+    response = client.post("/v1/tag?profile=nope", content=data)
+    assert response.status_code == 400 and "unknown profile 'nope'" in response.json()["detail"]
+    assert ".toml" not in response.json()["detail"]  # the service reads no paths: do not offer one
+    # Out-of-range and malformed values: 422, with the same one-line detail as every other refusal.
+    for query, detail in [("top_k=0", "top_k: Input should be greater than or equal to 1 (got '0')"),
+                          ("top_k=abc", "top_k: Input should be a valid integer, unable to parse string as an "
+                                        "integer (got 'abc')"),
+                          ("pool=median", "pool: String should match pattern '^(max|mean)$' (got 'median')")]:
+        response = client.post(f"/v1/tag?{query}", content=data)
+        assert response.status_code == 422 and response.json() == {"detail": detail}, response.json()
 
 
 # -- limits ------------------------------------------------------------------------

@@ -211,6 +211,10 @@ def _bundled_dir() -> Traversable:
     return files("auricle") / "data" / "profiles"
 
 
+#: The end of the unknown-profile error that offers a file; the service, which reads no paths, drops it.
+PATH_HINT = "; or give the path of a .toml file"
+
+
 def available_profiles() -> list[str]:
     """Names of the bundled profiles, sorted."""
     return sorted(
@@ -260,8 +264,5 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
     if match is None:
         close = close_matches(name, bundled, limit=2)
         hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-        raise LabelError(
-            f"unknown profile {name!r} ({hint}bundled: {', '.join(bundled) or 'none'}; "
-            f"or give the path of a .toml file)"
-        )
+        raise LabelError(f"unknown profile {name!r} ({hint}bundled: {', '.join(bundled) or 'none'}{PATH_HINT})")
     return _load_bundled(match)

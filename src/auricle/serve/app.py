@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi import FastAPI, Query, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +31,7 @@ from auricle.inference.events import EventOptions
 from auricle.inference.tagging import ClassSpace, TagOptions, summarize
 from auricle.inference.windows import window_bounds
 from auricle.options import TAG_OPTIONS
+from auricle.profiles import PATH_HINT
 from auricle.serve.batching import DynamicBatcher
 from auricle.serve.config import ServeConfig
 from auricle.serve.uploads import RequestError, audio_part, decode_upload, read_body
@@ -96,7 +98,17 @@ def tag_options(model: ServedModel, *, top_k=None, threshold=None, classes: Sequ
         return model.tag_options(top_k=top_k, threshold=threshold, classes=classes, profile=profile, pool=pool,
                                  events=event_options, window=window, hop=hop)
     except (AuricleError, ValueError) as error:
-        raise RequestError(400, str(error)) from None
+        raise RequestError(400, str(error).replace(PATH_HINT, "")) from None  # the service reads no paths
+
+
+def validation_line(errors: Sequence[dict]) -> str:
+    """FastAPI's validation errors as one line: ``top_k: Input should be a valid integer (got 'abc')``."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(part) for part in error.get("loc", ())[1:]) or "request"
+        got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], (dict, list)) else ""
+        parts.append(f"{where}: {error.get('msg', 'invalid')}{got}")
+    return "; ".join(parts) or "invalid request"
 
 
 def spectrogram_image(model: ServedModel, waveform: np.ndarray, columns: int = SPECTROGRAM_COLUMNS) -> dict:
@@ -166,6 +178,11 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
     @app.exception_handler(RequestError)
     async def refuse(request: Request, error: RequestError) -> JSONResponse:
         return JSONResponse({"detail": error.message}, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer is a list of objects; every refusal here is {"detail": "<one line>"}.
+        return JSONResponse({"detail": validation_line(error.errors())}, status_code=422)
 
     async def admitted(request: Request, filename: str | None, work) -> dict:
         """Run ``work(name, waveform)`` for the request's audio, within admission and time limits."""
