@@ -195,3 +195,17 @@ def test_an_env_precision_yields_to_an_exported_file(weights, cache, files, monk
     assert code == 0, stderr
     code, _, stderr = run("tag", files[0], "--checkpoint", str(graph), "-k", "3", "--precision", "int8")
     assert code == 2 and "holds an fp32 model, not int8" in stderr
+
+
+def test_serve_workers_load_the_prepared_graph(weights, cache, monkeypatch):
+    """Several worker processes build their app from AURICLE_SERVE: they get the graph, not the weights."""
+    uvicorn = pytest.importorskip("uvicorn")
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append((app, options)))
+    monkeypatch.delenv("AURICLE_SERVE", raising=False)
+    code, _, stderr = run("serve", "--checkpoint", str(weights), "--engine", "onnx", "--workers", "2")
+    assert code == 0, stderr
+    assert started and started[0][1]["workers"] == 2
+    spec = json.loads(os.environ["AURICLE_SERVE"])
+    assert spec["checkpoint"] == str(prepared_path(weights_file(checkpoint=weights), None, "fp32"))
+    monkeypatch.delenv("AURICLE_SERVE")

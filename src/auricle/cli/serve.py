@@ -63,9 +63,13 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
         uvicorn.run(create_app(model, config), host=host, port=port, log_level=log_level)
         return
     # Several processes: each worker builds its own app from this description.
-    load_model_or_exit(model_name, checkpoint, device, threads, exported=True)  # fail here, once, on a bad model
+    model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)  # fail here, once
     from dataclasses import asdict
 
+    from auricle.exported import ExportedModel
+
+    if isinstance(model, ExportedModel):  # an exported file, or the graph --engine onnx prepared: workers load it
+        checkpoint = str(model.path)
     meta = click.get_current_context().meta
     os.environ["AURICLE_SERVE"] = json.dumps({
         "model": model_name, "checkpoint": checkpoint, "device": device, "threads": threads,
