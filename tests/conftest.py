@@ -21,9 +21,11 @@ def require(path: Path) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def auricle_cache(tmp_path_factory):
-    """What the tests export (ONNX encoders, prepared graphs) goes to a temporary cache, not the user's."""
+    """What the tests export (ONNX encoders, prepared graphs) goes to a temporary cache, not the user's;
+    and weights are looked up in an empty Hugging Face cache, so tests never depend on what the user downloaded."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AURICLE_CACHE", str(tmp_path_factory.mktemp("auricle-cache")))
+        patch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf-hub-cache")))
         yield
 
 

@@ -203,3 +203,29 @@ def test_files_that_are_not_weights_say_why_in_one_line(tmp_path):
     assert result.stderr.splitlines() == [f"auricle: error: {exported}: an exported ONNX file can tag and embed "
                                           "(auricle tag, evaluate, serve, listen, embed), not train; give "
                                           "finetune the model's weights (.pt, .safetensors or a Hugging Face folder)"]
+
+
+def test_cached_weights_are_found_without_asking_the_hub(tiny_checkpoint, tiny_model, tmp_path, monkeypatch, noise):
+    """The Hugging Face cache's layout is read directly: no huggingface_hub import (~0.3 s of a short command)."""
+    import huggingface_hub
+
+    from auricle.models.hub import cached_file
+
+    folder = tmp_path / "hub" / "models--mispeech--ced-tiny"
+    snapshot = write_hf_folder(official_state(tiny_checkpoint), folder / "snapshots" / "0123abc")
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0123abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *args, **kwargs: pytest.fail("asked the hub"))
+    model = auricle.load_model("ced-tiny")
+    assert model.name == "ced-tiny"
+    assert torch.equal(model.probabilities(noise), tiny_model.probabilities(noise))
+    assert cached_file("mispeech/ced-tiny", "model.safetensors") == snapshot / "model.safetensors"
+    # Another revision named as main, a missing file, another cache: not found here (the hub is asked then).
+    (folder / "refs" / "main").write_text("fedcba9")
+    assert cached_file("mispeech/ced-tiny", "model.safetensors") is None
+    assert cached_file("mispeech/ced-tiny", "model.safetensors", tmp_path / "elsewhere") is None
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    (folder / "refs" / "main").write_text("0123abc\n")
+    assert cached_file("mispeech/ced-tiny", "model.safetensors") == snapshot / "model.safetensors"

@@ -24,6 +24,10 @@ def fetch_weights(info: ModelInfo, cache_dir: str | os.PathLike | None = None,
     ``HF_HUB_OFFLINE=1`` and ``HF_HOME`` are honoured as usual by huggingface_hub.
     ``instead``: how the caller takes a local file, named in the error when there is no way to the weights.
     """
+    for filename in WEIGHT_FILES:
+        cached = cached_file(info.hf_repo, filename, cache_dir)
+        if cached is not None:
+            return cached
     from huggingface_hub import hf_hub_download
 
     try:  # what the hub raises when it cannot be reached at all (after its own retries)
@@ -54,3 +58,26 @@ def fetch_weights(info: ModelInfo, cache_dir: str | os.PathLike | None = None,
         f"the Hugging Face Hub ({info.hf_repo}: {detail}). Without network access, download "
         f"them elsewhere (Hugging Face {info.hf_repo} or Zenodo {info.zenodo_url}) and pass {instead}"
     )
+
+
+def cached_file(repo: str, filename: str, cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """``filename`` of ``repo``'s main revision in the local Hugging Face cache, or None.
+
+    Read from the cache's documented layout (``models--ORG--NAME/refs/main`` names the
+    snapshot folder) without importing huggingface_hub, which with its HTTP client
+    costs ~0.3 s of a short command's start. Anything else goes through the hub.
+    """
+    if cache_dir is not None:
+        root = Path(cache_dir)
+    else:  # huggingface_hub's own order of variables
+        home = os.environ.get("HF_HOME") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+        root = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+                    or os.path.join(home, "hub")).expanduser()
+    folder = root / f"models--{repo.replace('/', '--')}"
+    try:
+        revision = (folder / "refs" / "main").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    path = folder / "snapshots" / revision / filename
+    return path if revision and path.is_file() else None
