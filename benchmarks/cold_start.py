@@ -11,10 +11,12 @@ Times, each in a fresh process and as the median of --repeats runs:
   * `auricle tag one.wav --checkpoint W --engine onnx` with --prepared: the graph prepared
     from the weights on a first run (timed once, apart), then loaded from the cache without
     torch; in turns with the weights command
+  * `auricle tag one.wav --model NAME [--engine onnx]` with --by-name NAME: the issue's "model
+    cached", W's weights stored as NAME in a Hugging Face cache the script builds; in turns too
 and, inside one process, the parts: importing torch and auricle.model, loading
 the weights, tagging the clip. The target is under 2 s, most of it model load.
 
-    python benchmarks/cold_start.py --repeats 5 --exported onnxruntime --prepared --json benchmarks/results/cold_start.json
+    python benchmarks/cold_start.py --repeats 5 --exported onnxruntime --prepared --by-name ced-mini --json benchmarks/results/cold_start.json
 """
 
 from __future__ import annotations
@@ -45,6 +47,31 @@ print(json.dumps(dict(import_s=imported - start, load_s=loaded - imported, tag_s
 """
 
 
+HUB_CACHE = """
+import sys
+from pathlib import Path
+import auricle
+from auricle.models.checkpoints import save_checkpoint
+from auricle.models.registry import model_info
+root, name, checkpoint = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+info = model_info(name)
+folder = root / f"models--{info.hf_repo.replace('/', '--')}"
+save_checkpoint(auricle.load_model(checkpoint=checkpoint).network,
+                folder / "snapshots" / "benchmark" / "model.safetensors", name=info.name)
+(folder / "refs").mkdir()
+(folder / "refs" / "main").write_text("benchmark")
+"""
+
+
+def hub_cache(root: Path, name: str, checkpoint: Path) -> None:
+    """``checkpoint``'s weights as model ``name``'s main revision in a Hugging Face cache at ``root``.
+
+    In a child process: this one must stay small, because a child's peak RSS starts from its
+    parent's at fork (Linux keeps the high-water mark across exec).
+    """
+    subprocess.run([sys.executable, "-c", HUB_CACHE, str(root), name, str(checkpoint)], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=REFERENCE_CHECKPOINT)
@@ -58,6 +85,9 @@ def main() -> None:
     parser.add_argument("--prepared", action="store_true",
                         help="also time --engine onnx on the weights (fp32, or int8 with --precision int8): "
                              "the prepared graph, in a cache of its own")
+    parser.add_argument("--by-name", default=None, metavar="MODEL",
+                        help="also time `auricle tag one.wav --model MODEL`, with and without --engine onnx, the "
+                             "checkpoint's weights cached as MODEL's in a Hugging Face cache of the script's own")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -78,12 +108,22 @@ def main() -> None:
             prepared_command = auricle_command("tag", clip, "--checkpoint", args.checkpoint, "--engine", "onnx",
                                                "--precision", precision)
             preparing_s = run_measured(prepared_command, env=prepared_env)[0]  # the first run exports the graph
+        named_commands, named_env, named_preparing_s = {}, {}, None
+        if args.by_name:
+            hub = Path(folder) / "hub"
+            hub_cache(hub, args.by_name, args.checkpoint)
+            named_env = {"HF_HUB_CACHE": str(hub), "AURICLE_CACHE": str(Path(folder) / "named-cache")}
+            named_commands = {"weights": auricle_command("tag", clip, "--model", args.by_name),
+                              "onnx": auricle_command("tag", clip, "--model", args.by_name, "--engine", "onnx")}
+            named_preparing_s = run_measured(named_commands["onnx"], env=named_env)[0]
+            run_measured(named_commands["weights"], env=named_env)
         # One untimed run each warms the OS file cache (and the onnx engine's export cache).
         for command in filter(None, (weights_command, exported_command)):
             run_measured(command)
         imports = [run_measured([sys.executable, "-c", "import auricle.cli"])[0] for _ in range(args.repeats)]
         torch_imports = [run_measured([sys.executable, "-c", "import torch"])[0] for _ in range(args.repeats)]
         commands, clean_exits, exported_runs, prepared_runs = [], [], [], []
+        named_runs: dict[str, list] = {kind: [] for kind in named_commands}
         for _ in range(args.repeats):  # in turns, so a slow phase of the machine hits all alike
             commands.append(run_measured(weights_command))
             clean_exits.append(run_measured(weights_command, env={"AURICLE_CLEAN_EXIT": "1"}))
@@ -91,6 +131,8 @@ def main() -> None:
                 exported_runs.append(run_measured(exported_command))
             if prepared_command:
                 prepared_runs.append(run_measured(prepared_command, env=prepared_env))
+            for kind, command in named_commands.items():
+                named_runs[kind].append(run_measured(command, env=named_env))
         parts = [json.loads(subprocess.run([sys.executable, "-c", PARTS, str(args.checkpoint), str(clip),
                                             args.engine, args.precision],
                                            capture_output=True, check=True, text=True).stdout)
@@ -115,6 +157,11 @@ def main() -> None:
             prepared_tag_command_wall_s=statistics.median(wall for wall, _, _ in prepared_runs),
             prepared_tag_command_walls_s=[round(wall, 3) for wall, _, _ in prepared_runs],
             prepared_tag_command_peak_rss_mb=statistics.median(peak for _, peak, _ in prepared_runs))),
+        **({} if not named_commands else dict(
+            by_name=args.by_name, by_name_onnx_first_run_s=named_preparing_s,
+            **{f"by_name_{kind}_wall_s": statistics.median(wall for wall, _, _ in runs)
+               for kind, runs in named_runs.items()},
+            **{f"by_name_{kind}_walls_s": [round(wall, 3) for wall, _, _ in runs] for kind, runs in named_runs.items()})),
         tag_command_walls_s=[round(wall, 3) for wall, _, _ in commands],
         **{key: statistics.median(p[key] for p in parts) for key in ("import_s", "load_s", "tag_s")},
     )
