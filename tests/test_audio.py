@@ -291,7 +291,9 @@ def test_mp3(tmp_path):
 def test_m4a_aac_via_pyav(tmp_path):
     path = encode(tmp_path / "x.m4a", "aac", 44100, sine(440, 44100, 2.0)[None])
     audio = load_audio(path)
-    assert abs(len(audio) - 32000) <= 800  # AAC frames are 1024 samples; end padding is not trimmed
+    # Priming (the edit list's skip) and the last frame's padding to 1024 samples are both cut:
+    # 2.0 s = 88200 samples at 44.1 kHz is 86.1 AAC frames, which decode to 88.2k + 0.9 frame of padding.
+    assert len(audio) == 32000
     assert dominant_frequency(audio) == pytest.approx(440, abs=1)
     info = audio_info(path)
     assert (info.sample_rate, info.channels, info.format) == (44100, 1, "mov/aac")
@@ -346,6 +348,11 @@ def test_pyav_chunks_equal_frame_by_frame_decoding(tmp_path, suffix, codec, rate
     expected = per_frame_reference(path)
     assert len(expected) > 2 * 65536
     native = load_audio(path, sample_rate=rate)  # same rate: no resampling, decode and mix only
+    if suffix == "m4a":  # cut at the track's declared length: the last AAC frame's padding is dropped
+        # The edit list counts in the movie's milliseconds: the cut lands within half of one of the end.
+        assert len(native) == audio_info(path).frames < len(expected)
+        assert abs(len(native) - stereo.shape[1]) <= rate // 2000
+        expected = expected[: len(native)]
     assert_same_bits(native, expected)
     np.testing.assert_array_equal(np.concatenate(list(iter_blocks(path, 30000, sample_rate=rate))), native)
 
@@ -410,6 +417,15 @@ def test_iter_blocks_equals_load_audio_for_long_resampled_file(tmp_path):
     assert abs(len(whole) - 16000 * seconds) <= 2
     assert all(block.dtype == np.float32 for block in blocks)
     np.testing.assert_array_equal(np.concatenate(blocks), whole)
+
+
+def test_only_mp4_durations_cut_the_decoded_audio():
+    from auricle.audio import _within_duration
+
+    chunks = [(44100, np.ones(1000, np.float32)), (44100, np.ones(1000, np.float32))]
+    assert [len(c) for _, c in _within_duration(iter(chunks), (44100, 1500))] == [1000, 500]
+    assert [len(c) for _, c in _within_duration(iter(chunks), None)] == [1000, 1000]
+    assert [len(c) for _, c in _within_duration(iter(chunks), (48000, 10))] == [1000, 1000]  # another rate
 
 
 def test_iter_blocks_equals_load_audio_for_m4a(tmp_path):

@@ -500,32 +500,66 @@ def _pyav_decoded(name: str, head: bytes, sndfile_error: Exception) -> Iterator[
     av = _import_av(name, sndfile_error)
 
     container, stream = _pyav_open(name, head, sndfile_error)
-    codec = stream.codec_context.name
     with container:
-        pending: list[av.AudioFrame] = []
-        pending_samples = 0
-        kind = (0, "", False, 0)  # (rate, sample format, planar, channels) of the pending frames
-        try:
-            for frame in container.decode(stream):
-                if not frame.samples:
-                    continue
-                sample_format = frame.format
-                frame_kind = (frame.sample_rate, sample_format.name, sample_format.is_planar, frame.layout.nb_channels)
-                if pending and frame_kind != kind:
-                    yield kind[0], _frames_mono(name, pending, *kind[1:])
-                    pending, pending_samples = [], 0
-                kind = frame_kind
-                pending.append(frame)
-                pending_samples += frame.samples
-                if pending_samples >= DECODE_FRAMES:
-                    yield kind[0], _frames_mono(name, pending, *kind[1:])
-                    pending, pending_samples = [], 0
-        except av.error.DecoderNotFoundError:
-            raise AudioError(f"{name}: unsupported codec {codec!r}") from None
-        except av.FFmpegError as error:
-            raise AudioError(f"{name}: corrupt or truncated audio ({_pyav_detail(error)})") from None
-        if pending:
-            yield kind[0], _frames_mono(name, pending, *kind[1:])
+        yield from _within_duration(_pyav_chunks(name, av, container, stream), _mp4_samples(container, stream))
+
+
+def _mp4_samples(container, stream) -> tuple[int, int] | None:
+    """(rate, samples) an MP4/M4A audio track declares, or None for other containers.
+
+    An AAC encoder pads its last frame to 1024 samples; the decoder trims the
+    priming at the start (the edit list's skip), but not that padding. MP4's
+    sample table and edit list give the exact length, so decoding is cut there.
+    Other containers' durations are estimates (MP3's from the bitrate) and are
+    not cut to.
+    """
+    rate = stream.codec_context.sample_rate
+    if not container.format.name.startswith("mov") or not stream.duration or stream.time_base is None or not rate:
+        return None
+    return rate, round(stream.duration * stream.time_base * rate)
+
+
+def _within_duration(chunks: Iterator[tuple[float, np.ndarray]],
+                     declared: tuple[int, int] | None) -> Iterator[tuple[float, np.ndarray]]:
+    """``chunks`` cut after the ``declared`` (rate, samples); unchanged where the rate differs or none is declared."""
+    if declared is None:
+        yield from chunks
+        return
+    rate, left = declared
+    for chunk_rate, mono in chunks:
+        if chunk_rate == rate:
+            mono = mono[:left]
+            left -= len(mono)
+        if len(mono):
+            yield chunk_rate, mono
+
+
+def _pyav_chunks(name: str, av, container, stream) -> Iterator[tuple[float, np.ndarray]]:
+    codec = stream.codec_context.name
+    pending: list = []
+    pending_samples = 0
+    kind = (0, "", False, 0)  # (rate, sample format, planar, channels) of the pending frames
+    try:
+        for frame in container.decode(stream):
+            if not frame.samples:
+                continue
+            sample_format = frame.format
+            frame_kind = (frame.sample_rate, sample_format.name, sample_format.is_planar, frame.layout.nb_channels)
+            if pending and frame_kind != kind:
+                yield kind[0], _frames_mono(name, pending, *kind[1:])
+                pending, pending_samples = [], 0
+            kind = frame_kind
+            pending.append(frame)
+            pending_samples += frame.samples
+            if pending_samples >= DECODE_FRAMES:
+                yield kind[0], _frames_mono(name, pending, *kind[1:])
+                pending, pending_samples = [], 0
+    except av.error.DecoderNotFoundError:
+        raise AudioError(f"{name}: unsupported codec {codec!r}") from None
+    except av.FFmpegError as error:
+        raise AudioError(f"{name}: corrupt or truncated audio ({_pyav_detail(error)})") from None
+    if pending:
+        yield kind[0], _frames_mono(name, pending, *kind[1:])
 
 
 def _pyav_info(name: str, head: bytes, sndfile_error: Exception) -> AudioInfo:
