@@ -423,3 +423,42 @@ def test_npy_rows_follow_the_inputs_when_a_file_fails(inputs, tiny_checkpoint, t
     rows = np.load(tmp_path / "c.npy")
     assert rows.shape == (3, 192)
     assert np.isnan(rows[1]).all() and not np.isnan(rows[[0, 2]]).any()
+
+
+def test_csv_ledger_always_speaks_for_the_csv_beside_it(inputs, tiny_checkpoint, tmp_path):
+    options = ["--checkpoint", tiny_checkpoint, "-f", "csv", "-k", "2"]
+    out = tmp_path / "tags.csv"
+    ledger = tmp_path / "tags.csv.done"
+    assert run("tag", *inputs[:2], *options, "-o", out).exit_code == 0  # without --resume: no ledger
+    assert not ledger.exists()
+    nothing_left = run("tag", *inputs[:2], *options, "-o", out, "--resume")
+    assert "2 already done" in nothing_left.stderr
+    assert [json.loads(line)["file"] for line in ledger.read_text().splitlines()] == inputs[:2]  # seeded from rows
+    more = run("tag", *inputs[:3], *options, "-o", out, "--resume")
+    assert more.exit_code == 0 and "tagged 1 of 1 files, 2 already done" in more.stderr
+    assert sorted({row.split(",")[0] for row in out.read_text().splitlines()[1:]}) == sorted(inputs[:3])
+    # A run without --resume writes the CSV anew: the old ledger goes with it.
+    assert run("tag", inputs[3], *options, "-o", out).exit_code == 0
+    assert not ledger.exists()
+    # A ledger whose CSV is gone is stale: every file is tagged.
+    ledger.write_text(json.dumps({"file": inputs[0], "model": "ced_tiny_perturbed"}) + "\n")
+    out.unlink()
+    fresh = run("tag", inputs[0], *options, "-o", out, "--resume")
+    assert "tagged 1 of 1 files, 0 already done" in fresh.stderr
+    assert {row.split(",")[0] for row in out.read_text().splitlines()[1:]} == {inputs[0]}
+
+
+def test_resume_to_standard_output_is_refused(inputs, tiny_checkpoint, tmp_path):
+    result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "-f", "csv", "-o", "-", "--resume")
+    assert result.exit_code == 2 and "--resume needs --output FILE" in result.stderr
+    assert not Path("-.done").exists()
+
+
+def test_a_full_standard_output_is_one_line(inputs, tiny_checkpoint):
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full (Linux) to fail a write with a full disk")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "auricle", "tag", inputs[0], "--checkpoint",
+                                 str(tiny_checkpoint)], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == "auricle: error: standard output: cannot write (No space left on device)"

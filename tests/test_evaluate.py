@@ -73,6 +73,15 @@ def test_tagging_metrics_by_hand_from_a_predictions_file(tmp_path):
     assert "Dog" in result.output and "mAP 0.667" in result.output
     assert (tmp_path / "report.csv").read_text().splitlines()[0] == "label,positives,average_precision,auc,d_prime"
     assert (tmp_path / "ap.png").read_bytes().startswith(PNG_MAGIC)
+    # --timeline-png is only checked (and written) with --timeline; --csv is checked before any work.
+    (tmp_path / "a-folder").mkdir()
+    again = run("evaluate", tmp_path / "labels.csv", "--predictions", tmp_path / "tags.json",
+                "--timeline-png", tmp_path / "a-folder")
+    assert again.exit_code == 0, again.output
+    refused = run("evaluate", tmp_path / "labels.csv", "--predictions", tmp_path / "tags.json",
+                  "--csv", tmp_path / "a-folder")
+    assert refused.exit_code == 2
+    assert refused.stderr == f"auricle: error: {tmp_path / 'a-folder'}: is a folder; give a file name\n"
 
 
 def test_tagging_with_a_model_equals_scoring_its_tag_output(two_class_checkpoint, recordings, tmp_path):

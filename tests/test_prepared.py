@@ -209,3 +209,30 @@ def test_serve_workers_load_the_prepared_graph(weights, cache, monkeypatch):
     spec = json.loads(os.environ["AURICLE_SERVE"])
     assert spec["checkpoint"] == str(prepared_path(weights_file(checkpoint=weights), None, "fp32"))
     monkeypatch.delenv("AURICLE_SERVE")
+
+
+def test_a_cache_that_cannot_be_written_runs_the_encoder_engine(weights, files, tmp_path, monkeypatch):
+    """A read-only home or a full disk costs the fast start, not the run (as for the encoder engine's cache)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("AURICLE_CACHE", str(blocker / "cache"))
+    code, stdout, stderr = run("tag", files[0], "--checkpoint", str(weights), "--engine", "onnx", "-k", "3")
+    assert code == 0 and "a_sine440_1s.wav" in stdout
+    assert [line for line in stderr.splitlines() if line.startswith("auricle:")] == [
+        f"auricle: warning: {blocker / 'cache' / 'prepared'}: cannot keep a prepared graph there (Not a directory); "
+        "running only the encoder in ONNX Runtime"]
+
+
+def test_stale_partial_exports_are_cleared_and_never_counted(tmp_path):
+    from auricle.prepared import _remove_stale_partials, prepared_graphs
+
+    folder = tmp_path / "prepared"
+    folder.mkdir()
+    (folder / "small-abc-fp32.onnx").write_bytes(b"graph")
+    old, fresh = folder / "small-abc-fp32.123.partial.onnx", folder / "small-abc-fp32.456.partial.onnx"
+    old.write_bytes(b"killed")
+    fresh.write_bytes(b"under way")
+    os.utime(old, (0, 0))
+    assert prepared_graphs(tmp_path) == [folder / "small-abc-fp32.onnx"]
+    _remove_stale_partials(folder)
+    assert not old.exists() and fresh.exists()

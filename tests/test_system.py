@@ -77,11 +77,11 @@ def test_cpu_model_names_the_generation(tmp_path):
     assert cpu_model(tmp_path / "missing")  # not Linux: still names something
 
 
-def test_the_report_works_without_torch():
+def test_the_report_works_without_torch(tmp_path):
     """An install for exported files only asks `auricle system` whether they can run: it must answer."""
     from no_torch_support import without_torch
 
-    result = without_torch("system", "--json")
+    result = without_torch("system", "--json", AURICLE_CACHE=str(tmp_path))  # a cache with no graph in it
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["torch"] == system.NO_TORCH
@@ -90,3 +90,18 @@ def test_the_report_works_without_torch():
     assert report["auto_precision"] == {"torch": resolve_precision("torch", "auto"),
                                         "onnx": resolve_precision("onnx", "auto")}
     assert report["prepared_graphs"] == 0 and "embed" in report["exported_files"]
+
+
+def test_vector_isa_from_flags_follows_aten(tmp_path, monkeypatch):
+    from auricle.inference.tuning import vector_isa
+
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    cases = {"fpu avx2 fma": "AVX2", "fpu avx2": "DEFAULT", "avx2 fma avx512f": "AVX2",
+             "avx2 fma avx512f avx512vl avx512bw avx512dq": "AVX512"}
+    for flags, expected in cases.items():
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert vector_isa(cpuinfo) == expected, flags
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # caps it, as it caps ATen
+    assert vector_isa(cpuinfo) == "AVX2"
+

@@ -19,11 +19,13 @@ exporting again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +39,8 @@ from auricle.models.registry import DEFAULT_MODEL, model_info
 #: Part of every key: bump it when what a prepared graph computes or carries changes.
 PREPARED_FORMAT = 1
 PRECISIONS = ("fp32", "int8")
+#: The end of an export's name while it is being written.
+PARTIAL = ".partial.onnx"
 
 
 class PrepareError(AuricleError):
@@ -105,23 +109,24 @@ def load_prepared(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | Non
             return ExportedModel(path, threads=threads, streams=streams)
         except CheckpointError:  # damaged (a full disk, a killed copy): prepare it again
             path.unlink(missing_ok=True)
-    _prepare(name, checkpoint, precision, path, announce)
+    _prepare(name, checkpoint, hub_cache, precision, path, announce)
     return ExportedModel(path, threads=threads, streams=streams)
 
 
-def _prepare(name: str, checkpoint: str | os.PathLike | None, precision: str, path: Path,
-             announce: Callable[[str], None] | None) -> None:
+def _prepare(name: str, checkpoint: str | os.PathLike | None, hub_cache: str | os.PathLike | None,
+             precision: str, path: Path, announce: Callable[[str], None] | None) -> None:
     from auricle.export import ExportError, ParityError, export_onnx, quiet_exporter
     from auricle.model import load_model
 
-    model = load_model(name, checkpoint=checkpoint)
-    if announce is not None:
-        announce(f"preparing {model.name} ({precision}) for ONNX Runtime, once: later runs load {path} "
-                 "without torch")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    model = load_model(name, checkpoint=checkpoint, cache_dir=hub_cache)
     # Unique per process: two first runs at once each export and the last rename wins, intact.
-    work = path.with_name(f"{path.stem}.{os.getpid()}.partial.onnx")
+    work = path.with_name(f"{path.stem}.{os.getpid()}{PARTIAL}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(path.parent)
+        if announce is not None:
+            announce(f"preparing {model.name} ({precision}) for ONNX Runtime, once: later runs load {path} "
+                     "without torch")
         with quiet_exporter():
             export_onnx(model, work, int8=precision == "int8", runtime="onnxruntime", piece_embeddings=True)
         os.replace(work, path)
@@ -129,5 +134,24 @@ def _prepare(name: str, checkpoint: str | os.PathLike | None, precision: str, pa
         if isinstance(error, ParityError):  # the same weights would fail the same way: remember it
             path.with_suffix(".failed").write_text(f"{error}\n")
         raise PrepareError(str(error)) from error
+    except OSError as error:  # a read-only or full cache: run without a graph, as the onnx engine does
+        raise PrepareError(f"{path.parent}: cannot keep a prepared graph there ({error.strerror or error})") from None
     finally:
-        work.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # gone once renamed; no folder to be in when mkdir failed
+            work.unlink()
+
+
+def _remove_stale_partials(folder: Path, age_seconds: float = 86400.0) -> None:
+    """Exports a killed process left behind (tens to hundreds of MB each); a day old is surely no one's."""
+    now = time.time()
+    for partial in folder.glob(f"*{PARTIAL}"):
+        try:
+            if now - partial.stat().st_mtime > age_seconds:
+                partial.unlink()
+        except OSError:
+            continue
+
+
+def prepared_graphs(cache: str | os.PathLike | None = None) -> list[Path]:
+    """The graphs prepared in the cache (not exports under way)."""
+    return sorted(path for path in (cache_dir(cache) / "prepared").glob("*.onnx") if not path.name.endswith(PARTIAL))

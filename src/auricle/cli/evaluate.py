@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit, model_options, writable
+from auricle.cli.common import fail, load_model_or_exit, model_options, output_problem, writable
 from auricle.errors import AuricleError
 
 
@@ -36,11 +36,11 @@ from auricle.errors import AuricleError
               help="Events: segment length of the segment-based F1 (s).")
 @click.option("--psds/--no-psds", default=True, show_default=True, help="Events: compute PSDS1 and PSDS2.")
 @click.option("--json", "json_path", default=None, callback=writable(), help="Write the full report as JSON to FILE ('-': stdout, no table).")
-@click.option("--csv", "csv_path", default=None, help="Write the per-class table as CSV to FILE ('-': stdout, no table).")
+@click.option("--csv", "csv_path", default=None, callback=writable(), help="Write the per-class table as CSV to FILE ('-': stdout, no table).")
 @click.option("--plot", "plot_path", default=None, callback=writable(), help="Write per-class bars (AP, or event F1) to this PNG.")
 @click.option("--timeline", "timeline_file", default=None,
               help="Events: plot true vs predicted events of this labelled file over its spectrogram.")
-@click.option("--timeline-png", default="timeline.png", show_default=True, callback=writable(), help="Where --timeline writes its PNG.")
+@click.option("--timeline-png", default="timeline.png", show_default=True, help="Where --timeline writes its PNG.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=None,
               help="Windows per model call [default: 2 per stream, at least 4, on a CPU; 32 on an accelerator].")
 def evaluate_command(labels, events, predictions, model_name, checkpoint, device, threads, split, audio_dir, window,
@@ -61,6 +61,8 @@ def evaluate_command(labels, events, predictions, model_name, checkpoint, device
 
     if timeline_file and not events:
         fail("--timeline needs --events (strong labels)")
+    if timeline_file and output_problem(timeline_png) is not None:  # only written with --timeline
+        fail(output_problem(timeline_png))
     try:
         event_options = EventOptions(median_filter, min_duration, min_gap)
         if events:

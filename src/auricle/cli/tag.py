@@ -41,7 +41,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     from auricle.inference.events import EventOptions
     from auricle.inference.results import Failure
 
-    if resume and (output is None or output_format not in RESUMABLE_FORMATS):
+    if resume and (output is None or output == "-" or output_format not in RESUMABLE_FORMATS):
         fail(f"--resume needs --output FILE with --format {' or '.join(RESUMABLE_FORMATS)}")
     try:
         files = list_audio_files(list(paths), recursive=recursive)
@@ -70,6 +70,8 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         results = model.iter_tag(todo, options, batch_size=batch_size)
 
     appending = resume and os.path.isfile(output) and os.path.getsize(output) > 0
+    if output_format == "csv" and output not in (None, "-") and not resume:
+        ledger_path(output).unlink(missing_ok=True)  # the CSV is written anew: a ledger beside it would lie
     stream = open_output(output, append=resume)
     ledger = open(ledger_path(output), "a", encoding="utf-8") if resume and output_format == "csv" else None
     writer = make_writer(output_format, stream, events=events, appending=appending, ledger=ledger)
@@ -91,9 +93,10 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
             if stream is not sys.stdout:
                 stream.close()
     except OSError as error:
-        if error.filename is not None or stream is sys.stdout:  # not the output's own write: as it comes
+        if error.filename is not None or isinstance(error, BrokenPipeError):  # named, or `| head`: as it comes
             raise
-        fail(f"{output}: cannot write ({error.strerror or error})", code=1)
+        target = "standard output" if stream is sys.stdout else output
+        fail(f"{target}: cannot write ({error.strerror or error})", code=1)
     skipped = f", {len(done.keys() & set(files))} already done" if resume else ""
     summary = f"tagged {len(todo) - failures} of {len(todo)} files{skipped}"
     if failures:

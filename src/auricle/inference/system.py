@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 
 from auricle.cache import cache_dir
+from auricle.prepared import prepared_graphs
 from auricle.inference.tuning import (
     cpu_features,
     cpu_model,
@@ -143,5 +144,5 @@ def system_report() -> SystemReport:
         exported_files=(f"ONNX Runtime {onnxruntime}, without importing torch (tag, evaluate, serve, listen, embed "
                         f"--checkpoint FILE.onnx, or --engine onnx)" if onnxruntime
                         else "need onnxruntime: pip install 'auricle[onnx]'"),
-        prepared_graphs=len(list((cache / "prepared").glob("*.onnx"))),
+        prepared_graphs=len(prepared_graphs(cache)),
     )

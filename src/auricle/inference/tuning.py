@@ -94,9 +94,19 @@ def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuFeatures:
 
 
 def vector_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The widest vector extension the CPU flags name, in ATen's words (AVX512, AVX2, DEFAULT)."""
+    """What ATen's CPU capability would be (AVX512, AVX2, DEFAULT), from the CPU flags, without torch.
+
+    ATen takes AVX512 only with the VL, BW and DQ subsets, each level only with FMA,
+    and ``ATEN_CPU_CAPABILITY`` can cap it lower.
+    """
     flags = _cpu_flags(cpuinfo)
-    return "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "DEFAULT"
+    levels = ["DEFAULT"]
+    if {"avx2", "fma"} <= flags:
+        levels.append("AVX2")
+        if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= flags:
+            levels.append("AVX512")
+    cap = os.environ.get("ATEN_CPU_CAPABILITY", "").upper()
+    return levels[-1] if cap not in levels else levels[levels.index(cap)]
 
 
 def default_threads() -> int:

@@ -131,8 +131,11 @@ class CsvWriter:
                 self.csv.writerow([result.file, rank, tag.index, tag.mid, tag.label, f"{tag.score:.6f}"])
         self.stream.flush()
         if self.ledger is not None:  # after the rows: a file in the ledger has all its rows in the CSV
-            self.ledger.write(json.dumps({"file": result.file, "model": result.model}) + "\n")
-            self.ledger.flush()
+            try:
+                self.ledger.write(json.dumps({"file": result.file, "model": result.model}) + "\n")
+                self.ledger.flush()
+            except OSError as error:  # name the ledger, not the CSV, in the one-line error
+                raise OSError(error.errno, error.strerror, self.ledger.name) from error
 
     def close(self) -> None:
         self.stream.flush()
@@ -170,9 +173,16 @@ def completed_files(path: str | os.PathLike, format: str) -> dict[str, str | Non
         return _finished_records(_whole_lines(Path(path)))
     text = _whole_lines(Path(path))
     rows = list(csv.reader(io.StringIO(text)))
-    if not ledger_path(path).exists():  # written without --resume: a file with rows is done
-        return {row[0]: None for row in rows[1:] if row}
-    done = _finished_records(_whole_lines(ledger_path(path)))
+    ledger = ledger_path(path)
+    if not rows:  # no CSV yet (or an empty one): nothing is done, and a ledger left beside it is stale
+        ledger.unlink(missing_ok=True)
+        return {}
+    if not ledger.exists():  # written without --resume: a file with rows is done (by a model not recorded)
+        done: dict[str, str | None] = {row[0]: None for row in rows[1:] if row}
+        # From now on the ledger speaks for the CSV, so it starts with what the CSV holds.
+        ledger.write_text("".join(json.dumps({"file": file}) + "\n" for file in done), encoding="utf-8")
+        return done
+    done = _finished_records(_whole_lines(ledger))
     # Rows of a file missing from the ledger were cut short by a stop: drop them, it is tagged again.
     kept = rows[:1] + [row for row in rows[1:] if row and row[0] in done]
     if len(kept) < len(rows):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,11 +218,9 @@ def save_checkpoint(
     tmp_weights = path.with_name(path.name + ".tmp")
     tmp_meta = path.with_suffix(".json.tmp")
     save_file(tensors, str(tmp_weights), metadata={"format": FORMAT_NAME})
-    # safetensors creates its file owner-only (0600); give it the mode every other file gets here.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_weights, 0o666 & ~umask)
     tmp_meta.write_text(json.dumps(meta, indent=2))
+    # safetensors creates its file owner-only (0600): give it the mode the JSON got from the umask.
+    os.chmod(tmp_weights, stat.S_IMODE(tmp_meta.stat().st_mode))
     os.replace(tmp_meta, path.with_suffix(".json"))
     os.replace(tmp_weights, path)
     return path
