@@ -462,3 +462,15 @@ def test_a_full_standard_output_is_one_line(inputs, tiny_checkpoint):
                                  str(tiny_checkpoint)], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == "auricle: error: standard output: cannot write (No space left on device)"
+
+
+def test_embed_refuses_an_output_that_names_another_kind_of_file(inputs, tiny_checkpoint, tmp_path):
+    result = run("embed", inputs[0], "--checkpoint", tiny_checkpoint, "--output", tmp_path / "emb.json")
+    assert result.exit_code == 2
+    assert result.stderr == (f"auricle: error: {tmp_path / 'emb.json'}: embeddings are written to a folder (one "
+                             ".npz per file), a .npz or a .npy file, not a .json file\n")
+    assert not (tmp_path / "emb.json").exists()
+    upper = run("embed", inputs[0], "--checkpoint", tiny_checkpoint, "--output", tmp_path / "CLIPS.NPY")
+    assert upper.exit_code == 0, upper.output
+    assert np.load(tmp_path / "CLIPS.NPY").shape == (1, 192)
+

@@ -50,6 +50,19 @@ def _embedded(folder: Path, names: dict[str, str], model: str, weights: str) -> 
 SINGLE_FILE_SUFFIXES = (".npz", ".npy")
 
 
+#: Suffixes of files other tools write: as --output they surely mean a file, not a folder to create.
+FOREIGN_FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".jsonl", ".h5", ".hdf5", ".pt", ".pth", ".pkl",
+                         ".parquet", ".safetensors")
+
+
+def _output(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    suffix = Path(value).suffix.lower()
+    if suffix in FOREIGN_FILE_SUFFIXES and not Path(value).is_dir():
+        fail(f"{value}: embeddings are written to a folder (one .npz per file), a .npz or a .npy file, "
+             f"not a {suffix} file")
+    return writable(folder=suffix not in SINGLE_FILE_SUFFIXES)(ctx, param, value)
+
+
 def _npz_name(file: str, used: set[str]) -> str:
     stem = Path(file).stem or "audio"
     name = f"{stem}.npz"
@@ -62,8 +75,7 @@ def _npz_name(file: str, used: set[str]) -> str:
 @click.command("embed")
 @click.argument("paths", nargs=-1, required=True)
 @model_options
-@click.option("--output", "-o", required=True, callback=lambda ctx, param, value: writable(
-                  folder=Path(value).suffix not in SINGLE_FILE_SUFFIXES)(ctx, param, value),
+@click.option("--output", "-o", required=True, callback=_output,
               help="A folder (one .npz per file plus index.csv), a .npz file (all files), or a .npy file (clip embeddings).")
 @click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,
               help="Search named folders through all sub-folders.")
@@ -90,7 +102,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
     if not files:
         fail("no audio files found in " + " ".join(paths))
     target = Path(output)
-    single_file = target.suffix in SINGLE_FILE_SUFFIXES
+    single_file = target.suffix.lower() in SINGLE_FILE_SUFFIXES
     if resume and single_file:
         fail("--resume needs --output FOLDER (one .npz per file); a single .npz or .npy is written at the end")
     # Each file's .npz name depends only on the file list, so a resumed run finds the same names.
@@ -132,7 +144,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
 
     if single_file and collected:
         clips = np.stack([r.clip for r in collected])
-        if target.suffix == ".npy":
+        if target.suffix.lower() == ".npy":
             # Row i is input i, as documented: nothing else in the file says which row is whose.
             by_file = {result.file: result.clip for result in collected}
             missing = np.full_like(clips[0], np.nan)
