@@ -90,9 +90,9 @@ def load_prepared(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | Non
 
     ``precision``: fp32, int8 or auto (the fastest ONNX Runtime has on this CPU).
     ``announce`` is told, in one line, when an export is about to take a while.
-    Raises :class:`PrepareError` when the graph cannot reproduce the weights (the caller may run
-    them with ``load_model(engine="onnx")``), :class:`~auricle.errors.CheckpointError` for weights
-    that cannot be found or read.
+    Raises :class:`PrepareError` when the graph cannot reproduce the weights, its export breaks or
+    the cache cannot keep it (the caller may run the weights with ``load_model(engine="onnx")``),
+    :class:`~auricle.errors.CheckpointError` for weights that cannot be found or read.
     """
     if importlib.util.find_spec("onnxruntime") is None:
         raise AuricleError("the onnx engine needs onnxruntime: pip install 'auricle[onnx]'")
@@ -108,7 +108,8 @@ def load_prepared(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | Non
         try:
             return ExportedModel(path, threads=threads, streams=streams)
         except CheckpointError:  # damaged (a full disk, a killed copy): prepare it again
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only cache fails the export below, which says so
+                path.unlink()
     _prepare(name, checkpoint, hub_cache, precision, path, announce)
     return ExportedModel(path, threads=threads, streams=streams)
 
