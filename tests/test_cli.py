@@ -367,7 +367,7 @@ def test_resume_refuses_results_of_another_model(inputs, tiny_checkpoint, mini_c
 
 
 def test_outputs_that_cannot_be_written_fail_before_any_work(inputs, tiny_checkpoint, tmp_path):
-    afile = tmp_path / "a.txt"
+    afile = tmp_path / "a-file"
     afile.write_text("")
     cases = [
         (["tag", inputs[0], "-o", afile / "x.json"], f"{afile / 'x.json'}: {afile} is a file, not a folder"),
