@@ -592,6 +592,14 @@ def test_a_single_clip_runs_on_the_calling_thread_with_all_threads(checkpoint, a
 def test_the_last_call_goes_to_a_stream_while_others_are_in_flight(checkpoint, monkeypatch, restore_torch_threads):
     model = load_model(checkpoint=checkpoint, threads=2, streams=2)
     calls = spy_threads(monkeypatch, model.engine)
+    scored = model.engine._probabilities
+
+    def slow(batch, stream=0):  # the first calls stay in flight while the last is handed out
+        if len(batch) == 2:
+            time.sleep(0.5)
+        return scored(batch, stream)
+
+    monkeypatch.setattr(model.engine, "_probabilities", slow)
     windows = [signal("noise", 1.0, seed) for seed in range(5)]  # calls of 2, 2 and a last 1
     within(lambda: model.score_windows(windows))
     assert sorted(size for _, size in calls) == [1, 2, 2]
