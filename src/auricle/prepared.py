@@ -32,6 +32,7 @@ from pathlib import Path
 from auricle.cache import cache_dir
 from auricle.errors import AuricleError, CheckpointError
 from auricle.exported import ExportedModel
+from auricle.inference.ort_sessions import ONNXRUNTIME_MISSING
 from auricle.inference.tuning import fastest_precision
 from auricle.models.files import config_candidates, weights_in_folder
 from auricle.models.registry import DEFAULT_MODEL, model_info
@@ -95,7 +96,7 @@ def load_prepared(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | Non
     :class:`~auricle.errors.CheckpointError` for weights that cannot be found or read.
     """
     if importlib.util.find_spec("onnxruntime") is None:
-        raise AuricleError("the onnx engine needs onnxruntime: pip install 'auricle[onnx]'")
+        raise AuricleError(ONNXRUNTIME_MISSING)
     precision = fastest_precision(engine="onnx") if precision == "auto" else precision
     if precision not in PRECISIONS:
         raise AuricleError(f"a prepared ONNX graph runs fp32 or int8, not {precision}")

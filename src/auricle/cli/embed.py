@@ -109,7 +109,8 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
     used: set[str] = set()
     names = {file: _npz_name(file, used) for file in files}
     model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
-    weights = tagger_key(model)[:16]
+    # Hashing the weights costs a read of them: only for outputs that store it (not .npy).
+    weights = "" if target.suffix.lower() == ".npy" else tagger_key(model)[:16]
     done = _embedded(target, names, model.name, weights) if resume else {}
     todo = [file for file in files if file not in done]
     if not getattr(model, "can_embed", True):

@@ -61,8 +61,8 @@ def evaluate_command(labels, events, predictions, model_name, checkpoint, device
 
     if timeline_file and not events:
         fail("--timeline needs --events (strong labels)")
-    if timeline_file and output_problem(timeline_png) is not None:  # only written with --timeline
-        fail(output_problem(timeline_png))
+    if timeline_file and (problem := output_problem(timeline_png)) is not None:  # only written with --timeline
+        fail(problem)
     try:
         event_options = EventOptions(median_filter, min_duration, min_gap)
         if events:

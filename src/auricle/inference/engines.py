@@ -38,9 +38,7 @@ change (int8 aside, whose activation scale is taken per call: see docs/deploy.md
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
-import json
 import os
 import warnings
 from concurrent.futures import Future
@@ -53,8 +51,9 @@ from torch import nn
 
 from auricle.cache import cache_dir as engine_cache_dir
 from auricle.errors import AuricleError
+from auricle.fingerprints import model_key
 from auricle.inference.fused import PRECISIONS, FusedEncoder, fused_supported
-from auricle.inference.ort_sessions import stream_sessions
+from auricle.inference.ort_sessions import ONNXRUNTIME_MISSING, stream_sessions
 from auricle.inference.streams import StreamPool, run_here, split_bounds
 from auricle.inference.tuning import CpuFeatures, default_batch_size, default_streams, default_threads, fastest_precision
 from auricle.models.ced import CED
@@ -273,7 +272,7 @@ class OnnxEngine(Engine):
         if device.type != "cpu":
             raise EngineError(f"the onnx engine runs on the CPU only, not on {device}")
         if importlib.util.find_spec("onnxruntime") is None:  # checked before the export, which needs it too
-            raise EngineError("the onnx engine needs onnxruntime: pip install 'auricle[onnx]'")
+            raise EngineError(ONNXRUNTIME_MISSING)
         model = encoder_model(network, config.precision == "int8", cache_dir)
         self._sessions = stream_sessions(model, self.threads, self.streams)
 
@@ -294,13 +293,7 @@ class OnnxEngine(Engine):
 
 def weights_digest(network: nn.Module) -> str:
     """A digest of the weights, their names and the encoder config: equal digests, equal functions."""
-    digest = hashlib.sha256()
-    config = getattr(network, "config", None)
-    digest.update(json.dumps(config.to_dict() if config is not None else {}, sort_keys=True).encode())
-    for name, tensor in network.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:20]
+    return model_key(network)[:20]
 
 
 def encoder_model(network: CED, int8: bool, cache_dir: str | os.PathLike | None = None) -> bytes:

@@ -7,6 +7,9 @@ they get their sessions here, so both are set up alike. No torch.
 
 from __future__ import annotations
 
+#: What the onnx engine and prepared graphs say when ONNX Runtime is not installed.
+ONNXRUNTIME_MISSING = "the onnx engine needs onnxruntime: pip install 'auricle[onnx]'"
+
 
 def stream_sessions(model: bytes | str, threads: int, streams: int) -> list:
     """Sessions of ``model`` (serialized bytes or a path) for ``streams`` streams over ``threads`` threads.
