@@ -209,6 +209,28 @@ def test_killed_run_resumes_to_the_same_results(reference_dir, tiny_checkpoint, 
     assert sorted(resumed, key=lambda r: r["file"]) == sorted(reference, key=lambda r: r["file"])
 
 
+def test_a_killed_json_run_leaves_the_earlier_output_whole(reference_dir, tiny_checkpoint, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40):
+        shutil.copy(reference_dir / "inputs" / "b_noise_3p7s.wav", folder / f"clip{i:02d}.wav")
+    out = tmp_path / "tags.json"
+    out.write_text('[{"file": "from an earlier run"}]\n')
+    process = subprocess.Popen([sys.executable, "-m", "auricle", "tag", str(folder), "--checkpoint",
+                                str(tiny_checkpoint), "-f", "json", "-b", "1", "--threads", "1", "-o", str(out)],
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("tags.json.*.tmp")) and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run should have been killed part-way"
+    assert json.loads(out.read_text()) == [{"file": "from an earlier run"}]
+    # The next run writes the whole array.
+    assert run("tag", folder, "--checkpoint", tiny_checkpoint, "-f", "json", "-o", out).exit_code == 0
+    assert len(json.loads(out.read_text())) == 40
+
+
 def test_batching_across_files_matches_one_at_a_time(inputs, tiny_checkpoint):
     batched = json.loads(run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-f", "json", "-b", "16",
                              "--hop", "5", "-k", "10").stdout)

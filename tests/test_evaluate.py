@@ -73,6 +73,10 @@ def test_tagging_metrics_by_hand_from_a_predictions_file(tmp_path):
     assert "Dog" in result.output and "mAP 0.667" in result.output
     assert (tmp_path / "report.csv").read_text().splitlines()[0] == "label,positives,average_precision,auc,d_prime"
     assert (tmp_path / "ap.png").read_bytes().startswith(PNG_MAGIC)
+    # A plot is written in the format its name asks for (it used to be a PNG under any name).
+    assert run("evaluate", tmp_path / "labels.csv", "--predictions", tmp_path / "tags.json",
+               "--plot", tmp_path / "ap.svg").exit_code == 0
+    assert b"<svg" in (tmp_path / "ap.svg").read_bytes()[:1000]
     # --timeline-png is only checked (and written) with --timeline; --csv is checked before any work.
     (tmp_path / "a-folder").mkdir()
     again = run("evaluate", tmp_path / "labels.csv", "--predictions", tmp_path / "tags.json",

@@ -115,7 +115,7 @@ def test_a_damaged_graph_is_prepared_again(weights, cache, files):
     messages = []
     model = load_prepared(checkpoint=weights, announce=messages.append)
     assert len(messages) == 1 and model.path == path and path.stat().st_size == len(intact)
-    assert not list(path.parent.glob("*.partial*"))
+    assert not list(path.parent.glob("*.tmp"))
 
 
 def test_the_key_follows_the_weights_and_their_config(weights, tmp_path):
@@ -229,7 +229,7 @@ def test_stale_partial_exports_are_cleared_and_never_counted(tmp_path):
     folder = tmp_path / "prepared"
     folder.mkdir()
     (folder / "small-abc-fp32.onnx").write_bytes(b"graph")
-    old, fresh = folder / "small-abc-fp32.123.partial.onnx", folder / "small-abc-fp32.456.partial.onnx"
+    old, fresh = folder / "small-abc-fp32.onnx.123.tmp", folder / "small-abc-fp32.onnx.456.tmp"
     old.write_bytes(b"killed")
     fresh.write_bytes(b"under way")
     os.utime(old, (0, 0))

@@ -47,6 +47,7 @@ from auricle.audio import SAMPLE_RATE
 from auricle.errors import AuricleError
 from auricle.exported import read_metadata  # noqa: F401  (where it lived first)
 from auricle.frontend import FrontendConfig, LogMel
+from auricle.io import atomic
 from auricle.models.ced import CED, MIN_SAMPLES
 
 OPSET = 18
@@ -437,9 +438,7 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
                           f"(limit {tolerance:g}); nothing written (raise the limit with --tolerance to accept it)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_bytes(payload)
-    os.replace(partial, out)
+    atomic.write_bytes(out, payload)
     return ExportReport(
         path=str(out), model=model.name, input="log-mel" if mel_input else "waveform", int8=int8, opset=OPSET,
         max_abs_diff=worst, embedding_max_abs_diff=embedding_worst, top5_overlap=float(np.mean(overlaps)),

@@ -34,14 +34,13 @@ from auricle.errors import AuricleError, CheckpointError
 from auricle.exported import ExportedModel
 from auricle.inference.ort_sessions import ONNXRUNTIME_MISSING
 from auricle.inference.tuning import fastest_precision
+from auricle.io import atomic
 from auricle.models.files import config_candidates, weights_in_folder
 from auricle.models.registry import DEFAULT_MODEL, model_info
 
 #: Part of every key: bump it when what a prepared graph computes or carries changes.
 PREPARED_FORMAT = 1
 PRECISIONS = ("fp32", "int8")
-#: The end of an export's name while it is being written.
-PARTIAL = ".partial.onnx"
 
 
 class PrepareError(AuricleError):
@@ -121,32 +120,28 @@ def _prepare(name: str, checkpoint: str | os.PathLike | None, hub_cache: str | o
     from auricle.model import load_model
 
     model = load_model(name, checkpoint=checkpoint, cache_dir=hub_cache)
-    # Unique per process: two first runs at once each export and the last rename wins, intact.
-    work = path.with_name(f"{path.stem}.{os.getpid()}{PARTIAL}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_partials(path.parent)
         if announce is not None:
             announce(f"preparing {model.name} ({precision}) for ONNX Runtime, once: later runs load {path} "
                      "without torch")
+        # The export is written under a name of this process's own, then renamed: two first runs
+        # at once each export, and the last rename wins, intact.
         with quiet_exporter():
-            export_onnx(model, work, int8=precision == "int8", runtime="onnxruntime", piece_embeddings=True)
-        os.replace(work, path)
+            export_onnx(model, path, int8=precision == "int8", runtime="onnxruntime", piece_embeddings=True)
     except ExportError as error:
         if isinstance(error, ParityError):  # the same weights would fail the same way: remember it
             path.with_suffix(".failed").write_text(f"{error}\n")
         raise PrepareError(str(error)) from error
     except OSError as error:  # a read-only or full cache: run without a graph, as the onnx engine does
         raise PrepareError(f"{path.parent}: cannot keep a prepared graph there ({error.strerror or error})") from None
-    finally:
-        with contextlib.suppress(OSError):  # gone once renamed; no folder to be in when mkdir failed
-            work.unlink()
 
 
 def _remove_stale_partials(folder: Path, age_seconds: float = 86400.0) -> None:
     """Exports a killed process left behind (tens to hundreds of MB each); a day old is surely no one's."""
     now = time.time()
-    for partial in folder.glob(f"*{PARTIAL}"):
+    for partial in folder.glob(f"*{atomic.TEMPORARY_MARK}"):
         try:
             if now - partial.stat().st_mtime > age_seconds:
                 partial.unlink()
@@ -156,4 +151,4 @@ def _remove_stale_partials(folder: Path, age_seconds: float = 86400.0) -> None:
 
 def prepared_graphs(cache: str | os.PathLike | None = None) -> list[Path]:
     """The graphs prepared in the cache (not exports under way)."""
-    return sorted(path for path in (cache_dir(cache) / "prepared").glob("*.onnx") if not path.name.endswith(PARTIAL))
+    return sorted((cache_dir(cache) / "prepared").glob("*.onnx"))

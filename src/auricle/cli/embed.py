@@ -7,7 +7,6 @@ import sys
 import csv
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import click
@@ -16,16 +15,14 @@ import numpy as np
 from auricle.cli.common import fail, load_model_or_exit, model_options, writable
 from auricle.errors import AuricleError
 from auricle.fingerprints import tagger_key
+from auricle.io import atomic
 
 
 def _atomic_save(path: Path, save) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as handle:
+        with atomic.replacing(path) as temporary, open(temporary, "wb") as handle:
             save(handle)
-        os.replace(tmp, path)
     except OSError as error:  # a full disk: what was saved before stays, whole
-        tmp.unlink(missing_ok=True)
         fail(f"{path}: cannot write ({error.strerror or error})", code=1)
 
 

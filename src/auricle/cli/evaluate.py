@@ -11,6 +11,7 @@ import click
 
 from auricle.cli.common import fail, load_model_or_exit, model_options, output_problem, writable
 from auricle.errors import AuricleError
+from auricle.io import atomic
 
 
 @click.command("evaluate")
@@ -37,7 +38,7 @@ from auricle.errors import AuricleError
 @click.option("--psds/--no-psds", default=True, show_default=True, help="Events: compute PSDS1 and PSDS2.")
 @click.option("--json", "json_path", default=None, callback=writable(), help="Write the full report as JSON to FILE ('-': stdout, no table).")
 @click.option("--csv", "csv_path", default=None, callback=writable(), help="Write the per-class table as CSV to FILE ('-': stdout, no table).")
-@click.option("--plot", "plot_path", default=None, callback=writable(), help="Write per-class bars (AP, or event F1) to this PNG.")
+@click.option("--plot", "plot_path", default=None, callback=writable(), help="Write per-class bars (AP, or event F1) to this PNG (or .svg, .pdf).")
 @click.option("--timeline", "timeline_file", default=None,
               help="Events: plot true vs predicted events of this labelled file over its spectrogram.")
 @click.option("--timeline-png", default="timeline.png", show_default=True, help="Where --timeline writes its PNG.")
@@ -196,7 +197,6 @@ def _csv(report) -> str:
 
 
 def _write_text(path: str, text: str) -> None:
-    import os
     from pathlib import Path
 
     if path == "-":
@@ -204,9 +204,7 @@ def _write_text(path: str, text: str) -> None:
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, target)
+    atomic.write_text(target, text)
 
 
 def _plot(report, path: str, labels: str) -> None:

@@ -80,9 +80,9 @@ def probe_command(dataset, model_name, checkpoint, device, threads, audio_dir, f
     summary.pop("failures")
     text = json.dumps(summary, indent=2)
     if result is not None:
-        from pathlib import Path
+        from auricle.io import atomic
 
-        Path(result).write_text(text + "\n")
+        atomic.write_text(result, text + "\n")
     click.echo(text)
     if outcome.failures:
         click.echo(f"auricle: {len(outcome.failures)} files failed and were left out", err=True)

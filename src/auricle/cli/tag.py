@@ -72,7 +72,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     appending = resume and os.path.isfile(output) and os.path.getsize(output) > 0
     if output_format == "csv" and output not in (None, "-") and not resume:
         ledger_path(output).unlink(missing_ok=True)  # the CSV is written anew: a ledger beside it would lie
-    stream = open_output(output, append=resume)
+    stream = open_output(output, append=resume, whole=output_format not in RESUMABLE_FORMATS)
     ledger = open(ledger_path(output), "a", encoding="utf-8") if resume and output_format == "csv" else None
     writer = make_writer(output_format, stream, events=events, appending=appending, ledger=ledger)
     show = progress if progress is not None else None

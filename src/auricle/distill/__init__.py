@@ -25,13 +25,10 @@ __all__ = ["DistillError", "write_json_atomic", "read_manifest", "file_sha256"]
 def write_json_atomic(path, payload: dict) -> None:
     """Write JSON to a temporary file beside ``path`` and rename it into place."""
     import json
-    import os
-    from pathlib import Path
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    from auricle.io import atomic
+
+    atomic.write_text(path, json.dumps(payload, indent=1, sort_keys=True))
 
 
 def read_manifest(directory, name: str, format_name: str, what: str) -> dict:

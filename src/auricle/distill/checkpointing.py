@@ -10,7 +10,6 @@ read with ``weights_only=True`` (no pickled code runs).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from auricle.errors import CheckpointError
+from auricle.io import atomic
 
 STATE_FORMAT = "auricle-distill-state"
 STATE_VERSION = 1
@@ -26,9 +26,8 @@ _STATE_NAME = re.compile(r"^state-(\d{8})\.pt$")
 
 def _atomic_torch_save(payload: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    with atomic.replacing(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def state_path(folder: Path, step: int) -> Path:

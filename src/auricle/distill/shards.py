@@ -37,6 +37,7 @@ import soundfile
 from auricle.audio import SAMPLE_RATE, iter_blocks
 from auricle.distill import DistillError, file_sha256, read_manifest, write_json_atomic
 from auricle.errors import AuricleError
+from auricle.io import atomic
 
 MANIFEST = "manifest.json"
 INDEX = "index.csv"
@@ -167,7 +168,7 @@ class _ShardWriter:
 
     def add(self, chunk: Chunk) -> None:
         if self.tar is None:
-            self.tmp = self.out_dir / (shard_name(self.number) + ".tmp")
+            self.tmp = atomic.temporary_sibling(self.out_dir / shard_name(self.number))
             self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
         meta = {"source": chunk.source, "start": chunk.start, "end": chunk.end, "num_samples": chunk.num_samples}
         self.tar.addfile(*_tar_member(f"{chunk.key}.flac", encode_flac(chunk.audio, self.config.subtype)))
@@ -184,9 +185,7 @@ class _ShardWriter:
             return None
         self.tar.close()
         final = self.out_dir / shard_name(self.number)
-        with open(self.tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self.tmp, final)
+        atomic.commit(self.tmp, final, durable=True)
         entry = {"name": final.name, "chunks": self.count, "bytes": final.stat().st_size, "sha256": file_sha256(final)}
         self.tar, self.tmp, self.number, self.count = None, None, self.number + 1, 0
         return entry
@@ -252,7 +251,7 @@ def write_shards(
             path = out / entry["name"]
             if not path.exists() or file_sha256(path) != entry["sha256"]:
                 raise DistillError(f"{path}: missing or checksum mismatch; the shard set is damaged")
-    for stale in out.glob("shard-*.tar.tmp"):
+    for stale in out.glob(f"*{atomic.TEMPORARY_MARK}"):  # what a killed run was writing
         stale.unlink()
     if not state["complete"]:
         _fill_shards(sources, out, config, state, progress, tqdm, on_failure)
@@ -389,8 +388,7 @@ class ShardReader:
 
 
 def _write_index(out: Path, state: dict) -> None:
-    tmp = out / (INDEX + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic.replacing(out / INDEX) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(INDEX_FIELDS)
         for entry in state["shards"]:
@@ -398,7 +396,6 @@ def _write_index(out: Path, state: dict) -> None:
                 for key, member_name in _iter_meta(tar):
                     writer.writerow([key, entry["name"], member_name["source"], member_name["start"],
                                      member_name["end"], member_name["num_samples"]])
-    os.replace(tmp, out / INDEX)
 
 
 def _iter_meta(tar: tarfile.TarFile) -> Iterator[tuple[str, dict]]:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from auricle.distill import DistillError, read_manifest, write_json_atomic
+from auricle.io import atomic
 
 MANIFEST = "manifest.json"
 TARGETS = "targets"
@@ -170,15 +171,10 @@ class TargetStore:
         if indices.size and (indices.min() < 0 or indices.max() > np.iinfo(np.uint16).max):
             raise DistillError(f"{shard} epoch {epoch}: class index out of the uint16 range")
         path = self.unit_path(shard, epoch)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         buffer = io.BytesIO()
         np.savez_compressed(buffer, indices=indices.astype(np.uint16), values=encode_values(probabilities, self.codec),
                             keys_sha256=keys_digest(keys))
-        with open(tmp, "wb") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        atomic.write_bytes(path, buffer.getvalue(), durable=True)
         return path
 
     def read_unit(self, shard: str, epoch: int) -> UnitTargets:

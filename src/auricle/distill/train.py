@@ -40,6 +40,7 @@ from auricle.distill.schedule import Schedule
 from auricle.distill.targets import DEFAULT_FILL, FILL_MODES, expand_topk
 from auricle.distill.views import seed_from, unit_interval
 from auricle.errors import AuricleError, CheckpointError
+from auricle.io import atomic
 from auricle.models.ced import CED, CEDConfig
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -312,12 +313,10 @@ class _Logs:
             with path.open(newline="") as handle:
                 rows = [row for row in csv.DictReader(handle)
                         if row.get("kind", "") != "final" and int(row["step"]) <= resumed_step]
-        temporary = path.with_name(path.name + ".tmp")
-        with temporary.open("w", newline="") as handle:
+        with atomic.replacing(path) as temporary, temporary.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(temporary, path)
 
     def write(self, name: str, columns: tuple[str, ...], row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -582,7 +581,7 @@ class Trainer:
         resumed = self._restore()
         if dist.main:
             self.best.tidy()
-            (self.out / "config.json").write_text(json.dumps(
+            atomic.write_text(self.out / "config.json", json.dumps(
                 {"config": config.to_dict(), "labels": list(self.labels), "steps_per_epoch": self.steps_per_epoch,
                  "total_steps": self.total_steps, "world_size": dist.world, "bf16": self.use_bf16}, indent=2))
         logs = _Logs(self.out, resumed, enabled=dist.main)
@@ -653,7 +652,7 @@ class Trainer:
         scores = self.evaluate("final")
         result.final_scores = {key: value for key, value in scores.items() if not math.isnan(value)}
         logs.write(EVAL_LOG, EVAL_COLUMNS, {"step": self.step, "kind": "final", **scores})
-        (self.out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        atomic.write_text(self.out / "result.json", json.dumps(result.to_dict(), indent=2))
 
 
 class _EvalSet:

@@ -45,6 +45,7 @@ from auricle.audio import SAMPLE_RATE, load_audio
 from auricle.downstream.classification import Scores, score_classification
 from auricle.errors import AuricleError, CheckpointError, DatasetError
 from auricle.frontend import HOP_LENGTH, num_frames
+from auricle.io import atomic
 from auricle.io.datasets import LabelledDataset
 from auricle.models.ced import CED, MIN_SAMPLES
 
@@ -349,9 +350,8 @@ def _broadcast_flag(value: bool, where: Distributed) -> bool:
 
 
 def _atomic_save(payload: dict, path: Path) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    with atomic.replacing(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -525,9 +525,7 @@ def finetune(
     result = FinetuneResult(str(checkpoint_path), classes, best_epoch, len(history), stopped_early,
                             best_scores, test_scores, history)
     if where.main:
-        temporary = output / "result.json.tmp"
-        temporary.write_text(json.dumps(result.to_dict(), indent=2))
-        os.replace(temporary, output / "result.json")
+        atomic.write_text(output / "result.json", json.dumps(result.to_dict(), indent=2))
     return result
 
 

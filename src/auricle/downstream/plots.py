@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from auricle.downstream.eval_metrics import LabelledEvent
+from auricle.io import atomic
 
 _REFERENCE_COLOUR = "#2b8a3e"
 _PREDICTED_COLOUR = "#e8590c"
@@ -30,9 +31,10 @@ def _save(figure, path: str | os.PathLike) -> None:
     """Write atomically, so a crash never leaves half a PNG under the final name."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = path + ".tmp.png"
-    figure.savefig(temporary, dpi=110)
-    os.replace(temporary, path)
+    suffix = os.path.splitext(path)[1][1:].lower()
+    kind = suffix if suffix in figure.canvas.get_supported_filetypes() else "png"  # .svg, .pdf: as named
+    with atomic.replacing(path) as temporary:
+        figure.savefig(temporary, dpi=110, format=kind)
 
 
 def plot_class_bars(

@@ -32,6 +32,7 @@ from auricle.downstream.classification import Scores, score_classification
 from auricle.errors import DatasetError
 from auricle.fingerprints import file_key, model_key
 from auricle.inference.results import Failure
+from auricle.io import atomic
 from auricle.io.datasets import LabelledDataset
 from auricle.models.ced import CED, make_head
 
@@ -105,9 +106,8 @@ class EmbeddingCache:
     def put(self, content_sha256: str, embedding: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(content_sha256)
-        temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(temporary, np.asarray(embedding, dtype=np.float32), allow_pickle=False)
-        os.replace(temporary, path)
+        with atomic.replacing(path) as temporary, open(temporary, "wb") as handle:
+            np.save(handle, np.asarray(embedding, dtype=np.float32), allow_pickle=False)
 
 
 def default_cache_dir() -> Path:

@@ -56,6 +56,7 @@ from auricle.inference.fused import PRECISIONS, FusedEncoder, fused_supported
 from auricle.inference.ort_sessions import ONNXRUNTIME_MISSING, stream_sessions
 from auricle.inference.streams import StreamPool, run_here, split_bounds
 from auricle.inference.tuning import CpuFeatures, default_batch_size, default_streams, default_threads, fastest_precision
+from auricle.io import atomic
 from auricle.models.ced import CED
 
 ENGINES = ("torch", "onnx")
@@ -320,9 +321,7 @@ def encoder_model(network: CED, int8: bool, cache_dir: str | os.PathLike | None 
         payload = ort_graph.encoder_graph(copy.deepcopy(network).float().eval()).SerializeToString()
     try:  # a cache that cannot be written only costs the export next time
         folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        partial.write_bytes(payload)
-        os.replace(partial, path)
+        atomic.write_bytes(path, payload)
     except OSError:
         pass
     return payload

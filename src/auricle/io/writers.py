@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from auricle.inference.results import SCHEMA_VERSION, ClipTags, Failure
+from auricle.io import atomic
 
 FORMATS = ("table", "json", "jsonl", "csv")
 RESUMABLE_FORMATS = ("jsonl", "csv")
@@ -188,9 +189,7 @@ def completed_files(path: str | os.PathLike, format: str) -> dict[str, str | Non
     if len(kept) < len(rows):
         table = io.StringIO()
         csv.writer(table, lineterminator="\n").writerows(kept)
-        partial = Path(f"{path}.partial")
-        partial.write_text(table.getvalue(), encoding="utf-8")
-        os.replace(partial, path)
+        atomic.write_text(path, table.getvalue())
     return done
 
 
@@ -220,8 +219,16 @@ def _whole_lines(path: Path) -> str:
     return data.decode("utf-8")
 
 
-def open_output(path: str | None, append: bool) -> IO[str]:
+def open_output(path: str | None, append: bool, whole: bool = False) -> IO[str]:
+    """Standard output, or the file ``path``.
+
+    ``whole``: the output is only complete at the end (a JSON array, a table), so it is written
+    under a temporary name and replaces ``path`` when closed: a run that is killed leaves an
+    earlier ``path`` as it was. Line formats write in place, as they go, for ``--resume``.
+    """
     if path is None or path == "-":
         return sys.stdout
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if whole and not append:
+        return atomic.TextFile(path)  # type: ignore[return-value]
     return open(path, "a" if append else "w", encoding="utf-8", newline="")

@@ -25,6 +25,7 @@ import torch
 from auricle.errors import CheckpointError
 from auricle.exported import is_exported_file, not_weights
 from auricle.frontend import mel_filterbank
+from auricle.io import atomic
 from auricle.models.ced import CED, CEDConfig
 from auricle.models.files import find_config, weights_in_folder
 from auricle.models.registry import config_for_width
@@ -215,12 +216,10 @@ def save_checkpoint(
         "labels": list(labels) if labels is not None else None,
     }
     tensors = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
-    tmp_weights = path.with_name(path.name + ".tmp")
-    tmp_meta = path.with_suffix(".json.tmp")
-    save_file(tensors, str(tmp_weights), metadata={"format": FORMAT_NAME})
-    tmp_meta.write_text(json.dumps(meta, indent=2))
-    # safetensors creates its file owner-only (0600): give it the mode the JSON got from the umask.
-    os.chmod(tmp_weights, stat.S_IMODE(tmp_meta.stat().st_mode))
-    os.replace(tmp_meta, path.with_suffix(".json"))
-    os.replace(tmp_weights, path)
+    # The JSON is renamed into place first (the inner block ends first), then the weights.
+    with atomic.replacing(path) as tmp_weights, atomic.replacing(path.with_suffix(".json")) as tmp_meta:
+        save_file(tensors, str(tmp_weights), metadata={"format": FORMAT_NAME})
+        tmp_meta.write_text(json.dumps(meta, indent=2))
+        # safetensors creates its file owner-only (0600): give it the mode the JSON got from the umask.
+        os.chmod(tmp_weights, stat.S_IMODE(tmp_meta.stat().st_mode))
     return path

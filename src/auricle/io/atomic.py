@@ -1,0 +1,141 @@
+"""Files that appear whole or not at all: written beside their final name, then renamed over it.
+
+A reader (or a resumed run) therefore sees the old file or the new one, never half of one,
+whatever stops the writer: a crash, ``kill -9``, a full disk.
+
+Only regular files are replaced. A name that is a symbolic link is followed, so the file it
+points to is replaced and the link kept; a device, pipe or socket (``/dev/stdout``,
+``/dev/null``, a FIFO) is written in place, since renaming over it would remove it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+#: Marks a temporary name; resumable jobs remove leftovers of a killed run by it.
+TEMPORARY_MARK = ".tmp"
+
+
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """A name beside ``path`` for writing it, unique to this process: ``NAME.PID.tmp``.
+
+    Unique, so two processes writing one file never share a temporary. The final suffix is
+    hidden on purpose: whatever looks for ``*.safetensors`` or ``*.pt`` in a folder must not
+    take a half-written leftover of a killed run for the real thing. Writers that choose a
+    format by the suffix need to be told it (``savefig(format=...)``, ``np.save`` to a handle).
+    """
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}{TEMPORARY_MARK}")
+
+
+def in_place(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names something other than a regular file (a device, a pipe), to write as it is."""
+    return os.path.exists(path) and not os.path.isfile(path)
+
+
+def _target(path: str | os.PathLike) -> Path:
+    """The regular file to replace: a symbolic link's target (the link stays), else ``path``."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def commit(temporary: str | os.PathLike, path: str | os.PathLike, durable: bool = False) -> None:
+    """Rename a finished ``temporary`` over ``path``.
+
+    ``durable``: flush the data and the rename to disk first, for files a resumed job trusts
+    after a power cut as well as after a crash (costs a disk sync each).
+    """
+    if durable:
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    if durable and hasattr(os, "O_DIRECTORY"):
+        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+@contextmanager
+def replacing(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write; when the block ends normally it replaces ``path``.
+
+    If the block raises, the temporary is removed and ``path`` is left as it was. A device or
+    pipe is yielded itself, to be written in place.
+    """
+    if in_place(path):
+        yield Path(path)
+        return
+    path = _target(path)
+    temporary = temporary_sibling(path)
+    try:
+        yield temporary
+        commit(temporary, path, durable)
+    except BaseException:
+        with suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
+
+
+class TextFile:
+    """A text file that replaces ``path`` when closed, for output that is whole only at the end.
+
+    Until then the old ``path`` (if any) stays as it was; a write or close that fails removes
+    the temporary and leaves ``path`` alone.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        #: None when ``path`` is a device or pipe, written in place.
+        self.temporary: Path | None = None if in_place(path) else temporary_sibling(_target(path))
+        self._handle = open(self.temporary or path, "w", encoding="utf-8", newline="")
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+    def write(self, text: str) -> int:
+        return self._guard(self._handle.write, text)
+
+    def flush(self) -> None:
+        if not self._handle.closed:  # after a failed write: the failure is what the caller reports
+            self._guard(self._handle.flush)
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._guard(self._handle.close)
+            if self.temporary is not None:
+                commit(self.temporary, _target(self.path))
+
+    def _guard(self, call, *args):
+        try:
+            return call(*args)
+        except OSError:
+            with suppress(OSError):
+                self._handle.close()
+            if self.temporary is not None:
+                with suppress(OSError):
+                    self.temporary.unlink(missing_ok=True)
+            raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, durable: bool = False) -> None:
+    with replacing(path, durable) as temporary:
+        temporary.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str, durable: bool = False) -> None:
+    with replacing(path, durable) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+__all__ = ["TEMPORARY_MARK", "TextFile", "commit", "in_place", "replacing", "temporary_sibling", "write_bytes",
+           "write_text"]
