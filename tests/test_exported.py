@@ -99,6 +99,20 @@ def test_tagging_an_exported_file_works_without_torch(exported, weights, files):
     assert refused.stderr.startswith("auricle: error: this needs PyTorch, which is not installed")
 
 
+def test_probabilities_give_back_the_kind_of_array_they_are_given(torch_model, exported):
+    # Swapping weights for an exported file must not change what the caller gets.
+    model = auricle.load_model(checkpoint=exported, threads=1, streams=1)
+    waves = (0.1 * np.random.default_rng(1).standard_normal((2, 16000))).astype(np.float32)
+    for scorer in (torch_model, model):
+        from_numpy, from_tensor = scorer.probabilities(waves), scorer.probabilities(torch.from_numpy(waves))
+        assert type(from_numpy) is np.ndarray and from_numpy.dtype == np.float32 and from_numpy.shape == (2, 527)
+        assert isinstance(from_tensor, torch.Tensor) and from_tensor.dtype == torch.float32
+        np.testing.assert_allclose(from_tensor.numpy(), from_numpy, atol=1e-6)
+        assert scorer.probabilities(waves[0].tolist()).shape == (1, 527)  # one clip, as a list
+        with pytest.raises(ValueError, match=r"expected \(batch, samples\) waveforms, got shape \(1, 2, 16000\)"):
+            scorer.probabilities(waves[None])
+
+
 def test_api_exported_model_scores_as_the_torch_model(torch_model, exported, files):
     model = auricle.load_model(checkpoint=exported, threads=2, streams=2)
     assert isinstance(model, ExportedModel)

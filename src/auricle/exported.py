@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -122,13 +123,22 @@ class ExportedModel(Tagger):
         return self._streams
 
     def probabilities(self, waveforms: np.ndarray) -> np.ndarray:
-        """(batch, samples) 16 kHz clips of equal length -> (batch, classes) float32 probabilities."""
+        """(batch, samples) 16 kHz clips of equal length -> (batch, classes) float32 probabilities.
+
+        A numpy array (or list) in gives a numpy array out; a torch tensor in gives a tensor
+        out, as :meth:`auricle.model.AudioModel.probabilities` does.
+        """
+        torch = sys.modules.get("torch")  # a tensor can only come from a program that imported torch
+        given_tensor = torch is not None and isinstance(waveforms, torch.Tensor)
+        if given_tensor:
+            waveforms = waveforms.detach().cpu().float().numpy()
         batch = np.asarray(waveforms, dtype=np.float32)
         if batch.ndim == 1:
             batch = batch[np.newaxis]
         if batch.ndim != 2:
             raise ValueError(f"expected (batch, samples) waveforms, got shape {batch.shape}")
-        return self._score_now(np.ascontiguousarray(batch))
+        result = self._score_now(np.ascontiguousarray(batch))
+        return torch.from_numpy(result) if given_tensor else result
 
     @property
     def can_embed(self) -> bool:

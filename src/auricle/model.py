@@ -77,16 +77,22 @@ class AudioModel(Tagger):
 
     # -- raw scores ------------------------------------------------------------
     @torch.inference_mode()
-    def probabilities(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """(batch, samples) 16 kHz clips of equal length -> (batch, classes) probabilities.
+    def probabilities(self, waveforms: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+        """(batch, samples) 16 kHz clips of equal length -> (batch, classes) float32 probabilities.
 
-        Each clip is analysed on its own (no batch cross-talk); clips under one
-        patch (0.15 s) are zero-padded.
+        A torch tensor in gives a (CPU) tensor out; anything else, a numpy array, as
+        :meth:`auricle.exported.ExportedModel.probabilities` does, so code does not change
+        with the kind of model file. Each clip is analysed on its own (no batch cross-talk);
+        clips under one patch (0.15 s) are zero-padded.
         """
-        waveforms = torch.as_tensor(waveforms, dtype=torch.float32)
-        if waveforms.dim() == 1:
-            waveforms = waveforms.unsqueeze(0)
-        return self.engine.probabilities(waveforms.to(self.device)).cpu()
+        given_tensor = isinstance(waveforms, torch.Tensor)
+        batch = torch.as_tensor(waveforms, dtype=torch.float32)
+        if batch.dim() == 1:
+            batch = batch.unsqueeze(0)
+        if batch.dim() != 2:
+            raise ValueError(f"expected (batch, samples) waveforms, got shape {tuple(batch.shape)}")
+        result = self.engine.probabilities(batch.to(self.device)).cpu()
+        return result if given_tensor else result.numpy()
 
     @torch.inference_mode()
     def embed_waveform(self, waveform: np.ndarray, name: str = "<array>", batch_size: int | None = None) -> Embeddings:

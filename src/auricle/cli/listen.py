@@ -104,7 +104,7 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
     import numpy as np
 
     def score(samples):
-        return np.asarray(model.probabilities(samples)[0])  # a torch tensor, or numpy from an exported file
+        return np.asarray(model.probabilities(samples)[0])
 
     printer = _Printer(output_format, show_windows)
     compute: list[float] = []
