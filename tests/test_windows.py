@@ -43,7 +43,8 @@ def test_empty_stream_yields_nothing():
     assert list(iter_windows(iter([]), WindowConfig())) == []
 
 
-@pytest.mark.parametrize("window,hop", [(0, None), (10, 0), (10, 11), (-1, None)])
+@pytest.mark.parametrize("window,hop", [(0, None), (10, 0), (10, 11), (-1, None), (float("inf"), None),
+                                        (float("inf"), 1), (float("nan"), None), (10, float("nan"))])
 def test_bad_window_config(window, hop):
     with pytest.raises(ValueError):
         WindowConfig(window, hop)

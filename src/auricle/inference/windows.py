@@ -8,6 +8,7 @@ chunking, except that each window reports its real end time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -24,8 +25,8 @@ class WindowConfig:
     hop_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.window_seconds > 0:
-            raise ValueError(f"window must be positive, got {self.window_seconds}")
+        if not 0 < self.window_seconds < math.inf:
+            raise ValueError(f"window must be a positive number of seconds, got {self.window_seconds}")
         if self.hop_seconds is not None and not 0 < self.hop_seconds <= self.window_seconds:
             raise ValueError(
                 f"hop must be positive and at most the window ({self.window_seconds} s), got {self.hop_seconds}"
