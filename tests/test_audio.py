@@ -6,6 +6,8 @@ PyAV encodes M4A (AAC), WebM (Opus), MKA (PCM) and MP4 (MPEG-4 video + AAC).
 
 from __future__ import annotations
 
+import os
+
 import struct
 from pathlib import Path
 
@@ -645,6 +647,21 @@ def test_list_audio_files_named_files_order_and_duplicates(tree):
     b, a = str(tree / "b.FLAC"), str(tree / "a.wav")
     assert list_audio_files([b, str(tree), f"{tree}/*.wav", a]) == [b, a]
     assert list_audio_files(Path(b)) == [b]  # a single path is not split into characters
+
+
+def test_recursive_globs_do_not_enter_linked_folders(tree, monkeypatch):
+    # Links back up the tree: glob's ** follows them and lists files again at every depth, for minutes.
+    (tree / "sub" / "up").symlink_to(tree)
+    (tree / "self").symlink_to(".")
+    (tree / "same.wav").symlink_to(tree / "a.wav")
+    expected = [str(tree / "a.wav"), str(tree / "b.FLAC"), str(tree / "sub" / "c.mp3"),
+                str(tree / "sub" / "deeper" / "d.ogg")]
+    assert list_audio_files([f"{tree}/**/*.*"]) == expected  # same.wav is a.wav: listed once
+    assert list_audio_files([f"{tree}/**/*.ogg", f"{tree}/**/d.ogg"]) == expected[3:]
+    assert list_audio_files([f"{tree}/**/.hidden.wav"]) == [str(tree / ".hidden.wav")]  # named, as glob does
+    monkeypatch.chdir(tree)
+    assert list_audio_files(["**/*.mp3", "s*/**/d.ogg"]) == [os.path.join("sub", "c.mp3"),
+                                                            os.path.join("sub", "deeper", "d.ogg")]
 
 
 # -- the official resampling of the shared reference -------------------------------------------

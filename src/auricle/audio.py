@@ -21,6 +21,7 @@ message ``"<file>: <cause>"``.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import math
 import os
@@ -177,6 +178,29 @@ def prepare_waveform(
     return np.concatenate(pieces)
 
 
+def prepare_batch(waveforms: np.ndarray | torch.Tensor, name: str = "<batch>") -> np.ndarray:
+    """(batch, samples) clips at 16 kHz, or one clip (samples), as float32 (batch, samples).
+
+    Integer samples are scaled as :func:`prepare_waveform` scales them; NaN or Inf, an
+    empty batch and more clips than samples (surely a (samples, channels) signal) are refused.
+    """
+    array = _as_numpy(waveforms, name)
+    if array.ndim == 1:
+        array = array[np.newaxis]
+    if array.ndim != 2:
+        raise AudioError(f"{name}: expected (batch, samples) waveforms, got shape {tuple(array.shape)}")
+    clips, samples = array.shape
+    if clips == 0 or samples == 0:
+        raise AudioError(f"{name}: no audio samples (shape {tuple(array.shape)})")
+    if clips > samples:
+        raise AudioError(f"{name}: (batch, samples) waveforms but shape {tuple(array.shape)} has more clips than "
+                         "samples; a (samples, channels) signal? give one mono clip per row")
+    batch = _to_float(array, name)
+    if not np.isfinite(batch).all():
+        raise AudioError(f"{name}: contains NaN or Inf samples")
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
 def list_audio_files(paths: Sequence[str | os.PathLike], recursive: bool = False) -> list[str]:
     """Expand files, folders and glob patterns into a list of files to decode.
 
@@ -187,14 +211,15 @@ def list_audio_files(paths: Sequence[str | os.PathLike], recursive: bool = False
       (:data:`AUDIO_EXTENSIONS`, any case) directly inside it, or in its whole
       tree with ``recursive=True``; hidden files and folders (".name", such as
       macOS "._x.wav" resource forks) are skipped.
-    - A glob pattern (``*.wav``, ``clips/**/*.flac``; ``**`` always recurses)
+    - A glob pattern (``*.wav``, ``clips/**/*.flac``; ``**`` always recurses, as
+      ``recursive=True`` does, without entering linked folders)
       contributes its matches; matched folders are expanded as above, and when
       the pattern ends in a wildcard (``clips/*``) only known audio extensions
       are kept. A pattern matching nothing raises ``AudioError("<pattern>: no
       files match")``.
 
     Each argument's expansion is sorted; arguments keep their order; a file
-    reached twice is listed once, where first reached.
+    reached twice (also through a link) is listed once, where first reached.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -203,7 +228,7 @@ def list_audio_files(paths: Sequence[str | os.PathLike], recursive: bool = False
 
     def add(candidates: Iterable[str]) -> None:
         for candidate in candidates:
-            key = os.path.normcase(os.path.abspath(candidate))
+            key = os.path.normcase(os.path.realpath(candidate))  # one file through two links is one file
             if key not in seen:
                 seen.add(key)
                 found.append(candidate)
@@ -609,11 +634,51 @@ def _folder_files(folder: str, recursive: bool) -> list[str]:
     return sorted(files)
 
 
+def _match_parts(pattern: Sequence[str], parts: Sequence[str]) -> bool:
+    """Whether path components match pattern components (``**``: any number of them), as glob matches."""
+    if not pattern:
+        return not parts
+    head, tail = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_match_parts(tail, parts[start:]) for start in range(len(parts) + 1))
+    return (bool(parts) and fnmatch.fnmatchcase(parts[0], head)
+            and (head.startswith(".") or not parts[0].startswith("."))  # as glob: * skips hidden names
+            and _match_parts(tail, parts[1:]))
+
+
+def _recursive_glob(pattern: str) -> list[str]:
+    """``glob(pattern, recursive=True)`` without entering linked folders.
+
+    glob's ``**`` follows symbolic links to folders, so a link to a parent folder repeats
+    every file under it, level after level, until paths get too long (minutes, for a few
+    loops). Here ``**`` walks the tree as ``tag -r`` does: a linked folder can be matched,
+    never entered.
+    """
+    parts = pattern.split(os.sep)
+    literal = 0
+    while literal < len(parts) - 1 and not _GLOB_CHARS & set(parts[literal]):
+        literal += 1
+    root = os.sep.join(parts[:literal]) if literal else ""
+    if root == "" and pattern.startswith(os.sep):
+        root = os.sep
+    wanted = [part for part in parts[literal:] if part != ""]
+    matches = []
+    for folder, folders, names in os.walk(root or os.curdir):
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        relative = os.path.relpath(folder, root or os.curdir)
+        inside = [] if relative == os.curdir else relative.split(os.sep)
+        for name in folders + names:
+            if _match_parts(wanted, [*inside, name]):
+                matches.append(os.path.join(root, *inside, name) if root else os.path.join(*inside, name))
+    return matches
+
+
 def _glob_files(pattern: str, recursive: bool) -> list[str]:
     extension = os.path.splitext(os.path.basename(pattern))[1]
     any_extension = bool(extension) and not _GLOB_CHARS & set(extension)
     files = []
-    for match in sorted(glob.glob(pattern, recursive=True)):
+    found = _recursive_glob(pattern) if "**" in pattern.split(os.sep) else glob.glob(pattern)
+    for match in sorted(found):
         if os.path.isdir(match):
             files.extend(_folder_files(match, recursive))
         elif any_extension or _is_audio_name(match):
