@@ -338,6 +338,83 @@ def test_embed_resumes_a_folder_where_it_stopped(inputs, tiny_checkpoint, tmp_pa
     assert refused.exit_code == 2 and "--resume needs --output FOLDER" in refused.stderr
 
 
+def test_embed_never_gives_one_files_npz_name_to_another(inputs, tiny_checkpoint, tmp_path):
+    # Two recordings named x.wav in different folders: the second gets a hashed name.
+    for folder, source in (("a", inputs[0]), ("b", inputs[2])):
+        (tmp_path / folder).mkdir()
+        shutil.copy(source, tmp_path / folder / "x.wav")
+    a, b = str(tmp_path / "a" / "x.wav"), str(tmp_path / "b" / "x.wav")
+    out = tmp_path / "emb"
+    assert run("embed", a, b, "--checkpoint", tiny_checkpoint, "--output", out).exit_code == 0
+    names = {row["file"]: row["npz"] for row in csv.DictReader((out / "index.csv").open())}
+    assert names[a] == "x.npz" and names[b].startswith("x-")
+    a_clip = np.load(out / "x.npz")["clip"]
+    # A later run over b alone finds it under its name instead of writing it over a's x.npz.
+    result = run("embed", b, "--checkpoint", tiny_checkpoint, "--output", out, "--resume")
+    assert result.exit_code == 0 and "1 already done" in result.stderr
+    assert str(np.load(out / "x.npz")["path"]) == a and np.array_equal(np.load(out / "x.npz")["clip"], a_clip)
+    # Not resumed, b is embedded again, still under its own name; a's file stays.
+    assert run("embed", b, "--checkpoint", tiny_checkpoint, "--output", out).exit_code == 0
+    assert str(np.load(out / "x.npz")["path"]) == a and str(np.load(out / names[b])["path"]) == b
+    # The resumed run's index still lists both files.
+    again = run("embed", b, "--checkpoint", tiny_checkpoint, "--output", out, "--resume")
+    assert again.exit_code == 0
+    assert {row["file"]: row["npz"] for row in csv.DictReader((out / "index.csv").open())} == names
+
+
+def test_tag_never_writes_its_results_over_a_recording(inputs, tiny_checkpoint, tmp_path):
+    first, second = tmp_path / "x1.wav", tmp_path / "x2.wav"
+    shutil.copy(inputs[0], first)
+    shutil.copy(inputs[0], second)
+    before = second.read_bytes()
+    # `-o x1.wav x2.wav` meant two recordings.
+    result = run("tag", "--checkpoint", tiny_checkpoint, "-o", second, first)
+    assert result.exit_code == 2 and second.read_bytes() == before
+    assert result.stderr.strip() == (f"auricle: error: {second}: --output takes the results file, not a .wav "
+                                     "recording; to tag it, list it without -o")
+    take = tmp_path / "take.raw"  # named files are decoded whatever their suffix
+    take.write_bytes(before)
+    result = run("tag", take, "--checkpoint", tiny_checkpoint, "-f", "jsonl", "-o", take)
+    assert result.exit_code == 2 and take.read_bytes() == before
+    assert "is one of the files to tag" in result.stderr
+
+
+def test_csv_resume_refuses_the_other_layout(inputs, tiny_checkpoint, tmp_path):
+    out = tmp_path / "tags.csv"
+    assert run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "-f", "csv", "-o", out, "--resume").exit_code == 0
+    before = out.read_text()
+    result = run("tag", *inputs[:2], "--checkpoint", tiny_checkpoint, "-f", "csv", "-o", out, "--resume", "--events")
+    assert result.exit_code == 2 and out.read_text() == before
+    assert result.stderr.strip() == (f"auricle: error: {out}: holds clip tags, not events; resume with the same "
+                                     "--events setting, or write to another file")
+
+
+def test_audio_that_overflows_the_spectrogram_fails_in_one_line(inputs, tiny_checkpoint, tmp_path):
+    loud = tmp_path / "loud.wav"  # finite float samples, but their power overflows float32
+    sf.write(loud, (1e19 * np.sin(np.arange(16000) / 10)).astype(np.float32), 16000, subtype="FLOAT")
+    out = tmp_path / "tags.jsonl"
+    result = run("tag", loud, inputs[0], "--checkpoint", tiny_checkpoint, "-f", "jsonl", "-o", out)
+    assert result.exit_code == 1
+    expected = f"{loud}: the model's output is not finite: samples far beyond full scale (±1) overflow the spectrogram"
+    assert f"auricle: error: {expected}" in result.stderr.splitlines()
+    records = [json.loads(line) for line in out.read_text().splitlines()]  # valid JSON: no NaN scores
+    assert records[0] == {"schema_version": 1, "file": str(loud), "error": expected}
+    assert records[1]["file"] == inputs[0] and records[1]["tags"]
+    embedded = run("embed", loud, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "emb")
+    assert embedded.exit_code == 1 and expected in embedded.stderr
+
+
+def test_a_list_of_arrays_is_tagged_at_its_sample_rate(tiny_model):
+    tone = np.sin(2 * np.pi * 440 * np.arange(8000) / 8000).astype(np.float32)
+    results = tiny_model.tag([tone, tone], sample_rate=8000, top_k=3)
+    alone = tiny_model.tag(tone, sample_rate=8000, top_k=3)
+    assert [r.file for r in results] == ["<array 0>", "<array 1>"]
+    assert results[0].duration == alone.duration == pytest.approx(1.0)
+    assert [t.index for t in results[1].tags] == [t.index for t in alone.tags]
+    with pytest.raises(ValueError, match="need their sample_rate"):
+        tiny_model.tag([tone])
+
+
 def test_when_no_input_exists_no_model_is_loaded(tmp_path):
     """A mistyped path fails at once, as it would after loading (here the model could not even be loaded)."""
     result = run("tag", tmp_path / "nope.wav", tmp_path / "nada.flac", "--checkpoint", tmp_path / "no-model.pt",

@@ -109,8 +109,16 @@ def test_probabilities_give_back_the_kind_of_array_they_are_given(torch_model, e
         assert isinstance(from_tensor, torch.Tensor) and from_tensor.dtype == torch.float32
         np.testing.assert_allclose(from_tensor.numpy(), from_numpy, atol=1e-6)
         assert scorer.probabilities(waves[0].tolist()).shape == (1, 527)  # one clip, as a list
-        with pytest.raises(ValueError, match=r"expected \(batch, samples\) waveforms, got shape \(1, 2, 16000\)"):
-            scorer.probabilities(waves[None])
+        # Integer samples are scaled by their full scale, as tag() scales them.
+        as_int16 = np.round(waves * 32767).astype(np.int16)
+        np.testing.assert_allclose(scorer.probabilities(as_int16), scorer.probabilities(as_int16 / np.float32(32768)),
+                                   atol=1e-6)
+        for bad, message in [(waves[None], r"expected \(batch, samples\) waveforms, got shape \(1, 2, 16000\)"),
+                             (np.full((1, 800), np.nan, np.float32), "contains NaN or Inf samples"),
+                             (waves.T.copy(), "has more clips than samples; a \\(samples, channels\\) signal"),
+                             (np.zeros((0, 800), np.float32), "no audio samples")]:
+            with pytest.raises(AuricleError, match=message):
+                scorer.probabilities(bad)
 
 
 def test_api_exported_model_scores_as_the_torch_model(torch_model, exported, files):

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from auricle.audio import SAMPLE_RATE
+from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
 from auricle.errors import AuricleError, CheckpointError
-from auricle.inference.pipeline import Tagger, file_blocks
+from auricle.inference.pipeline import Tagger, file_blocks, finite_embeddings
 from auricle.inference.results import Embeddings
 from auricle.inference.ort_sessions import stream_sessions
 from auricle.inference.piece_rows import Framing, InexactRows, MelPeaks, Row, loudest_frame, rows
@@ -130,14 +130,7 @@ class ExportedModel(Tagger):
         """
         torch = sys.modules.get("torch")  # a tensor can only come from a program that imported torch
         given_tensor = torch is not None and isinstance(waveforms, torch.Tensor)
-        if given_tensor:
-            waveforms = waveforms.detach().cpu().float().numpy()
-        batch = np.asarray(waveforms, dtype=np.float32)
-        if batch.ndim == 1:
-            batch = batch[np.newaxis]
-        if batch.ndim != 2:
-            raise ValueError(f"expected (batch, samples) waveforms, got shape {batch.shape}")
-        result = self._score_now(np.ascontiguousarray(batch))
+        result = self._score_now(prepare_batch(waveforms))
         return torch.from_numpy(result) if given_tensor else result
 
     @property
@@ -152,7 +145,8 @@ class ExportedModel(Tagger):
         results of one call (:mod:`auricle.inference.piece_rows`). ``batch_size`` is
         accepted for the shared signature and unused.
         """
-        return self._embeddings(name, lambda: [np.asarray(waveform, dtype=np.float32)])
+        waveform = prepare_waveform(waveform, SAMPLE_RATE, name)  # integers scaled, NaN refused, as tag() does
+        return finite_embeddings(self._embeddings(name, lambda: [waveform]))
 
     def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
         # A long file is decoded twice (loudest frame, then rows) rather than held whole.

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auricle.audio import SAMPLE_RATE, AudioError
+from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
 from auricle.errors import CheckpointError
 from auricle.exported import ExportedModel, is_exported_file, load_exported
 from auricle.frontend import HOP_LENGTH
 from auricle.inference.embedding import token_means
 from auricle.inference.engines import Engine, EngineConfig, make_engine, resolve_precision
-from auricle.inference.pipeline import Tagger, file_blocks
+from auricle.inference.pipeline import Tagger, file_blocks, finite_embeddings
 from auricle.inference.results import Embeddings
 from auricle.inference.streams import StreamPool
 from auricle.labels import LabelSet, audioset_labels
@@ -86,11 +86,7 @@ class AudioModel(Tagger):
         clips under one patch (0.15 s) are zero-padded.
         """
         given_tensor = isinstance(waveforms, torch.Tensor)
-        batch = torch.as_tensor(waveforms, dtype=torch.float32)
-        if batch.dim() == 1:
-            batch = batch.unsqueeze(0)
-        if batch.dim() != 2:
-            raise ValueError(f"expected (batch, samples) waveforms, got shape {tuple(batch.shape)}")
+        batch = torch.from_numpy(prepare_batch(waveforms))
         result = self.engine.probabilities(batch.to(self.device)).cpu()
         return result if given_tensor else result.numpy()
 
@@ -102,9 +98,8 @@ class AudioModel(Tagger):
         1012-frame pieces (10.12 s, the last zero-padded after normalisation);
         ``clip`` is the mean of all tokens, ``windows`` the mean per piece.
         """
-        if len(waveform) == 0:
-            raise AudioError(f"{name}: no audio samples")
-        return self._embeddings(name, lambda: [waveform], batch_size)
+        waveform = prepare_waveform(waveform, SAMPLE_RATE, name)  # integers scaled, NaN refused, as tag() does
+        return finite_embeddings(self._embeddings(name, lambda: [waveform], batch_size))
 
     def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
         # Streamed: a long recording is never held whole, and may be read twice (auricle.inference.embedding).

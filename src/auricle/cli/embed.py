@@ -60,13 +60,37 @@ def _output(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return writable(folder=suffix not in SINGLE_FILE_SUFFIXES)(ctx, param, value)
 
 
-def _npz_name(file: str, used: set[str]) -> str:
+def _npz_name(file: str, used: set[str], folder: Path) -> str:
+    """``STEM.npz``, or ``STEM-HASH.npz`` (a hash of the path) when that name is taken.
+
+    Taken means given to another file of this run, or already holding another file's
+    embeddings in ``folder``: so a run over fewer or other files never overwrites them,
+    and a resumed run finds each file under the name it had.
+    """
     stem = Path(file).stem or "audio"
     name = f"{stem}.npz"
-    if name in used:  # same stem in different folders
+    if name in used or _holds_another_file(folder / name, file):  # same stem in different folders
         name = f"{stem}-{hashlib.sha1(file.encode()).hexdigest()[:8]}.npz"
     used.add(name)
     return name
+
+
+def _holds_another_file(path: Path, file: str) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return str(saved["path"]) != file
+    except (OSError, ValueError, KeyError):  # nothing there, or nothing whole: free to write
+        return False
+
+
+def _index_rows(folder: Path) -> dict[str, list]:
+    """The rows of an earlier run's ``index.csv`` whose .npz is still there."""
+    try:
+        with open(folder / "index.csv", newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))[1:]
+    except OSError:
+        return {}
+    return {row[0]: row for row in rows if len(row) == 4 and (folder / row[1]).is_file()}
 
 
 @click.command("embed")
@@ -102,9 +126,8 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
     single_file = target.suffix.lower() in SINGLE_FILE_SUFFIXES
     if resume and single_file:
         fail("--resume needs --output FOLDER (one .npz per file); a single .npz or .npy is written at the end")
-    # Each file's .npz name depends only on the file list, so a resumed run finds the same names.
     used: set[str] = set()
-    names = {file: _npz_name(file, used) for file in files}
+    names = {} if single_file else {file: _npz_name(file, used, target) for file in files}
     model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
     # Hashing the weights costs a read of them: only for outputs that store it (not .npy).
     weights = "" if target.suffix.lower() == ".npy" else tagger_key(model)[:16]
@@ -119,7 +142,11 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
         target.mkdir(parents=True, exist_ok=True)
 
     collected = []
-    index_rows = dict(done)
+    # The index describes the folder: files an earlier run over other inputs embedded stay listed.
+    owner = {name: file for file, name in names.items()}
+    earlier = {file: row for file, row in _index_rows(target).items()
+               if file not in names and owner.get(row[1], file) == file}
+    index_rows = {**earlier, **done}
     failures = 0
     bar = tqdm(total=len(todo), unit="file", disable=len(todo) < 2 or None, file=sys.stderr)
     for result in model.iter_embed(todo, batch_size=batch_size):
@@ -165,7 +192,8 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
         writer.writerow(["file", "npz", "duration", "windows"])
-        writer.writerows(index_rows[file] for file in files if file in index_rows)
+        order = [*files, *sorted(index_rows.keys() - set(files))]
+        writer.writerows(index_rows[file] for file in order if file in index_rows)
         _atomic_save(target / "index.csv", lambda handle: handle.write(table.getvalue().encode()))
     skipped = f", {len(done)} already done" if resume else ""
     message = f"embedded {len(todo) - failures} of {len(todo)} files into {target}{skipped}"

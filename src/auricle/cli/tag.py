@@ -50,6 +50,10 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         fail(str(error))
     if not files:
         fail("no audio files found in " + " ".join(paths))
+    if output is not None and output != "-":
+        _refuse_an_input_as_output(output, files)
+    if resume and output_format == "csv":
+        _refuse_another_csv_layout(output, events)
     done = completed_files(output, output_format) if resume else {}
     todo = [f for f in files if f not in done]
 
@@ -104,3 +108,32 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         raise SystemExit(1)
     if len(todo) > 1 or output is not None:
         click.echo(f"auricle: {summary}", err=True)
+
+
+def _refuse_an_input_as_output(output: str, files: list[str]) -> None:
+    """``-o x1.wav x2.wav`` meant two recordings: writing results there would destroy one."""
+    from auricle.audio import AUDIO_EXTENSIONS
+
+    suffix = os.path.splitext(output)[1].lower()
+    if suffix in AUDIO_EXTENSIONS:
+        fail(f"{output}: --output takes the results file, not a {suffix} recording; to tag it, list it without -o")
+    if os.path.exists(output):
+        real = os.path.realpath(output)
+        if any(os.path.realpath(file) == real for file in files):
+            fail(f"{output}: is one of the files to tag; write the results to another file")
+
+
+def _refuse_another_csv_layout(output: str, events: bool) -> None:
+    """Clip-tag rows and event rows in one CSV would be neither table."""
+    from auricle.io.writers import EVENT_CSV_HEADER, TAG_CSV_HEADER
+
+    try:
+        with open(output, encoding="utf-8", newline="") as handle:
+            header = handle.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return  # absent: a new file; unreadable: reported when it is opened
+    if header and header != ",".join(EVENT_CSV_HEADER if events else TAG_CSV_HEADER):
+        holds = "events" if header == ",".join(EVENT_CSV_HEADER) else "clip tags" if header == ",".join(
+            TAG_CSV_HEADER) else f"another table ({header[:60]})"
+        fail(f"{output}: holds {holds}, not {'events' if events else 'clip tags'}; resume with the same --events "
+             f"setting, or write to another file")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from auricle.audio import SAMPLE_RATE, audio_info, iter_blocks, load_audio, prepare_waveform
+from auricle.audio import SAMPLE_RATE, AudioError, audio_info, iter_blocks, load_audio, prepare_waveform
 from auricle.errors import AuricleError
 from auricle.inference.events import EventOptions
 from auricle.inference.streams import StreamPool
@@ -34,6 +34,17 @@ from auricle.inference.tagging import ClassSpace, TagOptions, summarize
 from auricle.inference.windows import WindowConfig, iter_windows
 from auricle.labels import LabelSet
 from auricle.profiles import Profile, load_profile
+
+
+#: Why a finite signal got NaN scores: its spectrogram's power overflowed float32 (samples beyond ~1e16).
+NOT_FINITE = "the model's output is not finite: samples far beyond full scale (±1) overflow the spectrogram"
+
+
+def finite_embeddings(result: Embeddings) -> Embeddings:
+    """``result``, or an AudioError if overflow made it NaN (a row of NaN would pass for a result)."""
+    if not (np.isfinite(result.clip).all() and np.isfinite(result.windows).all()):
+        raise AudioError(f"{result.file}: {NOT_FINITE}")
+    return result
 
 
 def is_array(source: object) -> bool:
@@ -100,7 +111,7 @@ class Tagger:
             if sample_rate is None:
                 raise ValueError("a waveform array needs its sample_rate")
             return self.embed_waveform(prepare_waveform(source, sample_rate), batch_size=batch_size)
-        return self._embed_file(source, batch_size)
+        return finite_embeddings(self._embed_file(source, batch_size))
 
     def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
         """Embeddings of a file; models that can stream a long recording override this."""
@@ -156,7 +167,7 @@ class Tagger:
     @staticmethod
     def _embed_or_failure(embed, source) -> Embeddings | Failure:
         try:
-            return embed()
+            return finite_embeddings(embed())
         except AuricleError as error:
             return Failure(str(source), str(error))
 
@@ -228,8 +239,16 @@ class Tagger:
             return self._only(self.iter_tag([waveform], options, batch_size, names=["<array>"]))
         if isinstance(source, (str, os.PathLike)):
             return self._only(self.iter_tag([source], options, batch_size))
+        sources = list(source)
+        names = None
+        if any(is_array(item) for item in sources):  # arrays in a list are resampled and named as one alone is
+            if sample_rate is None:
+                raise ValueError("waveform arrays need their sample_rate")
+            names = [f"<array {i}>" if is_array(item) else str(item) for i, item in enumerate(sources)]
+            sources = [prepare_waveform(item, sample_rate, name) if is_array(item) else item
+                       for item, name in zip(sources, names)]
         results = []
-        for result in self.iter_tag(list(source), options, batch_size):
+        for result in self.iter_tag(sources, options, batch_size, names=names):
             if isinstance(result, Failure):
                 raise AuricleError(result.error)
             results.append(result)
@@ -281,6 +300,9 @@ class Tagger:
                     continue
                 bounds = np.array([state.starts, state.ends], dtype=float).T / SAMPLE_RATE
                 probabilities = np.stack([state.rows[i] for i in range(len(state.starts))])
+                if not np.isfinite(probabilities).all():
+                    yield Failure(state.name, f"{state.name}: {NOT_FINITE}")
+                    continue
                 yield summarize(
                     state.name, state.ends[-1] / SAMPLE_RATE, self.name, bounds, probabilities, space, options
                 )
