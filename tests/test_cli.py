@@ -415,6 +415,18 @@ def test_a_list_of_arrays_is_tagged_at_its_sample_rate(tiny_model):
         tiny_model.tag([tone])
 
 
+def test_a_device_that_cannot_be_used_is_one_line(inputs, tiny_checkpoint):
+    import torch
+
+    cases = [("gpu", "--device gpu: not a device; use cpu, cuda, cuda:N or mps"),
+             ("xla", "--device xla: auricle runs on cpu, cuda or mps, not xla")]
+    if not torch.backends.cuda.is_built():  # the CPU wheel these tests run on
+        cases.append(("cuda", "--device cuda: this PyTorch is a CPU-only build (no CUDA); use --device cpu"))
+    for device, message in cases:
+        result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--device", device)
+        assert result.exit_code == 2 and result.stderr == f"auricle: error: {message}\n", result.stderr
+
+
 def test_when_no_input_exists_no_model_is_loaded(tmp_path):
     """A mistyped path fails at once, as it would after loading (here the model could not even be loaded)."""
     result = run("tag", tmp_path / "nope.wav", tmp_path / "nada.flac", "--checkpoint", tmp_path / "no-model.pt",

@@ -60,6 +60,30 @@ def test_finetune_trains_saves_and_the_result_tags(tones, tmp_path):
     assert sum(tag["score"] for tag in tags["tags"]) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_files_that_cannot_be_decoded_are_left_out_and_reported(tones, tmp_path):
+    import shutil
+
+    manifest, encoder = tones
+    data = tmp_path / "data"
+    shutil.copytree(manifest.parent, data, ignore=shutil.ignore_patterns("*.safetensors", "*.json"))
+    (data / "low" / "broken.wav").write_bytes(b"RIFF, but nothing after it")
+    (data / "high" / "empty.wav").write_bytes(b"")
+    with (data / "tones.csv").open("a") as handle:
+        handle.write("low/broken.wav,low,train\nhigh/empty.wav,high,test\n")
+    output = tmp_path / "run"
+    result = _finetune(data / "tones.csv", encoder, output, "--epochs", "1", "--valid-fraction", "0.2")
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("auricle: error:")]
+    assert len(errors) == 2 and all(line.endswith("(left out)") for line in errors)
+    assert "broken.wav" in errors[0] and "empty.wav" in errors[1]
+    assert result.stderr.splitlines()[-1] == ("auricle: 2 files could not be decoded and were left out "
+                                              "(listed in result.json)")
+    summary = json.loads(result.stdout)  # trained and scored on the rest
+    assert summary["epochs_run"] == 1 and summary["test"]["examples"] == 6
+    assert len(json.loads((output / "result.json").read_text())["failures"]) == 2
+    assert (output / "model.safetensors").is_file()
+
+
 def test_resume_continues_exactly_where_it_stopped(tones, tmp_path):
     manifest, encoder = tones
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"

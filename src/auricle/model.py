@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
+from auricle.devices import torch_device
 from auricle.errors import CheckpointError
 from auricle.exported import ExportedModel, is_exported_file, load_exported
 from auricle.frontend import HOP_LENGTH
@@ -149,6 +150,7 @@ def load_model(
         return load_exported(checkpoint, device=str(device), engine=None if engine == "torch" else engine,
                              precision=None if precision == "fp32" else precision, threads=threads, streams=streams)
     # fails before any weights are read
+    device = torch_device(device)
     engine_config = EngineConfig(engine, resolve_precision(engine, precision, device), threads, streams)
     if checkpoint is None:
         from auricle.models.hub import fetch_weights

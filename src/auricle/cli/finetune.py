@@ -111,3 +111,6 @@ def finetune_command(dataset, output, model_name, checkpoint, from_scratch, audi
     summary = {"checkpoint": result.checkpoint, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                "validation": result.validation, "test": result.test}
     click.echo(json.dumps(summary, indent=2))
+    if result.failures:
+        say(f"{len(result.failures)} files could not be decoded and were left out (listed in result.json)")
+        raise SystemExit(1)

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auricle.audio import SAMPLE_RATE, load_audio
+from auricle.devices import torch_device
 from auricle.downstream.classification import Scores, score_classification
 from auricle.errors import AuricleError, CheckpointError, DatasetError
 from auricle.frontend import HOP_LENGTH, num_frames
@@ -116,6 +117,8 @@ class FinetuneResult:
     validation: dict
     test: dict | None
     history: list[EpochRecord] = field(default_factory=list)
+    #: Files that could not be decoded and were left out, one line each.
+    failures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -284,6 +287,23 @@ def load_waveforms(dataset: LabelledDataset, progress: bool = False) -> list[np.
     return waveforms
 
 
+def readable(dataset: LabelledDataset, failed: list[str], log: Callable[[str], None],
+             progress: bool = False) -> tuple[LabelledDataset, list[np.ndarray]]:
+    """Decode every clip; one that cannot be read is reported through ``log``, added to ``failed`` and left out."""
+    from tqdm import tqdm
+
+    waveforms: list[np.ndarray] = []
+    kept: list[int] = []
+    for index, item in enumerate(tqdm(dataset.items, desc="decoding", unit="file", disable=not progress)):
+        try:
+            waveforms.append(load_audio(item.file))
+            kept.append(index)
+        except AuricleError as error:
+            failed.append(str(error))
+            log(f"error: {error} (left out)")
+    return (dataset if len(kept) == len(dataset) else dataset.subset(kept)), waveforms
+
+
 def collate(clips: Sequence[np.ndarray], max_samples: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad clips to the longest (after a random crop of longer ones) -> (waveforms, lengths)."""
     cut = []
@@ -391,7 +411,16 @@ def finetune(
     from tqdm import tqdm
 
     output = Path(output)
+    torch_device(device)  # a device this machine cannot use is refused before any work
     where = distributed_from_env(device)
+    # A clip that cannot be decoded is left out, as probe does; the run ends with exit status 1.
+    failed: list[str] = []
+    quiet = lambda line: None  # noqa: E731 - the other ranks decode the same files
+    train, train_waves = readable(train, failed, log if where.main else quiet, progress and where.main)
+    if where.main:
+        validation, validation_waves = readable(validation, failed, log, progress)
+    else:
+        validation_waves = []
     train.require_examples("the training data")
     classes = train.classes
     multi_label = train.multi_label or validation.multi_label
@@ -412,8 +441,6 @@ def finetune(
 
         model = DistributedDataParallel(model)
     optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    train_waves = load_waveforms(train, progress and where.main)
-    validation_waves = load_waveforms(validation, progress and where.main) if where.main else []
     train_targets = train.targets()
     sampler = EpochSampler(train_targets, config.balanced, config.seed, where.rank, where.world_size)
     steps_per_epoch = math.ceil(len(sampler.indices(0)) / config.batch_size)
@@ -520,10 +547,11 @@ def finetune(
         from auricle.models.checkpoints import build_model, read_checkpoint
 
         best_network = build_model(read_checkpoint(checkpoint_path)).to(device)
-        test_scores = score_classification(test.targets(), predict(best_network, load_waveforms(test), device=device),
+        test, test_waves = readable(test, failed, log)
+        test_scores = score_classification(test.targets(), predict(best_network, test_waves, device=device),
                                            multi_label).to_dict()
     result = FinetuneResult(str(checkpoint_path), classes, best_epoch, len(history), stopped_early,
-                            best_scores, test_scores, history)
+                            best_scores, test_scores, history, failed)
     if where.main:
         atomic.write_text(output / "result.json", json.dumps(result.to_dict(), indent=2))
     return result
@@ -581,5 +609,5 @@ def load_encoder(model_name: str, checkpoint: str | None, from_scratch: bool, se
 
 __all__ = [
     "FinetuneConfig", "FinetuneResult", "EpochRecord", "EpochSampler", "finetune", "load_encoder",
-    "with_new_head", "freeze_for_partial", "predict", "load_waveforms",
+    "with_new_head", "freeze_for_partial", "predict", "load_waveforms", "readable",
 ]
