@@ -415,6 +415,13 @@ def test_a_list_of_arrays_is_tagged_at_its_sample_rate(tiny_model):
         tiny_model.tag([tone])
 
 
+def test_classes_given_as_one_string_are_specs_as_on_the_command_line(tiny_model, inputs):
+    # A string used to be taken apart into characters: "unknown class 'V'".
+    one = tiny_model.tag(inputs[0], classes="Vehicle;Speech", threshold=0.0)
+    listed = tiny_model.tag(inputs[0], classes=["Vehicle", "Speech"], threshold=0.0)
+    assert [t.label for t in one.tags] == [t.label for t in listed.tags] and len(one.tags) > 2
+
+
 def test_a_device_that_cannot_be_used_is_one_line(inputs, tiny_checkpoint):
     import torch
 

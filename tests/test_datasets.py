@@ -41,7 +41,7 @@ def test_folder_per_class(tmp_path):
 def test_empty_class_folder_is_an_error(tmp_path):
     _wav(tmp_path / "dog" / "a.wav")
     (tmp_path / "cat").mkdir()
-    with pytest.raises(DatasetError, match=r"1 class folders have no audio files: cat"):
+    with pytest.raises(DatasetError, match=r"1 class folders have no audio files: 'cat'"):
         read_dataset(tmp_path)
 
 
@@ -96,7 +96,7 @@ def test_unknown_split_and_classes_without_examples(tmp_path):
     with pytest.raises(DatasetError, match=r"unknown split 'valid' \(splits: train, test\)"):
         read_dataset(path, split="valid")
     train = read_dataset(path, split="train")
-    with pytest.raises(DatasetError, match=r"1 classes have no examples in training: y"):
+    with pytest.raises(DatasetError, match=r"1 classes have no examples in training: 'y'"):
         train.require_examples("training")
 
 

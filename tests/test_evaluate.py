@@ -199,6 +199,11 @@ def test_bad_input_gives_one_line_errors(two_class_checkpoint, recordings, tmp_p
 
     result = run("evaluate", recordings / "labels.csv", "--timeline", recordings / "r0.wav")
     assert result.exit_code == 2 and "--timeline needs --events" in result.output
+    # A --timeline file that is not labelled is refused before any prediction is read or made.
+    result = run("evaluate", tmp_path / "ref.csv", "--events", "--predictions", tmp_path / "p.jsonl",
+                 "--timeline", "c.wav")
+    assert result.exit_code == 2
+    assert result.stderr == f"auricle: error: --timeline c.wav: not one of the files labelled in {tmp_path / 'ref.csv'}\n"
 
 
 def test_a_broken_file_is_reported_and_the_rest_scored(two_class_checkpoint, recordings, tmp_path):

@@ -138,6 +138,12 @@ def test_numpy_input_and_bad_shapes(small_model):
         hear.get_scene_embeddings(audio[0], small_model)
     with pytest.raises(ValueError, match="no samples"):
         hear.get_timestamp_embeddings(torch.zeros(2, 0), small_model)
+    # An empty batch has no rows, and the timestamp axis a sound of that length has.
+    assert hear.get_scene_embeddings(torch.zeros(0, 8000), small_model).shape == (0, small_model.scene_embedding_size)
+    embeddings, timestamps = hear.get_timestamp_embeddings(torch.zeros(0, 8000), small_model)
+    _, expected = hear.get_timestamp_embeddings(audio[:1], small_model)
+    assert embeddings.shape == (0, expected.shape[1], small_model.timestamp_embedding_size)
+    assert timestamps.shape == (0, expected.shape[1])
 
 
 def test_bad_options_are_refused(small_checkpoint):

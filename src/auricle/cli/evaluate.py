@@ -75,6 +75,11 @@ def evaluate_command(labels, events, predictions, model_name, checkpoint, device
             files, classes = dataset.files, dataset.classes
     except (AuricleError, ValueError) as error:
         fail(str(error))
+    if timeline_file:  # a typo should cost nothing, not a whole evaluation
+        try:
+            ev.match_files([timeline_file], files, "--timeline")
+        except AuricleError:
+            fail(f"--timeline {timeline_file}: not one of the files labelled in {labels}")
 
     try:
         found, failures, model_label = _predictions(

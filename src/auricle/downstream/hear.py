@@ -118,6 +118,8 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     audio = _as_batch(audio, model)
     network = model.network
     sounds = audio.shape[0]
+    if sounds == 0:  # an empty batch of a task split: no rows (the FFT refuses an empty batch)
+        return torch.zeros(0, model.scene_embedding_size, device=audio.device)
     pieces, count = network.pieces(network.normalize(network.spectrogram(audio)))
     # Pieces are stacked piece-major: row r belongs to sound r % sounds.
     sums = torch.zeros(sounds, model.scene_embedding_size, dtype=torch.float64, device=audio.device)
@@ -137,9 +139,11 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
     intervals (``model.hop_ms`` for windows, 160 ms for the grid), never past the end.
     """
     audio = _as_batch(audio, model)
-    if model.timestamps == "grid":
-        return _grid_embeddings(audio, model)
-    return _window_embeddings(audio, model)
+    embed = _grid_embeddings if model.timestamps == "grid" else _window_embeddings
+    if audio.shape[0] == 0:  # no rows, but the timestamp axis a sound of this length would have
+        embeddings, timestamps = embed(audio.new_zeros(1, audio.shape[1]), model)
+        return embeddings[:0], timestamps[:0]
+    return embed(audio, model)
 
 
 def _window_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ from auricle.errors import DatasetError
 from auricle.fingerprints import file_key, model_key
 from auricle.inference.results import Failure
 from auricle.io import atomic
-from auricle.io.datasets import LabelledDataset
+from auricle.io.datasets import LabelledDataset, listing
 from auricle.models.ced import CED, make_head
 
 HEADS = ("linear", "mlp")
@@ -229,10 +229,11 @@ def _mean_scores(scores: Sequence[Scores]) -> dict:
     values = [s.to_dict() for s in scores]
     mean = {}
     for key, value in values[0].items():
-        numbers = [v[key] for v in values if isinstance(v[key], (int, float))]
-        if numbers and key != "examples":
-            mean[key] = float(np.mean(numbers))
-            mean[f"{key}_std"] = float(np.std(numbers))
+        # Scores only: counts (examples, skipped classes) are summed or left out, not averaged.
+        numbers = [v[key] for v in values if isinstance(v[key], float)]
+        if numbers:
+            mean[key] = round(float(np.mean(numbers)), 6)  # as each fold's scores are rounded
+            mean[f"{key}_std"] = round(float(np.std(numbers)), 6)
     mean["examples"] = int(sum(v["examples"] for v in values))
     return mean
 
@@ -271,7 +272,7 @@ def run_probe(
     missing = [name for name, count in zip(train.classes, train_y.sum(axis=0)) if count == 0]
     if missing:
         raise DatasetError(f"{train.source}: {len(missing)} classes have no readable training clip: "
-                           f"{', '.join(missing[:5])}")
+                           f"{listing(missing, quoted=True)}")
     result = ProbeResult(train.classes, multi_label, len(train_x))
     if folds >= 2:
         fold_scores = []

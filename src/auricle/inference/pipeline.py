@@ -190,7 +190,7 @@ class Tagger:
         *,
         top_k: int | None = None,
         threshold: float | None = None,
-        classes: Sequence[str] = (),
+        classes: str | Sequence[str] = (),
         profile: str | Profile | None = None,
         pool: str = "max",
         events: bool | EventOptions = False,
@@ -205,7 +205,7 @@ class Tagger:
         options = TagOptions(
             top_k=top_k,
             threshold=threshold,
-            classes=tuple(classes),
+            classes=(classes,) if isinstance(classes, str) else tuple(classes),  # "Dog;Cat" as -c takes it
             profile=profile,
             pool=pool,
             events=events or None,

@@ -117,7 +117,7 @@ class LabelledDataset:
         if empty:
             where = f" in {what}" if what else ""
             raise DatasetError(
-                f"{self.source}: {len(empty)} classes have no examples{where}: {_listing(empty)}"
+                f"{self.source}: {len(empty)} classes have no examples{where}: {listing(empty, quoted=True)}"
             )
 
 
@@ -168,7 +168,7 @@ def _read_folders(root: Path) -> LabelledDataset:
             empty.append(folder.name)
         items.extend(LabelledItem(file, (folder.name,)) for file in files)
     if empty:
-        raise DatasetError(f"{root}: {len(empty)} class folders have no audio files: {_listing(empty)}")
+        raise DatasetError(f"{root}: {len(empty)} class folders have no audio files: {listing(empty, quoted=True)}")
     return LabelledDataset(tuple(items), tuple(f.name for f in folders), False, str(root))
 
 
@@ -221,7 +221,7 @@ def _read_manifest(
     if not items:
         raise DatasetError(f"{path}: no rows")
     if missing:
-        raise DatasetError(f"{path}: {len(missing)} of {len(items)} files missing under {audio_dir}: {_listing(missing)}")
+        raise DatasetError(f"{path}: {len(missing)} of {len(items)} files missing under {audio_dir}: {listing(missing)}")
     if has_split and any(item.split is None for item in items):
         blank = next(first_line[os.path.normcase(os.path.abspath(i.file))] for i in items if i.split is None)
         raise DatasetError(f"{path}: line {blank}: empty split (fill every row's {split_column!r} or none)")
@@ -265,8 +265,9 @@ def _natural_key(name: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part.casefold()) for part in re.split(r"(\d+)", name)]
 
 
-def _listing(entries: Sequence[str]) -> str:
-    shown = ", ".join(entries[:_SHOW])
+def listing(entries: Sequence[str], quoted: bool = False) -> str:
+    """The first few entries, comma-separated; ``quoted`` for class names, which may hold commas themselves."""
+    shown = ", ".join(repr(entry) if quoted else entry for entry in entries[:_SHOW])
     return shown + (f", ... ({len(entries) - _SHOW} more)" if len(entries) > _SHOW else "")
 
 
