@@ -81,6 +81,9 @@ def test_tsv_and_custom_columns_and_audio_dir(tmp_path):
         ("file,labels\n,x\n", [], r"line 2: no file"),
         ("file,labels\n", [], r"no rows"),
         ("file,labels,split\na.wav,x,train\nb.wav,y,\n", ["a.wav", "b.wav"], r"line 3: empty split"),
+        # An unquoted comma inside a label used to drop the rest of the label without a word.
+        ("file,labels\na.wav,Dog\nb.wav,/m/09x0r;Female speech, woman speaking\n", ["a.wav", "b.wav"],
+         r"line 3: 3 fields, but the header has 2; quote a field that holds ','"),
     ],
 )
 def test_manifest_errors_are_one_line(tmp_path, text, files, message):

@@ -77,6 +77,12 @@ def test_tagging_metrics_by_hand_from_a_predictions_file(tmp_path):
     assert run("evaluate", tmp_path / "labels.csv", "--predictions", tmp_path / "tags.json",
                "--plot", tmp_path / "ap.svg").exit_code == 0
     assert b"<svg" in (tmp_path / "ap.svg").read_bytes()[:1000]
+    # A manifest with its own column names, as probe and finetune read it.
+    (tmp_path / "named.csv").write_text("clip,animal\na.wav,Dog\nb.wav,Cat\nc.wav,Dog\nd.wav,Cat\n")
+    named = run("evaluate", tmp_path / "named.csv", "--predictions", tmp_path / "tags.json", "--file-column", "clip",
+                "--label-column", "animal", "--json", tmp_path / "named.json")
+    assert named.exit_code == 0, named.output
+    assert json.loads((tmp_path / "named.json").read_text())["mAP"] == report["mAP"]
     # --timeline-png is only checked (and written) with --timeline; --csv is checked before any work.
     (tmp_path / "a-folder").mkdir()
     again = run("evaluate", tmp_path / "labels.csv", "--predictions", tmp_path / "tags.json",

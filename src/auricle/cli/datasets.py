@@ -10,11 +10,9 @@ from auricle.cli.common import fail
 from auricle.errors import AuricleError
 
 
-def dataset_options(command: Callable) -> Callable:
-    """--audio-dir, --file-column, --label-column, --split-column."""
+def column_options(command: Callable) -> Callable:
+    """--file-column, --label-column, --split-column: the manifest's columns."""
     for option in reversed((
-        click.option("--audio-dir", type=click.Path(file_okay=False), default=None,
-                     help="Folder that relative paths in the manifest are under [default: the manifest's folder]."),
         click.option("--file-column", default="file", show_default=True, help="Manifest column with the audio file."),
         click.option("--label-column", default="labels", show_default=True,
                      help="Manifest column with the classes (';'-separated names or AudioSet MIDs)."),
@@ -22,6 +20,14 @@ def dataset_options(command: Callable) -> Callable:
     )):
         command = option(command)
     return command
+
+
+def dataset_options(command: Callable) -> Callable:
+    """--audio-dir, --file-column, --label-column, --split-column."""
+    command = column_options(command)
+    return click.option("--audio-dir", type=click.Path(file_okay=False), default=None,
+                        help="Folder that relative paths in the manifest are under [default: the manifest's folder].")(
+        command)
 
 
 def read_dataset_or_exit(path: str, audio_dir: str | None, file_column: str, label_column: str, split_column: str):

@@ -10,6 +10,7 @@ import sys
 import click
 
 from auricle.cli.common import fail, load_model_or_exit, model_options, output_problem, writable
+from auricle.cli.datasets import column_options
 from auricle.errors import AuricleError
 from auricle.io import atomic
 
@@ -24,6 +25,7 @@ from auricle.io import atomic
 @click.option("--split", default=None, help="Tagging: evaluate only this split of the manifest.")
 @click.option("--audio-dir", type=click.Path(file_okay=False), default=None,
               help="Folder that relative file names in LABELS are under [default: the folder of LABELS].")
+@column_options
 @click.option("--window", type=click.FloatRange(0.15), default=10.0, show_default=True, help="Window length in seconds.")
 @click.option("--hop", type=click.FloatRange(0.01), default=None, help="Hop between windows in seconds [default: the window].")
 @click.option("--pool", type=click.Choice(["max", "mean"]), default="max", show_default=True,
@@ -44,7 +46,8 @@ from auricle.io import atomic
 @click.option("--timeline-png", default="timeline.png", show_default=True, help="Where --timeline writes its PNG.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=None,
               help="Windows per model call [default: 2 per stream, at least 4, on a CPU; 32 on an accelerator].")
-def evaluate_command(labels, events, predictions, model_name, checkpoint, device, threads, split, audio_dir, window,
+def evaluate_command(labels, events, predictions, model_name, checkpoint, device, threads, split, audio_dir,
+                     file_column, label_column, split_column, window,
                      hop, pool, threshold, median_filter, min_duration, min_gap, segment, psds, json_path, csv_path,
                      plot_path, timeline_file, timeline_png, batch_size) -> None:
     """Score a model (or earlier predictions) against LABELS.
@@ -71,7 +74,8 @@ def evaluate_command(labels, events, predictions, model_name, checkpoint, device
         else:
             from auricle.io.datasets import read_dataset
 
-            dataset = read_dataset(labels, split, audio_dir=audio_dir, check_files=predictions is None)
+            dataset = read_dataset(labels, split, audio_dir=audio_dir, check_files=predictions is None,
+                                   file_column=file_column, label_column=label_column, split_column=split_column)
             files, classes = dataset.files, dataset.classes
     except (AuricleError, ValueError) as error:
         fail(str(error))

@@ -197,7 +197,10 @@ def _read_manifest(
     first_line: dict[str, int] = {}
     missing: list[str] = []
     for line, row in enumerate(reader, start=2):
-        if not any((value or "").strip() for value in row.values()):
+        if None in row:  # fields past the header's: surely a label with an unquoted comma
+            raise DatasetError(f"{path}: line {line}: {len(header) + len(row[None])} fields, but the header has "
+                               f"{len(header)}; quote a field that holds {delimiter!r}")
+        if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
             continue  # blank line
         file_text = (row.get(file_column) or "").strip()
         if not file_text:
