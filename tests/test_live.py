@@ -272,3 +272,93 @@ def test_listen_with_an_exported_file_reports_the_same_events(burst_model_path, 
     keys = ("type", "label", "onset", "offset")
     assert [{k: line.get(k) for k in keys} for line in ours] == [{k: line.get(k) for k in keys} for line in theirs]
     assert [line["type"] for line in ours] == ["start", "end"] and ours[1]["max_score"] > 0.99
+
+
+# -- short input, event lengths, line order ------------------------------------------
+
+
+def test_live_windows_match_the_models_shortest_clip():
+    from auricle.inference.live import MIN_WINDOW_SAMPLES
+    from auricle.models.ced import MIN_SAMPLES
+
+    assert MIN_WINDOW_SAMPLES == MIN_SAMPLES  # kept apart only so that live tagging needs no torch
+
+
+@pytest.mark.parametrize("stdin, reason", [
+    (b"", "<stdin>: no audio received"),
+    (b"\x01\x00\x02", "<stdin>: only 1 sample (0.0001 s) of audio received, less than the 0.15 s a report needs"),
+    (s16le(np.zeros(2399)), "<stdin>: only 2399 samples (0.1499 s) of audio received"),
+])
+def test_listen_without_enough_audio_says_so_and_exits_1(burst_model_path, stdin, reason):
+    # One sample used to be scored as a zero-padded window: hundreds of events at 0.0-0.0 s; none: "p50 nan ms".
+    result = _listen(["-", "--checkpoint", burst_model_path, "-f", "jsonl"], stdin)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"auricle: error: {reason}") and result.stderr.count("\n") == 1
+    assert "nan" not in result.stderr
+
+
+def test_listen_reports_start_once_a_window_is_long_enough(burst_model_path):
+    # A hop under 0.15 s: reports before 0.15 s of audio are skipped, then every hop as usual.
+    result = _listen(["-", "--checkpoint", burst_model_path, "--window", "1", "--hop", "0.05", "--windows",
+                      "-f", "jsonl"], s16le(burst_signal(0.4, 1.0, 1.0)))
+    assert result.exit_code == 0, result.output
+    windows = [line for line in map(json.loads, result.stdout.splitlines()) if line["type"] == "window"]
+    assert [line["end"] for line in windows] == pytest.approx([0.15, 0.2, 0.25, 0.3, 0.35, 0.4])
+    assert windows[0]["start"] == 0
+
+
+def test_listen_f32le_fed_other_data_fails_in_one_line(burst_model_path):
+    import subprocess
+    import sys
+
+    # A real process: under pytest numpy's RuntimeWarning would be captured and never reach stderr.
+    stdin = s16le(burst_signal(2.0, 0.5, 1.0)) + b"\x00\x00\xc0\x7f" * 4  # ends in a float32 NaN
+    result = subprocess.run([sys.executable, "-m", "auricle", "listen", "-", "--checkpoint", str(burst_model_path),
+                             "--sample-format", "f32le", "--threads", "1"], input=stdin, capture_output=True)
+    assert result.returncode == 1
+    assert result.stderr.decode() == "auricle: error: <stdin>: contains NaN or Inf samples\n"
+
+
+@pytest.fixture(scope="module")
+def street_10s(tmp_path_factory):
+    """The first 10 s of a long recording of the shared data set."""
+    import soundfile as sf
+
+    from conftest import DATA, require
+
+    path = require(DATA / "long" / "long_01.flac")
+    rate = sf.info(path).samplerate
+    samples, rate = sf.read(path, frames=10 * rate, dtype="float32")
+    return write_wav(tmp_path_factory.mktemp("street") / "street_10s.wav", samples, rate)
+
+
+def test_listen_events_last_at_least_until_first_seen_and_lines_keep_report_order(tiny_checkpoint, street_10s):
+    # The walkthrough's command: with a 2 s window many events of a real model end within a window of their
+    # start, and "report time - window" gave offset == onset (e.g. 2.5-2.5 s).
+    result = _listen([street_10s, "--checkpoint", tiny_checkpoint, "--as-fast-as-possible", "-f", "jsonl",
+                      "--window", "2", "--hop", "0.5", "-c", "Speech;Vehicle", "--windows", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    first_seen: dict[str, float] = {}
+    short = 0
+    for line in lines:
+        if line["type"] == "start":
+            first_seen[line["label"]] = line["reported_at"]
+        elif line["type"] == "end":
+            seen = first_seen.pop(line["label"])
+            at_stream_end = line["offset"] == line["reported_at"] == 10.0
+            assert at_stream_end or line["offset"] == pytest.approx(max(line["reported_at"] - 2, seen)), line
+            assert line["offset"] > line["onset"]
+            short += line["reported_at"] - 2 <= line["onset"]
+    assert short > 0  # the data does exercise the rule
+    # Each report: its window line, then the events it ended, then those it started; last, the events
+    # still open at the end of the stream.
+    def rank(line: dict) -> tuple[float, int]:
+        if line["type"] == "window":
+            return line["end"], 0
+        closing = line["type"] == "end" and line["offset"] == line["reported_at"]
+        return line["reported_at"], 3 if closing else {"end": 1, "start": 2}[line["type"]]
+
+    ranks = [rank(line) for line in lines]
+    assert lines[0]["type"] == "window" and ranks == sorted(ranks)

@@ -175,6 +175,8 @@ def test_bad_parameters_are_400_or_422(client, long_wav):
     response = client.post("/v1/tag?profile=/etc/passwd", content=data)
     assert response.status_code == 400 and "bundled profile name" in response.json()["detail"]
     assert client.post("/v1/tag?window=2&hop=3", content=data).status_code == 400
+    response = client.post("/v1/tag?window=inf&hop=1", content=data)  # was a 500 (an overflow in the windowing)
+    assert response.status_code == 400 and response.json()["detail"] == "window must be a positive number of seconds, got inf"
     response = client.post("/v1/tag?profile=nope", content=data)
     assert response.status_code == 400 and "unknown profile 'nope'" in response.json()["detail"]
     assert ".toml" not in response.json()["detail"]  # the service reads no paths: do not offer one
@@ -374,3 +376,112 @@ def test_worker_processes_build_the_app_from_the_environment(tmp_path, monkeypat
         torch.set_num_threads(threads)
     assert app.state.config == ServeConfig(max_pending=3, max_duration=5.0)
     assert app.state.model.name == "test-tiny"
+
+
+# -- stream settings, short streams and event rules ----------------------------------
+
+
+def _closed_code(socket) -> int:
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect) as closed:
+        socket.receive_json()
+    return closed.value.code
+
+
+def test_stream_takes_classes_as_a_string_and_ready_says_the_clients_format(burst_model):
+    signal = burst_signal(3.0, 1.0, 2.0)
+    import soxr
+
+    at_8k = soxr.resample(signal, SR, 8000)
+    with TestClient(create_app(burst_model)) as client:
+        with client.websocket_connect("/v1/stream") as socket:
+            # A string used to be iterated per character: "unknown class 'B'".
+            socket.send_text(json.dumps({"classes": "Burst", "top_k": 1, "sample_rate": 8000, "format": "s16le",
+                                         "window": 1, "hop": 0.5, "threshold": None}))
+            ready = socket.receive_json()
+            assert ready == {"type": "ready", "model": "burst-detector", "model_sample_rate": 16000,
+                             "sample_rate": 8000, "format": "s16le", "channels": 1, "window": 1.0, "hop": 0.5,
+                             "top_k": 1, "threshold": None, "classes": ["Burst"], "profile": None}
+            socket.send_bytes((at_8k * 32767).astype("<i2").tobytes())
+            socket.send_text(json.dumps({"type": "end"}))  # the resampler holds the last samples until then
+            reports = [socket.receive_json() for _ in range(6)]
+            assert socket.receive_json() == {"type": "end", "duration": 3.0, "ended": []}
+        assert [r["end"] for r in reports] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+        assert {tag["label"] for r in reports for tag in r["tags"]} == {"Burst"}
+        assert [(e["onset"], e["offset"]) for r in reports for e in r["ended"]] == [(1.0, 2.0)]  # burst 1.0-2.0 s
+        with client.websocket_connect("/v1/stream") as socket:
+            socket.send_text(json.dumps({"classes": "Burst; Quiet"}))  # ';' separates, as ?classes= and -c
+            assert socket.receive_json()["classes"] == ["Burst", "Quiet"]
+        with client.websocket_connect("/v1/stream") as socket:
+            socket.send_text(json.dumps({"classes": ["Burst", "Quiet"]}))
+            assert socket.receive_json()["classes"] == ["Burst", "Quiet"]
+        with client.websocket_connect("/v1/stream") as socket:
+            socket.send_text(json.dumps({"classes": {"Burst": 1}}))
+            detail = 'bad settings: classes must be a string or a list of strings, got {"Burst": 1}'
+            assert socket.receive_json() == {"type": "error", "detail": detail}
+            assert _closed_code(socket) == 1008
+
+
+def test_stream_end_first_ends_and_unknown_settings_are_refused(burst_model):
+    with TestClient(create_app(burst_model, ServeConfig(max_streams=1))) as client:
+        with client.websocket_connect("/v1/stream") as socket:
+            socket.send_text(json.dumps({"type": "end"}))  # used to be taken for settings: ready, then a hang
+            assert socket.receive_json() == {"type": "end", "duration": 0.0, "ended": [],
+                                             "note": "no audio received"}
+            assert _closed_code(socket) == 1000
+        with client.websocket_connect("/v1/stream") as socket:
+            socket.send_text("{}")
+            assert socket.receive_json()["type"] == "ready"
+            socket.send_bytes(np.zeros(1, "<f4").tobytes())  # one sample: used to be scored, padded, as a window
+            socket.send_text(json.dumps({"type": "end"}))
+            assert socket.receive_json() == {
+                "type": "end", "duration": 0.0, "ended": [],
+                "note": "only 1 sample (0.0001 s) of audio received, less than the 0.15 s a report needs"}
+            assert _closed_code(socket) == 1000
+        for settings, detail in [
+            ({"treshold": 0.5}, "bad settings: unknown setting 'treshold' (did you mean 'threshold'?)"),
+            ({"window": 2, "colour": "red"}, "bad settings: unknown setting 'colour' (known: sample_rate, format, "
+                                             "channels, window, hop, top_k, threshold, classes, profile)"),
+            ({"type": "start"}, "bad settings: unknown message type 'start' (send settings, audio or "
+                                "{\"type\": \"end\"})"),
+        ]:
+            with client.websocket_connect("/v1/stream") as socket:
+                socket.send_text(json.dumps(settings))
+                assert socket.receive_json() == {"type": "error", "detail": detail}
+                assert _closed_code(socket) == 1008
+
+
+def test_stream_reports_the_same_events_as_listen(tiny_model, tiny_checkpoint, tmp_path, restore_torch_threads):
+    # The walkthrough's street recording, where a 2 s window ends many events within a window of their start.
+    import soundfile as sf
+    import soxr
+    from click.testing import CliRunner
+
+    from auricle.cli import cli
+    from conftest import DATA, require
+
+    path = require(DATA / "long" / "long_01.flac")
+    rate = sf.info(path).samplerate
+    samples, _ = sf.read(path, frames=8 * rate, dtype="float32", always_2d=True)
+    pcm = (np.clip(soxr.resample(samples.mean(axis=1), rate, SR), -1, 1) * 32767).astype("<i2")
+    wav = write_wav(tmp_path / "street.wav", pcm.astype(np.float32) / 32768)
+    settings = {"window": 2, "hop": 0.5, "classes": "Speech;Vehicle"}
+    result = CliRunner().invoke(cli, ["listen", str(wav), "--checkpoint", str(tiny_checkpoint), "--as-fast-as-possible",
+                                      "-f", "jsonl", "--window", "2", "--hop", "0.5", "-c", "Speech;Vehicle",
+                                      "--threads", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    listened = [(line["type"], line["label"], line["onset"], line.get("offset"))
+                for line in map(json.loads, result.stdout.splitlines())]
+    with TestClient(create_app(tiny_model)) as client, client.websocket_connect("/v1/stream") as socket:
+        socket.send_text(json.dumps({**settings, "format": "s16le"}))
+        assert socket.receive_json()["type"] == "ready"
+        socket.send_bytes(pcm.tobytes())
+        socket.send_text(json.dumps({"type": "end"}))
+        streamed = []
+        while (message := socket.receive_json())["type"] == "report":
+            streamed += [("end", e["label"], e["onset"], e["offset"]) for e in message["ended"]]
+            streamed += [("start", e["label"], e["onset"], None) for e in message["started"]]
+        streamed += [("end", e["label"], e["onset"], e["offset"]) for e in message["ended"]]
+    assert streamed == listened
+    assert all(offset > onset for kind, _, onset, offset in streamed if kind == "end")

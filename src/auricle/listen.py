@@ -69,7 +69,10 @@ class PcmDecoder:
         usable = len(data) // self._frame_bytes * self._frame_bytes
         self._pending = data[usable:]
         frames = np.frombuffer(data[:usable], dtype=self._dtype).reshape(-1, self._channels)
-        mono = ((frames.astype(np.float32) - self._centre) / self._scale).mean(axis=1).astype(np.float32)
+        # Bytes of another format read as f32le can be NaN or Inf; the check below says so in one
+        # line, so numpy's warnings about arithmetic on them would only add noise before it.
+        with np.errstate(invalid="ignore", over="ignore"):
+            mono = ((frames.astype(np.float32) - self._centre) / self._scale).mean(axis=1).astype(np.float32)
         if not np.isfinite(mono).all():
             raise AudioError(f"{self._name}: contains NaN or Inf samples")
         if self._resampler is None:
@@ -138,6 +141,14 @@ def microphone_blocks(device: str | int | None = None, block_seconds: float = BL
 
 
 @dataclass(frozen=True)
+class StreamEnd:
+    """The last item :func:`listen` yields: seconds of audio received and, if no window was reported, why."""
+
+    duration: float
+    nothing_reported: str | None = None
+
+
+@dataclass(frozen=True)
 class TimedReport:
     """A report with its cost: model time, and time from the arrival of the audio that completed the window."""
 
@@ -151,8 +162,9 @@ def listen(
     blocks: Iterable[Block],
     space: ClassSpace,
     options: TagOptions,
-) -> Iterator[TimedReport | Event]:
-    """Tag a live signal: one :class:`TimedReport` per window, then an :class:`Event` per event open at the end.
+) -> Iterator[TimedReport | Event | StreamEnd]:
+    """Tag a live signal: one :class:`TimedReport` per window, an :class:`Event` per event open at the end,
+    then a :class:`StreamEnd`.
 
     ``score`` maps one window's samples to its class probabilities (e.g. a
     model's :meth:`~auricle.model.AudioModel.probabilities` on one row).
@@ -174,3 +186,4 @@ def listen(
     for window in rolling.finish():
         yield scored(window, arrived)
     yield from tagger.close(rolling.total / SAMPLE_RATE)
+    yield StreamEnd(rolling.total / SAMPLE_RATE, rolling.nothing_reported())

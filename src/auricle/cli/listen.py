@@ -32,11 +32,13 @@ class _Printer:
         click.echo(json.dumps({"schema_version": SCHEMA_VERSION, **record}))
 
     def report(self, timed) -> None:
+        """One report's lines: its window (with --windows), then the events it ended, then those it started.
+
+        Ends come before starts because an event ended here stopped before any event started here began.
+        """
         report = timed.report
         timing = {"compute_ms": round(timed.compute_seconds * 1000, 1),
                   "delay_ms": round(timed.delay_seconds * 1000, 1)}
-        for event in report.ended:
-            self.end(event, report.end, timing)
         if self.windows:
             if self.json:
                 self._line({"type": "window", "start": round(report.start, 3), "end": round(report.end, 3),
@@ -44,6 +46,8 @@ class _Printer:
             else:
                 tags = ", ".join(f"{tag.label} {tag.score:.2f}" for tag in report.tags) or "-"
                 click.echo(f"[{report.start:8.2f} - {report.end:8.2f}]  {tags}")
+        for event in report.ended:
+            self.end(event, report.end, timing)
         for event in report.started:
             if self.json:
                 self._line({"type": "start", **event.to_dict(), "reported_at": round(report.end, 3), **timing})
@@ -79,11 +83,12 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
     (s16le, 16 kHz, mono unless told otherwise), or a file played in real time.
     An event's onset is known to within one hop; its end is reported once the
     sound has left the window (WINDOW seconds later). A latency summary goes to
-    stderr at the end.
+    stderr at the end. Input of less than 0.15 s of audio (or none) is an error
+    (exit status 1): there is nothing to report.
     """
     from auricle.inference.tagging import ClassSpace
     from auricle.listen import PcmDecoder, file_blocks, listen, microphone_blocks
-    from auricle.listen import TimedReport
+    from auricle.listen import StreamEnd, TimedReport
 
     if hop > window:
         fail(f"--hop ({hop}) must be at most --window ({window})")
@@ -110,6 +115,7 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
     compute: list[float] = []
     delays: list[float] = []
     end = 0.0
+    finished = StreamEnd(0.0, "no audio received")
     interrupt = _Interrupt()
     in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
     previous_handler = signal.signal(signal.SIGINT, interrupt.handle) if in_main_thread else None
@@ -120,6 +126,8 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
                 delays.append(item.delay_seconds)
                 end = item.report.end
                 printer.report(item)
+            elif isinstance(item, StreamEnd):
+                finished = item
             else:
                 printer.end(item, end)
     except AuricleError as error:
@@ -127,8 +135,11 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous_handler)
+    if finished.nothing_reported:
+        # As `auricle tag` fails on a file without samples: a source that delivered nothing is worth noticing.
+        fail(f"{_source_name(source)}: {finished.nothing_reported}", code=1)
     click.echo(
-        f"auricle: {len(compute)} windows over {end:.2f} s; model time per window "
+        f"auricle: {len(compute)} windows over {finished.duration:.2f} s; model time per window "
         f"p50 {_percentile_ms(compute, 50):.1f} ms, max {_percentile_ms(compute, 100):.1f} ms; "
         f"report delay after the audio arrived p50 {_percentile_ms(delays, 50):.1f} ms, "
         f"p95 {_percentile_ms(delays, 95):.1f} ms, max {_percentile_ms(delays, 100):.1f} ms "
@@ -166,6 +177,10 @@ class _Interrupt:
             finally:
                 self.waiting = False
             yield block
+
+
+def _source_name(source: str | None) -> str:
+    return {None: "microphone", "mic": "microphone", "-": "<stdin>"}.get(source, source)
 
 
 def _stdin_blocks(decoder):

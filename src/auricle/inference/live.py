@@ -13,10 +13,21 @@ the window ending at t covers ``[max(0, t - W), t]``). A CED model tags what is
   given as ``t - H`` (an error of at most one hop);
 - it **ends** at the first report t whose window no longer does; the sound left
   the window, so it ended in ``(t - H - W, t - W]`` and its offset is given as
-  ``t - W`` (never before its onset). The end is therefore known W seconds after
-  the sound stops: use a short window for prompt ends;
+  ``t - W``, but never before the report that started the event (``t_start``):
+  that report's window saw the sound after the onset, so every event lasts at
+  least from its onset to ``t_start`` (one hop; more for an event seen in the
+  first report, whose onset is 0). A real model's score can drop while a short
+  sound is still in a long window, and ``t - W`` alone would then give an event
+  of no length, or one ending before it was seen. The end is known W seconds
+  after the sound stops: use a short window for prompt ends;
 - at the end of the stream a last report covers the tail, and events still
   active end at the end of the stream.
+
+No window shorter than :data:`MIN_WINDOW_SAMPLES` (0.15 s, or the whole window
+if that is shorter) is scored: the model zero-pads a shorter clip, and its
+scores for a few samples are noise, not tags. So reports start once 0.15 s of
+audio has arrived (a hop report before that is skipped), and a stream shorter
+than that has no report at all (:meth:`RollingWindow.nothing_reported` says why).
 """
 
 from __future__ import annotations
@@ -30,6 +41,10 @@ from auricle.audio import SAMPLE_RATE
 from auricle.inference.results import Event, Tag, _round
 from auricle.inference.tagging import DEFAULT_EVENT_THRESHOLD, ClassSpace, TagOptions, select_tags
 from auricle.inference.windows import WindowConfig
+
+#: The shortest window scored: one 16-frame patch of log-mel, CED's shortest clip (``MIN_SAMPLES`` of
+#: :mod:`auricle.models.ced`, not imported so that live tagging of an exported model needs no torch).
+MIN_WINDOW_SAMPLES = 2400
 
 
 @dataclass(frozen=True)
@@ -45,13 +60,15 @@ class RollingWindow:
     """Cuts a stream pushed in blocks of any size into the windows to report.
 
     A report falls every ``hop`` samples of stream; each covers the last
-    ``window`` samples (fewer at the start). Holds at most one window plus one
-    block in memory.
+    ``window`` samples (fewer at the start), and none is shorter than
+    ``minimum`` samples (:data:`MIN_WINDOW_SAMPLES`, capped at the window).
+    Holds at most one window plus one block in memory.
     """
 
-    def __init__(self, config: WindowConfig) -> None:
+    def __init__(self, config: WindowConfig, min_samples: int = MIN_WINDOW_SAMPLES) -> None:
         self.window = config.window_samples
         self.hop = config.hop_samples
+        self.minimum = min(min_samples, self.window)
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffer_start = 0
         self.total = 0
@@ -64,7 +81,8 @@ class RollingWindow:
         self._buffer = np.concatenate([self._buffer, samples])
         self.total += len(samples)
         while self._next_report <= self.total:
-            yield self._cut(self._next_report)
+            if self._next_report >= self.minimum:
+                yield self._cut(self._next_report)
             self._next_report += self.hop
         # Keep what any later window needs: the next report's, or the tail's if the stream ends now.
         keep_from = max(0, self.total - self.window)
@@ -75,8 +93,18 @@ class RollingWindow:
 
     def finish(self) -> Iterator[LiveWindow]:
         """The last window, covering the tail after the last full hop (if any)."""
-        if self.total > self._last_report:
+        if self.total > self._last_report and self.total >= self.minimum:
             yield self._cut(self.total)
+
+    def nothing_reported(self) -> str | None:
+        """Why no window was reported (no audio, or too little to score), or None if one was."""
+        if self._last_report > 0:
+            return None
+        if self.total == 0:
+            return "no audio received"
+        samples = f"{self.total} sample{'s' if self.total != 1 else ''}"
+        return (f"only {samples} ({self.total / SAMPLE_RATE:.4f} s) of audio received, "
+                f"less than the {self.minimum / SAMPLE_RATE:g} s a report needs")
 
     def _cut(self, end: int) -> LiveWindow:
         start = max(0, end - self.window)
@@ -128,6 +156,7 @@ class LiveReport:
 @dataclass
 class _Active:
     onset: float
+    seen: float  # the report time that started the event: the earliest offset
     scores: list[float] = field(default_factory=list)
 
 
@@ -152,14 +181,14 @@ class LiveTagger:
             active = self._active.get(column)
             if score >= self.thresholds[column]:
                 if active is None:
-                    active = self._active[column] = _Active(onset=self._previous_end)
+                    active = self._active[column] = _Active(onset=self._previous_end, seen=end)
                     started.append(
                         EventStart(self.space.labels[column], self.space.mids[column], self.space.indices[column],
                                    active.onset, float(score))
                     )
                 active.scores.append(float(score))
             elif active is not None:
-                ended.append(self._end(column, max(end - self.window_seconds, active.onset)))
+                ended.append(self._end(column, max(end - self.window_seconds, active.seen)))
         self._previous_end = end
         return LiveReport(start, end, select_tags(scores, self.space, self.options), tuple(started), tuple(ended))
 

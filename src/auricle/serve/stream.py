@@ -5,13 +5,18 @@ Protocol (all server messages are JSON text):
 1. The client may first send a JSON text message of settings: ``sample_rate``
    (default 16000), ``format`` (``f32le`` default, ``s16le``, ``s32le``, ``u8``),
    ``channels`` (1), and the tagging options ``window`` (10), ``hop`` (1),
-   ``top_k``, ``threshold``, ``classes``, ``profile``. The server answers
-   ``{"type": "ready", ...}`` with the settings in force.
+   ``top_k``, ``threshold``, ``classes`` (a list, or one string with ``;``
+   between specs), ``profile``; ``null`` means the default, any other key is
+   refused. The server answers ``{"type": "ready", ...}`` with the settings in
+   force (the client's audio format, and the model's ``model_sample_rate``).
 2. The client sends binary messages of interleaved PCM. After every hop of
    audio the server sends ``{"type": "report", "start", "end", "tags",
    "started", "ended"}`` (:class:`~auricle.inference.live.LiveReport`).
 3. The client sends ``{"type": "end"}``: the server reports the tail, ends the
-   events still open (``{"type": "end", "ended": [...]}``) and closes.
+   events still open (``{"type": "end", "duration", "ended": [...]}``, plus
+   ``"note"`` saying why when no window was reported: no audio, or under
+   0.15 s) and closes. An end as the first message gets that reply at once
+   (with no ``ready``).
 
 Bad settings or audio get ``{"type": "error", "detail": ...}`` and close code
 1008; over ``max_streams`` sockets, close code 1013 (try again later).
@@ -20,15 +25,19 @@ Bad settings or audio get ``{"type": "error", "detail": ...}`` and close code
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from auricle.audio import SAMPLE_RATE
 from auricle.errors import AuricleError
 from auricle.inference.live import LiveTagger, LiveWindow, RollingWindow
+from auricle.inference.results import Event
 from auricle.inference.tagging import ClassSpace
+from auricle.inference.windows import WindowConfig
+from auricle.labels import split_specs
 from auricle.listen import PcmDecoder
 from auricle.options import LIVE_TAG_OPTIONS
 from auricle.serve.batching import DynamicBatcher
@@ -36,6 +45,8 @@ from auricle.serve.config import ServeConfig
 from auricle.serve.uploads import RequestError
 
 _LIVE = LIVE_TAG_OPTIONS  # the settings' names and defaults are those of `auricle listen`
+#: The audio format settings and their defaults (those of the web page's microphone: float32 mono).
+_FORMAT = {"sample_rate": SAMPLE_RATE, "format": "f32le", "channels": 1}
 
 
 class _Refused(Exception):
@@ -66,28 +77,33 @@ async def _session(websocket: WebSocket, model, batcher: DynamicBatcher, tag_opt
     settings: dict = {}
     message = await websocket.receive()
     if message.get("text") is not None:
-        try:
-            settings = json.loads(message["text"])
-            if not isinstance(settings, dict):
-                raise ValueError("settings must be a JSON object")
-        except ValueError as error:
-            raise _Refused(f"bad settings: {error}") from None
+        settings = _settings(message["text"])
+        if settings.pop("type", "settings") == "end":
+            # A client that stopped before it started; taking this for settings left both sides waiting.
+            await _send_end(websocket, RollingWindow(WindowConfig()), ())  # an empty stream's end
+            return
         message = None
+    settings = {key: value for key, value in settings.items() if value is not None}  # null: the default
     try:
         options = tag_options(model, events=True, window=float(settings.get("window", _LIVE["window"].default)),
                               hop=float(settings.get("hop", _LIVE["hop"].default)),
-                              **{key: settings[key] for key in _LIVE if key not in ("window", "hop")
-                                 and settings.get(key) is not None})
-        decoder = PcmDecoder(int(settings.get("sample_rate", 16000)), str(settings.get("format", "f32le")),
-                             int(settings.get("channels", 1)), name="stream")
+                              **{key: _spec_list(value) if key == "classes" else value
+                                 for key, value in settings.items() if key in _LIVE and key not in ("window", "hop")})
+        audio = {key: settings.get(key, default) for key, default in _FORMAT.items()}
+        decoder = PcmDecoder(int(audio["sample_rate"]), str(audio["format"]), int(audio["channels"]), name="stream")
     except RequestError as error:
         raise _Refused(error.message) from None
     except (AuricleError, ValueError, TypeError) as error:
         raise _Refused(str(error)) from None
     rolling = RollingWindow(options.window)
     tagger = LiveTagger(ClassSpace.build(model.labels, options.classes, options.profile), options)
-    await websocket.send_json({"type": "ready", "model": model.name, "window": options.window.window_seconds,
-                               "hop": options.window.hop_samples / SAMPLE_RATE, "sample_rate": SAMPLE_RATE})
+    await websocket.send_json({
+        "type": "ready", "model": model.name, "model_sample_rate": SAMPLE_RATE,
+        "sample_rate": int(audio["sample_rate"]), "format": str(audio["format"]), "channels": int(audio["channels"]),
+        "window": options.window.window_seconds, "hop": options.window.hop_samples / SAMPLE_RATE,
+        "top_k": options.top_k, "threshold": options.threshold, "classes": split_specs(options.classes),
+        "profile": options.profile.name if options.profile is not None else None,
+    })
 
     async def report(window: LiveWindow) -> None:
         batcher.start()
@@ -113,11 +129,50 @@ async def _session(websocket: WebSocket, model, batcher: DynamicBatcher, tag_opt
                 await report(window)
             for window in rolling.finish():
                 await report(window)
-            ended = tagger.close(rolling.total / SAMPLE_RATE)
-            await websocket.send_json({"type": "end", "duration": round(rolling.total / SAMPLE_RATE, 3),
-                                       "ended": [event.to_dict() for event in ended]})
-            await websocket.close()
+            await _send_end(websocket, rolling, tagger.close(rolling.total / SAMPLE_RATE))
             return
+
+
+async def _send_end(websocket: WebSocket, rolling: RollingWindow, ended: Sequence[Event]) -> None:
+    """The end message (with a ``note`` when no window was reported), then close."""
+    reply = {"type": "end", "duration": round(rolling.total / SAMPLE_RATE, 3),
+             "ended": [event.to_dict() for event in ended]}
+    if (note := rolling.nothing_reported()) is not None:
+        reply["note"] = note
+    await websocket.send_json(reply)
+    await websocket.close()
+
+
+def _settings(text: str) -> dict:
+    """The settings message as a dict; refuses what is not a JSON object of known keys."""
+    try:
+        settings = json.loads(text)
+    except ValueError as error:
+        raise _Refused(f"bad settings: {error}") from None
+    if not isinstance(settings, dict):
+        raise _Refused("bad settings: settings must be a JSON object")
+    kind = settings.get("type", "settings")
+    if kind not in ("settings", "end"):
+        raise _Refused(f"bad settings: unknown message type {kind!r} (send settings, audio or {{\"type\": \"end\"}})")
+    # A misspelt key (``treshold``) would otherwise leave its default silently in force.
+    known = [*_FORMAT, *_LIVE]
+    for key in settings:
+        if key != "type" and key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+            raise _Refused(f"bad settings: unknown setting {key!r} ({hint})")
+    return settings
+
+
+def _spec_list(classes: object) -> list[str]:
+    """``classes`` as a list of specs: a string is one spec list with ``;`` between specs, as the REST
+    ``classes`` parameter and ``listen -c`` take it. Other JSON values are refused here: ``tuple()`` in
+    ``tag_options`` would take a string per character (before it accepted strings) and an object as its keys."""
+    if isinstance(classes, str):
+        return [classes]
+    if isinstance(classes, list) and all(isinstance(spec, str) for spec in classes):
+        return classes
+    raise _Refused(f"bad settings: classes must be a string or a list of strings, got {json.dumps(classes)}")
 
 
 def _message_type(text: str) -> str | None:
