@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
@@ -195,6 +196,15 @@ def test_files_that_are_not_weights_say_why_in_one_line(tmp_path):
     assert str(error.value) == (f"{pickled}: not a loadable weights-only checkpoint (it is not a PyTorch file of "
                                 "tensors alone, and auricle never unpickles anything else)")
     assert "weights_only" not in str(error.value)
+    # A recording or a text file passed as weights: said in words, not torch's "(101)".
+    recording, notes = tmp_path / "take.wav", tmp_path / "notes.pt"
+    soundfile.write(recording, np.zeros(1600, np.float32), 16000)
+    notes.write_text("hello")
+    for path, what in ((recording, "is a WAV recording"), (notes, "is not a PyTorch checkpoint")):
+        with pytest.raises(CheckpointError) as error:
+            auricle.load_model(checkpoint=path)
+        assert str(error.value) == (f"{path}: {what}; give a .pt checkpoint, a .safetensors file or a Hugging Face "
+                                    "model folder")
     exported = tmp_path / "model.onnx"
     exported.write_bytes(b"\x08\x07")
     result = CliRunner().invoke(cli, ["finetune", str(tmp_path), "--checkpoint", str(exported), "-o",

@@ -123,6 +123,28 @@ def infer_config(state_dict: dict[str, torch.Tensor], source: str) -> CEDConfig:
 TARGET_REMAINDER = 4
 
 
+#: First bytes of files people pass as weights by mistake, and what they are.
+_OTHER_FILES = {b"RIFF": "a WAV recording", b"fLaC": "a FLAC recording", b"OggS": "an Ogg recording",
+                b"ID3": "an MP3 recording", b"\x89HDF": "an HDF5 file"}
+
+
+def _refuse_what_is_not_a_torch_file(path: Path) -> None:
+    """torch.save writes a zip archive (a pickle before PyTorch 1.6); name anything else in words.
+
+    torch.load's own reasons for other files are internals ("101", "pop from empty list").
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return
+    kind = next((name for magic, name in _OTHER_FILES.items() if head.startswith(magic)), None)
+    what = f"is {kind}" if kind else "is not a PyTorch checkpoint"
+    raise CheckpointError(f"{path}: {what}; give a .pt checkpoint, a .safetensors file or a Hugging Face model folder")
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -133,6 +155,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
     if is_exported_file(path):
         raise CheckpointError(not_weights(path))
+    _refuse_what_is_not_a_torch_file(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
