@@ -132,6 +132,13 @@ def test_shards_cli_errors(tmp_path):
     assert result.exit_code == 2 and "no files match" in result.stderr
     with pytest.raises(DistillError, match="not a shard set"):
         ShardSet.open(tmp_path)
+    # Sources that give no audio make no shard set (it was a "complete" set of 0 shards, then NaN figures).
+    result = runner.invoke(cli, ["distill", "shards", str(tmp_path / "nope"), "--out", str(tmp_path / "empty")])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (f"auricle: error: {tmp_path / 'empty'}: no source gave any audio "
+                                              "(1 failed, 0 too short); no shard set was made")
+    with pytest.raises(DistillError, match="shard set is incomplete"):
+        ShardSet.open(tmp_path / "empty")
 
 
 def test_shards_cli_reads_a_file_list_and_resumes_a_finished_set(audio_dir, tmp_path):

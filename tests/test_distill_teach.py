@@ -109,6 +109,18 @@ def test_teach_and_verify_cli(corpus, tmp_path):
     assert result.exit_code == 1 and "already holds targets" in result.stderr
     result = CliRunner().invoke(cli, [*args[:-len(AUGMENT) - 1], "--resume", "--top-k", "4", *AUGMENT])
     assert result.exit_code == 1 and "other top_k" in result.stderr
+    # The same teachers and shards by other paths (copies, other spellings) are the same run: identity is content.
+    import shutil
+
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(corpus["teacher"].with_suffix(suffix), (copies / "renamed").with_suffix(suffix))
+    shutil.copytree(corpus["shards"], copies / "shards")
+    moved = ["distill", "teach", "--shards", str(copies / "shards"), "--teacher", str(copies / "renamed.safetensors"),
+             "--teacher", f"{corpus['teacher2']}@3", *args[8:-len(AUGMENT) - 1], "--resume", *AUGMENT]
+    result = CliRunner().invoke(cli, moved)
+    assert result.exit_code == 0 and f"({len(store.units())} already done)" in result.stderr, result.output
 
 
 def test_verify_refuses_a_changed_teacher(corpus, tmp_path):
@@ -126,6 +138,31 @@ def test_verify_refuses_a_changed_teacher(corpus, tmp_path):
     (store_dir / "manifest.json").write_text(json.dumps(manifest))
     result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir)])
     assert result.exit_code == 1 and "another version of" in result.stderr
+
+
+def test_verify_fails_a_store_with_missing_units_and_finds_moved_shards(corpus, tmp_path):
+    import shutil
+
+    shards = tmp_path / "shards"
+    shutil.copytree(corpus["shards"], shards)
+    store_dir = tmp_path / "store"
+    result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(shards), "--teacher", str(corpus["teacher"]),
+                                      "--out", str(store_dir), "--top-k", "3", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    store = TargetStore.open(store_dir)
+    shard, epoch = store.units()[-1]
+    store.unit_path(shard, epoch).unlink()  # as a teacher pass killed before its last unit leaves it
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "2"])
+    assert result.exit_code == 1  # the views it drew pass, but the store is not whole
+    assert (f"auricle: error: {store_dir}: 1 units missing ({shard} epoch {epoch}); the teacher pass did not "
+            "finish: continue it with distill teach --resume") in result.stderr
+    # The shard set moved: the store says where it looked, and --shards points to it.
+    shards.rename(tmp_path / "moved")
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "2"])
+    assert result.exit_code == 1 and "is not there; give its new place with --shards" in result.stderr
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "2", "--shards",
+                                      str(tmp_path / "moved"), "--json"])
+    assert json.loads(result.stdout)["passed"] == 2 and json.loads(result.stdout)["missing_units"]
 
 
 def test_callable_teacher_is_aligned_by_mid_and_weighted(corpus, tmp_path):
@@ -175,6 +212,10 @@ def test_teacher_spec_errors(corpus, tmp_path):
     result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
                                       str(tmp_path / "missing.pt"), "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "missing.pt" in result.stderr  # bad input, as for `auricle tag`
+    result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
+                                      str(corpus["teacher"]), "--top-k", "600", "--out", str(tmp_path / "k")])
+    assert result.exit_code != 0 and not (tmp_path / "k").exists()
+    assert "--top-k 600: the teachers score 527 classes; give at most 527" in result.stderr
 
 
 def test_an_unreachable_teacher_names_the_option_that_takes_a_file(corpus, tmp_path, monkeypatch):

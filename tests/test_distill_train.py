@@ -125,9 +125,10 @@ def test_resume_after_a_stop_gives_the_same_weights_as_an_uninterrupted_run(tmp_
     torch.set_num_threads(1)
     views = FakeViews()
     whole = train(_config(tmp_path, student_config, out="whole"), views)
-    # Stop after step 5: the last state is from step 3, so steps 4-5 are computed twice.
+    # Stop after step 5, between the states of steps 3 and 6: the stop keeps one of its own.
     first = train(_config(tmp_path, student_config, out="split", stop_after_steps=5), views)
     assert not first.finished and first.steps == 5 and first.final_checkpoint is None
+    assert (tmp_path / "split" / "state" / "state-00000005.pt").is_file()
     second = train(_config(tmp_path, student_config, out="split", resume=True), views)
     assert second.finished
     for name in ("student.safetensors", "student-last.safetensors"):
@@ -202,3 +203,18 @@ def test_epoch_order_is_a_seeded_permutation_split_into_disjoint_rank_blocks():
     assert all(len(block) == 6 for block in blocks)
     flat = [item for block in blocks for item in block]
     assert len(set(flat)) == len(flat)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"embed_dim": 64, "dept": 2, "num_heads": 2}, "unknown student config keys 'dept'"),
+    ({"embed_dim": 64, "depth": 2}, "the student config needs 'num_heads'"),
+    ([64, 2], "a student config is a JSON object"),
+])
+def test_a_student_config_with_a_typo_is_refused(tmp_path, values, message):
+    from auricle.distill.train import build_student
+
+    path = tmp_path / "student.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(TrainingError, match=message) as error:
+        build_student(str(path), 527)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)

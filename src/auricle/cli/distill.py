@@ -221,10 +221,13 @@ def teach_command(shards_dir, teachers, out_dir, epochs, top_k, seed, codec, bat
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def verify_command(store, sample, seed, device, threads, as_json) -> None:
+@click.option("--shards", "shards_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Where the shard set is now [default: where it was when the targets were made].")
+def verify_command(store, sample, seed, device, threads, as_json, shards_dir) -> None:
     """Recompute random stored views with the teachers and check the stored top-k.
 
-    Exits with status 1 if any view differs by more than one quantisation step.
+    Exits with status 1 if any view differs by more than one quantisation step, or if
+    the store lacks units (a teacher pass that did not finish).
     """
     import torch
 
@@ -233,7 +236,7 @@ def verify_command(store, sample, seed, device, threads, as_json) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        report = verify(store, sample=sample, seed=seed, device=device)
+        report = verify(store, sample=sample, seed=seed, device=device, shards_dir=shards_dir)
     except AuricleError as error:
         fail(str(error), 1)
     if as_json:
@@ -246,5 +249,9 @@ def verify_command(store, sample, seed, device, threads, as_json) -> None:
     for failure in report.failures:
         click.echo(f"auricle: error: {failure['shard']} epoch {failure['epoch']} {failure['key']}: stored targets "
                    f"differ ({failure['code_distance']} steps, same classes: {failure['same_classes']})", err=True)
+    if report.missing_units:
+        shown = ", ".join(report.missing_units[:3]) + (", ..." if len(report.missing_units) > 3 else "")
+        click.echo(f"auricle: error: {store}: {len(report.missing_units)} units missing ({shown}); the teacher pass "
+                   "did not finish: continue it with distill teach --resume", err=True)
     if not report.ok:
         sys.exit(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from auricle.cli.common import writable
@@ -61,14 +63,14 @@ from auricle.distill.targets import DEFAULT_FILL, FILL_MODES
 @click.option("--device", default="auto", show_default=True, help="auto (cuda:LOCAL_RANK if available), cpu or cuda.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads per process.")
 @click.option("--stop-after-steps", type=click.IntRange(1), default=None,
-              help="Stop after this many steps in all (e.g. to fit a job's time limit); continue with --resume.")
+              help="Stop after this many steps in all (e.g. to fit a job's time limit), keeping a resume point there; continue with --resume.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest resume point.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 def train_command(threads, quiet, **options):
     """Train a student on the teachers' top-k targets, replaying the views they scored.
 
     Runs on one process, or under torchrun with DistributedDataParallel (gloo on
-    CPU, nccl on GPU): `torchrun --nproc-per-node 2 -m auricle distill train ...`.
+    CPU, nccl on GPU): `torchrun --standalone --nproc-per-node 2 -m auricle distill train ...`.
     The final student (`OUT/student.safetensors`) loads with `auricle tag --checkpoint`.
     """
     import json
@@ -82,7 +84,8 @@ def train_command(threads, quiet, **options):
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        result = train(TrainConfig(progress=not quiet, **options))
+        # A bar only on a terminal: in a log file it is thousands of carriage-return frames (as teach does).
+        result = train(TrainConfig(progress=not quiet and sys.stderr.isatty(), **options))
     except AuricleError as error:
         fail(str(error))
     if result.final_checkpoint is not None:

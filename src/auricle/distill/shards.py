@@ -255,6 +255,9 @@ def write_shards(
         stale.unlink()
     if not state["complete"]:
         _fill_shards(sources, out, config, state, progress, tqdm, on_failure)
+        if not state["shards"]:  # a "complete" set of nothing would pass for one until teach divides by it
+            raise DistillError(f"{out}: no source gave any audio ({len(state['failures'])} failed, "
+                               f"{state['dropped_short']} too short); no shard set was made")
         _write_index(out, state)
         state["complete"] = True
         write_json_atomic(manifest_path, state)
@@ -424,6 +427,8 @@ class ShardSet:
         manifest = _read_manifest(directory)
         if not manifest.get("complete"):
             raise DistillError(f"{directory}: shard set is incomplete; rerun `auricle distill shards` with --resume")
+        if not manifest["shards"]:
+            raise DistillError(f"{directory}: the shard set holds no audio")
         keys: dict[str, list[str]] = {entry["name"]: [] for entry in manifest["shards"]}
         rows: dict[str, dict] = {}
         try:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from auricle.devices import torch_device
 from auricle.distill import DistillError
 from auricle.distill.augment import AugmentConfig, View, ViewRenderer, iter_views
 from auricle.distill.shards import MANIFEST as SHARDS_MANIFEST
@@ -119,7 +120,18 @@ def build_manifest(shards: ShardSet, ensemble: TeacherEnsemble, config: TeachCon
 
 
 def _differences(stored: dict, wanted: dict) -> list[str]:
-    return [name for name in _RUN_FIELDS if stored.get(name) != wanted.get(name)]
+    return [name for name in _RUN_FIELDS if _comparable(name, stored.get(name)) != _comparable(name, wanted.get(name))]
+
+
+def _comparable(field: str, value):
+    """What must match on resume: content, not how a path was spelled (weights by sha256, shards by manifest)."""
+    if field == "teachers" and isinstance(value, list):
+        return [{key: item for key, item in teacher.items()
+                 if not (teacher.get("kind") in ("checkpoint", "model") and key in ("spec", "name"))}
+                for teacher in value]
+    if field == "shards" and isinstance(value, dict):
+        return {key: item for key, item in value.items() if key != "path"}
+    return value
 
 
 def _prepare_store(store_dir: Path, wanted: dict, resume: bool, rank: int) -> TargetStore:
@@ -228,7 +240,7 @@ def teach(
     """Run (this rank's share of) the teacher pass; see the module docstring."""
     from tqdm import tqdm
 
-    device = torch.device(device)
+    device = torch_device(device)  # one line for a device this machine lacks
     shards = ShardSet.open(shards_dir)
     store_dir = Path(store_dir)
     if ensemble is None:
@@ -237,6 +249,9 @@ def teach(
         names = ", ".join(t.spec.spec for t in ensemble.teachers if not t.takes_mel)
         raise DistillError(f"teacher {names} scores waveforms, so views cannot be masked on the log-mel; "
                            "pass --time-mask 0 --freq-mask 0")
+    if config.top_k > ensemble.num_classes:  # the store and its figures would claim more columns than it has
+        raise DistillError(f"--top-k {config.top_k}: the teachers score {ensemble.num_classes} classes; "
+                           f"give at most {ensemble.num_classes}")
     wanted = build_manifest(shards, ensemble, config)
     runtime = _Distributed(device)
     try:

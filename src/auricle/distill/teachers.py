@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from auricle.devices import torch_device
 from auricle.distill import DistillError, file_sha256
 from auricle.errors import AuricleError
 from auricle.labels import LabelSet, audioset_labels
@@ -156,7 +157,9 @@ def _load_auricle(spec: TeacherSpec, device: torch.device) -> Teacher:
         labels = audioset_labels()
     else:
         raise DistillError(f"{checkpoint.source}: {checkpoint.config.num_classes} classes but no class names")
-    identity.update(spec=spec.spec, name=name, sha256=file_sha256(checkpoint.source), config=checkpoint.config.to_dict())
+    # A file's spec is kept absolute, so verify can reload it from any working folder.
+    where = os.path.abspath(spec.spec) if identity["kind"] == "checkpoint" else spec.spec
+    identity.update(spec=where, name=name, sha256=file_sha256(checkpoint.source), config=checkpoint.config.to_dict())
     network = build_model(checkpoint).to(device).eval()
     from auricle.inference.fused import FusedEncoder, fused_supported
 
@@ -195,7 +198,7 @@ def load_teacher(spec: TeacherSpec | str, device: str | torch.device = "cpu") ->
     """Load one teacher from its spec (see the module docstring)."""
     if isinstance(spec, str):
         spec = TeacherSpec.parse(spec)
-    device = torch.device(device)
+    device = torch_device(device)  # one line for a device this machine lacks
     if not os.path.exists(spec.spec) and _CALLABLE.match(spec.spec):
         return _load_callable(spec, device)
     return _load_auricle(spec, device)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from auricle.devices import torch_device
 from auricle.distill.checkpointing import BestCheckpoints, list_states, load_state, save_state
 from auricle.distill.evaluation import mean_average_precision, top1_agreement, topk_overlap
 from auricle.distill.schedule import Schedule
@@ -156,7 +157,18 @@ def build_student(spec: str, num_classes: int) -> CED:
             values = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise TrainingError(f"{spec}: unreadable student config ({error})") from None
-        values = values.get("config", values)  # an auricle checkpoint's JSON works too
+        if isinstance(values, dict):
+            values = values.get("config", values)  # an auricle checkpoint's JSON works too
+        if not isinstance(values, dict):
+            raise TrainingError(f"{spec}: a student config is a JSON object of CEDConfig fields")
+        fields = CEDConfig.__dataclass_fields__
+        unknown = sorted(set(values) - set(fields))
+        if unknown:  # a typo ("dept") would otherwise train the default silently
+            raise TrainingError(f"{spec}: unknown student config keys {', '.join(map(repr, unknown))} "
+                                f"(known: {', '.join(fields)})")
+        missing = [name for name in ("embed_dim", "num_heads") if name not in values]
+        if missing:
+            raise TrainingError(f"{spec}: the student config needs {' and '.join(map(repr, missing))}")
         try:
             config = CEDConfig.from_dict(values)
         except (TypeError, ValueError) as error:
@@ -255,7 +267,7 @@ class _Distributed:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         elif device == "cuda" and self.world > 1:
             device = f"cuda:{local_rank}"
-        self.device = torch.device(device)
+        self.device = torch_device(device)  # one line for a device this machine lacks
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.started_group = False
@@ -615,6 +627,11 @@ class Trainer:
             if progress is not None:
                 progress.close()
         finished = self.step >= self.total_steps
+        if not finished and self.step % config.checkpoint_every != 0:
+            # Stopped on purpose (--stop-after-steps) between checkpoints: keep the way back in.
+            if dist.main:
+                save_state(self.out / "state", self.step, self._state(), config.keep_states)
+            dist.barrier()
         result = TrainResult(self.out, self.step, self.total_steps, finished, None)
         if finished:
             self._finish(logs, result)

@@ -31,10 +31,12 @@ class VerifyReport:
     max_code_distance: int
     index_mismatches: int
     failures: list[dict] = field(default_factory=list)
+    #: Units ("shard epoch N") the store is meant to hold but does not: a teacher pass cut short.
+    missing_units: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.sampled > 0 and self.passed == self.sampled
+        return self.sampled > 0 and self.passed == self.sampled and not self.missing_units
 
     def to_dict(self) -> dict:
         return dict(asdict(self), ok=self.ok)
@@ -59,10 +61,18 @@ def verify(
     seed: int = 0,
     device: str | torch.device = "cpu",
     ensemble: TeacherEnsemble | None = None,
+    shards_dir: str | os.PathLike | None = None,
 ) -> VerifyReport:
-    """Recompute ``sample`` random stored views (drawn with ``seed``) and compare with the store."""
+    """Recompute ``sample`` random stored views (drawn with ``seed``) and compare with the store.
+
+    ``shards_dir``: where the shard set is now, if it moved since the teacher pass. Units the
+    store lacks are reported in ``missing_units`` and make the report fail.
+    """
     store = TargetStore.open(store_dir)
-    shards = ShardSet.open(store.shards_dir)
+    if shards_dir is None and not store.shards_dir.is_dir():
+        raise DistillError(f"{store_dir}: its shard set {store.shards_dir} is not there; give its new place with "
+                           "--shards")
+    shards = ShardSet.open(shards_dir if shards_dir is not None else store.shards_dir)
     if file_sha256(shards.directory / "manifest.json") != store.manifest["shards"]["manifest_sha256"]:
         raise DistillError(f"{store_dir}: its targets were computed on another version of {shards.directory}")
     units = store.done_units()
@@ -83,6 +93,7 @@ def verify(
         by_unit[units[number]].append(position - (int(ends[number - 1]) if number else 0))
 
     report = VerifyReport(str(store_dir), 0, 0, 0.0, 0, 0)
+    report.missing_units = [f"{shard} epoch {epoch}" for shard, epoch in store.units() if (shard, epoch) not in units]
     codec = store.codec
     for (shard, epoch), rows in by_unit.items():
         keys = shards.keys(shard)
