@@ -19,6 +19,7 @@ from torchrun_support import failure_report, torchrun
 
 from auricle.cli import cli
 from auricle.distill import DistillError
+from auricle.errors import CheckpointError
 from auricle.distill.shards import ShardConfig, ShardSet, write_shards
 from auricle.distill.store import TargetStore, decode_values, encode_values
 from auricle.labels import audioset_labels
@@ -165,6 +166,31 @@ def test_verify_fails_a_store_with_missing_units_and_finds_moved_shards(corpus, 
     assert json.loads(result.stdout)["passed"] == 2 and json.loads(result.stdout)["missing_units"]
 
 
+def test_a_damaged_shard_fails_its_units_and_the_others_are_done(corpus, tmp_path):
+    import shutil
+
+    shards = tmp_path / "shards"
+    shutil.copytree(corpus["shards"], shards)
+    damaged = ShardSet.open(shards).shards[1]
+    intact = damaged.read_bytes()
+    data = bytearray(intact)
+    data[1500:1900] = b"\x00" * 400  # inside the first FLAC member, past its tar header
+    damaged.write_bytes(bytes(data))
+    store_dir = tmp_path / "store"
+    args = ["distill", "teach", "--shards", str(shards), "--teacher", str(corpus["teacher"]), "--out",
+            str(store_dir), "--top-k", "3", "--epochs", "2"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("auricle: error:")]
+    assert len(errors) == 2 and all(f"{damaged.name} epoch" in line for line in errors)
+    assert "2 units failed; repair their shards and run again with --resume" in result.stderr
+    store = TargetStore.open(store_dir)
+    assert sorted(set(store.units()) - set(store.done_units())) == [(damaged.name, 0), (damaged.name, 1)]
+    damaged.write_bytes(intact)  # repaired: the resume does only what failed
+    result = CliRunner().invoke(cli, [*args, "--resume"])
+    assert result.exit_code == 0 and "2 units (4 already done)" in result.stderr, result.output
+
+
 def test_callable_teacher_is_aligned_by_mid_and_weighted(corpus, tmp_path):
     from auricle.distill.teachers import TeacherEnsemble, load_teacher
 
@@ -209,6 +235,11 @@ def test_teacher_spec_errors(corpus, tmp_path):
         load_teacher("no_such_module_xyz:fn")
     with pytest.raises(DistillError, match="not a callable"):
         load_teacher("distill_helpers:SOURCES")
+    with pytest.raises(CheckpointError, match=r"^\./nope\.pt: teacher weights not found$"):
+        load_teacher("./nope.pt")  # was "unknown model (available: ced-tiny, ...)"
+    for bad in ("abc", "-1"):
+        with pytest.raises(DistillError, match=f"the weight after '@' must be a positive number, not '{bad}'"):
+            TeacherSpec.parse(f"{corpus['teacher']}@{bad}")
     result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
                                       str(tmp_path / "missing.pt"), "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "missing.pt" in result.stderr  # bad input, as for `auricle tag`

@@ -190,7 +190,8 @@ def teach_command(shards_dir, teachers, out_dir, epochs, top_k, seed, codec, bat
         fail(str(error))
     show = progress if progress is not None else sys.stderr.isatty()
     try:
-        report = teach(shards_dir, out_dir, specs, config, resume=resume, device=device, progress=show)
+        report = teach(shards_dir, out_dir, specs, config, resume=resume, device=device, progress=show,
+                       on_failure=lambda line: click.echo(f"auricle: error: {line}", err=True))
     except CheckpointError as error:  # a teacher that cannot be loaded: bad input, as for `auricle tag`
         fail(str(error))
     except AuricleError as error:
@@ -198,6 +199,8 @@ def teach_command(shards_dir, teachers, out_dir, epochs, top_k, seed, codec, bat
     if report.rank != 0:
         click.echo(f"rank {report.rank} of {report.world_size}: {report.views_written} views in "
                    f"{report.units_written} units ({report.units_skipped} already done)", err=True)
+        if report.failures:
+            sys.exit(1)
         return
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
@@ -212,6 +215,10 @@ def teach_command(shards_dir, teachers, out_dir, epochs, top_k, seed, codec, bat
         f"({100 * report.store_fraction_of_pcm16:.3f}% of 16-bit PCM)", err=True)
     if not report.complete:
         click.echo("store is incomplete (other ranks or a later --resume must finish it)", err=True)
+    if report.failures:
+        click.echo(f"auricle: {len(report.failures)} units failed; repair their shards and run again with "
+                   "--resume", err=True)
+        sys.exit(1)
 
 
 @distill_command.command("verify")

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from auricle.distill.shards import ShardReader, ShardSet
 from auricle.distill import file_sha256
 from auricle.distill.store import CODECS, DEFAULT_CODEC, TargetStore, encode_values
 from auricle.distill.teachers import TeacherEnsemble, TeacherSpec, load_ensemble
+from auricle.errors import AuricleError
 
 # Views of other lengths waiting for a full batch, in batches, before all are scored.
 _MAX_WAITING = 8
@@ -78,6 +79,8 @@ class TeachReport:
     store_fraction_of_shards: float
     store_fraction_of_pcm16: float
     complete: bool
+    #: Units of this rank that could not be scored ("shard epoch N: reason"); --resume tries them again.
+    failures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -236,8 +239,13 @@ def teach(
     device: str | torch.device = "cpu",
     progress: bool = False,
     ensemble: TeacherEnsemble | None = None,
+    on_failure: Callable[[str], None] | None = None,
 ) -> TeachReport:
-    """Run (this rank's share of) the teacher pass; see the module docstring."""
+    """Run (this rank's share of) the teacher pass; see the module docstring.
+
+    A unit that cannot be scored (a damaged shard) is reported through ``on_failure``,
+    listed in the report's ``failures`` and left for a later ``--resume``; the rest go on.
+    """
     from tqdm import tqdm
 
     device = torch_device(device)  # one line for a device this machine lacks
@@ -276,12 +284,19 @@ def teach(
                    desc=f"teacher pass ({len(todo)} units)")
         started = time.perf_counter()
         views = 0
+        failures: list[str] = []
         for shard, epoch in todo:
             keys = shards.keys(shard)
-            with ShardReader(shards.directory / shard) as reader:
-                if reader.keys != keys:
-                    raise DistillError(f"{reader.path}: members do not match {shards.directory / 'index.csv'}")
-                indices, values = _score_unit(reader, keys, epoch, renderer, ensemble, config)
+            try:
+                with ShardReader(shards.directory / shard) as reader:
+                    if reader.keys != keys:
+                        raise DistillError(f"{reader.path}: members do not match {shards.directory / 'index.csv'}")
+                    indices, values = _score_unit(reader, keys, epoch, renderer, ensemble, config)
+            except AuricleError as error:  # a damaged shard: the other units still get done
+                failures.append(f"{shard} epoch {epoch}: {error}")
+                if on_failure is not None:
+                    on_failure(failures[-1])
+                continue
             store.write_unit(shard, epoch, keys, indices, values)
             views += len(keys)
             bar.update(len(keys))
@@ -291,8 +306,10 @@ def teach(
         complete = len(store.done_units()) == len(units)
         if runtime.rank == 0 and complete and not store.manifest.get("complete"):
             store.update_manifest(complete=True, views=store.views(), store_bytes=store.size_bytes())
-        return _report(store, shards, config, runtime, units, len(mine) - len(todo), len(todo), views, elapsed,
-                       complete)
+        report = _report(store, shards, config, runtime, units, len(mine) - len(todo), len(todo) - len(failures),
+                         views, elapsed, complete)
+        report.failures = failures
+        return report
     finally:
         runtime.close()
 

@@ -57,6 +57,9 @@ class TeacherSpec:
             spec, weight = match["spec"], float(match["weight"])
         else:
             spec, weight = text, 1.0
+            head, at, tail = text.rpartition("@")
+            if at and head and not os.path.exists(text) and (os.path.exists(head) or _looks_like_a_file(head)):
+                raise DistillError(f"{text}: the weight after '@' must be a positive number, not {tail!r}")
         if not spec:
             raise DistillError("empty teacher spec")
         if not weight > 0:
@@ -136,9 +139,16 @@ def _label_mids(labels: LabelSet, source: str) -> tuple[str, ...]:
     return tuple(mids)
 
 
+def _looks_like_a_file(spec: str) -> bool:
+    return os.sep in spec or "/" in spec or spec.endswith((".pt", ".pth", ".ckpt", ".safetensors", ".json"))
+
+
 def _load_auricle(spec: TeacherSpec, device: torch.device) -> Teacher:
+    from auricle.errors import CheckpointError
     from auricle.models.checkpoints import build_model, read_checkpoint
 
+    if not os.path.exists(spec.spec) and _looks_like_a_file(spec.spec):  # not "unknown model" for a typo in a path
+        raise CheckpointError(f"{spec.spec}: teacher weights not found")
     if os.path.exists(spec.spec):
         checkpoint = read_checkpoint(spec.spec)
         name = Path(spec.spec).stem if Path(spec.spec).is_file() else Path(spec.spec).name
