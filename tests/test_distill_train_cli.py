@@ -139,6 +139,18 @@ def test_targets_of_another_shard_set_are_refused(distill_data, tmp_path):
     assert "another shard set" in result.output and "Traceback" not in result.output
 
 
+def test_train_refuses_an_out_that_holds_other_things(distill_data, tmp_path):
+    # The target store itself as --out: the student's files would be mixed into it.
+    result = _invoke(_train_args(distill_data, distill_data / "store"))
+    assert result.exit_code == 2 and "holds files that are not a training run's (manifest.json, targets)" in result.output
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    result = _invoke(_train_args(distill_data, occupied, "--resume"))
+    assert result.exit_code == 2 and "(notes.txt); choose an empty or new --out" in result.output
+    assert sorted(path.name for path in occupied.iterdir()) == ["notes.txt"]
+
+
 def test_two_processes_under_torchrun(distill_data, tmp_path):
     out = tmp_path / "ddp"
     arguments = ["--standalone", "--nproc-per-node", "2", "-m", "auricle",

@@ -49,6 +49,9 @@ TRAIN_LOG = "train.csv"
 EVAL_LOG = "eval.csv"
 FINAL_NAME = "student.safetensors"
 LAST_NAME = "student-last.safetensors"
+#: What a training run writes in --out; anything else there means --out is some other folder.
+RUN_FILES = frozenset({TRAIN_LOG, EVAL_LOG, FINAL_NAME, LAST_NAME, "student.json", "student-last.json", "config.json",
+                       "result.json", "state", "best", "tensorboard"})
 TRAIN_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "views_per_second")
 EVAL_COLUMNS = ("step", "kind", "score", "map", "accuracy", "agreement_top1", "topk_overlap", "holdout_bce")
 
@@ -448,6 +451,11 @@ class Trainer:
 
     def _restore(self) -> int | None:
         """Load the newest state file if resuming; return its step (None when starting fresh)."""
+        foreign = sorted(path.name for path in self.out.iterdir() if path.name not in RUN_FILES)
+        if foreign:  # a target store, a shard set, someone's notes: not ours to fill
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise TrainingError(f"{self.out}: holds files that are not a training run's ({shown}); "
+                                "choose an empty or new --out")
         states = list_states(self.out / "state")
         if not self.config.resume:
             if states or (self.out / FINAL_NAME).exists():
