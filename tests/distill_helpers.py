@@ -58,3 +58,11 @@ def waveform_teacher(waveforms: torch.Tensor) -> torch.Tensor:
 
 waveform_teacher.mids = _subset_mids()
 waveform_teacher.identity = {"note": "test teacher"}
+
+
+def misshapen_teacher(waveforms: torch.Tensor) -> torch.Tensor:
+    """A teacher with a bug: one column where it promised 102."""
+    return torch.zeros(len(waveforms), 1)
+
+
+misshapen_teacher.mids = _subset_mids()

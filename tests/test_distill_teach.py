@@ -191,6 +191,20 @@ def test_a_damaged_shard_fails_its_units_and_the_others_are_done(corpus, tmp_pat
     assert result.exit_code == 0 and "2 units (4 already done)" in result.stderr, result.output
 
 
+def test_a_teach_that_failed_before_its_first_unit_leaves_nothing_in_the_way(corpus, tmp_path):
+    store_dir = tmp_path / "store"
+    base = ["distill", "teach", "--shards", str(corpus["shards"]), "--out", str(store_dir), "--top-k", "3",
+            "--time-mask", "0", "--freq-mask", "0"]
+    failed = CliRunner().invoke(cli, [*base, "--teacher", "distill_helpers:misshapen_teacher"])
+    assert failed.exit_code != 0 and "shape" in failed.stderr
+    # Every unit fails alike, so it stops after three instead of reporting each unit of the corpus.
+    assert "the first 3 units all failed; the first:" in failed.stderr
+    # Neither a plain rerun ("already holds targets") nor a resume ("other teachers") is refused now.
+    fixed = CliRunner().invoke(cli, [*base, "--teacher", CALLABLE])
+    assert fixed.exit_code == 0, fixed.output
+    assert TargetStore.open(store_dir).manifest["complete"]
+
+
 def test_callable_teacher_is_aligned_by_mid_and_weighted(corpus, tmp_path):
     from auricle.distill.teachers import TeacherEnsemble, load_teacher
 

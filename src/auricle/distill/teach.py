@@ -146,8 +146,12 @@ def _prepare_store(store_dir: Path, wanted: dict, resume: bool, rank: int) -> Ta
         raise DistillError(f"{store_dir}: no manifest was written by rank 0")
     store = TargetStore.open(store_dir)
     if rank == 0 and not resume:
+        if not store.done_units():  # an earlier run failed before its first unit: nothing to keep
+            return TargetStore.create(store_dir, wanted)
         raise DistillError(f"{store_dir}: already holds targets; use --resume to continue it or choose another --out")
     different = _differences(store.manifest, wanted)
+    if different and rank == 0 and not store.done_units():  # nothing computed with the old settings to lose
+        return TargetStore.create(store_dir, wanted)
     if different:
         raise DistillError(f"{store_dir}: was made with other {', '.join(different)}; cannot resume it with these")
     if rank == 0:
@@ -294,6 +298,8 @@ def teach(
                     indices, values = _score_unit(reader, keys, epoch, renderer, ensemble, config)
             except AuricleError as error:  # a damaged shard: the other units still get done
                 failures.append(f"{shard} epoch {epoch}: {error}")
+                if views == 0 and len(failures) >= 3:  # not one bad shard but the teachers or the set: stop
+                    raise DistillError(f"the first {len(failures)} units all failed; the first: {failures[0]}") from None
                 if on_failure is not None:
                     on_failure(failures[-1])
                 continue
