@@ -434,6 +434,15 @@ def test_a_device_that_cannot_be_used_is_one_line(inputs, tiny_checkpoint):
         assert result.exit_code == 2 and result.stderr == f"auricle: error: {message}\n", result.stderr
 
 
+def test_standard_input_is_pointed_to_listen(tiny_checkpoint):
+    for command in ("tag", "embed"):
+        extra = ["--output", "out"] if command == "embed" else []
+        result = run(command, "-", "--checkpoint", tiny_checkpoint, *extra)
+        assert result.exit_code == 2 and result.stderr == (
+            f"auricle: error: -: {command} reads files, folders and globs, not standard input; for a live stream "
+            "use `auricle listen -`\n")
+
+
 def test_when_no_input_exists_no_model_is_loaded(tmp_path):
     """A mistyped path fails at once, as it would after loading (here the model could not even be loaded)."""
     result = run("tag", tmp_path / "nope.wav", tmp_path / "nada.flac", "--checkpoint", tmp_path / "no-model.pt",

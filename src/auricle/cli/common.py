@@ -44,6 +44,13 @@ def output_problem(path: str, folder: bool = False) -> str | None:
     return None
 
 
+def refuse_standard_input(paths, command: str) -> None:
+    """``-`` names standard input elsewhere; here it would only be a missing file called '-'."""
+    if "-" in paths and not os.path.exists("-"):
+        fail(f"-: {command} reads files, folders and globs, not standard input; for a live stream use "
+             "`auricle listen -`")
+
+
 def writable(folder: bool = False) -> Callable:
     """A click callback that refuses, in one line, an output ``path`` that cannot be written ('-': stdout)."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from auricle.cli.common import fail, load_model_or_exit, model_options, writable
+from auricle.cli.common import fail, load_model_or_exit, model_options, refuse_standard_input, writable
 from auricle.errors import AuricleError
 from auricle.fingerprints import tagger_key
 from auricle.io import atomic
@@ -116,6 +116,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
 
     from auricle.audio import list_audio_files
 
+    refuse_standard_input(paths, "embed")
     try:
         files = list_audio_files(list(paths), recursive=recursive)
     except AuricleError as error:

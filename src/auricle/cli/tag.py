@@ -7,7 +7,9 @@ import sys
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit, model_options, tag_option_flags, writable
+from auricle.cli.common import (
+    fail, load_model_or_exit, model_options, refuse_standard_input, tag_option_flags, writable,
+)
 from auricle.errors import AuricleError
 from auricle.io.writers import FORMATS, RESUMABLE_FORMATS, completed_files, ledger_path, make_writer, open_output
 from auricle.options import TAG_OPTIONS
@@ -43,6 +45,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
 
     if resume and (output is None or output == "-" or output_format not in RESUMABLE_FORMATS):
         fail(f"--resume needs --output FILE with --format {' or '.join(RESUMABLE_FORMATS)}")
+    refuse_standard_input(paths, "tag")
     try:
         files = list_audio_files(list(paths), recursive=recursive)
         event_options = EventOptions(median_filter, min_duration, min_gap) if events else None
