@@ -485,3 +485,9 @@ def test_stream_reports_the_same_events_as_listen(tiny_model, tiny_checkpoint, t
         streamed += [("end", e["label"], e["onset"], e["offset"]) for e in message["ended"]]
     assert streamed == listened
     assert all(offset > onset for kind, _, onset, offset in streamed if kind == "end")
+
+
+def test_a_model_with_its_own_classes_lists_no_profiles(burst_model):
+    with TestClient(create_app(burst_model, ServeConfig(max_wait=0.001))) as client:
+        info = client.get("/v1/models").json()
+    assert info["model"]["classes"] == 2 and info["profiles"] == []

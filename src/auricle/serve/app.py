@@ -225,7 +225,8 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
             "model": {"name": model.name, "classes": len(model.labels), "embedding_dim": model.embedding_dim,
                       "sample_rate": SAMPLE_RATE},
             "available": [info.to_dict() for info in available_models()],
-            "profiles": available_profiles(),
+            # Profiles name AudioSet classes: a model with its own classes refuses them.
+            "profiles": available_profiles() if len(model.labels) == 527 else [],
         }
 
     @app.get("/v1/labels")
