@@ -209,6 +209,25 @@ def test_killed_run_resumes_to_the_same_results(reference_dir, tiny_checkpoint, 
     assert sorted(resumed, key=lambda r: r["file"]) == sorted(reference, key=lambda r: r["file"])
 
 
+def test_ctrl_c_says_how_to_go_on(reference_dir, tiny_checkpoint, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(60):
+        shutil.copy(reference_dir / "inputs" / "b_noise_3p7s.wav", folder / f"clip{i:02d}.wav")
+    out = tmp_path / "tags.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "auricle", "tag", str(folder), "--checkpoint",
+                                str(tiny_checkpoint), "-f", "jsonl", "-b", "1", "--threads", "1", "-o", str(out)],
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0, "the run should have been interrupted part-way"
+    assert (f"auricle: interrupted; the files done are in {out}: run the same command with --resume to tag "
+            "the rest") in stderr
+
+
 def test_a_killed_json_run_leaves_the_earlier_output_whole(reference_dir, tiny_checkpoint, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()

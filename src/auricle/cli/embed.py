@@ -75,6 +75,15 @@ def _npz_name(file: str, used: set[str], folder: Path) -> str:
     return name
 
 
+def _hint_on_interrupt(results, hint: str):
+    """``results``, saying on Ctrl-C how to go on (each .npz is saved whole, so none is lost)."""
+    try:
+        yield from results
+    except KeyboardInterrupt:
+        click.echo(f"\nauricle: interrupted; {hint}", err=True)
+        raise
+
+
 def _holds_another_file(path: Path, file: str) -> bool:
     try:
         with np.load(path, allow_pickle=False) as saved:
@@ -150,7 +159,11 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
     index_rows = {**earlier, **done}
     failures = 0
     bar = tqdm(total=len(todo), unit="file", disable=len(todo) < 2 or None, file=sys.stderr)
-    for result in model.iter_embed(todo, batch_size=batch_size):
+    results = model.iter_embed(todo, batch_size=batch_size)
+    if not single_file:
+        results = _hint_on_interrupt(results, f"the files done are in {target}: run the same command with --resume "
+                                              "to embed the rest")
+    for result in results:
         bar.update(1)
         if hasattr(result, "error"):
             failures += 1

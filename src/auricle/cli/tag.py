@@ -99,6 +99,11 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
             writer.close()
             if stream is not sys.stdout:
                 stream.close()
+    except KeyboardInterrupt:
+        if output_format in RESUMABLE_FORMATS and output not in (None, "-"):
+            click.echo(f"\nauricle: interrupted; the files done are in {output}: run the same command with --resume "
+                       "to tag the rest", err=True)
+        raise
     except OSError as error:
         if error.filename is not None or isinstance(error, BrokenPipeError):  # named, or `| head`: as it comes
             raise
