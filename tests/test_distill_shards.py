@@ -148,7 +148,7 @@ def test_shards_cli_reads_a_file_list_and_resumes_a_finished_set(audio_dir, tmp_
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert {Path(row["source"]).name for row in csv.DictReader(open(tmp_path / "s" / "index.csv"))} == {"a.wav", "e.wav"}
-    assert "5 chunks" in result.stderr and "0 of 2 sources failed" in result.stderr
+    assert "5 chunks (" in result.stderr and "in 1 shard in" in result.stderr and "0 of 2 sources failed" in result.stderr
     result = CliRunner().invoke(cli, [*args, "--resume"])
     assert result.exit_code == 0 and "5 chunks" in result.stderr
     result = CliRunner().invoke(cli, [*args[:-1], "3", "--resume"])

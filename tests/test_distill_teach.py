@@ -60,7 +60,7 @@ def _env() -> dict:
     return env
 
 
-def test_teach_and_verify_cli(corpus, tmp_path):
+def test_teach_and_verify_cli(corpus, tmp_path, monkeypatch):
     store_dir = tmp_path / "store"
     args = ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher", str(corpus["teacher"]),
             "--teacher", f"{corpus['teacher2']}@3", "--epochs", "2", "--top-k", "8", "--seed", "5",
@@ -122,6 +122,20 @@ def test_teach_and_verify_cli(corpus, tmp_path):
              "--teacher", f"{corpus['teacher2']}@3", *args[8:-len(AUGMENT) - 1], "--resume", *AUGMENT]
     result = CliRunner().invoke(cli, moved)
     assert result.exit_code == 0 and f"({len(store.units())} already done)" in result.stderr, result.output
+    # So does another spelling of the same paths, relative and through "..".
+    monkeypatch.chdir(copies)
+    spelled = ["distill", "teach", "--shards", "../copies/shards", "--teacher", "./renamed.safetensors",
+               "--teacher", f"{os.path.relpath(corpus['teacher2'])}@3", *args[8:-len(AUGMENT) - 1], "--resume",
+               *AUGMENT]
+    result = CliRunner().invoke(cli, spelled)
+    assert result.exit_code == 0 and f"({len(store.units())} already done)" in result.stderr, result.output
+    # Other weights, or another weight in the ensemble, are refused, naming the teacher and what differs.
+    make_teacher(copies / "other.safetensors", seed=9)
+    result = CliRunner().invoke(cli, [*spelled[:5], "other.safetensors", *spelled[6:]])
+    assert result.exit_code == 1 and result.stderr.strip() == (
+        f"auricle: error: {store_dir}: was made with other teachers (teacher 1: sha256); cannot resume it with these")
+    result = CliRunner().invoke(cli, [*spelled[:7], spelled[7].replace("@3", "@2"), *spelled[8:]])
+    assert result.exit_code == 1 and "other teachers (teacher 2: weight);" in result.stderr
 
 
 def test_verify_refuses_a_changed_teacher(corpus, tmp_path):
@@ -155,7 +169,7 @@ def test_verify_fails_a_store_with_missing_units_and_finds_moved_shards(corpus, 
     store.unit_path(shard, epoch).unlink()  # as a teacher pass killed before its last unit leaves it
     result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "2"])
     assert result.exit_code == 1  # the views it drew pass, but the store is not whole
-    assert (f"auricle: error: {store_dir}: 1 units missing ({shard} epoch {epoch}); the teacher pass did not "
+    assert (f"auricle: error: {store_dir}: 1 unit missing ({shard} epoch {epoch}); the teacher pass did not "
             "finish: continue it with distill teach --resume") in result.stderr
     # The shard set moved: the store says where it looked, and --shards points to it.
     shards.rename(tmp_path / "moved")
@@ -203,6 +217,19 @@ def test_a_teach_that_failed_before_its_first_unit_leaves_nothing_in_the_way(cor
     fixed = CliRunner().invoke(cli, [*base, "--teacher", CALLABLE])
     assert fixed.exit_code == 0, fixed.output
     assert TargetStore.open(store_dir).manifest["complete"]
+
+
+def test_teach_refuses_a_shard_set_without_chunks(corpus, tmp_path):
+    # A "complete" set of 0 shards (as older versions wrote for sources that gave no audio) gave "nan B/view", exit 0.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    manifest = json.loads((corpus["shards"] / "manifest.json").read_text())
+    (empty / "manifest.json").write_text(json.dumps(dict(manifest, shards=[], seconds=0.0)))
+    (empty / "index.csv").write_text("key,shard,source,start,end,num_samples\n")
+    result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(empty), "--teacher", str(corpus["teacher"]),
+                                      "--out", str(tmp_path / "store")])
+    assert result.exit_code == 1 and result.stderr == f"auricle: error: {empty}: the shard set holds no audio\n"
+    assert not (tmp_path / "store" / "manifest.json").exists()
 
 
 def test_callable_teacher_is_aligned_by_mid_and_weighted(corpus, tmp_path):

@@ -87,9 +87,17 @@ def test_train_then_tag_with_the_student(distill_data, tmp_path):
 def test_cli_resume_after_stop_matches_an_uninterrupted_run(distill_data, tmp_path):
     from safetensors.torch import load_file
 
+    from auricle.distill.checkpointing import list_states
+
     assert _invoke(_train_args(distill_data, tmp_path / "whole")).exit_code == 0
-    stopped = _invoke(_train_args(distill_data, tmp_path / "split", "--stop-after-steps", "3"))
-    assert stopped.exit_code == 0 and "continue with --resume" in stopped.output
+    # Without --quiet: stderr is not a terminal here, so there must be no progress bar (as teach).
+    verbose = [arg for arg in _train_args(distill_data, tmp_path / "split", "--stop-after-steps", "3")
+               if arg != "--quiet"]
+    stopped = _invoke(verbose)
+    assert stopped.exit_code == 0 and "stopped after step 3 of" in stopped.stderr
+    assert "continue with --resume" in stopped.stderr and "%|" not in stopped.stderr and "\r" not in stopped.stderr
+    # Step 3 lies between the checkpoints at 2 and 4: the stop itself must be the resume point.
+    assert [step for step, _ in list_states(tmp_path / "split" / "state")] == [2, 3]
     again = _invoke(_train_args(distill_data, tmp_path / "split"))
     assert again.exit_code == 2 and "--resume" in again.output
     resumed = _invoke(_train_args(distill_data, tmp_path / "split", "--resume"))
@@ -97,6 +105,13 @@ def test_cli_resume_after_stop_matches_an_uninterrupted_run(distill_data, tmp_pa
     whole = load_file(str(tmp_path / "whole" / "student.safetensors"))
     split = load_file(str(tmp_path / "split" / "student.safetensors"))
     assert all(torch.equal(whole[key], split[key]) for key in whole)
+
+
+def test_train_help_shows_the_torchrun_command_whole():
+    result = CliRunner().invoke(cli, ["distill", "train", "--help"], terminal_width=60)
+    assert result.exit_code == 0
+    lines = [line.strip() for line in result.output.splitlines()]
+    assert "torchrun --standalone --nproc-per-node 2 -m auricle distill train ..." in lines  # not wrapped
 
 
 def test_the_student_is_trained_on_the_views_the_teacher_scored(distill_data):

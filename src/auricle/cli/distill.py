@@ -48,6 +48,11 @@ def distill_command() -> None:
     """
 
 
+def count_noun(count: int, noun: str) -> str:
+    """``1 shard``, ``2 shards``: report lines read as sentences."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _human_bytes(count: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if abs(count) < 1000 or unit == "GB":
@@ -111,9 +116,10 @@ def shards_command(sources, out_dir, files_from, chunk_seconds, min_seconds, chu
         fail(str(error), 1)
     for failure in report.failures[:len(report.failures) - len(told)]:  # those of the run this one resumed
         click.echo(f"auricle: error: {failure['error']}", err=True)
-    click.echo(f"{report.chunks} chunks ({report.seconds / 3600:.2f} h) in {report.shards} shards in {out_dir}; "
-               f"{len(report.failures)} of {report.sources} sources failed; "
-               f"{report.dropped_short} chunks under {min_seconds:g} s dropped", err=True)
+    click.echo(f"{count_noun(report.chunks, 'chunk')} ({report.seconds / 3600:.2f} h) in "
+               f"{count_noun(report.shards, 'shard')} in {out_dir}; "
+               f"{len(report.failures)} of {count_noun(report.sources, 'source')} failed; "
+               f"{count_noun(report.dropped_short, 'chunk')} under {min_seconds:g} s dropped", err=True)
     if report.failures:
         sys.exit(1)
 
@@ -197,26 +203,26 @@ def teach_command(shards_dir, teachers, out_dir, epochs, top_k, seed, codec, bat
     except AuricleError as error:
         fail(str(error), 1)
     if report.rank != 0:
-        click.echo(f"rank {report.rank} of {report.world_size}: {report.views_written} views in "
-                   f"{report.units_written} units ({report.units_skipped} already done)", err=True)
+        click.echo(f"rank {report.rank} of {report.world_size}: {count_noun(report.views_written, 'view')} in "
+                   f"{count_noun(report.units_written, 'unit')} ({report.units_skipped} already done)", err=True)
         if report.failures:
             sys.exit(1)
         return
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
     click.echo(
-        f"teacher pass: {report.views_written} views in {report.units_written} units "
+        f"teacher pass: {count_noun(report.views_written, 'view')} in {count_noun(report.units_written, 'unit')} "
         f"({report.units_skipped} already done) in {report.seconds:.1f} s ({report.views_per_second:.1f} views/s "
         f"on rank 0 of {report.world_size})", err=True)
     click.echo(
-        f"store: {report.views_total} views, {_human_bytes(report.store_bytes)} = {report.bytes_per_view:.1f} B/view "
+        f"store: {count_noun(report.views_total, 'view')}, {_human_bytes(report.store_bytes)} = {report.bytes_per_view:.1f} B/view "
         f"(top-{top_k} payload {report.payload_bytes_per_view} B/view; official 84 B/view); "
         f"{100 * report.store_fraction_of_shards:.3f}% of the shards' audio "
         f"({100 * report.store_fraction_of_pcm16:.3f}% of 16-bit PCM)", err=True)
     if not report.complete:
         click.echo("store is incomplete (other ranks or a later --resume must finish it)", err=True)
     if report.failures:
-        click.echo(f"auricle: {len(report.failures)} units failed; repair their shards and run again with "
+        click.echo(f"auricle: {count_noun(len(report.failures), 'unit')} failed; repair their shards and run again with "
                    "--resume", err=True)
         sys.exit(1)
 
@@ -249,16 +255,19 @@ def verify_command(store, sample, seed, device, threads, as_json, shards_dir) ->
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
     steps = report.max_code_distance
-    click.echo(f"verified {report.sampled} views: {report.passed} passed; recomputed and encoded again, the targets "
-               f"are {'the stored codes' if steps == 0 else f'at most {steps} quantisation steps from the stored codes'}"
-               f"; decoded, the stored values are within {report.max_abs_error:.2e} of the recomputed probabilities "
-               f"(the codec's rounding); {report.index_mismatches} with another class order", err=True)
+    closeness = ("the stored codes" if steps == 0
+                 else f"at most {count_noun(steps, 'quantisation step')} from the stored codes")
+    click.echo(f"verified {count_noun(report.sampled, 'view')}: {report.passed} passed; recomputed and encoded "
+               f"again, the targets are {closeness}; decoded, the stored values are within "
+               f"{report.max_abs_error:.2e} of the recomputed probabilities (the codec's rounding); "
+               f"{report.index_mismatches} with another class order", err=True)
     for failure in report.failures:
         click.echo(f"auricle: error: {failure['shard']} epoch {failure['epoch']} {failure['key']}: stored targets "
-                   f"differ ({failure['code_distance']} steps, same classes: {failure['same_classes']})", err=True)
+                   f"differ ({count_noun(failure['code_distance'], 'step')}, same classes: "
+                   f"{failure['same_classes']})", err=True)
     if report.missing_units:
         shown = ", ".join(report.missing_units[:3]) + (", ..." if len(report.missing_units) > 3 else "")
-        click.echo(f"auricle: error: {store}: {len(report.missing_units)} units missing ({shown}); the teacher pass "
-                   "did not finish: continue it with distill teach --resume", err=True)
+        click.echo(f"auricle: error: {store}: {count_noun(len(report.missing_units), 'unit')} missing ({shown}); "
+                   "the teacher pass did not finish: continue it with distill teach --resume", err=True)
     if not report.ok:
         sys.exit(1)

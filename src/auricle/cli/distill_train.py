@@ -70,7 +70,11 @@ def train_command(threads, quiet, **options):
     """Train a student on the teachers' top-k targets, replaying the views they scored.
 
     Runs on one process, or under torchrun with DistributedDataParallel (gloo on
-    CPU, nccl on GPU): `torchrun --standalone --nproc-per-node 2 -m auricle distill train ...`.
+    CPU, nccl on GPU):
+
+    \b
+      torchrun --standalone --nproc-per-node 2 -m auricle distill train ...
+
     The final student (`OUT/student.safetensors`) loads with `auricle tag --checkpoint`.
     """
     import json
@@ -78,6 +82,7 @@ def train_command(threads, quiet, **options):
     import torch
 
     from auricle.cli.common import fail
+    from auricle.cli.distill import count_noun
     from auricle.distill.train import TrainConfig, train
     from auricle.errors import AuricleError
 
@@ -90,7 +95,8 @@ def train_command(threads, quiet, **options):
         fail(str(error))
     if result.final_checkpoint is not None:
         scores = ", ".join(f"{key} {value:.4f}" for key, value in sorted(result.final_scores.items()))
-        click.echo(f"student: {result.final_checkpoint} ({result.steps} steps; {scores or 'no evaluation'})")
+        click.echo(f"student: {result.final_checkpoint} ({count_noun(result.steps, 'step')}; "
+                   f"{scores or 'no evaluation'})")
         if result.averaged_steps:
             click.echo(f"averaged the weights of steps {json.dumps(result.averaged_steps)}")
     elif not result.finished:

@@ -123,7 +123,26 @@ def build_manifest(shards: ShardSet, ensemble: TeacherEnsemble, config: TeachCon
 
 
 def _differences(stored: dict, wanted: dict) -> list[str]:
-    return [name for name in _RUN_FIELDS if _comparable(name, stored.get(name)) != _comparable(name, wanted.get(name))]
+    """The run fields that differ, each with the part that differs (the refusal should say what to fix)."""
+    return [_describe(name, _comparable(name, stored.get(name)), _comparable(name, wanted.get(name)))
+            for name in _RUN_FIELDS if _comparable(name, stored.get(name)) != _comparable(name, wanted.get(name))]
+
+
+def _describe(field: str, stored, wanted) -> str:
+    """``teachers (teacher 1: sha256)`` or ``shards (manifest_sha256)``; other fields by name alone."""
+    if field == "teachers" and isinstance(stored, list) and isinstance(wanted, list):
+        if len(stored) != len(wanted):
+            return f"teachers ({len(stored)} in the store, {len(wanted)} given)"
+        parts = [f"teacher {number}: {', '.join(_changed_keys(old, new))}"
+                 for number, (old, new) in enumerate(zip(stored, wanted), 1) if old != new]
+        return f"teachers ({'; '.join(parts)})"
+    if field == "shards" and isinstance(stored, dict) and isinstance(wanted, dict):
+        return f"shards ({', '.join(_changed_keys(stored, wanted))})"
+    return field
+
+
+def _changed_keys(old: dict, new: dict) -> list[str]:
+    return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
 
 
 def _comparable(field: str, value):

@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -164,12 +164,15 @@ def build_student(spec: str, num_classes: int) -> CED:
             values = values.get("config", values)  # an auricle checkpoint's JSON works too
         if not isinstance(values, dict):
             raise TrainingError(f"{spec}: a student config is a JSON object of CEDConfig fields")
-        fields = CEDConfig.__dataclass_fields__
-        unknown = sorted(set(values) - set(fields))
+        known = [item.name for item in fields(CEDConfig)]
+        unknown = sorted(set(values) - set(known))
         if unknown:  # a typo ("dept") would otherwise train the default silently
             raise TrainingError(f"{spec}: unknown student config keys {', '.join(map(repr, unknown))} "
-                                f"(known: {', '.join(fields)})")
-        missing = [name for name in ("embed_dim", "num_heads") if name not in values]
+                                f"(known: {', '.join(known)})")
+        # Fields without a default, read from CEDConfig itself so a new required field is asked for too.
+        required = [item.name for item in fields(CEDConfig) if item.default is MISSING
+                    and item.default_factory is MISSING]
+        missing = [name for name in required if name not in values]
         if missing:
             raise TrainingError(f"{spec}: the student config needs {' and '.join(map(repr, missing))}")
         try:
