@@ -108,3 +108,11 @@ def test_a_pipe_is_written_in_place_and_a_link_is_followed(tmp_path):
     stream.close()
     assert link.is_symlink() and target.read_text() == "newer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "pipe", "real.json"]
+
+
+def test_written_name_reads_back_what_a_temporary_was_for(tmp_path):
+    made = atomic.temporary_sibling(tmp_path / "a.json")
+    assert atomic.written_name(made.name) == "a.json"
+    assert atomic.written_name("state.123.tmp") == "state"
+    for name in ("a.json.tmp", "a.json.x.tmp", ".123.tmp", "notes.txt", "tmp", "a.json.123"):
+        assert atomic.written_name(name) is None, name

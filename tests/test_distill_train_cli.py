@@ -166,6 +166,22 @@ def test_train_refuses_an_out_that_holds_other_things(distill_data, tmp_path):
     assert sorted(path.name for path in occupied.iterdir()) == ["notes.txt"]
 
 
+def test_half_written_files_a_killed_run_left_do_not_block_its_out(distill_data, tmp_path):
+    # kill -9 in the middle of an atomic write leaves NAME.PID.tmp: still a training run's folder.
+    out = tmp_path / "left"
+    out.mkdir()
+    (out / "config.json.999.tmp").write_text("{")
+    (out / "result.json.12.tmp").write_text("")
+    result = _invoke(_train_args(distill_data, out, "--epochs", "1", "--resume"))
+    assert result.exit_code == 0, result.output
+    names = sorted(path.name for path in out.iterdir())
+    assert "config.json" in names and not [name for name in names if name.endswith(".tmp")]
+    # A name that merely looks similar is someone else's.
+    (out / "notes.json.tmp").write_text("mine")
+    result = _invoke(_train_args(distill_data, out, "--epochs", "1", "--resume"))
+    assert result.exit_code == 2 and "(notes.json.tmp)" in result.output
+
+
 def test_two_processes_under_torchrun(distill_data, tmp_path):
     out = tmp_path / "ddp"
     arguments = ["--standalone", "--nproc-per-node", "2", "-m", "auricle",

@@ -454,7 +454,10 @@ class Trainer:
 
     def _restore(self) -> int | None:
         """Load the newest state file if resuming; return its step (None when starting fresh)."""
-        foreign = sorted(path.name for path in self.out.iterdir() if path.name not in RUN_FILES)
+        # A temporary of one of our files is the main process writing it now, or what a killed
+        # run was writing: ours either way, not a sign that --out is some other folder.
+        foreign = sorted(path.name for path in self.out.iterdir()
+                         if path.name not in RUN_FILES and atomic.written_name(path.name) not in RUN_FILES)
         if foreign:  # a target store, a shard set, someone's notes: not ours to fill
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise TrainingError(f"{self.out}: holds files that are not a training run's ({shown}); "
@@ -602,7 +605,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         dist.barrier()
         resumed = self._restore()
+        dist.barrier()  # every process has read --out as it was before the main one writes there
         if dist.main:
+            _remove_leftovers(self.out)
             self.best.tidy()
             atomic.write_text(self.out / "config.json", json.dumps(
                 {"config": config.to_dict(), "labels": list(self.labels), "steps_per_epoch": self.steps_per_epoch,
@@ -681,6 +686,13 @@ class Trainer:
         result.final_scores = {key: value for key, value in scores.items() if not math.isnan(value)}
         logs.write(EVAL_LOG, EVAL_COLUMNS, {"step": self.step, "kind": "final", **scores})
         atomic.write_text(self.out / "result.json", json.dumps(result.to_dict(), indent=2))
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Half-written files a killed run left in ``out`` (its state folder keeps its own)."""
+    for path in out.glob(f"*{atomic.TEMPORARY_MARK}"):
+        if atomic.written_name(path.name) in RUN_FILES:
+            path.unlink(missing_ok=True)
 
 
 class _EvalSet:

@@ -31,6 +31,16 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}{TEMPORARY_MARK}")
 
 
+def written_name(name: str) -> str | None:
+    """The final name a temporary named ``name`` was being written for (``a.json`` for
+    ``a.json.123.tmp``), or None when ``name`` is no temporary of ours."""
+    stem, mark, rest = name.rpartition(".")
+    if f".{rest}" != TEMPORARY_MARK or not mark:
+        return None
+    final, dot, pid = stem.rpartition(".")
+    return final if dot and final and pid.isdigit() else None
+
+
 def in_place(path: str | os.PathLike) -> bool:
     """Whether ``path`` names something other than a regular file (a device, a pipe), to write as it is."""
     return os.path.exists(path) and not os.path.isfile(path)
@@ -138,4 +148,4 @@ def write_text(path: str | os.PathLike, text: str, durable: bool = False) -> Non
 
 
 __all__ = ["TEMPORARY_MARK", "TextFile", "commit", "in_place", "replacing", "temporary_sibling", "write_bytes",
-           "write_text"]
+           "write_text", "written_name"]
