@@ -116,3 +116,13 @@ def test_written_name_reads_back_what_a_temporary_was_for(tmp_path):
     assert atomic.written_name("state.123.tmp") == "state"
     for name in ("a.json.tmp", "a.json.x.tmp", ".123.tmp", "notes.txt", "tmp", "a.json.123"):
         assert atomic.written_name(name) is None, name
+
+
+def test_remove_leftovers_takes_temporaries_only_and_with_of_only_those_named(tmp_path):
+    for name in ("config.json", "config.json.7.tmp", "result.json.8.tmp", "notes.json.tmp", "model.pt"):
+        (tmp_path / name).write_text("x")
+    atomic.remove_leftovers(tmp_path, of={"config.json"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json", "model.pt", "notes.json.tmp", "result.json.8.tmp"]
+    atomic.remove_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.pt"]

@@ -251,8 +251,7 @@ def write_shards(
             path = out / entry["name"]
             if not path.exists() or file_sha256(path) != entry["sha256"]:
                 raise DistillError(f"{path}: missing or checksum mismatch; the shard set is damaged")
-    for stale in out.glob(f"*{atomic.TEMPORARY_MARK}"):  # what a killed run was writing
-        stale.unlink()
+    atomic.remove_leftovers(out)  # what a killed run was writing
     if not state["complete"]:
         _fill_shards(sources, out, config, state, progress, tqdm, on_failure)
         if not state["shards"]:  # a "complete" set of nothing would pass for one until teach divides by it

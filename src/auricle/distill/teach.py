@@ -30,6 +30,7 @@ from auricle.distill import file_sha256
 from auricle.distill.store import CODECS, DEFAULT_CODEC, TargetStore, encode_values
 from auricle.distill.teachers import TeacherEnsemble, TeacherSpec, load_ensemble
 from auricle.errors import AuricleError
+from auricle.io import atomic
 
 # Views of other lengths waiting for a full batch, in batches, before all are scored.
 _MAX_WAITING = 8
@@ -174,8 +175,7 @@ def _prepare_store(store_dir: Path, wanted: dict, resume: bool, rank: int) -> Ta
     if different:
         raise DistillError(f"{store_dir}: was made with other {', '.join(different)}; cannot resume it with these")
     if rank == 0:
-        for stale in (store_dir / "targets").glob("*.tmp*"):
-            stale.unlink(missing_ok=True)
+        atomic.remove_leftovers(store_dir / "targets")
     return store
 
 

@@ -607,7 +607,7 @@ class Trainer:
         resumed = self._restore()
         dist.barrier()  # every process has read --out as it was before the main one writes there
         if dist.main:
-            _remove_leftovers(self.out)
+            atomic.remove_leftovers(self.out, of=RUN_FILES)  # its state folder keeps its own
             self.best.tidy()
             atomic.write_text(self.out / "config.json", json.dumps(
                 {"config": config.to_dict(), "labels": list(self.labels), "steps_per_epoch": self.steps_per_epoch,
@@ -686,13 +686,6 @@ class Trainer:
         result.final_scores = {key: value for key, value in scores.items() if not math.isnan(value)}
         logs.write(EVAL_LOG, EVAL_COLUMNS, {"step": self.step, "kind": "final", **scores})
         atomic.write_text(self.out / "result.json", json.dumps(result.to_dict(), indent=2))
-
-
-def _remove_leftovers(out: Path) -> None:
-    """Half-written files a killed run left in ``out`` (its state folder keeps its own)."""
-    for path in out.glob(f"*{atomic.TEMPORARY_MARK}"):
-        if atomic.written_name(path.name) in RUN_FILES:
-            path.unlink(missing_ok=True)
 
 
 class _EvalSet:

@@ -11,7 +11,7 @@ points to is replaced and the link kept; a device, pipe or socket (``/dev/stdout
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -39,6 +39,18 @@ def written_name(name: str) -> str | None:
         return None
     final, dot, pid = stem.rpartition(".")
     return final if dot and final and pid.isdigit() else None
+
+
+def remove_leftovers(folder: str | os.PathLike, of: Collection[str] | None = None) -> None:
+    """Remove the temporaries a killed writer left in ``folder``: all of them, or with ``of``
+    only those that were being written for one of these names.
+
+    Only for a folder the caller owns alone (a resumed job's output): a live writer's
+    temporary would go too.
+    """
+    for path in Path(folder).glob(f"*{TEMPORARY_MARK}"):
+        if of is None or written_name(path.name) in of:
+            path.unlink(missing_ok=True)
 
 
 def in_place(path: str | os.PathLike) -> bool:
