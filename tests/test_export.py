@@ -50,6 +50,12 @@ def session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def session_of(model_proto):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
 def check_against_torch(path, model, waveforms, tolerance):
     graph = session(path)
     worst = 0.0
@@ -153,8 +159,8 @@ def test_export_int8_keeps_top5_agreement(runtime, small_checkpoint, waveforms, 
     if runtime == "onnxruntime":
         assert "QAttention" in ops and "Attention" not in ops
         # Only the encoder is quantised: its projection and MLP MatMuls (3 per block, 2 blocks); the
-        # frontend's mel filterbank MatMul and the head stay float.
-        assert standard.count("MatMulInteger") == 6 and "MatMul" in standard and "Gemm" in standard
+        # frontend's mel filterbank MatMul and the head's stay float.
+        assert standard.count("MatMulInteger") == 6 and standard.count("MatMul") == 2
     else:
         assert not ops
         # qkv, proj, fc1, fc2 in 2 blocks and the head; the mel filterbank product stays float
@@ -242,10 +248,11 @@ def test_export_ced_tiny_on_reference_inputs(tiny_model, waveforms, tmp_path):
 
 
 def test_convolutional_stft_log_mel_matches_the_frontend():
-    from auricle.export import ConvLogMel
-    from auricle.frontend import FrontendConfig, LogMel
+    from auricle.export_graph import log_mel_graph
+    from auricle.frontend import LogMel
 
-    reference, conv = LogMel(), ConvLogMel(FrontendConfig())
+    reference, graph = LogMel(), session_of(log_mel_graph())
+    conv = lambda waveforms: torch.from_numpy(graph.run(None, {"waveforms": waveforms.numpy()})[0])  # noqa: E731
     generator = torch.Generator().manual_seed(0)
     tone = torch.sin(2 * torch.pi * 440 * torch.arange(48000) / 16000)
     for waveforms in [torch.randn(2, 160000, generator=generator) * 0.1,  # noise
@@ -272,3 +279,22 @@ def test_a_head_of_fewer_than_five_classes_is_checked_on_all_of_them(tmp_path):
                                       "--out", str(tmp_path / "two.onnx")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "top-2 overlap 1.000" in result.stdout
+
+
+@pytest.mark.parametrize("runtime", ["portable", "onnxruntime"])
+def test_an_mlp_softmax_head_exports_as_it_scores(runtime, tmp_path):
+    """A probe's MLP head (LayerNorm, Linear, GELU, Linear) with softmax scores, as `auricle probe --head mlp` makes."""
+    torch.manual_seed(0)
+    network = CED(CEDConfig(embed_dim=64, num_heads=2, depth=1, num_classes=3, head_hidden=16,
+                            head_activation="softmax"))
+    with torch.no_grad():
+        network.outputlayer[3].weight.mul_(20)  # scores far from uniform
+    checkpoint = save_checkpoint(network, tmp_path / "mlp.safetensors", labels=["a", "b", "c"], name="mlp")
+    model = auricle.load_model(checkpoint=checkpoint)
+    report = export_onnx(model, tmp_path / "mlp.onnx", runtime=runtime)
+    assert report.max_abs_diff <= 1e-4
+    wave = 0.1 * np.random.default_rng(0).standard_normal((2, 40000)).astype(np.float32)
+    probabilities, _ = session(tmp_path / "mlp.onnx").run(None, {"waveforms": wave})
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probabilities, model.probabilities(torch.from_numpy(wave)).numpy(), atol=1e-4)
+    assert probabilities.max() > 0.6

@@ -20,10 +20,13 @@ def session(model):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "standard-ops"])
 @pytest.mark.parametrize("overrides", [{}, {"qkv_bias": False}])
-def test_fp32_graph_matches_the_module(overrides):
+def test_fp32_graph_matches_the_module(overrides, fused):
     net = perturbed_network(num_heads=4, **overrides)
-    run = session(ort_graph.encoder_graph(net))
+    graph = ort_graph.encoder_graph(net, fused=fused)
+    assert any(node.domain == ort_graph.CONTRIB_DOMAIN for node in graph.graph.node) == fused
+    run = session(graph)
     # full pieces, a split long clip, and short pieces (fewer time patches: the position table is cut)
     for samples, batch in [(160000, 2), (400000, 1), (20000, 3), (2400, 1)]:
         x = normalised_pieces(net, samples, batch)

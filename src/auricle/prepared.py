@@ -3,8 +3,8 @@
 With ``--engine onnx``, the commands that tag and embed (tag, evaluate, serve, listen, embed) run
 the model as an ``auricle export --runtime onnxruntime --piece-embeddings`` file runs: log-mel,
 encoder and head in one graph, loaded by :class:`~auricle.exported.ExportedModel` with numpy and
-onnxruntime only. The first run exports that graph from the weights (with torch; ~20 s for
-ced-mini on 2 cores) and keeps it in the cache (``$AURICLE_CACHE/prepared``, see
+onnxruntime only. The first run exports that graph from the weights (with torch; ~7 s for
+ced-mini on 2 cores, most of it importing torch and the export's parity check) and keeps it in the cache (``$AURICLE_CACHE/prepared``, see
 :func:`auricle.cache.cache_dir`). Later runs find it by the identity of the weights files (path,
 size, modification time; the Hugging Face cache keeps each file under its content hash) and never
 import torch, which alone takes about 2 s on the development VMs.
