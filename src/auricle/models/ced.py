@@ -163,7 +163,10 @@ class CED(nn.Module):
         (or softmax, see ``CEDConfig.head_activation``) outputs are averaged,
         as the official model does.
         """
-        tokens, count = self.encode(waveforms)
+        return self.clip_probabilities(*self.encode(waveforms))
+
+    def clip_probabilities(self, tokens: torch.Tensor, count: int) -> torch.Tensor:
+        """Tokens of ``count`` pieces per clip, piece-major (:meth:`encode`) -> probabilities (batch, num_classes)."""
         probabilities = self.activate(self.forward_head(tokens))
         return probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
 
