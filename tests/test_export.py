@@ -88,6 +88,7 @@ def test_export_waveform_graph(small_checkpoint, waveforms, tmp_path):
     assert metadata["input"] == "waveform" and metadata["precision"] == "fp32"
     assert metadata["runtime"] == "portable" and "portable runtime" in result.stdout
     assert not contrib_ops(out)
+    onnx.checker.check_model(onnx.load_model(out), full_check=True)  # standard operators, types and shapes
     frontend = json.loads(metadata["frontend"])
     assert (frontend["sample_rate"], frontend["hop_length"], frontend["n_mels"]) == (16000, 160, 64)
     assert int(metadata["piece_frames"]) == 1012
@@ -165,6 +166,7 @@ def test_export_int8_keeps_top5_agreement(runtime, small_checkpoint, waveforms, 
         assert not ops
         # qkv, proj, fc1, fc2 in 2 blocks and the head; the mel filterbank product stays float
         assert standard.count("MatMulInteger") == 9
+        onnx.checker.check_model(onnx.load_model(out), full_check=True)
 
     model = auricle.load_model(checkpoint=small_checkpoint)
     graph = session(out)
