@@ -37,9 +37,9 @@ def test_fp32_graph_matches_the_module(overrides, fused):
         np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-4)
 
 
-def test_int8_graph_uses_quantised_fused_operators_and_stays_close(tmp_path):
+def test_int8_graph_uses_quantised_fused_operators_and_stays_close():
     net = perturbed_network(num_heads=4)
-    model = ort_graph.quantize_encoder(ort_graph.encoder_graph(net), tmp_path)
+    model = ort_graph.encoder_graph(net, int8=True)
     kinds = {node.op_type for node in model.graph.node}
     assert {"QAttention", "BiasGelu"} <= kinds and "Attention" not in kinds
     x = normalised_pieces(net, 160000, 2)
@@ -48,3 +48,28 @@ def test_int8_graph_uses_quantised_fused_operators_and_stays_close(tmp_path):
     (got,) = session(model).run(None, {"pieces": x.numpy()})
     error = np.abs(got - expected).max()
     assert 0 < error < 0.2  # int8 really ran; LayerNorm-scaled tokens are O(1)
+
+
+def test_int8_weights_are_what_onnxruntimes_quantiser_makes(tmp_path):
+    """quantize_columns against quantize_dynamic(per_channel, reduce_range) on one MatMul: same codes and scales."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    weight = torch.randn(48, 20, generator=torch.Generator().manual_seed(0))
+    weight[:, 3] = 0  # a dead output channel: scale 1, codes 0
+    weight[5, 7] = 40.0  # one outlier sets its column's scale
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 48])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 20])],
+        [numpy_helper.from_array(weight.numpy(), "w")])
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "f.onnx")
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", weight_type=QuantType.QInt8, per_channel=True,
+                     reduce_range=True)
+    theirs = {item.name: numpy_helper.to_array(item) for item in onnx.load_model(tmp_path / "q.onnx").graph.initializer}
+    codes, scale, zero_point = ort_graph.quantize_columns(weight)
+    np.testing.assert_array_equal(codes, theirs["w_quantized"])
+    np.testing.assert_allclose(scale, theirs["w_scale"], rtol=1e-6)
+    np.testing.assert_array_equal(zero_point, theirs["w_zero_point"])
+    assert np.abs(codes.astype(int)).max() == 64 and (codes[:, 3] == 0).all() and scale[3] == 1

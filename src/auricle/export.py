@@ -20,14 +20,10 @@ lengths before it is written; :class:`ExportReport` carries the figures.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import logging
 import os
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +32,7 @@ import torch
 
 from auricle.audio import SAMPLE_RATE
 from auricle.errors import AuricleError
-from auricle.export_graph import FILTERBANK_NODE, OPSET, model_graph, non_encoder_products
+from auricle.export_graph import OPSET, model_graph
 from auricle.exported import read_metadata  # noqa: F401  (where it lived first)
 from auricle.io import atomic
 from auricle.models.ced import MIN_SAMPLES
@@ -54,46 +50,6 @@ class ExportError(AuricleError):
 
 class ParityError(ExportError):
     """The exported graph was built but strays from the torch model beyond the tolerance."""
-
-
-@contextlib.contextmanager
-def quiet_exporter() -> Iterator[None]:
-    """Silence the quantiser's chatter (it warns through the root logger, and in warnings) for one export."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
-def quantize_int8(model_proto, work_dir: Path, keep_float: list[str] | None = None,
-                  op_types: tuple[str, ...] = ("MatMul", "Gemm"), extra_options: dict | None = None):
-    """Dynamic int8 quantisation of the weights of ``op_types`` nodes (activations quantised per call).
-
-    ``keep_float`` names nodes left in float32 (see :func:`filterbank_products`).
-
-    Weights are quantised per output channel to 7 bits (``reduce_range``). On CPUs
-    without VNNI (AVX2 only), ONNX Runtime multiplies uint8 activations by int8
-    weights with ``vpmaddubsw``, whose int16 pair sums saturate for 8-bit weights:
-    on an AMD Zen 3 that moved a small model's probabilities by 0.39 (0.11 through
-    QAttention). 7-bit weights cannot saturate, and per-channel scales win back
-    the lost bit (worst difference 0.008). A file exported on one CPU
-    runs on any other, so this is done everywhere.
-    """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    source, target = work_dir / "fp32.onnx", work_dir / "int8.onnx"
-    onnx.save_model(model_proto, source)
-    with quiet_exporter():
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
-                         op_types_to_quantize=list(op_types),
-                         nodes_to_exclude=list(keep_float or []), extra_options=extra_options or {})
-    return onnx.load_model(target)
 
 
 # -- user-facing export --------------------------------------------------------------
@@ -170,9 +126,6 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
     ``piece_embeddings`` adds a third output, the mean token of every 1012-frame piece
     (pieces, batch, dim): with it, an exported file can embed as ``AudioModel.embed`` does.
     """
-    import tempfile
-
-    import onnx
     import onnxruntime as ort
 
     if runtime not in RUNTIMES:
@@ -182,19 +135,10 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
     network = copy.deepcopy(model.network).float().cpu().eval()
     input_name = "mel" if mel_input else "waveforms"
     try:
-        with tempfile.TemporaryDirectory() as work:
-            fused = runtime == "onnxruntime"
-            proto = model_graph(network, mel_input, fused, piece_embeddings)
-            if int8 and fused:  # only the encoder: its MatMuls and Attention are nearly all of the arithmetic
-                proto = quantize_int8(proto, Path(work), keep_float=non_encoder_products(proto),
-                                      op_types=("MatMul", "Attention"),
-                                      # shape inference cannot type the contrib ops' outputs; all are float32
-                                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-            elif int8:
-                proto = quantize_int8(proto, Path(work), keep_float=[FILTERBANK_NODE])
+        proto = model_graph(network, mel_input, runtime == "onnxruntime", piece_embeddings, int8)
     except ExportError:
         raise
-    except Exception as error:  # onnx and the quantiser raise many types; all mean "cannot export"
+    except Exception as error:  # onnx raises many types; all mean "cannot export"
         raise ExportError(f"{model.name}: ONNX export failed: {str(error).strip().splitlines()[0]}") from error
     for key, value in _metadata(model, "log-mel" if mel_input else "waveform", int8, runtime,
                                 piece_embeddings).items():

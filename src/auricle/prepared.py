@@ -116,7 +116,7 @@ def load_prepared(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | Non
 
 def _prepare(name: str, checkpoint: str | os.PathLike | None, hub_cache: str | os.PathLike | None,
              precision: str, path: Path, announce: Callable[[str], None] | None) -> None:
-    from auricle.export import ExportError, ParityError, export_onnx, quiet_exporter
+    from auricle.export import ExportError, ParityError, export_onnx
     from auricle.model import load_model
 
     model = load_model(name, checkpoint=checkpoint, cache_dir=hub_cache)
@@ -128,8 +128,7 @@ def _prepare(name: str, checkpoint: str | os.PathLike | None, hub_cache: str | o
                      "without torch")
         # The export is written under a name of this process's own, then renamed: two first runs
         # at once each export, and the last rename wins, intact.
-        with quiet_exporter():
-            export_onnx(model, path, int8=precision == "int8", runtime="onnxruntime", piece_embeddings=True)
+        export_onnx(model, path, int8=precision == "int8", runtime="onnxruntime", piece_embeddings=True)
     except ExportError as error:
         if isinstance(error, ParityError):  # the same weights would fail the same way: remember it
             path.with_suffix(".failed").write_text(f"{error}\n")

@@ -43,7 +43,6 @@ import os
 import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -298,14 +297,7 @@ def weights_digest(network: nn.Module) -> str:
 
 
 def encoder_model(network: CED, int8: bool, cache_dir: str | os.PathLike | None = None) -> bytes:
-    """The serialized ONNX encoder for ``network``: from the cache, else exported (and cached).
-
-    The int8 graph is quantised from the (cached) fp32 one, so asking for both exports once.
-    """
-    import tempfile
-
-    import onnx
-
+    """The serialized ONNX encoder for ``network``: from the cache, else written (and cached)."""
     from auricle.inference import ort_graph
 
     key = f"v{ONNX_CACHE_VERSION}-torch{torch.__version__}-{weights_digest(network)}"
@@ -313,12 +305,7 @@ def encoder_model(network: CED, int8: bool, cache_dir: str | os.PathLike | None 
     path = folder / f"encoder-{key}-{'int8' if int8 else 'fp32'}.onnx"
     if path.is_file():
         return path.read_bytes()
-    if int8:
-        fp32 = onnx.load_model_from_string(encoder_model(network, False, cache_dir))
-        with tempfile.TemporaryDirectory() as work:
-            payload = ort_graph.quantize_encoder(fp32, Path(work)).SerializeToString()
-    else:
-        payload = ort_graph.encoder_graph(copy.deepcopy(network).float().eval()).SerializeToString()
+    payload = ort_graph.encoder_graph(copy.deepcopy(network).float().eval(), int8=int8).SerializeToString()
     try:  # a cache that cannot be written only costs the export next time
         folder.mkdir(parents=True, exist_ok=True)
         atomic.write_bytes(path, payload)
