@@ -126,3 +126,14 @@ def test_remove_leftovers_takes_temporaries_only_and_with_of_only_those_named(tm
         "config.json", "model.pt", "notes.json.tmp", "result.json.8.tmp"]
     atomic.remove_leftovers(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.pt"]
+
+
+def test_a_failed_write_names_the_file_asked_for_not_the_temporary(tmp_path):
+    target = tmp_path / "missing" / "model.onnx"
+    with pytest.raises(FileNotFoundError) as raised:
+        atomic.write_bytes(target, b"x")
+    assert raised.value.filename == str(target) and ".tmp" not in str(raised.value)
+    with pytest.raises(FileNotFoundError) as raised:
+        atomic.TextFile(target)
+    assert raised.value.filename == str(target)
+    assert not (tmp_path / "missing").exists()

@@ -97,10 +97,19 @@ def replacing(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     try:
         yield temporary
         commit(temporary, path, durable)
-    except BaseException:
+    except BaseException as error:
         with suppress(OSError):
             temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _naming(error, temporary, path) from None
         raise
+
+
+def _naming(error: OSError, temporary: Path, path: Path) -> OSError:
+    """``error`` about ``path`` where it names our ``temporary``: the user knows the file, not the temporary."""
+    if error.filename is not None and os.fspath(error.filename) == os.fspath(temporary):
+        return OSError(error.errno, error.strerror, os.fspath(path))  # the errno's own subclass
+    return error
 
 
 class TextFile:
@@ -114,7 +123,10 @@ class TextFile:
         self.path = Path(path)
         #: None when ``path`` is a device or pipe, written in place.
         self.temporary: Path | None = None if in_place(path) else temporary_sibling(_target(path))
-        self._handle = open(self.temporary or path, "w", encoding="utf-8", newline="")
+        try:
+            self._handle = open(self.temporary or path, "w", encoding="utf-8", newline="")
+        except OSError as error:
+            raise _naming(error, self.temporary, self.path) if self.temporary else error from None
 
     @property
     def name(self) -> str:
@@ -159,5 +171,5 @@ def write_text(path: str | os.PathLike, text: str, durable: bool = False) -> Non
         temporary.write_text(text, encoding="utf-8")
 
 
-__all__ = ["TEMPORARY_MARK", "TextFile", "commit", "in_place", "replacing", "temporary_sibling", "write_bytes",
-           "write_text", "written_name"]
+__all__ = ["TEMPORARY_MARK", "TextFile", "commit", "in_place", "remove_leftovers", "replacing", "temporary_sibling",
+           "write_bytes", "write_text", "written_name"]
