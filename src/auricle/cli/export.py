@@ -17,7 +17,10 @@ from auricle.models.registry import DEFAULT_MODEL
 @click.option("--checkpoint", type=click.Path(dir_okay=True), default=None,
               help="Weights file or folder (Zenodo .pt, Hugging Face folder, auricle .safetensors).")
 @click.option("--format", "export_format", type=click.Choice(["onnx"]), default="onnx", show_default=True)
-@click.option("--int8", is_flag=True, help="Quantise the MatMul weights to int8 (dynamic quantisation).")
+@click.option("--int8", is_flag=True,
+              help="Dynamic int8: the weights of the encoder's products (and, portable, the head's) as 7-bit "
+                   "codes with one scale per output channel, activations quantised per call; the mel "
+                   "filterbank stays float32.")
 @click.option("--mel-input", is_flag=True,
               help="Take the log-mel (batch, 64, frames) in dB instead of the 16 kHz waveform.")
 @click.option("--runtime", type=click.Choice(["portable", "onnxruntime"]), default="portable", show_default=True,
