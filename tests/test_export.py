@@ -300,3 +300,34 @@ def test_an_mlp_softmax_head_exports_as_it_scores(runtime, tmp_path):
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(probabilities, model.probabilities(torch.from_numpy(wave)).numpy(), atol=1e-4)
     assert probabilities.max() > 0.6
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+@pytest.mark.parametrize("mel_input", [False, True], ids=["waveform", "mel"])
+def test_the_portable_graph_runs_in_onnxs_reference_implementation(mel_input, int8):
+    """onnx.reference is a second, independent implementation of the standard operators: the portable
+    graph is standard ONNX, not only what ONNX Runtime accepts (OpenVINO ran it too, by hand)."""
+    from onnx.reference import ReferenceEvaluator
+
+    from auricle.export_graph import model_graph
+
+    torch.manual_seed(0)
+    network = CED(CEDConfig(embed_dim=64, num_heads=2, depth=2, num_classes=10)).eval()
+    rng = np.random.default_rng(0)
+    for wave in [0.1 * rng.standard_normal((1, 1600)), 0.1 * rng.standard_normal((2, 170000))]:  # padded; 2 pieces
+        wave = torch.from_numpy(wave.astype(np.float32))
+        with torch.inference_mode():
+            expected = network(wave).numpy()
+            tokens, count = network.encode(wave)
+            pieces = tokens.mean(dim=1).reshape(count, len(wave), -1).numpy()
+            feed = network.spectrogram(wave) if mel_input else wave
+        graph = ReferenceEvaluator(model_graph(network, mel_input, fused=False, piece_embeddings=True, int8=int8))
+        probabilities, embedding, piece_embeddings = graph.run(None, {"mel" if mel_input else "waveforms":
+                                                                      feed.numpy()})
+        error = np.abs(probabilities - expected).max()
+        if int8:
+            assert 0 < error < 0.05
+        else:
+            assert error < 1e-5
+            np.testing.assert_allclose(piece_embeddings, pieces, atol=1e-5)
+            np.testing.assert_allclose(embedding, pieces.mean(axis=0), atol=1e-5)
