@@ -12,7 +12,8 @@ Two inputs:
 And two runtimes. ``portable`` (the default) is written in standard operators (opset 18),
 for any ONNX runtime. ``onnxruntime`` has in its encoder the fused ``com.microsoft``
 Attention and BiasGelu the ``onnx`` engine runs (QAttention with int8): faster in ONNX
-Runtime, and only loadable there. :mod:`auricle.export_graph` writes both, node by node.
+Runtime, and made for it (other runtimes may not know those operators).
+:mod:`auricle.export_graph` writes both, node by node.
 
 Every export is checked against the torch model on synthetic clips of several
 lengths before it is written; :class:`ExportReport` carries the figures.

@@ -26,7 +26,8 @@ from auricle.models.registry import DEFAULT_MODEL
 @click.option("--runtime", type=click.Choice(["portable", "onnxruntime"]), default="portable", show_default=True,
               help="portable: standard ONNX operators, for any ONNX runtime. onnxruntime: the encoder with "
                    "ONNX Runtime's fused com.microsoft operators (Attention, BiasGelu; QAttention with --int8, "
-                   "which then quantises only the encoder); faster, but the file loads only in ONNX Runtime.")
+                   "which then quantises only the encoder); faster, but made for ONNX Runtime: other runtimes may "
+                   "not load it.")
 @click.option("--piece-embeddings", is_flag=True,
               help="Add a third output, `piece_embeddings` (pieces, batch, dim): the mean token of each 10.12 s "
                    "piece, so that `auricle embed --checkpoint FILE.onnx` works.")
@@ -45,7 +46,7 @@ def export_command(model_name, checkpoint, export_format, int8, mel_input, runti
     and `embedding` (batch, dim). Clips past 10.12 s are split into pieces
     inside the graph, as `auricle tag` does. Labels and frontend parameters are
     stored in the file's metadata. With --runtime onnxruntime the file uses
-    ONNX Runtime's contrib operators and runs only in ONNX Runtime.
+    ONNX Runtime's contrib operators, made for ONNX Runtime (other runtimes may not load it).
     """
     from auricle.export import export_onnx
 
