@@ -295,6 +295,7 @@ def test_an_mlp_softmax_head_exports_as_it_scores(runtime, tmp_path):
     model = auricle.load_model(checkpoint=checkpoint)
     report = export_onnx(model, tmp_path / "mlp.onnx", runtime=runtime)
     assert report.max_abs_diff <= 1e-4
+    assert "pieces of the softmax" in read_metadata(tmp_path / "mlp.onnx")["outputs"]
     wave = 0.1 * np.random.default_rng(0).standard_normal((2, 40000)).astype(np.float32)
     probabilities, _ = session(tmp_path / "mlp.onnx").run(None, {"waveforms": wave})
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)

@@ -108,7 +108,8 @@ def _metadata(model, input_kind: str, int8: bool, runtime: str, piece_embeddings
         "encoder": json.dumps(network.config.to_dict()),
         "piece_frames": str(network.config.target_frames),
         "min_samples": str(MIN_SAMPLES),
-        "outputs": "probabilities (batch, classes): mean over 1012-frame pieces of the sigmoid; "
+        "outputs": "probabilities (batch, classes): mean over 1012-frame pieces of the "
+                   f"{network.config.head_activation}; "
                    "embedding (batch, dim): mean of all encoder tokens"
                    + ("; piece_embeddings (pieces, batch, dim): mean token of each 1012-frame piece"
                       if piece_embeddings else ""),
