@@ -8,6 +8,7 @@ with the ced-tiny reference checkpoint.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -332,3 +333,14 @@ def test_the_portable_graph_runs_in_onnxs_reference_implementation(mel_input, in
             assert error < 1e-5
             np.testing.assert_allclose(piece_embeddings, pieces, atol=1e-5)
             np.testing.assert_allclose(embedding, pieces.mean(axis=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("missing", ["onnxruntime", "onnx"])
+def test_export_without_the_onnx_extra_says_what_to_install(missing, small_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now raises ImportError
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(small_checkpoint), "--out",
+                                      str(tmp_path / "x.onnx")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"auricle: error: auricle export needs {missing}: pip install 'auricle[onnx]'"]
+    assert not (tmp_path / "x.onnx").exists()

@@ -128,8 +128,12 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
     ``piece_embeddings`` adds a third output, the mean token of every 1012-frame piece
     (pieces, batch, dim): with it, an exported file can embed as ``AudioModel.embed`` does.
     """
-    import onnxruntime as ort
-
+    try:
+        import onnx  # noqa: F401  (the graph is built with it)
+        import onnxruntime as ort
+    except ImportError as error:
+        raise ExportError(f"auricle export needs {error.name or 'onnx and onnxruntime'}: "
+                          "pip install 'auricle[onnx]'") from None
     if runtime not in RUNTIMES:
         raise ExportError(f"{model.name}: unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     started = time.perf_counter()
