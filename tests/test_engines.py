@@ -156,6 +156,28 @@ def test_onnx_engine_cache_is_reused(engine_models, tiny_checkpoint, tiny_model,
     np.testing.assert_allclose(model.probabilities(wave), tiny_model.probabilities(wave), atol=1e-5)
 
 
+def test_without_onnx_the_onnx_engine_says_so_unless_its_graph_is_cached(tmp_path, monkeypatch):
+    import importlib.util
+
+    from auricle.inference.engines import make_engine
+    from auricle.models.ced import CED, CEDConfig
+
+    network = CED(CEDConfig(embed_dim=64, num_heads=1, depth=1, num_classes=10)).eval()
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "onnx" else
+                        find_spec(name, *args))
+    with pytest.raises(EngineError, match=r"needs onnx to write its graph: pip install 'auricle\[onnx\]'"):
+        make_engine(network, EngineConfig("onnx", "fp32"), cache_dir=tmp_path)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    make_engine(network, EngineConfig("onnx", "fp32"), cache_dir=tmp_path)  # writes the graph into the cache
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "onnx" else
+                        find_spec(name, *args))
+    wave = torch.zeros(1, 16000)
+    cached = make_engine(network, EngineConfig("onnx", "fp32"), cache_dir=tmp_path)
+    with torch.inference_mode():
+        np.testing.assert_allclose(cached.probabilities(wave).numpy(), network(wave).numpy(), atol=1e-5)
+
+
 def test_bad_engine_choices():
     with pytest.raises(EngineError, match="onnx engine runs fp32 or int8"):
         EngineConfig("onnx", "bf16")

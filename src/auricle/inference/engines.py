@@ -52,7 +52,7 @@ from auricle.cache import cache_dir as engine_cache_dir
 from auricle.errors import AuricleError
 from auricle.fingerprints import model_key
 from auricle.inference.fused import PRECISIONS, FusedEncoder, fused_supported
-from auricle.inference.ort_sessions import ONNXRUNTIME_MISSING, stream_sessions
+from auricle.inference.ort_sessions import ONNX_MISSING, ONNXRUNTIME_MISSING, stream_sessions
 from auricle.inference.streams import StreamPool, run_here, split_bounds
 from auricle.inference.tuning import CpuFeatures, default_batch_size, default_streams, default_threads, fastest_precision
 from auricle.io import atomic
@@ -305,6 +305,8 @@ def encoder_model(network: CED, int8: bool, cache_dir: str | os.PathLike | None 
     path = folder / f"encoder-{key}-{'int8' if int8 else 'fp32'}.onnx"
     if path.is_file():
         return path.read_bytes()
+    if importlib.util.find_spec("onnx") is None:  # only writing the graph needs it
+        raise EngineError(ONNX_MISSING)
     payload = ort_graph.encoder_graph(copy.deepcopy(network).float().eval(), int8=int8).SerializeToString()
     try:  # a cache that cannot be written only costs the export next time
         folder.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 #: What the onnx engine and prepared graphs say when ONNX Runtime is not installed.
 ONNXRUNTIME_MISSING = "the onnx engine needs onnxruntime: pip install 'auricle[onnx]'"
+#: ... and when onnx, which writes the graphs, is not (a graph already in the cache runs without it).
+ONNX_MISSING = "the onnx engine needs onnx to write its graph: pip install 'auricle[onnx]'"
 
 
 def stream_sessions(model: bytes | str, threads: int, streams: int) -> list:
