@@ -16,7 +16,7 @@ the matrix-product kernels (same float32 arithmetic up to summation order).
 
 Writing the nodes directly takes a fraction of a second for ced-mini on 2 cores, where tracing
 the torch modules with ``torch.onnx.export`` took 4-25 s per graph (and ``quantize_dynamic``
-2.5-4 s more for int8), and needs neither ``onnxscript`` nor the exporter's version quirks.
+2-4 s more for int8), and needs neither ``onnxscript`` nor the exporter's version quirks.
 """
 
 from __future__ import annotations

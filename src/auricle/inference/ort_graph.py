@@ -23,7 +23,7 @@ Runtime fuses into ``DynamicQuantizeMatMul``), with the weights ONNX Runtime's o
 quantiser would make (:func:`quantize_columns`), without its pass over a float graph.
 
 Written node by node rather than traced: the exporter took 4-25 s per graph and the
-quantiser 2.5-4 s more for ced-mini; this takes a fraction of a second
+quantiser 2-4 s more for ced-mini; this takes a fraction of a second
 (:class:`GraphBuilder` is shared with :mod:`auricle.export_graph`).
 """
 
