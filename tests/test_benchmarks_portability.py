@@ -1,0 +1,30 @@
+"""benchmarks/portability.py: every kind of exported file, run again by another interpreter (here: this one)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT
+
+
+def test_every_kind_runs_in_the_other_environment_and_agrees(tmp_path):
+    from auricle.models.ced import CED, CEDConfig
+    from auricle.models.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(CED(CEDConfig(embed_dim=64, num_heads=2, depth=1, num_classes=10)),
+                                 tmp_path / "small.safetensors", labels=[f"c{i}" for i in range(10)], name="small")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "portability.py"), "--checkpoint", str(checkpoint),
+                           "--python", sys.executable, "--json", str(tmp_path / "out.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "out.json").read_text())["rows"]
+    assert len(rows) == 16  # 8 kinds, in this environment and in the "other" one
+    assert {row["python"] for row in rows} == {"this environment", sys.executable}
+    assert all("error" not in row and row["max_abs_diff"] <= 1e-6 for row in rows), rows  # same runtime, same files
+    kinds = {row["file"] for row in rows}
+    assert {"portable-fp32-waveform", "onnxruntime-int8-mel"} <= kinds and len(kinds) == 8
