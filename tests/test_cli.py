@@ -73,6 +73,19 @@ def test_tag_jsonl_and_csv(inputs, tiny_checkpoint, tmp_path):
     assert len(rows) == 1 + 2 * len(inputs)
 
 
+def test_the_output_suffix_picks_the_format_unless_format_is_given(inputs, tiny_checkpoint, tmp_path):
+    for name, first in [("tags.CSV", "file,rank,index,mid,label,score"), ("tags.jsonl", '{"'), ("tags.json", "["),
+                        ("tags.txt", inputs[0])]:
+        result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-k", "1", "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).read_text().startswith(first), name
+    result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-k", "1", "-f", "table", "-o", tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text().startswith(inputs[0])  # an explicit --format wins
+    # --resume takes the format from the suffix too
+    result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-k", "1", "-o", tmp_path / "again.jsonl", "--resume")
+    assert result.exit_code == 0, result.output
+
+
 def test_events_csv_is_dcase(inputs, tiny_checkpoint):
     result = run("tag", inputs[1], "--checkpoint", tiny_checkpoint, "--events", "--hop", "5",
                  "--threshold", "0.55", "-f", "csv")

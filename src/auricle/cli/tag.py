@@ -11,7 +11,8 @@ from auricle.cli.common import (
     fail, load_model_or_exit, model_options, refuse_standard_input, tag_option_flags, writable,
 )
 from auricle.errors import AuricleError
-from auricle.io.writers import FORMATS, RESUMABLE_FORMATS, completed_files, ledger_path, make_writer, open_output
+from auricle.io.writers import (FORMATS, RESUMABLE_FORMATS, completed_files, format_for, ledger_path, make_writer,
+                                 open_output)
 from auricle.options import TAG_OPTIONS
 
 
@@ -19,7 +20,8 @@ from auricle.options import TAG_OPTIONS
 @click.argument("paths", nargs=-1, required=True)
 @model_options
 @tag_option_flags(TAG_OPTIONS)
-@click.option("--format", "-f", "output_format", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--format", "-f", "output_format", type=click.Choice(FORMATS), default=None,
+              help="[default: what --output's suffix names (.csv, .json, .jsonl), else table]")
 @click.option("--output", "-o", default=None, callback=writable(), help="Write results to FILE instead of stdout.")
 @click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,
               help="Search named folders through all sub-folders.")
@@ -43,6 +45,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     from auricle.inference.events import EventOptions
     from auricle.inference.results import Failure
 
+    output_format = output_format or format_for(output)  # `-o tags.csv` means CSV
     if resume and (output is None or output == "-" or output_format not in RESUMABLE_FORMATS):
         fail(f"--resume needs --output FILE with --format {' or '.join(RESUMABLE_FORMATS)}")
     refuse_standard_input(paths, "tag")

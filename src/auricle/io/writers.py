@@ -23,6 +23,12 @@ from auricle.io import atomic
 
 FORMATS = ("table", "json", "jsonl", "csv")
 RESUMABLE_FORMATS = ("jsonl", "csv")
+
+
+def format_for(output: str | os.PathLike | None) -> str:
+    """The format an output file's suffix names (``.csv``, ``.json``, ``.jsonl``, any case), else ``table``."""
+    suffix = Path(output).suffix.lower().lstrip(".") if output not in (None, "-") else ""
+    return suffix if suffix in FORMATS and suffix != "table" else "table"
 EVENT_CSV_HEADER = ["filename", "onset", "offset", "event_label"]
 TAG_CSV_HEADER = ["file", "rank", "index", "mid", "label", "score"]
 
