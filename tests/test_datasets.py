@@ -114,3 +114,20 @@ def test_fsdd_fixed_split_reads_directly():
     assert dataset.classes == tuple(str(d) for d in range(10))
     assert len(dataset.split("train")) == 2700 and len(dataset.split("test")) == 300
     assert dataset.split("test").class_counts().tolist() == [30] * 10
+
+
+def test_files_beside_the_manifest_in_a_sub_folder_are_pointed_out(tmp_path):
+    for name in ("a.wav", "b.wav"):
+        _wav(tmp_path / "audio" / name)
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("file,labels\na.wav,x\nb.wav,y\n")
+    with pytest.raises(DatasetError) as raised:
+        read_dataset(manifest)
+    message = str(raised.value)
+    assert "2 of 2 files missing under" in message and message.endswith(
+        f"(they are under {tmp_path / 'audio'}: give that as the audio folder)")
+    assert len(read_dataset(manifest, audio_dir=tmp_path / "audio").items) == 2
+    (tmp_path / "audio" / "b.wav").unlink()  # not all there either: no folder to point to
+    with pytest.raises(DatasetError) as raised:
+        read_dataset(manifest)
+    assert "they are under" not in str(raised.value)

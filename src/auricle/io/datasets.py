@@ -224,13 +224,30 @@ def _read_manifest(
     if not items:
         raise DatasetError(f"{path}: no rows")
     if missing:
-        raise DatasetError(f"{path}: {len(missing)} of {len(items)} files missing under {audio_dir}: {listing(missing)}")
+        hint = _folder_holding(audio_dir, missing)
+        raise DatasetError(f"{path}: {len(missing)} of {len(items)} files missing under {audio_dir}: {listing(missing)}"
+                           + (f" (they are under {hint}: give that as the audio folder)" if hint else ""))
     if has_split and any(item.split is None for item in items):
         blank = next(first_line[os.path.normcase(os.path.abspath(i.file))] for i in items if i.split is None)
         raise DatasetError(f"{path}: line {blank}: empty split (fill every row's {split_column!r} or none)")
     classes = tuple(sorted(names.used(), key=_natural_key))
     multi_label = any(len(item.labels) != 1 for item in items)
     return LabelledDataset(tuple(items), classes, multi_label, str(path))
+
+
+def _folder_holding(audio_dir: Path, missing: Sequence[str]) -> Path | None:
+    """A sub-folder of ``audio_dir`` (one or two levels down) that holds the first few missing files, if any.
+
+    The common mistake: a manifest beside an ``audio/`` folder that its names are relative to.
+    """
+    sample = [name for name in missing[:3] if not Path(name).is_absolute()]
+    if not sample or not audio_dir.is_dir():
+        return None
+    for depth in ("*", "*/*"):
+        for folder in sorted(audio_dir.glob(depth)):
+            if folder.is_dir() and all((folder / name).is_file() for name in sample):
+                return folder
+    return None
 
 
 class _NameTable:
