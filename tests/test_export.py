@@ -45,16 +45,12 @@ def waveforms(reference_dir) -> dict[str, np.ndarray]:
     return {name: load_audio(reference_dir / "inputs" / f"{name}.wav") for name in INPUTS}
 
 
-def session(path):
+def session(model):
+    """An ONNX Runtime session of a file (path) or of a ModelProto."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def session_of(model_proto):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
 
 
 def check_against_torch(path, model, waveforms, tolerance):
@@ -254,7 +250,7 @@ def test_convolutional_stft_log_mel_matches_the_frontend():
     from auricle.export_graph import log_mel_graph
     from auricle.frontend import LogMel
 
-    reference, graph = LogMel(), session_of(log_mel_graph())
+    reference, graph = LogMel(), session(log_mel_graph())
     conv = lambda waveforms: torch.from_numpy(graph.run(None, {"waveforms": waveforms.numpy()})[0])  # noqa: E731
     generator = torch.Generator().manual_seed(0)
     tone = torch.sin(2 * torch.pi * 440 * torch.arange(48000) / 16000)

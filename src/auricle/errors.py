@@ -25,3 +25,7 @@ class LabelError(AuricleError):
 
 class DatasetError(AuricleError):
     """A labelled dataset (manifest or class folders) is malformed or incomplete."""
+
+
+class ExportError(AuricleError):
+    """A model cannot be exported, or the export does not reproduce the torch model."""

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from auricle.audio import SAMPLE_RATE
-from auricle.errors import AuricleError
+from auricle.errors import ExportError
 from auricle.export_graph import OPSET, model_graph
 from auricle.exported import read_metadata  # noqa: F401  (where it lived first)
 from auricle.io import atomic
@@ -43,10 +43,6 @@ FP32_TOLERANCE = 1e-4
 FORMATS = ("onnx",)
 #: ``portable``: standard operators only; ``onnxruntime``: ONNX Runtime's fused contrib operators in the encoder.
 RUNTIMES = ("portable", "onnxruntime")
-
-
-class ExportError(AuricleError):
-    """A model cannot be exported, or the export does not reproduce the torch model."""
 
 
 class ParityError(ExportError):

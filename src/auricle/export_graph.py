@@ -25,7 +25,8 @@ import math
 
 import torch
 
-from auricle.frontend import AMIN, FrontendConfig, mel_filterbank
+from auricle.errors import ExportError
+from auricle.frontend import AMIN, FrontendConfig, LogMel
 from auricle.inference import ort_graph
 from auricle.inference.ort_graph import GraphBuilder
 from auricle.models.ced import CED, MIN_SAMPLES
@@ -44,13 +45,12 @@ def dft_basis(config: FrontendConfig) -> torch.Tensor:
     return torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window]).float().unsqueeze(1)
 
 
-def log_mel_nodes(g: GraphBuilder, config: FrontendConfig, waveforms: str, output: str | None = None) -> str:
+def log_mel_nodes(g: GraphBuilder, frontend: LogMel, waveforms: str, output: str | None = None) -> str:
     """16 kHz waveforms (batch, samples) -> log-mel in dB (batch, n_mels, frames), as ``CED.spectrogram``.
 
     Clips under one patch are zero-padded first; the 120 dB floor is each clip's own.
     """
-    from auricle.export import ExportError
-
+    config = frontend.config
     if config.win_length != config.n_fft:
         raise ExportError("the convolutional STFT assumes win_length == n_fft")
     bins = config.n_fft // 2 + 1
@@ -65,8 +65,7 @@ def log_mel_nodes(g: GraphBuilder, config: FrontendConfig, waveforms: str, outpu
                       kernel_shape=[config.n_fft], strides=[config.hop_length])  # (batch, 2 bins, frames)
     real, imag = g.node("Split", [spectrum, g.constant("halves", [bins, bins])], outputs=2, axis=1)
     power = g.node("Add", [g.node("Mul", [real, real]), g.node("Mul", [imag, imag])])
-    basis = mel_filterbank(bins, config.f_min, config.f_max, config.n_mels, config.sample_rate)
-    g.node("MatMul", [g.constant("mel_basis", basis.T), power], FILTERBANK_NODE)  # (batch, n_mels, frames)
+    g.node("MatMul", [g.constant("mel_basis", frontend.mel_basis.T), power], FILTERBANK_NODE)  # (batch, n_mels, frames)
     decibels = g.node("Mul", [g.node("Log", [g.node("Max", [FILTERBANK_NODE, g.constant("amin", AMIN)])]),
                               g.constant("db_per_neper", 10.0 / math.log(10.0))])
     loudest = g.node("ReduceMax", [decibels, g.constant("mel_frame_axes", [1, 2])], keepdims=1)
@@ -114,8 +113,6 @@ def head_nodes(g: GraphBuilder, network: CED, tokens: str, count: str, piece_emb
         elif isinstance(layer, torch.nn.GELU) and layer.approximate == "none":
             h = g.gelu(h)
         else:
-            from auricle.export import ExportError
-
             raise ExportError(f"the head holds a {type(layer).__name__}, which the export does not write")
     if network.config.head_activation == "softmax":
         scores = g.node("Softmax", [h], axis=-1)
@@ -158,7 +155,7 @@ def model_graph(network: CED, mel_input: bool = False, fused: bool = False, piec
     else:
         source = helper.make_tensor_value_info("waveforms", TensorProto.FLOAT, ["batch", "samples"])
         g.prefix = "frontend/"
-        mel = log_mel_nodes(g, network.frontend.config, "waveforms")
+        mel = log_mel_nodes(g, network.frontend, "waveforms")
     g.prefix = "pieces/"
     pieces, count = piece_nodes(g, network, mel)
     g.prefix, g.int8 = ENCODER_PREFIX, int8
@@ -185,7 +182,7 @@ def log_mel_graph(config: FrontendConfig = FrontendConfig()):
     from onnx import TensorProto, helper
 
     g = GraphBuilder()
-    log_mel_nodes(g, config, "waveforms", output="log_mel")
+    log_mel_nodes(g, LogMel(config), "waveforms", output="log_mel")
     graph = helper.make_graph(
         g.nodes, "auricle_log_mel",
         [helper.make_tensor_value_info("waveforms", TensorProto.FLOAT, ["batch", "samples"])],

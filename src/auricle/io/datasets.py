@@ -243,10 +243,15 @@ def _folder_holding(audio_dir: Path, missing: Sequence[str]) -> Path | None:
     sample = [name for name in missing[:3] if not Path(name).is_absolute()]
     if not sample or not audio_dir.is_dir():
         return None
-    for depth in ("*", "*/*"):
-        for folder in sorted(audio_dir.glob(depth)):
-            if folder.is_dir() and all((folder / name).is_file() for name in sample):
-                return folder
+
+    def folders(parent: Path) -> list[Path]:  # sub-folders only: a folder of a million clips is not listed twice
+        with os.scandir(parent) as entries:
+            return sorted(Path(entry.path) for entry in entries if entry.is_dir())
+
+    children = folders(audio_dir)
+    for folder in children + [grandchild for child in children for grandchild in folders(child)]:
+        if all((folder / name).is_file() for name in sample):
+            return folder
     return None
 
 
