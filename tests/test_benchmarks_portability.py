@@ -1,4 +1,4 @@
-"""benchmarks/portability.py: every kind of exported file, run again by another interpreter (here: this one)."""
+"""benchmarks/portability.py and import_time.py run end to end (small model, this interpreter as the other one)."""
 
 from __future__ import annotations
 
@@ -28,3 +28,17 @@ def test_every_kind_runs_in_the_other_environment_and_agrees(tmp_path):
     assert all("error" not in row and row["max_abs_diff"] <= 1e-6 for row in rows), rows  # same runtime, same files
     kinds = {row["file"] for row in rows}
     assert {"portable-fp32-waveform", "onnxruntime-int8-mel"} <= kinds and len(kinds) == 8
+
+
+def test_import_time_reports_each_module_and_environment(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "import_time.py"), "--module", "json",
+                           "--module", "numpy", "--repeats", "2", "--json", str(tmp_path / "t.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [row["module"] for row in rows] == ["json", "numpy"]
+    assert all(len(row["seconds"]) == 2 and row["median_s"] > 0 for row in rows)
+    assert rows[1]["version"] != "?"  # numpy's installed version
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "import_time.py"), "--module", "no_such_mod"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "import no_such_mod failed" in done.stderr
