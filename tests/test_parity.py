@@ -12,6 +12,8 @@ import torch
 from auricle.frontend import LogMel
 from auricle.models.ced import MIN_SAMPLES
 
+from parity_support import FLOAT64_TOLERANCE, assert_as_accurate_as_official, float64_copy
+
 INPUTS = [
     "a_sine440_1s",
     "b_noise_3p7s",
@@ -34,20 +36,23 @@ def read_int16(path) -> np.ndarray:
     return samples.T.astype(np.float32) / 32768
 
 
-@pytest.mark.parametrize("name", INPUTS + ["g_stereo_16k_2s"])
-def test_frontend_matches_official(reference_dir, name):
-    data = np.load(reference_dir / "official" / f"frontend_{name}.npz")
-    frontend = LogMel()
-    waveform = torch.from_numpy(data["wav"])
+def official_log_mel(frontend: LogMel, waveform: torch.Tensor) -> torch.Tensor:
     if waveform.shape[0] > 1:
         # The official floor spans both channels; reproduce it to compare the rest.
         power_db = 10 * torch.log10(torch.clamp(frontend.power_mel(waveform), min=1e-10))
-        ours = torch.maximum(power_db, power_db.max() - 120).numpy()
-    else:
-        ours = frontend(waveform).numpy()
-    official_error = np.abs(data["mel"] - data["mel_f64"]).max()
-    assert ours.shape == data["mel"].shape
-    assert np.abs(ours - data["mel"]).max() <= max(1e-3, official_error)
+        return torch.maximum(power_db, power_db.max() - 120)
+    return frontend(waveform)
+
+
+@pytest.mark.parametrize("name", INPUTS + ["g_stereo_16k_2s"])
+def test_frontend_matches_official(reference_dir, name):
+    data = np.load(reference_dir / "official" / f"frontend_{name}.npz")
+    waveform = torch.from_numpy(data["wav"])
+    exact = official_log_mel(LogMel().double(), waveform.double()).numpy()
+    np.testing.assert_allclose(exact, data["mel_f64"], atol=1e-6, rtol=0)
+    ours = official_log_mel(LogMel(), waveform).numpy()
+    assert ours.dtype == np.float32
+    assert_as_accurate_as_official(ours, data["mel"], data["mel_f64"], floor=1e-3, label=name)
 
 
 @pytest.mark.parametrize("size", ["tiny", "mini"])
@@ -55,10 +60,17 @@ def test_frontend_matches_official(reference_dir, name):
 def test_tag_reproduces_official_inference(request, reference_dir, size, name):
     model = request.getfixturevalue(f"{size}_model")
     ref = reference(reference_dir, size, name)
-    result = model.tag(reference_dir / "inputs" / f"{name}.wav", top_k=3)
+    path = reference_dir / "inputs" / f"{name}.wav"
+    result = model.tag(path, top_k=3)
     # No class selection: score columns are the 527 classes in model order.
     assert result.scores.shape == ref["probs_inference"].shape
-    np.testing.assert_allclose(result.scores, ref["probs_inference"], atol=PROB_TOLERANCE, rtol=0)
+    # The exact (float64) probabilities of the same windows; the official float32 is as near them as its rounding allows.
+    waveform = torch.from_numpy(read_int16(path)[0]).double()
+    exact_network = float64_copy(model.network)
+    with torch.inference_mode():
+        exact = np.concatenate([exact_network(waveform[round(start * 16000) : round(end * 16000)][None]).numpy()
+                                for start, end in result.window_bounds])
+    assert_as_accurate_as_official(result.scores, ref["probs_inference"], exact, floor=PROB_TOLERANCE, label=name)
     lengths = (result.window_bounds[:, 1] - result.window_bounds[:, 0]) * 16000
     np.testing.assert_allclose(lengths, ref["chunk_lengths_inference"], atol=0.5)
     assert [t.index for t in result.tags] == list(np.argsort(-ref["probs_inference"].max(0))[:3])
@@ -67,21 +79,41 @@ def test_tag_reproduces_official_inference(request, reference_dir, size, name):
 @pytest.mark.parametrize("size", ["tiny", "mini"])
 @pytest.mark.parametrize("name", INPUTS)
 def test_tokens_and_logits_match_official(request, reference_dir, size, name):
+    """The encoder and head on the official normalised log-mel: no FFT, so no CPU-dependent rounding of near-silent bins."""
     model = request.getfixturevalue(f"{size}_model")
     ref = reference(reference_dir, size, name)
     waveform = torch.from_numpy(read_int16(reference_dir / "inputs" / f"{name}.wav"))
     with torch.inference_mode():
-        tokens, pieces = model.network.encode(waveform)
+        pieces = model.network.pieces(model.network.normalize(model.network.spectrogram(waveform)))[1]
+        official_pieces, count = model.network.pieces(torch.from_numpy(ref["init_bn"]))
+        tokens = model.network.forward_features(official_pieces)
         logits = model.network.forward_head(tokens)
-    official_pieces = int(ref["n_splits"])
+    n = int(ref["n_splits"])
+    assert pieces == count
     if name == "h_edge_20p23s":
         # Official quirk: an exactly full last piece is dropped; we keep it.
-        assert (official_pieces, pieces) == (1, 2)
+        assert (n, pieces) == (1, 2)
     else:
-        assert pieces == official_pieces
-    n = official_pieces
+        assert pieces == n
     np.testing.assert_allclose(tokens[:n].numpy(), ref["tokens"], atol=TOKEN_TOLERANCE, rtol=0)
     np.testing.assert_allclose(logits[:n].numpy(), ref["logits_per_split"], atol=TOKEN_TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("size", ["tiny", "mini"])
+@pytest.mark.parametrize("name", INPUTS)
+def test_float64_reproduces_official_float64(request, reference_dir, size, name):
+    """In float64, rounding drops out: the waveform-to-probabilities function is the official one to 1e-8."""
+    network = float64_copy(request.getfixturevalue(f"{size}_model").network)
+    ref = reference(reference_dir, size, name)
+    waveform = torch.from_numpy(read_int16(reference_dir / "inputs" / f"{name}.wav")).double()
+    with torch.inference_mode():
+        tokens, count = network.encode(waveform)
+        official_pieces = int(ref["n_splits"])  # h_edge: the official model drops its exactly full last piece
+        probabilities = network.clip_probabilities(tokens[:official_pieces], official_pieces)
+    assert tokens.dtype == torch.float64
+    np.testing.assert_allclose(probabilities.numpy(), ref["probs_full_f64"], atol=FLOAT64_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(tokens[:official_pieces].mean(dim=(0, 1)).numpy(), ref["emb_hear_f64"][0],
+                               atol=FLOAT64_TOLERANCE, rtol=0)
 
 
 @pytest.mark.parametrize("size", ["tiny", "mini"])
@@ -91,12 +123,14 @@ def test_embedding_matches_official_hear(request, reference_dir, size, name):
     ref = reference(reference_dir, size, name)
     embeddings = model.embed(reference_dir / "inputs" / f"{name}.wav")
     if name == "h_edge_20p23s":
-        np.testing.assert_allclose(embeddings.windows[0], ref["emb_hear"][0], atol=TOKEN_TOLERANCE, rtol=0)
+        assert_as_accurate_as_official(embeddings.windows[0], ref["emb_hear"][0], ref["emb_hear_f64"][0],
+                                       floor=TOKEN_TOLERANCE, label=name)
         np.testing.assert_allclose(embeddings.clip, embeddings.windows.mean(0), atol=1e-6, rtol=0)
         # The second piece ends where the audio ends (20.23 s), not at 20.24 s.
         np.testing.assert_allclose(embeddings.ends, [10.12, 20.23])
     else:
-        np.testing.assert_allclose(embeddings.clip, ref["emb_hear"][0], atol=TOKEN_TOLERANCE, rtol=0)
+        assert_as_accurate_as_official(embeddings.clip, ref["emb_hear"][0], ref["emb_hear_f64"][0],
+                                       floor=TOKEN_TOLERANCE, label=name)
 
 
 @pytest.mark.parametrize("size", ["tiny", "mini"])
