@@ -27,6 +27,7 @@ from ../shared/reference/official/flops.json when present, else from the analyti
     python benchmarks/throughput.py --engine torch onnx --precision fp32 bf16 int8 --json benchmarks/results/engines.json
     python benchmarks/throughput.py --models ced-mini --engine torch onnx --precision fp32 int8 --streams 1 2
     python benchmarks/throughput.py --models ced-mini --engine onnx --precision fp32 int8 --exported onnxruntime
+    python benchmarks/throughput.py --models ced-mini --precision bf16 int8 --attention sdpa products --streams 2
     python benchmarks/throughput.py --quick            # ced-mini, fp32 torch, 3 rounds
 """
 
@@ -46,7 +47,7 @@ import torch
 from auricle.export import export_onnx
 from auricle.exported import ExportedModel
 from auricle.inference.engines import ENGINES, PRECISIONS, EngineConfig, EngineError
-from auricle.inference.fused import FusedEncoder, fp32_products
+from auricle.inference.fused import FusedEncoder, bf16_attention, fp32_products
 from auricle.inference.tuning import cpu_features, cpu_model, default_batch_size, default_streams
 from auricle.labels import audioset_labels
 from auricle.model import AudioModel
@@ -156,6 +157,9 @@ def main() -> None:
     parser.add_argument("--products", nargs="+", choices=["onednn", "blas"], default=[None],
                         help="torch fp32 only: run the fused encoder's products this way (rows 'auricle[blas]' "
                              "...); default: what this CPU picks (auricle.inference.fused.fp32_products)")
+    parser.add_argument("--attention", nargs="+", choices=["sdpa", "products"], default=[None],
+                        help="torch bf16 and int8 only: run the fused encoder's bf16 attention this way (rows "
+                             "'torch-bf16[sdpa]' ...); default: what this CPU picks (auricle.inference.fused.bf16_attention)")
     parser.add_argument("--exported", nargs="+", choices=["portable", "onnxruntime"], default=[],
                         help="also run the network exported with these runtimes (rows 'exported[RUNTIME]-fp32/int8')")
     parser.add_argument("--quick", action="store_true",
@@ -169,15 +173,16 @@ def main() -> None:
     args.batch_size = args.batch_size or default_batch_size("cpu", default_streams(args.threads))
     flops = json.loads(FLOPS_FILE.read_text()) if FLOPS_FILE.exists() else {}
     print(f"torch {torch.__version__}, {args.threads} threads, {cpu_model()}, {cpu_features().to_dict()}, "
-          f"{torch.backends.cpu.get_cpu_capability()} (fp32 products: {fp32_products()}); "
+          f"{torch.backends.cpu.get_cpu_capability()} (fp32 products: {fp32_products()}, "
+          f"bf16 attention: {bf16_attention()}); "
           f"{args.rounds} interleaved rounds, ~{args.seconds} s per figure per round\n")
     header = (f"{'model':<10} {'engine':<28} {'GFLOP/clip':>10} {'batch 1':>9} {f'batch {args.batch_size}':>9} "
               f"{'(min-max)':>13} {'% peak':>7}")
     print(header)
     print("-" * len(header))
     rows = []
-    # (row label, engine config or None for the bare module, fp32 products or the module's attention
-    # override); "auricle" is torch fp32.
+    # (row label, engine config or None for the bare module, a FusedEncoder option
+    # {"products": ...} / {"attention": ...} or the module's attention override); "auricle" is torch fp32.
     variants = []
     for engine in args.engine:
         for precision in args.precision:
@@ -186,11 +191,17 @@ def main() -> None:
                     config = EngineConfig(engine, precision, args.threads, streams)
                 except EngineError:  # e.g. onnx bf16: not a combination that exists
                     continue
-                for products in args.products if config.label == "torch-fp32" else [None]:
+                if config.label == "torch-fp32":
+                    options = [None if p is None else {"products": p} for p in args.products]
+                elif config.label in ("torch-bf16", "torch-int8"):
+                    options = [None if a is None else {"attention": a} for a in args.attention]
+                else:
+                    options = [None]
+                for option in options:
                     label = "auricle" if config.label == "torch-fp32" else config.label
-                    label += f"[{products}]" if products is not None else ""
+                    label += f"[{next(iter(option.values()))}]" if option is not None else ""
                     label += f" s{streams}" if streams is not None else ""
-                    variants.append((label, config, products))
+                    variants.append((label, config, option))
     if not args.no_baseline:
         variants.append(("module", None, None))
         variants.append(("official-attention", None, official_attention))
@@ -209,8 +220,8 @@ def main() -> None:
                 models[label] = ModulePath(network, option)
                 continue
             models[label] = AudioModel(network, info.name, audioset_labels(), engine=config)
-            if option is not None:  # a benchmark-only swap: users get what fp32_products() picks
-                models[label].engine._fused = FusedEncoder(network, "fp32", option)
+            if option is not None:  # a benchmark-only swap: users get what the CPU picks
+                models[label].engine._fused = FusedEncoder(network, config.precision, **option)
         if args.exported:
             torch.manual_seed(0)
             reference = AudioModel(CED(info.config), info.name, audioset_labels())
@@ -241,7 +252,8 @@ def main() -> None:
         args.json.write_text(json.dumps(dict(
             date=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__, threads=args.threads,
             machine=platform.machine(), cpu_model=cpu_model(), cpu=cpu_features().to_dict(),
-            cpu_capability=torch.backends.cpu.get_cpu_capability(), fp32_products=fp32_products(), rounds=args.rounds,
+            cpu_capability=torch.backends.cpu.get_cpu_capability(), fp32_products=fp32_products(),
+            bf16_attention=bf16_attention(), rounds=args.rounds,
             seconds_per_figure=args.seconds, matmul_peaks_gflops=peaks, load_average=os.getloadavg(),
             results=rows), indent=2))
 

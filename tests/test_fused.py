@@ -38,16 +38,18 @@ def test_without_qkv_bias(products):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+# Both ways of running bf16 attention are checked on every machine, whichever this CPU gets by default.
+@pytest.mark.parametrize("attention", ["sdpa", "products"])
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("samples,batch", [(160000, 2), (3000, 1), (400000, 1)])
-def test_lower_precisions_stay_close_and_return_float32(precision, samples, batch):
+def test_lower_precisions_stay_close_and_return_float32(precision, samples, batch, attention):
     if not fused_supported(precision=precision):
         pytest.skip(f"no fused {precision} kernels in this build or on this CPU")
     network = perturbed_network()
     pieces = normalised_pieces(network, samples, batch)
     with torch.inference_mode():
         expected = network.forward_features(pieces)
-    got = FusedEncoder(network, precision).forward_features(pieces)
+    got = FusedEncoder(network, precision, attention=attention).forward_features(pieces)
     assert got.shape == expected.shape and got.dtype == torch.float32
     assert (got - expected).abs().max() < 0.15  # 8 mantissa bits / 8-bit weights; LayerNorm outputs are O(1)
     assert (got - expected).abs().max() > 1e-4  # and it really ran at lower precision
@@ -88,6 +90,20 @@ def test_rejects_other_precisions():
         FusedEncoder(perturbed_network(), "fp16")
     with pytest.raises(ValueError, match="'onednn' or 'blas'"):
         FusedEncoder(perturbed_network(), "fp32", "mkl")
+    with pytest.raises(ValueError, match="'sdpa' or 'products'"):
+        FusedEncoder(perturbed_network(), "bf16", attention="flash")
+
+
+def test_bf16_attention_follows_amx(monkeypatch):
+    from auricle.inference import fused
+
+    for amx, attention in [(True, "sdpa"), (False, "products")]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert fused.bf16_attention() == attention
+        assert FusedEncoder(perturbed_network(), "bf16").attention == attention
+        assert FusedEncoder(perturbed_network()).attention == "sdpa"  # fp32 attention has no choice
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the probe: no AMX claimed
+    assert fused.bf16_attention() == "products"
 
 
 def test_fp32_products_follow_the_cpus_vector_width(monkeypatch):

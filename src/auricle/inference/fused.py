@@ -21,9 +21,9 @@ x86 CPUs. Per precision:
 
     Either differs from the module only by float32 rounding order (~1e-6 on tokens).
 ``bf16``
-    The same oneDNN linears on bfloat16 weights, and attention as two bfloat16
-    batched products around a softmax (oneDNN's bf16 kernels; PyTorch's fused
-    attention kernel is slower in bf16 on CPUs without AMX). The residual stream,
+    The same oneDNN linears on bfloat16 weights, and attention in bfloat16: PyTorch's
+    fused attention kernel on CPUs with AMX, elsewhere two batched products around a
+    softmax, which are faster there (``attention``, by default :func:`bf16_attention`). The residual stream,
     LayerNorms and output stay float32, as under autocast. Needs AVX-512 or
     AVX-NE-CONVERT (:func:`bf16_kernels`); elsewhere the engine uses autocast.
 ``int8``
@@ -107,6 +107,22 @@ def native_bf16() -> bool:
         return False
 
 
+def bf16_attention() -> str:
+    """How bfloat16 attention runs fastest here: ``"sdpa"`` on CPUs with AMX, else ``"products"``.
+
+    ``"sdpa"`` is PyTorch's fused attention kernel (``scaled_dot_product_attention``);
+    ``"products"`` two bfloat16 batched products around a softmax. With AMX tiles (Intel
+    Sapphire Rapids and later; a 2-core Xeon VM) the fused kernel made ced-mini's torch bf16
+    and int8 engines 9-13% faster (bf16: 111.8 against 98.6 clips/s); without AMX (AVX-512 AMD
+    Zen 4) the products were about 10% faster (docs/benchmarks.md).
+    """
+    try:
+        amx = bool(torch.cpu._is_amx_tile_supported())  # also false where the kernel refuses the tiles
+    except (AttributeError, RuntimeError):
+        amx = False
+    return "sdpa" if amx else "products"
+
+
 def _gelu_in_place(x: torch.Tensor) -> torch.Tensor:
     """Exact (erf) GELU written over ``x``, a product this encoder just made and owns.
 
@@ -127,12 +143,16 @@ class _PackedBlock:
 class FusedEncoder:
     """Runs ``network``'s encoder (patch embedding, blocks, final norm) with fused CPU kernels."""
 
-    def __init__(self, network: CED, precision: str = "fp32", products: str | None = None) -> None:
+    def __init__(self, network: CED, precision: str = "fp32", products: str | None = None,
+                 attention: str | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"fused encoder runs {', '.join(PRECISIONS)}, not {precision!r}")
         products = products or fp32_products()
         if products not in ("onednn", "blas"):
             raise ValueError(f"fp32 products run through 'onednn' or 'blas', not {products!r}")
+        attention = attention or bf16_attention()
+        if attention not in ("sdpa", "products"):
+            raise ValueError(f"bf16 attention runs as 'sdpa' or 'products', not {attention!r}")
         self.network = network
         self.precision = precision
         #: Only fp32 has the choice: bf16 needs oneDNN's kernels, int8 FBGEMM's.
@@ -140,6 +160,8 @@ class FusedEncoder:
         self._dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         # Attention in bf16 only where it is fast; bf16 precision always (it is asked for).
         self._bf16_attention = precision == "bf16" or (precision == "int8" and native_bf16())
+        #: Only bf16 attention has the choice: fp32 attention is always the fused kernel.
+        self.attention = attention if self._bf16_attention else "sdpa"
         self._packed: list[_PackedBlock] = []
         self._signature: tuple = ()
 
@@ -202,9 +224,12 @@ class FusedEncoder:
     def _attention(self, qkv: torch.Tensor, batch: int, tokens: int, heads: int, dim: int) -> torch.Tensor:
         """(rows, 3 dim) products -> (rows, dim) attended values, in the projection's input dtype."""
         head_dim = dim // heads
-        if not self._bf16_attention:
+        if self.attention == "sdpa":
+            if self._bf16_attention:
+                qkv = qkv.to(torch.bfloat16)
             q, k, v = qkv.reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, dim)
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, dim)
+            return out.float() if self.precision == "int8" else out  # int8's projection takes float32
         # One pass casts and regroups the products head-major, so q, k and v are contiguous
         # (batch * heads, tokens, head_dim) blocks; the softmax scale rides on the first product.
         grouped = torch.empty((3, batch * heads, tokens, head_dim), dtype=torch.bfloat16)
