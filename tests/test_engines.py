@@ -200,8 +200,12 @@ def test_cpu_features_from_flags(tmp_path):
     assert (features.bf16, features.vnni) == (False, True)
     assert features.cores >= 1
     assert fastest_precision(features) == "int8"
+    cpuinfo.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8\n")
+    features = cpu_features(cpuinfo)
+    assert (features.amx, features.bf16, features.vnni) == (True, True, True)
+    assert (fastest_precision(features), fastest_precision(features, "onnx")) == ("bf16", "int8")
     cpuinfo.write_text("processor : 0\nflags : fpu avx2\n")
-    assert cpu_features(cpuinfo).avx2 and fastest_precision(cpu_features(cpuinfo)) == "int8"
+    assert not cpu_features(cpuinfo).amx and cpu_features(cpuinfo).avx2 and fastest_precision(cpu_features(cpuinfo)) == "int8"
     cpuinfo.write_text("processor : 0\nflags : fpu sse4_2\n")
     assert fastest_precision(cpu_features(cpuinfo)) == "fp32"
     assert default_batch_size("cpu") == 4 and default_batch_size("cuda:0") > 4
@@ -235,6 +239,9 @@ def test_precision_auto_resolves_per_cpu_and_engine(tmp_path):
     avx2 = CpuFeatures(2, False, False, avx2=True)
     assert resolve_precision("torch", "auto", features=avx2) == resolve_precision("onnx", "auto", features=avx2) \
         == "int8"
+    amx = CpuFeatures(2, True, True, avx2=True, amx=True)  # Sapphire Rapids: AMX bf16 beats VNNI int8 in torch
+    assert resolve_precision("torch", "auto", features=amx) == "bf16"
+    assert resolve_precision("onnx", "auto", features=amx) == "int8"
     assert resolve_precision("torch", "auto", device="cuda:0", features=vnni) == "fp32"
     assert resolve_precision("torch", "bf16", features=plain) == "bf16"  # explicit choices are kept
 

@@ -56,6 +56,14 @@ def test_routes_follow_the_cpu(monkeypatch):
     assert "emulated" in report["torch-bf16"]["route"] and "slower than fp32" in report["torch-bf16"]["note"]
 
 
+def test_bf16_route_names_its_attention_kernel(monkeypatch):
+    if not fused.fused_supported("cpu", "bf16"):
+        pytest.skip("no fused bf16 kernels in this build or on this CPU")
+    for amx, words in [(True, "fused attention kernel (AMX)"), (False, "attention as products")]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert words in routes(json.loads(run("--json")))["torch-bf16"]["route"]
+
+
 def test_missing_onnxruntime_is_reported_with_the_install_hint(monkeypatch):
     monkeypatch.setattr(system, "_version", lambda package: None)
     report = json.loads(run("--json"))

@@ -79,7 +79,8 @@ def system_command(as_json: bool) -> None:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
     flags = ", ".join(f"{name}: {'yes' if present else 'no'}" for name, present in
-                      [("AVX2", report.avx2), ("VNNI", report.vnni), ("native bf16", report.native_bf16)])
+                      [("AVX2", report.avx2), ("VNNI", report.vnni), ("native bf16", report.native_bf16),
+                       ("AMX", report.amx)])
     rows = [
         ("cpu", f"{report.cpu} ({report.cores} usable cores)"),
         ("vector isa", f"{report.vector_isa} ({flags})"),

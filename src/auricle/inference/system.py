@@ -50,6 +50,7 @@ class SystemReport:
     avx2: bool
     vnni: bool
     native_bf16: bool
+    amx: bool  # AMX bf16 tiles: where --precision auto takes bf16 for torch
     torch: str  # its version, or NO_TORCH
     onnxruntime: str | None
     threads: int
@@ -75,14 +76,16 @@ def _version(package: str) -> str | None:
 def _torch_routes(features) -> list[EngineRoute]:
     """Described from the same decision the torch engine makes (:func:`torch_encoder_path`)."""
     from auricle.inference.engines import torch_encoder_path
-    from auricle.inference.fused import fp32_products, fused_supported, native_bf16
+    from auricle.inference.fused import bf16_attention, fp32_products, fused_supported, native_bf16
 
     products = "oneDNN, prepacked weights" if fp32_products() == "onednn" else "BLAS products (no AVX-512)"
     no_bf16 = "no oneDNN bf16 kernels on this CPU" if fused_supported("cpu", "fp32") else "no oneDNN in this build"
     described = {
         ("fp32", "fused"): (f"fused encoder, {products}", ""),
         ("fp32", "module"): ("the CED module (no oneDNN in this torch build)", ""),
-        ("bf16", "fused"): ("fused encoder, oneDNN bf16", "" if native_bf16() else
+        ("bf16", "fused"): ("fused encoder, oneDNN bf16, "
+                            + ("fused attention kernel (AMX)" if bf16_attention() == "sdpa" else "attention as products"),
+                            "" if native_bf16() else
                             "no native bf16 (avx512_bf16/AMX): converted products, may not beat fp32"),
         ("bf16", "autocast"): ("torch.autocast, emulated", f"{no_bf16}: several times slower than fp32"),
         ("int8", "fused"): ("fused encoder, FBGEMM dynamic int8", "" if features.vnni else
@@ -133,6 +136,7 @@ def system_report() -> SystemReport:
         avx2=features.avx2,
         vnni=features.vnni,
         native_bf16=features.bf16,
+        amx=features.amx,
         torch=torch_version,
         onnxruntime=onnxruntime,
         threads=threads,
