@@ -5,15 +5,19 @@ Measures, in one process with the given threads: the fp32 matmul peak, then full
 AdamW) of a randomly initialised student on random 10 s waveforms. FLOPs per step are taken as
 3x the forward FLOPs of the batch (forward + backward), from ../shared/reference/official/flops.json.
 This is the arithmetic `auricle distill train` runs per step; data loading and augmentation replay
-are measured separately by the trainer itself (views_per_second in its train.csv).
+are measured separately by the trainer itself (views_per_second in its train.csv). With
+--precision fp32 bf16, the forward pass also runs under bf16 autocast (what `auricle distill train
+--precision bf16` does), the precisions taking turns in --rounds rounds; figures are medians.
 
     python benchmarks/train_speed.py --models ced-tiny ced-mini --batch-size 16 --threads 2
+    python benchmarks/train_speed.py --models ced-tiny --precision fp32 bf16 --rounds 3 --seconds 10
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -35,7 +39,7 @@ def forward_gflops(name: str) -> float:
     return analytic_gflops(model_info(name).config)
 
 
-def steps_per_second(name: str, batch_size: int, seconds: float) -> float:
+def steps_per_second(name: str, batch_size: int, seconds: float, precision: str = "fp32") -> float:
     torch.manual_seed(0)
     network = CED(model_info(name).config).train()
     optimiser = torch.optim.AdamW(network.parameters(), lr=1e-4)
@@ -43,9 +47,10 @@ def steps_per_second(name: str, batch_size: int, seconds: float) -> float:
     targets = torch.rand(batch_size, network.config.num_classes) * 0.2
 
     def step() -> None:
-        tokens, count = network.encode(waveforms)
-        logits = network.forward_head(tokens).reshape(count, batch_size, -1).mean(dim=0)
-        loss = F.binary_cross_entropy_with_logits(logits, targets)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            tokens, count = network.encode(waveforms)
+            logits = network.forward_head(tokens).reshape(count, batch_size, -1).mean(dim=0)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
@@ -65,22 +70,31 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     peak = matmul_peak()
     rows = []
     print(f"torch {torch.__version__}, {args.threads} threads; fp32 matmul peak {peak:.1f} GFLOP/s")
-    print(f"{'model':10} {'batch':>5} {'steps/s':>8} {'clips/s':>8} {'% peak':>7}")
+    print(f"{'model':10} {'precision':9} {'batch':>5} {'steps/s':>8} {'clips/s':>8} {'% peak':>7}")
     for name in args.models:
-        rate = steps_per_second(name, args.batch_size, args.seconds)
-        fraction = rate * args.batch_size * 3 * forward_gflops(name) / peak
-        rows.append({"model": name, "batch_size": args.batch_size, "steps_per_s": rate,
-                     "clips_per_s": rate * args.batch_size, "peak_fraction": fraction})
-        print(f"{name:10} {args.batch_size:5d} {rate:8.3f} {rate * args.batch_size:8.1f} {fraction:7.0%}")
+        rates: dict[str, list[float]] = {precision: [] for precision in args.precision}
+        for _ in range(args.rounds):
+            for precision in args.precision:
+                rates[precision].append(steps_per_second(name, args.batch_size, args.seconds, precision))
+        for precision, measured in rates.items():
+            rate = statistics.median(measured)
+            fraction = rate * args.batch_size * 3 * forward_gflops(name) / peak
+            rows.append({"model": name, "precision": precision, "batch_size": args.batch_size, "steps_per_s": rate,
+                         "steps_per_s_rounds": measured, "clips_per_s": rate * args.batch_size,
+                         "peak_fraction": fraction})
+            print(f"{name:10} {precision:9} {args.batch_size:5d} {rate:8.3f} {rate * args.batch_size:8.1f} "
+                  f"{fraction:7.0%}")
     if args.json:
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-                                         "threads": args.threads, "matmul_peak_gflops": peak, "results": rows},
+        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+                                         "threads": args.threads, "rounds": args.rounds, "matmul_peak_gflops": peak, "results": rows},
                                         indent=2))
 
 

@@ -38,7 +38,7 @@ from auricle.distill.targets import DEFAULT_FILL, FILL_MODES
               help="Draw fresh augmentations for the student instead of replaying the teacher's (ablation).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, order and mixup.")
 @click.option("--precision", type=click.Choice(("auto", "fp32", "bf16")), default="auto", show_default=True,
-              help="auto: bf16 autocast on GPUs that support it, else fp32.")
+              help="auto: bf16 autocast on GPUs that support it and on CPUs with AMX, else fp32.")
 @click.option("--shuffle-shards", type=click.IntRange(1), default=4, show_default=True,
               help="Shards shuffled together (and held decoded in memory) at a time.")
 @click.option("--holdout-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True,
