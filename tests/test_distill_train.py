@@ -188,6 +188,28 @@ def test_auto_precision_trains_in_bf16_on_gpus_with_it_and_cpus_with_amx(monkeyp
     assert not train_module.bf16_trains_faster(torch.device("meta"))
 
 
+def test_a_resumed_auto_run_keeps_the_precision_it_started_in(tmp_path, student_config, monkeypatch, capsys):
+    """A run started in bf16 (a CPU with AMX) and resumed on a machine where auto means fp32 stays bf16."""
+    from auricle.distill import train as train_module
+
+    torch.set_num_threads(1)
+    views = FakeViews()
+    small = dict(epochs=1, average_best=0)
+    whole = train(_config(tmp_path, student_config, out="whole", precision="bf16", **small), views)
+    monkeypatch.setattr(train_module, "bf16_trains_faster", lambda device: True)
+    train(_config(tmp_path, student_config, out="split", stop_after_steps=3, **small), views)
+    monkeypatch.setattr(train_module, "bf16_trains_faster", lambda device: False)
+    resumed = train(_config(tmp_path, student_config, out="split", resume=True, **small), views)
+    assert resumed.finished
+    assert "keeps this run's bf16" in capsys.readouterr().err
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["bf16"] is True
+    a, b = _weights(whole.final_checkpoint), _weights(resumed.final_checkpoint)
+    assert all(torch.equal(a[key], b[key]) for key in a)  # bf16 all the way, bit for bit
+    # Asking for the precision it runs in is no change; asking for another one is.
+    with pytest.raises(Exception, match="precision 'bf16' -> 'fp32'"):
+        train(_config(tmp_path, student_config, out="split", resume=True, precision="fp32", **small), views)
+
+
 def test_refuses_to_overwrite_or_resume_with_other_settings(tmp_path, student_config):
     torch.set_num_threads(1)
     views = FakeViews()

@@ -23,6 +23,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -301,6 +302,16 @@ class _Distributed:
         dist.all_reduce(tensor)
         return float(tensor.item()) / self.world
 
+    def all_true(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every process (a decision all of them must share)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        tensor = torch.tensor([int(flag)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return bool(tensor.item())
+
     def close(self) -> None:
         if self.started_group:
             import torch.distributed as dist
@@ -406,7 +417,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         warmup = config.warmup_steps if config.warmup_steps is not None else int(0.05 * self.total_steps)
         self.schedule = Schedule(config.lr, self.total_steps, min(warmup, self.total_steps), config.final_lr_fraction)
-        self.use_bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_trains_faster(self.dist.device))
+        # Every process trains in the same precision: bf16 only where all of them gain from it.
+        self.use_bf16 = config.precision == "bf16" or (
+            config.precision == "auto" and self.dist.all_true(bf16_trains_faster(self.dist.device)))
         torch.manual_seed(seed_from(config.seed, "init"))  # same initial weights on every rank
         self.network = build_student(config.student, len(self.labels))
         if config.head_prior:
@@ -462,6 +475,7 @@ class Trainer:
             "best": [[score, step] for score, step in self.best.entries],
             "loss_since_eval": list(self._loss_since_eval),
             "torch_rng": torch.get_rng_state(),
+            "bf16": self.use_bf16,
         }
 
     def _restore(self) -> int | None:
@@ -483,7 +497,18 @@ class Trainer:
             return None
         step, path = states[-1]
         state = load_state(path)
-        differences = _differences(state["trajectory"], self.config.trajectory())
+        saved, current = dict(state["trajectory"]), self.config.trajectory()
+        if "bf16" in state:
+            # Compare what the runs compute in, not how it was asked for: "auto" resolves per machine,
+            # and a run resumed elsewhere (another CPU, a GPU) keeps the precision it started in.
+            saved["precision"] = "bf16" if state["bf16"] else "fp32"
+            if current["precision"] == "auto":
+                current["precision"] = saved["precision"]
+                if state["bf16"] != self.use_bf16 and self.dist.main:
+                    print(f"{path}: --precision auto keeps this run's {saved['precision']} "
+                          f"(this machine alone would train in {'bf16' if self.use_bf16 else 'fp32'})",
+                          file=sys.stderr)
+        differences = _differences(saved, current)
         if state["world_size"] != self.dist.world:
             differences.append(f"processes {state['world_size']} -> {self.dist.world}")
         if differences:
@@ -493,6 +518,7 @@ class Trainer:
         self.best.entries = [(float(score), int(s)) for score, s in state["best"]]
         self._loss_since_eval = [float(v) for v in state["loss_since_eval"]]
         torch.set_rng_state(state["torch_rng"])
+        self.use_bf16 = bool(state.get("bf16", self.use_bf16))
         self.step = step
         return step
 
