@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from synthetic import random_checkpoint
 
 SR = 16000
 CHUNK_SECONDS = 0.02
@@ -97,17 +98,6 @@ def main() -> None:
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n")
-
-
-def random_checkpoint(name: str, folder: Path) -> Path:
-    import torch
-
-    from auricle.models.ced import CED
-    from auricle.models.checkpoints import save_checkpoint
-    from auricle.models.registry import model_info
-
-    torch.manual_seed(0)
-    return save_checkpoint(CED(model_info(name).config), folder / f"{name}-random.safetensors", name=f"{name}-random")
 
 
 if __name__ == "__main__":

@@ -93,3 +93,15 @@ def report(result: dict, json_path: Path | None) -> None:
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2))
+
+
+def random_checkpoint(name: str, folder: Path) -> Path:
+    """Random weights of a CED size (``ced-base``...) saved in auricle's format under ``folder``."""
+    import torch
+
+    from auricle.models.ced import CED
+    from auricle.models.checkpoints import save_checkpoint
+    from auricle.models.registry import model_info
+
+    torch.manual_seed(0)  # speed does not depend on the weights; the same ones every run
+    return save_checkpoint(CED(model_info(name).config), folder / f"{name}-random.safetensors", name=f"{name}-random")

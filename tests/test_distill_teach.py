@@ -388,3 +388,46 @@ def test_checkpoint_teachers_score_on_the_fused_cpu_encoder(tiny_checkpoint):
     with torch.inference_mode():
         expected = teacher.network(waveforms)
     torch.testing.assert_close(teacher.probabilities(waveforms), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_teach_in_bf16_records_it_verifies_in_it_and_resumes_only_in_it(corpus, tmp_path):
+    base = ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher", str(corpus["teacher"]),
+            "--top-k", "5", "--epochs", "2", *NO_MASKS]
+    stores = {}
+    for precision in ("fp32", "bf16"):
+        stores[precision] = tmp_path / precision
+        result = CliRunner().invoke(cli, [*base, "--out", str(stores[precision]), "--precision", precision])
+        assert result.exit_code == 0, result.output
+    teachers = {p: TargetStore.open(store).manifest["teachers"][0] for p, store in stores.items()}
+    assert "precision" not in teachers["fp32"]  # fp32 stores are what they were before the option existed
+    assert teachers["bf16"]["precision"] == "bf16"
+    # verify recomputes in the store's precision, so the bf16 store passes as the fp32 one does.
+    from auricle.distill.verify import load_store_teachers
+
+    assert load_store_teachers(TargetStore.open(stores["bf16"])).teachers[0].identity["precision"] == "bf16"
+    for store in stores.values():
+        result = CliRunner().invoke(cli, ["distill", "verify", str(store), "--sample", "4", "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["passed"] == 4
+    # bf16 targets are close to fp32's, not the same numbers.
+    fp32, bf16 = _units(stores["fp32"]), _units(stores["bf16"])
+    top1 = np.mean([np.array_equal(fp32[u].indices[:, 0], bf16[u].indices[:, 0]) for u in fp32])
+    errors = [np.abs(fp32[u].probabilities[:, 0] - bf16[u].probabilities[:, 0]).max() for u in fp32]
+    assert top1 >= 0.5 and max(errors) < 0.05
+    result = CliRunner().invoke(cli, [*base, "--out", str(stores["bf16"]), "--resume"])
+    assert result.exit_code == 1 and "other teachers (teacher 1: precision)" in result.stderr
+
+
+def test_teachers_in_bf16_and_int8_agree_with_fp32(tiny_checkpoint):
+    from auricle.distill.teachers import load_teacher
+
+    waveforms = torch.randn(3, 32000, generator=torch.Generator().manual_seed(2)) * 0.1
+    reference = load_teacher(str(tiny_checkpoint)).probabilities(waveforms)
+    for precision in ("bf16", "int8"):
+        teacher = load_teacher(str(tiny_checkpoint), precision=precision)
+        assert teacher.identity["precision"] == precision
+        scores = teacher.probabilities(waveforms)
+        assert scores.dtype == torch.float32 and not torch.equal(scores, reference)
+        assert (scores - reference).abs().max() < 0.05, precision
+    with pytest.raises(DistillError, match="teacher precision must be one of fp32, bf16, int8"):
+        load_teacher(str(tiny_checkpoint), precision="fp16")

@@ -263,11 +263,13 @@ def teach(
     progress: bool = False,
     ensemble: TeacherEnsemble | None = None,
     on_failure: Callable[[str], None] | None = None,
+    precision: str = "fp32",
 ) -> TeachReport:
     """Run (this rank's share of) the teacher pass; see the module docstring.
 
     A unit that cannot be scored (a damaged shard) is reported through ``on_failure``,
     listed in the report's ``failures`` and left for a later ``--resume``; the rest go on.
+    ``precision`` is what the CED teachers named in ``teachers`` run in (auricle.distill.teachers).
     """
     from tqdm import tqdm
 
@@ -275,7 +277,7 @@ def teach(
     shards = ShardSet.open(shards_dir)
     store_dir = Path(store_dir)
     if ensemble is None:
-        ensemble = load_ensemble(teachers, device)
+        ensemble = load_ensemble(teachers, device, precision)
     if config.augment.masks_mel and not ensemble.takes_mel:
         names = ", ".join(t.spec.spec for t in ensemble.teachers if not t.takes_mel)
         raise DistillError(f"teacher {names} scores waveforms, so views cannot be masked on the log-mel; "

@@ -46,7 +46,8 @@ def load_store_teachers(store: TargetStore, device: str | torch.device = "cpu") 
     """The teachers a store names, refusing any whose weights changed since the teacher pass."""
     teachers = []
     for identity in store.manifest["teachers"]:
-        teacher = load_teacher(TeacherSpec(identity["spec"], float(identity.get("weight", 1.0))), device)
+        teacher = load_teacher(TeacherSpec(identity["spec"], float(identity.get("weight", 1.0))), device,
+                               identity.get("precision", "fp32"))
         for name in ("sha256", "module_sha256"):
             if identity.get(name) and teacher.identity.get(name) != identity[name]:
                 raise DistillError(f"teacher {identity['spec']}: {name} is now {teacher.identity.get(name)}, "
