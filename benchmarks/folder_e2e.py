@@ -17,7 +17,8 @@ median of the per-round ratios. The target is end to end within 10% of model onl
 --checkpoint model.onnx runs an `auricle export` file (no torch in the model path).
 
 Like `auricle tag`, it runs with OMP_WAIT_POLICY=PASSIVE unless the variable is set
-(OMP_WAIT_POLICY=ACTIVE shows the spinning default of torch's OpenMP).
+(OMP_WAIT_POLICY=ACTIVE shows the spinning default of torch's OpenMP), and keeps freed
+memory for reuse (auricle.allocator; AURICLE_MALLOC=default keeps glibc's defaults).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from auricle.allocator import keep_freed_memory
 from auricle.cli import prefer_sleeping_openmp_threads
 
 prefer_sleeping_openmp_threads()  # what `auricle tag` does before torch loads; OMP_WAIT_POLICY=ACTIVE to compare
+MALLOC = "kept" if keep_freed_memory() else "default"  # as the `auricle` command does
 
 import torch  # noqa: E402
 
@@ -130,7 +133,7 @@ def main() -> None:
         rounds=args.rounds, decode_files_per_s=len(files) / decode_s,
         model_only_clips_per_s=statistics.median(model_rates), end_to_end_files_per_s=statistics.median(e2e_rates),
         end_to_end_vs_model_only=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
-        failures=len(failures), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        failures=len(failures), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), malloc=MALLOC,
     )
     report(result, args.json)
 

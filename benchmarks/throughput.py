@@ -22,6 +22,8 @@ All variants of a size, and the matmul peak, take turns in --rounds rounds and
 each figure is the median over rounds, so drift on a shared machine hits them
 alike. Weights are random (speed does not depend on them). FLOPs per clip come
 from ../shared/reference/official/flops.json when present, else from the analytic count.
+Like the `auricle` command, it keeps freed memory for reuse (auricle.allocator);
+AURICLE_MALLOC=default measures with glibc's defaults.
 
     python benchmarks/throughput.py --threads 2 --batch-size 8 --json benchmarks/results/throughput.json
     python benchmarks/throughput.py --engine torch onnx --precision fp32 bf16 int8 --json benchmarks/results/engines.json
@@ -44,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from auricle.allocator import keep_freed_memory
 from auricle.export import export_onnx
 from auricle.exported import ExportedModel
 from auricle.inference.engines import ENGINES, PRECISIONS, EngineConfig, EngineError
@@ -169,12 +172,13 @@ def main() -> None:
     if args.quick:
         args.models, args.no_baseline, args.rounds = ["ced-mini"], True, min(args.rounds, 3)
 
+    malloc = "kept" if keep_freed_memory() else "default"  # as the `auricle` command does
     torch.set_num_threads(args.threads)
     args.batch_size = args.batch_size or default_batch_size("cpu", default_streams(args.threads))
     flops = json.loads(FLOPS_FILE.read_text()) if FLOPS_FILE.exists() else {}
     print(f"torch {torch.__version__}, {args.threads} threads, {cpu_model()}, {cpu_features().to_dict()}, "
           f"{torch.backends.cpu.get_cpu_capability()} (fp32 products: {fp32_products()}, "
-          f"bf16 attention: {bf16_attention()}); "
+          f"bf16 attention: {bf16_attention()}), freed memory {malloc}; "
           f"{args.rounds} interleaved rounds, ~{args.seconds} s per figure per round\n")
     header = (f"{'model':<10} {'engine':<28} {'GFLOP/clip':>10} {'batch 1':>9} {f'batch {args.batch_size}':>9} "
               f"{'(min-max)':>13} {'% peak':>7}")
@@ -253,7 +257,7 @@ def main() -> None:
             date=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__, threads=args.threads,
             machine=platform.machine(), cpu_model=cpu_model(), cpu=cpu_features().to_dict(),
             cpu_capability=torch.backends.cpu.get_cpu_capability(), fp32_products=fp32_products(),
-            bf16_attention=bf16_attention(), rounds=args.rounds,
+            bf16_attention=bf16_attention(), malloc=malloc, rounds=args.rounds,
             seconds_per_figure=args.seconds, matmul_peaks_gflops=peaks, load_average=os.getloadavg(),
             results=rows), indent=2))
 

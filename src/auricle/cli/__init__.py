@@ -13,6 +13,8 @@ import sys
 
 import click
 
+from auricle.allocator import keep_freed_memory
+
 # name -> "module:attribute" of a click command; one line per command.
 COMMANDS: dict[str, str] = {
     "tag": "auricle.cli.tag:tag_command",
@@ -67,6 +69,7 @@ def cli() -> None:
 
 def main() -> None:
     """The ``auricle`` command; once it has finished, the process ends at once (:func:`end`)."""
+    keep_freed_memory()  # a model call's temporaries are reused, not faulted in anew (auricle.allocator)
     try:
         cli()
     except ModuleNotFoundError as error:

@@ -1,0 +1,62 @@
+"""Keep freed memory in the process: glibc's malloc set up for a model called again and again.
+
+Every model call allocates and frees the same large temporaries (the spectrogram, each
+block's activations, attention scores: megabytes each). With its default, adaptive
+settings, glibc's malloc gives such blocks back to the kernel when they are freed (as
+separate mappings, or by trimming the top of a thread's heap), so the next call faults
+the same pages in again, zeroed. ced-mini in calls of 4 windows on two one-thread streams
+paid ~2,300 page faults and 4-5 ms of kernel time per call on the 2-core development VM;
+with the thresholds below, ~15 faults and 0.5 ms, and 2-4% more clips/s
+(``benchmarks/allocator.py``, docs/benchmarks.md).
+
+Both thresholds are set together: setting either one turns glibc's adaptation off for
+both, and one alone was far worse than the default (the trim threshold alone: ~47,000
+faults and half the throughput, since every block over 128 KiB became its own mapping).
+
+The ``auricle`` command applies this to its own process (``AURICLE_MALLOC=default`` keeps
+glibc's defaults, as do ``MALLOC_*_`` settings of one's own). A program of one's own can
+call :func:`keep_freed_memory` once, before its first model call; it changes the allocator
+of the whole process, so auricle's library functions never call it themselves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+#: Blocks up to this size come from the heap and are reused: glibc's ceiling for its own
+#: adaptive threshold on 64-bit systems, above the largest temporaries of a default CPU call
+#: (ced-base, 4 windows: the 12 MB MLP activation and attention scores).
+MMAP_THRESHOLD = 32 * 1024 * 1024
+#: Free memory at a heap's top beyond this goes back to the kernel. Per heap (one per
+#: thread that allocates, at most a few here), so at most this much stays reserved unused.
+TRIM_THRESHOLD = 128 * 1024 * 1024
+
+_M_TRIM_THRESHOLD = -1  # glibc's <malloc.h> parameter numbers
+_M_MMAP_THRESHOLD = -3
+#: Environment variables that already set these (read by glibc at start): a user's settings win.
+_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's mmap and trim thresholds (:data:`MMAP_THRESHOLD`, :data:`TRIM_THRESHOLD`) for this process.
+
+    Returns True when they were set; False, changing nothing, where the C library is
+    not glibc (macOS, Windows, musl), where the environment already tunes malloc
+    (``MALLOC_*_`` variables, ``glibc.malloc`` tunables in ``GLIBC_TUNABLES``), or where
+    ``AURICLE_MALLOC=default`` asks for glibc's defaults.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("AURICLE_MALLOC") == "default":
+        return False
+    if any(os.environ.get(name) for name in _USER_SETTINGS) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it; musl's mallopt does nothing
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
