@@ -57,6 +57,37 @@ def mel_filterbank(
     return torch.clamp(torch.minimum(down, up), min=0.0)
 
 
+def _filter_groups(basis: torch.Tensor, groups: int = 4) -> tuple[tuple[int, int, int, int], ...]:
+    """(first bin, end bin, first band, end band) of ``groups`` runs of adjacent mel bands.
+
+    Each triangular filter spans a few bins, so each run of bands multiplies only the
+    bins under it instead of all of them: the same sums less the zero terms (rounding
+    within float32's last bits), in about a third of the time of the whole product for
+    64 bands in 4 runs (2026-12-05, Zen 4 VM, ad hoc; 8 runs were slower again).
+    """
+    used = basis != 0
+    spans = []
+    for bands in torch.arange(basis.shape[1]).chunk(groups):
+        rows = used[:, bands].any(dim=1).nonzero().flatten()
+        first, end = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
+        spans.append((first, end, int(bands[0]), int(bands[-1]) + 1))
+    return tuple(spans)
+
+
+def _reflect_pad(signal: torch.Tensor, padding: int) -> torch.Tensor:
+    """``signal`` (..., samples) with ``padding`` samples mirrored onto each end, as ``F.pad(mode="reflect")``.
+
+    By copies: bit for bit what F.pad gives, where its reflection kernel took six times as
+    long (0.13 against 0.02 ms per 10 s clip, Zen 4 VM, ad hoc). A signal too short to
+    mirror goes to F.pad, which says so.
+    """
+    if signal.shape[-1] <= padding:
+        return F.pad(signal.unsqueeze(-2), (padding, padding), mode="reflect").squeeze(-2)
+    head = signal[..., 1 : padding + 1].flip(-1)
+    tail = signal[..., -padding - 1 : -1].flip(-1)
+    return torch.cat([head, signal, tail], dim=-1)
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
     """Parameters of the log-mel frontend; the defaults are the official CED ones."""
@@ -87,12 +118,12 @@ class LogMel(nn.Module):
             ),
             persistent=False,
         )
+        self._filter_groups = _filter_groups(self.mel_basis)
 
     def power_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
         """Mel power spectrogram before the dB conversion, (batch, n_mels, frames)."""
         # torch.stft(center=True) pads exactly so before framing.
-        padding = self.config.n_fft // 2
-        return self.framed_power_mel(F.pad(waveforms.unsqueeze(-2), (padding, padding), mode="reflect").squeeze(-2))
+        return self.framed_power_mel(_reflect_pad(waveforms, self.config.n_fft // 2))
 
     def framed_power_mel(self, padded: torch.Tensor) -> torch.Tensor:
         """Mel power of the frames of an already padded signal (frame ``j`` starts at sample ``j * hop``)."""
@@ -109,7 +140,11 @@ class LogMel(nn.Module):
             return_complex=True,
         )
         power = spectrum.real.square() + spectrum.imag.square()
-        return torch.matmul(power.transpose(-1, -2), self.mel_basis.to(power.dtype)).transpose(-1, -2)
+        bins_last = power.transpose(-1, -2)
+        basis = self.mel_basis.to(power.dtype)
+        mel = [torch.matmul(bins_last[..., first_bin:end_bin], basis[first_bin:end_bin, first_band:end_band])
+               for first_bin, end_bin, first_band, end_band in self._filter_groups]
+        return torch.cat(mel, dim=-1).transpose(-1, -2)
 
     @staticmethod
     def decibels(power: torch.Tensor) -> torch.Tensor:
