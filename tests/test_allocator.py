@@ -109,3 +109,21 @@ def test_the_benchmark_compares_both_settings_in_fresh_processes(tmp_path):
     rows = json.loads((tmp_path / "a.json").read_text())["rows"]
     assert [(row["engine"], row["setting"]) for row in rows] == [("torch-fp32", "default"), ("torch-fp32", "kept")]
     assert all(row["clips_per_s"] > 0 and row["faults_per_call"] >= 0 for row in rows)
+
+
+def test_auricle_system_says_what_the_command_does_to_malloc(monkeypatch):
+    from click.testing import CliRunner
+
+    from auricle import allocator
+    from auricle.cli import cli
+
+    for name in ("AURICLE_MALLOC", "GLIBC_TUNABLES", *allocator._USER_SETTINGS):
+        monkeypatch.delenv(name, raising=False)
+    shown = CliRunner().invoke(cli, ["system", "--json"])
+    expected = "kept for reuse" if glibc_linux() else "left as it is"
+    assert shown.exit_code == 0 and json.loads(shown.output)["freed_memory"].startswith(expected)
+    monkeypatch.setattr(allocator.sys, "platform", "linux")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    shown = CliRunner().invoke(cli, ["system"])
+    line = next(line for line in shown.output.splitlines() if line.startswith("freed memory"))
+    assert line.endswith("left as it is: set by the environment (MALLOC_MMAP_THRESHOLD_)")

@@ -42,21 +42,49 @@ _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TO
 def keep_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds (:data:`MMAP_THRESHOLD`, :data:`TRIM_THRESHOLD`) for this process.
 
-    Returns True when they were set; False, changing nothing, where the C library is
-    not glibc (macOS, Windows, musl), where the environment already tunes malloc
-    (``MALLOC_*_`` variables, ``glibc.malloc`` tunables in ``GLIBC_TUNABLES``), or where
-    ``AURICLE_MALLOC=default`` asks for glibc's defaults.
+    Returns True when they were set; False, changing nothing, where :func:`why_left_alone`
+    gives a reason.
     """
-    if not sys.platform.startswith("linux") or os.environ.get("AURICLE_MALLOC") == "default":
+    if why_left_alone() is not None:
         return False
-    if any(os.environ.get(name) for name in _USER_SETTINGS) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
+    mallopt = _glibc_mallopt()
+    return bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+def why_left_alone() -> str | None:
+    """Why :func:`keep_freed_memory` changes nothing here, or None where it sets the thresholds.
+
+    Not Linux, a C library other than glibc (musl, macOS, Windows), ``AURICLE_MALLOC=default``,
+    or malloc already tuned by the environment (``MALLOC_*_`` variables, ``glibc.malloc``
+    tunables in ``GLIBC_TUNABLES``).
+    """
+    if not sys.platform.startswith("linux"):
+        return "not Linux"
+    if os.environ.get("AURICLE_MALLOC") == "default":
+        return "AURICLE_MALLOC=default"
+    user = [name for name in _USER_SETTINGS if os.environ.get(name)]
+    if user or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return f"set by the environment ({', '.join(user) or 'GLIBC_TUNABLES'})"
+    if _glibc_mallopt() is None:
+        return "not glibc"
+    return None
+
+
+def describe() -> str:
+    """What the ``auricle`` command does to malloc here, in a few words (``auricle system`` shows it)."""
+    reason = why_left_alone()
+    if reason is not None:
+        return f"left as it is: {reason}"
+    return f"kept for reuse (glibc mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold {TRIM_THRESHOLD >> 20} MiB)"
+
+
+def _glibc_mallopt():
     try:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 - only glibc has it; musl's mallopt does nothing
         mallopt = libc.mallopt
     except (OSError, AttributeError):
-        return False
+        return None
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    return mallopt

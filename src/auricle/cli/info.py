@@ -89,6 +89,7 @@ def system_command(as_json: bool) -> None:
         ("defaults", f"{report.threads} threads, {report.streams} streams, batch {report.batch_size}"),
         ("--precision auto", ", ".join(f"{engine}: {precision}" for engine, precision in report.auto_precision.items())),
         ("engine cache", f"{report.cache_dir} ({report.prepared_graphs} prepared for --engine onnx)"),
+        ("freed memory", report.freed_memory),
         ("exported files", report.exported_files),
     ]
     for key, value in rows:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from importlib import metadata
 
+from auricle import allocator
 from auricle.cache import cache_dir
 from auricle.prepared import prepared_graphs
 from auricle.inference.tuning import (
@@ -61,6 +62,7 @@ class SystemReport:
     cache_dir: str
     exported_files: str  # how an `auricle export` file given as --checkpoint runs here
     prepared_graphs: int = 0  # whole models prepared for `--engine onnx` in the cache (auricle.prepared)
+    freed_memory: str = ""  # what the `auricle` command does to malloc here (auricle.allocator)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,4 +151,5 @@ def system_report() -> SystemReport:
                         f"--checkpoint FILE.onnx, or --engine onnx)" if onnxruntime
                         else "need onnxruntime: pip install 'auricle[onnx]'"),
         prepared_graphs=len(prepared_graphs(cache)),
+        freed_memory=allocator.describe(),
     )
