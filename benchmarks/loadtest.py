@@ -100,6 +100,16 @@ def start_server(args, folder: Path) -> tuple[subprocess.Popen, str]:
     return process, f"http://127.0.0.1:{port}"
 
 
+def server_memory(pid: int) -> dict:
+    """The started server's peak and current resident memory (MB) from /proc; empty where there is none."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    except OSError:
+        return {}
+    return {"peak_rss": round(int(fields["VmHWM"].split()[0]) / 1024, 1),
+            "rss_at_end": round(int(fields["VmRSS"].split()[0]) / 1024, 1)}
+
+
 def random_checkpoint(name: str, folder: Path) -> Path:
     import torch
 
@@ -243,6 +253,8 @@ def main() -> None:
             process, url = start_server(args, Path(folder))
         try:
             summary = asyncio.run(run(args, url, process))
+            if process is not None:
+                summary["server_memory_mb"] = server_memory(process.pid)
         finally:
             if process is not None:
                 process.terminate()
