@@ -5,13 +5,15 @@ block's activations, attention scores: megabytes each). With its default, adapti
 settings, glibc's malloc gives such blocks back to the kernel when they are freed (as
 separate mappings, or by trimming the top of a thread's heap), so the next call faults
 the same pages in again, zeroed. ced-mini in calls of 4 windows on two one-thread streams
-paid ~2,300 page faults and 4-5 ms of kernel time per call on the 2-core development VM;
-with the thresholds below, ~15 faults and 0.5 ms, and 2-4% more clips/s
-(``benchmarks/allocator.py``, docs/benchmarks.md).
+paid 2,600-2,800 page faults and 5-6 ms of kernel time per call (torch fp32 and bf16) on
+the 2-core development VM; with the thresholds below, under 20 faults and 0.5 ms, and 3%
+(fp32) to 6% (bf16) more clips/s; torch int8 and ONNX Runtime, which happened not to
+fault there, ran level (``benchmarks/allocator.py``, docs/benchmarks.md).
 
 Both thresholds are set together: setting either one turns glibc's adaptation off for
-both, and one alone was far worse than the default (the trim threshold alone: ~47,000
-faults and half the throughput, since every block over 128 KiB became its own mapping).
+both, and one alone was far worse than the default (the trim threshold alone: 47,000 to
+119,000 faults a call and a quarter to two thirds of the throughput, since every block
+over 128 KiB became a mapping of its own).
 
 The ``auricle`` command applies this to its own process (``AURICLE_MALLOC=default`` keeps
 glibc's defaults, as do ``MALLOC_*_`` settings of one's own). A program of one's own can
@@ -29,8 +31,9 @@ import sys
 #: adaptive threshold on 64-bit systems, above the largest temporaries of a default CPU call
 #: (ced-base, 4 windows: the 12 MB MLP activation and attention scores).
 MMAP_THRESHOLD = 32 * 1024 * 1024
-#: Free memory at a heap's top beyond this goes back to the kernel. Per heap (one per
-#: thread that allocates, at most a few here), so at most this much stays reserved unused.
+#: Free memory at a heap's top beyond this goes back to the kernel. Per heap (glibc gives
+#: threads that allocate at once heaps of their own: a few when tagging, more in the
+#: service), so at most this much per heap stays reserved unused.
 TRIM_THRESHOLD = 128 * 1024 * 1024
 
 _M_TRIM_THRESHOLD = -1  # glibc's <malloc.h> parameter numbers

@@ -62,8 +62,9 @@ def _filter_groups(basis: torch.Tensor, groups: int = 4) -> tuple[tuple[int, int
 
     Each triangular filter spans a few bins, so each run of bands multiplies only the
     bins under it instead of all of them: the same sums less the zero terms (rounding
-    within float32's last bits), in about a third of the time of the whole product for
-    64 bands in 4 runs (2026-12-05, Zen 4 VM, ad hoc; 8 runs were slower again).
+    within float32's last bits), in under half the time of the whole product for 64
+    bands in 4 runs (2026-12-05, Zen 4 VM, ad hoc; 8 runs were slower again; the whole
+    log-mel: ``benchmarks/frontend.py``).
     """
     used = basis != 0
     spans = []
