@@ -345,10 +345,13 @@ def test_end_skips_the_shutdown_unless_something_needs_it(monkeypatch, capsys):
     print("written before the end")
     cli_module.end(3)
     assert ended == [3] and "written before the end" in capsys.readouterr().out
+    monkeypatch.setenv("AURICLE_CLEAN_EXIT", "0")  # off, as it reads
+    cli_module.end(5)
+    assert ended == [3, 5]
     monkeypatch.setenv("AURICLE_CLEAN_EXIT", "1")
     with pytest.raises(SystemExit) as finished:
         cli_module.end(4)
-    assert finished.value.code == 4 and ended == [3]
+    assert finished.value.code == 4 and ended == [3, 5]
 
 
 def test_embed_resumes_a_folder_where_it_stopped(inputs, tiny_checkpoint, tmp_path):

@@ -169,6 +169,24 @@ def test_psds_of_perfect_and_of_useless_scores(tmp_path):
     assert wrong["psds1"] == pytest.approx(0.0) and wrong["psds2"] == pytest.approx(0.0)
 
 
+def test_psds_leaves_out_a_class_whose_only_events_were_in_a_file_that_failed(tmp_path):
+    (tmp_path / "ref.csv").write_text("file,onset,offset,label\na.wav,2.0,4.0,Dog\nb.wav,1.0,2.0,Cat\n")
+    windows = [{"start": t / 2, "end": t / 2 + 0.5,
+                "tags": [{"label": "Dog", "mid": "", "score": float(2 < t / 2 < 4)}, {"label": "Cat", "mid": "", "score": 0.0}]}
+               for t in range(40)]
+    records = [{"file": "a.wav", "duration": 20.0, "tags": [], "windows": windows, "events": []},
+               {"file": "b.wav", "error": "b.wav: corrupt or truncated audio"}]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    result = run("evaluate", tmp_path / "ref.csv", "--events", "--predictions", tmp_path / "p.jsonl",
+                 "--json", tmp_path / "report.json")
+    assert result.exit_code == 1 and "b.wav: corrupt or truncated audio" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["psds"]["psds1"] == pytest.approx(1.0)  # Dog alone, found exactly
+    by_class = {c["label"]: c for c in report["classes"]}
+    assert by_class["Cat"]["psds1"] is None and by_class["Cat"]["reference_events"] == 0
+
+
 def test_events_with_a_model_equal_scoring_its_tag_output_and_plot_a_timeline(two_class_checkpoint, recordings, tmp_path):
     window = ("--window", "1", "--hop", "0.5")
     direct = run("evaluate", recordings / "events.csv", "--events", "--checkpoint", two_class_checkpoint, "--threads", "1", *window,

@@ -105,7 +105,7 @@ def end(code: int) -> None:
     where something still counts on it: ``AURICLE_CLEAN_EXIT=1``, coverage
     measuring the run, or child processes still alive.
     """
-    if os.environ.get("AURICLE_CLEAN_EXIT") or "coverage" in sys.modules or _children_alive():
+    if os.environ.get("AURICLE_CLEAN_EXIT", "") not in ("", "0") or "coverage" in sys.modules or _children_alive():
         sys.exit(code)
     if "logging" in sys.modules:
         sys.modules["logging"].shutdown()

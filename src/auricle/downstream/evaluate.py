@@ -383,7 +383,17 @@ class EventReport:
 def psds_values(
     reference: Sequence[LabelledEvent], predictions: Sequence[FilePrediction], classes: Sequence[str]
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """PSDS1 and PSDS2 over all files, and per-class PSDS1, from the window scores."""
+    """PSDS1 and PSDS2 over all files, and per-class PSDS1, from the window scores.
+
+    Over the classes with at least one reference event in these files: PSDS is undefined
+    for a class with none (sed_scores_eval refuses it), as when the only file holding a
+    class's events could not be decoded. No such class: no PSDS at all.
+    """
+    present = {event.label for event in reference}
+    columns = [index for index, label in enumerate(classes) if label in present]
+    if not columns:
+        return {}, {}
+    classes = [classes[index] for index in columns]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dcase_util warns about pkg_resources on import
         from sed_scores_eval import intersection_based
@@ -395,13 +405,17 @@ def psds_values(
     for prediction in predictions:
         edges, segment_scores = timeline(prediction.window_bounds, prediction.window_scores)
         stamps = np.r_[edges[:, 0], edges[-1, 1]]
-        frame = create_score_dataframe(segment_scores, stamps, list(classes))
+        frame = create_score_dataframe(segment_scores[:, columns], stamps, classes)
         scores[ids[prediction.file]] = _writable_frame(frame)
         durations[ids[prediction.file]] = max(prediction.duration, float(edges[-1, 1]))
     for event in reference:
         ground_truth[ids[event.file]].append((event.onset, min(event.offset, durations[ids[event.file]]), event.label))
     values, per_class = {}, {}
     for name, parameters in PSDS_SCENARIOS.items():
+        if len(classes) == 1:
+            # No other class to cross-trigger: the cross-trigger term is empty, and
+            # sed_scores_eval 0.0.4 fails on it (an empty statistics dict) instead of skipping it.
+            parameters = {**parameters, "cttc_threshold": None, "alpha_ct": 0.0}
         value, single, *_ = intersection_based.psds(
             scores=scores, ground_truth=ground_truth, audio_durations=durations, unit_of_time="hour", **parameters
         )
