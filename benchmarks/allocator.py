@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from auricle.allocator import USER_SETTINGS
 from auricle.inference.tuning import cpu_model
 
 SETTINGS = ("default", "kept")
@@ -86,8 +87,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {setting: [] for setting in SETTINGS}
     with tempfile.TemporaryDirectory() as cache:  # an onnx engine's graph is prepared once, then shared
         env = dict(os.environ, AURICLE_CACHE=cache)
-        for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
-                     "AURICLE_MALLOC"):
+        for name in (*USER_SETTINGS, "AURICLE_MALLOC"):  # both settings as glibc and auricle would pick them
             env.pop(name, None)
         for round_index in range(args.rounds):
             for setting in SETTINGS if round_index % 2 == 0 else SETTINGS[::-1]:

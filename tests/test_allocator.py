@@ -79,7 +79,7 @@ def test_a_c_library_without_glibcs_malloc_is_left_alone(monkeypatch):
         def mallopt(self, *args):
             raise AssertionError("not glibc: must not be called")
 
-    for name in allocator._USER_SETTINGS:
+    for name in allocator.USER_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.delenv("AURICLE_MALLOC", raising=False)
@@ -117,7 +117,7 @@ def test_auricle_system_says_what_the_command_does_to_malloc(monkeypatch):
     from auricle import allocator
     from auricle.cli import cli
 
-    for name in ("AURICLE_MALLOC", "GLIBC_TUNABLES", *allocator._USER_SETTINGS):
+    for name in ("AURICLE_MALLOC", "GLIBC_TUNABLES", *allocator.USER_SETTINGS):
         monkeypatch.delenv(name, raising=False)
     shown = CliRunner().invoke(cli, ["system", "--json"])
     expected = "kept for reuse" if glibc_linux() else "left as it is"

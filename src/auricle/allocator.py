@@ -39,7 +39,7 @@ TRIM_THRESHOLD = 128 * 1024 * 1024
 _M_TRIM_THRESHOLD = -1  # glibc's <malloc.h> parameter numbers
 _M_MMAP_THRESHOLD = -3
 #: Environment variables that already set these (read by glibc at start): a user's settings win.
-_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
 def keep_freed_memory() -> bool:
@@ -65,7 +65,7 @@ def why_left_alone() -> str | None:
         return "not Linux"
     if os.environ.get("AURICLE_MALLOC") == "default":
         return "AURICLE_MALLOC=default"
-    user = [name for name in _USER_SETTINGS if os.environ.get(name)]
+    user = [name for name in USER_SETTINGS if os.environ.get(name)]
     if user or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return f"set by the environment ({', '.join(user) or 'GLIBC_TUNABLES'})"
     if _glibc_mallopt() is None:
