@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from auricle.cli import cli
 from auricle.labels import audioset_labels, resolve_classes
+from auricle.profiles import load_profile
 from conftest import DATA, require
 from test_audio import encode
 
@@ -116,6 +117,11 @@ def test_classes_and_profile(inputs, tiny_checkpoint):
     result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--classes", "Dog barks loudly")
     assert result.exit_code == 2
     assert "Dog barks loudly" in result.stderr and result.stderr.count("\n") == 1
+
+    # A profile sets each event's threshold: --threshold beside it would be silently ignored, so it is refused.
+    result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--profile", "home", "--threshold", "0.2")
+    assert result.exit_code == 2 and not result.stdout
+    assert "threshold and profile do not combine" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_embed_outputs(inputs, tiny_checkpoint, tmp_path):
@@ -284,6 +290,23 @@ def test_models_and_labels_commands():
     result = run("labels", "Dog")
     assert "/m/0bt9lr" in result.stdout
     assert run("labels", "--profile", "home").exit_code == 0
+
+
+def test_a_bundled_profile_copied_with_toml_and_edited_is_used(inputs, tiny_checkpoint, tmp_path):
+    """The way to change a profile's thresholds, since --threshold beside --profile is refused."""
+    result = run("labels", "--profile", "Home", "--toml")
+    assert result.exit_code == 0, result.output
+    copy = tmp_path / "quiet-home.toml"
+    copy.write_text(result.stdout.replace("threshold = ", "threshold = 0.9999 # was "), encoding="utf-8")
+    events = lambda *profile: json.loads(run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--events",
+                                             "-f", "json", *profile).stdout)[0]["events"]
+    bundled, edited = events("--profile", "home"), events("--profile", str(copy))
+    assert len(edited) < len(bundled), "higher thresholds fire fewer events"
+    assert {e["label"] for e in edited} <= {e.label for e in load_profile("home").events}
+
+    assert run("labels", "--toml").exit_code == 2
+    result = run("labels", "--profile", "hmoe", "--toml")
+    assert result.exit_code == 2 and "did you mean 'home'" in result.stderr
 
 
 def test_resume_needs_a_resumable_output(inputs, tiny_checkpoint):

@@ -125,6 +125,12 @@ def test_tag_with_a_profile_and_the_spectrogram_for_the_page(client, model, long
     assert spectrogram["columns"] * spectrogram["seconds_per_column"] == pytest.approx(23.5, abs=0.1)
 
 
+def test_a_threshold_beside_a_profile_is_a_bad_request(client, long_wav):
+    response = client.post("/v1/tag?profile=home&threshold=0.2", content=long_wav.read_bytes())
+    assert response.status_code == 400
+    assert "threshold and profile do not combine" in response.json()["detail"]
+
+
 def test_embed_equals_the_library(client, model, long_wav):
     response = client.post("/v1/embed", files={"file": ("x.wav", long_wav.read_bytes())})
     assert response.status_code == 200, response.text

@@ -48,7 +48,8 @@ def _by_name(*specs: OptionSpec) -> dict[str, OptionSpec]:
 TAG_OPTIONS: dict[str, OptionSpec] = _by_name(
     OptionSpec("top_k", int, None, "Report the K best classes (default 5 unless a threshold is given).",
                short="-k", minimum=1),
-    OptionSpec("threshold", float, None, "Report classes scoring at least this (and use it for events; default 0.5).",
+    OptionSpec("threshold", float, None, "Report classes scoring at least this (and use it for events; default 0.5; not with a profile, "
+               "which sets its own).",
                short="-t", minimum=0, maximum=1),
     OptionSpec("classes", str, (), "Restrict output to classes by name, MID or ontology subtree "
                "(repeatable; ';' separates).", short="-c", multiple=True),
@@ -71,7 +72,7 @@ LIVE_TAG_OPTIONS: dict[str, OptionSpec] = _by_name(
     TAG_OPTIONS["window"],
     replace(TAG_OPTIONS["hop"], default=LIVE_HOP, help="Seconds between reports (and the onset time resolution)."),
     replace(TAG_OPTIONS["top_k"], help="Tags per window with --windows (default 5)."),
-    replace(TAG_OPTIONS["threshold"], help="Score at which an event starts (default 0.5; a profile sets its own)."),
+    replace(TAG_OPTIONS["threshold"], help="Score at which an event starts (default 0.5; not with a profile, which sets its own)."),
     replace(TAG_OPTIONS["classes"],
             help="Watch only these classes by name, MID or ontology subtree (repeatable; ';' separates)."),
     TAG_OPTIONS["profile"],

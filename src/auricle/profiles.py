@@ -246,23 +246,33 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
     anything else is a bundled name.
     """
     if isinstance(name_or_path, os.PathLike) or _is_path(str(name_or_path)):
-        path = Path(name_or_path)
         where = str(name_or_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise LabelError(f"{where}: profile file not found") from None
-        except IsADirectoryError:
-            raise LabelError(f"{where}: is a folder, not a profile file") from None
-        except (OSError, UnicodeDecodeError) as error:
-            cause = error.strerror if isinstance(error, OSError) and error.strerror else error
-            raise LabelError(f"{where}: cannot read profile ({_one_line(cause)})") from None
-        return _parse(text, where=where, source=where, default_name=path.stem)
-    name = str(name_or_path).strip()
+        return _parse(profile_text(name_or_path), where=where, source=where, default_name=Path(name_or_path).stem)
+    return _load_bundled(_bundled_name(str(name_or_path)))
+
+
+def profile_text(name_or_path: str | os.PathLike[str]) -> str:
+    """The TOML text of a profile as :func:`load_profile` finds it: a copy of a bundled one to edit."""
+    if not (isinstance(name_or_path, os.PathLike) or _is_path(str(name_or_path))):
+        return (_bundled_dir() / f"{_bundled_name(str(name_or_path))}.toml").read_text(encoding="utf-8")
+    where = str(name_or_path)
+    try:
+        return Path(name_or_path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LabelError(f"{where}: profile file not found") from None
+    except IsADirectoryError:
+        raise LabelError(f"{where}: is a folder, not a profile file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        cause = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise LabelError(f"{where}: cannot read profile ({_one_line(cause)})") from None
+
+
+def _bundled_name(name: str) -> str:
+    name = name.strip()
     bundled = available_profiles()
     match = next((b for b in bundled if b.casefold() == name.casefold()), None)
     if match is None:
         close = close_matches(name, bundled, limit=2)
         hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
         raise LabelError(f"unknown profile {name!r} ({hint}bundled: {', '.join(bundled) or 'none'}{PATH_HINT})")
-    return _load_bundled(match)
+    return match

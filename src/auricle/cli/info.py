@@ -32,15 +32,22 @@ def models_command(as_json: bool) -> None:
 @click.argument("query", nargs=-1)
 @click.option("--profile", default=None, help="Show the events of a profile (bundled name or TOML file).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def labels_command(query: tuple[str, ...], profile: str | None, as_json: bool) -> None:
+@click.option("--toml", "as_toml", is_flag=True,
+              help="With --profile: print the profile's TOML, to save as a file and edit (e.g. its thresholds).")
+def labels_command(query: tuple[str, ...], profile: str | None, as_json: bool, as_toml: bool) -> None:
     """List AudioSet classes; QUERY selects by name, MID or ontology subtree (e.g. Animal)."""
     from auricle.labels import audioset_labels, resolve_classes
-    from auricle.profiles import available_profiles, load_profile
+    from auricle.profiles import available_profiles, load_profile, profile_text
 
+    if as_toml and (profile is None or as_json):
+        fail("--toml prints a profile: give it with --profile NAME, without --json")
     labels = audioset_labels()
     try:
         if profile is not None:
             loaded = load_profile(profile)
+            if as_toml:
+                click.echo(profile_text(profile), nl=False)
+                return
             rows = [
                 {"label": e.label, "threshold": e.threshold, "classes": [labels[i].name for i in e.class_indices]}
                 for e in loaded.events

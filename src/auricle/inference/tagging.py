@@ -71,7 +71,8 @@ class TagOptions:
     """What ``tag`` reports.
 
     ``top_k``/``threshold``: which tags to list (both may apply; with neither,
-    the top 5). A profile's per-event thresholds override ``threshold``.
+    the top 5). A profile sets each event's threshold, so ``threshold`` and
+    ``profile`` are refused together rather than one silently ignored.
     ``pool``: how window scores become clip scores, ``max`` or ``mean``.
     ``events``: form time-stamped events (threshold defaults to 0.5).
     ``window``: how recordings longer than one window are cut.
@@ -92,6 +93,11 @@ class TagOptions:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.threshold is not None and self.profile is not None:
+            raise ValueError(
+                f"threshold and profile do not combine: profile {self.profile.name!r} sets each event's threshold "
+                "(edit a copy of the profile to change them)"
+            )
 
     def column_thresholds(self, space: ClassSpace, default: float | None) -> np.ndarray:
         base = self.threshold if self.threshold is not None else default
