@@ -6,8 +6,8 @@ AdamW) of a randomly initialised student on random 10 s waveforms. FLOPs per ste
 3x the forward FLOPs of the batch (forward + backward), from ../shared/reference/official/flops.json.
 This is the arithmetic `auricle distill train` runs per step; data loading and augmentation replay
 are measured separately by the trainer itself (views_per_second in its train.csv). With
---precision fp32 bf16, the forward pass also runs under bf16 autocast (what `auricle distill train
---precision bf16` does), the precisions taking turns in --rounds rounds; figures are medians.
+--precision fp32 bf16, the encoder and head also run under bf16 autocast, the log-mel staying float32
+(what `auricle distill train` and `auricle finetune` do with --precision bf16), the precisions taking turns in --rounds rounds; figures are medians.
 
     python benchmarks/train_speed.py --models ced-tiny ced-mini --batch-size 16 --threads 2
     python benchmarks/train_speed.py --models ced-tiny --precision fp32 bf16 --rounds 3 --seconds 10
@@ -26,6 +26,8 @@ import torch.nn.functional as F
 
 from throughput import FLOPS_FILE, analytic_gflops, matmul_peak
 
+from auricle.devices import bf16_trains_faster
+from auricle.inference.tuning import cpu_features, cpu_model
 from auricle.models.ced import CED
 from auricle.models.registry import model_info
 
@@ -47,9 +49,10 @@ def steps_per_second(name: str, batch_size: int, seconds: float, precision: str 
     targets = torch.rand(batch_size, network.config.num_classes) * 0.2
 
     def step() -> None:
+        normalized = network.normalize(network.spectrogram(waveforms))  # float32, as both trainers keep it
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            tokens, count = network.encode(waveforms)
-            logits = network.forward_head(tokens).reshape(count, batch_size, -1).mean(dim=0)
+            pieces, count = network.pieces(normalized)
+            logits = network.forward_head(network.forward_features(pieces)).reshape(count, batch_size, -1).mean(dim=0)
         loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -93,9 +96,11 @@ def main() -> None:
             print(f"{name:10} {precision:9} {args.batch_size:5d} {rate:8.3f} {rate * args.batch_size:8.1f} "
                   f"{fraction:7.0%}")
     if args.json:
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
-                                         "threads": args.threads, "rounds": args.rounds, "matmul_peak_gflops": peak, "results": rows},
-                                        indent=2))
+        args.json.write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "cpu_model": cpu_model(),
+            "cpu": cpu_features().to_dict(), "auto_trains_in_bf16": bf16_trains_faster(torch.device("cpu")),
+            "threads": args.threads, "rounds": args.rounds, "matmul_peak_gflops": peak, "results": rows,
+        }, indent=2))
 
 
 if __name__ == "__main__":

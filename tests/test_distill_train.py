@@ -176,18 +176,6 @@ def test_bf16_autocast_runs_on_cpu(tmp_path, student_config):
     assert all(tensor.dtype != torch.bfloat16 and torch.isfinite(tensor.float()).all() for tensor in weights.values())
 
 
-def test_auto_precision_trains_in_bf16_on_gpus_with_it_and_cpus_with_amx(monkeypatch):
-    from auricle.distill import train as train_module
-    from auricle.inference.tuning import CpuFeatures
-
-    for amx, bf16 in [(True, True), (False, True), (False, False)]:
-        monkeypatch.setattr(train_module, "cpu_features", lambda amx=amx, bf16=bf16: CpuFeatures(2, bf16, True, True, amx))
-        assert train_module.bf16_trains_faster(torch.device("cpu")) == (amx and bf16)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert train_module.bf16_trains_faster(torch.device("cuda"))
-    assert not train_module.bf16_trains_faster(torch.device("meta"))
-
-
 def test_a_resumed_auto_run_keeps_the_precision_it_started_in(tmp_path, student_config, monkeypatch, capsys):
     """A run started in bf16 (a CPU with AMX) and resumed on a machine where auto means fp32 stays bf16."""
     from auricle.distill import train as train_module

@@ -103,6 +103,34 @@ def test_resume_continues_exactly_where_it_stopped(tones, tmp_path):
     assert json.loads(resumed.stdout)["test"] == json.loads((straight / "result.json").read_text())["test"]
 
 
+def test_bf16_autocast_trains_float32_weights_and_a_resumed_auto_run_keeps_its_precision(tones, tmp_path,
+                                                                                          monkeypatch):
+    from auricle import devices
+    from auricle.inference.tuning import CpuFeatures
+
+    manifest, encoder = tones
+    bf16 = _finetune(manifest, encoder, tmp_path / "bf16", "--epochs", "1", "--precision", "bf16")
+    assert bf16.exit_code == 0, bf16.output
+    assert "training in bf16 autocast" in bf16.stderr
+    assert json.loads((tmp_path / "bf16" / "result.json").read_text())["precision"] == "bf16"
+    state = torch.load(tmp_path / "bf16" / "last.pt", weights_only=True)
+    assert state["bf16"] is True
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+    # Started in fp32; resumed where auto would mean bf16: it stays fp32, and says so.
+    run = tmp_path / "fp32"
+    assert _finetune(manifest, encoder, run, "--epochs", "3", "--precision", "fp32", "--stop-after", "1").exit_code == 0
+    monkeypatch.setattr(devices, "cpu_features", lambda: CpuFeatures(2, True, True, True, True))
+    resumed = _finetune(manifest, encoder, run, "--epochs", "3", "--resume", "--stop-after", "1")
+    assert resumed.exit_code == 0, resumed.output
+    assert "--precision auto keeps this run's fp32" in resumed.stderr and "training in bf16" not in resumed.stderr
+    assert json.loads((run / "result.json").read_text())["precision"] == "fp32"
+    # Asked for by name, the other precision applies from here on.
+    switched = _finetune(manifest, encoder, run, "--epochs", "3", "--resume", "--precision", "bf16")
+    assert switched.exit_code == 0 and "continuing in bf16" in switched.stderr
+    assert json.loads((run / "result.json").read_text())["precision"] == "bf16"
+
+
 def test_partial_finetuning_freezes_earlier_blocks(tones, tmp_path):
     manifest, encoder = tones
     output = tmp_path / "partial"
@@ -145,6 +173,17 @@ def test_training_logits_match_the_served_model_and_ignore_padding_in_pooling():
         expected = network.outputlayer(grid[0, :, :3].mean(dim=(0, 1)))
         together = net(padded, torch.tensor([len(clip), 16000]), None)
         torch.testing.assert_close(together[0], expected)
+
+        # Under bf16 autocast the encoder and head round to bf16 but the log-mel does not: the logits stay close.
+        seen = []
+        hook = network.init_bn.register_forward_hook(lambda module, args, output: seen.append(output))
+        net(padded, torch.tensor([len(clip), 16000]), None)
+        half = TrainingNet(network, bf16=True)(padded, torch.tensor([len(clip), 16000]), None)
+        hook.remove()
+        assert seen[1].dtype == torch.float32 and torch.equal(seen[0], seen[1])
+        assert half.dtype == torch.float32
+        torch.testing.assert_close(half, together, rtol=0.05, atol=0.05)
+        assert not torch.equal(half, together)
 
 
 def test_sampler_is_seeded_balanced_and_sharded():

@@ -97,6 +97,17 @@ def model_options(command: Callable) -> Callable:
     return command
 
 
+def training_precision_option(command: Callable) -> Callable:
+    """``--precision auto|fp32|bf16`` of the training commands (auricle.devices.training_bf16)."""
+    from auricle.devices import TRAINING_PRECISIONS
+
+    return click.option(
+        "--precision", type=click.Choice(TRAINING_PRECISIONS), default="auto", show_default=True,
+        help="auto: bf16 autocast on GPUs that support it and on CPUs with bf16 instructions "
+             "(avx512_bf16 or AMX), else fp32. The log-mel, loss and weights stay float32.",
+    )(command)
+
+
 def tag_option_flags(specs: Mapping[str, OptionSpec], *names: str) -> Callable:
     """Click options for the tagging options ``names`` (all of ``specs`` if none), in that order.
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from auricle.cli.common import writable
+from auricle.cli.common import training_precision_option, writable
 from auricle.distill.targets import DEFAULT_FILL, FILL_MODES
 
 
@@ -37,8 +37,7 @@ from auricle.distill.targets import DEFAULT_FILL, FILL_MODES
 @click.option("--inconsistent", is_flag=True,
               help="Draw fresh augmentations for the student instead of replaying the teacher's (ablation).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, order and mixup.")
-@click.option("--precision", type=click.Choice(("auto", "fp32", "bf16")), default="auto", show_default=True,
-              help="auto: bf16 autocast on GPUs that support it and on CPUs with AMX, else fp32.")
+@training_precision_option
 @click.option("--shuffle-shards", type=click.IntRange(1), default=4, show_default=True,
               help="Shards shuffled together (and held decoded in memory) at a time.")
 @click.option("--holdout-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True,

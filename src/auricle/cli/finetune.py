@@ -6,7 +6,7 @@ import json
 
 import click
 
-from auricle.cli.common import fail, writable
+from auricle.cli.common import fail, training_precision_option, writable
 from auricle.cli.datasets import dataset_options, read_dataset_or_exit
 from auricle.errors import AuricleError
 from auricle.models.registry import DEFAULT_MODEL
@@ -55,14 +55,15 @@ from auricle.models.registry import DEFAULT_MODEL
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/last.pt.")
 @click.option("--stop-after", type=click.IntRange(1), default=None,
               help="End after N epochs of this call (resume later with --resume), e.g. for time-limited jobs.")
-@click.option("--device", default="cpu", show_default=True)
+@training_precision_option
+@click.option("--device", default="cpu", show_default=True, help="torch device; under torchrun, cuda uses LOCAL_RANK.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [default: on a terminal].")
 def finetune_command(dataset, output, model_name, checkpoint, from_scratch, audio_dir, file_column, label_column,
                      split_column, train_split, valid_split, valid_fraction, test_split, epochs, batch_size,
                      learning_rate, weight_decay, warmup_epochs, train_blocks, time_masks, time_mask_fraction,
                      freq_masks, freq_mask_bands, mixup_alpha, balanced, patience, metric, max_seconds, seed, name,
-                     resume, stop_after, device, threads, progress) -> None:
+                     resume, stop_after, precision, device, threads, progress) -> None:
     """Fine-tune an encoder with a new head on DATASET (a folder per class, or a CSV/TSV manifest).
 
     The best weights (by validation metric) go to OUTPUT/model.safetensors,
@@ -90,7 +91,7 @@ def finetune_command(dataset, output, model_name, checkpoint, from_scratch, audi
         warmup_epochs=warmup_epochs, train_blocks=train_blocks, time_masks=time_masks,
         time_mask_fraction=time_mask_fraction, freq_masks=freq_masks, freq_mask_bands=freq_mask_bands,
         mixup_alpha=mixup_alpha, balanced=balanced, patience=patience, metric=metric, max_seconds=max_seconds,
-        seed=seed,
+        seed=seed, precision=precision,
     )
     show = sys.stderr.isatty() if progress is None else progress
     say = lambda line: click.echo(f"auricle: {line}", err=True)  # noqa: E731

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from auricle.devices import torch_device
+from auricle.devices import TRAINING_PRECISIONS, bf16_trains_faster, torch_device
 from auricle.distill.checkpointing import BestCheckpoints, list_states, load_state, save_state
 from auricle.distill.evaluation import mean_average_precision, top1_agreement, topk_overlap
 from auricle.distill.schedule import Schedule
@@ -43,10 +43,9 @@ from auricle.distill.targets import DEFAULT_FILL, FILL_MODES, expand_topk
 from auricle.distill.views import seed_from, unit_interval
 from auricle.errors import AuricleError, CheckpointError
 from auricle.io import atomic
-from auricle.inference.tuning import cpu_features
 from auricle.models.ced import CED, CEDConfig
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = TRAINING_PRECISIONS
 TRAIN_LOG = "train.csv"
 EVAL_LOG = "eval.csv"
 FINAL_NAME = "student.safetensors"
@@ -376,19 +375,6 @@ class _Batch:
     params: list[Any]
     indices: np.ndarray
     values: np.ndarray
-
-
-def bf16_trains_faster(device: torch.device) -> bool:
-    """What ``precision="auto"`` trains with: bf16 autocast on GPUs with bf16 and on CPUs with AMX, else fp32.
-
-    With AMX bf16 tiles (a 2-core Intel Xeon VM) training steps ran 1.7-1.9x faster under
-    autocast (ced-tiny 2.08 against 1.23, ced-mini 1.49 against 0.77 steps/s at batch 16;
-    benchmarks/train_speed.py). Other CPUs were not measured, so they keep fp32.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    features = cpu_features()
-    return device.type == "cpu" and features.amx and features.bf16
 
 
 class Trainer:

@@ -15,6 +15,10 @@ What a run does:
    (``last.pt``: model, optimiser, scheduler, RNG, epoch, history);
 5. score the test split (if any) with the best weights.
 
+``precision`` ("auto", "fp32", "bf16"): the encoder and head may run under bf16
+autocast (auricle.devices.training_bf16); the log-mel, the loss, the weights and
+the optimiser stay float32, and validation and test scoring run in float32.
+
 Single-label datasets train with softmax cross-entropy and save a head with
 ``head_activation="softmax"`` (scores of a clip sum to 1); multi-label
 datasets train with binary cross-entropy and keep the sigmoid.
@@ -42,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auricle.audio import SAMPLE_RATE, load_audio
-from auricle.devices import torch_device
+from auricle.devices import TRAINING_PRECISIONS, torch_device, training_bf16
 from auricle.downstream.classification import Scores, score_classification
 from auricle.errors import AuricleError, CheckpointError, DatasetError
 from auricle.frontend import HOP_LENGTH, num_frames
@@ -81,6 +85,12 @@ class FinetuneConfig:
     #: Longer training clips are cut at a random offset to this length (evaluation sees whole clips).
     max_seconds: float = 10.0
     seed: int = 0
+    #: "auto", "fp32" or "bf16": bf16 autocast of the encoder and head (auricle.devices.training_bf16).
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {self.precision!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +129,8 @@ class FinetuneResult:
     history: list[EpochRecord] = field(default_factory=list)
     #: Files that could not be decoded and were left out, one line each.
     failures: list[str] = field(default_factory=list)
+    #: What the last epochs trained in: "fp32", or "bf16" (autocast).
+    precision: str = "fp32"
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -178,13 +190,15 @@ class AugmentPlan:
 class TrainingNet(nn.Module):
     """Log-mel -> masks/mixup -> encoder -> mean of the real tokens -> logits; what DDP wraps."""
 
-    def __init__(self, network: CED) -> None:
+    def __init__(self, network: CED, bf16: bool = False) -> None:
         super().__init__()
         self.network = network
+        self.bf16 = bf16
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, plan: AugmentPlan | None) -> torch.Tensor:
         network = self.network
-        normalized = network.normalize(network.spectrogram(waveforms))
+        with torch.autocast(waveforms.device.type, enabled=False):  # the log-mel's dB range needs float32
+            normalized = network.normalize(network.spectrogram(waveforms))
         target = network.config.target_frames
         if normalized.shape[-1] > target:
             normalized = normalized[..., :target]
@@ -197,12 +211,14 @@ class TrainingNet(nn.Module):
                 weight = plan.mix_weight.view(-1, 1, 1, 1)
                 normalized = weight * normalized + (1 - weight) * normalized[plan.mix_order]
                 valid = torch.maximum(valid, valid[plan.mix_order])
-        tokens = network.forward_features(normalized)
+        with torch.autocast(waveforms.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            tokens = network.forward_features(normalized).float()
         batch, _, dim = tokens.shape
         grid = tokens.reshape(batch, -1, time_patches, dim)  # frequency-major token order
         mask = (torch.arange(time_patches, device=tokens.device)[None, :] < valid[:, None]).to(tokens.dtype)
         pooled = (grid * mask[:, None, :, None]).sum(dim=(1, 2)) / (mask.sum(dim=1) * grid.shape[1])[:, None]
-        return network.outputlayer(pooled)
+        with torch.autocast(waveforms.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return network.outputlayer(pooled).float()
 
 
 def draw_augment_plan(
@@ -338,6 +354,8 @@ def predict(network: CED, waveforms: Sequence[np.ndarray], batch_size: int = 16,
 class Distributed:
     rank: int = 0
     world_size: int = 1
+    #: This process's device: under torchrun ``cuda`` means ``cuda:LOCAL_RANK``, one GPU per process.
+    device: str = "cpu"
 
     @property
     def main(self) -> bool:
@@ -348,25 +366,27 @@ def distributed_from_env(device: str) -> Distributed:
     """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return Distributed()
+        return Distributed(device=device)
     import torch.distributed as dist
 
+    if device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    if torch_device(device).type == "cuda":
+        torch.cuda.set_device(device)  # nccl collectives run on the current device
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size())
+    return Distributed(dist.get_rank(), dist.get_world_size(), device)
 
 
 def _broadcast_flag(value: bool, where: Distributed) -> bool:
+    """Rank 0's ``value`` on every rank (collective)."""
     if where.world_size == 1:
         return value
     import torch.distributed as dist
 
-    flag = torch.tensor([1 if value else 0])
+    flag = torch.tensor([1 if value else 0], device=where.device)  # nccl takes only tensors on the GPU
     dist.broadcast(flag, src=0)
     return bool(flag.item())
-
-
-# --------------------------------------------------------------------------- training
 
 
 def _atomic_save(payload: dict, path: Path) -> None:
@@ -413,6 +433,7 @@ def finetune(
     output = Path(output)
     torch_device(device)  # a device this machine cannot use is refused before any work
     where = distributed_from_env(device)
+    device = where.device
     # A clip that cannot be decoded is left out, as probe does; the run ends with exit status 1.
     failed: list[str] = []
     quiet = lambda line: None  # noqa: E731 - the other ranks decode the same files
@@ -435,7 +456,8 @@ def finetune(
     torch.manual_seed(config.seed)
     network = with_new_head(encoder, len(classes), activation).to(device)
     trainable = freeze_for_partial(network, config.train_blocks)
-    model = TrainingNet(network)
+    # Every process trains in rank 0's precision; a resumed run keeps its own below.
+    net = model = TrainingNet(network, _broadcast_flag(training_bf16(config.precision, torch.device(device)), where))
     if where.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -465,8 +487,17 @@ def finetune(
         start_epoch, best, best_epoch, bad_epochs = state["epoch"], state["best"], state["best_epoch"], state["bad_epochs"]
         best_scores = state["best_scores"]
         history = [EpochRecord(**record) for record in state["history"]]
+        saved_bf16 = state.get("bf16", False)  # resume points from before precision trained in float32
+        if saved_bf16 != net.bf16:
+            if config.precision == "auto":
+                net.bf16 = saved_bf16
+                log(f"--precision auto keeps this run's {'bf16' if saved_bf16 else 'fp32'}")
+            else:
+                log(f"continuing in {config.precision} (epochs so far trained in {'bf16' if saved_bf16 else 'fp32'})")
         log(f"resumed after epoch {start_epoch} (best {metric} {best:.4f} at epoch {best_epoch})")
 
+    if net.bf16:
+        log("training in bf16 autocast (log-mel, loss and weights in float32; --precision fp32 to turn it off)")
     loss_function = nn.BCEWithLogitsLoss() if multi_label else None
     stopped_early = False
     last_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
@@ -537,6 +568,7 @@ def finetune(
                 "best_scores": best_scores,
                 "history": [r.to_dict() for r in history],
                 "config": config.to_dict(),
+                "bf16": net.bf16,
             }, state_path)
         else:
             _gather_generators(generator, where)
@@ -551,7 +583,7 @@ def finetune(
         test_scores = score_classification(test.targets(), predict(best_network, test_waves, device=device),
                                            multi_label).to_dict()
     result = FinetuneResult(str(checkpoint_path), classes, best_epoch, len(history), stopped_early,
-                            best_scores, test_scores, history, failed)
+                            best_scores, test_scores, history, failed, "bf16" if net.bf16 else "fp32")
     if where.main:
         atomic.write_text(output / "result.json", json.dumps(result.to_dict(), indent=2))
     return result
@@ -564,9 +596,10 @@ def _gather_generators(generator: torch.Generator, where: Distributed) -> list[t
         return [state]
     import torch.distributed as dist
 
+    state = state.to(where.device)  # nccl takes only tensors on the GPU
     gathered = [torch.empty_like(state) for _ in range(where.world_size)]
     dist.all_gather(gathered, state)
-    return gathered
+    return [tensor.cpu() for tensor in gathered]
 
 
 def _to_device(plan: AugmentPlan, device: str) -> AugmentPlan:
