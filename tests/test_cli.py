@@ -118,6 +118,10 @@ def test_classes_and_profile(inputs, tiny_checkpoint):
     assert result.exit_code == 2
     assert "Dog barks loudly" in result.stderr and result.stderr.count("\n") == 1
 
+    # Classes that no profile event covers: every result would be empty, so it is said instead.
+    result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--profile", "home", "--classes", "Speech")
+    assert result.exit_code == 2 and "no event of profile 'home' covers the classes Speech" in result.stderr
+
     # A profile sets each event's threshold: --threshold beside it would be silently ignored, so it is refused.
     result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--profile", "home", "--threshold", "0.2")
     assert result.exit_code == 2 and not result.stdout
@@ -471,6 +475,15 @@ def test_a_list_of_arrays_is_tagged_at_its_sample_rate(tiny_model):
     assert [t.index for t in results[1].tags] == [t.index for t in alone.tags]
     with pytest.raises(ValueError, match="need their sample_rate"):
         tiny_model.tag([tone])
+    # A rate beside a file was silently ignored, and a list of samples failed as a path.
+    with pytest.raises(TypeError, match="a list of numbers is not a waveform here"):
+        tiny_model.tag(tone.tolist(), sample_rate=8000)
+
+
+def test_a_sample_rate_beside_a_file_is_refused(tiny_model, inputs):
+    for call in (tiny_model.tag, tiny_model.embed):
+        with pytest.raises(ValueError, match="sample_rate applies to waveform arrays; a file's rate is read from it"):
+            call(inputs[0], sample_rate=8000)
 
 
 def test_classes_given_as_one_string_are_specs_as_on_the_command_line(tiny_model, inputs):

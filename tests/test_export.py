@@ -229,6 +229,12 @@ def test_an_fp32_export_past_the_tolerance_is_refused_and_writes_nothing(small_c
     assert "in probability (limit 1e-12); nothing written (raise the limit with --tolerance to accept it)" in line
 
 
+def test_export_refuses_an_out_file_that_tag_would_not_take_for_an_exported_file(small_checkpoint, tmp_path):
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--out" in result.stderr and "name the file .onnx" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_refuses_missing_checkpoint(tmp_path):
     result = CliRunner().invoke(cli, ["export", "--checkpoint", str(tmp_path / "none.pt"), "--out",
                                       str(tmp_path / "x.onnx")])

@@ -116,7 +116,10 @@ def test_probabilities_give_back_the_kind_of_array_they_are_given(torch_model, e
         for bad, message in [(waves[None], r"expected \(batch, samples\) waveforms, got shape \(1, 2, 16000\)"),
                              (np.full((1, 800), np.nan, np.float32), "contains NaN or Inf samples"),
                              (waves.T.copy(), "has more clips than samples; a \\(samples, channels\\) signal"),
-                             (np.zeros((0, 800), np.float32), "no audio samples")]:
+                             (np.zeros((0, 800), np.float32), "no audio samples"),
+                             # finite but far beyond full scale: NaN probabilities would pass for scores
+                             (np.stack([waves[0], np.full(16000, 1e30, np.float32)]),
+                              "clip 1: the model's output is not finite")]:
             with pytest.raises(AuricleError, match=message):
                 scorer.probabilities(bad)
 

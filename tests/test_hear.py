@@ -8,6 +8,7 @@ import soundfile as sf
 import torch
 
 from auricle.downstream import hear
+from auricle.errors import AudioError, CheckpointError
 from auricle.models.ced import CED, CEDConfig
 from auricle.models.checkpoints import save_checkpoint
 from parity_support import assert_as_accurate_as_official
@@ -147,11 +148,25 @@ def test_numpy_input_and_bad_shapes(small_model):
     assert timestamps.shape == (0, expected.shape[1])
 
 
+def test_integer_audio_is_scaled_and_nan_or_overflow_refused(small_model):
+    audio = noise(2, 0.3)
+    as_int16 = torch.round(audio * 32767).to(torch.int16)
+    for get in (hear.get_scene_embeddings, lambda a, m: hear.get_timestamp_embeddings(a, m)[0]):
+        torch.testing.assert_close(get(as_int16, small_model), get(as_int16.float() / 32768, small_model))
+        with pytest.raises(AudioError, match="audio: contains NaN or Inf samples"):
+            get(torch.full((1, 8000), float("nan")), small_model)
+        # Finite but far beyond full scale: the spectrogram overflows; NaN rows would pass for embeddings.
+        with pytest.raises(AudioError, match="audio: the model's output is not finite"):
+            get(torch.full((1, 8000), 1e30), small_model)
+
+
 def test_bad_options_are_refused(small_checkpoint):
     with pytest.raises(ValueError, match="timestamps must be"):
         hear.load_model(str(small_checkpoint), timestamps="frames")
     with pytest.raises(ValueError, match="whole number of samples"):
         hear.load_model(str(small_checkpoint), hop_ms=12.34)
+    with pytest.raises(CheckpointError, match="model.onnx: the HEAR API runs the encoder's layers"):
+        hear.load_model("model.onnx")
 
 
 # -- parity with the official CED HEAR embeddings (../shared/reference) -----------------

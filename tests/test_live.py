@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+import soundfile as sf
 from click.testing import CliRunner
 
 from auricle.audio import SAMPLE_RATE
@@ -126,6 +127,10 @@ def test_pcm_decoder_resamples_as_one_stream():
 def test_pcm_decoder_refuses_bad_settings():
     with pytest.raises(AudioError, match="unknown PCM format 'mp3'"):
         PcmDecoder(SAMPLE_RATE, "mp3")
+    with pytest.raises(AudioError, match="sample rate must be 1000 to 768000 Hz, got 1$"):
+        PcmDecoder(1, "s16le")  # each byte would be a sixteen-thousandth of a minute of audio to score
+    with pytest.raises(AudioError, match="channels must be 1 to 64, got 0"):
+        PcmDecoder(SAMPLE_RATE, "s16le", channels=0)
     decoder = PcmDecoder(SAMPLE_RATE, "f32le")
     with pytest.raises(AudioError, match="NaN or Inf"):
         decoder.decode(np.array([np.nan], "<f4").tobytes())
@@ -214,6 +219,24 @@ def test_listen_bad_file_and_bad_options(burst_model_path, tmp_path):
     assert result.exit_code == 2 and "--hop" in result.stderr
     result = _listen(["-", "--checkpoint", burst_model_path, "--classes", "Dog"], b"")
     assert result.exit_code == 2 and "Dog" in result.stderr
+    # The raw-PCM flags say nothing about a file (it has its own rate): given with one, they are refused.
+    good = tmp_path / "good.wav"
+    sf.write(good, np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    result = _listen([good, "--checkpoint", burst_model_path, "--rate", "8000", "--channels", "2"])
+    assert result.exit_code == 2
+    assert f"--rate and --channels: for raw PCM on stdin (SOURCE -) only; {good} has its own format" in result.stderr
+
+
+def test_listen_refuses_an_overflowing_signal_instead_of_printing_nan(burst_model_path, tmp_path):
+    import soundfile as sf
+
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, np.full(SAMPLE_RATE, 1e30, np.float32), SAMPLE_RATE, subtype="FLOAT")
+    result = _listen([loud, "--checkpoint", burst_model_path, "--as-fast-as-possible", "-f", "jsonl", "--windows"])
+    assert result.exit_code == 1 and "NaN" not in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"auricle: error: {loud}: window 0.00-1.00 s: the model's output is not finite: "
+        "samples far beyond full scale (±1) overflow the spectrogram")
 
 
 def test_listen_microphone_without_sounddevice_says_what_to_install(burst_model_path, monkeypatch):

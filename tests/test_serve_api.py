@@ -193,6 +193,52 @@ def test_bad_parameters_are_400_or_422(client, long_wav):
                           ("pool=median", "pool: String should match pattern '^(max|mean)$' (got 'median')")]:
         response = client.post(f"/v1/tag?{query}", content=data)
         assert response.status_code == 422 and response.json() == {"detail": detail}, response.json()
+    # One request must not hold the server: a median filter is bounded (it once took 25 s and 7 GB, or a 500).
+    for length in ("15001", "99999999999999999999"):
+        response = client.post(f"/v1/tag?events=true&median_filter={length}", content=data)
+        assert response.status_code == 422 and "less than or equal to 101" in response.json()["detail"]
+
+
+def loud_wav(seconds: float = 1.0) -> bytes:
+    """Finite samples far beyond full scale: the spectrogram overflows and the model's output is NaN."""
+    import io
+
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.full(int(seconds * SR), 1e30, np.float32), SR, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+def test_an_overflowing_signal_is_a_400_not_null_scores_or_a_500(client, long_wav):
+    for path in ("/v1/tag", "/v1/tag?spectrogram=true", "/v1/embed"):
+        response = client.post(path, files={"file": ("loud.wav", loud_wav())})
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["detail"].startswith("loud.wav: the model's output is not finite")
+
+
+def post_together(model, config: ServeConfig, bodies: list[bytes]):
+    """POST /v1/tag with each body at once, from threads: the responses in order, and the batcher's stats."""
+    with TestClient(create_app(model, config)) as client:
+        responses: dict[int, object] = {}
+        def post(i: int, body: bytes) -> None:
+            responses[i] = client.post("/v1/tag", content=body)
+
+        threads = [threading.Thread(target=post, args=(i, body)) for i, body in enumerate(bodies)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        return [responses[i] for i in range(len(bodies))], client.app.state.batcher.stats
+
+
+def test_an_overflowing_request_fails_alone_in_a_shared_batch(model):
+    """Windows of concurrent requests share model calls: one request's NaN must not fail the others."""
+    config = ServeConfig(max_wait=1.0, max_batch_size=4)  # four 10 s windows fill a batch
+    bodies = [loud_wav(10.0), write_wav_bytes(noise(10.0, 0.1, 1)), loud_wav(10.0), write_wav_bytes(noise(10.0, 0.1, 2))]
+    responses, stats = post_together(model, config, bodies)
+    assert [response.status_code for response in responses] == [400, 200, 400, 200]
+    assert stats.windows == 4 and stats.largest_batch > 2  # they did share calls
 
 
 # -- limits ------------------------------------------------------------------------
@@ -233,9 +279,9 @@ class Gate:
         self.open = threading.Event()
         original = model.probabilities
 
-        def probabilities(waveforms):
+        def probabilities(waveforms, **options):
             self.open.wait(10)
-            return original(waveforms)
+            return original(waveforms, **options)
 
         monkeypatch.setattr(model, "probabilities", probabilities)
 
@@ -284,15 +330,7 @@ def test_request_timeout_is_503_and_leaves_no_work_behind(model, monkeypatch):
 def test_concurrent_requests_share_model_batches(model, long_wav):
     config = ServeConfig(max_wait=1.0, max_batch_size=8)  # 4 requests x 2 full windows fill a batch
     data = long_wav.read_bytes()  # 3 windows each: 10, 10 and 3.5 s
-    with TestClient(create_app(model, config)) as client:
-        results = []
-        threads = [threading.Thread(target=lambda: results.append(client.post("/v1/tag", content=data)))
-                   for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-        stats = client.app.state.batcher.stats
+    results, stats = post_together(model, config, [data] * 4)
     assert [r.status_code for r in results] == [200] * 4
     assert len({json.dumps(r.json()) for r in results}) == 1  # batching does not change results
     assert stats.windows == 12 and stats.largest_batch > 2  # windows of different requests shared calls
@@ -333,16 +371,49 @@ def test_stream_socket_reports_a_burst_with_its_times(burst_model):
     assert final == {"type": "end", "duration": 4.0, "ended": []}
 
 
-def test_stream_socket_refuses_bad_settings_and_too_many_streams(burst_model):
+@pytest.mark.parametrize("settings, detail", [
+    ({"format": "mp3"}, "format: expected one of s16le, s32le, f32le, u8, got 'mp3'"),
+    # Each of these once crashed the handler mid-stream (the socket dropped with no message) or let
+    # one client multiply its audio: a rate of 1 Hz turns 40 KB into 160 M samples to score.
+    ({"top_k": 1.5}, "top_k: expected a whole number, got 1.5"),
+    ({"profile": ["home"]}, "profile: expected a string, got ['home']"),
+    ({"sample_rate": 1}, "sample_rate: expected at least 1000, got 1"),
+    ({"sample_rate": True}, "sample_rate: expected a number, got True"),
+    ({"sample_rate": "abc"}, "sample_rate: expected a number, got 'abc'"),
+    ({"sample_rate": 16000.7}, "sample_rate: expected a whole number, got 16000.7"),
+    ({"window": 1e9}, "window: expected at most 60, got 1000000000.0"),
+    ({"window": "abc"}, "window: expected a number, got 'abc'"),
+    ({"channels": 0}, "channels: expected at least 1, got 0"),
+])
+def test_stream_socket_refuses_bad_settings_in_one_message(burst_model, settings, detail):
+    from starlette.websockets import WebSocketDisconnect
+
+    with TestClient(create_app(burst_model)) as client, client.websocket_connect("/v1/stream") as socket:
+        socket.send_text(json.dumps(settings))
+        assert socket.receive_json() == {"type": "error", "detail": f"bad settings: {detail}"}
+        with pytest.raises(WebSocketDisconnect) as closed:
+            socket.receive_json()
+        assert closed.value.code == 1008
+
+
+def test_stream_socket_refuses_an_overflowing_signal_instead_of_sending_nan(model):
+    from starlette.websockets import WebSocketDisconnect
+
+    with TestClient(create_app(model)) as client, client.websocket_connect("/v1/stream") as socket:
+        socket.send_text(json.dumps({"window": 1, "hop": 0.5}))
+        assert socket.receive_json()["type"] == "ready"
+        socket.send_bytes(np.full(SR, 1e30, np.float32).tobytes())
+        message = socket.receive_json()  # NaN in a report would not even parse as JSON here
+        assert message["type"] == "error" and "the model's output is not finite" in message["detail"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            socket.receive_json()
+        assert closed.value.code == 1008
+
+
+def test_stream_socket_refuses_too_many_streams(burst_model):
     from starlette.websockets import WebSocketDisconnect
 
     with TestClient(create_app(burst_model, ServeConfig(max_streams=1))) as client:
-        with client.websocket_connect("/v1/stream") as socket:
-            socket.send_text(json.dumps({"format": "mp3"}))
-            assert "unknown PCM format" in socket.receive_json()["detail"]
-            with pytest.raises(WebSocketDisconnect) as closed:
-                socket.receive_json()
-            assert closed.value.code == 1008
         with client.websocket_connect("/v1/stream") as first:
             first.send_text("{}")
             assert first.receive_json()["type"] == "ready"
@@ -497,3 +568,37 @@ def test_a_model_with_its_own_classes_lists_no_profiles(burst_model):
     with TestClient(create_app(burst_model, ServeConfig(max_wait=0.001))) as client:
         info = client.get("/v1/models").json()
     assert info["model"]["classes"] == 2 and info["profiles"] == []
+
+
+def test_a_client_that_goes_away_cancels_its_work():
+    """A request whose client disconnected stops; its windows are not scored for nobody."""
+    import asyncio
+
+    from auricle.serve.app import until_disconnected
+    from auricle.serve.uploads import RequestError
+
+    class Leaving:
+        async def receive(self):
+            await asyncio.sleep(0.05)
+            return {"type": "http.disconnect"}
+
+    class Staying:
+        async def receive(self):
+            await asyncio.sleep(60)
+
+    cancelled = []
+
+    async def slow_work():
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def quick_work():
+        return {"done": True}
+
+    with pytest.raises(RequestError) as gone:
+        asyncio.run(until_disconnected(Leaving(), slow_work()))
+    assert gone.value.status == 499 and cancelled == [True]
+    assert asyncio.run(until_disconnected(Staying(), quick_work())) == {"done": True}

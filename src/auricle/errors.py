@@ -6,6 +6,9 @@ the file (or name) and the cause in one line, so the CLI can print it as is.
 
 from __future__ import annotations
 
+#: Why a finite signal got NaN scores: its spectrogram's power overflowed float32 (samples beyond ~1e16).
+NOT_FINITE = "the model's output is not finite: samples far beyond full scale (±1) overflow the spectrogram"
+
 
 class AuricleError(Exception):
     """Base class of every error auricle raises on bad input."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
 from auricle.errors import AuricleError, CheckpointError
-from auricle.inference.pipeline import Tagger, file_blocks, finite_embeddings
+from auricle.inference.pipeline import Tagger, file_blocks, finite_embeddings, finite_probabilities
 from auricle.inference.results import Embeddings
 from auricle.inference.ort_sessions import stream_sessions
 from auricle.inference.piece_rows import Framing, InexactRows, MelPeaks, Row, loudest_frame, rows
@@ -122,15 +122,17 @@ class ExportedModel(Tagger):
     def streams(self) -> int:
         return self._streams
 
-    def probabilities(self, waveforms: np.ndarray) -> np.ndarray:
+    def probabilities(self, waveforms: np.ndarray, *, finite: bool = True) -> np.ndarray:
         """(batch, samples) 16 kHz clips of equal length -> (batch, classes) float32 probabilities.
 
         A numpy array (or list) in gives a numpy array out; a torch tensor in gives a tensor
-        out, as :meth:`auricle.model.AudioModel.probabilities` does.
+        out, as :meth:`auricle.model.AudioModel.probabilities` does; ``finite`` as there.
         """
         torch = sys.modules.get("torch")  # a tensor can only come from a program that imported torch
         given_tensor = torch is not None and isinstance(waveforms, torch.Tensor)
         result = self._score_now(prepare_batch(waveforms))
+        if finite:
+            finite_probabilities(result)
         return torch.from_numpy(result) if given_tensor else result
 
     @property

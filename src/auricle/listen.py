@@ -21,7 +21,7 @@ import numpy as np
 import soxr
 
 from auricle.audio import RESAMPLE_QUALITY, SAMPLE_RATE, iter_blocks
-from auricle.errors import AudioError, AuricleError
+from auricle.errors import NOT_FINITE, AudioError, AuricleError
 from auricle.inference.live import LiveReport, LiveTagger, LiveWindow, RollingWindow
 from auricle.inference.results import Event
 from auricle.inference.tagging import ClassSpace, TagOptions
@@ -44,6 +44,11 @@ class Block:
     arrived: float
 
 
+#: Raw PCM sample rates taken (Hz): telephone-band recorders to studio interfaces.
+PCM_RATES = (1000, 768000)
+MAX_CHANNELS = 64
+
+
 class PcmDecoder:
     """Raw interleaved PCM bytes in pieces of any size -> 16 kHz mono float32, resampled as one stream."""
 
@@ -51,8 +56,11 @@ class PcmDecoder:
                  name: str = "<stdin>") -> None:
         if sample_format not in PCM_FORMATS:
             raise AudioError(f"{name}: unknown PCM format {sample_format!r} (use {', '.join(PCM_FORMATS)})")
-        if sample_rate <= 0 or channels <= 0:
-            raise AudioError(f"{name}: sample rate and channels must be positive")
+        if not PCM_RATES[0] <= sample_rate <= PCM_RATES[1]:
+            # A rate of 1 Hz would make each byte a sixteen-thousandth of a minute of audio to score.
+            raise AudioError(f"{name}: sample rate must be {PCM_RATES[0]} to {PCM_RATES[1]} Hz, got {sample_rate}")
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise AudioError(f"{name}: channels must be 1 to {MAX_CHANNELS}, got {channels}")
         dtype, self._scale, self._centre = PCM_FORMATS[sample_format]
         self._dtype = np.dtype(dtype)
         self._frame_bytes = self._dtype.itemsize * channels
@@ -174,7 +182,12 @@ def listen(
 
     def scored(window: LiveWindow, arrived: float) -> TimedReport:
         began = time.monotonic()
-        probabilities = score(window.samples)
+        try:
+            probabilities = score(window.samples)
+        except AudioError as error:  # a model that checks its output: say which window, as the tagger does
+            if NOT_FINITE in str(error):
+                raise window.not_finite() from None
+            raise
         done = time.monotonic()
         return TimedReport(tagger.report(window, probabilities), done - began, done - arrived)
 

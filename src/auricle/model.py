@@ -16,7 +16,7 @@ from auricle.exported import ExportedModel, is_exported_file, load_exported
 from auricle.frontend import HOP_LENGTH
 from auricle.inference.embedding import token_means
 from auricle.inference.engines import Engine, EngineConfig, make_engine, resolve_precision
-from auricle.inference.pipeline import Tagger, file_blocks, finite_embeddings
+from auricle.inference.pipeline import Tagger, file_blocks, finite_embeddings, finite_probabilities
 from auricle.inference.results import Embeddings
 from auricle.inference.streams import StreamPool
 from auricle.labels import LabelSet, audioset_labels
@@ -78,17 +78,21 @@ class AudioModel(Tagger):
 
     # -- raw scores ------------------------------------------------------------
     @torch.inference_mode()
-    def probabilities(self, waveforms: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    def probabilities(self, waveforms: torch.Tensor | np.ndarray, *, finite: bool = True) -> torch.Tensor | np.ndarray:
         """(batch, samples) 16 kHz clips of equal length -> (batch, classes) float32 probabilities.
 
         A torch tensor in gives a (CPU) tensor out; anything else, a numpy array, as
         :meth:`auricle.exported.ExportedModel.probabilities` does, so code does not change
         with the kind of model file. Each clip is analysed on its own (no batch cross-talk);
-        clips under one patch (0.15 s) are zero-padded.
+        clips under one patch (0.15 s) are zero-padded. A clip far beyond full scale overflows
+        the spectrogram: an AudioError names it, or with ``finite=False`` its row is NaN (for
+        batches that mix callers, each of whom must see only their own failure).
         """
         given_tensor = isinstance(waveforms, torch.Tensor)
         batch = torch.from_numpy(prepare_batch(waveforms))
         result = self.engine.probabilities(batch.to(self.device)).cpu()
+        if finite:
+            finite_probabilities(result.numpy())
         return result if given_tensor else result.numpy()
 
     @torch.inference_mode()

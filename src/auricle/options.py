@@ -11,7 +11,10 @@ default (tests/test_options.py checks all of this).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+
+from auricle.inference.events import MAX_MEDIAN_FILTER
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,36 @@ class OptionSpec:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    def check(self, value: object) -> object:
+        """A value parsed from JSON as this option takes it, or a ValueError naming the option and the value.
+
+        ``1.5`` for an int, ``true`` for a number or ``["home"]`` for a name would otherwise fail deep inside.
+        """
+        def refuse(why: str) -> ValueError:
+            return ValueError(f"{self.name}: {why}, got {value!r}")
+
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise refuse("expected true or false")
+            return value
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise refuse("expected a string")
+            if self.choices and value not in self.choices:
+                raise refuse(f"expected one of {', '.join(self.choices)}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise refuse("expected a number")
+        if self.kind is int and not (isinstance(value, int) or float(value).is_integer()):
+            raise refuse("expected a whole number")
+        if not math.isfinite(value):
+            raise refuse("expected a finite number")
+        if self.minimum is not None and value < self.minimum:
+            raise refuse(f"expected at least {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise refuse(f"expected at most {self.maximum:g}")
+        return self.kind(value)
+
 
 def _by_name(*specs: OptionSpec) -> dict[str, OptionSpec]:
     return {spec.name: spec for spec in specs}
@@ -58,7 +91,8 @@ TAG_OPTIONS: dict[str, OptionSpec] = _by_name(
     OptionSpec("window", float, 10.0, "Window length in seconds.", minimum=0.15),
     OptionSpec("hop", float, None, "Hop between windows in seconds [default: the window].", minimum=0.01),
     OptionSpec("pool", str, "max", "How window scores become clip scores.", choices=("max", "mean")),
-    OptionSpec("median_filter", int, 1, "Events: median filter length over window segments (odd).", minimum=1),
+    OptionSpec("median_filter", int, 1, "Events: median filter length over window segments (odd).", minimum=1,
+               maximum=MAX_MEDIAN_FILTER),
     OptionSpec("min_duration", float, 0.0, "Events: drop events shorter than this (seconds).", minimum=0),
     OptionSpec("min_gap", float, 0.0, "Events: merge events of a class closer than this (seconds).", minimum=0),
 )

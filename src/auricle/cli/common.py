@@ -214,14 +214,14 @@ def _load_exported_or_exit(ctx: click.Context | None, path: str, device: str, th
         fail(not_weights(path, ctx.info_name if ctx is not None else "this command"))
     try:
         # Only what the user asked for is checked against the file; the defaults yield to it.
-        return load_exported(path, device=device, engine=engine if _given(ctx, "engine") else None,
-                             precision=precision if _given(ctx, "precision") else None,
+        return load_exported(path, device=device, engine=engine if given_on_command_line(ctx, "engine") else None,
+                             precision=precision if given_on_command_line(ctx, "precision") else None,
                              threads=threads, streams=streams)
     except AuricleError as error:
         fail(str(error))
 
 
-def _given(ctx: click.Context | None, name: str) -> bool:
+def given_on_command_line(ctx: click.Context | None, name: str) -> bool:
     """Whether the user set option ``name`` on the command line (defaults, AURICLE_* included, yield to a file)."""
     if ctx is None:
         return False

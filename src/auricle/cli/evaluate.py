@@ -12,6 +12,7 @@ import click
 from auricle.cli.common import fail, load_model_or_exit, model_options, output_problem, writable
 from auricle.cli.datasets import column_options
 from auricle.errors import AuricleError
+from auricle.inference.events import MAX_MEDIAN_FILTER
 from auricle.io import atomic
 
 
@@ -32,7 +33,7 @@ from auricle.io import atomic
               help="Tagging: how window scores become clip scores.")
 @click.option("--threshold", "-t", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Events: score at which a class is active.")
-@click.option("--median-filter", type=click.IntRange(1), default=1, show_default=True, help="Events: median filter length (odd).")
+@click.option("--median-filter", type=click.IntRange(1, MAX_MEDIAN_FILTER), default=1, show_default=True, help="Events: median filter length (odd).")
 @click.option("--min-duration", type=click.FloatRange(0), default=0.0, show_default=True, help="Events: drop shorter events (s).")
 @click.option("--min-gap", type=click.FloatRange(0), default=0.0, show_default=True, help="Events: merge closer events (s).")
 @click.option("--segment", type=click.FloatRange(0.01), default=1.0, show_default=True,

@@ -49,7 +49,10 @@ def export_command(model_name, checkpoint, export_format, int8, mel_input, runti
     ONNX Runtime's contrib operators, made for ONNX Runtime (other runtimes may not load it).
     """
     from auricle.export import export_onnx
+    from auricle.exported import is_exported_file
 
+    if not is_exported_file(out):  # every command tells an exported file from weights by this suffix
+        fail(f"--out {out}: name the file .onnx, as `auricle tag --checkpoint` recognises an exported file by it")
     model = load_model_or_exit(model_name, checkpoint, "cpu", None, engine="torch", precision="fp32")
     try:
         report = export_onnx(model, out, int8=int8, mel_input=mel_input, runtime=runtime, tolerance=tolerance,

@@ -9,7 +9,7 @@ import threading
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit, model_options, tag_option_flags
+from auricle.cli.common import fail, given_on_command_line, load_model_or_exit, model_options, tag_option_flags
 from auricle.errors import AuricleError
 from auricle.inference.results import SCHEMA_VERSION, Event
 from auricle.options import LIVE_TAG_OPTIONS
@@ -92,6 +92,13 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
 
     if hop > window:
         fail(f"--hop ({hop}) must be at most --window ({window})")
+    if source != "-":  # a file or the microphone says its own rate and layout; silently ignoring them misleads
+        ctx = click.get_current_context()
+        given = [flag for name, flag in (("rate", "--rate"), ("channels", "--channels"),
+                                         ("sample_format", "--sample-format")) if given_on_command_line(ctx, name)]
+        if given:
+            fail(f"{' and '.join(given)}: for raw PCM on stdin (SOURCE -) only; "
+                 f"{_source_name(source)} has its own format")
     model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
     try:
         options = model.tag_options(top_k=top_k, threshold=threshold, classes=classes, profile=profile,
@@ -131,7 +138,8 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
             else:
                 printer.end(item, end)
     except AuricleError as error:
-        fail(str(error), code=1)
+        message, name = str(error), _source_name(source)
+        fail(message if message.startswith(name) else f"{name}: {message}", code=1)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous_handler)

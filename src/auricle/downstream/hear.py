@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from auricle.audio import SAMPLE_RATE
+from auricle.audio import SAMPLE_RATE, prepare_waveform
+from auricle.errors import NOT_FINITE, AudioError, CheckpointError
 from auricle.frontend import HOP_LENGTH
 from auricle.models.ced import CED, batched_tokens
 from auricle.models.registry import DEFAULT_MODEL
@@ -95,21 +96,40 @@ def load_model(
     ``model_file_path`` may be any checkpoint ``auricle.load_model`` reads (official
     ``.pt``, Hugging Face folder, auricle ``.safetensors``).
     """
+    from auricle.exported import is_exported_file
     from auricle.model import load_model as load_audio_model
 
     checkpoint = model_file_path if str(model_file_path) else None
+    if is_exported_file(checkpoint):  # the HEAR functions run the network's layers, which an ONNX file lacks
+        raise CheckpointError(f"{checkpoint}: the HEAR API runs the encoder's layers, which an exported ONNX file "
+                              "does not hold; give it the model's weights (.pt, .safetensors or a Hugging Face folder)")
     audio_model = load_audio_model(model_name, checkpoint=checkpoint, device=device)
     return HearModel(audio_model.network, audio_model.name, timestamps, hop_ms, batch_size=batch_size)
 
 
 def _as_batch(audio: torch.Tensor | np.ndarray, model: HearModel) -> torch.Tensor:
-    """(n_sounds, n_samples) float32 on the model's device; refuses other shapes."""
+    """(n_sounds, n_samples) float32 on the model's device; refuses other shapes and NaN or Inf.
+
+    Integer samples are scaled to [-1, 1] as ``auricle.audio.prepare_waveform`` scales them
+    (int16 taken as raw amplitude was 32768 times too loud).
+    """
     audio = torch.as_tensor(audio)
     if audio.dim() != 2:
         raise ValueError(f"audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
     if audio.shape[1] == 0:
         raise ValueError("audio has no samples")
-    return audio.to(device=model.device, dtype=torch.float32)
+    if not audio.is_floating_point() and len(audio):
+        audio = torch.from_numpy(np.stack([prepare_waveform(row, SAMPLE_RATE, "audio") for row in audio.cpu().numpy()]))
+    audio = audio.to(device=model.device, dtype=torch.float32)
+    if not torch.isfinite(audio).all():
+        raise AudioError("audio: contains NaN or Inf samples")
+    return audio
+
+
+def _finite(embeddings: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(embeddings).all():  # a row of NaN would pass for an embedding downstream
+        raise AudioError(f"audio: {NOT_FINITE}")
+    return embeddings
 
 
 @torch.inference_mode()
@@ -128,7 +148,7 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
         tokens_per_piece = tokens.shape[1]
         owners = torch.arange(first, first + len(tokens), device=audio.device) % sounds
         sums.index_add_(0, owners, tokens.double().sum(dim=1))
-    return (sums / (count * tokens_per_piece)).float()
+    return _finite((sums / (count * tokens_per_piece)).float())
 
 
 @torch.inference_mode()
@@ -143,7 +163,8 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
     if audio.shape[0] == 0:  # no rows, but the timestamp axis a sound of this length would have
         embeddings, timestamps = embed(audio.new_zeros(1, audio.shape[1]), model)
         return embeddings[:0], timestamps[:0]
-    return embed(audio, model)
+    embeddings, timestamps = embed(audio, model)
+    return _finite(embeddings), timestamps
 
 
 def _window_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:

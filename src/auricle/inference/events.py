@@ -12,6 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 
 
+#: Longest median filter, in segments (hops): longer ones smooth away all but hour-long events and cost
+#: time and memory in proportion, which a service must not let one request spend.
+MAX_MEDIAN_FILTER = 101
+_MEDIAN_BLOCK = 1 << 22
+
+
 @dataclass(frozen=True)
 class EventOptions:
     """How events are formed from window scores.
@@ -26,8 +32,8 @@ class EventOptions:
     min_gap: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.median_filter < 1 or self.median_filter % 2 == 0:
-            raise ValueError(f"median filter length must be odd and >= 1, got {self.median_filter}")
+        if not 1 <= self.median_filter <= MAX_MEDIAN_FILTER or self.median_filter % 2 == 0:
+            raise ValueError(f"median filter length must be odd, 1 to {MAX_MEDIAN_FILTER}, got {self.median_filter}")
         if self.min_duration < 0 or self.min_gap < 0:
             raise ValueError("min_duration and min_gap must be >= 0")
 
@@ -66,7 +72,9 @@ def median_smooth(scores: np.ndarray, length: int) -> np.ndarray:
     half = length // 2
     padded = np.concatenate([np.repeat(scores[:1], half, 0), scores, np.repeat(scores[-1:], half, 0)])
     stacked = np.lib.stride_tricks.sliding_window_view(padded, length, axis=0)
-    return np.median(stacked, axis=-1)
+    # np.median copies what it is given: in blocks of rows, an hour of 1 s segments stays at tens of MB.
+    rows = max(1, _MEDIAN_BLOCK // (length * max(1, scores.shape[1])))
+    return np.concatenate([np.median(stacked[i:i + rows], axis=-1) for i in range(0, len(scores), rows)])
 
 
 def detect_segments(

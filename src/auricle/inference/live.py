@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from auricle.audio import SAMPLE_RATE
+from auricle.errors import NOT_FINITE, AudioError
 from auricle.inference.results import Event, Tag, _round
 from auricle.inference.tagging import DEFAULT_EVENT_THRESHOLD, ClassSpace, TagOptions, select_tags
 from auricle.inference.windows import WindowConfig
@@ -54,6 +55,10 @@ class LiveWindow:
     start: int
     end: int
     samples: np.ndarray
+
+    def not_finite(self) -> AudioError:
+        """The error of a window whose scores overflow made NaN, naming the window's times."""
+        return AudioError(f"window {self.start / SAMPLE_RATE:.2f}-{self.end / SAMPLE_RATE:.2f} s: {NOT_FINITE}")
 
 
 class RollingWindow:
@@ -172,7 +177,9 @@ class LiveTagger:
         self._previous_end = 0.0
 
     def report(self, window: LiveWindow, probabilities: np.ndarray) -> LiveReport:
-        """The report of one window given its model probabilities (classes,)."""
+        """The report of one window given its model probabilities (classes,); an AudioError if they are not finite."""
+        if not np.isfinite(probabilities).all():  # NaN scores would pass for a report (and NaN is not JSON)
+            raise window.not_finite()
         scores = self.space.project(np.asarray(probabilities, dtype=float))
         start, end = window.start / SAMPLE_RATE, window.end / SAMPLE_RATE
         started: list[EventStart] = []

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from auricle.audio import SAMPLE_RATE, AudioError, audio_info, iter_blocks, load_audio, prepare_waveform
-from auricle.errors import AuricleError
+from auricle.errors import NOT_FINITE, AuricleError
 from auricle.inference.events import EventOptions
 from auricle.inference.streams import StreamPool
 from auricle.inference.results import ClipTags, Embeddings, Failure
@@ -36,8 +36,19 @@ from auricle.labels import LabelSet
 from auricle.profiles import Profile, load_profile
 
 
-#: Why a finite signal got NaN scores: its spectrogram's power overflowed float32 (samples beyond ~1e16).
-NOT_FINITE = "the model's output is not finite: samples far beyond full scale (±1) overflow the spectrogram"
+
+
+def _no_rate_for_a_file(source, sample_rate: int | None) -> None:
+    if sample_rate is not None:  # silently ignored, a wrong rate would look like a bug in the model
+        raise ValueError(f"{source}: sample_rate applies to waveform arrays; a file's rate is read from it")
+
+
+def finite_probabilities(result: np.ndarray, name: str = "<batch>") -> np.ndarray:
+    """``result`` (batch, classes), or an AudioError naming the first clip that overflow made NaN."""
+    bad = np.flatnonzero(~np.isfinite(result).all(axis=-1))
+    if len(bad):
+        raise AudioError(f"{name}: clip {bad[0]}: {NOT_FINITE}")
+    return result
 
 
 def finite_embeddings(result: Embeddings) -> Embeddings:
@@ -111,6 +122,7 @@ class Tagger:
             if sample_rate is None:
                 raise ValueError("a waveform array needs its sample_rate")
             return self.embed_waveform(prepare_waveform(source, sample_rate), batch_size=batch_size)
+        _no_rate_for_a_file(source, sample_rate)
         return finite_embeddings(self._embed_file(source, batch_size))
 
     def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
@@ -238,8 +250,12 @@ class Tagger:
             waveform = prepare_waveform(source, sample_rate)
             return self._only(self.iter_tag([waveform], options, batch_size, names=["<array>"]))
         if isinstance(source, (str, os.PathLike)):
+            _no_rate_for_a_file(source, sample_rate)
             return self._only(self.iter_tag([source], options, batch_size))
         sources = list(source)
+        if sources and isinstance(sources[0], (int, float, np.number)):
+            raise TypeError("a list of numbers is not a waveform here: give a numpy array or torch tensor "
+                            "(a list is taken as files to tag)")
         names = None
         if any(is_array(item) for item in sources):  # arrays in a list are resampled and named as one alone is
             if sample_rate is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from auricle.errors import LabelError
 from auricle.inference.events import EventOptions, detect_segments
 from auricle.inference.windows import WindowConfig
 from auricle.inference.results import ClipTags, Event, Tag, WindowScores
@@ -49,6 +50,9 @@ class ClassSpace:
                 raise ValueError("profiles name AudioSet classes; this model has its own classes")
             chosen = set(resolve_classes(classes, labels)) if classes else None
             events = [e for e in profile.events if chosen is None or chosen & set(e.class_indices)]
+            if not events:  # else every result would be empty, with nothing to say why
+                raise LabelError(f"no event of profile {profile.name!r} covers the classes {'; '.join(classes)}; "
+                                 f"see `auricle labels --profile {profile.name}`")
             return cls(
                 labels=tuple(e.label for e in events),
                 mids=tuple(labels[e.class_indices[0]].mid if len(e.class_indices) == 1 else "" for e in events),

@@ -13,10 +13,10 @@ import asyncio
 import base64
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from contextlib import asynccontextmanager
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import FastAPI, Query, Request, WebSocket
@@ -24,9 +24,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from auricle.audio import SAMPLE_RATE
-from auricle.errors import AuricleError
+from auricle.errors import NOT_FINITE, AuricleError
 from auricle.inference.events import EventOptions
 from auricle.inference.tagging import ClassSpace, TagOptions, summarize
 from auricle.inference.windows import window_bounds
@@ -101,6 +102,26 @@ def tag_options(model: ServedModel, *, top_k=None, threshold=None, classes: Sequ
         raise RequestError(400, str(error).replace(PATH_HINT, "")) from None  # the service reads no paths
 
 
+async def until_disconnected(request: Request, work: Coroutine[Any, Any, dict]) -> dict:
+    """``work``'s result, or cancel it (and the windows it queued) as soon as the client goes away."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise RequestError(499, "client disconnected before the result")  # nobody reads it; nothing is logged
+    finally:
+        task.cancel()
+        watcher.cancel()
+
+
+async def _disconnect(request: Request) -> None:
+    # The body is read by now, so the next message the server has for this request is its disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def validation_line(errors: Sequence[dict]) -> str:
     """FastAPI's validation errors as one line: ``top_k: Input should be a valid integer (got 'abc')``."""
     parts = []
@@ -155,7 +176,8 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
     ``/v1/embed``, which needs the weights, and without importing torch unless a
     page asks for a spectrogram).
     """
-    batcher = DynamicBatcher(lambda batch: np.asarray(model.probabilities(batch)),
+    # Unchecked: a batch mixes requests, and one overflowing window must fail only its own request.
+    batcher = DynamicBatcher(lambda batch: np.asarray(model.probabilities(batch, finite=False)),
                              max_batch_size=config.max_batch_size, max_wait=config.max_wait)
     admission = Admission(config.max_pending, config.retry_after)
 
@@ -191,13 +213,18 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
                 body = await read_body(request.headers, request.stream(), config.max_upload_bytes)
                 name, data = await audio_part(request.headers, body, filename)
                 waveform = await run_in_threadpool(decode_upload, data, name, config.max_duration)
-                return await work(name, waveform)
+                try:
+                    return await until_disconnected(request, work(name, waveform))
+                except AuricleError as error:  # e.g. an overflowing signal: the library's one line, as a 400
+                    raise RequestError(400, str(error)) from None
 
             try:
                 return await asyncio.wait_for(process(), config.request_timeout)
             except TimeoutError:
                 raise RequestError(503, f"request timed out after {config.request_timeout:g} s (server busy)",
                                    {"Retry-After": str(config.retry_after)}) from None
+            except ClientDisconnect:
+                raise RequestError(400, "client disconnected during the upload") from None
 
     async def on_model(function):
         batcher.start()
@@ -269,8 +296,13 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
             finally:
                 for future in futures:  # a timed-out request leaves no work behind
                     future.cancel()
-            result = summarize(name, len(waveform) / SAMPLE_RATE, model.name,
-                               np.array(bounds, dtype=float) / SAMPLE_RATE, np.stack(rows), space, options).to_dict()
+            probabilities = np.stack(rows)
+            if not np.isfinite(probabilities).all():  # as `auricle tag` refuses it, not a 200 with null scores
+                raise RequestError(400, f"{name}: {NOT_FINITE}")
+            # Events over many windows take a while: off the loop, so other requests are not held up.
+            result = (await run_in_threadpool(summarize, name, len(waveform) / SAMPLE_RATE, model.name,
+                                              np.array(bounds, dtype=float) / SAMPLE_RATE, probabilities, space,
+                                              options)).to_dict()
             if spectrogram:
                 result["spectrogram"] = await on_model(lambda: spectrogram_image(model, waveform))
             return result

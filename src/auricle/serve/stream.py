@@ -28,6 +28,7 @@ import asyncio
 import difflib
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -38,15 +39,23 @@ from auricle.inference.results import Event
 from auricle.inference.tagging import ClassSpace
 from auricle.inference.windows import WindowConfig
 from auricle.labels import split_specs
-from auricle.listen import PcmDecoder
-from auricle.options import LIVE_TAG_OPTIONS
+from auricle.listen import MAX_CHANNELS, PCM_FORMATS, PCM_RATES, PcmDecoder
+from auricle.options import LIVE_TAG_OPTIONS, OptionSpec
 from auricle.serve.batching import DynamicBatcher
 from auricle.serve.config import ServeConfig
 from auricle.serve.uploads import RequestError
 
-_LIVE = LIVE_TAG_OPTIONS  # the settings' names and defaults are those of `auricle listen`
+#: Longest window a stream may ask for: every report scores the whole window, so its cost grows with it.
+MAX_STREAM_WINDOW = 60.0
+#: The settings' names and defaults are those of `auricle listen`, the window bounded for a shared service.
+_LIVE = {**LIVE_TAG_OPTIONS, "window": replace(LIVE_TAG_OPTIONS["window"], maximum=MAX_STREAM_WINDOW)}
 #: The audio format settings and their defaults (those of the web page's microphone: float32 mono).
 _FORMAT = {"sample_rate": SAMPLE_RATE, "format": "f32le", "channels": 1}
+_FORMAT_SPECS = {
+    "sample_rate": OptionSpec("sample_rate", int, SAMPLE_RATE, minimum=PCM_RATES[0], maximum=PCM_RATES[1]),
+    "format": OptionSpec("format", str, "f32le", choices=tuple(PCM_FORMATS)),
+    "channels": OptionSpec("channels", int, 1, minimum=1, maximum=MAX_CHANNELS),
+}
 
 
 class _Refused(Exception):
@@ -108,7 +117,11 @@ async def _session(websocket: WebSocket, model, batcher: DynamicBatcher, tag_opt
     async def report(window: LiveWindow) -> None:
         batcher.start()
         probabilities = await asyncio.wrap_future(batcher.submit(window.samples))
-        await websocket.send_json({"type": "report", **tagger.report(window, probabilities).to_dict()})
+        try:
+            reported = tagger.report(window, probabilities)
+        except AuricleError as error:  # an overflowing signal: NaN scores, which are not even JSON
+            raise _Refused(f"stream: {error}") from None
+        await websocket.send_json({"type": "report", **reported.to_dict()})
 
     while True:
         if message is None:
@@ -161,6 +174,13 @@ def _settings(text: str) -> dict:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
             raise _Refused(f"bad settings: unknown setting {key!r} ({hint})")
+    for key, value in settings.items():
+        spec = _FORMAT_SPECS.get(key) or _LIVE.get(key)
+        if spec is not None and value is not None and key != "classes":  # classes: _spec_list
+            try:
+                settings[key] = spec.check(value)
+            except ValueError as error:
+                raise _Refused(f"bad settings: {error}") from None
     return settings
 
 
