@@ -593,7 +593,8 @@ def test_a_write_that_fails_midway_is_one_line(inputs, tiny_checkpoint):
     assert result.stderr.splitlines()[-1] == "auricle: error: /dev/full: cannot write (No space left on device)"
 
 
-def test_embed_resume_redoes_what_other_weights_of_the_same_name_computed(inputs, tiny_checkpoint, tmp_path):
+def test_embed_resume_refuses_a_folder_of_other_weights_of_the_same_name(inputs, tiny_checkpoint, tmp_path):
+    """Resuming would leave two models' vectors side by side (it once re-embedded some, silently)."""
     import torch
 
     out = tmp_path / "emb"
@@ -605,12 +606,52 @@ def test_embed_resume_redoes_what_other_weights_of_the_same_name_computed(inputs
     retrained.parent.mkdir()
     torch.save({key: value + 0.01 * torch.randn_like(value) if "blocks" in key else value
                 for key, value in torch.load(tiny_checkpoint, weights_only=True).items()}, retrained)
-    result = run("embed", inputs[0], "--checkpoint", retrained, "--output", out, "--resume")
-    assert result.exit_code == 0, result.output
-    assert "embedded 1 of 1 files" in result.stderr
+    result = run("embed", *inputs[:2], "--checkpoint", retrained, "--output", out, "--resume")
+    assert result.exit_code == 2
+    assert f"{out}: holds embeddings by ced_tiny_perturbed (weights " in result.stderr
+    assert "resume with the same model or write to another folder" in result.stderr
+    assert np.array_equal(np.load(out / "a_sine440_1s.npz")["clip"], before)
+    assert not (out / f"{Path(inputs[1]).stem}.npz").exists()
+    # Without --resume the folder is the new model's.
+    assert run("embed", inputs[0], "--checkpoint", retrained, "--output", out).exit_code == 0
     assert np.abs(np.load(out / "a_sine440_1s.npz")["clip"] - before).max() > 0
-    again = run("embed", inputs[0], "--checkpoint", retrained, "--output", out, "--resume")
-    assert "embedded 0 of 0 files" in again.stderr and "1 already done" in again.stderr
+
+
+def test_embed_resume_redoes_a_damaged_npz_and_knows_a_path_however_spelt(inputs, tiny_checkpoint, tmp_path,
+                                                                           monkeypatch):
+    out = tmp_path / "emb"
+    assert run("embed", *inputs[:2], "--checkpoint", tiny_checkpoint, "--output", out).exit_code == 0
+    first, second = (out / f"{Path(file).stem}.npz" for file in inputs[:2])
+    first.write_bytes(first.read_bytes()[:1000])  # a copy cut short: it once stopped the run with a traceback
+    second.write_bytes(b"")
+    result = run("embed", *inputs[:2], "--checkpoint", tiny_checkpoint, "--output", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "embedded 2 of 2 files" in result.stderr and "Traceback" not in result.output
+    # The same files spelt otherwise (absolute, ./) are done, under their names.
+    monkeypatch.chdir(Path(inputs[0]).parent)
+    again = run("embed", str(Path(inputs[0]).resolve()), "./" + Path(inputs[1]).name, "--checkpoint",
+                tiny_checkpoint, "--output", out, "--resume")
+    assert "embedded 0 of 0 files" in again.stderr and "2 already done" in again.stderr
+    assert sorted(path.name for path in out.iterdir()) == sorted([first.name, second.name, "index.csv"])
+
+
+def test_tag_resume_refuses_other_options_and_knows_a_path_however_spelt(inputs, tiny_checkpoint, tmp_path,
+                                                                         monkeypatch):
+    out = tmp_path / "tags.jsonl"
+    options = ["--checkpoint", tiny_checkpoint, "-k", "2", "-o", out]
+    assert run("tag", *inputs[:2], *options).exit_code == 0
+    assert json.loads(out.with_name("tags.jsonl.settings.json").read_text())["top_k"] == 2
+    changed = run("tag", *inputs[:3], *options, "--resume", "--pool", "mean", "--events")
+    assert changed.exit_code == 2
+    assert changed.stderr.splitlines() == [
+        f'auricle: error: {out}: written with other settings (pool "max" -> "mean"; events null -> '
+        '{"median_filter": 1, "min_duration": 0.0, "min_gap": 0.0}); resume with the same model and options, '
+        "or write to another file"]
+    monkeypatch.chdir(Path(inputs[0]).parent)
+    spelt = [str(Path(inputs[0]).resolve()), "./" + Path(inputs[1]).name, inputs[2]]
+    resumed = run("tag", *spelt, *options, "--resume")
+    assert resumed.exit_code == 0 and "tagged 1 of 1 files, 2 already done" in resumed.stderr
+    assert len(out.read_text().splitlines()) == 3
 
 
 def test_npy_rows_follow_the_inputs_when_a_file_fails(inputs, tiny_checkpoint, tmp_path):

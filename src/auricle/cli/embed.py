@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import csv
 import hashlib
 import io
+import os
+import sys
+import zipfile
 from pathlib import Path
 
 import click
@@ -36,12 +37,20 @@ def _embedded(folder: Path, names: dict[str, str], model: str, weights: str) -> 
     for file, name in names.items():
         try:
             with np.load(folder / name, allow_pickle=False) as saved:
-                if str(saved["path"]) == file and str(saved["model"]) == model and str(saved["weights"]) == weights:
-                    done[file] = [file, name, f"{float(saved['duration']):.3f}", len(saved["starts"])]
-        except (OSError, ValueError, KeyError):  # missing or unreadable: embedded again
+                if not _same_file(str(saved["path"]), file):
+                    continue
+                if (str(saved["model"]), str(saved["weights"])) != (model, weights):
+                    # Embedding the rest with this model would leave the folder holding two models' vectors.
+                    fail(f"{folder}: holds embeddings by {saved['model']} (weights {saved['weights']}), not {model} "
+                         f"(weights {weights}); resume with the same model or write to another folder")
+                done[file] = [file, name, f"{float(saved['duration']):.3f}", len(saved["starts"])]
+        except UNREADABLE_NPZ:  # missing or not whole (a copy cut short): embedded again
             continue
     return done
 
+
+#: What np.load raises for an .npz that is absent, empty (EOFError), cut short (BadZipFile) or not ours.
+UNREADABLE_NPZ = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 #: An --output with one of these suffixes is one file for all inputs; anything else is a folder.
 SINGLE_FILE_SUFFIXES = (".npz", ".npy")
@@ -84,11 +93,16 @@ def _hint_on_interrupt(results, hint: str):
         raise
 
 
+def _same_file(stored: str, file: str) -> bool:
+    """Whether two spellings of a path (``set/a.wav``, ``./set/a.wav``, absolute) name one file."""
+    return stored == file or os.path.realpath(stored) == os.path.realpath(file)
+
+
 def _holds_another_file(path: Path, file: str) -> bool:
     try:
         with np.load(path, allow_pickle=False) as saved:
-            return str(saved["path"]) != file
-    except (OSError, ValueError, KeyError):  # nothing there, or nothing whole: free to write
+            return not _same_file(str(saved["path"]), file)
+    except UNREADABLE_NPZ:  # nothing there, or nothing whole: free to write
         return False
 
 

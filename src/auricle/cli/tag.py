@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -11,8 +12,10 @@ from auricle.cli.common import (
     fail, load_model_or_exit, model_options, refuse_standard_input, tag_option_flags, writable,
 )
 from auricle.errors import AuricleError
-from auricle.io.writers import (FORMATS, RESUMABLE_FORMATS, completed_files, format_for, ledger_path, make_writer,
-                                 open_output)
+from auricle.io.writers import (
+    FORMATS, RESUMABLE_FORMATS, completed_files, format_for, ledger_path, make_writer, not_done, open_output,
+    record_settings, settings_differences,
+)
 from auricle.options import TAG_OPTIONS
 
 
@@ -61,7 +64,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     if resume and output_format == "csv":
         _refuse_another_csv_layout(output, events)
     done = completed_files(output, output_format) if resume else {}
-    todo = [f for f in files if f not in done]
+    todo = not_done(files, done)
 
     if todo and not any(os.path.exists(file) for file in todo):
         # Nothing to decode, so no model to load (a download, maybe): each file fails as it would.
@@ -77,6 +80,14 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
                                         pool=pool, events=event_options or False, window=window, hop=hop)
         except (AuricleError, ValueError) as error:
             fail(str(error))
+        if output_format in RESUMABLE_FORMATS and output not in (None, "-"):
+            # Rows computed otherwise would mix silently with the earlier ones.
+            settings = _run_settings(model, options)
+            differences = settings_differences(output, settings) if resume else []
+            if differences:
+                fail(f"{output}: written with other settings ({'; '.join(differences)}); resume with the same "
+                     "model and options, or write to another file")
+            record_settings(output, settings)
         results = model.iter_tag(todo, options, batch_size=batch_size)
 
     appending = resume and os.path.isfile(output) and os.path.getsize(output) > 0
@@ -112,13 +123,36 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
             raise
         target = "standard output" if stream is sys.stdout else output
         fail(f"{target}: cannot write ({error.strerror or error})", code=1)
-    skipped = f", {len(done.keys() & set(files))} already done" if resume else ""
+    skipped = f", {len(files) - len(todo)} already done" if resume else ""
     summary = f"tagged {len(todo) - failures} of {len(todo)} files{skipped}"
     if failures:
         click.echo(f"auricle: {summary}; {failures} failed", err=True)
         raise SystemExit(1)
     if len(todo) > 1 or output is not None:
         click.echo(f"auricle: {summary}", err=True)
+
+
+def _run_settings(model, options) -> dict:
+    """What decides a resumable output's rows, as JSON values: the model, its weights and the options."""
+    from dataclasses import asdict
+
+    from auricle.fingerprints import tagger_key
+
+    profile = options.profile
+    settings = {
+        "model": model.name,
+        "weights": tagger_key(model)[:16],  # a checkpoint of the same name with other weights is another model
+        "top_k": options.top_k,
+        "threshold": options.threshold,
+        "classes": list(options.classes),
+        "profile": None if profile is None else {
+            "source": profile.source, "events": [[e.label, list(e.class_indices), e.threshold] for e in profile.events]},
+        "pool": options.pool,
+        "events": None if options.events is None else asdict(options.events),
+        "window": options.window.window_seconds,
+        "hop": options.window.hop_seconds,
+    }
+    return json.loads(json.dumps(settings))  # tuples as lists, as they read back
 
 
 def _refuse_an_input_as_output(output: str, files: list[str]) -> None:

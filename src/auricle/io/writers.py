@@ -15,6 +15,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -166,6 +167,33 @@ def make_writer(format: str, stream: IO[str], events: bool, appending: bool = Fa
 def ledger_path(path: str | os.PathLike) -> Path:
     """The list of files a resumable CSV run finished: ``FILE.csv.done``, one JSON line each."""
     return Path(f"{path}.done")
+
+
+def settings_path(path: str | os.PathLike) -> Path:
+    """What computed a resumable output: ``FILE.settings.json`` (model, weights and tagging options)."""
+    return Path(f"{path}.settings.json")
+
+
+def settings_differences(path: str | os.PathLike, settings: dict) -> list[str]:
+    """How ``settings`` differ from those recorded beside ``path`` (``key old -> new``); none if not recorded."""
+    try:
+        saved = json.loads(settings_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # an output from before settings were recorded, or none yet: nothing to compare
+    if not isinstance(saved, dict):
+        return []
+    return [f"{key} {json.dumps(saved.get(key))} -> {json.dumps(value)}"
+            for key, value in settings.items() if saved.get(key) != value]
+
+
+def record_settings(path: str | os.PathLike, settings: dict) -> None:
+    atomic.write_text(settings_path(path), json.dumps(settings, indent=2) + "\n")
+
+
+def not_done(files: Sequence[str], done: Iterable[str]) -> list[str]:
+    """``files`` less those in ``done``, however either path is spelt (``set/a.wav``, ``./set/a.wav``, absolute)."""
+    done_paths = {os.path.realpath(file) for file in done}
+    return [file for file in files if os.path.realpath(file) not in done_paths]
 
 
 def completed_files(path: str | os.PathLike, format: str) -> dict[str, str | None]:
