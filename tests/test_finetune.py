@@ -103,6 +103,30 @@ def test_resume_continues_exactly_where_it_stopped(tones, tmp_path):
     assert json.loads(resumed.stdout)["test"] == json.loads((straight / "result.json").read_text())["test"]
 
 
+def test_resume_refuses_other_settings_and_another_encoder(tones, tmp_path):
+    """A new --lr was once overridden by the restored optimiser, yet recorded as the run's."""
+    manifest, encoder = tones
+    run = tmp_path / "run"
+    assert _finetune(manifest, encoder, run, "--epochs", "3", "--stop-after", "1").exit_code == 0
+    changed = _finetune(manifest, encoder, run, "--epochs", "3", "--resume", "--lr", "1e-2", "--seed", "4")
+    assert changed.exit_code == 2
+    assert changed.stderr.splitlines()[-1] == (
+        f"auricle: error: {run / 'last.pt'}: cannot resume with other settings (learning_rate 0.0005 -> 0.01; "
+        "seed 0 -> 4); use the run's settings, or another output folder")
+    from dataclasses import replace
+
+    from auricle.models.ced import CED
+    from auricle.models.checkpoints import save_checkpoint
+
+    other = save_checkpoint(CED(replace(TINY, depth=1)), tmp_path / "other.safetensors", labels=["a", "b"], name="o")
+    swapped = _finetune(manifest, other, run, "--epochs", "3", "--resume")
+    assert swapped.exit_code == 2 and "Traceback" not in swapped.output
+    assert swapped.stderr.splitlines()[-1] == (f"auricle: error: {run / 'last.pt'}: made from another encoder than "
+                                               "this one; resume with the run's --model or --checkpoint")
+    longer = _finetune(manifest, encoder, run, "--epochs", "4", "--patience", "3", "--resume", "--stop-after", "1")
+    assert longer.exit_code == 0, longer.output  # a longer schedule is a change a resume may make
+
+
 def test_bf16_autocast_trains_float32_weights_and_a_resumed_auto_run_keeps_its_precision(tones, tmp_path,
                                                                                           monkeypatch):
     from auricle import devices

@@ -55,6 +55,8 @@ from auricle.io.datasets import LabelledDataset
 from auricle.models.ced import CED, MIN_SAMPLES
 
 STATE_FORMAT = "auricle-finetune-state"
+#: FinetuneConfig fields a resumed run may change: how long it goes on, and what it computes in.
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "precision"})
 
 
 @dataclass(frozen=True)
@@ -479,7 +481,20 @@ def finetune(
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state.get("format") != STATE_FORMAT or tuple(state["classes"]) != tuple(classes):
             raise CheckpointError(f"{state_path}: not a resume point of this run (other classes or format)")
-        network.load_state_dict(state["model"])
+        # The optimiser and schedule states would quietly override a new learning rate; other settings would
+        # train a different run under this one's name. Epochs and patience may change (a longer or shorter
+        # schedule from the step reached), and the precision (said below).
+        saved_config = state.get("config", {})
+        changed = [f"{key} {saved_config[key]!r} -> {value!r}" for key, value in config.to_dict().items()
+                   if key not in RESUMABLE_CHANGES and key in saved_config and saved_config[key] != value]
+        if changed:
+            raise CheckpointError(f"{state_path}: cannot resume with other settings ({'; '.join(changed)}); "
+                                  "use the run's settings, or another output folder")
+        try:
+            network.load_state_dict(state["model"])
+        except RuntimeError:
+            raise CheckpointError(f"{state_path}: made from another encoder than this one; resume with the "
+                                  "run's --model or --checkpoint") from None
         optimiser.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"][where.rank] if where.rank < len(state["generator"]) else state["generator"][0])
