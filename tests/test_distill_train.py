@@ -208,6 +208,17 @@ def test_refuses_to_overwrite_or_resume_with_other_settings(tmp_path, student_co
         train(_config(tmp_path, student_config, batch_size=2, resume=True), views)
 
 
+def test_paths_spelt_otherwise_are_the_same_settings(tmp_path, student_config, monkeypatch):
+    """`--eval-csv dist/eval.csv` then an absolute path, or `dist/audio/`, was refused as other settings."""
+    monkeypatch.chdir(tmp_path)
+    typed = _config(tmp_path, student_config, eval_csv="dist/eval.csv", eval_audio_dir="dist/audio").trajectory()
+    spelt = _config(tmp_path, student_config, eval_csv=str(tmp_path / "dist" / "eval.csv"), shards="./shards/",
+                    eval_audio_dir="dist/audio/").trajectory()
+    assert spelt == typed
+    other = _config(tmp_path, student_config, eval_csv="dist/other.csv", eval_audio_dir="dist/audio").trajectory()
+    assert other["eval_csv"] != typed["eval_csv"]
+
+
 def test_too_little_data_is_a_clear_error(tmp_path, student_config):
     with pytest.raises(TrainingError, match="too few"):
         train(_config(tmp_path, student_config, batch_size=64), FakeViews())

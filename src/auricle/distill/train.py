@@ -121,8 +121,8 @@ class TrainConfig:
         ignored = {"out", "checkpoint_every", "eval_every", "average_best", "keep_states", "log_every",
                    "device", "stop_after_steps", "resume", "progress"}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ignored}
-        values["shards"] = str(Path(self.shards).resolve())
-        values["targets"] = str(Path(self.targets).resolve())
+        for key in PATH_SETTINGS:  # another spelling of the same path (./x/, absolute, another cwd) is no change
+            values[key] = _resolved(values[key])
         return values
 
     def to_dict(self) -> dict:
@@ -484,6 +484,9 @@ class Trainer:
         step, path = states[-1]
         state = load_state(path)
         saved, current = dict(state["trajectory"]), self.config.trajectory()
+        for key in PATH_SETTINGS:  # states saved before eval paths were resolved hold them as typed
+            if key in saved:
+                saved[key] = _resolved(saved[key])
         if "bf16" in state:
             # Compare what the runs compute in, not how it was asked for: "auto" resolves per machine,
             # and a run resumed elsewhere (another CPU, a GPU) keeps the precision it started in.
@@ -770,6 +773,14 @@ def _parameter_groups(network: CED, weight_decay: float) -> list[dict]:
         else:
             decay.append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+#: Settings that name files: compared as the paths they resolve to.
+PATH_SETTINGS = ("shards", "targets", "eval_csv", "eval_audio_dir")
+
+
+def _resolved(path: str | os.PathLike | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
 
 
 def _differences(saved: dict, current: dict) -> list[str]:
