@@ -147,6 +147,38 @@ def test_event_metrics_by_hand_from_a_predictions_file(tmp_path, header):
     assert (tmp_path / "f1.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_a_failure_of_the_tagging_run_that_no_label_names_does_not_fail_the_evaluation(tmp_path):
+    (tmp_path / "ref.csv").write_text("file,onset,offset,label\na.wav,1.0,3.0,Dog\n")
+    lines = [hand_prediction("a.wav"), {"schema_version": 1, "file": "other.flac", "error": "other.flac: not audio"}]
+    (tmp_path / "pred.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = run("evaluate", tmp_path / "ref.csv", "--events", "--predictions", tmp_path / "pred.jsonl",
+                 "--json", tmp_path / "report.json")
+    assert result.exit_code == 0, result.output  # it exited 1 ("1 failed"), breaking CI gates on the score
+    assert json.loads((tmp_path / "report.json").read_text())["failures"] == []
+    # A failure of a labelled file still counts.
+    lines[0] = {"schema_version": 1, "file": "a.wav", "error": "a.wav: not audio"}
+    lines.append(hand_prediction("b.wav"))
+    (tmp_path / "ref.csv").write_text("file,onset,offset,label\na.wav,1.0,3.0,Dog\nb.wav,1.0,3.0,Dog\n")
+    (tmp_path / "pred.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    failed = run("evaluate", tmp_path / "ref.csv", "--events", "--predictions", tmp_path / "pred.jsonl", "--no-psds")
+    assert failed.exit_code == 1 and "1 failed" in failed.stderr
+
+
+def test_a_file_without_events_is_evaluated_and_its_detections_are_false_alarms(tmp_path):
+    """DCASE lists a file with no event as `file,,,`; it was refused ("onset and offset must be numbers")."""
+    (tmp_path / "ref.csv").write_text("filename,onset,offset,event_label\na.wav,1.0,3.0,Dog\nquiet.wav,,,\n")
+    (tmp_path / "pred.jsonl").write_text("".join(json.dumps(hand_prediction(name)) + "\n"
+                                                 for name in ("a.wav", "quiet.wav")))
+    result = run("evaluate", tmp_path / "ref.csv", "--events", "--predictions", tmp_path / "pred.jsonl",
+                 "--json", tmp_path / "report.json", "--no-psds")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["files"] == 2
+    # quiet.wav's two Dog events (1.1-3.3, 5.3-6.0) are false alarms; a.wav's 1.1-3.3 matches, 5.3-6.0 does not.
+    dog = next(c for c in report["classes"] if c["label"] == "Dog")
+    assert (dog["event"]["tp"], dog["event"]["fp"], dog["event"]["fn"]) == (1, 3, 0)
+
+
 def test_psds_of_perfect_and_of_useless_scores(tmp_path):
     # 60 s, so that a detection spanning the whole file overlaps an event by less than PSDS2's 10 %.
     (tmp_path / "ref.csv").write_text("file,onset,offset,label\na.wav,2.0,4.0,Dog\na.wav,40.0,41.0,Cat\n")
@@ -220,6 +252,13 @@ def test_bad_input_gives_one_line_errors(two_class_checkpoint, recordings, tmp_p
     (tmp_path / "p.jsonl").write_text(json.dumps(hand_prediction("a.wav")) + "\n")
     result = run("evaluate", tmp_path / "ref.csv", "--events", "--predictions", tmp_path / "p.jsonl")
     assert result.exit_code == 2 and "1 of 2 labelled files have no prediction" in result.output
+
+    # A label with an unquoted comma shifts the row: it was read as the class "1" with "junk" dropped.
+    (tmp_path / "extra.csv").write_text("filename,onset,offset,event_label\na.wav,1.0,2.0,Splash, splatter\n")
+    result = run("evaluate", tmp_path / "extra.csv", "--events", "--predictions", tmp_path / "p.jsonl")
+    assert result.exit_code == 2 and result.stderr == (
+        f"auricle: error: {tmp_path / 'extra.csv'}: line 2: 5 fields, but the header has 4 "
+        "(quote a label that holds a comma)\n")
 
     result = run("evaluate", recordings / "labels.csv", "--timeline", recordings / "r0.wav")
     assert result.exit_code == 2 and "--timeline needs --events" in result.output

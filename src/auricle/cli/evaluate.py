@@ -134,6 +134,9 @@ def _predictions(ev, labels, files, classes, predictions, events, model_name, ch
         pairs = ev.match_files(files, list(found) + list(failed), predictions)
         model_names = {p.file for p in found.values()}
         ordered = [ev.relabel(found[pairs[f]], f) for f in files if pairs[f] in model_names]
+        # A file of the tagging run that no label names is not part of this evaluation, failed or not.
+        matched = set(pairs.values())
+        failures = [failure for failure in failures if failure.file in matched]
         return ordered, failures, f"predictions {predictions}"
     from tqdm import tqdm
 

@@ -208,7 +208,7 @@ def read_strong_labels(
 ) -> tuple[list[LabelledEvent], list[str], tuple[str, ...]]:
     """Events of a ``file,onset,offset,label`` (or DCASE ``filename,...,event_label``) CSV/TSV.
 
-    Returns (events, files in order of appearance, classes sorted by name);
+    A row with the file alone (``file,,,``) names a file without events, as DCASE lists them. Returns (events, files in order of appearance, classes sorted by name);
     event files are resolved against ``audio_dir`` (default: the CSV's folder).
     """
     path = Path(path)
@@ -230,10 +230,18 @@ def read_strong_labels(
             f" found {','.join(header) or 'none'}"
         )
     events: list[LabelledEvent] = []
+    seen: list[str] = []  # files in order of appearance, those without events (`file,,,`) included
     for line, row in enumerate(reader, start=2):
+        if None in row:  # fields past the header: a label with an unquoted comma, or a shifted row
+            raise DatasetError(f"{path}: line {line}: {len(header) + len(row[None])} fields, but the header has "
+                               f"{len(header)} (quote a label that holds a comma)")
         if not any((value or "").strip() for value in row.values()):
             continue
         name, label = (row.get(file_column) or "").strip(), (row.get(label_column) or "").strip()
+        if name and not label and not (row.get("onset") or "").strip() and not (row.get("offset") or "").strip():
+            # DCASE's row of a file with no event: it is evaluated, and anything detected there is a false alarm.
+            seen.append(name if Path(name).is_absolute() else str(base / name))
+            continue
         try:
             onset, offset = float(row["onset"]), float(row["offset"])
         except (TypeError, ValueError):
@@ -244,9 +252,10 @@ def read_strong_labels(
             raise DatasetError(f"{path}: line {line}: need 0 <= onset <= offset, got {onset}, {offset}")
         file = name if Path(name).is_absolute() else str(base / name)
         events.append(LabelledEvent(file, onset, offset, label))
+        seen.append(file)
     if not events:
         raise DatasetError(f"{path}: no events")
-    files = list(dict.fromkeys(event.file for event in events))
+    files = list(dict.fromkeys(seen))
     return events, files, tuple(sorted({event.label for event in events}, key=str.casefold))
 
 
