@@ -584,6 +584,29 @@ def test_outputs_that_cannot_be_written_fail_before_any_work(inputs, tiny_checkp
         assert result.stderr.splitlines() == [f"auricle: error: {message}"], command
 
 
+def test_sigterm_keeps_a_json_output_as_ctrl_c_does(inputs, tiny_checkpoint, tmp_path):
+    """`timeout`, `kill`, schedulers and `docker stop` send SIGTERM: it ended the process and lost the JSON."""
+    import signal
+    import time
+
+    import soundfile as sf
+
+    long = tmp_path / "long.wav"  # 20 min at a 1 s hop: 1200 windows, many seconds of work to interrupt
+    sf.write(long, np.zeros(20 * 60 * 16000, np.int16), 16000)
+    out = tmp_path / "tags.json"
+    process = subprocess.Popen([sys.executable, "-m", "auricle", "tag", *inputs[:2], long, "--checkpoint",
+                                str(tiny_checkpoint), "--hop", "1", "--threads", "1", "-o", str(out)],
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(6)
+    assert process.poll() is None, "finished before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and "Aborted!" not in stderr
+    done = json.loads(out.read_text())  # the files finished before the signal, as a whole JSON array
+    assert [record["file"] for record in done] == inputs[:len(done)]  # both, on the development machine
+
+
 def test_a_write_that_fails_midway_is_one_line(inputs, tiny_checkpoint):
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full (Linux) to fail a write with a full disk")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 import click
@@ -67,11 +68,31 @@ def cli() -> None:
     """auricle: sound tagging, event detection and embeddings with CED audio transformers."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a scheduler or ``docker stop``), taken as Ctrl-C is.
+
+    Python's default ends the process on the spot: a ``--format json`` output, written
+    when the run ends, was lost, where Ctrl-C kept it.
+    """
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
     """The ``auricle`` command; once it has finished, the process ends at once (:func:`end`)."""
     keep_freed_memory()  # a model call's temporaries are reused, not faulted in anew (auricle.allocator)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        cli()
+        code = cli.main(standalone_mode=False)  # interrupts handled here: click would say "Aborted!" and exit 1
+        end(code if isinstance(code, int) else 0)
+    except click.exceptions.Abort as aborted:
+        # The command has said what was kept; the shell's convention: 128 + the signal's number.
+        end(128 + (signal.SIGTERM if isinstance(aborted.__cause__, Terminated) else signal.SIGINT))
+    except click.ClickException as error:
+        error.show()
+        end(error.exit_code)
     except ModuleNotFoundError as error:
         if error.name != "torch":
             raise
