@@ -124,6 +124,17 @@ def test_probe_usage_errors(tones, tmp_path):
         in no_test.stderr
     bad_split = runner.invoke(cli, ["probe", str(manifest), "--checkpoint", str(encoder), "--train-split", "dev"])
     assert bad_split.exit_code == 2 and "no split 'dev' (splits: " in bad_split.stderr
+    # One class, every clip labelled with it: "accuracy 1.0" from a head that scores 1 for any sound.
+    lines = manifest.read_text().splitlines()
+    one_class = manifest.with_name("low-only.csv")
+    one_class.write_text("\n".join([lines[0], *(line for line in lines[1:] if ",low," in line)]) + "\n")
+    for command in (["probe", str(one_class)], ["finetune", str(one_class), "-o", str(tmp_path / "ft")]):
+        refused = runner.invoke(cli, [*command, "--checkpoint", str(encoder)])
+        assert refused.exit_code == 2, refused.output
+        assert refused.stderr.splitlines()[-1:] == [
+            f"auricle: error: {one_class}[train]: one class ('low'), every clip labelled with it: a head has nothing "
+            "to tell apart; add clips of other classes, or leave the clips without the class unlabelled "
+            "(multi-label: a detector of it)"]
 
 
 def test_stratified_folds_partition_every_class():

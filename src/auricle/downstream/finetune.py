@@ -434,6 +434,7 @@ def finetune(
 
     output = Path(output)
     torch_device(device)  # a device this machine cannot use is refused before any work
+    train.require_something_to_tell_apart(train.multi_label or validation.multi_label)  # before any decoding
     where = distributed_from_env(device)
     device = where.device
     # A clip that cannot be decoded is left out, as probe does; the run ends with exit status 1.

@@ -260,6 +260,7 @@ def run_probe(
     if cache_dir is not None:
         cache = EmbeddingCache(cache_dir, model_key(model.network))
     multi_label = train.multi_label or (test is not None and test.multi_label)
+    train.require_something_to_tell_apart(multi_label)
     failures: list[Failure] = []
 
     def embed(dataset: LabelledDataset) -> tuple[np.ndarray, np.ndarray]:

@@ -111,6 +111,16 @@ class LabelledDataset:
     def class_counts(self) -> np.ndarray:
         return self.targets().sum(axis=0).astype(np.int64)
 
+    def require_something_to_tell_apart(self, multi_label: bool) -> None:
+        """Raise for single-label data of one class: its head would score 1 for any sound (accuracy 1.0, useless)."""
+        if len(self.classes) < 2 and not multi_label:
+            only = f" ({self.classes[0]!r})" if self.classes else ""
+            raise DatasetError(
+                f"{self.source}: one class{only}, every clip labelled with it: a head has nothing to tell apart; "
+                "add clips of other classes, or leave the clips without the class unlabelled (multi-label: a "
+                "detector of it)"
+            )
+
     def require_examples(self, what: str = "") -> None:
         """Raise if some class has no example here (a head cannot learn it)."""
         empty = [name for name, count in zip(self.classes, self.class_counts()) if count == 0]
