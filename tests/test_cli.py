@@ -677,6 +677,17 @@ def test_tag_resume_refuses_other_options_and_knows_a_path_however_spelt(inputs,
     assert len(out.read_text().splitlines()) == 3
 
 
+def test_per_file_errors_stay_one_line_and_an_all_failed_npy_says_it_wrote_nothing(tiny_checkpoint, tmp_path):
+    odd = tmp_path / "bad\nname.wav"  # a newline in a file's name split the error line in two
+    odd.write_bytes(b"")
+    result = run("embed", odd, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "c.npy")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"auricle: error: {tmp_path}/bad\\nname.wav: empty file (0 bytes)",
+                                          f"auricle: embedded none of 1 files; {tmp_path / 'c.npy'} not written; "
+                                          "1 failed"]
+    assert not (tmp_path / "c.npy").exists()
+
+
 def test_npy_rows_follow_the_inputs_when_a_file_fails(inputs, tiny_checkpoint, tmp_path):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not audio")

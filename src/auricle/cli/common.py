@@ -15,9 +15,14 @@ from auricle.models.registry import DEFAULT_MODEL
 from auricle.options import OptionSpec
 
 
+def error_line(message: str) -> str:
+    """``auricle: error: MESSAGE`` as one line: a newline in a file's name would split it."""
+    return "auricle: error: " + message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one line on stderr and exit."""
-    click.echo(f"auricle: error: {message}", err=True)
+    click.echo(error_line(message), err=True)
     sys.exit(code)
 
 

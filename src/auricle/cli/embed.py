@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from auricle.cli.common import fail, load_model_or_exit, model_options, refuse_standard_input, writable
+from auricle.cli.common import error_line, fail, load_model_or_exit, model_options, refuse_standard_input, writable
 from auricle.errors import AuricleError
 from auricle.fingerprints import tagger_key
 from auricle.io import atomic
@@ -181,7 +181,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
         bar.update(1)
         if hasattr(result, "error"):
             failures += 1
-            bar.write(f"auricle: error: {result.error}", file=sys.stderr)
+            bar.write(error_line(result.error), file=sys.stderr)
             continue
         if single_file:
             collected.append(result)
@@ -225,6 +225,8 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
         _atomic_save(target / "index.csv", lambda handle: handle.write(table.getvalue().encode()))
     skipped = f", {len(done)} already done" if resume else ""
     message = f"embedded {len(todo) - failures} of {len(todo)} files into {target}{skipped}"
+    if single_file and not collected:
+        message = f"embedded none of {len(todo)} files; {target} not written"
     if failures:
         click.echo(f"auricle: {message}; {failures} failed", err=True)
         raise SystemExit(1)

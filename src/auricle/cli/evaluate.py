@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit, model_options, output_problem, writable
+from auricle.cli.common import error_line, fail, load_model_or_exit, model_options, output_problem, writable
 from auricle.cli.datasets import column_options
 from auricle.errors import AuricleError
 from auricle.inference.events import MAX_MEDIAN_FILTER
@@ -94,7 +94,7 @@ def evaluate_command(labels, events, predictions, model_name, checkpoint, device
             batch_size,
         )
         for failure in failures:
-            click.echo(f"auricle: error: {failure.error}", err=True)
+            click.echo(error_line(failure.error), err=True)
         if events:
             settings = ev.EventSettings(segment=segment, psds=psds)
             report = ev.event_report(reference, found, classes, settings, model_label, failures)

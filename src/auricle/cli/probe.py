@@ -6,7 +6,7 @@ import json
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit, model_options, writable
+from auricle.cli.common import error_line, fail, load_model_or_exit, model_options, writable
 from auricle.cli.datasets import dataset_options, read_dataset_or_exit
 from auricle.errors import AuricleError
 
@@ -75,7 +75,7 @@ def probe_command(dataset, model_name, checkpoint, device, threads, audio_dir, f
     except (AuricleError, ValueError) as error:
         fail(str(error))
     for failure in outcome.failures:
-        click.echo(f"auricle: error: {failure['error']}", err=True)
+        click.echo(error_line(failure['error']), err=True)
     summary = outcome.to_dict()
     summary.pop("failures")
     text = json.dumps(summary, indent=2)

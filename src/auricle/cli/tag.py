@@ -9,7 +9,7 @@ import sys
 import click
 
 from auricle.cli.common import (
-    fail, load_model_or_exit, model_options, refuse_standard_input, tag_option_flags, writable,
+    error_line, fail, load_model_or_exit, model_options, refuse_standard_input, tag_option_flags, writable,
 )
 from auricle.errors import AuricleError
 from auricle.io.writers import (
@@ -105,7 +105,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
             for result in results:
                 if hasattr(result, "error"):
                     failures += 1
-                    bar.write(f"auricle: error: {result.error}", file=sys.stderr)
+                    bar.write(error_line(result.error), file=sys.stderr)
                 writer.write(result)
                 bar.update(1)
         finally:
