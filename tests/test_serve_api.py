@@ -318,7 +318,7 @@ def test_request_timeout_is_503_and_leaves_no_work_behind(model, monkeypatch):
         response = client.post("/v1/tag", content=data)
         assert time.monotonic() - began < 5
         assert response.status_code == 503 and response.headers["retry-after"] == "2"
-        assert response.json()["detail"] == "request timed out after 1 s (server busy)"
+        assert response.json()["detail"] == "request not finished within 1 s (a busy server, or a slow upload)"
         gate.open.set()
         deadline = time.monotonic() + 10
         while batcher.queued and time.monotonic() < deadline:
@@ -425,6 +425,24 @@ def test_stream_socket_refuses_too_many_streams(burst_model):
 
 
 # -- the command -------------------------------------------------------------------
+
+
+def test_serve_command_refuses_a_taken_port_before_loading_and_nan_limits(tmp_path):
+    import socket
+
+    from click.testing import CliRunner
+
+    from auricle.cli import cli
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        # The checkpoint does not exist: the port is checked first, not after a model has loaded.
+        result = CliRunner().invoke(cli, ["serve", "--port", str(port), "--checkpoint", str(tmp_path / "none.pt")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"auricle: error: 127.0.0.1:{port}: cannot listen there (")
+    assert result.stderr.count("\n") == 1 and "choose another --port" in result.stderr
+    with pytest.raises(ValueError, match="max_wait and retry_after must be numbers >= 0"):
+        ServeConfig(max_wait=float("nan"))
 
 
 def test_serve_command_refuses_a_bad_checkpoint_in_one_line(tmp_path):

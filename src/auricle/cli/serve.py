@@ -56,6 +56,7 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
                              max_streams=max_streams)
     except ValueError as error:
         fail(str(error))
+    _refuse_a_taken_port(host, port)  # before the model loads, not after (uvicorn's "[Errno 98]", exit 3)
     if workers == 1:
         from auricle.serve.app import create_app
 
@@ -78,3 +79,13 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
     })
     uvicorn.run("auricle.serve.app:create_app_from_environment", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level)
+
+
+def _refuse_a_taken_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        fail(f"{host}:{port}: cannot listen there ({error.strerror or error}); choose another --port or --host")

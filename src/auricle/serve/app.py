@@ -221,7 +221,8 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
             try:
                 return await asyncio.wait_for(process(), config.request_timeout)
             except TimeoutError:
-                raise RequestError(503, f"request timed out after {config.request_timeout:g} s (server busy)",
+                raise RequestError(503, f"request not finished within {config.request_timeout:g} s (a busy server, "
+                                        "or a slow upload)",
                                    {"Retry-After": str(config.retry_after)}) from None
             except ClientDisconnect:
                 raise RequestError(400, "client disconnected during the upload") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -36,7 +37,7 @@ class ServeConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_duration", "request_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_wait < 0 or self.retry_after < 0:
-            raise ValueError("max_wait and retry_after must be >= 0")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if not (0 <= self.max_wait < math.inf and 0 <= self.retry_after < math.inf):  # NaN passed a plain `< 0`
+            raise ValueError(f"max_wait and retry_after must be numbers >= 0, got {self.max_wait}, {self.retry_after}")
