@@ -214,6 +214,14 @@ def completed_files(path: str | os.PathLike, format: str) -> dict[str, str | Non
         return {}
     if not ledger.exists():  # written without --resume: a file with rows is done (by a model not recorded)
         done: dict[str, str | None] = {row[0]: None for row in rows[1:] if row}
+        if done:
+            # Without a ledger nothing says whether the last file's rows are all there (a stop or a full
+            # disk may have cut them): it is tagged again, its rows dropped.
+            last = next(reversed(done))
+            del done[last]
+            table = io.StringIO()
+            csv.writer(table, lineterminator="\n").writerows(row for row in rows if not row or row[0] != last)
+            atomic.write_text(path, table.getvalue())
         # From now on the ledger speaks for the CSV, so it starts with what the CSV holds.
         ledger.write_text("".join(json.dumps({"file": file}) + "\n" for file in done), encoding="utf-8")
         return done
