@@ -227,6 +227,14 @@ def test_listen_bad_file_and_bad_options(burst_model_path, tmp_path):
     assert f"--rate and --channels: for raw PCM on stdin (SOURCE -) only; {good} has its own format" in result.stderr
 
 
+def test_listen_warns_of_bytes_that_are_not_a_whole_frame(burst_model_path):
+    stdin = s16le(burst_signal(2.0, 0.5, 1.0)) + b"x"  # an odd byte count: often a wrong --sample-format
+    result = _listen(["-", "--checkpoint", burst_model_path], stdin)
+    assert result.exit_code == 0, result.output
+    assert ("auricle: warning: <stdin>: the last 1 bytes are not a whole frame (2 bytes: 2 per sample x 1 channels) "
+            "and were ignored; are the sample format and channels right?") in result.stderr.splitlines()
+
+
 def test_listen_refuses_an_overflowing_signal_instead_of_printing_nan(burst_model_path, tmp_path):
     import soundfile as sf
 
@@ -317,7 +325,10 @@ def test_listen_without_enough_audio_says_so_and_exits_1(burst_model_path, stdin
     result = _listen(["-", "--checkpoint", burst_model_path, "-f", "jsonl"], stdin)
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert result.stderr.startswith(f"auricle: error: {reason}") and result.stderr.count("\n") == 1
+    *warnings, error = result.stderr.splitlines()
+    assert error.startswith(f"auricle: error: {reason}")
+    # An odd byte count also gets its warning (the trailing byte of b"\x01\x00\x02" is not a whole frame).
+    assert [line.split(":")[1] for line in warnings] == ([" warning"] if len(stdin) % 2 else [])
     assert "nan" not in result.stderr
 
 

@@ -396,6 +396,18 @@ def test_stream_socket_refuses_bad_settings_in_one_message(burst_model, settings
         assert closed.value.code == 1008
 
 
+def test_stream_end_warns_of_bytes_that_are_not_a_whole_frame(burst_model):
+    with TestClient(create_app(burst_model)) as client, client.websocket_connect("/v1/stream") as socket:
+        socket.send_text(json.dumps({"format": "s16le", "channels": 3, "window": 1, "hop": 1}))
+        assert socket.receive_json()["type"] == "ready"
+        socket.send_bytes(np.zeros(3 * SR, "<i2").tobytes() + b"0123456789")  # 10 bytes: not a 6-byte frame
+        socket.send_text(json.dumps({"type": "end"}))
+        while (message := socket.receive_json())["type"] == "report":
+            pass
+    assert message["type"] == "end"
+    assert message["warning"].startswith("stream: the last 4 bytes are not a whole frame (6 bytes")
+
+
 def test_stream_socket_refuses_an_overflowing_signal_instead_of_sending_nan(model):
     from starlette.websockets import WebSocketDisconnect
 

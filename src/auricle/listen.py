@@ -72,6 +72,15 @@ class PcmDecoder:
             else soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY)
         )
 
+    @property
+    def partial_frame(self) -> str | None:
+        """After the last bytes: why some were ignored (not a whole frame), or None; often a wrong format."""
+        if not self._pending:
+            return None
+        return (f"{self._name}: the last {len(self._pending)} bytes are not a whole frame ({self._frame_bytes} bytes: "
+                f"{self._dtype.itemsize} per sample x {self._channels} channels) and were ignored; "
+                "are the sample format and channels right?")
+
     def decode(self, data: bytes, last: bool = False) -> np.ndarray:
         data = self._pending + data
         usable = len(data) // self._frame_bytes * self._frame_bytes

@@ -107,7 +107,8 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
         if source in (None, "mic"):
             blocks = microphone_blocks(input_device)
         elif source == "-":
-            blocks = _stdin_blocks(PcmDecoder(rate, sample_format, channels))
+            decoder = PcmDecoder(rate, sample_format, channels)
+            blocks = _stdin_blocks(decoder)
         else:
             blocks = file_blocks(source, realtime=not fast)
     except (AuricleError, ValueError) as error:
@@ -143,6 +144,8 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous_handler)
+    if source == "-" and decoder.partial_frame:
+        click.echo(f"auricle: warning: {decoder.partial_frame}", err=True)
     if finished.nothing_reported:
         # As `auricle tag` fails on a file without samples: a source that delivered nothing is worth noticing.
         fail(f"{_source_name(source)}: {finished.nothing_reported}", code=1)

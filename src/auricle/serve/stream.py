@@ -142,16 +142,20 @@ async def _session(websocket: WebSocket, model, batcher: DynamicBatcher, tag_opt
                 await report(window)
             for window in rolling.finish():
                 await report(window)
-            await _send_end(websocket, rolling, tagger.close(rolling.total / SAMPLE_RATE))
+            await _send_end(websocket, rolling, tagger.close(rolling.total / SAMPLE_RATE), decoder.partial_frame)
             return
 
 
-async def _send_end(websocket: WebSocket, rolling: RollingWindow, ended: Sequence[Event]) -> None:
-    """The end message (with a ``note`` when no window was reported), then close."""
+async def _send_end(websocket: WebSocket, rolling: RollingWindow, ended: Sequence[Event],
+                    warning: str | None = None) -> None:
+    """The end message (with a ``note`` when no window was reported, a ``warning`` when bytes were ignored),
+    then close."""
     reply = {"type": "end", "duration": round(rolling.total / SAMPLE_RATE, 3),
              "ended": [event.to_dict() for event in ended]}
     if (note := rolling.nothing_reported()) is not None:
         reply["note"] = note
+    if warning is not None:
+        reply["warning"] = warning
     await websocket.send_json(reply)
     await websocket.close()
 
