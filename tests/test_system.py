@@ -34,6 +34,10 @@ def test_json_report_matches_what_auricle_picks_here():
                                         "onnx": resolve_precision("onnx", "auto")}
     assert report["vector_isa"] == torch.backends.cpu.get_cpu_capability()
     assert report["torch"] == torch.__version__
+    from auricle.devices import training_bf16
+
+    # What the training commands' --precision auto would pick on this CPU.
+    assert report["training_precision"] == ("bf16 (autocast)" if training_bf16("auto", torch.device("cpu")) else "fp32")
     if report["onnxruntime"]:
         assert report["exported_files"].startswith(f"ONNX Runtime {report['onnxruntime']}, without importing torch")
 

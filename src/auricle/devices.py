@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from auricle.errors import AuricleError
-from auricle.inference.tuning import cpu_features
+from auricle.inference.tuning import cpu_features, trains_faster_in_bf16
 
 #: How a training run may compute: ``auto`` resolves per machine with :func:`bf16_trains_faster`.
 TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
@@ -49,7 +49,7 @@ def bf16_trains_faster(device: torch.device) -> bool:
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_features().bf16
+    return device.type == "cpu" and trains_faster_in_bf16(cpu_features())
 
 
 def training_bf16(precision: str, device: torch.device) -> bool:

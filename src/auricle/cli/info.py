@@ -95,6 +95,7 @@ def system_command(as_json: bool) -> None:
         ("onnxruntime", report.onnxruntime or "not installed (pip install 'auricle[onnx]')"),
         ("defaults", f"{report.threads} threads, {report.streams} streams, batch {report.batch_size}"),
         ("--precision auto", ", ".join(f"{engine}: {precision}" for engine, precision in report.auto_precision.items())),
+        ("training auto", f"{report.training_precision} (finetune, distill train on the CPU)"),
         ("engine cache", f"{report.cache_dir} ({report.prepared_graphs} prepared for --engine onnx)"),
         ("freed memory", report.freed_memory),
         ("exported files", report.exported_files),

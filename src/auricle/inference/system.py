@@ -21,6 +21,7 @@ from auricle.inference.tuning import (
     default_streams,
     default_threads,
     fastest_precision,
+    trains_faster_in_bf16,
 )
 from auricle.inference.tuning import vector_isa as flags_vector_isa  # the report's field has the plain name
 
@@ -58,6 +59,7 @@ class SystemReport:
     streams: int
     batch_size: int
     auto_precision: dict[str, str]  # engine -> what --precision auto picks
+    training_precision: str  # what `finetune` and `distill train` --precision auto train in on this CPU
     routes: list[EngineRoute]
     cache_dir: str
     exported_files: str  # how an `auricle export` file given as --checkpoint runs here
@@ -145,6 +147,7 @@ def system_report() -> SystemReport:
         streams=streams,
         batch_size=default_batch_size("cpu", streams),
         auto_precision={engine: fastest_precision(features, engine) for engine in ("torch", "onnx")},
+        training_precision="bf16 (autocast)" if trains_faster_in_bf16(features) else "fp32",
         routes=torch_routes + _onnx_routes(onnxruntime),
         cache_dir=str(cache),
         exported_files=(f"ONNX Runtime {onnxruntime}, without importing torch (tag, evaluate, serve, listen, embed "

@@ -95,6 +95,12 @@ def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuFeatures:
     )
 
 
+def trains_faster_in_bf16(features: CpuFeatures) -> bool:
+    """Whether training steps under bf16 autocast beat fp32 on this CPU: with bf16 dot products (avx512_bf16
+    or AMX) they ran 1.4-1.9x faster (docs/benchmarks.md); without, autocast emulates bf16 and is slower."""
+    return features.bf16
+
+
 def vector_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """What ATen's CPU capability would be (AVX512, AVX2, DEFAULT), from the CPU flags, without torch.
 
