@@ -261,6 +261,6 @@ def test_multi_label_finetune_uses_sigmoid_and_map(tmp_path):
     encoder = tiny_encoder(tmp_path / "tiny.safetensors")
     result = _finetune(tmp_path / "multi.csv", encoder, tmp_path / "run", "--epochs", "1", "--valid-fraction", "0.25")
     assert result.exit_code == 0, result.output
-    assert "(multi-label)" in result.stderr and "validation map" in result.stderr
+    assert "(multi-label: " in result.stderr and "validation map" in result.stderr
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["config"]["head_activation"] == "sigmoid" and meta["labels"] == ["high", "loud", "low", "mid"]

@@ -113,6 +113,9 @@ def test_multi_label_probe_and_bad_files(tmp_path):
     report = json.loads(result.stdout)
     assert report["multi_label"] and report["classes"] == ["high", "loud", "low", "mid"]
     assert report["train_examples"] == 12
+    # Why the data counts as multi-label is said (one empty label field is enough to make it so).
+    second = str(tmp_path / rows[1][0])
+    assert f"auricle: multi-label data ({second} has 2 classes): a sigmoid probe, scored by mAP" in result.stderr
     assert json.loads((tmp_path / "p.json").read_text())["config"]["head_activation"] == "sigmoid"
 
 

@@ -103,7 +103,7 @@ def finetune_command(dataset, output, model_name, checkpoint, from_scratch, audi
         say(f"encoder {origin}; {len(splits.train)} training clips, {len(splits.validation)} validation "
             f"({splits.validation_origin}), {len(splits.test) if splits.test else 0} test; "
             f"{len(labelled.classes)} class{'' if len(labelled.classes) == 1 else 'es'}"
-            f"{' (multi-label)' if labelled.multi_label else ''}")
+            f"{f' (multi-label: {labelled.multi_label_because})' if labelled.multi_label else ''}")
         result = finetune(encoder, splits.train, splits.validation, output, config, test=splits.test,
                           name=name or Path(output).name, resume=resume, stop_after=stop_after, device=device, progress=show, log=say)
     except AuricleError as error:

@@ -63,6 +63,9 @@ def probe_command(dataset, model_name, checkpoint, device, threads, audio_dir, f
         # Nothing to score and nothing to save would train for nothing.
         fail(f"{dataset}: no split {test_split!r} to score ({splits}); name one with --test-split, "
              "cross-validate with --folds K, or save the probe with --output FILE")
+    if labelled.multi_label:  # one empty label field makes it so: sigmoid heads and mAP, so say why
+        click.echo(f"auricle: multi-label data ({labelled.multi_label_because}): a sigmoid probe, scored by mAP",
+                   err=True)
     model = load_model_or_exit(model_name, checkpoint, device, threads)
     config = ProbeConfig(head=head, hidden=hidden, epochs=epochs, batch_size=batch_size,
                          learning_rate=learning_rate, weight_decay=weight_decay, seed=seed)

@@ -111,6 +111,14 @@ class LabelledDataset:
     def class_counts(self) -> np.ndarray:
         return self.targets().sum(axis=0).astype(np.int64)
 
+    @property
+    def multi_label_because(self) -> str | None:
+        """The first recording that makes the data multi-label (one empty label field is enough), or None."""
+        for item in self.items:
+            if len(item.labels) != 1:
+                return f"{item.file} has {len(item.labels) or 'no'} class{'' if len(item.labels) == 1 else 'es'}"
+        return None
+
     def require_something_to_tell_apart(self, multi_label: bool) -> None:
         """Raise for single-label data of one class: its head would score 1 for any sound (accuracy 1.0, useless)."""
         if len(self.classes) < 2 and not multi_label:
