@@ -486,6 +486,45 @@ def test_a_sample_rate_beside_a_file_is_refused(tiny_model, inputs):
             call(inputs[0], sample_rate=8000)
 
 
+def test_iter_tag_prepares_waveform_arrays_as_tag_does(tiny_model, inputs):
+    """Arrays went in as they were: int16 unscaled, 44.1 kHz read as 16 kHz, named by their printout."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    loud = (rng.standard_normal(16000) * 3000).astype(np.int16)
+    fast = (0.1 * rng.standard_normal(44100)).astype(np.float32)
+    results = list(tiny_model.iter_tag([loud, inputs[0], torch.from_numpy(np.stack([fast, fast])),
+                                        np.full(100, np.nan, np.float32)], top_k=3, sample_rate=16000))
+    alone = tiny_model.tag(loud, sample_rate=16000, top_k=3)
+    assert [r.file for r in results] == ["<array 0>", inputs[0], "<array 2>", "<array 3>"]
+    assert [t.index for t in results[0].tags] == [t.index for t in alone.tags]
+    assert results[0].duration == alone.duration == pytest.approx(1.0)
+    assert results[2].duration == pytest.approx(44100 / 16000)  # read at the rate it was given
+    assert results[3].error == "<array 3>: contains NaN or Inf samples"
+    [unrated] = tiny_model.iter_tag([fast], top_k=1)
+    assert unrated.error == "<array 0>: a waveform array needs its sample_rate"
+
+
+def test_api_errors_are_auricles_own_and_name_the_problem(tiny_model, inputs):
+    from auricle.errors import AudioError, OptionError
+
+    with pytest.raises(AudioError, match="nope.wav: file not found"):  # was the base AuricleError
+        tiny_model.tag("/nope.wav")
+    for options, message in [({"top_k": 2.5}, "top_k must be a whole number >= 1, got 2.5"),
+                             ({"top_k": True}, "top_k must be a whole number >= 1, got True"),
+                             ({"threshold": "0.5"}, "threshold must be a number in \\[0, 1\\], got '0.5'"),
+                             ({"events": "yes"}, "events must be True, False or an EventOptions, got 'yes'"),
+                             ({"pool": "median"}, "pool must be one of")]:
+        with pytest.raises(OptionError, match=message):  # an OptionError is a ValueError too
+            tiny_model.tag(inputs[0], **options)
+    with open(inputs[0], "rb") as handle:  # it was read line by line as file names
+        with pytest.raises(TypeError, match="tag takes a file path, a list of them or a waveform array, not "
+                                            "BufferedReader"):
+            tiny_model.tag(handle)
+    with pytest.raises(TypeError, match="embed takes one file path or waveform array, not list; for many, iter_embed"):
+        tiny_model.embed(inputs[:2])
+
+
 def test_classes_given_as_one_string_are_specs_as_on_the_command_line(tiny_model, inputs):
     # A string used to be taken apart into characters: "unknown class 'V'".
     one = tiny_model.tag(inputs[0], classes="Vehicle;Speech", threshold=0.0)

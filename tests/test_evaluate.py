@@ -179,6 +179,17 @@ def test_a_file_without_events_is_evaluated_and_its_detections_are_false_alarms(
     assert (dog["event"]["tp"], dog["event"]["fp"], dog["event"]["fn"]) == (1, 3, 0)
 
 
+def test_tagging_report_refuses_scores_it_cannot_rank():
+    from auricle.downstream import evaluate as ev
+
+    targets = np.array([[1, 0], [0, 1], [1, 0], [0, 1.0]])
+    with pytest.raises(ev.EvaluationError, match=r"scores are not finite \(row 0 first\)"):
+        ev.tagging_report(targets, np.full((4, 2), np.nan), ["a", "b"])  # once mAP 0.667 from NaN
+    with pytest.raises(ev.EvaluationError, match="3 class names for 2 columns of scores"):
+        ev.tagging_report(targets, targets, ["a", "b", "c"])
+    assert ev.tagging_report(targets, targets, ["a", "b"]).to_dict()["mAP"] == pytest.approx(1.0)
+
+
 def test_psds_of_perfect_and_of_useless_scores(tmp_path):
     # 60 s, so that a detection spanning the whole file overlaps an event by less than PSDS2's 10 %.
     (tmp_path / "ref.csv").write_text("file,onset,offset,label\na.wav,2.0,4.0,Dog\na.wav,40.0,41.0,Cat\n")

@@ -535,7 +535,7 @@ def test_an_error_in_a_model_call_reaches_the_iter_tag_caller(models, audio_file
     good = [path for path in audio_files if "corrupt" not in path]
     sources = [np.zeros(400 * SR, np.float32), *good]
     with pytest.raises(RuntimeError, match="the model broke"):
-        within(lambda: list(model.iter_tag(sources, model.tag_options(), names=["long", *good])))
+        within(lambda: list(model.iter_tag(sources, model.tag_options(), names=["long", *good], sample_rate=SR)))
     assert len(calls) >= 2
     assert decoders, "the decoder had already finished: this test would not see it left blocked"
     gc.collect()

@@ -14,6 +14,10 @@ class AuricleError(Exception):
     """Base class of every error auricle raises on bad input."""
 
 
+class OptionError(AuricleError, ValueError):
+    """An option value that cannot be used (``top_k=0``, ``pool="median"``); a ValueError too, as it always was."""
+
+
 class AudioError(AuricleError):
     """An audio file or array cannot be used: missing, corrupt, unsupported, ..."""
 

@@ -313,8 +313,13 @@ def tagging_report(
 ) -> TaggingReport:
     """Metrics of (N, C) scores against (N, C) 0/1 targets."""
     targets, scores = np.asarray(targets), np.asarray(scores)
-    if targets.shape != scores.shape or targets.ndim != 2 or targets.shape[1] != len(classes):
-        raise ValueError(f"targets {targets.shape} and scores {scores.shape} must both be (files, {len(classes)})")
+    if targets.shape != scores.shape or targets.ndim != 2:
+        raise EvaluationError(f"targets {targets.shape} and scores {scores.shape} must both be (files, classes)")
+    if targets.shape[1] != len(classes):
+        raise EvaluationError(f"{len(classes)} class names for {targets.shape[1]} columns of scores")
+    if not np.isfinite(scores).all():  # NaN sorted as a score gave AP and AUC that looked like results
+        bad = int(np.flatnonzero(~np.isfinite(scores).all(axis=1))[0])
+        raise EvaluationError(f"scores are not finite (row {bad} first): no metric can rank them")
     results = []
     for column, label in enumerate(classes):
         auc = roc_auc(targets[:, column], scores[:, column])

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from auricle.errors import OptionError
+
 
 #: Longest median filter, in segments (hops): longer ones smooth away all but hour-long events and cost
 #: time and memory in proportion, which a service must not let one request spend.
@@ -33,9 +35,9 @@ class EventOptions:
 
     def __post_init__(self) -> None:
         if not 1 <= self.median_filter <= MAX_MEDIAN_FILTER or self.median_filter % 2 == 0:
-            raise ValueError(f"median filter length must be odd, 1 to {MAX_MEDIAN_FILTER}, got {self.median_filter}")
+            raise OptionError(f"median filter length must be odd, 1 to {MAX_MEDIAN_FILTER}, got {self.median_filter}")
         if self.min_duration < 0 or self.min_gap < 0:
-            raise ValueError("min_duration and min_gap must be >= 0")
+            raise OptionError("min_duration and min_gap must be >= 0")
 
 
 @dataclass(frozen=True)

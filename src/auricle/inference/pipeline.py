@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from auricle.audio import SAMPLE_RATE, AudioError, audio_info, iter_blocks, load_audio, prepare_waveform
-from auricle.errors import NOT_FINITE, AuricleError
+from auricle.errors import NOT_FINITE, AuricleError, OptionError
 from auricle.inference.events import EventOptions
 from auricle.inference.streams import StreamPool
 from auricle.inference.results import ClipTags, Embeddings, Failure
@@ -38,9 +38,20 @@ from auricle.profiles import Profile, load_profile
 
 
 
+def _not_a_recording(source, method: str, many: str = "") -> None:
+    """Refuse what would be taken apart as a list of paths: bytes, an open file, a list where one is wanted."""
+    if isinstance(source, (bytes, bytearray, memoryview)) or hasattr(source, "read"):
+        taken = "a file path or a waveform array" if many else "a file path, a list of them or a waveform array"
+        raise TypeError(f"{method} takes {taken}, not {type(source).__name__}; write encoded bytes to a file, "
+                        "or decode them first")
+    if many and not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"{method} takes one file path or waveform array, not {type(source).__name__}; "
+                        f"for many, {many}")
+
+
 def _no_rate_for_a_file(source, sample_rate: int | None) -> None:
     if sample_rate is not None:  # silently ignored, a wrong rate would look like a bug in the model
-        raise ValueError(f"{source}: sample_rate applies to waveform arrays; a file's rate is read from it")
+        raise OptionError(f"{source}: sample_rate applies to waveform arrays; a file's rate is read from it")
 
 
 def finite_probabilities(result: np.ndarray, name: str = "<batch>") -> np.ndarray:
@@ -120,8 +131,9 @@ class Tagger:
         """Embeddings of a file or a waveform array (then give ``sample_rate``)."""
         if is_array(source):
             if sample_rate is None:
-                raise ValueError("a waveform array needs its sample_rate")
+                raise OptionError("a waveform array needs its sample_rate")
             return self.embed_waveform(prepare_waveform(source, sample_rate), batch_size=batch_size)
+        _not_a_recording(source, "embed", "iter_embed")
         _no_rate_for_a_file(source, sample_rate)
         return finite_embeddings(self._embed_file(source, batch_size))
 
@@ -246,9 +258,11 @@ class Tagger:
         options = options or self.tag_options(**option_values)
         if is_array(source):
             if sample_rate is None:
-                raise ValueError("a waveform array needs its sample_rate")
+                raise OptionError("a waveform array needs its sample_rate")
             waveform = prepare_waveform(source, sample_rate)
-            return self._only(self.iter_tag([waveform], options, batch_size, names=["<array>"]))
+            return self._only(self.iter_tag([waveform], options, batch_size, names=["<array>"],
+                                            sample_rate=SAMPLE_RATE))
+        _not_a_recording(source, "tag")
         if isinstance(source, (str, os.PathLike)):
             _no_rate_for_a_file(source, sample_rate)
             return self._only(self.iter_tag([source], options, batch_size))
@@ -259,14 +273,14 @@ class Tagger:
         names = None
         if any(is_array(item) for item in sources):  # arrays in a list are resampled and named as one alone is
             if sample_rate is None:
-                raise ValueError("waveform arrays need their sample_rate")
+                raise OptionError("waveform arrays need their sample_rate")
             names = [f"<array {i}>" if is_array(item) else str(item) for i, item in enumerate(sources)]
             sources = [prepare_waveform(item, sample_rate, name) if is_array(item) else item
                        for item, name in zip(sources, names)]
         results = []
-        for result in self.iter_tag(sources, options, batch_size, names=names):
+        for result in self.iter_tag(sources, options, batch_size, names=names, sample_rate=SAMPLE_RATE):
             if isinstance(result, Failure):
-                raise AuricleError(result.error)
+                raise AudioError(result.error)  # every failure of a recording is the audio's (decoding, overflow)
             results.append(result)
         return results
 
@@ -274,21 +288,28 @@ class Tagger:
     def _only(results: Iterator[ClipTags | Failure]) -> ClipTags:
         result = next(results)
         if isinstance(result, Failure):
-            raise AuricleError(result.error)
+            raise AudioError(result.error)
         return result
 
     def iter_tag(
         self,
         sources: Iterable[str | os.PathLike | np.ndarray],
-        options: TagOptions,
+        options: TagOptions | None = None,
         batch_size: int | None = None,
         names: Sequence[str] | None = None,
+        *,
+        sample_rate: int | None = None,
+        **option_values,
     ) -> Iterator[ClipTags | Failure]:
         """Tag many recordings, batching windows across files; yields in input order.
 
-        A file that fails yields a :class:`Failure` and the rest go on. Results
-        equal tagging each file alone (windows never share a frontend).
+        ``options``, or the keyword arguments of :meth:`tag_options`. Waveform arrays among
+        ``sources`` are prepared as :meth:`tag` prepares one (mixed to mono, integers scaled,
+        resampled from ``sample_rate``) and named ``<array N>``. A recording that fails
+        yields a :class:`Failure` and the rest go on. Results equal tagging each file alone
+        (windows never share a frontend).
         """
+        options = options or self.tag_options(**option_values)
         space = ClassSpace.build(self.labels, options.classes, options.profile)
         window_config = options.window
         states: dict[int, _FileState] = {}
@@ -323,7 +344,7 @@ class Tagger:
                     state.name, state.ends[-1] / SAMPLE_RATE, self.name, bounds, probabilities, space, options
                 )
 
-        for kind, item, payload in decoded_windows(sources, names, window_config):
+        for kind, item, payload in decoded_windows(sources, names, window_config, sample_rate):
             if calls.ready():
                 store(calls.collect())
                 yield from finished()
@@ -466,6 +487,7 @@ def decoded_windows(
     sources: Iterable[str | os.PathLike | np.ndarray],
     names: Sequence[str] | None,
     window_config: WindowConfig,
+    sample_rate: int | None = None,
 ) -> Iterator[tuple[str, int, object]]:
     """("start", item, name), ("window", item, (start, samples)), then ("end"|"error", item, ...) per source.
 
@@ -487,11 +509,14 @@ def decoded_windows(
     def produce() -> None:
         try:
             for item, source in enumerate(sources):
-                name = names[item] if names is not None else str(source)
+                array = is_array(source)
+                name = names[item] if names is not None else f"<array {item}>" if array else str(source)
                 if not put(("start", item, name)):
                     return
                 try:
-                    blocks = [source] if isinstance(source, np.ndarray) else iter_blocks(
+                    if array and sample_rate is None:
+                        raise AudioError(f"{name}: a waveform array needs its sample_rate")
+                    blocks = [prepare_waveform(source, sample_rate, name)] if array else iter_blocks(
                         source, block_samples=window_config.hop_samples
                     )
                     for start, samples in iter_windows(blocks, window_config):

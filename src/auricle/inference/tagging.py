@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auricle.errors import LabelError
+from auricle.errors import LabelError, OptionError
 from auricle.inference.events import EventOptions, detect_segments
 from auricle.inference.windows import WindowConfig
 from auricle.inference.results import ClipTags, Event, Tag, WindowScores
@@ -47,7 +47,7 @@ class ClassSpace:
     ) -> "ClassSpace":
         if profile is not None:
             if len(labels) != 527:
-                raise ValueError("profiles name AudioSet classes; this model has its own classes")
+                raise OptionError("profiles name AudioSet classes; this model has its own classes")
             chosen = set(resolve_classes(classes, labels)) if classes else None
             events = [e for e in profile.events if chosen is None or chosen & set(e.class_indices)]
             if not events:  # else every result would be empty, with nothing to say why
@@ -92,13 +92,18 @@ class TagOptions:
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+            raise OptionError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        # Checked by type too: 2.5 or "3" failed deep inside (slice indices), True passed for 1.
+        if self.top_k is not None and (not isinstance(self.top_k, (int, np.integer)) or isinstance(self.top_k, bool)
+                                       or self.top_k < 1):
+            raise OptionError(f"top_k must be a whole number >= 1, got {self.top_k!r}")
+        if self.threshold is not None and (not isinstance(self.threshold, (int, float, np.number))
+                                           or isinstance(self.threshold, bool) or not 0.0 <= self.threshold <= 1.0):
+            raise OptionError(f"threshold must be a number in [0, 1], got {self.threshold!r}")
+        if self.events is not None and not isinstance(self.events, EventOptions):
+            raise OptionError(f"events must be True, False or an EventOptions, got {self.events!r}")
         if self.threshold is not None and self.profile is not None:
-            raise ValueError(
+            raise OptionError(
                 f"threshold and profile do not combine: profile {self.profile.name!r} sets each event's threshold "
                 "(edit a copy of the profile to change them)"
             )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from auricle.audio import SAMPLE_RATE
+from auricle.errors import OptionError
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,9 @@ class WindowConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.window_seconds < math.inf:
-            raise ValueError(f"window must be a positive number of seconds, got {self.window_seconds}")
+            raise OptionError(f"window must be a positive number of seconds, got {self.window_seconds}")
         if self.hop_seconds is not None and not 0 < self.hop_seconds <= self.window_seconds:
-            raise ValueError(
+            raise OptionError(
                 f"hop must be positive and at most the window ({self.window_seconds} s), got {self.hop_seconds}"
             )
 
