@@ -205,6 +205,46 @@ def test_a_damaged_shard_fails_its_units_and_the_others_are_done(corpus, tmp_pat
     assert result.exit_code == 0 and "2 units (4 already done)" in result.stderr, result.output
 
 
+def test_a_teacher_with_non_finite_output_stores_nothing(corpus, tmp_path):
+    """NaN teacher output was stored as zeros, with exit status 0, and verify passed the store."""
+    import torch
+
+    from auricle.models.ced import CED, CEDConfig
+    from auricle.models.checkpoints import save_checkpoint
+
+    network = CED(CEDConfig(embed_dim=64, num_heads=1, depth=2))
+    with torch.no_grad():
+        network.outputlayer[1].bias.fill_(float("nan"))
+    broken = save_checkpoint(network, tmp_path / "nan.safetensors")
+    result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
+                                      str(broken), "--out", str(tmp_path / "store"),
+                                      "--top-k", "3"])
+    assert result.exit_code != 0
+    assert "the teachers' output is not finite" in result.stderr
+    store = TargetStore.open(tmp_path / "store") if (tmp_path / "store" / "manifest.json").exists() else None
+    assert store is None or not store.done_units()
+
+
+def test_verify_passes_an_f32_store_scored_in_batches_and_fails_swapped_units(corpus, tmp_path):
+    store_dir = tmp_path / "store"
+    result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
+                                      str(corpus["teacher"]), "--out", str(store_dir), "--top-k", "3",
+                                      "--codec", "f32", "--batch-size", "2", *AUGMENT])
+    assert result.exit_code == 0, result.output
+    # Batches of 2 here, one view at a time in verify: the last bits differ, within float32's tolerance.
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "6", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["passed"] == 6
+    store = TargetStore.open(store_dir)
+    (first, _), (second, _) = store.units()[:2]
+    a, b = store.unit_path(first, 0), store.unit_path(second, 0)
+    swap = a.with_suffix(".swap")
+    a.rename(swap), b.rename(a), swap.rename(b)  # training refuses them; verify passed them
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "1"])
+    assert result.exit_code == 1
+    assert f"auricle: error: {a}: rows do not follow the keys of {first}" in result.stderr
+
+
 def test_a_teach_that_failed_before_its_first_unit_leaves_nothing_in_the_way(corpus, tmp_path):
     store_dir = tmp_path / "store"
     base = ["distill", "teach", "--shards", str(corpus["shards"]), "--out", str(store_dir), "--top-k", "3",
@@ -281,6 +321,8 @@ def test_teacher_spec_errors(corpus, tmp_path):
     for bad in ("abc", "-1"):
         with pytest.raises(DistillError, match=f"the weight after '@' must be a positive number, not '{bad}'"):
             TeacherSpec.parse(f"{corpus['teacher']}@{bad}")
+    with pytest.raises(DistillError, match="teacher weight must be a positive finite number"):
+        TeacherSpec.parse("ced-mini@1e400")  # inf: NaN targets, and a manifest with Infinity (not JSON)
     result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
                                       str(tmp_path / "missing.pt"), "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "missing.pt" in result.stderr  # bad input, as for `auricle tag`

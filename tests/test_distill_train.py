@@ -219,6 +219,34 @@ def test_paths_spelt_otherwise_are_the_same_settings(tmp_path, student_config, m
     assert other["eval_csv"] != typed["eval_csv"]
 
 
+def test_best_weights_dropped_are_removed_only_once_a_state_no_longer_lists_them(tmp_path):
+    from auricle.distill.checkpointing import BestCheckpoints
+
+    best = BestCheckpoints(tmp_path / "best", keep=1)
+    (tmp_path / "best").mkdir()
+    weights = {"w": torch.ones(2)}
+    assert best.offer(0.5, 10, weights) and best.offer(0.7, 20, weights)
+    # Step 10 dropped, but a state saved before this offer still lists it: a run killed now resumes from it.
+    assert best.path(10).exists() and best.entries == [(0.7, 20)]
+    best.tidy()  # what the trainer does once the next state is saved
+    assert not best.path(10).exists() and best.path(20).exists()
+    best.entries = [(0.7, 20), (0.5, 10)]  # a state of older code listing a file it had already removed
+    torch.testing.assert_close(best.average()["w"], torch.ones(2))
+
+
+def test_a_run_killed_between_an_evaluation_and_its_state_finishes_on_resume(tmp_path, student_config):
+    """Resumed from the state before them, with another --average-best (free to change): it finishes."""
+    torch.set_num_threads(1)
+    views = FakeViews()
+    small = dict(epochs=2, checkpoint_every=4, eval_every=1, average_best=2)
+    stopped = train(_config(tmp_path, student_config, stop_after_steps=7, **small), views)
+    assert not stopped.finished
+    states = sorted((tmp_path / "run" / "state").glob("state-*.pt"))
+    states[-1].unlink()  # as a SIGKILL after the evaluations of steps 5-7 and before their state
+    resumed = train(_config(tmp_path, student_config, resume=True, **{**small, "average_best": 3}), views)
+    assert resumed.finished and resumed.final_checkpoint.exists()
+
+
 def test_too_little_data_is_a_clear_error(tmp_path, student_config):
     with pytest.raises(TrainingError, match="too few"):
         train(_config(tmp_path, student_config, batch_size=64), FakeViews())

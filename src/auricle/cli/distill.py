@@ -265,9 +265,12 @@ def verify_command(store, sample, seed, device, threads, as_json, shards_dir) ->
                f"{report.max_abs_error:.2e} of the recomputed probabilities (the codec's rounding); "
                f"{report.index_mismatches} with another class order", err=True)
     for failure in report.failures:
+        how = ("not finite" if failure["max_abs_error"] is None
+               else f"{count_noun(failure['code_distance'], 'step')}, same classes: {failure['same_classes']}")
         click.echo(f"auricle: error: {failure['shard']} epoch {failure['epoch']} {failure['key']}: stored targets "
-                   f"differ ({count_noun(failure['code_distance'], 'step')}, same classes: "
-                   f"{failure['same_classes']})", err=True)
+                   f"differ ({how})", err=True)
+    for damage in report.damaged:
+        click.echo(f"auricle: error: {damage}", err=True)
     if report.missing_units:
         shown = ", ".join(report.missing_units[:3]) + (", ..." if len(report.missing_units) > 3 else "")
         click.echo(f"auricle: error: {store}: {count_noun(len(report.missing_units), 'unit')} missing ({shown}); "

@@ -91,8 +91,8 @@ class BestCheckpoints:
         if (score, step) not in kept:
             return False
         _atomic_torch_save({key: value.detach().cpu().clone() for key, value in weights.items()}, self.path(step))
-        for _, dropped in candidates[self.keep:]:
-            self.path(dropped).unlink(missing_ok=True)
+        # The dropped files go with :meth:`tidy` once the next state is saved: the state on disk until then
+        # still lists them, and a run killed in between resumes from it.
         self.entries = kept
         return True
 
@@ -112,11 +112,13 @@ class BestCheckpoints:
         loaded = []
         for _, step in self.entries:
             path = self.path(step)
+            if not path.exists():  # removed by a run of older code killed between an offer and its state
+                continue
             try:
                 loaded.append(torch.load(path, map_location="cpu", weights_only=True))
             except Exception as error:
                 raise CheckpointError(f"{path}: unreadable weights ({type(error).__name__}: {error})") from None
-        return average_state_dicts(loaded)
+        return average_state_dicts(loaded) if loaded else None
 
 
 def average_state_dicts(state_dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

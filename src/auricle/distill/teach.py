@@ -236,7 +236,12 @@ def _score_unit(reader: ShardReader, keys: list[str], epoch: int, renderer: View
         batch = buckets.pop(length)
         waves = torch.from_numpy(np.stack([view.waveform for _, view in batch]))
         mel = renderer.mel(waves, [view.params for _, view in batch]) if needs_mel else None
-        top = ensemble.probabilities(waves, mel).topk(k, dim=1)
+        probabilities = ensemble.probabilities(waves, mel)
+        if not torch.isfinite(probabilities).all():  # stored, NaN became zeros that passed for targets
+            view = batch[int(torch.nonzero(~torch.isfinite(probabilities).all(dim=1))[0])][1]
+            raise DistillError(f"view {view.key}: the teachers' output is not finite (broken teacher weights, "
+                               "or audio far beyond full scale)")
+        top = probabilities.topk(k, dim=1)
         rows = [row for row, _ in batch]
         indices[rows], values[rows] = top.indices.numpy(), top.values.numpy()
 

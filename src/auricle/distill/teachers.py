@@ -27,6 +27,7 @@ compute in whatever precision they choose.
 
 from __future__ import annotations
 
+import math
 import importlib
 import inspect
 import os
@@ -70,8 +71,8 @@ class TeacherSpec:
                 raise DistillError(f"{text}: the weight after '@' must be a positive number, not {tail!r}")
         if not spec:
             raise DistillError("empty teacher spec")
-        if not weight > 0:
-            raise DistillError(f"{text}: teacher weight must be positive")
+        if not 0 < weight < math.inf:  # "@1e400" parsed as inf: NaN targets, and a manifest that is not JSON
+            raise DistillError(f"{text}: teacher weight must be a positive finite number")
         return cls(spec, weight)
 
     def __str__(self) -> str:

@@ -674,6 +674,7 @@ class Trainer:
             # Stopped on purpose (--stop-after-steps) between checkpoints: keep the way back in.
             if dist.main:
                 save_state(self.out / "state", self.step, self._state(), config.keep_states)
+                self.best.tidy()
             dist.barrier()
         result = TrainResult(self.out, self.step, self.total_steps, finished, None)
         if finished:
@@ -695,6 +696,7 @@ class Trainer:
         if self.step % config.checkpoint_every == 0 or last:
             if dist.main:
                 save_state(self.out / "state", self.step, self._state(), config.keep_states)
+                self.best.tidy()  # weights the saved state no longer lists
             dist.barrier()
 
     def _finish(self, logs: _Logs, result: TrainResult) -> None:
@@ -707,7 +709,7 @@ class Trainer:
         averaged = self.best.average()
         if averaged is not None:
             self.network.load_state_dict(averaged)
-            result.averaged_steps = sorted(step for _, step in self.best.entries)
+            result.averaged_steps = sorted(step for _, step in self.best.entries if self.best.path(step).exists())
         result.final_checkpoint = save_checkpoint(self.network, self.out / FINAL_NAME, labels=self.labels, name=name)
         scores = self.evaluate("final")
         result.final_scores = {key: value for key, value in scores.items() if not math.isnan(value)}
