@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,8 @@ class FakeViews:
     its class with probability 0.9 and one other class with 0.05 (top-2).
     """
 
-    def __init__(self, shards: int = 3, per_shard: int = 12, seed: int = 7, epochs: int = 2) -> None:
+    def __init__(self, shards: int = 3, per_shard: int = 12, seed: int = 7, epochs: int = 2,
+                 varied: bool = False) -> None:
         rng = np.random.default_rng(0)
         self.seed = seed
         self.labels = LABELS
@@ -43,6 +45,8 @@ class FakeViews:
                 else:
                     wave = 0.1 * rng.standard_normal(SAMPLES)
                 length = SAMPLES if i % 5 else SAMPLES // 2  # a few short tails
+                if varied:  # every chunk its own length, as clips of a corpus of short recordings are
+                    length = SAMPLES - 160 * (i + 1)
                 audio[key] = wave[:length].astype(np.float32)
                 targets[key] = (np.array([label, (label + 1) % 4]), np.array([0.9, 0.05], np.float32))
             self._audio[shard] = audio
@@ -245,6 +249,19 @@ def test_a_run_killed_between_an_evaluation_and_its_state_finishes_on_resume(tmp
     states[-1].unlink()  # as a SIGKILL after the evaluations of steps 5-7 and before their state
     resumed = train(_config(tmp_path, student_config, resume=True, **{**small, "average_best": 3}), views)
     assert resumed.finished and resumed.final_checkpoint.exists()
+
+
+def test_mixup_says_when_it_finds_no_partners(tmp_path, student_config, monkeypatch, capsys):
+    """Views of other lengths are never mixed: on varied lengths --mixup-alpha did nothing, silently."""
+    from auricle.distill import train as train_module
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(train_module, "MIXUP_CHECK_VIEWS", 8)
+    train(_config(tmp_path, student_config, out="same", epochs=1, average_best=0), FakeViews())
+    assert "mixup found no partner" not in capsys.readouterr().err
+    train(_config(tmp_path, student_config, out="varied", epochs=1, average_best=0), FakeViews(varied=True))
+    assert re.search(r"auricle: warning: mixup found no partner for (7[5-9]|[89]\d|100)% of the views so far",
+                     capsys.readouterr().err)
 
 
 def test_too_little_data_is_a_clear_error(tmp_path, student_config):

@@ -33,7 +33,8 @@ from auricle.distill.targets import DEFAULT_FILL, FILL_MODES
 @click.option("--fill", type=click.Choice(FILL_MODES), default=DEFAULT_FILL, show_default=True,
               help="Target value of the classes outside the stored top-k.")
 @click.option("--mixup-alpha", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Student-side mixup within the batch, Beta(alpha, alpha); 0 disables.")
+              help="Student-side mixup within the batch, Beta(alpha, alpha), between views of equal length "
+                   "(a warning says if most have none); 0 disables.")
 @click.option("--inconsistent", is_flag=True,
               help="Draw fresh augmentations for the student instead of replaying the teacher's (ablation).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, order and mixup.")

@@ -421,6 +421,8 @@ class Trainer:
         self.best = BestCheckpoints(self.out / "best", config.average_best)
         self.step = 0
         self._loss_since_eval: list[float] = []
+        self._mixup_views = self._mixup_alone = 0
+        self._mixup_warned = False
         self._eval_set = None
         self._holdout_views = None
 
@@ -542,6 +544,20 @@ class Trainer:
             order.extend(positions)
         return mels, order
 
+    def _note_mixup_partners(self, mels: list[torch.Tensor]) -> None:
+        """Say once if mixup mostly had no partner: clips of other lengths are never mixed, so on a corpus of
+        varied lengths --mixup-alpha would do nothing, silently."""
+        self._mixup_views += sum(mel.shape[0] for mel in mels)
+        self._mixup_alone += sum(mel.shape[0] % 2 for mel in mels)  # an odd group's middle view meets itself
+        if self._mixup_warned or self._mixup_views < MIXUP_CHECK_VIEWS:
+            return
+        self._mixup_warned = True
+        share = self._mixup_alone / self._mixup_views
+        if share > 0.5 and self.dist.main:
+            print(f"auricle: warning: mixup found no partner for {share:.0%} of the views so far: only views of "
+                  "one length are mixed; cut the shards into chunks of one length (distill shards "
+                  "--chunk-seconds, with --min-seconds equal to it) for mixup to take effect", file=sys.stderr)
+
     # -- one step -----------------------------------------------------------------
     def _train_step(self, batch: _Batch) -> tuple[float, float]:
         config = self.config
@@ -553,6 +569,7 @@ class Trainer:
         targets = targets[order].to(self.dist.device)
         if config.mixup_alpha > 0:
             mels, targets = _mixup(mels, targets, config.mixup_alpha, generator)
+            self._note_mixup_partners(mels)
         lr = self.schedule.lr(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -745,6 +762,10 @@ class _EvalSet:
         if self.single_label:
             result["accuracy"] = float(np.mean(scores.argmax(axis=1) == self.targets.argmax(axis=1)))
         return result
+
+
+#: Views seen before judging whether mixup finds partners.
+MIXUP_CHECK_VIEWS = 64
 
 
 def _mixup(mels: list[torch.Tensor], targets: torch.Tensor, alpha: float, generator: torch.Generator):
