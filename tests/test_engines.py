@@ -185,6 +185,20 @@ def test_bad_engine_choices():
         EngineConfig("torch", "fp16")
 
 
+def test_more_streams_than_threads_says_where_the_threads_came_from(tiny_checkpoint, reference_dir):
+    from auricle.inference.tuning import default_threads
+
+    clip = str(reference_dir / "inputs" / "a_sine440_1s.wav")
+    streams = str(default_threads() + 1)
+    result = CliRunner().invoke(cli, ["tag", clip, "--checkpoint", str(tiny_checkpoint), "--streams", streams])
+    assert result.exit_code == 2  # "got 2" read as if the user had typed it
+    assert (f"--streams {streams} needs at least as many --threads ({default_threads()} by default here, one per "
+            "usable core)") in result.stderr
+    result = CliRunner().invoke(cli, ["tag", clip, "--checkpoint", str(tiny_checkpoint), "--streams", "3",
+                                      "--threads", "2"])
+    assert result.exit_code == 2 and "--streams 3 needs at least as many --threads (got 2)" in result.stderr
+
+
 def test_cli_rejects_onnx_bf16_in_one_line(tiny_checkpoint, reference_dir):
     result = CliRunner().invoke(cli, ["tag", str(reference_dir / "inputs" / "a_sine440_1s.wav"), "--checkpoint",
                                       str(tiny_checkpoint), "--engine", "onnx", "--precision", "bf16"])

@@ -363,3 +363,14 @@ print([labels[i] for i in np.argsort(-probabilities[0])[:5]])
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(ast.literal_eval(result.stdout)) == 5
+
+
+def test_every_commands_help_works_without_torch():
+    """`auricle --help` is the first thing typed on a small device; it imported torch for finetune and distill."""
+    top = without_torch("--help")
+    assert top.returncode == 0, top.stderr
+    commands = [line.split()[0] for line in top.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert {"tag", "finetune", "distill", "serve"} <= set(commands)
+    for command in [*commands, "distill train", "distill teach"]:
+        shown = without_torch(*command.split(), "--help")
+        assert shown.returncode == 0 and shown.stdout.startswith("Usage: auricle"), (command, shown.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -117,3 +118,23 @@ def test_vector_isa_from_flags_follows_aten(tmp_path, monkeypatch):
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # caps it, as it caps ATen
     assert vector_isa(cpuinfo) == "AVX2"
 
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2, docker --cpus=2
+    ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: rounded up
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_a_container_cpu_quota_caps_the_usable_cores(tmp_path, files, expected):
+    """Docker --cpus and Kubernetes limits set a quota, not an affinity mask: 64 threads on a 2-CPU limit."""
+    from auricle.inference.tuning import cgroup_cpu_quota, usable_cores
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == expected
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path) == (min(affinity, expected) if expected else affinity)

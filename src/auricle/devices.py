@@ -5,10 +5,7 @@ from __future__ import annotations
 import torch
 
 from auricle.errors import AuricleError
-from auricle.inference.tuning import cpu_features, trains_faster_in_bf16
-
-#: How a training run may compute: ``auto`` resolves per machine with :func:`bf16_trains_faster`.
-TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
+from auricle.inference.tuning import TRAINING_PRECISIONS, cpu_features, trains_faster_in_bf16
 
 
 class DeviceError(AuricleError):

@@ -104,7 +104,7 @@ def model_options(command: Callable) -> Callable:
 
 def training_precision_option(command: Callable) -> Callable:
     """``--precision auto|fp32|bf16`` of the training commands (auricle.devices.training_bf16)."""
-    from auricle.devices import TRAINING_PRECISIONS
+    from auricle.inference.tuning import TRAINING_PRECISIONS  # torch-free: help must work without torch
 
     return click.option(
         "--precision", type=click.Choice(TRAINING_PRECISIONS), default="auto", show_default=True,
@@ -164,9 +164,11 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
     engine = engine or meta.get("auricle.engine", "torch")
     precision = precision or meta.get("auricle.precision", "fp32")
     streams = meta.get("auricle.streams")
+    given_threads = threads
     threads = threads or default_threads()
     if streams is not None and streams > threads:
-        fail(f"--streams {streams} needs at least as many --threads (got {threads})")
+        got = f"got {threads}" if given_threads else f"{threads} by default here, one per usable core"
+        fail(f"--streams {streams} needs at least as many --threads ({got})")
     if is_exported_file(checkpoint):
         return _load_exported_or_exit(ctx, str(checkpoint), device, threads, streams, engine, precision, exported)
     if engine == "onnx" and exported and str(device).split(":")[0] == "cpu" and precision != "bf16":

@@ -7,7 +7,7 @@ import sys
 import click
 
 from auricle.cli.common import training_precision_option, writable
-from auricle.distill.targets import DEFAULT_FILL, FILL_MODES
+from auricle.distill.fill import DEFAULT_FILL, FILL_MODES
 
 
 @click.command("train")

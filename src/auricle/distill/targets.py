@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 
-FILL_MODES = ("zero", "last_mean", "last_half", "last_random", "uniform")
-DEFAULT_FILL = "zero"
+from auricle.distill.fill import DEFAULT_FILL, FILL_MODES  # noqa: F401 - re-exported
 
 
 def expand_topk(

@@ -7,6 +7,7 @@ Every default here can be overridden (``--threads``, ``--batch-size``,
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from dataclasses import dataclass
@@ -76,12 +77,39 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return name
 
 
-def usable_cores() -> int:
-    """CPUs this process may run on (respects affinity masks and container limits)."""
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota (container limits)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup)
+    return max(1, min(cores, quota) if quota is not None else cores)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """CPUs a cgroup quota allows, rounded up; None without one.
+
+    Docker's ``--cpus`` and Kubernetes CPU limits set a quota, not an affinity mask: on a
+    64-core host a container limited to 2 CPUs still sees 64, and 64 threads would be throttled.
+    cgroup v2 keeps it in ``cpu.max`` ("max" or "QUOTA PERIOD"), v1 in ``cpu.cfs_quota_us``
+    (-1: none) and ``cpu.cfs_period_us``.
+    """
+    for folder in (root, root / "cpu", root / "cpu,cpuacct"):
+        try:
+            if (folder / "cpu.max").is_file():
+                fields = (folder / "cpu.max").read_text().split()
+                if fields[0] == "max":
+                    return None
+                return max(1, math.ceil(int(fields[0]) / int(fields[1])))
+            if (folder / "cpu.cfs_quota_us").is_file():
+                quota = int((folder / "cpu.cfs_quota_us").read_text())
+                if quota <= 0:
+                    return None
+                return max(1, math.ceil(quota / int((folder / "cpu.cfs_period_us").read_text())))
+        except (OSError, ValueError, IndexError, ZeroDivisionError):
+            return None
+    return None
 
 
 def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuFeatures:
@@ -93,6 +121,10 @@ def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuFeatures:
         avx2="avx2" in flags,
         amx="amx_bf16" in flags,
     )
+
+
+#: How a training run may compute: ``auto`` resolves per machine (auricle.devices.training_bf16).
+TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def trains_faster_in_bf16(features: CpuFeatures) -> bool:
