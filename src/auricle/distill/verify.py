@@ -8,7 +8,6 @@ within one step of the smallest stored value).
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
