@@ -127,3 +127,9 @@ def test_auricle_system_says_what_the_command_does_to_malloc(monkeypatch):
     shown = CliRunner().invoke(cli, ["system"])
     line = next(line for line in shown.output.splitlines() if line.startswith("freed memory"))
     assert line.endswith("left as it is: set by the environment (MALLOC_MMAP_THRESHOLD_)")
+    if glibc_linux():  # a value other than `default` was silently taken as unset
+        monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+        monkeypatch.setenv("AURICLE_MALLOC", "bogus")
+        shown = CliRunner().invoke(cli, ["system", "--json"])
+        assert json.loads(shown.output)["freed_memory"].endswith(
+            "; AURICLE_MALLOC=bogus is not a setting (only 'default' leaves glibc's)")

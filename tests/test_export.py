@@ -99,7 +99,7 @@ def test_export_mel_input_int8(small_checkpoint, waveforms, tmp_path):
     report = json.loads(result.stdout)
     assert report["int8"] and report["input"] == "log-mel" and report["max_abs_diff"] > 0
     metadata = read_metadata(out)
-    assert (metadata["input"], metadata["precision"]) == ("log-mel", "int8")
+    assert (metadata["input"], metadata["precision"]) == ("log-mel", "int8") == (report["input"], report["precision"])
     model = auricle.load_model(checkpoint=small_checkpoint)
     graph = session(out)
     for wave in waveforms.values():

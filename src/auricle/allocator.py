@@ -78,7 +78,10 @@ def describe() -> str:
     reason = why_left_alone()
     if reason is not None:
         return f"left as it is: {reason}"
-    return f"kept for reuse (glibc mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold {TRIM_THRESHOLD >> 20} MiB)"
+    value = os.environ.get("AURICLE_MALLOC", "")
+    unknown = f"; AURICLE_MALLOC={value} is not a setting (only 'default' leaves glibc's)" if value else ""
+    return (f"kept for reuse (glibc mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold "
+            f"{TRIM_THRESHOLD >> 20} MiB){unknown}")
 
 
 def _glibc_mallopt():

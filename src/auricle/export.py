@@ -70,7 +70,8 @@ class ExportReport:
     piece_embeddings: bool = False  # the third output, per-piece mean tokens
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # "precision" as the file's metadata and the text report name it, beside the older "int8" flag.
+        return {**asdict(self), "precision": "int8" if self.int8 else "fp32"}
 
 
 def check_clips(seed: int = 0) -> dict[str, np.ndarray]:
