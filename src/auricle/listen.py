@@ -21,7 +21,7 @@ import numpy as np
 import soxr
 
 from auricle.audio import RESAMPLE_QUALITY, SAMPLE_RATE, iter_blocks
-from auricle.errors import NOT_FINITE, AudioError, AuricleError
+from auricle.errors import AudioError, AuricleError
 from auricle.inference.live import LiveReport, LiveTagger, LiveWindow, RollingWindow
 from auricle.inference.results import Event
 from auricle.inference.tagging import ClassSpace, TagOptions
@@ -191,12 +191,7 @@ def listen(
 
     def scored(window: LiveWindow, arrived: float) -> TimedReport:
         began = time.monotonic()
-        try:
-            probabilities = score(window.samples)
-        except AudioError as error:  # a model that checks its output: say which window, as the tagger does
-            if NOT_FINITE in str(error):
-                raise window.not_finite() from None
-            raise
+        probabilities = score(window.samples)
         done = time.monotonic()
         return TimedReport(tagger.report(window, probabilities), done - began, done - arrived)
 

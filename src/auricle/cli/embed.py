@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import sys
 import zipfile
 from pathlib import Path
@@ -17,6 +16,7 @@ from auricle.cli.common import error_line, fail, load_model_or_exit, model_optio
 from auricle.errors import AuricleError
 from auricle.fingerprints import tagger_key
 from auricle.io import atomic
+from auricle.io.writers import same_file
 
 
 def _atomic_save(path: Path, save) -> None:
@@ -37,7 +37,7 @@ def _embedded(folder: Path, names: dict[str, str], model: str, weights: str) -> 
     for file, name in names.items():
         try:
             with np.load(folder / name, allow_pickle=False) as saved:
-                if not _same_file(str(saved["path"]), file):
+                if not same_file(str(saved["path"]), file):
                     continue
                 if (str(saved["model"]), str(saved["weights"])) != (model, weights):
                     # Embedding the rest with this model would leave the folder holding two models' vectors.
@@ -93,15 +93,10 @@ def _hint_on_interrupt(results, hint: str):
         raise
 
 
-def _same_file(stored: str, file: str) -> bool:
-    """Whether two spellings of a path (``set/a.wav``, ``./set/a.wav``, absolute) name one file."""
-    return stored == file or os.path.realpath(stored) == os.path.realpath(file)
-
-
 def _holds_another_file(path: Path, file: str) -> bool:
     try:
         with np.load(path, allow_pickle=False) as saved:
-            return not _same_file(str(saved["path"]), file)
+            return not same_file(str(saved["path"]), file)
     except UNREADABLE_NPZ:  # nothing there, or nothing whole: free to write
         return False
 

@@ -117,7 +117,7 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
     import numpy as np
 
     def score(samples):
-        return np.asarray(model.probabilities(samples)[0])
+        return np.asarray(model.probabilities(samples, finite=False)[0])  # the tagger names the window if NaN
 
     printer = _Printer(output_format, show_windows)
     compute: list[float] = []

@@ -259,9 +259,9 @@ class Tagger:
         if is_array(source):
             if sample_rate is None:
                 raise OptionError("a waveform array needs its sample_rate")
-            waveform = prepare_waveform(source, sample_rate)
-            return self._only(self.iter_tag([waveform], options, batch_size, names=["<array>"],
-                                            sample_rate=SAMPLE_RATE))
+            # iter_tag prepares it (mix, scale, resample), once; its errors come back as its Failure's.
+            return self._only(self.iter_tag([source], options, batch_size, names=["<array>"],
+                                            sample_rate=sample_rate))
         _not_a_recording(source, "tag")
         if isinstance(source, (str, os.PathLike)):
             _no_rate_for_a_file(source, sample_rate)
@@ -275,10 +275,8 @@ class Tagger:
             if sample_rate is None:
                 raise OptionError("waveform arrays need their sample_rate")
             names = [f"<array {i}>" if is_array(item) else str(item) for i, item in enumerate(sources)]
-            sources = [prepare_waveform(item, sample_rate, name) if is_array(item) else item
-                       for item, name in zip(sources, names)]
         results = []
-        for result in self.iter_tag(sources, options, batch_size, names=names, sample_rate=SAMPLE_RATE):
+        for result in self.iter_tag(sources, options, batch_size, names=names, sample_rate=sample_rate):
             if isinstance(result, Failure):
                 raise AudioError(result.error)  # every failure of a recording is the audio's (decoding, overflow)
             results.append(result)

@@ -190,6 +190,11 @@ def record_settings(path: str | os.PathLike, settings: dict) -> None:
     atomic.write_text(settings_path(path), json.dumps(settings, indent=2) + "\n")
 
 
+def same_file(stored: str, file: str) -> bool:
+    """Whether two spellings of a path (``set/a.wav``, ``./set/a.wav``, absolute) name one file."""
+    return stored == file or os.path.realpath(stored) == os.path.realpath(file)
+
+
 def not_done(files: Sequence[str], done: Iterable[str]) -> list[str]:
     """``files`` less those in ``done``, however either path is spelt (``set/a.wav``, ``./set/a.wav``, absolute)."""
     done_paths = {os.path.realpath(file) for file in done}

@@ -49,13 +49,13 @@ from auricle.serve.uploads import RequestError
 MAX_STREAM_WINDOW = 60.0
 #: The settings' names and defaults are those of `auricle listen`, the window bounded for a shared service.
 _LIVE = {**LIVE_TAG_OPTIONS, "window": replace(LIVE_TAG_OPTIONS["window"], maximum=MAX_STREAM_WINDOW)}
-#: The audio format settings and their defaults (those of the web page's microphone: float32 mono).
-_FORMAT = {"sample_rate": SAMPLE_RATE, "format": "f32le", "channels": 1}
+#: The audio format settings, their bounds and defaults (those of the web page's microphone: float32 mono).
 _FORMAT_SPECS = {
     "sample_rate": OptionSpec("sample_rate", int, SAMPLE_RATE, minimum=PCM_RATES[0], maximum=PCM_RATES[1]),
     "format": OptionSpec("format", str, "f32le", choices=tuple(PCM_FORMATS)),
     "channels": OptionSpec("channels", int, 1, minimum=1, maximum=MAX_CHANNELS),
 }
+_FORMAT = {name: spec.default for name, spec in _FORMAT_SPECS.items()}
 
 
 class _Refused(Exception):
