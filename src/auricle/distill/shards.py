@@ -471,10 +471,13 @@ class ShardSet:
         name = Path(shard).name
         return next(entry["sha256"] for entry in self.manifest["shards"] if entry["name"] == name)
 
-    def check(self) -> list[str]:
-        """Names of shards whose file is missing or whose sha256 differs from the manifest."""
+    def check(self, names: Sequence[str] | None = None) -> list[str]:
+        """Names of shards (all, or those in ``names``) whose file is missing or whose sha256 differs from the
+        manifest."""
         bad = []
         for entry in self.manifest["shards"]:
+            if names is not None and entry["name"] not in names:
+                continue
             path = self.directory / entry["name"]
             if not path.exists() or file_sha256(path) != entry["sha256"]:
                 bad.append(entry["name"])
