@@ -81,3 +81,9 @@ def burst_checkpoint(path: Path) -> Path:
 def write_wav(path: Path, samples: np.ndarray, rate: int = SR) -> Path:
     sf.write(path, samples, rate, subtype="PCM_16")
     return path
+
+
+#: The test client's base URL: a loopback name the service answers to (its own default, "testserver", is not).
+LOCAL = "http://localhost"
+#: The stream socket's URL on that name (the test client's WebSocket URLs ignore base_url).
+STREAM = "ws://localhost/v1/stream"

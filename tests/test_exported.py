@@ -311,12 +311,13 @@ def test_serve_an_exported_file(exported, files):
     """The service over an exported file: tagging as the library, no /v1/embed (it needs the weights)."""
     pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
     from fastapi.testclient import TestClient
+    from serve_support import LOCAL
 
     from auricle.serve.app import create_app
     from auricle.serve.config import ServeConfig
 
     model = load_exported(exported)
-    with TestClient(create_app(model, ServeConfig(max_wait=0.001))) as client:
+    with TestClient(create_app(model, ServeConfig(max_wait=0.001)), base_url=LOCAL) as client:
         audio = open(files[1], "rb").read()
         response = client.post("/v1/tag?threshold=0&spectrogram=true", content=audio)
         assert response.status_code == 200, response.text

@@ -97,10 +97,11 @@ def test_serve_tag_query_parameters_are_the_declared_options():
 def test_stream_settings_default_to_the_live_options(tiny_serve_model):
     pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
     from fastapi.testclient import TestClient
+    from serve_support import LOCAL, STREAM
 
     from auricle.serve.app import create_app
 
-    with TestClient(create_app(tiny_serve_model)) as client, client.websocket_connect("/v1/stream") as socket:
+    with TestClient(create_app(tiny_serve_model), base_url=LOCAL) as client, client.websocket_connect(STREAM) as socket:
         socket.send_text(json.dumps({}))
         ready = socket.receive_json()
     assert ready["type"] == "ready"

@@ -65,6 +65,7 @@ class PcmDecoder:
         self._dtype = np.dtype(dtype)
         self._frame_bytes = self._dtype.itemsize * channels
         self._channels = channels
+        self._rate = sample_rate
         self._pending = b""
         self._name = name
         self._resampler = (
@@ -80,6 +81,14 @@ class PcmDecoder:
         return (f"{self._name}: the last {len(self._pending)} bytes are not a whole frame ({self._frame_bytes} bytes: "
                 f"{self._dtype.itemsize} per sample x {self._channels} channels) and were ignored; "
                 "are the sample format and channels right?")
+
+    def output_samples(self, nbytes: int) -> int:
+        """At most how many 16 kHz samples :meth:`decode` makes of ``nbytes`` more bytes: known before
+        decoding, so a caller can refuse a message that would take too much memory."""
+        frames = (len(self._pending) + nbytes) // self._frame_bytes
+        if self._resampler is None:
+            return frames
+        return -(-frames * SAMPLE_RATE // self._rate) + 64  # + what the resampler holds back from earlier calls
 
     def decode(self, data: bytes, last: bool = False) -> np.ndarray:
         data = self._pending + data

@@ -33,10 +33,30 @@ from auricle.cli.common import fail, load_model_or_exit, model_options
               help="How long a window may wait for others to fill a batch.")
 @click.option("--max-streams", type=click.IntRange(1), default=8, show_default=True,
               help="Concurrent /v1/stream sockets (more are closed with code 1013).")
+@click.option("--header-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a connection may take to send a request's headers (408 and closed beyond).")
+@click.option("--body-timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Seconds an upload may take once its headers are in (408 beyond).")
+@click.option("--max-connections-per-client", type=click.IntRange(1), default=32, show_default=True,
+              help="Open connections from one address (more get 429 and are closed).")
+@click.option("--shutdown-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a stopping server waits for requests in progress.")
+@click.option("--max-decoded-seconds", type=click.FloatRange(0, min_open=True), default=2400.0, show_default=True,
+              help="Decoded audio all requests may hold at once (requests wait for their share).")
+@click.option("--max-stream-seconds", type=click.FloatRange(0, min_open=True), default=120.0, show_default=True,
+              help="Audio one /v1/stream socket may hold at once (window plus one message), at 16 kHz.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Another name the Host header may carry (a proxy's public name); '*' for any. Repeatable. "
+                   "Default: the loopback names and --host (any name when --host is 0.0.0.0 or ::).")
+@click.option("--allowed-origin", "allowed_origins", multiple=True, metavar="URL",
+              help="A browser origin besides the page's own that may POST or open a stream, e.g. "
+                   "https://app.example.com; '*' for any. Repeatable.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 def serve_command(model_name, checkpoint, device, threads, host, port, workers, max_upload_mb, max_duration,
-                  max_windows, max_pending, request_timeout, max_batch_size, max_wait_ms, max_streams, log_level) -> None:
+                  max_windows, max_pending, request_timeout, max_batch_size, max_wait_ms, max_streams, header_timeout,
+                  body_timeout, max_connections_per_client, shutdown_timeout, max_decoded_seconds, max_stream_seconds,
+                  allowed_hosts, allowed_origins, log_level) -> None:
     """Serve tagging and embeddings over HTTP, with a web page at /.
 
     API: POST /v1/tag, POST /v1/embed, GET /v1/models, GET /v1/labels,
@@ -47,21 +67,27 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
         import uvicorn
 
         from auricle.serve.config import ServeConfig
+        from auricle.serve.protocol import GuardedH11Protocol
     except ImportError as error:
         fail(f"the service needs its extra: pip install 'auricle[serve]' ({error})")
     try:
         config = ServeConfig(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_duration=max_duration,
                              max_windows=max_windows, max_pending=max_pending, request_timeout=request_timeout,
                              max_batch_size=max_batch_size, max_wait=max_wait_ms / 1000,
-                             max_streams=max_streams)
+                             max_streams=max_streams, header_timeout=header_timeout, body_timeout=body_timeout,
+                             max_connections_per_client=max_connections_per_client, shutdown_timeout=shutdown_timeout,
+                             max_decoded_seconds=max_decoded_seconds, max_stream_seconds=max_stream_seconds,
+                             allowed_hosts=served_hosts(host, allowed_hosts), allowed_origins=allowed_origins)
     except ValueError as error:
         fail(str(error))
+    # h11 with the header timeout and per-client cap; uvicorn's own 16 KiB bound on incomplete headers stays.
+    server = {"http": GuardedH11Protocol, "timeout_graceful_shutdown": shutdown_timeout}
     _refuse_a_taken_port(host, port)  # before the model loads, not after (uvicorn's "[Errno 98]", exit 3)
     if workers == 1:
         from auricle.serve.app import create_app
 
         model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
-        uvicorn.run(create_app(model, config), host=host, port=port, log_level=log_level)
+        uvicorn.run(create_app(model, config), host=host, port=port, log_level=log_level, **server)
         return
     # Several processes: each worker builds its own app from this description.
     model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)  # fail here, once
@@ -78,7 +104,7 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
         "config": asdict(config),
     })
     uvicorn.run("auricle.serve.app:create_app_from_environment", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level)
+                workers=workers, log_level=log_level, **server)
 
 
 def _refuse_a_taken_port(host: str, port: int) -> None:
@@ -89,3 +115,12 @@ def _refuse_a_taken_port(host: str, port: int) -> None:
             pass
     except OSError as error:
         fail(f"{host}:{port}: cannot listen there ({error.strerror or error}); choose another --port or --host")
+
+
+def served_hosts(host: str, extra: tuple[str, ...]) -> tuple[str, ...]:
+    """Names the Host header may carry: loopback's and the bound address, or any for a wildcard bind."""
+    from auricle.serve.config import LOOPBACK_HOSTS
+
+    if host in ("0.0.0.0", "::", "") and not extra:
+        return ("*",)  # reached by whatever names the network gives this machine
+    return (*LOOPBACK_HOSTS, host.strip("[]"), *extra)

@@ -96,6 +96,11 @@ class RollingWindow:
             self._buffer = self._buffer[drop:]
             self._buffer_start = keep_from
 
+    @property
+    def buffered(self) -> int:
+        """Samples held now (at most a window's, between pushes)."""
+        return len(self._buffer)
+
     def finish(self) -> Iterator[LiveWindow]:
         """The last window, covering the tail after the last full hop (if any)."""
         if self.total > self._last_report and self.total >= self.minimum:

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import os
+import tempfile
 from collections.abc import Coroutine, Sequence
 from contextlib import asynccontextmanager
 
@@ -35,7 +36,8 @@ from auricle.options import TAG_OPTIONS
 from auricle.profiles import PATH_HINT
 from auricle.serve.batching import DynamicBatcher
 from auricle.serve.config import ServeConfig
-from auricle.serve.uploads import RequestError, audio_part, decode_upload, read_body
+from auricle.serve.guard import HostOriginGuard
+from auricle.serve.uploads import RequestError, SampleBudget, decode_upload, expected_samples, receive_upload
 
 if TYPE_CHECKING:
     from auricle.exported import ExportedModel
@@ -180,6 +182,8 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
     batcher = DynamicBatcher(lambda batch: np.asarray(model.probabilities(batch, finite=False)),
                              max_batch_size=config.max_batch_size, max_wait=config.max_wait)
     admission = Admission(config.max_pending, config.retry_after)
+    max_samples = int(config.max_duration * SAMPLE_RATE)
+    budget = SampleBudget(int(config.max_decoded_seconds * SAMPLE_RATE))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -195,11 +199,18 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
     app.state.config = config
     app.state.batcher = batcher
     app.state.admission = admission
+    app.state.budget = budget
+    app.add_middleware(HostOriginGuard, config=config)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(RequestError)
     async def refuse(request: Request, error: RequestError) -> JSONResponse:
         return JSONResponse({"detail": error.message}, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:
+        # A bug's traceback goes to the server's log, never to the client.
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -207,25 +218,42 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
         return JSONResponse({"detail": validation_line(error.errors())}, status_code=422)
 
     async def admitted(request: Request, filename: str | None, work) -> dict:
-        """Run ``work(name, waveform)`` for the request's audio, within admission and time limits."""
-        with admission:
-            async def process() -> dict:
-                body = await read_body(request.headers, request.stream(), config.max_upload_bytes)
-                name, data = await audio_part(request.headers, body, filename)
-                waveform = await run_in_threadpool(decode_upload, data, name, config.max_duration)
-                try:
-                    return await until_disconnected(request, work(name, waveform))
-                except AuricleError as error:  # e.g. an overflowing signal: the library's one line, as a 400
-                    raise RequestError(400, str(error)) from None
+        """Run ``work(name, waveform)`` for the request's audio, within admission and time limits.
 
+        A request slot is taken only once the whole body has arrived (within
+        ``body_timeout``): clients that upload slowly, or stall, hold a socket
+        and a file, never a slot that good requests need.
+        """
+        with tempfile.TemporaryDirectory(prefix="auricle-serve-") as folder:  # private: mode 0700
             try:
-                return await asyncio.wait_for(process(), config.request_timeout)
+                name, path = await asyncio.wait_for(
+                    receive_upload(request.headers, request.stream(), filename, folder, config.max_upload_bytes),
+                    config.body_timeout)
             except TimeoutError:
-                raise RequestError(503, f"request not finished within {config.request_timeout:g} s (a busy server, "
-                                        "or a slow upload)",
-                                   {"Retry-After": str(config.retry_after)}) from None
+                raise RequestError(408, f"upload not finished within {config.body_timeout:g} s",
+                                   {"Connection": "close"}) from None
             except ClientDisconnect:
                 raise RequestError(400, "client disconnected during the upload") from None
+            with admission:
+                async def process() -> dict:
+                    # A file's header says how long it is: wait for that much of the decoded-audio budget.
+                    estimate = await run_in_threadpool(expected_samples, path, max_samples)
+                    reservation = await budget.reserve(estimate)
+                    try:
+                        waveform = await run_in_threadpool(decode_upload, path, name, config.max_duration,
+                                                           reservation)
+                        try:
+                            return await until_disconnected(request, work(name, waveform))
+                        except AuricleError as error:  # e.g. an overflowing signal: the library's one line, as a 400
+                            raise RequestError(400, str(error)) from None
+                    finally:
+                        reservation.release()
+
+                try:
+                    return await asyncio.wait_for(process(), config.request_timeout)
+                except TimeoutError:
+                    raise RequestError(503, f"request not finished within {config.request_timeout:g} s (a busy "
+                                            "server)", {"Retry-After": str(config.retry_after)}) from None
 
     async def on_model(function):
         batcher.start()

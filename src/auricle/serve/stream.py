@@ -19,7 +19,9 @@ Protocol (all server messages are JSON text):
    (with no ``ready``).
 
 Bad settings or audio get ``{"type": "error", "detail": ...}`` and close code
-1008; over ``max_streams`` sockets, close code 1013 (try again later).
+1008, and so do a message whose audio, resampled to 16 kHz and added to the
+window held, would be over ``max_stream_seconds`` (refused before it is
+decoded), and a socket silent for ``stream_idle_timeout``; over ``max_streams`` sockets, close code 1013 (try again later).
 """
 
 from __future__ import annotations
@@ -42,11 +44,9 @@ from auricle.labels import split_specs
 from auricle.listen import MAX_CHANNELS, PCM_FORMATS, PCM_RATES, PcmDecoder
 from auricle.options import LIVE_TAG_OPTIONS, OptionSpec
 from auricle.serve.batching import DynamicBatcher
-from auricle.serve.config import ServeConfig
+from auricle.serve.config import MAX_STREAM_WINDOW, ServeConfig
 from auricle.serve.uploads import RequestError
 
-#: Longest window a stream may ask for: every report scores the whole window, so its cost grows with it.
-MAX_STREAM_WINDOW = 60.0
 #: The settings' names and defaults are those of `auricle listen`, the window bounded for a shared service.
 _LIVE = {**LIVE_TAG_OPTIONS, "window": replace(LIVE_TAG_OPTIONS["window"], maximum=MAX_STREAM_WINDOW)}
 #: The audio format settings, their bounds and defaults (those of the web page's microphone: float32 mono).
@@ -72,7 +72,7 @@ async def serve_stream(websocket: WebSocket, model, batcher: DynamicBatcher, con
         return
     app_state.streams += 1
     try:
-        await _session(websocket, model, batcher, tag_options)
+        await _session(websocket, model, batcher, config, tag_options)
     except WebSocketDisconnect:
         pass
     except _Refused as error:
@@ -82,9 +82,18 @@ async def serve_stream(websocket: WebSocket, model, batcher: DynamicBatcher, con
         app_state.streams -= 1
 
 
-async def _session(websocket: WebSocket, model, batcher: DynamicBatcher, tag_options: Callable) -> None:
+async def receive(websocket: WebSocket, config: ServeConfig) -> dict:
+    """The next message; a socket silent for ``stream_idle_timeout`` is refused (it would hold a stream slot)."""
+    try:
+        return await asyncio.wait_for(websocket.receive(), config.stream_idle_timeout)
+    except TimeoutError:
+        raise _Refused(f"stream: no message in {config.stream_idle_timeout:g} s") from None
+
+
+async def _session(websocket: WebSocket, model, batcher: DynamicBatcher, config: ServeConfig,
+                   tag_options: Callable) -> None:
     settings: dict = {}
-    message = await websocket.receive()
+    message = await receive(websocket, config)
     if message.get("text") is not None:
         settings = _settings(message["text"])
         if settings.pop("type", "settings") == "end":
@@ -123,14 +132,21 @@ async def _session(websocket: WebSocket, model, batcher: DynamicBatcher, tag_opt
             raise _Refused(f"stream: {error}") from None
         await websocket.send_json({"type": "report", **reported.to_dict()})
 
+    limit = int(config.max_stream_seconds * SAMPLE_RATE)
     while True:
         if message is None:
-            message = await websocket.receive()
+            message = await receive(websocket, config)
         if message["type"] == "websocket.disconnect":
             return
         data, text = message.get("bytes"), message.get("text")
         message = None
         if data is not None:
+            # Counted in 16 kHz float samples before decoding: 16 MiB of 1 kHz 8-bit audio is 1 GiB once resampled.
+            held = rolling.buffered + decoder.output_samples(len(data))
+            if held > limit:
+                raise _Refused(f"stream: a message of {len(data)} bytes is {held / SAMPLE_RATE:.1f} s of audio with "
+                               f"the window held, over the limit of {config.max_stream_seconds:g} s; send smaller "
+                               "messages")
             try:
                 samples = decoder.decode(data)
             except AuricleError as error:
