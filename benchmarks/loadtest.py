@@ -15,6 +15,16 @@ does not depend on the weights), on a free loopback port:
 or it loads a running server (loopback addresses only):
 
     python benchmarks/loadtest.py --url http://127.0.0.1:8000 --requests 200
+
+``--hostile`` runs hostile clients alongside the good traffic, each kind from
+its own loopback address (Linux answers on all of 127/8), as a real attacker
+would be another host: uploads that stall after their headers and then
+trickle a byte a second (127.0.0.2), connections that stall inside their
+headers (127.0.0.3), 16 MiB WebSocket messages declared as 1 kHz 8-bit audio
+(127.0.0.4) and 45 MB uploads of garbage (127.0.0.5). The summary then says how
+the server answered them, and for the good requests how many got an unintended
+5xx and the longest time a good request was refused (from its start until the
+next good request succeeded).
 """
 
 from __future__ import annotations
@@ -41,6 +51,9 @@ import soundfile as sf
 
 SR = 16000
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+#: Source addresses of the hostile clients, one per kind (the good client is 127.0.0.1).
+HOSTILE_ADDRESSES = {"slow_uploads": "127.0.0.2", "stalled_headers": "127.0.0.3", "stream_floods": "127.0.0.4",
+                     "large_uploads": "127.0.0.5"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,7 @@ def start_server(args, folder: Path) -> tuple[subprocess.Popen, str]:
         command += ["--checkpoint", str(random_checkpoint(args.random, folder))]
     else:
         command += ["--model", args.model]
+    command += args.server_flag
     log = open(folder / "server.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     return process, f"http://127.0.0.1:{port}"
@@ -137,6 +151,117 @@ async def wait_ready(client, url: str, process: subprocess.Popen | None, seconds
     raise SystemExit(f"{url} did not become ready")
 
 
+async def _read_status(reader: asyncio.StreamReader) -> str:
+    """The status code the server answered with before closing, or how the connection ended."""
+    try:
+        line = await reader.readline()
+        status = line.split()[1].decode() if line.startswith(b"HTTP/") else "closed"
+        while await reader.read(65536):  # until the server closes
+            pass
+        return status
+    except (ConnectionError, OSError):
+        return "reset"
+
+
+async def slow_upload(host: str, port: int, outcomes: Counter, stop: asyncio.Event) -> None:
+    """Headers of a 45 MB upload, four bytes, then one byte a second until the server gives up on it."""
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection(host, port, local_addr=(HOSTILE_ADDRESSES["slow_uploads"], 0))
+        except OSError:
+            outcomes["connect_failed"] += 1
+            await asyncio.sleep(1)
+            continue
+        writer.write(f"POST /v1/tag HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/octet-stream\r\n"
+                     f"Content-Length: {45 * 1024 * 1024}\r\n\r\nRIFF".encode())
+        status = asyncio.ensure_future(_read_status(reader))
+        while not status.done() and not stop.is_set():
+            try:
+                writer.write(b"\0")
+                await writer.drain()
+            except (ConnectionError, OSError):
+                break
+            await asyncio.wait({status}, timeout=1)
+        if status.done():
+            outcomes[status.result()] += 1
+        status.cancel()
+        writer.close()
+        await asyncio.sleep(0.5)
+
+
+async def stalled_headers(host: str, port: int, outcomes: Counter, stop: asyncio.Event) -> None:
+    """Half a request line's headers, then nothing, until the server closes the connection; again."""
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection(host, port,
+                                                           local_addr=(HOSTILE_ADDRESSES["stalled_headers"], 0))
+        except OSError:
+            outcomes["connect_failed"] += 1
+            await asyncio.sleep(1)
+            continue
+        writer.write(f"POST /v1/tag HTTP/1.1\r\nHost: {host}:{port}\r\nX-Stall: ".encode())
+        status = asyncio.ensure_future(_read_status(reader))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({status, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if status.done():
+            outcomes[status.result()] += 1
+        status.cancel()
+        stopped.cancel()
+        writer.close()
+        await asyncio.sleep(1)
+
+
+async def stream_flood(host: str, port: int, outcomes: Counter, stop: asyncio.Event) -> None:
+    """A /v1/stream socket declaring 1 kHz 8-bit audio, then one 16 MiB message (1 GiB once resampled)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import WebSocketException
+
+    message = bytes(16 * 1024 * 1024 - 1024)  # under uvicorn's 16 MiB message limit
+    while not stop.is_set():
+        try:
+            async with connect(f"ws://{host}:{port}/v1/stream", local_addr=(HOSTILE_ADDRESSES["stream_floods"], 0),
+                               max_size=None, open_timeout=30) as socket:
+                await socket.send(json.dumps({"sample_rate": 1000, "format": "u8"}))
+                await socket.recv()
+                await socket.send(message)
+                reply = json.loads(await socket.recv())
+                outcomes["refused" if reply.get("type") == "error" else f"accepted:{reply.get('type')}"] += 1
+                await socket.wait_closed()
+                outcomes[f"close:{socket.close_code}"] += 1
+        except (WebSocketException, OSError, asyncio.TimeoutError) as error:
+            outcomes[f"error:{type(error).__name__}"] += 1
+        await asyncio.sleep(0.5)
+
+
+async def large_upload(url: str, outcomes: Counter, stop: asyncio.Event) -> None:
+    """45 MB of garbage posted as fast as loopback carries it (a 400 once read), again and again."""
+    import httpx
+
+    body = np.random.default_rng(1).integers(0, 256, 45 * 1024 * 1024, dtype=np.uint8).tobytes()
+    transport = httpx.AsyncHTTPTransport(local_address=HOSTILE_ADDRESSES["large_uploads"])
+    async with httpx.AsyncClient(transport=transport, timeout=120) as client:
+        while not stop.is_set():
+            try:
+                response = await client.post(f"{url}/v1/tag", content=body, params={"filename": "big.wav"})
+                outcomes[str(response.status_code)] += 1
+            except httpx.HTTPError as error:
+                outcomes[f"transport:{type(error).__name__}"] += 1
+            await asyncio.sleep(0.2)
+
+
+def hostile_clients(args, url: str, outcomes: dict[str, Counter], stop: asyncio.Event) -> list[asyncio.Future]:
+    parts = urlparse(url)
+    host, port = parts.hostname, parts.port
+    tasks = []
+    for kind, count, make in (("slow_uploads", args.slow_uploads, lambda o: slow_upload(host, port, o, stop)),
+                              ("stalled_headers", args.stalled_headers, lambda o: stalled_headers(host, port, o, stop)),
+                              ("stream_floods", args.stream_floods, lambda o: stream_flood(host, port, o, stop)),
+                              ("large_uploads", args.large_uploads, lambda o: large_upload(url, o, stop))):
+        outcomes[kind] = Counter()
+        tasks += [asyncio.ensure_future(make(outcomes[kind])) for _ in range(count)]
+    return tasks
+
+
 async def run(args, url: str, process: subprocess.Popen | None) -> dict:
     import httpx
 
@@ -146,10 +271,15 @@ async def run(args, url: str, process: subprocess.Popen | None) -> dict:
     bad = [p for p in pool if p.kind == "bad"]
     plan = [rng.choice(bad) if rng.random() < args.bad_share else rng.choice(good) for _ in range(args.requests)]
     records: list[tuple[Payload, int | str, float]] = []
+    spans: list[tuple[float, float]] = []  # (start, end) of each request, in records' order
     queue: asyncio.Queue[Payload] = asyncio.Queue()
     for payload in plan:
         queue.put_nowait(payload)
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    # Idle connections are dropped by the client before uvicorn's 5 s keep-alive timeout closes them: at
+    # httpx's default of 5 s both close at once, and a request sent on a connection the server is closing
+    # fails as a transport error (a race of keep-alive, not a refusal; browsers retry it silently).
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency,
+                          keepalive_expiry=2.0)
     async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as client:
         await wait_ready(client, url, process)
 
@@ -166,14 +296,29 @@ async def run(args, url: str, process: subprocess.Popen | None) -> dict:
                     status: int | str = response.status_code
                 except httpx.HTTPError as error:
                     status = f"transport:{type(error).__name__}"
-                records.append((payload, status, time.perf_counter() - began))
+                ended = time.perf_counter()
+                records.append((payload, status, ended - began))
+                spans.append((began, ended))
 
         before = (await client.get(f"{url}/healthz")).json().get("batching", {})
+        stop = asyncio.Event()
+        hostile: dict[str, Counter] = {}
+        tasks = hostile_clients(args, url, hostile, stop) if args.hostile else []
+        if tasks:
+            await asyncio.sleep(args.hostile_head_start)  # let them take what they can before the good traffic
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         elapsed = time.perf_counter() - began
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         after = (await client.get(f"{url}/healthz")).json().get("batching", {})
     summary = summarize(records, elapsed, args)
+    summary["longest_refusal_s"] = longest_refusal(records, spans)
+    if args.hostile:
+        summary["hostile"] = {kind: {"clients": getattr(args, kind), "from": HOSTILE_ADDRESSES[kind],
+                                     "outcomes": dict(sorted(counts.items()))} for kind, counts in hostile.items()}
     if before and after:
         calls = after["model_calls"] - before["model_calls"]
         windows = after["windows"] - before["windows"]
@@ -181,6 +326,20 @@ async def run(args, url: str, process: subprocess.Popen | None) -> dict:
                                "mean_batch": round(windows / calls, 2) if calls else None,
                                "largest_batch": after["largest_batch"]}
     return summary
+
+
+def longest_refusal(records, spans) -> float:
+    """Longest time from the start of a good request that was not served (503, 429, a transport error)
+    until a good request next succeeded (or the run ended)."""
+    good = [(span, status) for (payload, status, _), span in zip(records, spans) if payload.kind == "good"]
+    served = sorted(end for (_, end), status in good if status == 200)
+    longest = 0.0
+    for (start, end), status in good:
+        if status != 200:
+            later = [t for t in served if t >= end]
+            until = later[0] if later else max(e for (_, e), _ in good)
+            longest = max(longest, until - start)
+    return round(longest, 2)
 
 
 def percentiles(values: list[float]) -> dict:
@@ -238,6 +397,15 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=120.0, help="Client timeout per request (s).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hostile", action="store_true", help="Run hostile clients alongside (see above).")
+    parser.add_argument("--slow-uploads", type=int, default=66, help="Stalled uploads (with --hostile).")
+    parser.add_argument("--stalled-headers", type=int, default=1000, help="Stalled header sockets (with --hostile).")
+    parser.add_argument("--stream-floods", type=int, default=2, help="16 MiB stream messages (with --hostile).")
+    parser.add_argument("--large-uploads", type=int, default=4, help="45 MB garbage uploads (with --hostile).")
+    parser.add_argument("--hostile-head-start", type=float, default=3.0,
+                        help="Seconds the hostile clients run before the good traffic starts.")
+    parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
+                        help="Extra flag for the started server, e.g. --server-flag=--body-timeout=5 (repeatable).")
     parser.add_argument("--json", help="Write the summary here (atomically).")
     args = parser.parse_args()
     if args.model:

@@ -7,7 +7,6 @@ import json
 import threading
 import time
 
-import numpy as np
 import pytest
 import soundfile as sf
 
@@ -129,6 +128,14 @@ def test_a_stream_message_over_the_audio_limit_is_refused_before_it_is_decoded(m
             socket.send_text(json.dumps({"type": "end"}))
             messages = [socket.receive_json() for _ in range(4)]
             assert [m["type"] for m in messages] == ["report", "report", "report", "end"]
+
+
+def test_a_huge_text_message_is_refused_before_it_is_parsed(model):
+    with TestClient(create_app(model), base_url=LOCAL) as client:
+        with client.websocket_connect(STREAM) as socket:
+            socket.send_text("[" + "0," * 100_000 + "0]")
+            assert socket.receive_json() == {"type": "error", "detail": "text messages must be under 65536 characters "
+                                                                         "(settings or end), got 200002"}
 
 
 def test_a_silent_stream_is_closed_after_its_idle_timeout(model):

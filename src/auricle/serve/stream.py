@@ -21,7 +21,8 @@ Protocol (all server messages are JSON text):
 Bad settings or audio get ``{"type": "error", "detail": ...}`` and close code
 1008, and so do a message whose audio, resampled to 16 kHz and added to the
 window held, would be over ``max_stream_seconds`` (refused before it is
-decoded), and a socket silent for ``stream_idle_timeout``; over ``max_streams`` sockets, close code 1013 (try again later).
+decoded), a text message over ``MAX_TEXT_MESSAGE`` characters, and a socket
+silent for ``stream_idle_timeout``; over ``max_streams`` sockets, close code 1013 (try again later).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ _FORMAT_SPECS = {
     "channels": OptionSpec("channels", int, 1, minimum=1, maximum=MAX_CHANNELS),
 }
 _FORMAT = {name: spec.default for name, spec in _FORMAT_SPECS.items()}
+#: Longest text message (settings, end) a stream takes.
+MAX_TEXT_MESSAGE = 65536
 
 
 class _Refused(Exception):
@@ -178,6 +181,7 @@ async def _send_end(websocket: WebSocket, rolling: RollingWindow, ended: Sequenc
 
 def _settings(text: str) -> dict:
     """The settings message as a dict; refuses what is not a JSON object of known keys."""
+    _short(text)
     try:
         settings = json.loads(text)
     except ValueError as error:
@@ -215,7 +219,14 @@ def _spec_list(classes: object) -> list[str]:
     raise _Refused(f"bad settings: classes must be a string or a list of strings, got {json.dumps(classes)}")
 
 
+def _short(text: str) -> None:
+    # Settings and end messages are a few hundred bytes; parsing megabytes of JSON costs many times that.
+    if len(text) > MAX_TEXT_MESSAGE:
+        raise _Refused(f"text messages must be under {MAX_TEXT_MESSAGE} characters (settings or end), got {len(text)}")
+
+
 def _message_type(text: str) -> str | None:
+    _short(text)
     try:
         message = json.loads(text)
     except ValueError:
