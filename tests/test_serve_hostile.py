@@ -135,7 +135,7 @@ def test_a_huge_text_message_is_refused_before_it_is_parsed(model):
         with client.websocket_connect(STREAM) as socket:
             socket.send_text("[" + "0," * 100_000 + "0]")
             assert socket.receive_json() == {"type": "error", "detail": "text messages must be under 65536 characters "
-                                                                         "(settings or end), got 200002"}
+                                                                         "(settings or end), got 200003"}
 
 
 def test_a_silent_stream_is_closed_after_its_idle_timeout(model):
