@@ -177,3 +177,18 @@ def test_decoded_audio_across_requests_stays_within_its_budget(model, monkeypatc
         assert [r.status_code for r in results] == [200, 200]
         assert held == 7 * SR  # one request's reservation (6 s and a second of slack), not two
         assert budget.used == 0
+
+
+def test_worker_processes_get_the_allowed_names_from_the_environment(tmp_path, monkeypatch):
+    from auricle.serve.app import create_app_from_environment
+
+    checkpoint = tiny_random_checkpoint(tmp_path / "tiny.safetensors")
+    config = {"allowed_hosts": ["Proxy.example"], "allowed_origins": ["https://app.example/"], "body_timeout": 5.0}
+    monkeypatch.setenv("AURICLE_SERVE", json.dumps({"model": "ced-mini", "checkpoint": str(checkpoint),
+                                                    "config": config}))
+    app = create_app_from_environment()
+    assert app.state.config == ServeConfig(allowed_hosts=("proxy.example",), allowed_origins=("https://app.example",),
+                                           body_timeout=5.0)
+    with TestClient(app, base_url="http://proxy.example") as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/healthz", headers={"Host": "localhost"}).status_code == 400
