@@ -404,6 +404,8 @@ def main() -> None:
     parser.add_argument("--large-uploads", type=int, default=4, help="45 MB garbage uploads (with --hostile).")
     parser.add_argument("--hostile-head-start", type=float, default=3.0,
                         help="Seconds the hostile clients run before the good traffic starts.")
+    parser.add_argument("--max-refusal-s", type=float, default=None,
+                        help="Fail (exit 1) when a good request was refused for longer than this (see above).")
     parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
                         help="Extra flag for the started server, e.g. --server-flag=--body-timeout=5 (repeatable).")
     parser.add_argument("--json", help="Write the summary here (atomically).")
@@ -438,6 +440,9 @@ def main() -> None:
         os.replace(tmp, path)
     if summary["unexpected"] or summary["other_5xx"]:
         print(f"FAIL: unexpected statuses {summary['unexpected']}", file=sys.stderr)
+        raise SystemExit(1)
+    if args.max_refusal_s is not None and summary["longest_refusal_s"] > args.max_refusal_s:
+        print(f"FAIL: a good request was refused for {summary['longest_refusal_s']} s", file=sys.stderr)
         raise SystemExit(1)
 
 

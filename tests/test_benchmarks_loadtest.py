@@ -28,7 +28,7 @@ def test_the_load_test_runs_hostile_clients_alongside_and_reports_them(tmp_path)
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadtest.py"), "--random", "ced-tiny",
                            "--requests", "12", "--concurrency", "3", "--lengths", "1", "--threads", "1",
                            "--hostile", "--slow-uploads", "3", "--stalled-headers", "40", "--stream-floods", "1",
-                           "--large-uploads", "1", "--hostile-head-start", "1",
+                           "--large-uploads", "1", "--hostile-head-start", "1", "--max-refusal-s", "5",
                            "--server-flag=--max-connections-per-client=4", "--server-flag=--header-timeout=1",
                            "--json", str(tmp_path / "load.json")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
