@@ -192,3 +192,13 @@ def test_worker_processes_get_the_allowed_names_from_the_environment(tmp_path, m
     with TestClient(app, base_url="http://proxy.example") as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/healthz", headers={"Host": "localhost"}).status_code == 400
+
+
+def test_serve_command_names_the_flags_of_limits_that_do_not_fit_together(tmp_path):
+    from click.testing import CliRunner
+
+    from auricle.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--checkpoint", str(tmp_path / "none.pt"), "--max-decoded-seconds", "10"])
+    assert result.exit_code == 2
+    assert result.stderr == "auricle: error: --max-decoded-seconds (10) must be at least --max-duration (600)\n"

@@ -45,6 +45,8 @@ from auricle.cli.common import fail, load_model_or_exit, model_options
               help="Decoded audio all requests may hold at once (requests wait for their share).")
 @click.option("--max-stream-seconds", type=click.FloatRange(0, min_open=True), default=120.0, show_default=True,
               help="Audio one /v1/stream socket may hold at once (window plus one message), at 16 kHz.")
+@click.option("--stream-idle-timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Seconds a /v1/stream socket may send nothing (then closed with code 1008).")
 @click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
               help="Another name the Host header may carry (a proxy's public name); '*' for any. Repeatable. "
                    "Default: the loopback names and --host (any name when --host is 0.0.0.0 or ::).")
@@ -56,7 +58,7 @@ from auricle.cli.common import fail, load_model_or_exit, model_options
 def serve_command(model_name, checkpoint, device, threads, host, port, workers, max_upload_mb, max_duration,
                   max_windows, max_pending, request_timeout, max_batch_size, max_wait_ms, max_streams, header_timeout,
                   body_timeout, max_connections_per_client, shutdown_timeout, max_decoded_seconds, max_stream_seconds,
-                  allowed_hosts, allowed_origins, log_level) -> None:
+                  stream_idle_timeout, allowed_hosts, allowed_origins, log_level) -> None:
     """Serve tagging and embeddings over HTTP, with a web page at /.
 
     API: POST /v1/tag, POST /v1/embed, GET /v1/models, GET /v1/labels,
@@ -77,9 +79,11 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
                              max_streams=max_streams, header_timeout=header_timeout, body_timeout=body_timeout,
                              max_connections_per_client=max_connections_per_client, shutdown_timeout=shutdown_timeout,
                              max_decoded_seconds=max_decoded_seconds, max_stream_seconds=max_stream_seconds,
-                             allowed_hosts=served_hosts(host, allowed_hosts), allowed_origins=allowed_origins)
+                             stream_idle_timeout=stream_idle_timeout, allowed_hosts=served_hosts(host, allowed_hosts),
+                             allowed_origins=allowed_origins)
     except ValueError as error:
-        fail(str(error))
+        fail(str(error).replace("max_decoded_seconds", "--max-decoded-seconds").replace("max_duration", "--max-duration")
+             .replace("max_stream_seconds", "--max-stream-seconds"))
     # h11 with the header timeout and per-client cap; uvicorn's own 16 KiB bound on incomplete headers stays.
     server = {"http": GuardedH11Protocol, "timeout_graceful_shutdown": shutdown_timeout}
     _refuse_a_taken_port(host, port)  # before the model loads, not after (uvicorn's "[Errno 98]", exit 3)
