@@ -81,11 +81,12 @@ def write_sharded(folder: Path, tensors: dict[str, torch.Tensor], shards: int = 
 
 def write_tokenizer(path: Path, special: list[str] = SPECIAL) -> Path:
     """A word-level tokenizer.json: the words at ids 0..57, then ``special`` in order (audio at 61, 62, 63)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
     vocab = {"[UNK]": 0, **{word: i + 1 for i, word in enumerate(WORDS)}}
     vocab.update({f"w{i}": i for i in range(len(vocab), 64 - len(SPECIAL))})
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.add_special_tokens(special)
     tokenizer.save(str(path))

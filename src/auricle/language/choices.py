@@ -53,9 +53,11 @@ AUDIO_AFTER_TEXT = True
 PART_SEPARATOR = ""
 
 # --- §3.4.5 Left padding in batched generation ----------------------------------------------------------
-#: Prompts of different lengths are padded on the left and each row's positions count only its own
-#: tokens (0 at its first real token), so a batch gives the same tokens as each prompt alone (tested).
-#: Whether the official Omni thinker (positions from cache_position) does the same for batch > 1 is open.
+#: Prompts of different lengths are padded on the left; the attention mask hides the padding (that is what
+#: makes a batch give the same tokens as each prompt alone, tested), and each row's positions count only
+#: its own tokens (0 at its first real token), so its rotary angles are exactly those it gets alone.
+#: Rotary attention depends only on position differences, so a constant offset (the Omni thinker taking
+#: positions from cache_position) would change results by rounding only; still unconfirmed for batch > 1.
 PADDING_SIDE = "left"
 POSITIONS_FROM_MASK = True
 
