@@ -102,3 +102,19 @@ def test_a_prompt_from_the_tokenizer_runs_through_the_model(tokenizer_file, tmp_
     answer = model.generate([ids], [audio], max_new_tokens=5, stop_ids=tokenizer.stop_ids)[0]
     assert len(answer) <= 5 and not set(answer) & set(tokenizer.stop_ids)
     assert isinstance(tokenizer.decode(answer), str)
+
+
+def test_answer_asks_one_question_about_several_clips(tokenizer_file, tmp_path):
+    pytest.importorskip("transformers", reason="MiDashengLM needs the language extra (transformers)")
+    import torch
+    from language_support import ENCODER_DIM, tiny_tensors, write_checkpoint
+
+    from auricle.language.model import MiDashengLM
+
+    model = MiDashengLM.load(write_checkpoint(tmp_path / "model", tiny_tensors()))
+    tokenizer = prompts.PromptTokenizer.from_file(tokenizer_file, audio_token_id=model.config.audio_token_id)
+    torch.manual_seed(3)
+    clips = [torch.randn(frames, ENCODER_DIM) for frames in (25, 60)]
+    together = model.answer(tokenizer, clips, preset(), max_new_tokens=6)
+    alone = [model.answer(tokenizer, [clip], preset(), max_new_tokens=6)[0] for clip in clips]
+    assert together == alone and all(isinstance(text, str) for text in together)

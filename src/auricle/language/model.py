@@ -25,6 +25,7 @@ from auricle.language.checkpoint import LanguageCheckpoint, build_projector, rea
 from auricle.language.config import LanguageConfig
 from auricle.language.decoder import build_decoder, require_transformers
 from auricle.language.projector import AudioProjector
+from auricle.language.prompts import PromptTokenizer
 
 
 def _cache_keyword(model: nn.Module) -> str:
@@ -46,7 +47,7 @@ class MiDashengLM(nn.Module):
         projector = build_projector(checkpoint)
         decoder = build_decoder(checkpoint.config.decoder, checkpoint.decoder_state,
                                 f"{checkpoint.source} (decoder.*)", attn_implementation)
-        return cls(checkpoint.config, projector, decoder).eval()
+        return cls(checkpoint.config, projector, decoder).eval().requires_grad_(False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, config: str | os.PathLike | None = None,
@@ -122,3 +123,12 @@ class MiDashengLM(nn.Module):
             mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype)], dim=1)
             positions = positions[:, -1:] + 1
         return generated
+
+    def answer(self, tokenizer: PromptTokenizer, encoder_tokens: Sequence[torch.Tensor], question: str,
+               max_new_tokens: int = choices.DEFAULT_MAX_NEW_TOKENS,
+               system: str | None = choices.DEFAULT_SYSTEM_PROMPT) -> list[str]:
+        """One answer to ``question`` per clip, from each clip's encoder tokens (T_i, D), batched greedily."""
+        audio = [self.project(tokens[None])[0] for tokens in encoder_tokens]
+        prompts = [tokenizer.prompt_ids(question, len(clip), system) for clip in audio]
+        generated = self.generate(prompts, audio, max_new_tokens, tokenizer.stop_ids)
+        return [tokenizer.decode(ids) for ids in generated]
