@@ -94,6 +94,13 @@ def test_a_broken_shard_index_is_a_one_line_error(tmp_path):
         read_language_checkpoint(folder)
     _one_line(error, str(index), f"shard {first} is not a file")
 
+    write_sharded(folder, tiny_tensors(), shards=2)
+    del values["weight_map"]["decoder.model.norm.weight"]
+    index.write_text(json.dumps(values))
+    with pytest.raises(CheckpointError) as error:
+        read_language_checkpoint(folder)
+    _one_line(error, "holds decoder.model.norm.weight that the index does not list")
+
     values["weight_map"] = {key: "model-00002-of-00002.safetensors" for key in values["weight_map"]}
     index.write_text(json.dumps(values))
     with pytest.raises(CheckpointError) as error:

@@ -51,6 +51,9 @@ def _read_safetensors(path: Path, keys: list[str] | None = None) -> dict[str, to
             absent = [key for key in wanted if key not in available]
             if absent:
                 raise CheckpointError(f"{path}: lacks {', '.join(absent[:5])} that the index places in it")
+            unlisted = sorted(available - set(wanted))
+            if unlisted:  # strict: nothing in the files is silently left out
+                raise CheckpointError(f"{path}: holds {', '.join(unlisted[:5])} that the index does not list")
             return {key: handle.get_tensor(key) for key in wanted}
     except CheckpointError:
         raise
