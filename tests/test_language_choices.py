@@ -53,8 +53,9 @@ def test_audio_token_count_is_the_processor_formula(seconds, tokens):
     assert choices.MIN_SAMPLES == 3200
 
 
-def test_importing_auricle_and_the_language_modules_does_not_import_transformers():
-    code = ("import sys, auricle, auricle.language.model, auricle.language.prompts, auricle.language.checkpoint; "
+def test_importing_auricle_its_cli_and_the_language_modules_does_not_import_transformers():
+    code = ("import sys, auricle, auricle.cli, auricle.language.model, auricle.language.prompts, "
+            "auricle.language.checkpoint; "
             "print(sorted(m for m in ('transformers', 'tokenizers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
