@@ -192,8 +192,13 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(state_dict, config, layout, str(path), labels, name)
 
 
-def load_state_dict_strict(model: CED, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load every tensor or fail with the list of missing, unexpected and misshapen keys."""
+def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+                           assign: bool = False) -> None:
+    """Load every tensor or fail with the list of missing, unexpected and misshapen keys.
+
+    ``assign`` puts the given tensors themselves into the model (its dtype and storage, e.g. a
+    memory-mapped bf16 file) instead of copying them into the parameters it was built with.
+    """
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -208,7 +213,7 @@ def load_state_dict_strict(model: CED, state_dict: dict[str, torch.Tensor], sour
             problems.append(f"{title}: {', '.join(keys)}")
     if problems:
         raise CheckpointError(f"{source}: does not match the model ({'; '.join(problems)})")
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def build_model(checkpoint: Checkpoint) -> CED:

@@ -1,0 +1,93 @@
+"""Small MiDashengLM checkpoints and tokenizers written by the tests themselves (no downloads).
+
+The checkpoint follows the inferred official layout (audio_encoder.*, audio_projector.net.{0,2}.*,
+decoder.*) with random weights; the tokenizer is a word-level ``tokenizers`` model holding the real
+special tokens, at the ids the tiny config names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+# Sizes of the test model: small enough to build in milliseconds.
+ENCODER_DIM = 8
+AUDIO_TOKEN_ID, AUDIO_BOS_ID, AUDIO_EOS_ID = 61, 62, 63
+TINY_CONFIG = {
+    "audio_encoder": {"embed_dim": ENCODER_DIM, "depth": 1, "num_heads": 2},
+    "subsample_factor": 5,
+    "text": {"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "num_key_value_heads": 1, "intermediate_size": 24, "rope_theta": 1e6,
+             "max_position_embeddings": 256, "rms_norm_eps": 1e-6},
+    "audio_token_id": AUDIO_TOKEN_ID,
+    "audio_bos_token_id": AUDIO_BOS_ID,
+    "audio_eos_token_id": AUDIO_EOS_ID,
+}
+WORDS = ["hello", "what", "is", "this", "sound", "a", "dog", "barks", "write", "an", "audio", "caption",
+         "describing", "the", "user", "assistant", "system"]
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
+
+
+def tiny_tensors(dtype: torch.dtype = torch.float32, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every tensor of a tiny MiDashengLM in the official key layout."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    text = TINY_CONFIG["text"]
+    decoder = Qwen2ForCausalLM(Qwen2Config(**text, tie_word_embeddings=False))
+    tensors = {f"decoder.{key}": value for key, value in decoder.state_dict().items()}
+    hidden = text["hidden_size"]
+    tensors.update({
+        "audio_projector.net.0.weight": torch.randn(hidden, ENCODER_DIM * 5) * 0.2,
+        "audio_projector.net.0.bias": torch.randn(hidden) * 0.1,
+        "audio_projector.net.2.weight": torch.randn(hidden, hidden) * 0.2,
+        "audio_projector.net.2.bias": torch.randn(hidden) * 0.1,
+        "audio_encoder.norm.weight": torch.ones(ENCODER_DIM),
+        "audio_encoder.init_bn.num_batches_tracked": torch.tensor(3),
+    })
+    return {key: (value.to(dtype) if value.is_floating_point() else value).contiguous()
+            for key, value in tensors.items()}
+
+
+def write_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], config: dict | None = None) -> Path:
+    """``folder`` with model.safetensors and config.json."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config or TINY_CONFIG))
+    return folder
+
+
+def write_sharded(folder: Path, tensors: dict[str, torch.Tensor], shards: int = 3,
+                  config: dict | None = None) -> Path:
+    """``folder`` with the tensors spread over ``shards`` files and model.safetensors.index.json."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = sorted(tensors)
+    weight_map = {}
+    for index in range(shards):
+        name = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
+        part = {key: tensors[key] for key in keys[index::shards]}
+        save_file(part, str(folder / name))
+        weight_map.update({key: name for key in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "config.json").write_text(json.dumps(config or TINY_CONFIG))
+    return folder
+
+
+def write_tokenizer(path: Path, special: list[str] = SPECIAL) -> Path:
+    """A word-level tokenizer.json: the words at ids 0..57, then ``special`` in order (audio at 61, 62, 63)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = {"[UNK]": 0, **{word: i + 1 for i, word in enumerate(WORDS)}}
+    vocab.update({f"w{i}": i for i in range(len(vocab), 64 - len(SPECIAL))})
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens(special)
+    tokenizer.save(str(path))
+    return path
