@@ -303,7 +303,10 @@ def test_callable_teacher_is_aligned_by_mid_and_weighted(corpus, tmp_path):
     assert result.exit_code == 0, result.output
     manifest = TargetStore.open(tmp_path / "store").manifest
     assert len(manifest["uncovered_classes"]) == 427 and manifest["teachers"][0]["kind"] == "callable"
+    # verify imports a module:function the store names only when the user names it too.
     result = CliRunner().invoke(cli, ["distill", "verify", str(tmp_path / "store"), "-n", "4"])
+    assert result.exit_code == 1 and f"--teacher {CALLABLE} (if you trust it)" in result.stderr
+    result = CliRunner().invoke(cli, ["distill", "verify", str(tmp_path / "store"), "-n", "4", "--teacher", CALLABLE])
     assert result.exit_code == 0, result.output
 
 
@@ -473,3 +476,67 @@ def test_teachers_in_bf16_and_int8_agree_with_fp32(tiny_checkpoint):
         assert (scores - reference).abs().max() < 0.05, precision
     with pytest.raises(DistillError, match="teacher precision must be one of fp32, bf16, int8"):
         load_teacher(str(tiny_checkpoint), precision="fp16")
+
+
+PLANTED = '''
+from pathlib import Path
+Path(__file__).with_name("PLANTED_RAN").write_text("the manifest's module ran")
+def run(waveforms):
+    raise SystemExit("planted")
+'''
+
+
+def _crafted_store(corpus, tmp_path, identity: dict) -> Path:
+    """A real store whose manifest then names a planted module that sits beside it (importable from the store)."""
+    store_dir = tmp_path / "crafted"
+    result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
+                                      str(corpus["teacher"]), "--out", str(store_dir), "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    (store_dir / "planted_teacher.py").write_text(PLANTED)
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    manifest["teachers"] = [dict({"spec": "planted_teacher:run", "kind": "callable", "weight": 1.0}, **identity)]
+    (store_dir / "manifest.json").write_text(json.dumps(manifest))
+    return store_dir
+
+
+def test_verify_never_imports_a_module_named_by_the_store(corpus, tmp_path, monkeypatch):
+    """`python -m auricle distill verify .` in a crafted store ran the code its manifest named."""
+    from auricle.distill import file_sha256
+
+    store_dir = _crafted_store(corpus, tmp_path, {})
+    marker = store_dir / "PLANTED_RAN"
+    refusal = (f"auricle: error: {Path('.') / 'manifest.json'}: names the teacher planted_teacher:run, code that "
+               "verify imports only when given as --teacher planted_teacher:run (if you trust it)")
+    monkeypatch.chdir(store_dir)
+    monkeypatch.syspath_prepend(str(store_dir))
+    result = CliRunner().invoke(cli, ["distill", "verify", "."])
+    assert result.exit_code == 1 and result.stderr.strip() == refusal and not marker.exists()
+    # As the report had it: a fresh interpreter in the store, whose folder is first on sys.path.
+    completed = subprocess.run([sys.executable, "-m", "auricle", "distill", "verify", "."], cwd=store_dir,
+                               capture_output=True, text=True, env=_env(), timeout=120)
+    assert completed.returncode == 1 and completed.stderr.strip() == refusal and not marker.exists()
+    # Named with --teacher, it still needs the hash the store records, checked before the import ...
+    result = CliRunner().invoke(cli, ["distill", "verify", ".", "--teacher", "planted_teacher:run"])
+    assert result.exit_code == 1 and not marker.exists()
+    assert result.stderr.strip() == ("auricle: error: teacher planted_teacher:run: the store records no "
+                                     "module_sha256, so it cannot be checked; refused")
+    # ... and a hash other than the module's is refused before the import too.
+    manifest = json.loads(Path("manifest.json").read_text())
+    manifest["teachers"][0]["module_sha256"] = "0" * 64
+    Path("manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["distill", "verify", ".", "--teacher", "planted_teacher:run"])
+    assert result.exit_code == 1 and "module_sha256 is now" in result.stderr and not marker.exists()
+    assert file_sha256(store_dir / "planted_teacher.py") in result.stderr
+
+
+def test_verify_refuses_a_checkpoint_teacher_without_its_sha256(corpus, tmp_path):
+    store_dir = tmp_path / "store"
+    result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
+                                      str(corpus["teacher"]), "--out", str(store_dir), "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    del manifest["teachers"][0]["sha256"]
+    (store_dir / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir)])
+    assert result.exit_code == 1 and result.stderr.strip() == (
+        f"auricle: error: teacher {corpus['teacher']}: the store records no sha256, so it cannot be checked; refused")

@@ -239,11 +239,16 @@ def teach_command(shards_dir, teachers, out_dir, epochs, top_k, seed, codec, bat
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--shards", "shards_dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="Where the shard set is now [default: where it was when the targets were made].")
-def verify_command(store, sample, seed, device, threads, as_json, shards_dir) -> None:
+@click.option("--teacher", "callables", multiple=True,
+              help="A module:function teacher the store names that may be imported (repeatable); "
+                   "no other code named by the store is run.")
+def verify_command(store, sample, seed, device, threads, as_json, shards_dir, callables) -> None:
     """Recompute random stored views with the teachers and check the stored top-k.
 
     Exits with status 1 if any view differs by more than one quantisation step, or if
-    the store lacks units (a teacher pass that did not finish).
+    the store lacks units (a teacher pass that did not finish). A module:function
+    teacher is imported only when given again with --teacher (auricle's own YAMNet
+    teacher excepted), and only if its source still has the recorded sha256.
     """
     import torch
 
@@ -252,7 +257,7 @@ def verify_command(store, sample, seed, device, threads, as_json, shards_dir) ->
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        report = verify(store, sample=sample, seed=seed, device=device, shards_dir=shards_dir)
+        report = verify(store, sample=sample, seed=seed, device=device, shards_dir=shards_dir, callables=callables)
     except AuricleError as error:
         fail(str(error), 1)
     if as_json:

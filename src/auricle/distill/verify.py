@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -19,7 +20,7 @@ from auricle.distill import DistillError, file_sha256
 from auricle.distill.augment import ViewRenderer, iter_views
 from auricle.distill.shards import ShardReader, ShardSet
 from auricle.distill.store import TargetStore, code_distance, encode_values, keys_digest
-from auricle.distill.teachers import TeacherEnsemble, TeacherSpec, load_teacher
+from auricle.distill.teachers import OWN_TEACHERS, TeacherEnsemble, TeacherSpec, is_callable_spec, load_teacher
 
 
 @dataclass
@@ -44,18 +45,29 @@ class VerifyReport:
         return dict(asdict(self), ok=self.ok)
 
 
-def load_store_teachers(store: TargetStore, device: str | torch.device = "cpu") -> TeacherEnsemble:
-    """The teachers a store names, refusing any whose weights changed since the teacher pass."""
-    teachers = []
+def screen_store_teachers(store: TargetStore, callables: Iterable[str] = ()) -> list[TeacherSpec]:
+    """The teachers a store names, refusing what verify must not load, before anything is loaded.
+
+    A ``module:function`` is imported only when it is one of auricle's own teachers or is in
+    ``callables`` (what the user named with --teacher): the manifest is data that anyone can write.
+    """
+    allowed = set(OWN_TEACHERS) | {TeacherSpec.parse(text).spec for text in callables}
+    specs = []
     for identity in store.manifest["teachers"]:
-        teacher = load_teacher(TeacherSpec(identity["spec"], float(identity.get("weight", 1.0))), device,
-                               identity.get("precision", "fp32"))
-        for name in ("sha256", "module_sha256"):
-            if identity.get(name) and teacher.identity.get(name) != identity[name]:
-                raise DistillError(f"teacher {identity['spec']}: {name} is now {teacher.identity.get(name)}, "
-                                   f"the store was made with {identity[name]}")
-        teachers.append(teacher)
-    return TeacherEnsemble(teachers)
+        spec = TeacherSpec(str(identity["spec"]), float(identity.get("weight", 1.0)))
+        if is_callable_spec(spec.spec) and spec.spec not in allowed:
+            raise DistillError(f"{store.directory / 'manifest.json'}: names the teacher {spec.spec}, code that "
+                               f"verify imports only when given as --teacher {spec.spec} (if you trust it)")
+        specs.append(spec)
+    return specs
+
+
+def load_store_teachers(store: TargetStore, device: str | torch.device = "cpu",
+                        callables: Iterable[str] = ()) -> TeacherEnsemble:
+    """The teachers a store names, refusing any whose weights (or module) changed since the teacher pass."""
+    specs = screen_store_teachers(store, callables)
+    return TeacherEnsemble([load_teacher(spec, device, identity.get("precision", "fp32"), recorded=identity)
+                            for spec, identity in zip(specs, store.manifest["teachers"])])
 
 
 def verify(
@@ -65,13 +77,17 @@ def verify(
     device: str | torch.device = "cpu",
     ensemble: TeacherEnsemble | None = None,
     shards_dir: str | os.PathLike | None = None,
+    callables: Iterable[str] = (),
 ) -> VerifyReport:
     """Recompute ``sample`` random stored views (drawn with ``seed``) and compare with the store.
 
     ``shards_dir``: where the shard set is now, if it moved since the teacher pass. Units the
-    store lacks are reported in ``missing_units`` and make the report fail.
+    store lacks are reported in ``missing_units`` and make the report fail. ``callables``: the
+    ``module:function`` teachers the user allows to be imported (see :func:`screen_store_teachers`).
     """
     store = TargetStore.open(store_dir)
+    if ensemble is None:
+        screen_store_teachers(store, callables)
     if shards_dir is None and not store.shards_dir.is_dir():
         raise DistillError(f"{store_dir}: its shard set {store.shards_dir} is not there; give its new place with "
                            "--shards")
@@ -82,7 +98,7 @@ def verify(
     if not units:
         raise DistillError(f"{store_dir}: holds no finished targets")
     if ensemble is None:
-        ensemble = load_store_teachers(store, device)
+        ensemble = load_store_teachers(store, device, callables)
     renderer = ViewRenderer(store.augment_config(), store.seed)
     needs_mel = any(teacher.takes_mel for teacher in ensemble.teachers)
 
