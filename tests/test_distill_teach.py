@@ -107,9 +107,9 @@ def test_teach_and_verify_cli(corpus, tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, [*args[:-len(AUGMENT) - 1], "--resume", *AUGMENT])
     assert result.exit_code == 0 and f"0 views in 0 units ({len(store.units())} already done)" in result.stderr
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 1 and "already holds targets" in result.stderr
+    assert result.exit_code == 2 and "already holds targets" in result.stderr
     result = CliRunner().invoke(cli, [*args[:-len(AUGMENT) - 1], "--resume", "--top-k", "4", *AUGMENT])
-    assert result.exit_code == 1 and "other top_k" in result.stderr
+    assert result.exit_code == 2 and "other top_k" in result.stderr
     # The same teachers and shards by other paths (copies, other spellings) are the same run: identity is content.
     import shutil
 
@@ -132,10 +132,10 @@ def test_teach_and_verify_cli(corpus, tmp_path, monkeypatch):
     # Other weights, or another weight in the ensemble, are refused, naming the teacher and what differs.
     make_teacher(copies / "other.safetensors", seed=9)
     result = CliRunner().invoke(cli, [*spelled[:5], "other.safetensors", *spelled[6:]])
-    assert result.exit_code == 1 and result.stderr.strip() == (
+    assert result.exit_code == 2 and result.stderr.strip() == (
         f"auricle: error: {store_dir}: was made with other teachers (teacher 1: sha256); cannot resume it with these")
     result = CliRunner().invoke(cli, [*spelled[:7], spelled[7].replace("@3", "@2"), *spelled[8:]])
-    assert result.exit_code == 1 and "other teachers (teacher 2: weight);" in result.stderr
+    assert result.exit_code == 2 and "other teachers (teacher 2: weight);" in result.stderr
 
 
 def test_verify_refuses_a_changed_teacher(corpus, tmp_path):
@@ -174,7 +174,7 @@ def test_verify_fails_a_store_with_missing_units_and_finds_moved_shards(corpus, 
     # The shard set moved: the store says where it looked, and --shards points to it.
     shards.rename(tmp_path / "moved")
     result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "2"])
-    assert result.exit_code == 1 and "is not there; give its new place with --shards" in result.stderr
+    assert result.exit_code == 2 and "is not there; give its new place with --shards" in result.stderr
     result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "2", "--shards",
                                       str(tmp_path / "moved"), "--json"])
     assert json.loads(result.stdout)["passed"] == 2 and json.loads(result.stdout)["missing_units"]
@@ -297,7 +297,7 @@ def test_callable_teacher_is_aligned_by_mid_and_weighted(corpus, tmp_path):
     # Through the CLI: a callable scores waveforms, so log-mel masks are refused ...
     base = ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher", CALLABLE, "--top-k", "5"]
     result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "masked")])
-    assert result.exit_code == 1 and "cannot be masked on the log-mel" in result.stderr
+    assert result.exit_code == 2 and "cannot be masked on the log-mel" in result.stderr
     # ... and without masks it works, with uncovered classes recorded.
     result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "store"), *NO_MASKS, "--gain-db", "3"])
     assert result.exit_code == 0, result.output
@@ -305,7 +305,7 @@ def test_callable_teacher_is_aligned_by_mid_and_weighted(corpus, tmp_path):
     assert len(manifest["uncovered_classes"]) == 427 and manifest["teachers"][0]["kind"] == "callable"
     # verify imports a module:function the store names only when the user names it too.
     result = CliRunner().invoke(cli, ["distill", "verify", str(tmp_path / "store"), "-n", "4"])
-    assert result.exit_code == 1 and f"--teacher {CALLABLE} (if you trust it)" in result.stderr
+    assert result.exit_code == 2 and f"--teacher {CALLABLE} (if you trust it)" in result.stderr
     result = CliRunner().invoke(cli, ["distill", "verify", str(tmp_path / "store"), "-n", "4", "--teacher", CALLABLE])
     assert result.exit_code == 0, result.output
 
@@ -331,7 +331,7 @@ def test_teacher_spec_errors(corpus, tmp_path):
     assert result.exit_code == 2 and "missing.pt" in result.stderr  # bad input, as for `auricle tag`
     result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
                                       str(corpus["teacher"]), "--top-k", "600", "--out", str(tmp_path / "k")])
-    assert result.exit_code != 0 and not (tmp_path / "k").exists()
+    assert result.exit_code == 2 and not (tmp_path / "k").exists()
     assert "--top-k 600: the teachers score 527 classes; give at most 527" in result.stderr
 
 
@@ -460,7 +460,7 @@ def test_teach_in_bf16_records_it_verifies_in_it_and_resumes_only_in_it(corpus, 
     errors = [np.abs(fp32[u].probabilities[:, 0] - bf16[u].probabilities[:, 0]).max() for u in fp32]
     assert top1 >= 0.5 and max(errors) < 0.05
     result = CliRunner().invoke(cli, [*base, "--out", str(stores["bf16"]), "--resume"])
-    assert result.exit_code == 1 and "other teachers (teacher 1: precision)" in result.stderr
+    assert result.exit_code == 2 and "other teachers (teacher 1: precision)" in result.stderr
 
 
 def test_teachers_in_bf16_and_int8_agree_with_fp32(tiny_checkpoint):
@@ -510,14 +510,14 @@ def test_verify_never_imports_a_module_named_by_the_store(corpus, tmp_path, monk
     monkeypatch.chdir(store_dir)
     monkeypatch.syspath_prepend(str(store_dir))
     result = CliRunner().invoke(cli, ["distill", "verify", "."])
-    assert result.exit_code == 1 and result.stderr.strip() == refusal and not marker.exists()
+    assert result.exit_code == 2 and result.stderr.strip() == refusal and not marker.exists()
     # As the report had it: a fresh interpreter in the store, whose folder is first on sys.path.
     completed = subprocess.run([sys.executable, "-m", "auricle", "distill", "verify", "."], cwd=store_dir,
                                capture_output=True, text=True, env=_env(), timeout=120)
-    assert completed.returncode == 1 and completed.stderr.strip() == refusal and not marker.exists()
+    assert completed.returncode == 2 and completed.stderr.strip() == refusal and not marker.exists()
     # Named with --teacher, it still needs the hash the store records, checked before the import ...
     result = CliRunner().invoke(cli, ["distill", "verify", ".", "--teacher", "planted_teacher:run"])
-    assert result.exit_code == 1 and not marker.exists()
+    assert result.exit_code == 2 and not marker.exists()
     assert result.stderr.strip() == ("auricle: error: teacher planted_teacher:run: the store records no "
                                      "module_sha256, so it cannot be checked; refused")
     # ... and a hash other than the module's is refused before the import too.
@@ -538,5 +538,5 @@ def test_verify_refuses_a_checkpoint_teacher_without_its_sha256(corpus, tmp_path
     del manifest["teachers"][0]["sha256"]
     (store_dir / "manifest.json").write_text(json.dumps(manifest))
     result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir)])
-    assert result.exit_code == 1 and result.stderr.strip() == (
+    assert result.exit_code == 2 and result.stderr.strip() == (
         f"auricle: error: teacher {corpus['teacher']}: the store records no sha256, so it cannot be checked; refused")

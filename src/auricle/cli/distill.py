@@ -15,6 +15,7 @@ import sys
 import click
 
 from auricle.cli.common import fail, writable
+from auricle.distill import DistillUsageError
 from auricle.errors import AuricleError, CheckpointError
 
 # Subcommands in other modules: name -> "module:attribute"; listed only when importable.
@@ -112,6 +113,8 @@ def shards_command(sources, out_dir, files_from, chunk_seconds, min_seconds, chu
 
     try:
         report = write_shards(files, out_dir, config, resume=resume, progress=show, on_failure=tell)
+    except DistillUsageError as error:  # refused before any work: a usage error, as in every command
+        fail(str(error))
     except AuricleError as error:
         fail(str(error), 1)
     for failure in report.failures[:len(report.failures) - len(told)]:  # those of the run this one resumed
@@ -201,7 +204,7 @@ def teach_command(shards_dir, teachers, out_dir, epochs, top_k, seed, codec, bat
     try:
         report = teach(shards_dir, out_dir, specs, config, resume=resume, device=device, progress=show,
                        on_failure=lambda line: click.echo(f"auricle: error: {line}", err=True), precision=precision)
-    except CheckpointError as error:  # a teacher that cannot be loaded: bad input, as for `auricle tag`
+    except (CheckpointError, DistillUsageError) as error:  # bad input or options, as for `auricle tag`
         fail(str(error))
     except AuricleError as error:
         fail(str(error), 1)
@@ -258,6 +261,8 @@ def verify_command(store, sample, seed, device, threads, as_json, shards_dir, ca
         torch.set_num_threads(threads)
     try:
         report = verify(store, sample=sample, seed=seed, device=device, shards_dir=shards_dir, callables=callables)
+    except DistillUsageError as error:
+        fail(str(error))
     except AuricleError as error:
         fail(str(error), 1)
     if as_json:

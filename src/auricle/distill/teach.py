@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from auricle.devices import torch_device
-from auricle.distill import DistillError
+from auricle.distill import DistillError, DistillUsageError
 from auricle.distill.augment import AugmentConfig, View, ViewRenderer, iter_views
 from auricle.distill.shards import MANIFEST as SHARDS_MANIFEST
 from auricle.distill.shards import ShardReader, ShardSet
@@ -168,12 +168,12 @@ def _prepare_store(store_dir: Path, wanted: dict, resume: bool, rank: int) -> Ta
     if rank == 0 and not resume:
         if not store.done_units():  # an earlier run failed before its first unit: nothing to keep
             return TargetStore.create(store_dir, wanted)
-        raise DistillError(f"{store_dir}: already holds targets; use --resume to continue it or choose another --out")
+        raise DistillUsageError(f"{store_dir}: already holds targets; use --resume to continue it or choose another --out")
     different = _differences(store.manifest, wanted)
     if different and rank == 0 and not store.done_units():  # nothing computed with the old settings to lose
         return TargetStore.create(store_dir, wanted)
     if different:
-        raise DistillError(f"{store_dir}: was made with other {', '.join(different)}; cannot resume it with these")
+        raise DistillUsageError(f"{store_dir}: was made with other {', '.join(different)}; cannot resume it with these")
     if rank == 0:
         atomic.remove_leftovers(store_dir / "targets")
     return store
@@ -285,10 +285,10 @@ def teach(
         ensemble = load_ensemble(teachers, device, precision)
     if config.augment.masks_mel and not ensemble.takes_mel:
         names = ", ".join(t.spec.spec for t in ensemble.teachers if not t.takes_mel)
-        raise DistillError(f"teacher {names} scores waveforms, so views cannot be masked on the log-mel; "
+        raise DistillUsageError(f"teacher {names} scores waveforms, so views cannot be masked on the log-mel; "
                            "pass --time-mask 0 --freq-mask 0 (in Python, AugmentConfig(time_mask=0, freq_mask=0))")
     if config.top_k > ensemble.num_classes:  # the store and its figures would claim more columns than it has
-        raise DistillError(f"--top-k {config.top_k}: the teachers score {ensemble.num_classes} classes; "
+        raise DistillUsageError(f"--top-k {config.top_k}: the teachers score {ensemble.num_classes} classes; "
                            f"give at most {ensemble.num_classes}")
     wanted = build_manifest(shards, ensemble, config)
     runtime = _Distributed(device)
@@ -298,10 +298,10 @@ def teach(
             try:
                 store = _prepare_store(store_dir, wanted, resume, 0)
             except DistillError as error:
-                problem = str(error)
+                problem = (str(error), isinstance(error, DistillUsageError))
         problem = runtime.share(problem)
         if problem is not None:
-            raise DistillError(problem)
+            raise (DistillUsageError if problem[1] else DistillError)(problem[0])
         if store is None:
             store = _prepare_store(store_dir, wanted, resume, runtime.rank)
 

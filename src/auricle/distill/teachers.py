@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from auricle.devices import torch_device
-from auricle.distill import DistillError, file_sha256
+from auricle.distill import DistillError, DistillUsageError, file_sha256
 from auricle.errors import AuricleError
 from auricle.labels import LabelSet, audioset_labels
 from auricle.models.ced import CED
@@ -273,7 +273,7 @@ def load_teacher(spec: TeacherSpec | str, device: str | torch.device = "cpu", pr
         return _load_callable(spec, device) if callable_spec else _load_auricle(spec, device, precision)
     required = "module_sha256" if callable_spec else "sha256"
     if not recorded.get(required):
-        raise DistillError(f"teacher {spec.spec}: the store records no {required}, so it cannot be checked; "
+        raise DistillUsageError(f"teacher {spec.spec}: the store records no {required}, so it cannot be checked; "
                            "refused")
     if callable_spec:
         teacher = _load_callable(spec, device, recorded[required])

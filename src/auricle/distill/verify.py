@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from auricle.distill import DistillError, file_sha256
+from auricle.distill import DistillError, DistillUsageError, file_sha256
 from auricle.distill.augment import ViewRenderer, iter_views
 from auricle.distill.shards import ShardReader, ShardSet
 from auricle.distill.store import TargetStore, code_distance, encode_values, keys_digest
@@ -56,7 +56,7 @@ def screen_store_teachers(store: TargetStore, callables: Iterable[str] = ()) -> 
     for identity in store.manifest["teachers"]:
         spec = TeacherSpec(str(identity["spec"]), float(identity.get("weight", 1.0)))
         if is_callable_spec(spec.spec) and spec.spec not in allowed:
-            raise DistillError(f"{store.directory / 'manifest.json'}: names the teacher {spec.spec}, code that "
+            raise DistillUsageError(f"{store.directory / 'manifest.json'}: names the teacher {spec.spec}, code that "
                                f"verify imports only when given as --teacher {spec.spec} (if you trust it)")
         specs.append(spec)
     return specs
@@ -89,7 +89,7 @@ def verify(
     if ensemble is None:
         screen_store_teachers(store, callables)
     if shards_dir is None and not store.shards_dir.is_dir():
-        raise DistillError(f"{store_dir}: its shard set {store.shards_dir} is not there; give its new place with "
+        raise DistillUsageError(f"{store_dir}: its shard set {store.shards_dir} is not there; give its new place with "
                            "--shards")
     shards = ShardSet.open(shards_dir if shards_dir is not None else store.shards_dir)
     if file_sha256(shards.directory / "manifest.json") != store.manifest["shards"]["manifest_sha256"]:
