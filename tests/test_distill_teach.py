@@ -540,3 +540,32 @@ def test_verify_refuses_a_checkpoint_teacher_without_its_sha256(corpus, tmp_path
     result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir)])
     assert result.exit_code == 2 and result.stderr.strip() == (
         f"auricle: error: teacher {corpus['teacher']}: the store records no sha256, so it cannot be checked; refused")
+
+
+def test_resume_redoes_a_truncated_unit_and_verify_names_every_unreadable_one(corpus, tmp_path):
+    """A unit file cut short counted as done, --resume never repaired it, and verify stopped at the first."""
+    store_dir = tmp_path / "store"
+    args = ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher", str(corpus["teacher"]),
+            "--top-k", "3", "--epochs", "2", "--out", str(store_dir)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    store = TargetStore.open(store_dir)
+    before = _units(store_dir)
+    cut = store.units()[:2]
+    for unit in cut:
+        path = store.unit_path(*unit)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "2"])
+    assert result.exit_code == 1, result.output
+    for unit in cut:
+        assert f"auricle: error: {store.unit_path(*unit)}: unreadable targets" in result.stderr
+    result = CliRunner().invoke(cli, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(cut) * 2} views in {len(cut)} units ({len(store.units()) - len(cut)} already done)" in result.stderr
+    assert result.stderr.count("; done again") == len(cut)
+    after = _units(store_dir)
+    for unit in before:
+        assert np.array_equal(before[unit].codes, after[unit].codes) and np.array_equal(
+            before[unit].indices, after[unit].indices), unit
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "2"])
+    assert result.exit_code == 0, result.output

@@ -208,6 +208,8 @@ def teach_command(shards_dir, teachers, out_dir, epochs, top_k, seed, codec, bat
         fail(str(error))
     except AuricleError as error:
         fail(str(error), 1)
+    for problem in report.redone:
+        click.echo(f"auricle: warning: {problem}; done again", err=True)
     if report.rank != 0:
         click.echo(f"rank {report.rank} of {report.world_size}: {count_noun(report.views_written, 'view')} in "
                    f"{count_noun(report.units_written, 'unit')} ({report.units_skipped} already done)", err=True)

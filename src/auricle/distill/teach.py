@@ -82,6 +82,8 @@ class TeachReport:
     complete: bool
     #: Units of this rank that could not be scored ("shard epoch N: reason"); --resume tries them again.
     failures: list[str] = field(default_factory=list)
+    #: Units of this rank whose file was there but unreadable (cut short, corrupt), so they were done again.
+    redone: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -307,7 +309,10 @@ def teach(
 
         units = store.units()
         mine = units[runtime.rank :: runtime.world]
-        todo = [unit for unit in mine if not store.has_unit(*unit)]
+        # A unit's file that cannot be read (a copy cut short, a disk error) is no finished unit: do it again.
+        damaged = {unit: problem for unit in mine if store.has_unit(*unit)
+                   for problem in [store.unit_problem(*unit)] if problem}
+        todo = [unit for unit in mine if unit in damaged or not store.has_unit(*unit)]
         renderer = ViewRenderer(config.augment, config.seed)
         bar = tqdm(total=sum(store.manifest["shards"]["chunks"][s] for s, _ in todo), unit="view",
                    disable=not (progress and runtime.rank == 0), file=sys.stderr,
@@ -341,6 +346,7 @@ def teach(
         report = _report(store, shards, config, runtime, units, len(mine) - len(todo), len(todo) - len(failures),
                          views, elapsed, complete)
         report.failures = failures
+        report.redone = list(damaged.values())
         return report
     finally:
         runtime.close()

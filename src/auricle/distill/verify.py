@@ -90,13 +90,29 @@ def verify(
         screen_store_teachers(store, callables)
     if shards_dir is None and not store.shards_dir.is_dir():
         raise DistillUsageError(f"{store_dir}: its shard set {store.shards_dir} is not there; give its new place with "
-                           "--shards")
+                                "--shards")
     shards = ShardSet.open(shards_dir if shards_dir is not None else store.shards_dir)
     if file_sha256(shards.directory / "manifest.json") != store.manifest["shards"]["manifest_sha256"]:
         raise DistillError(f"{store_dir}: its targets were computed on another version of {shards.directory}")
-    units = store.done_units()
-    if not units:
+    report = VerifyReport(str(store_dir), 0, 0, 0.0, 0, 0)
+    done = store.done_units()
+    if not done:
         raise DistillError(f"{store_dir}: holds no finished targets")
+    report.missing_units = [f"{shard} epoch {epoch}" for shard, epoch in store.units() if (shard, epoch) not in done]
+    # What training would refuse or silently use, every unit (they are small), each named: unreadable units,
+    # and units swapped or renamed. Views are then drawn from the units that can be read.
+    units = []
+    for shard, epoch in done:
+        problem = store.unit_problem(shard, epoch)
+        if problem is None and not np.array_equal(store.read_unit(shard, epoch).keys_sha256,
+                                                  keys_digest(shards.keys(shard))):
+            problem = f"{store.unit_path(shard, epoch)}: rows do not follow the keys of {shard}"
+        if problem is None:
+            units.append((shard, epoch))
+        else:
+            report.damaged.append(problem)
+    if not units:
+        return report
     if ensemble is None:
         ensemble = load_store_teachers(store, device, callables)
     renderer = ViewRenderer(store.augment_config(), store.seed)
@@ -111,13 +127,7 @@ def verify(
         number = int(np.searchsorted(ends, position, side="right"))
         by_unit[units[number]].append(position - (int(ends[number - 1]) if number else 0))
 
-    report = VerifyReport(str(store_dir), 0, 0, 0.0, 0, 0)
-    report.missing_units = [f"{shard} epoch {epoch}" for shard, epoch in store.units() if (shard, epoch) not in units]
-    # What training would refuse or silently use: units swapped or renamed (every unit: they are small), and
-    # shards whose audio changed since the teacher pass (only those sampled: hashing reads all their audio).
-    for shard, epoch in units:
-        if not np.array_equal(store.read_unit(shard, epoch).keys_sha256, keys_digest(shards.keys(shard))):
-            report.damaged.append(f"{store.unit_path(shard, epoch)}: rows do not follow the keys of {shard}")
+    # Shards whose audio changed since the teacher pass: only those sampled (hashing reads all their audio).
     for shard in shards.check(sorted({shard for shard, _ in by_unit})):
         report.damaged.append(f"{shards.directory / shard}: its bytes changed since the teacher pass "
                               "(the manifest's sha256 differs)")
