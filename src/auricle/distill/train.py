@@ -140,6 +140,8 @@ class TrainResult:
     final_checkpoint: Path | None
     averaged_steps: list[int] = field(default_factory=list)
     final_scores: dict[str, float] = field(default_factory=dict)
+    #: Whether this process is the main one (rank 0): under torchrun only it reports, as only it writes.
+    main: bool = True
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -693,7 +695,7 @@ class Trainer:
                 save_state(self.out / "state", self.step, self._state(), config.keep_states)
                 self.best.tidy()
             dist.barrier()
-        result = TrainResult(self.out, self.step, self.total_steps, finished, None)
+        result = TrainResult(self.out, self.step, self.total_steps, finished, None, main=self.dist.main)
         if finished:
             self._finish(logs, result)
         logs.close()
