@@ -252,7 +252,7 @@ def test_a_teach_that_failed_before_its_first_unit_leaves_nothing_in_the_way(cor
     failed = CliRunner().invoke(cli, [*base, "--teacher", "distill_helpers:misshapen_teacher"])
     assert failed.exit_code != 0 and "shape" in failed.stderr
     # Every unit fails alike, so it stops after three instead of reporting each unit of the corpus.
-    assert "the first 3 units all failed; the first:" in failed.stderr
+    assert "the first 3 units of the job all failed; the first here:" in failed.stderr
     # Neither a plain rerun ("already holds targets") nor a resume ("other teachers") is refused now.
     fixed = CliRunner().invoke(cli, [*base, "--teacher", CALLABLE])
     assert fixed.exit_code == 0, fixed.output
@@ -400,6 +400,16 @@ def test_teach_under_torchrun_with_two_ranks(corpus, tmp_path):
     single = CliRunner().invoke(cli, ["distill", "teach", *args, "--out", str(tmp_path / "one")])
     assert single.exit_code == 0, single.output
     _same_store(tmp_path / "one", tmp_path / "two")
+
+
+def test_under_torchrun_the_job_stops_when_its_first_units_all_fail(corpus, tmp_path):
+    """The rule counted per rank: with three units over two ranks (two and one) no rank reached three."""
+    args = ["--shards", str(corpus["shards"]), "--teacher", "distill_helpers:misshapen_teacher", "--top-k", "3",
+            "--threads", "1", "--out", str(tmp_path / "store"), *NO_MASKS]
+    result = torchrun(["--standalone", "--nproc_per_node", "2", "-m", "auricle", "distill", "teach", *args],
+                      tmp_path / "logs", _env(), timeout=300)
+    assert result.returncode == 1, failure_report(result, tmp_path / "logs")
+    assert result.stderr.count("the first 3 units of the job all failed") == 2, result.stderr
 
 
 def test_codecs_round_trip_within_their_step():

@@ -32,6 +32,8 @@ from auricle.distill.teachers import TeacherEnsemble, TeacherSpec, load_ensemble
 from auricle.errors import AuricleError
 from auricle.io import atomic
 
+#: The job stops when this many units failed (over all ranks) before any succeeded.
+FAILED_UNITS_TO_STOP = 3
 # Views of other lengths waiting for a full batch, in batches, before all are scored.
 _MAX_WAITING = 8
 # Manifest fields that must agree for --resume (and for verify to trust the teachers).
@@ -188,6 +190,7 @@ class _Distributed:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.created = False
+        self.device = device
         if self.world > 1:
             import torch.distributed as dist
 
@@ -206,6 +209,16 @@ class _Distributed:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def total(self, *counts: int) -> list[int]:
+        """Each count summed over the ranks (every rank must call this as often)."""
+        if self.world == 1:
+            return list(counts)
+        import torch.distributed as dist
+
+        tensor = torch.tensor(counts, dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(tensor)
+        return [int(count) for count in tensor.tolist()]
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -318,25 +331,38 @@ def teach(
                    disable=not (progress and runtime.rank == 0), file=sys.stderr,
                    desc=f"teacher pass ({len(todo)} units)")
         started = time.perf_counter()
-        views = 0
+        views = written = 0
         failures: list[str] = []
-        for shard, epoch in todo:
-            keys = shards.keys(shard)
-            try:
-                with ShardReader(shards.directory / shard) as reader:
-                    if reader.keys != keys:
-                        raise DistillError(f"{reader.path}: members do not match {shards.directory / 'index.csv'}")
-                    indices, values = _score_unit(reader, keys, epoch, renderer, ensemble, config)
-            except AuricleError as error:  # a damaged shard: the other units still get done
-                failures.append(f"{shard} epoch {epoch}: {error}")
-                if views == 0 and len(failures) >= 3:  # not one bad shard but the teachers or the set: stop
-                    raise DistillError(f"the first {len(failures)} units all failed; the first: {failures[0]}") from None
-                if on_failure is not None:
-                    on_failure(failures[-1])
-                continue
-            store.write_unit(shard, epoch, keys, indices, values)
-            views += len(keys)
-            bar.update(len(keys))
+        queue = list(todo)
+        # The job (all ranks together) stops when its first units all fail: not one bad shard but the teachers
+        # or the set. Until a unit succeeds somewhere, the ranks add up their counts after each unit, in step.
+        undecided = True
+        while queue or undecided:
+            failure = None
+            if queue:
+                shard, epoch = queue.pop(0)
+                keys = shards.keys(shard)
+                try:
+                    with ShardReader(shards.directory / shard) as reader:
+                        if reader.keys != keys:
+                            raise DistillError(f"{reader.path}: members do not match {shards.directory / 'index.csv'}")
+                        indices, values = _score_unit(reader, keys, epoch, renderer, ensemble, config)
+                except AuricleError as error:  # a damaged shard: the other units still get done
+                    failure = f"{shard} epoch {epoch}: {error}"
+                    failures.append(failure)
+                else:
+                    store.write_unit(shard, epoch, keys, indices, values)
+                    views += len(keys)
+                    written += 1
+                    bar.update(len(keys))
+            if undecided:
+                failed, succeeded, left = runtime.total(len(failures), written, len(queue))
+                if succeeded == 0 and failed >= FAILED_UNITS_TO_STOP:
+                    first = f"; the first here: {failures[0]}" if failures else ""
+                    raise DistillError(f"the first {failed} units of the job all failed{first}") from None
+                undecided = succeeded == 0 and left > 0
+            if failure is not None and on_failure is not None:
+                on_failure(failure)
         bar.close()
         elapsed = time.perf_counter() - started
         runtime.barrier()
