@@ -410,6 +410,14 @@ def test_under_torchrun_the_job_stops_when_its_first_units_all_fail(corpus, tmp_
                       tmp_path / "logs", _env(), timeout=300)
     assert result.returncode == 1, failure_report(result, tmp_path / "logs")
     assert result.stderr.count("the first 3 units of the job all failed") == 2, result.stderr
+    # Rank 0's first three units fail while rank 1's succeed: not a broken teacher for the job, so both go on.
+    args = [*args[:3], "distill_helpers:rank0_broken_teacher", *args[4:-len(NO_MASKS) - 2], "--epochs", "2",
+            "--out", str(tmp_path / "half"), *NO_MASKS]
+    result = torchrun(["--standalone", "--nproc_per_node", "2", "-m", "auricle", "distill", "teach", *args],
+                      tmp_path / "logs2", _env(), timeout=300)
+    assert result.returncode == 1, failure_report(result, tmp_path / "logs2")
+    assert "all failed" not in result.stderr and "rank 1 of 2: " in result.stderr
+    assert "auricle: 3 units failed" in result.stderr and result.stderr.count("broken on rank 0") == 3
 
 
 def test_codecs_round_trip_within_their_step():
