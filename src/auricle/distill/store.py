@@ -160,10 +160,11 @@ class TargetStore:
     def has_unit(self, shard: str, epoch: int) -> bool:
         return self.unit_path(shard, epoch).exists()
 
-    def unit_problem(self, shard: str, epoch: int) -> str | None:
+    def unit_problem(self, shard: str, epoch: int, keys: list[str] | None = None) -> str | None:
         """Why a unit's file cannot be used (unreadable, cut short, another row count), or None.
 
         Reads the whole unit (they are small): a file that exists is not yet a finished unit.
+        ``keys``: the shard's keys, which its rows must follow (a unit swapped or renamed).
         """
         try:
             unit = self.read_unit(shard, epoch)
@@ -172,6 +173,8 @@ class TargetStore:
         expected = self.manifest["shards"]["chunks"].get(shard)
         if expected is not None and len(unit.indices) != expected:
             return f"{self.unit_path(shard, epoch)}: {len(unit.indices)} rows where {shard} has {expected} chunks"
+        if keys is not None and not np.array_equal(unit.keys_sha256, keys_digest(keys)):
+            return f"{self.unit_path(shard, epoch)}: rows do not follow the keys of {shard}"
         return None
 
     def done_units(self) -> list[tuple[str, int]]:

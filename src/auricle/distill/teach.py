@@ -301,10 +301,10 @@ def teach(
     if config.augment.masks_mel and not ensemble.takes_mel:
         names = ", ".join(t.spec.spec for t in ensemble.teachers if not t.takes_mel)
         raise DistillUsageError(f"teacher {names} scores waveforms, so views cannot be masked on the log-mel; "
-                           "pass --time-mask 0 --freq-mask 0 (in Python, AugmentConfig(time_mask=0, freq_mask=0))")
+                                "pass --time-mask 0 --freq-mask 0 (in Python, AugmentConfig(time_mask=0, freq_mask=0))")
     if config.top_k > ensemble.num_classes:  # the store and its figures would claim more columns than it has
         raise DistillUsageError(f"--top-k {config.top_k}: the teachers score {ensemble.num_classes} classes; "
-                           f"give at most {ensemble.num_classes}")
+                                f"give at most {ensemble.num_classes}")
     wanted = build_manifest(shards, ensemble, config)
     runtime = _Distributed(device)
     try:

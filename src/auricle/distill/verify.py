@@ -19,7 +19,7 @@ import torch
 from auricle.distill import DistillError, DistillUsageError, file_sha256
 from auricle.distill.augment import ViewRenderer, iter_views
 from auricle.distill.shards import ShardReader, ShardSet
-from auricle.distill.store import TargetStore, code_distance, encode_values, keys_digest
+from auricle.distill.store import TargetStore, code_distance, encode_values
 from auricle.distill.teachers import OWN_TEACHERS, TeacherEnsemble, TeacherSpec, is_callable_spec, load_teacher
 
 
@@ -57,7 +57,7 @@ def screen_store_teachers(store: TargetStore, callables: Iterable[str] = ()) -> 
         spec = TeacherSpec(str(identity["spec"]), float(identity.get("weight", 1.0)))
         if is_callable_spec(spec.spec) and spec.spec not in allowed:
             raise DistillUsageError(f"{store.directory / 'manifest.json'}: names the teacher {spec.spec}, code that "
-                               f"verify imports only when given as --teacher {spec.spec} (if you trust it)")
+                                    f"verify imports only when given as --teacher {spec.spec} (if you trust it)")
         specs.append(spec)
     return specs
 
@@ -86,6 +86,7 @@ def verify(
     ``module:function`` teachers the user allows to be imported (see :func:`screen_store_teachers`).
     """
     store = TargetStore.open(store_dir)
+    callables = tuple(callables)
     if ensemble is None:
         screen_store_teachers(store, callables)
     if shards_dir is None and not store.shards_dir.is_dir():
@@ -103,10 +104,7 @@ def verify(
     # and units swapped or renamed. Views are then drawn from the units that can be read.
     units = []
     for shard, epoch in done:
-        problem = store.unit_problem(shard, epoch)
-        if problem is None and not np.array_equal(store.read_unit(shard, epoch).keys_sha256,
-                                                  keys_digest(shards.keys(shard))):
-            problem = f"{store.unit_path(shard, epoch)}: rows do not follow the keys of {shard}"
+        problem = store.unit_problem(shard, epoch, shards.keys(shard))
         if problem is None:
             units.append((shard, epoch))
         else:
