@@ -66,3 +66,15 @@ def misshapen_teacher(waveforms: torch.Tensor) -> torch.Tensor:
 
 
 misshapen_teacher.mids = _subset_mids()
+
+
+def rank0_broken_teacher(waveforms: torch.Tensor) -> torch.Tensor:
+    """Fails on torchrun's rank 0 only: the job's other units succeed."""
+    import os
+
+    if os.environ.get("RANK") == "0":
+        raise RuntimeError("broken on rank 0")
+    return waveform_teacher(waveforms)
+
+
+rank0_broken_teacher.mids = _subset_mids()

@@ -152,4 +152,4 @@ def test_shards_cli_reads_a_file_list_and_resumes_a_finished_set(audio_dir, tmp_
     result = CliRunner().invoke(cli, [*args, "--resume"])
     assert result.exit_code == 0 and "5 chunks" in result.stderr
     result = CliRunner().invoke(cli, [*args[:-1], "3", "--resume"])
-    assert result.exit_code == 1 and "other sources or options" in result.stderr
+    assert result.exit_code == 2 and "other sources or options" in result.stderr  # usage, as in every command

@@ -107,9 +107,9 @@ def test_teach_and_verify_cli(corpus, tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, [*args[:-len(AUGMENT) - 1], "--resume", *AUGMENT])
     assert result.exit_code == 0 and f"0 views in 0 units ({len(store.units())} already done)" in result.stderr
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 1 and "already holds targets" in result.stderr
+    assert result.exit_code == 2 and "already holds targets" in result.stderr
     result = CliRunner().invoke(cli, [*args[:-len(AUGMENT) - 1], "--resume", "--top-k", "4", *AUGMENT])
-    assert result.exit_code == 1 and "other top_k" in result.stderr
+    assert result.exit_code == 2 and "other top_k" in result.stderr
     # The same teachers and shards by other paths (copies, other spellings) are the same run: identity is content.
     import shutil
 
@@ -132,10 +132,10 @@ def test_teach_and_verify_cli(corpus, tmp_path, monkeypatch):
     # Other weights, or another weight in the ensemble, are refused, naming the teacher and what differs.
     make_teacher(copies / "other.safetensors", seed=9)
     result = CliRunner().invoke(cli, [*spelled[:5], "other.safetensors", *spelled[6:]])
-    assert result.exit_code == 1 and result.stderr.strip() == (
+    assert result.exit_code == 2 and result.stderr.strip() == (
         f"auricle: error: {store_dir}: was made with other teachers (teacher 1: sha256); cannot resume it with these")
     result = CliRunner().invoke(cli, [*spelled[:7], spelled[7].replace("@3", "@2"), *spelled[8:]])
-    assert result.exit_code == 1 and "other teachers (teacher 2: weight);" in result.stderr
+    assert result.exit_code == 2 and "other teachers (teacher 2: weight);" in result.stderr
 
 
 def test_verify_refuses_a_changed_teacher(corpus, tmp_path):
@@ -174,7 +174,7 @@ def test_verify_fails_a_store_with_missing_units_and_finds_moved_shards(corpus, 
     # The shard set moved: the store says where it looked, and --shards points to it.
     shards.rename(tmp_path / "moved")
     result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "2"])
-    assert result.exit_code == 1 and "is not there; give its new place with --shards" in result.stderr
+    assert result.exit_code == 2 and "is not there; give its new place with --shards" in result.stderr
     result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "2", "--shards",
                                       str(tmp_path / "moved"), "--json"])
     assert json.loads(result.stdout)["passed"] == 2 and json.loads(result.stdout)["missing_units"]
@@ -252,7 +252,7 @@ def test_a_teach_that_failed_before_its_first_unit_leaves_nothing_in_the_way(cor
     failed = CliRunner().invoke(cli, [*base, "--teacher", "distill_helpers:misshapen_teacher"])
     assert failed.exit_code != 0 and "shape" in failed.stderr
     # Every unit fails alike, so it stops after three instead of reporting each unit of the corpus.
-    assert "the first 3 units all failed; the first:" in failed.stderr
+    assert "the first 3 units of the job all failed; the first here:" in failed.stderr
     # Neither a plain rerun ("already holds targets") nor a resume ("other teachers") is refused now.
     fixed = CliRunner().invoke(cli, [*base, "--teacher", CALLABLE])
     assert fixed.exit_code == 0, fixed.output
@@ -297,13 +297,16 @@ def test_callable_teacher_is_aligned_by_mid_and_weighted(corpus, tmp_path):
     # Through the CLI: a callable scores waveforms, so log-mel masks are refused ...
     base = ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher", CALLABLE, "--top-k", "5"]
     result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "masked")])
-    assert result.exit_code == 1 and "cannot be masked on the log-mel" in result.stderr
+    assert result.exit_code == 2 and "cannot be masked on the log-mel" in result.stderr
     # ... and without masks it works, with uncovered classes recorded.
     result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "store"), *NO_MASKS, "--gain-db", "3"])
     assert result.exit_code == 0, result.output
     manifest = TargetStore.open(tmp_path / "store").manifest
     assert len(manifest["uncovered_classes"]) == 427 and manifest["teachers"][0]["kind"] == "callable"
+    # verify imports a module:function the store names only when the user names it too.
     result = CliRunner().invoke(cli, ["distill", "verify", str(tmp_path / "store"), "-n", "4"])
+    assert result.exit_code == 2 and f"--teacher {CALLABLE} (if you trust it)" in result.stderr
+    result = CliRunner().invoke(cli, ["distill", "verify", str(tmp_path / "store"), "-n", "4", "--teacher", CALLABLE])
     assert result.exit_code == 0, result.output
 
 
@@ -328,7 +331,7 @@ def test_teacher_spec_errors(corpus, tmp_path):
     assert result.exit_code == 2 and "missing.pt" in result.stderr  # bad input, as for `auricle tag`
     result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
                                       str(corpus["teacher"]), "--top-k", "600", "--out", str(tmp_path / "k")])
-    assert result.exit_code != 0 and not (tmp_path / "k").exists()
+    assert result.exit_code == 2 and not (tmp_path / "k").exists()
     assert "--top-k 600: the teachers score 527 classes; give at most 527" in result.stderr
 
 
@@ -399,6 +402,24 @@ def test_teach_under_torchrun_with_two_ranks(corpus, tmp_path):
     _same_store(tmp_path / "one", tmp_path / "two")
 
 
+def test_under_torchrun_the_job_stops_when_its_first_units_all_fail(corpus, tmp_path):
+    """The rule counted per rank: with three units over two ranks (two and one) no rank reached three."""
+    args = ["--shards", str(corpus["shards"]), "--teacher", "distill_helpers:misshapen_teacher", "--top-k", "3",
+            "--threads", "1", "--out", str(tmp_path / "store"), *NO_MASKS]
+    result = torchrun(["--standalone", "--nproc_per_node", "2", "-m", "auricle", "distill", "teach", *args],
+                      tmp_path / "logs", _env(), timeout=300)
+    assert result.returncode == 1, failure_report(result, tmp_path / "logs")
+    assert result.stderr.count("the first 3 units of the job all failed") == 2, result.stderr
+    # Rank 0's first three units fail while rank 1's succeed: not a broken teacher for the job, so both go on.
+    args = [*args[:3], "distill_helpers:rank0_broken_teacher", *args[4:-len(NO_MASKS) - 2], "--epochs", "2",
+            "--out", str(tmp_path / "half"), *NO_MASKS]
+    result = torchrun(["--standalone", "--nproc_per_node", "2", "-m", "auricle", "distill", "teach", *args],
+                      tmp_path / "logs2", _env(), timeout=300)
+    assert result.returncode == 1, failure_report(result, tmp_path / "logs2")
+    assert "all failed" not in result.stderr and "rank 1 of 2: " in result.stderr
+    assert "auricle: 3 units failed" in result.stderr and result.stderr.count("broken on rank 0") == 3
+
+
 def test_codecs_round_trip_within_their_step():
     p = np.concatenate([np.linspace(0, 1, 1001), [1e-5, 3e-4, 0.0123]]).astype(np.float32)
     for codec, bound in (("sqrt-u8", lambda q: np.sqrt(q) / 255 + 1 / 260100 + 1e-7), ("u16", lambda q: 7.7e-6),
@@ -457,7 +478,7 @@ def test_teach_in_bf16_records_it_verifies_in_it_and_resumes_only_in_it(corpus, 
     errors = [np.abs(fp32[u].probabilities[:, 0] - bf16[u].probabilities[:, 0]).max() for u in fp32]
     assert top1 >= 0.5 and max(errors) < 0.05
     result = CliRunner().invoke(cli, [*base, "--out", str(stores["bf16"]), "--resume"])
-    assert result.exit_code == 1 and "other teachers (teacher 1: precision)" in result.stderr
+    assert result.exit_code == 2 and "other teachers (teacher 1: precision)" in result.stderr
 
 
 def test_teachers_in_bf16_and_int8_agree_with_fp32(tiny_checkpoint):
@@ -473,3 +494,96 @@ def test_teachers_in_bf16_and_int8_agree_with_fp32(tiny_checkpoint):
         assert (scores - reference).abs().max() < 0.05, precision
     with pytest.raises(DistillError, match="teacher precision must be one of fp32, bf16, int8"):
         load_teacher(str(tiny_checkpoint), precision="fp16")
+
+
+PLANTED = '''
+from pathlib import Path
+Path(__file__).with_name("PLANTED_RAN").write_text("the manifest's module ran")
+def run(waveforms):
+    raise SystemExit("planted")
+'''
+
+
+def _crafted_store(corpus, tmp_path, identity: dict) -> Path:
+    """A real store whose manifest then names a planted module that sits beside it (importable from the store)."""
+    store_dir = tmp_path / "crafted"
+    result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
+                                      str(corpus["teacher"]), "--out", str(store_dir), "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    (store_dir / "planted_teacher.py").write_text(PLANTED)
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    manifest["teachers"] = [dict({"spec": "planted_teacher:run", "kind": "callable", "weight": 1.0}, **identity)]
+    (store_dir / "manifest.json").write_text(json.dumps(manifest))
+    return store_dir
+
+
+def test_verify_never_imports_a_module_named_by_the_store(corpus, tmp_path, monkeypatch):
+    """`python -m auricle distill verify .` in a crafted store ran the code its manifest named."""
+    from auricle.distill import file_sha256
+
+    store_dir = _crafted_store(corpus, tmp_path, {})
+    marker = store_dir / "PLANTED_RAN"
+    refusal = (f"auricle: error: {Path('.') / 'manifest.json'}: names the teacher planted_teacher:run, code that "
+               "verify imports only when given as --teacher planted_teacher:run (if you trust it)")
+    monkeypatch.chdir(store_dir)
+    monkeypatch.syspath_prepend(str(store_dir))
+    result = CliRunner().invoke(cli, ["distill", "verify", "."])
+    assert result.exit_code == 2 and result.stderr.strip() == refusal and not marker.exists()
+    # As the report had it: a fresh interpreter in the store, whose folder is first on sys.path.
+    completed = subprocess.run([sys.executable, "-m", "auricle", "distill", "verify", "."], cwd=store_dir,
+                               capture_output=True, text=True, env=_env(), timeout=120)
+    assert completed.returncode == 2 and completed.stderr.strip() == refusal and not marker.exists()
+    # Named with --teacher, it still needs the hash the store records, checked before the import ...
+    result = CliRunner().invoke(cli, ["distill", "verify", ".", "--teacher", "planted_teacher:run"])
+    assert result.exit_code == 2 and not marker.exists()
+    assert result.stderr.strip() == ("auricle: error: teacher planted_teacher:run: the store records no "
+                                     "module_sha256, so it cannot be checked; refused")
+    # ... and a hash other than the module's is refused before the import too.
+    manifest = json.loads(Path("manifest.json").read_text())
+    manifest["teachers"][0]["module_sha256"] = "0" * 64
+    Path("manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["distill", "verify", ".", "--teacher", "planted_teacher:run"])
+    assert result.exit_code == 1 and "module_sha256 is now" in result.stderr and not marker.exists()
+    assert file_sha256(store_dir / "planted_teacher.py") in result.stderr
+
+
+def test_verify_refuses_a_checkpoint_teacher_without_its_sha256(corpus, tmp_path):
+    store_dir = tmp_path / "store"
+    result = CliRunner().invoke(cli, ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher",
+                                      str(corpus["teacher"]), "--out", str(store_dir), "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    del manifest["teachers"][0]["sha256"]
+    (store_dir / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir)])
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        f"auricle: error: teacher {corpus['teacher']}: the store records no sha256, so it cannot be checked; refused")
+
+
+def test_resume_redoes_a_truncated_unit_and_verify_names_every_unreadable_one(corpus, tmp_path):
+    """A unit file cut short counted as done, --resume never repaired it, and verify stopped at the first."""
+    store_dir = tmp_path / "store"
+    args = ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher", str(corpus["teacher"]),
+            "--top-k", "3", "--epochs", "2", "--out", str(store_dir)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    store = TargetStore.open(store_dir)
+    before = _units(store_dir)
+    cut = store.units()[:2]
+    for unit in cut:
+        path = store.unit_path(*unit)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "2"])
+    assert result.exit_code == 1, result.output
+    for unit in cut:
+        assert f"auricle: error: {store.unit_path(*unit)}: unreadable targets" in result.stderr
+    result = CliRunner().invoke(cli, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(cut) * 2} views in {len(cut)} units ({len(store.units()) - len(cut)} already done)" in result.stderr
+    assert result.stderr.count("; done again") == len(cut)
+    after = _units(store_dir)
+    for unit in before:
+        assert np.array_equal(before[unit].codes, after[unit].codes) and np.array_equal(
+            before[unit].indices, after[unit].indices), unit
+    result = CliRunner().invoke(cli, ["distill", "verify", str(store_dir), "--sample", "2"])
+    assert result.exit_code == 0, result.output

@@ -67,6 +67,11 @@ class FakeViews:
     def mel(self, waveforms, params):
         return ViewRenderer(self.augment, self.seed).mel(waveforms, params)
 
+    def partner(self, shard, key, epoch, seed, index=None):
+        from auricle.distill.augment import mixup_partner
+
+        return mixup_partner(key, epoch, seed, self.augment, list(self._audio[shard]), index)[0]
+
 
 @pytest.fixture()
 def student_config(tmp_path) -> Path:
@@ -296,3 +301,27 @@ def test_a_student_config_with_a_typo_is_refused(tmp_path, values, message):
     with pytest.raises(TrainingError, match=message) as error:
         build_student(str(path), 527)
     assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("inconsistent", [False, True])
+def test_no_training_view_mixes_in_a_held_out_chunk(tmp_path, student_config, inconsistent):
+    """Held-out chunks were mixup partners of training views: the student heard what it was checked on."""
+    from auricle.distill.train import Trainer
+
+    views = FakeViews()
+    views.augment = AugmentConfig(shift=0.2, mixup_prob=1.0)  # every view mixes with a chunk of its shard
+    config = _config(tmp_path, student_config, holdout_fraction=0.3, holdout_max=8, inconsistent=inconsistent)
+    trainer = Trainer(config, views)
+    held = {key for keys in trainer.holdout.values() for key in keys}
+    assert held
+    trained = 0
+    for epoch in range(config.epochs):
+        for batch in trainer._batches(epoch, 0):
+            for params in batch.params:
+                assert params.partner is not None and params.partner not in held, (epoch, params)
+                trained += 1
+    assert trained > 0
+    # Only chunks of the shards with held-out chunks were left out, and the others of those shards still train.
+    left_out = {key for shard in views.shard_names for key in views.keys(shard)} - held - {
+        key for keys in trainer.train_keys.values() for key in keys}
+    assert left_out and all(any(key.startswith(shard[:-4]) for shard in trainer.holdout) for key in left_out)

@@ -187,8 +187,12 @@ def test_two_processes_under_torchrun(distill_data, tmp_path):
     arguments = ["--standalone", "--nproc-per-node", "2", "-m", "auricle",
                  *_train_args(distill_data, out, "--epochs", "1", "--batch-size", "2")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    completed = torchrun(arguments, tmp_path / "logs", env, timeout=120)
+    # Stopped early, the job says so once (both ranks did).
+    completed = torchrun([*arguments, "--stop-after-steps", "1"], tmp_path / "logs", env, timeout=120)
     assert completed.returncode == 0, failure_report(completed, tmp_path / "logs")
+    assert completed.stderr.count("stopped after step 1 of") == 1, completed.stderr
+    completed = torchrun([*arguments, "--resume"], tmp_path / "logs2", env, timeout=120)
+    assert completed.returncode == 0, failure_report(completed, tmp_path / "logs2")
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2
     assert (out / "student.safetensors").is_file()

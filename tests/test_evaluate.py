@@ -291,3 +291,48 @@ def test_a_broken_file_is_reported_and_the_rest_scored(two_class_checkpoint, rec
     assert "broken.wav" in result.output
     report = json.loads(result.output[result.output.index("{"): result.output.rindex("}") + 1])
     assert report["files"] == 4 and report["failures"][0]["file"].endswith("broken.wav")
+
+
+def _aligned(table: str) -> None:
+    """Every class row of the table is as wide as its header (short names shifted the header)."""
+    lines = table.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("class"))
+    rows = lines[lines.index(header) + 1:lines.index(header) + 3]
+    assert rows and all(len(row) == len(header) for row in rows), table
+    assert all(row.index(row.split()[1]) + len(row.split()[1]) == header.index(header.split()[1]) + len(
+        header.split()[1]) for row in rows), table
+
+
+def test_tables_align_with_class_names_shorter_than_the_header(two_class_checkpoint, recordings, tmp_path):
+    (tmp_path / "ref.csv").write_text("file,onset,offset,label\na.wav,1.0,3.0,Dog\na.wav,2.5,4.5,Cat\n")
+    (tmp_path / "pred.jsonl").write_text(json.dumps(hand_prediction("a.wav")) + "\n")
+    result = run("evaluate", tmp_path / "ref.csv", "--events", "--predictions", tmp_path / "pred.jsonl", "--no-psds")
+    assert result.exit_code == 0, result.output
+    _aligned(result.stdout)
+    result = run("evaluate", recordings / "labels.csv", "--checkpoint", two_class_checkpoint, "--threads", "1")
+    assert result.exit_code == 0, result.output
+    _aligned(result.stdout)
+
+
+def test_zero_length_events_are_refused_and_repeated_events_counted_once(tmp_path):
+    (tmp_path / "pred.jsonl").write_text(json.dumps(hand_prediction("a.wav")) + "\n")
+    (tmp_path / "zero.csv").write_text("file,onset,offset,label\na.wav,1.0,3.0,Dog\na.wav,2.0,2.0,Cat\n")
+    result = run("evaluate", tmp_path / "zero.csv", "--events", "--predictions", tmp_path / "pred.jsonl")
+    assert result.exit_code == 2 and result.stderr == (
+        f"auricle: error: {tmp_path / 'zero.csv'}: line 3: zero-length event (a.wav, Cat at 2 s); "
+        "offset must be after onset\n")
+    # Listed twice, an event was two reference events, one of them always missed.
+    events = "a.wav,1.0,3.0,Dog\na.wav,5.0,6.0,Dog\na.wav,2.5,4.5,Cat\n"
+    (tmp_path / "once.csv").write_text("file,onset,offset,label\n" + events)
+    (tmp_path / "twice.csv").write_text("file,onset,offset,label\n" + events + "a.wav,1.0,3.0,Dog\na.wav,1.0,3.0,Dog\n")
+    reports = {}
+    for name in ("once", "twice"):
+        result = run("evaluate", tmp_path / f"{name}.csv", "--events", "--predictions", tmp_path / "pred.jsonl",
+                     "--no-psds", "--json", tmp_path / f"{name}.json")
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        reports[name].pop("labels", None)
+    assert result.stderr == (f"auricle: warning: {tmp_path / 'twice.csv'}: 2 events listed twice, counted once "
+                             "(the first: line 5 repeats line 2)\n")
+    assert reports["twice"]["event_based"] == reports["once"]["event_based"]
+    assert reports["twice"]["classes"] == reports["once"]["classes"]

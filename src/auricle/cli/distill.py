@@ -15,6 +15,7 @@ import sys
 import click
 
 from auricle.cli.common import fail, writable
+from auricle.distill import DistillUsageError
 from auricle.errors import AuricleError, CheckpointError
 
 # Subcommands in other modules: name -> "module:attribute"; listed only when importable.
@@ -112,6 +113,8 @@ def shards_command(sources, out_dir, files_from, chunk_seconds, min_seconds, chu
 
     try:
         report = write_shards(files, out_dir, config, resume=resume, progress=show, on_failure=tell)
+    except DistillUsageError as error:  # refused before any work: a usage error, as in every command
+        fail(str(error))
     except AuricleError as error:
         fail(str(error), 1)
     for failure in report.failures[:len(report.failures) - len(told)]:  # those of the run this one resumed
@@ -201,10 +204,12 @@ def teach_command(shards_dir, teachers, out_dir, epochs, top_k, seed, codec, bat
     try:
         report = teach(shards_dir, out_dir, specs, config, resume=resume, device=device, progress=show,
                        on_failure=lambda line: click.echo(f"auricle: error: {line}", err=True), precision=precision)
-    except CheckpointError as error:  # a teacher that cannot be loaded: bad input, as for `auricle tag`
+    except (CheckpointError, DistillUsageError) as error:  # bad input or options, as for `auricle tag`
         fail(str(error))
     except AuricleError as error:
         fail(str(error), 1)
+    for problem in report.redone:
+        click.echo(f"auricle: warning: {problem}; done again", err=True)
     if report.rank != 0:
         click.echo(f"rank {report.rank} of {report.world_size}: {count_noun(report.views_written, 'view')} in "
                    f"{count_noun(report.units_written, 'unit')} ({report.units_skipped} already done)", err=True)
@@ -239,11 +244,16 @@ def teach_command(shards_dir, teachers, out_dir, epochs, top_k, seed, codec, bat
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--shards", "shards_dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="Where the shard set is now [default: where it was when the targets were made].")
-def verify_command(store, sample, seed, device, threads, as_json, shards_dir) -> None:
+@click.option("--teacher", "callables", multiple=True,
+              help="A module:function teacher the store names that may be imported (repeatable); "
+                   "no other code named by the store is run.")
+def verify_command(store, sample, seed, device, threads, as_json, shards_dir, callables) -> None:
     """Recompute random stored views with the teachers and check the stored top-k.
 
     Exits with status 1 if any view differs by more than one quantisation step, or if
-    the store lacks units (a teacher pass that did not finish).
+    the store lacks units (a teacher pass that did not finish). A module:function
+    teacher is imported only when given again with --teacher (auricle's own YAMNet
+    teacher excepted), and only if its source still has the recorded sha256.
     """
     import torch
 
@@ -252,7 +262,9 @@ def verify_command(store, sample, seed, device, threads, as_json, shards_dir) ->
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        report = verify(store, sample=sample, seed=seed, device=device, shards_dir=shards_dir)
+        report = verify(store, sample=sample, seed=seed, device=device, shards_dir=shards_dir, callables=callables)
+    except DistillUsageError as error:
+        fail(str(error))
     except AuricleError as error:
         fail(str(error), 1)
     if as_json:

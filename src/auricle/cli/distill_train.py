@@ -99,5 +99,5 @@ def train_command(threads, quiet, **options):
                    f"{scores or 'no evaluation'})")
         if result.averaged_steps:
             click.echo(f"averaged the weights of steps {json.dumps(result.averaged_steps)}")
-    elif not result.finished:
+    elif not result.finished and result.main:  # once, not once per process under torchrun
         click.echo(f"stopped after step {result.steps} of {result.total_steps}; continue with --resume", err=True)

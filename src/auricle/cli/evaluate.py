@@ -71,7 +71,8 @@ def evaluate_command(labels, events, predictions, model_name, checkpoint, device
     try:
         event_options = EventOptions(median_filter, min_duration, min_gap)
         if events:
-            reference, files, classes = ev.read_strong_labels(labels, audio_dir)
+            reference, files, classes = ev.read_strong_labels(
+                labels, audio_dir, warn=lambda line: click.echo(f"auricle: warning: {line}", err=True))
         else:
             from auricle.io.datasets import read_dataset
 
@@ -165,15 +166,15 @@ def _format(value) -> str:
 def _table(report) -> str:
     data = report.to_dict()
     lines = [f"{data['model']}: {data['files']} files"]
+    # The column is as wide as its header at least: names shorter than "class" shifted the header.
+    width = max([len("class"), *(len(c["label"]) for c in data["classes"])])
     if data["task"] == "tagging":
-        width = max((len(c["label"]) for c in data["classes"]), default=5)
         lines.append(f"  {'class':<{width}}  {'pos':>5}  {'AP':>6}  {'AUC':>6}  {'dprime':>6}")
         for c in data["classes"]:
             lines.append(f"  {c['label']:<{width}}  {c['positives']:>5}  {_format(c['average_precision']):>6}  "
                          f"{_format(c['auc']):>6}  {_format(c['d_prime']):>6}")
         lines.append(f"  mAP {_format(data['mAP'])}   mean AUC {_format(data['mean_auc'])}   d' {_format(data['d_prime'])}")
         return "\n".join(lines)
-    width = max((len(c["label"]) for c in data["classes"]), default=5)
     lines.append(f"  {'class':<{width}}  {'ref':>4}  {'pred':>4}  {'seg F1':>6}  {'ev F1':>6}  {'ev P':>6}  {'ev R':>6}")
     for c in data["classes"]:
         lines.append(f"  {c['label']:<{width}}  {c['reference_events']:>4}  {c['predicted_events']:>4}  "

@@ -19,7 +19,11 @@ class DistillError(AuricleError):
     """A shard set, target store, teacher or distillation option cannot be used."""
 
 
-__all__ = ["DistillError", "write_json_atomic", "read_manifest", "file_sha256"]
+class DistillUsageError(DistillError):
+    """Options or inputs refused before any work starts; the CLI exits 2 for these, as every command does."""
+
+
+__all__ = ["DistillError", "DistillUsageError", "write_json_atomic", "read_manifest", "file_sha256"]
 
 
 def write_json_atomic(path, payload: dict) -> None:

@@ -160,6 +160,25 @@ def _masks(stream: _Stream, count: int, max_width: int, size: int) -> tuple[tupl
     return tuple(masks)
 
 
+def mixup_partner(key: str, epoch: int, seed: int, config: AugmentConfig, partner_keys: Sequence[str],
+                  index: int | None = None) -> tuple[str | None, "_Stream | None"]:
+    """The chunk view (seed, epoch, key) mixes with (None: none), and the stream its weight comes from next.
+
+    ``index``: the position of ``key`` in ``partner_keys`` when the caller knows it (then no search; the
+    trainer asks this for every chunk of a shard).
+    """
+    if config.mixup_prob <= 0:
+        return None, None
+    if index is None:
+        index = next((number for number, other in enumerate(partner_keys) if other == key), None)
+    count = len(partner_keys) - (index is not None)  # the chunk itself is never its own partner
+    stream = _Stream(seed, epoch, key, "mixup")
+    if not count or stream.uniform() >= config.mixup_prob:
+        return None, stream
+    chosen = stream.below(count)
+    return partner_keys[chosen + (index is not None and chosen >= index)], stream
+
+
 def draw_params(
     key: str,
     epoch: int,
@@ -185,13 +204,10 @@ def draw_params(
         decibels = (2.0 * _Stream(seed, epoch, key, "gain").uniform() - 1.0) * config.gain_db
         gain = _grid(10.0 ** (decibels / 20.0), _GAIN_GRID)
 
-    partner, lam = None, 1.0
-    if config.mixup_prob > 0:
-        others = [other for other in partner_keys if other != key]
-        stream = _Stream(seed, epoch, key, "mixup")
-        if others and stream.uniform() < config.mixup_prob:
-            partner = others[stream.below(len(others))]
-            lam = _grid(stream.beta(config.mixup_alpha), _LAM_GRID)
+    lam = 1.0
+    partner, stream = mixup_partner(key, epoch, seed, config, partner_keys)
+    if partner is not None:
+        lam = _grid(stream.beta(config.mixup_alpha), _LAM_GRID)
 
     frames = num_frames(max(num_samples, MIN_SAMPLES))
     time_masks = _masks(_Stream(seed, epoch, key, "time_mask"), config.time_masks, config.time_mask, frames)

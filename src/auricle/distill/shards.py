@@ -35,7 +35,7 @@ import numpy as np
 import soundfile
 
 from auricle.audio import SAMPLE_RATE, iter_blocks
-from auricle.distill import DistillError, file_sha256, read_manifest, write_json_atomic
+from auricle.distill import DistillError, DistillUsageError, file_sha256, read_manifest, write_json_atomic
 from auricle.errors import AuricleError
 from auricle.io import atomic
 
@@ -223,7 +223,7 @@ def write_shards(
     out.mkdir(parents=True, exist_ok=True)
     sources = list(sources)
     if len({os.path.abspath(source) for source in sources}) != len(sources):
-        raise DistillError("a source is listed twice; its chunks would get the same keys")
+        raise DistillUsageError("a source is listed twice; its chunks would get the same keys")
     digest = _sources_digest(sources)
     manifest_path = out / MANIFEST
     report = ShardReport(out_dir=str(out), sources=len(sources))
@@ -241,10 +241,10 @@ def write_shards(
     }
     if manifest_path.exists():
         if not resume:
-            raise DistillError(f"{out}: already holds a shard set; use --resume to continue it or choose another --out")
+            raise DistillUsageError(f"{out}: already holds a shard set; use --resume to continue it or choose another --out")
         previous = _read_manifest(out)
         if previous.get("config") != config.to_dict() or previous.get("sources_sha256") != digest:
-            raise DistillError(f"{out}: was made from other sources or options; cannot resume it with these")
+            raise DistillUsageError(f"{out}: was made from other sources or options; cannot resume it with these")
         state = previous
         report.resumed = True
         for entry in state["shards"]:

@@ -26,6 +26,7 @@ import hashlib
 import io
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,23 @@ class TargetStore:
     def has_unit(self, shard: str, epoch: int) -> bool:
         return self.unit_path(shard, epoch).exists()
 
+    def unit_problem(self, shard: str, epoch: int, keys: list[str] | None = None) -> str | None:
+        """Why a unit's file cannot be used (unreadable, cut short, another row count), or None.
+
+        Reads the whole unit (they are small): a file that exists is not yet a finished unit.
+        ``keys``: the shard's keys, which its rows must follow (a unit swapped or renamed).
+        """
+        try:
+            unit = self.read_unit(shard, epoch)
+        except DistillError as error:
+            return str(error)
+        expected = self.manifest["shards"]["chunks"].get(shard)
+        if expected is not None and len(unit.indices) != expected:
+            return f"{self.unit_path(shard, epoch)}: {len(unit.indices)} rows where {shard} has {expected} chunks"
+        if keys is not None and not np.array_equal(unit.keys_sha256, keys_digest(keys)):
+            return f"{self.unit_path(shard, epoch)}: rows do not follow the keys of {shard}"
+        return None
+
     def done_units(self) -> list[tuple[str, int]]:
         return [unit for unit in self.units() if self.has_unit(*unit)]
 
@@ -186,8 +204,8 @@ class TargetStore:
                                    data["keys_sha256"])
         except FileNotFoundError:
             raise DistillError(f"{path}: no targets for {shard} epoch {epoch} (teacher pass not finished?)") from None
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-            raise DistillError(f"{path}: unreadable targets ({error})") from None
+        except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as error:
+            raise DistillError(f"{path}: unreadable targets ({error or type(error).__name__})") from None
 
     def targets(self, shard: str, epoch: int, keys: list[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """key -> (indices int64 (K,), probabilities float32 (K,)) of one unit.

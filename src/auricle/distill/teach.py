@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from auricle.devices import torch_device
-from auricle.distill import DistillError
+from auricle.distill import DistillError, DistillUsageError
 from auricle.distill.augment import AugmentConfig, View, ViewRenderer, iter_views
 from auricle.distill.shards import MANIFEST as SHARDS_MANIFEST
 from auricle.distill.shards import ShardReader, ShardSet
@@ -32,6 +32,8 @@ from auricle.distill.teachers import TeacherEnsemble, TeacherSpec, load_ensemble
 from auricle.errors import AuricleError
 from auricle.io import atomic
 
+#: The job stops when this many units failed (over all ranks) before any succeeded.
+FAILED_UNITS_TO_STOP = 3
 # Views of other lengths waiting for a full batch, in batches, before all are scored.
 _MAX_WAITING = 8
 # Manifest fields that must agree for --resume (and for verify to trust the teachers).
@@ -82,6 +84,8 @@ class TeachReport:
     complete: bool
     #: Units of this rank that could not be scored ("shard epoch N: reason"); --resume tries them again.
     failures: list[str] = field(default_factory=list)
+    #: Units of this rank whose file was there but unreadable (cut short, corrupt), so they were done again.
+    redone: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,12 +172,12 @@ def _prepare_store(store_dir: Path, wanted: dict, resume: bool, rank: int) -> Ta
     if rank == 0 and not resume:
         if not store.done_units():  # an earlier run failed before its first unit: nothing to keep
             return TargetStore.create(store_dir, wanted)
-        raise DistillError(f"{store_dir}: already holds targets; use --resume to continue it or choose another --out")
+        raise DistillUsageError(f"{store_dir}: already holds targets; use --resume to continue it or choose another --out")
     different = _differences(store.manifest, wanted)
     if different and rank == 0 and not store.done_units():  # nothing computed with the old settings to lose
         return TargetStore.create(store_dir, wanted)
     if different:
-        raise DistillError(f"{store_dir}: was made with other {', '.join(different)}; cannot resume it with these")
+        raise DistillUsageError(f"{store_dir}: was made with other {', '.join(different)}; cannot resume it with these")
     if rank == 0:
         atomic.remove_leftovers(store_dir / "targets")
     return store
@@ -186,6 +190,7 @@ class _Distributed:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.created = False
+        self.device = device
         if self.world > 1:
             import torch.distributed as dist
 
@@ -204,6 +209,16 @@ class _Distributed:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def total(self, *counts: int) -> list[int]:
+        """Each count summed over the ranks (every rank must call this as often)."""
+        if self.world == 1:
+            return list(counts)
+        import torch.distributed as dist
+
+        tensor = torch.tensor(counts, dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(tensor)
+        return [int(count) for count in tensor.tolist()]
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -285,11 +300,11 @@ def teach(
         ensemble = load_ensemble(teachers, device, precision)
     if config.augment.masks_mel and not ensemble.takes_mel:
         names = ", ".join(t.spec.spec for t in ensemble.teachers if not t.takes_mel)
-        raise DistillError(f"teacher {names} scores waveforms, so views cannot be masked on the log-mel; "
-                           "pass --time-mask 0 --freq-mask 0 (in Python, AugmentConfig(time_mask=0, freq_mask=0))")
+        raise DistillUsageError(f"teacher {names} scores waveforms, so views cannot be masked on the log-mel; "
+                                "pass --time-mask 0 --freq-mask 0 (in Python, AugmentConfig(time_mask=0, freq_mask=0))")
     if config.top_k > ensemble.num_classes:  # the store and its figures would claim more columns than it has
-        raise DistillError(f"--top-k {config.top_k}: the teachers score {ensemble.num_classes} classes; "
-                           f"give at most {ensemble.num_classes}")
+        raise DistillUsageError(f"--top-k {config.top_k}: the teachers score {ensemble.num_classes} classes; "
+                                f"give at most {ensemble.num_classes}")
     wanted = build_manifest(shards, ensemble, config)
     runtime = _Distributed(device)
     try:
@@ -298,40 +313,56 @@ def teach(
             try:
                 store = _prepare_store(store_dir, wanted, resume, 0)
             except DistillError as error:
-                problem = str(error)
+                problem = (str(error), isinstance(error, DistillUsageError))
         problem = runtime.share(problem)
         if problem is not None:
-            raise DistillError(problem)
+            raise (DistillUsageError if problem[1] else DistillError)(problem[0])
         if store is None:
             store = _prepare_store(store_dir, wanted, resume, runtime.rank)
 
         units = store.units()
         mine = units[runtime.rank :: runtime.world]
-        todo = [unit for unit in mine if not store.has_unit(*unit)]
+        # A unit's file that cannot be read (a copy cut short, a disk error) is no finished unit: do it again.
+        damaged = {unit: problem for unit in mine if store.has_unit(*unit)
+                   for problem in [store.unit_problem(*unit)] if problem}
+        todo = [unit for unit in mine if unit in damaged or not store.has_unit(*unit)]
         renderer = ViewRenderer(config.augment, config.seed)
         bar = tqdm(total=sum(store.manifest["shards"]["chunks"][s] for s, _ in todo), unit="view",
                    disable=not (progress and runtime.rank == 0), file=sys.stderr,
                    desc=f"teacher pass ({len(todo)} units)")
         started = time.perf_counter()
-        views = 0
+        views = written = 0
         failures: list[str] = []
-        for shard, epoch in todo:
-            keys = shards.keys(shard)
-            try:
-                with ShardReader(shards.directory / shard) as reader:
-                    if reader.keys != keys:
-                        raise DistillError(f"{reader.path}: members do not match {shards.directory / 'index.csv'}")
-                    indices, values = _score_unit(reader, keys, epoch, renderer, ensemble, config)
-            except AuricleError as error:  # a damaged shard: the other units still get done
-                failures.append(f"{shard} epoch {epoch}: {error}")
-                if views == 0 and len(failures) >= 3:  # not one bad shard but the teachers or the set: stop
-                    raise DistillError(f"the first {len(failures)} units all failed; the first: {failures[0]}") from None
-                if on_failure is not None:
-                    on_failure(failures[-1])
-                continue
-            store.write_unit(shard, epoch, keys, indices, values)
-            views += len(keys)
-            bar.update(len(keys))
+        queue = list(todo)
+        # The job (all ranks together) stops when its first units all fail: not one bad shard but the teachers
+        # or the set. Until a unit succeeds somewhere, the ranks add up their counts after each unit, in step.
+        undecided = True
+        while queue or undecided:
+            failure = None
+            if queue:
+                shard, epoch = queue.pop(0)
+                keys = shards.keys(shard)
+                try:
+                    with ShardReader(shards.directory / shard) as reader:
+                        if reader.keys != keys:
+                            raise DistillError(f"{reader.path}: members do not match {shards.directory / 'index.csv'}")
+                        indices, values = _score_unit(reader, keys, epoch, renderer, ensemble, config)
+                except AuricleError as error:  # a damaged shard: the other units still get done
+                    failure = f"{shard} epoch {epoch}: {error}"
+                    failures.append(failure)
+                else:
+                    store.write_unit(shard, epoch, keys, indices, values)
+                    views += len(keys)
+                    written += 1
+                    bar.update(len(keys))
+            if undecided:
+                failed, succeeded, left = runtime.total(len(failures), written, len(queue))
+                if succeeded == 0 and failed >= FAILED_UNITS_TO_STOP:
+                    first = f"; the first here: {failures[0]}" if failures else ""
+                    raise DistillError(f"the first {failed} units of the job all failed{first}") from None
+                undecided = succeeded == 0 and left > 0
+            if failure is not None and on_failure is not None:
+                on_failure(failure)
         bar.close()
         elapsed = time.perf_counter() - started
         runtime.barrier()
@@ -341,6 +372,7 @@ def teach(
         report = _report(store, shards, config, runtime, units, len(mine) - len(todo), len(todo) - len(failures),
                          views, elapsed, complete)
         report.failures = failures
+        report.redone = list(damaged.values())
         return report
     finally:
         runtime.close()

@@ -27,8 +27,9 @@ compute in whatever precision they choose.
 
 from __future__ import annotations
 
-import math
 import importlib
+import importlib.util
+import math
 import inspect
 import os
 import re
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 from auricle.devices import torch_device
-from auricle.distill import DistillError, file_sha256
+from auricle.distill import DistillError, DistillUsageError, file_sha256
 from auricle.errors import AuricleError
 from auricle.labels import LabelSet, audioset_labels
 from auricle.models.ced import CED
@@ -48,6 +49,10 @@ from auricle.models.ced import CED
 #: What CED teachers can run in (the torch engine's precisions).
 TEACHER_PRECISIONS = ("fp32", "bf16", "int8")
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: auricle's own callable teachers: ``distill verify`` imports these when a store names them. Any other
+#: ``module:function`` in a store's manifest is imported only when the user names it again with --teacher:
+#: the manifest is data, and importing what data names runs whatever the store's sender planted.
+OWN_TEACHERS = frozenset({"auricle.distill.yamnet:yamnet"})
 _WEIGHT = re.compile(r"^(?P<spec>.+)@(?P<weight>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)$")
 
 
@@ -153,24 +158,38 @@ def _looks_like_a_file(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.endswith((".pt", ".pth", ".ckpt", ".safetensors", ".json"))
 
 
-def _load_auricle(spec: TeacherSpec, device: torch.device, precision: str) -> Teacher:
+def is_callable_spec(spec: str) -> bool:
+    """True when ``spec`` names a ``module:function`` (what :func:`load_teacher` would import)."""
+    return not os.path.exists(spec) and bool(_CALLABLE.match(spec))
+
+
+def _check_recorded(spec: TeacherSpec, name: str, actual: str | None, recorded: str | None) -> None:
+    if recorded and actual != recorded:
+        raise DistillError(f"teacher {spec.spec}: {name} is now {actual}, the store was made with {recorded}")
+
+
+def _load_auricle(spec: TeacherSpec, device: torch.device, precision: str, sha256: str | None = None) -> Teacher:
     from auricle.errors import CheckpointError
-    from auricle.models.checkpoints import build_model, read_checkpoint
+    from auricle.models.checkpoints import build_model, read_checkpoint, weights_in_folder
 
     if not os.path.exists(spec.spec) and _looks_like_a_file(spec.spec):  # not "unknown model" for a typo in a path
         raise CheckpointError(f"{spec.spec}: teacher weights not found")
     if os.path.exists(spec.spec):
-        checkpoint = read_checkpoint(spec.spec)
-        name = Path(spec.spec).stem if Path(spec.spec).is_file() else Path(spec.spec).name
+        weights = Path(spec.spec)
+        name = weights.stem if weights.is_file() else weights.name
         identity = {"kind": "checkpoint"}
     else:
         from auricle.models.hub import fetch_weights
         from auricle.models.registry import model_info
 
         info = model_info(spec.spec)
-        checkpoint = read_checkpoint(fetch_weights(info, instead="--teacher PATH (the weights file or folder)"))
+        weights = Path(fetch_weights(info, instead="--teacher PATH (the weights file or folder)"))
         name = info.name
         identity = {"kind": "model"}
+    if sha256 is not None:  # before the file is parsed: a recorded teacher is read only if it is the same bytes
+        _check_recorded(spec, "sha256", file_sha256(weights_in_folder(weights) if weights.is_dir() else weights),
+                        sha256)
+    checkpoint = read_checkpoint(weights)
     if checkpoint.labels is not None:
         labels = LabelSet.from_names(checkpoint.labels)
     elif checkpoint.config.num_classes == 527:
@@ -197,8 +216,21 @@ def _load_auricle(spec: TeacherSpec, device: torch.device, precision: str) -> Te
                    encoder=encoder)
 
 
-def _load_callable(spec: TeacherSpec, device: torch.device) -> Teacher:
+def _module_source(module_name: str) -> str | None:
+    """The source file of ``module_name``, found without running it (its parent packages are imported)."""
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(found, "origin", None)
+    return origin if origin and origin.endswith(".py") and os.path.isfile(origin) else None
+
+
+def _load_callable(spec: TeacherSpec, device: torch.device, module_sha256: str | None = None) -> Teacher:
     module_name, _, attribute = spec.spec.partition(":")
+    if module_sha256 is not None:  # before the import: a recorded module runs only if it is the same source
+        source = _module_source(module_name)
+        _check_recorded(spec, "module_sha256", file_sha256(source) if source else None, module_sha256)
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -223,16 +255,33 @@ def _load_callable(spec: TeacherSpec, device: torch.device) -> Teacher:
     return Teacher(spec, spec.spec, mids, identity, function=function, device=device)
 
 
-def load_teacher(spec: TeacherSpec | str, device: str | torch.device = "cpu", precision: str = "fp32") -> Teacher:
-    """Load one teacher from its spec; ``precision`` applies to CED teachers (see the module docstring)."""
+def load_teacher(spec: TeacherSpec | str, device: str | torch.device = "cpu", precision: str = "fp32",
+                 recorded: dict | None = None) -> Teacher:
+    """Load one teacher from its spec; ``precision`` applies to CED teachers (see the module docstring).
+
+    ``recorded``: the identity a store's manifest holds for it. Its weights' ``sha256`` (a callable's
+    ``module_sha256``) must be there, and is checked before the weights are read (the module imported);
+    the other recorded hashes after loading.
+    """
     if precision not in TEACHER_PRECISIONS:
         raise DistillError(f"teacher precision must be one of {', '.join(TEACHER_PRECISIONS)}, not {precision!r}")
     if isinstance(spec, str):
         spec = TeacherSpec.parse(spec)
     device = torch_device(device)  # one line for a device this machine lacks
-    if not os.path.exists(spec.spec) and _CALLABLE.match(spec.spec):
-        return _load_callable(spec, device)
-    return _load_auricle(spec, device, precision)
+    callable_spec = is_callable_spec(spec.spec)
+    if recorded is None:
+        return _load_callable(spec, device) if callable_spec else _load_auricle(spec, device, precision)
+    required = "module_sha256" if callable_spec else "sha256"
+    if not recorded.get(required):
+        raise DistillUsageError(f"teacher {spec.spec}: the store records no {required}, so it cannot be checked; "
+                           "refused")
+    if callable_spec:
+        teacher = _load_callable(spec, device, recorded[required])
+    else:
+        teacher = _load_auricle(spec, device, precision, recorded[required])
+    for name in ("sha256", "module_sha256"):
+        _check_recorded(spec, name, teacher.identity.get(name), recorded.get(name))
+    return teacher
 
 
 class TeacherEnsemble:

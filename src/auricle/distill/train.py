@@ -140,6 +140,8 @@ class TrainResult:
     final_checkpoint: Path | None
     averaged_steps: list[int] = field(default_factory=list)
     final_scores: dict[str, float] = field(default_factory=dict)
+    #: Whether this process is the main one (rank 0): under torchrun only it reports, as only it writes.
+    main: bool = True
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -391,7 +393,8 @@ class Trainer:
         self.labels = tuple(self.views.labels)
         self.holdout = held_out_keys(self.views, config.holdout_fraction, config.holdout_max)
         held = {key for keys in self.holdout.values() for key in keys}
-        self.train_keys = {shard: [k for k in self.views.keys(shard) if k not in held]
+        mixing = self._mixing_with(held)
+        self.train_keys = {shard: [k for k in self.views.keys(shard) if k not in held and k not in mixing]
                            for shard in self.views.shard_names}
         total_keys = sum(len(keys) for keys in self.train_keys.values())
         self.steps_per_epoch = (total_keys // self.dist.world) // config.batch_size
@@ -514,13 +517,35 @@ class Trainer:
         return step
 
     # -- data ---------------------------------------------------------------------
+    def _views_of(self, epoch: int) -> tuple[int, int]:
+        """(stored epoch, view seed) that training epoch ``epoch`` replays."""
+        stored_epoch = self.views.stored_epochs[epoch % len(self.views.stored_epochs)]
+        # The paper's ablation: a fresh augmentation, unrelated to the teacher's, per (run, epoch).
+        inconsistent = self.config.inconsistent
+        return stored_epoch, seed_from(self.config.seed, "inconsistent", epoch) if inconsistent else self.views.seed
+
+    def _mixing_with(self, held: set[str]) -> set[str]:
+        """Chunks whose view, in an epoch this run trains on, mixes in a held-out chunk of their shard.
+
+        Trained on, held-out audio would not be held out. The view cannot take another partner (it is
+        the mix the teachers scored), so these chunks are left out of training.
+        """
+        if not held:
+            return set()
+        replayed = {self._views_of(epoch) for epoch in range(self.config.epochs)}
+        mixing = set()
+        for shard in self.holdout:
+            for index, key in enumerate(self.views.keys(shard)):
+                if key not in held and any(self.views.partner(shard, key, stored, seed, index) in held
+                                           for stored, seed in replayed):
+                    mixing.add(key)
+        return mixing
+
     def _batches(self, epoch: int, first_batch: int) -> Iterator[_Batch]:
         config, views = self.config, self.views
         block = rank_block(epoch_order(self.train_keys, config.seed, epoch, config.shuffle_shards),
                            self.dist.rank, self.dist.world, config.batch_size)
-        stored_epoch = views.stored_epochs[epoch % len(views.stored_epochs)]
-        # The paper's ablation: a fresh augmentation, unrelated to the teacher's, per (run, epoch).
-        view_seed = seed_from(config.seed, "inconsistent", epoch) if config.inconsistent else views.seed
+        stored_epoch, view_seed = self._views_of(epoch)
         for start in range(first_batch * config.batch_size, len(block), config.batch_size):
             waveforms, params, indices, values = [], [], [], []
             for shard, key in block[start:start + config.batch_size]:
@@ -693,7 +718,7 @@ class Trainer:
                 save_state(self.out / "state", self.step, self._state(), config.keep_states)
                 self.best.tidy()
             dist.barrier()
-        result = TrainResult(self.out, self.step, self.total_steps, finished, None)
+        result = TrainResult(self.out, self.step, self.total_steps, finished, None, main=self.dist.main)
         if finished:
             self._finish(logs, result)
         logs.close()

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from auricle.distill import DistillError, file_sha256
+from auricle.distill import DistillError, DistillUsageError, file_sha256
 from auricle.distill.augment import ViewRenderer, iter_views
 from auricle.distill.shards import ShardReader, ShardSet
-from auricle.distill.store import TargetStore, code_distance, encode_values, keys_digest
-from auricle.distill.teachers import TeacherEnsemble, TeacherSpec, load_teacher
+from auricle.distill.store import TargetStore, code_distance, encode_values
+from auricle.distill.teachers import OWN_TEACHERS, TeacherEnsemble, TeacherSpec, is_callable_spec, load_teacher
 
 
 @dataclass
@@ -44,18 +45,29 @@ class VerifyReport:
         return dict(asdict(self), ok=self.ok)
 
 
-def load_store_teachers(store: TargetStore, device: str | torch.device = "cpu") -> TeacherEnsemble:
-    """The teachers a store names, refusing any whose weights changed since the teacher pass."""
-    teachers = []
+def screen_store_teachers(store: TargetStore, callables: Iterable[str] = ()) -> list[TeacherSpec]:
+    """The teachers a store names, refusing what verify must not load, before anything is loaded.
+
+    A ``module:function`` is imported only when it is one of auricle's own teachers or is in
+    ``callables`` (what the user named with --teacher): the manifest is data that anyone can write.
+    """
+    allowed = set(OWN_TEACHERS) | {TeacherSpec.parse(text).spec for text in callables}
+    specs = []
     for identity in store.manifest["teachers"]:
-        teacher = load_teacher(TeacherSpec(identity["spec"], float(identity.get("weight", 1.0))), device,
-                               identity.get("precision", "fp32"))
-        for name in ("sha256", "module_sha256"):
-            if identity.get(name) and teacher.identity.get(name) != identity[name]:
-                raise DistillError(f"teacher {identity['spec']}: {name} is now {teacher.identity.get(name)}, "
-                                   f"the store was made with {identity[name]}")
-        teachers.append(teacher)
-    return TeacherEnsemble(teachers)
+        spec = TeacherSpec(str(identity["spec"]), float(identity.get("weight", 1.0)))
+        if is_callable_spec(spec.spec) and spec.spec not in allowed:
+            raise DistillUsageError(f"{store.directory / 'manifest.json'}: names the teacher {spec.spec}, code that "
+                                    f"verify imports only when given as --teacher {spec.spec} (if you trust it)")
+        specs.append(spec)
+    return specs
+
+
+def load_store_teachers(store: TargetStore, device: str | torch.device = "cpu",
+                        callables: Iterable[str] = ()) -> TeacherEnsemble:
+    """The teachers a store names, refusing any whose weights (or module) changed since the teacher pass."""
+    specs = screen_store_teachers(store, callables)
+    return TeacherEnsemble([load_teacher(spec, device, identity.get("precision", "fp32"), recorded=identity)
+                            for spec, identity in zip(specs, store.manifest["teachers"])])
 
 
 def verify(
@@ -65,24 +77,42 @@ def verify(
     device: str | torch.device = "cpu",
     ensemble: TeacherEnsemble | None = None,
     shards_dir: str | os.PathLike | None = None,
+    callables: Iterable[str] = (),
 ) -> VerifyReport:
     """Recompute ``sample`` random stored views (drawn with ``seed``) and compare with the store.
 
     ``shards_dir``: where the shard set is now, if it moved since the teacher pass. Units the
-    store lacks are reported in ``missing_units`` and make the report fail.
+    store lacks are reported in ``missing_units`` and make the report fail. ``callables``: the
+    ``module:function`` teachers the user allows to be imported (see :func:`screen_store_teachers`).
     """
     store = TargetStore.open(store_dir)
+    callables = tuple(callables)
+    if ensemble is None:
+        screen_store_teachers(store, callables)
     if shards_dir is None and not store.shards_dir.is_dir():
-        raise DistillError(f"{store_dir}: its shard set {store.shards_dir} is not there; give its new place with "
-                           "--shards")
+        raise DistillUsageError(f"{store_dir}: its shard set {store.shards_dir} is not there; give its new place with "
+                                "--shards")
     shards = ShardSet.open(shards_dir if shards_dir is not None else store.shards_dir)
     if file_sha256(shards.directory / "manifest.json") != store.manifest["shards"]["manifest_sha256"]:
         raise DistillError(f"{store_dir}: its targets were computed on another version of {shards.directory}")
-    units = store.done_units()
-    if not units:
+    report = VerifyReport(str(store_dir), 0, 0, 0.0, 0, 0)
+    done = store.done_units()
+    if not done:
         raise DistillError(f"{store_dir}: holds no finished targets")
+    report.missing_units = [f"{shard} epoch {epoch}" for shard, epoch in store.units() if (shard, epoch) not in done]
+    # What training would refuse or silently use, every unit (they are small), each named: unreadable units,
+    # and units swapped or renamed. Views are then drawn from the units that can be read.
+    units = []
+    for shard, epoch in done:
+        problem = store.unit_problem(shard, epoch, shards.keys(shard))
+        if problem is None:
+            units.append((shard, epoch))
+        else:
+            report.damaged.append(problem)
+    if not units:
+        return report
     if ensemble is None:
-        ensemble = load_store_teachers(store, device)
+        ensemble = load_store_teachers(store, device, callables)
     renderer = ViewRenderer(store.augment_config(), store.seed)
     needs_mel = any(teacher.takes_mel for teacher in ensemble.teachers)
 
@@ -95,13 +125,7 @@ def verify(
         number = int(np.searchsorted(ends, position, side="right"))
         by_unit[units[number]].append(position - (int(ends[number - 1]) if number else 0))
 
-    report = VerifyReport(str(store_dir), 0, 0, 0.0, 0, 0)
-    report.missing_units = [f"{shard} epoch {epoch}" for shard, epoch in store.units() if (shard, epoch) not in units]
-    # What training would refuse or silently use: units swapped or renamed (every unit: they are small), and
-    # shards whose audio changed since the teacher pass (only those sampled: hashing reads all their audio).
-    for shard, epoch in units:
-        if not np.array_equal(store.read_unit(shard, epoch).keys_sha256, keys_digest(shards.keys(shard))):
-            report.damaged.append(f"{store.unit_path(shard, epoch)}: rows do not follow the keys of {shard}")
+    # Shards whose audio changed since the teacher pass: only those sampled (hashing reads all their audio).
     for shard in shards.check(sorted({shard for shard, _ in by_unit})):
         report.damaged.append(f"{shards.directory / shard}: its bytes changed since the teacher pass "
                               "(the manifest's sha256 differs)")

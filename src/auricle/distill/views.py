@@ -101,6 +101,15 @@ class StoreViews:
         params = renderer.params(key, epoch, len(audio[key]), self._shard_keys(shard_name))
         return renderer.waveform(audio[key], params, audio.__getitem__), params
 
+    def partner(self, shard_name: str, key: str, epoch: int, seed: int, index: int | None = None) -> str | None:
+        """The chunk that view (epoch, seed) of ``key`` mixes in, if any, without decoding audio.
+
+        ``index``: the position of ``key`` among the shard's keys, when known.
+        """
+        from auricle.distill.augment import mixup_partner
+
+        return mixup_partner(key, epoch, seed, self.augment_config, self._shard_keys(shard_name), index)[0]
+
     def mel(self, waveforms: list[np.ndarray], params: list[Any]) -> torch.Tensor:
         """Masked log-mel (batch, n_mels, frames) of equal-length views, computed as the teacher pass does."""
         return self._renderer(self.seed).mel(waveforms, params)

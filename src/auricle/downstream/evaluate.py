@@ -20,7 +20,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,12 +204,16 @@ def match_files(wanted: Sequence[str], available: Iterable[str], source: str) ->
 
 # --------------------------------------------------------------------------- strong labels
 def read_strong_labels(
-    path: str | os.PathLike, audio_dir: str | os.PathLike | None = None
+    path: str | os.PathLike, audio_dir: str | os.PathLike | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[list[LabelledEvent], list[str], tuple[str, ...]]:
     """Events of a ``file,onset,offset,label`` (or DCASE ``filename,...,event_label``) CSV/TSV.
 
     A row with the file alone (``file,,,``) names a file without events, as DCASE lists them. Returns (events, files in order of appearance, classes sorted by name);
     event files are resolved against ``audio_dir`` (default: the CSV's folder).
+    A zero-length event (onset = offset) is refused. An event listed again (same file, onset,
+    offset and label) is counted once: as two reference events, one would always be a miss;
+    ``warn`` gets one line saying how many were dropped.
     """
     path = Path(path)
     base = Path(audio_dir) if audio_dir is not None else path.parent
@@ -230,6 +234,8 @@ def read_strong_labels(
             f" found {','.join(header) or 'none'}"
         )
     events: list[LabelledEvent] = []
+    first_line: dict[LabelledEvent, int] = {}
+    repeated: list[tuple[int, int]] = []  # (line, line of the first listing)
     seen: list[str] = []  # files in order of appearance, those without events (`file,,,`) included
     for line, row in enumerate(reader, start=2):
         if None in row:  # fields past the header: a label with an unquoted comma, or a shifted row
@@ -249,12 +255,24 @@ def read_strong_labels(
         if not name or not label:
             raise DatasetError(f"{path}: line {line}: empty file or label")
         if not 0 <= onset <= offset or not math.isfinite(offset):
-            raise DatasetError(f"{path}: line {line}: need 0 <= onset <= offset, got {onset}, {offset}")
+            raise DatasetError(f"{path}: line {line}: need 0 <= onset < offset, got {onset}, {offset}")
+        if onset == offset:  # matches nothing and covers no segment: a typo, not an event
+            raise DatasetError(f"{path}: line {line}: zero-length event ({name}, {label} at {onset:g} s); "
+                               "offset must be after onset")
         file = name if Path(name).is_absolute() else str(base / name)
-        events.append(LabelledEvent(file, onset, offset, label))
+        event = LabelledEvent(file, onset, offset, label)
         seen.append(file)
+        if event in first_line:
+            repeated.append((line, first_line[event]))
+            continue
+        first_line[event] = line
+        events.append(event)
     if not events:
         raise DatasetError(f"{path}: no events")
+    if repeated and warn is not None:
+        line, first = repeated[0]
+        warn(f"{path}: {len(repeated)} events listed twice, counted once (the first: line {line} repeats line "
+             f"{first})")
     files = list(dict.fromkeys(seen))
     return events, files, tuple(sorted({event.label for event in events}, key=str.casefold))
 
