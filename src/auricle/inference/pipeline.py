@@ -223,11 +223,12 @@ class Tagger:
         hop: float | None = None,
     ) -> TagOptions:
         """Typed options from keyword arguments (what the CLI flags map to)."""
-        numbers = {"top_k": top_k, "threshold": threshold, "window": window, "hop": hop}
+        # Seconds get the bounds of the CLI's flags and the service's parameters (TagOptions and
+        # EventOptions check the other numbers, in their own words).
+        seconds = {"window": window, "hop": hop}
         if isinstance(events, EventOptions):
-            numbers.update(median_filter=events.median_filter, min_duration=events.min_duration,
-                           min_gap=events.min_gap)
-        check_numbers(TAG_OPTIONS, numbers)  # the bounds of the CLI's flags and the service's parameters
+            seconds.update(min_duration=events.min_duration, min_gap=events.min_gap)
+        check_numbers(TAG_OPTIONS, seconds)
         if isinstance(profile, str):
             profile = load_profile(profile)
         if events is True:
