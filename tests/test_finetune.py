@@ -178,6 +178,12 @@ def test_finetune_usage_errors(tones, tmp_path):
     split = runner.invoke(cli, ["finetune", str(manifest), "-o", str(tmp_path / "b"), "--checkpoint", str(encoder),
                                 "--valid-split", "dev"])
     assert split.exit_code == 2 and "unknown split 'dev'" in split.stderr
+    header, *rows = manifest.read_text().splitlines()
+    first_of_each = {row.split(",")[1]: row for row in reversed(rows) if row.endswith(",train")}
+    few = manifest.with_name("few.csv")  # one training clip of each class: 10% of one clip is none
+    few.write_text("\n".join([header, *first_of_each.values()]) + "\n")
+    small = runner.invoke(cli, ["finetune", str(few), "-o", str(tmp_path / "c"), "--checkpoint", str(encoder)])
+    assert small.exit_code == 2 and "raise --valid-fraction" in small.stderr, small.stderr
 
 
 def test_training_logits_match_the_served_model_and_ignore_padding_in_pooling():
