@@ -59,9 +59,10 @@ def test_huggingface_layout_gives_identical_outputs(tiny_checkpoint, tiny_model,
 
 def test_auricle_format_round_trip(tiny_model, tmp_path, noise):
     path = save_checkpoint(tiny_model.network, tmp_path / "mine.safetensors", labels=None, name="my-tiny")
-    assert path.with_suffix(".json").is_file()
-    # The weights get the mode of the JSON beside them (safetensors alone would make them owner-only).
-    assert path.stat().st_mode == path.with_suffix(".json").stat().st_mode
+    assert not path.with_suffix(".json").exists()  # one file: config and labels are in its metadata
+    # The weights get the mode any new file gets (safetensors alone would make them owner-only).
+    (tmp_path / "plain").write_text("")
+    assert path.stat().st_mode == (tmp_path / "plain").stat().st_mode
     model = auricle.load_model(checkpoint=path)
     assert model.name == "my-tiny"
     assert torch.equal(model.probabilities(noise), tiny_model.probabilities(noise))

@@ -15,7 +15,7 @@ from auricle.models.registry import DEFAULT_MODEL
 @click.command("finetune")
 @click.argument("dataset", type=click.Path(exists=True))
 @click.option("--output", "-o", required=True, type=click.Path(), callback=writable(folder=True),
-              help="Folder for model.safetensors (+ .json), last.pt (resume point) and result.json.")
+              help="Folder for model.safetensors (one file: config and classes in its metadata), last.pt (resume point) and result.json.")
 @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, callback=known_model,
               help="Encoder to start from (see `auricle models`); with --from-scratch only its size is used.")
 @click.option("--checkpoint", type=click.Path(exists=True), default=None, help="Start from these weights instead.")
