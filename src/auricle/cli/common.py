@@ -207,6 +207,8 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
     if is_exported_file(checkpoint):
         return _load_exported_or_exit(ctx, str(checkpoint), device, threads, streams, engine, precision, exported)
     refuse_another_model(ctx, model_name, checkpoint)
+    if checkpoint is None:
+        _fetch_or_exit(model_name)
     if engine == "onnx" and exported and str(device).split(":")[0] == "cpu" and precision != "bf16":
         prepared = _load_prepared_or_none(model_name, checkpoint, threads, streams, precision)
         if prepared is not None:
@@ -231,6 +233,21 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
         else:  # not ours to format: hand it back unchanged
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     return model
+
+
+def _fetch_or_exit(model_name: str) -> None:
+    """The named model's weights in the local cache (downloaded if need be), or one error line and exit.
+
+    Done before torch is imported: offline, a model that was never downloaded is refused in about a
+    second. Loading then finds the weights in the cache.
+    """
+    from auricle.models.hub import fetch_weights
+    from auricle.models.registry import model_info
+
+    try:
+        fetch_weights(model_info(model_name))
+    except AuricleError as error:
+        fail(str(error))
 
 
 def _load_prepared_or_none(model_name: str, checkpoint: str | None, threads: int, streams: int | None,
