@@ -155,6 +155,8 @@ def test_info_endpoints_page_and_openapi(client, model):
         assert client.get(f"/static/{asset}").status_code == 200
     # Everything the page loads is local.
     assert "http://" not in page.text.replace("http://www.w3.org", "") and "https://" not in page.text
+    # The icon is in the page: a browser otherwise asks for /favicon.ico on every load (a 404).
+    assert '<link rel="icon" href="data:image/svg+xml,' in page.text
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/tag", "/v1/embed", "/v1/models", "/v1/labels", "/healthz"} <= set(paths)
     assert "multipart/form-data" in paths["/v1/tag"]["post"]["requestBody"]["content"]
