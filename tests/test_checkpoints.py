@@ -59,9 +59,10 @@ def test_huggingface_layout_gives_identical_outputs(tiny_checkpoint, tiny_model,
 
 def test_auricle_format_round_trip(tiny_model, tmp_path, noise):
     path = save_checkpoint(tiny_model.network, tmp_path / "mine.safetensors", labels=None, name="my-tiny")
-    assert path.with_suffix(".json").is_file()
-    # The weights get the mode of the JSON beside them (safetensors alone would make them owner-only).
-    assert path.stat().st_mode == path.with_suffix(".json").stat().st_mode
+    assert not path.with_suffix(".json").exists()  # one file: config and labels are in its metadata
+    # The weights get the mode any new file gets (safetensors alone would make them owner-only).
+    (tmp_path / "plain").write_text("")
+    assert path.stat().st_mode == (tmp_path / "plain").stat().st_mode
     model = auricle.load_model(checkpoint=path)
     assert model.name == "my-tiny"
     assert torch.equal(model.probabilities(noise), tiny_model.probabilities(noise))
@@ -150,7 +151,16 @@ class FakeHub:
         return str(cached)
 
 
-def test_name_downloads_once_then_uses_cache(tiny_checkpoint, tmp_path, monkeypatch, noise, tiny_model):
+@pytest.fixture
+def reachable_hub(monkeypatch):
+    """The hub's host counts as reachable (tests never dial out; the fake hub answers)."""
+    from auricle.models import hub
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=hub.CONNECT_TIMEOUT: True)
+
+
+def test_name_downloads_once_then_uses_cache(tiny_checkpoint, tmp_path, monkeypatch, noise, tiny_model,
+                                             reachable_hub):
     import huggingface_hub
 
     write_hf_folder(official_state(tiny_checkpoint), tmp_path / "remote" / "mispeech" / "ced-tiny")
@@ -177,15 +187,70 @@ def test_offline_without_cache_says_how_to_pass_a_file(tmp_path, monkeypatch):
     assert "ced-mini" in message and "--checkpoint" in message and "mispeech/ced-mini" in message
 
 
-def test_an_unreachable_hub_is_asked_once(tmp_path, monkeypatch):
-    """Offline, each try waits through the hub's retries: the second weight file is not tried."""
+def test_an_unreachable_hub_is_asked_once(tmp_path, monkeypatch, reachable_hub, caplog):
+    """Where the host answers but the hub fails, each try waits through its retries: the second file is not tried."""
+    import logging
+
     import huggingface_hub
 
     hub = FakeHub(tmp_path, tmp_path / "cache", unreachable=True)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
-    with pytest.raises(CheckpointError, match="--checkpoint"):
+
+    def retrying(*args, **kwargs):  # as the hub does, through its logger, before it gives up
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        return hub(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", retrying)
+    with caplog.at_level(logging.WARNING), pytest.raises(CheckpointError, match="--checkpoint"):
         auricle.load_model("ced-mini")
     assert [filename for _, filename, local_only in hub.calls if not local_only] == ["model.safetensors"]
+    assert "Retrying" not in caplog.text  # auricle's one line says it all
+
+
+def test_a_hub_that_cannot_be_reached_is_not_asked(tmp_path, monkeypatch):
+    """Offline, the hub's own tries took ~26 s and 11 lines of retries: a quick probe of its host answers first."""
+    import huggingface_hub
+
+    from auricle.models import hub as auricle_hub
+
+    hub = FakeHub(tmp_path, tmp_path / "cache", unreachable=True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    monkeypatch.setattr(auricle_hub, "hub_reachable", lambda timeout=auricle_hub.CONNECT_TIMEOUT: False)
+    with pytest.raises(CheckpointError, match=r"mispeech/ced-mini: huggingface\.co cannot be reached\)"):
+        auricle.load_model("ced-mini")
+    assert hub.calls and all(local_only for _, _, local_only in hub.calls)  # the cache was looked in, no more
+
+
+def test_hf_hub_offline_is_honoured_without_dialling(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from auricle.models import hub as auricle_hub
+
+    def never(timeout=0.0):
+        raise AssertionError("HF_HUB_OFFLINE=1 must not dial the hub")
+
+    hub = FakeHub(tmp_path, tmp_path / "cache")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    monkeypatch.setattr(auricle_hub, "hub_reachable", never)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match=r"HF_HUB_OFFLINE is set\)"):
+        auricle.load_model("ced-mini")
+    assert hub.calls and all(local_only for _, _, local_only in hub.calls)
+
+
+def test_offline_tag_and_serve_answer_in_one_line_before_torch_loads(tmp_path):
+    """HF_HUB_OFFLINE=1 and an empty cache: one auricle line (it came after 26 s and 11 lines of retries)."""
+    from no_torch_support import without_torch
+
+    empty = tmp_path / "hf"
+    empty.mkdir()
+    for command in (["tag", str(tmp_path / "x.wav")], ["serve", "--port", "0"]):
+        if command[0] == "tag":
+            (tmp_path / "x.wav").write_bytes(b"")  # never read: the model is refused first
+        result = without_torch(*command, HF_HUB_OFFLINE="1", HF_HOME=str(empty), HF_HUB_CACHE=str(empty / "hub"))
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("auricle: error: ced-mini: weights are not in the local cache")
+        assert "HF_HUB_OFFLINE is set" in lines[0] and "--checkpoint PATH" in lines[0]
 
 
 def test_files_that_are_not_weights_say_why_in_one_line(tmp_path):

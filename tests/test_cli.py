@@ -709,6 +709,12 @@ def test_tag_resume_refuses_other_options_and_knows_a_path_however_spelt(inputs,
         f'auricle: error: {out}: written with other settings (pool "max" -> "mean"; events null -> '
         '{"median_filter": 1, "min_duration": 0.0, "min_gap": 0.0}); resume with the same model and options, '
         "or write to another file"]
+    # A default shows as the value it had, not as the null recorded for it (it was "top_k null -> 3").
+    defaults = tmp_path / "defaults.jsonl"
+    assert run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "-o", defaults).exit_code == 0
+    changed = run("tag", *inputs[:2], "--checkpoint", tiny_checkpoint, "-o", defaults, "--resume", "-k", "3",
+                  "--hop", "5")
+    assert changed.exit_code == 2 and "(top_k 5 -> 3; hop 10.0 -> 5.0)" in changed.stderr, changed.stderr
     monkeypatch.chdir(Path(inputs[0]).parent)
     spelt = [str(Path(inputs[0]).resolve()), "./" + Path(inputs[1]).name, inputs[2]]
     resumed = run("tag", *spelt, *options, "--resume")
@@ -790,3 +796,31 @@ def test_embed_refuses_an_output_that_names_another_kind_of_file(inputs, tiny_ch
     assert upper.exit_code == 0, upper.output
     assert np.load(tmp_path / "CLIPS.NPY").shape == (1, 192)
 
+
+
+# -- names: commands, models, models beside checkpoints ---------------------------------
+
+
+def test_a_misspelt_command_gets_a_suggestion():
+    result = CliRunner().invoke(cli, ["tags", "x.wav"])
+    assert result.exit_code == 2 and "No such command 'tags'. Did you mean 'tag'?" in result.output
+
+
+def test_an_unknown_model_name_is_refused_before_torch_loads(inputs):
+    from no_torch_support import without_torch
+
+    # Where `import torch` fails, the name is still answered: it is checked against the registry (data) first.
+    result = without_torch("tag", inputs[0], "--model", "ced-mni")
+    assert result.returncode == 2, result.stderr
+    assert "ced-mni: unknown model (did you mean 'ced-mini'" in result.stderr and "PyTorch" not in result.stderr
+
+
+def test_model_beside_a_checkpoint_must_name_its_size(inputs, tiny_checkpoint, mini_checkpoint):
+    unknown = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--model", "ced-mni")
+    assert unknown.exit_code == 2 and "did you mean 'ced-mini'" in unknown.stderr  # was ignored: exit 0
+    other = run("tag", inputs[0], "--checkpoint", mini_checkpoint, "--model", "ced-tiny")
+    assert other.exit_code == 2 and other.stderr.splitlines() == [
+        f"auricle: error: --model ced-tiny does not match --checkpoint {mini_checkpoint}: the checkpoint holds "
+        "ced-mini, not ced-tiny; drop --model or name the checkpoint's model"]
+    assert run("tag", inputs[0], "--checkpoint", mini_checkpoint, "--model", "mini").exit_code == 0
+    assert run("tag", inputs[0], "--checkpoint", mini_checkpoint).exit_code == 0  # the default yields, as before

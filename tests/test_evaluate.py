@@ -253,7 +253,12 @@ def test_events_with_a_model_equal_scoring_its_tag_output_and_plot_a_timeline(tw
 def test_bad_input_gives_one_line_errors(two_class_checkpoint, recordings, tmp_path):
     (tmp_path / "horse.csv").write_text("file,labels\n" + f"{recordings / 'r0.wav'},Horse\n")
     result = run("evaluate", tmp_path / "horse.csv", "--checkpoint", two_class_checkpoint, "--threads", "1")
-    assert result.exit_code == 2 and "not outputs of the model: 'Horse'" in result.output
+    assert result.exit_code == 2 and "1 class is not an output of the model: 'Horse'" in result.output
+    (tmp_path / "typo.csv").write_text("file,labels\n" + f"{recordings / 'r0.wav'},Dgo;Caat;Horse\n")
+    result = run("evaluate", tmp_path / "typo.csv", "--checkpoint", two_class_checkpoint, "--threads", "1")
+    assert result.exit_code == 2, result.output
+    assert ("3 classes are not outputs of the model: 'Caat' (did you mean 'Cat'?), 'Dgo' (did you mean 'Dog'?), "
+            "'Horse'") in result.output
 
     (tmp_path / "bad.csv").write_text("file,start,end,label\na.wav,0,1,Dog\n")
     result = run("evaluate", tmp_path / "bad.csv", "--events", "--checkpoint", two_class_checkpoint, "--threads", "1")

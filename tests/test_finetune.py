@@ -16,6 +16,7 @@ from auricle.downstream.finetune import (
     EpochSampler, FinetuneConfig, TrainingNet, draw_augment_plan, freeze_for_partial, with_new_head,
 )
 from auricle.models.checkpoints import build_model, read_checkpoint
+from auricle.models.files import find_config
 from conftest import ROOT
 from downstream_support import TINY, tiny_encoder, tone_manifest
 from torchrun_support import failure_report, torchrun
@@ -47,7 +48,7 @@ def test_finetune_trains_saves_and_the_result_tags(tones, tmp_path):
     assert 0 <= summary["test"]["accuracy"] <= 1
     saved = json.loads((output / "result.json").read_text())
     assert [record["epoch"] for record in saved["history"]] == [1, 2]
-    meta = json.loads((output / "model.json").read_text())
+    meta = find_config(output / "model.safetensors")  # in the file's metadata: no model.json beside it
     assert meta["labels"] == ["high", "low", "mid"] and meta["config"]["head_activation"] == "softmax"
     assert meta["config"]["embed_dim"] == TINY.embed_dim
 
@@ -178,6 +179,12 @@ def test_finetune_usage_errors(tones, tmp_path):
     split = runner.invoke(cli, ["finetune", str(manifest), "-o", str(tmp_path / "b"), "--checkpoint", str(encoder),
                                 "--valid-split", "dev"])
     assert split.exit_code == 2 and "unknown split 'dev'" in split.stderr
+    header, *rows = manifest.read_text().splitlines()
+    first_of_each = {row.split(",")[1]: row for row in reversed(rows) if row.endswith(",train")}
+    few = manifest.with_name("few.csv")  # one training clip of each class: 10% of one clip is none
+    few.write_text("\n".join([header, *first_of_each.values()]) + "\n")
+    small = runner.invoke(cli, ["finetune", str(few), "-o", str(tmp_path / "c"), "--checkpoint", str(encoder)])
+    assert small.exit_code == 2 and "raise --valid-fraction" in small.stderr, small.stderr
 
 
 def test_training_logits_match_the_served_model_and_ignore_padding_in_pooling():
@@ -262,5 +269,5 @@ def test_multi_label_finetune_uses_sigmoid_and_map(tmp_path):
     result = _finetune(tmp_path / "multi.csv", encoder, tmp_path / "run", "--epochs", "1", "--valid-fraction", "0.25")
     assert result.exit_code == 0, result.output
     assert "(multi-label: " in result.stderr and "validation map" in result.stderr
-    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    meta = find_config(tmp_path / "run" / "model.safetensors")
     assert meta["config"]["head_activation"] == "sigmoid" and meta["labels"] == ["high", "loud", "low", "mid"]

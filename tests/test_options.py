@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 
 import click
 import pytest
@@ -109,8 +110,60 @@ def test_stream_settings_default_to_the_live_options(tiny_serve_model):
 
 
 @pytest.fixture(scope="module")
-def tiny_serve_model(tmp_path_factory):
-    import auricle
+def tiny_serve_checkpoint(tmp_path_factory):
     from serve_support import tiny_random_checkpoint
 
-    return auricle.load_model(checkpoint=tiny_random_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.safetensors"))
+    return tiny_random_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny_serve_model(tiny_serve_checkpoint):
+    import auricle
+
+    return auricle.load_model(checkpoint=tiny_serve_checkpoint)
+
+
+# -- ranges ------------------------------------------------------------------------
+
+
+def test_every_number_option_has_a_finite_range():
+    for name, spec in TAG_OPTIONS.items():
+        if spec.kind in (int, float) and name != "top_k":  # top_k above the classes is just every class
+            assert spec.minimum is not None and spec.maximum is not None and math.isfinite(spec.maximum), name
+
+
+@pytest.mark.parametrize("name", ["window", "hop", "min_duration", "min_gap"])
+def test_a_huge_number_is_refused_in_one_line_everywhere(name, tiny_serve_model, tiny_serve_checkpoint, tmp_path):
+    """``window=1e308`` was an OverflowError traceback in the CLI and the API, and a 500 from the service."""
+    from click.testing import CliRunner
+    from serve_support import noise, write_wav
+
+    from auricle.cli import cli
+    from auricle.errors import OptionError
+
+    wav = write_wav(tmp_path / "x.wav", noise(1.0, 0.1, 0))
+    extra = ["--events"] if name.startswith("min_") else []
+    result = CliRunner().invoke(cli, ["tag", str(wav), "--checkpoint", str(tiny_serve_checkpoint),
+                                      *extra, TAG_OPTIONS[name].flag, "1e308"])
+    assert result.exit_code == 2 and "1e+308 is not in the range" in result.output, result.output
+    assert "Traceback" not in result.output
+
+    events = {"events": True} if name.startswith("min_") else {}
+    with pytest.raises(OptionError, match=f"^{name}: expected at most"):
+        if events:
+            from auricle.inference.events import EventOptions
+
+            tiny_serve_model.tag(str(wav), events=EventOptions(**{name: 1e308}))
+        else:
+            tiny_serve_model.tag(str(wav), **{name: 1e308})
+
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+    from fastapi.testclient import TestClient
+
+    from auricle.serve.app import create_app
+
+    query = "&".join([f"{name}=1e308"] + ["events=true"] * bool(events))
+    with TestClient(create_app(tiny_serve_model)) as client:
+        response = client.post(f"/v1/tag?{query}", content=wav.read_bytes())
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith(f"{name}: Input should be less than or equal to")

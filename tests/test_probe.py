@@ -15,6 +15,7 @@ from auricle.downstream.classification import score_classification
 from auricle.downstream.probe import (
     EmbeddingCache, ProbeConfig, model_key, probe_scores, stratified_folds, train_probe, with_probe_head,
 )
+from auricle.models.files import find_config
 from downstream_support import tiny_encoder, tone_manifest
 
 
@@ -55,6 +56,37 @@ def test_probe_reports_scores_caches_embeddings_and_serves_as_a_head(tones, tmp_
     tags = tags[0] if isinstance(tags, list) else tags
     assert tags["tags"][0]["label"] == "low"
     assert sum(tag["score"] for tag in tags["tags"]) == pytest.approx(1.0, abs=1e-5)  # softmax head
+
+    # One file: the class names travel inside it (a .json beside it was needed, and its absence was
+    # "head has 3 classes but the checkpoint names none").
+    assert not output.with_suffix(".json").exists()
+    alone = tmp_path / "elsewhere" / "moved.safetensors"
+    alone.parent.mkdir()
+    output.rename(alone)
+    moved = CliRunner().invoke(cli, ["tag", "--checkpoint", str(alone), "-f", "json", "-k", "1",
+                                     str(manifest.parent / "low" / "low_0.wav")])
+    assert moved.exit_code == 0, moved.output
+    moved_tags = json.loads(moved.stdout)
+    assert (moved_tags[0] if isinstance(moved_tags, list) else moved_tags)["tags"][0]["label"] == "low"
+
+
+def test_a_checkpoint_written_with_a_sidecar_still_reads_and_a_missing_one_is_named(tones, tmp_path):
+    """Before the config went into the file, auricle wrote X.safetensors and X.json beside it."""
+    from safetensors.torch import load_file, save_file
+
+    manifest, encoder = tones
+    new = auricle.load_model(checkpoint=encoder)
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(encoder)), str(old), metadata={"format": "auricle"})  # as the old writer did
+    meta = {"format": "auricle", "format_version": 1, "name": "old-style", "config": new.network.config.to_dict(),
+            "labels": list(new.labels.names)}
+    old.with_suffix(".json").write_text(json.dumps(meta))
+    assert auricle.load_model(checkpoint=old).labels.names == new.labels.names
+    old.with_suffix(".json").unlink()
+    result = CliRunner().invoke(cli, ["tag", "--checkpoint", str(old), str(manifest.parent / "low" / "low_0.wav")])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        f"auricle: error: {old}: its config and class names are in {old.with_suffix('.json')}, which is missing "
+        "(older auricle versions kept them there): put it back beside the weights"], result.stderr
 
 
 def test_cache_key_follows_weights_not_names(tones, tmp_path):
@@ -116,7 +148,7 @@ def test_multi_label_probe_and_bad_files(tmp_path):
     # Why the data counts as multi-label is said (one empty label field is enough to make it so).
     second = str(tmp_path / rows[1][0])
     assert f"auricle: multi-label data ({second} has 2 classes): a sigmoid probe, scored by mAP" in result.stderr
-    assert json.loads((tmp_path / "p.json").read_text())["config"]["head_activation"] == "sigmoid"
+    assert find_config(tmp_path / "p.safetensors")["config"]["head_activation"] == "sigmoid"
 
 
 def test_probe_usage_errors(tones, tmp_path):

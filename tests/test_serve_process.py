@@ -106,6 +106,9 @@ def test_web_page_in_headless_chromium(server, burst_wav, tmp_path):
             external = []
             page.on("request", lambda request: None if request.url.startswith(server) else external.append(request.url))
             page.goto(server)
+            # Nothing the page offers needs the network: no Swagger /docs (a CDN page, blank offline).
+            assert page.locator("footer a").evaluate_all("links => links.map(a => a.getAttribute('href'))") == [
+                "/openapi.json", "/v1/labels"]
             sync_api.expect(page.locator("#model-info")).to_contain_text("burst-detector")
             page.click("summary")
             page.fill("#window", "2")
@@ -125,6 +128,20 @@ def test_web_page_in_headless_chromium(server, burst_wav, tmp_path):
             }""")
             assert colours > 5
             page.screenshot(path=str(screenshot), full_page=True)
+
+            # A failed upload clears the result (it read as the new file's) and says why where it was
+            # (the error was ~1,900 px below the old result).
+            result_top = page.locator("#result-panel").bounding_box()["y"]
+            broken = tmp_path / "broken.wav"
+            broken.write_bytes(b"not audio at all")
+            page.set_input_files("#file-input", str(broken))
+            sync_api.expect(page.locator("#error")).to_contain_text("400: ", timeout=30000)
+            sync_api.expect(page.locator("#error")).to_contain_text("broken.wav")
+            assert page.locator("#result-panel").is_hidden()
+            assert abs(page.locator("#error").bounding_box()["y"] - result_top) < 50
+            page.set_input_files("#file-input", str(burst_wav))  # and the next good upload brings a result back
+            sync_api.expect(page.locator("#result-title")).to_have_text("doorbell.wav", timeout=30000)
+            assert page.locator("#error").is_hidden()
 
             # Record from the (fake) microphone: MediaRecorder's WebM is uploaded and decoded.
             page.click("#record-button")

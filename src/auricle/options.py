@@ -12,9 +12,18 @@ default (tests/test_options.py checks all of this).
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from auricle.errors import OptionError
 from auricle.inference.events import MAX_MEDIAN_FILTER
+
+#: The longest window or hop in seconds (an hour). Beyond some bound the sample counts overflow
+#: (``window=1e308`` was an OverflowError and a 500); an hour is more than any model input needs.
+MAX_WINDOW_SECONDS = 3600.0
+#: The longest event duration or gap in seconds (a day): finite, and longer than any recording tagged at once.
+MAX_EVENT_SECONDS = 86400.0
 
 
 @dataclass(frozen=True)
@@ -60,9 +69,9 @@ class OptionSpec:
             if self.choices and value not in self.choices:
                 raise refuse(f"expected one of {', '.join(self.choices)}")
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy numbers are numbers too
             raise refuse("expected a number")
-        if self.kind is int and not (isinstance(value, int) or float(value).is_integer()):
+        if self.kind is int and not (isinstance(value, numbers.Integral) or float(value).is_integer()):
             raise refuse("expected a whole number")
         if not math.isfinite(value):
             raise refuse("expected a finite number")
@@ -71,6 +80,21 @@ class OptionSpec:
         if self.maximum is not None and value > self.maximum:
             raise refuse(f"expected at most {self.maximum:g}")
         return self.kind(value)
+
+
+def check_numbers(specs: Mapping[str, OptionSpec], values: Mapping[str, object]) -> None:
+    """An OptionError for the first number in ``values`` outside its declared range (``None`` is a default).
+
+    The CLI's flags and the service's parameters have these bounds already; this gives the Python API
+    (``model.tag(window=1e308)``) the same refusal from the same declaration.
+    """
+    for name, value in values.items():
+        spec = specs[name]
+        if value is not None and spec.kind in (int, float):
+            try:
+                spec.check(value)
+            except ValueError as error:
+                raise OptionError(str(error)) from None
 
 
 def _by_name(*specs: OptionSpec) -> dict[str, OptionSpec]:
@@ -88,13 +112,16 @@ TAG_OPTIONS: dict[str, OptionSpec] = _by_name(
                "(repeatable; ';' separates).", short="-c", multiple=True),
     OptionSpec("profile", str, None, "Event profile: bundled name (e.g. home) or a TOML file.", short="-p"),
     OptionSpec("events", bool, False, "Detect time-stamped events."),
-    OptionSpec("window", float, 10.0, "Window length in seconds.", minimum=0.15),
-    OptionSpec("hop", float, None, "Hop between windows in seconds [default: the window].", minimum=0.01),
+    OptionSpec("window", float, 10.0, "Window length in seconds.", minimum=0.15, maximum=MAX_WINDOW_SECONDS),
+    OptionSpec("hop", float, None, "Hop between windows in seconds [default: the window].", minimum=0.01,
+               maximum=MAX_WINDOW_SECONDS),
     OptionSpec("pool", str, "max", "How window scores become clip scores.", choices=("max", "mean")),
     OptionSpec("median_filter", int, 1, "Events: median filter length over window segments (odd).", minimum=1,
                maximum=MAX_MEDIAN_FILTER),
-    OptionSpec("min_duration", float, 0.0, "Events: drop events shorter than this (seconds).", minimum=0),
-    OptionSpec("min_gap", float, 0.0, "Events: merge events of a class closer than this (seconds).", minimum=0),
+    OptionSpec("min_duration", float, 0.0, "Events: drop events shorter than this (seconds).", minimum=0,
+               maximum=MAX_EVENT_SECONDS),
+    OptionSpec("min_gap", float, 0.0, "Events: merge events of a class closer than this (seconds).", minimum=0,
+               maximum=MAX_EVENT_SECONDS),
 )
 
 #: Live tagging reports every hop, so its hop has a default of its own (the report interval).

@@ -7,6 +7,7 @@ own types become one line on stderr.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import signal
@@ -52,6 +53,11 @@ class LazyGroup(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]):
         if args and args[0] in DECODE_BESIDE_MODEL:  # only when that command is about to run
             prefer_sleeping_openmp_threads()
+        if args and args[0] not in COMMANDS and not args[0].startswith("-"):
+            near = difflib.get_close_matches(args[0], COMMANDS, n=3)
+            if near:  # click's own message names no command; `auricle tags` should say `tag`
+                ctx.fail(f"No such command {args[0]!r}. Did you mean "
+                         + " or ".join(repr(name) for name in near) + "?")
         return super().resolve_command(ctx, args)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:

@@ -97,9 +97,44 @@ def model_options(command: Callable) -> Callable:
                            help="Weights file or folder (Zenodo .pt, Hugging Face folder, auricle .safetensors); tag, "
                            "evaluate, serve, listen and embed also take an `auricle export` .onnx file (run by ONNX Runtime, no "
                            "torch).")(command)
-    command = click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
+    command = click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, callback=known_model,
                            help="Model name (see `auricle models`).")(command)
     return command
+
+
+def known_model(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--model``'s name checked against the registry, which is data: a typo is answered before torch loads."""
+    from auricle.models.registry import model_info
+
+    try:
+        model_info(value)
+    except AuricleError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+    return value
+
+
+def refuse_another_model(ctx: click.Context | None, model_name: str, checkpoint: str | None) -> None:
+    """Exit with one line when ``--model`` was given beside a ``--checkpoint`` of another size (it was ignored).
+
+    Only a name the user typed is checked: the default yields to the checkpoint, as it always did.
+    """
+    if checkpoint is None or not given_on_command_line(ctx, "model_name"):
+        return
+    from auricle.exported import is_exported_file
+
+    if is_exported_file(checkpoint):
+        return  # an exported file fixes its own model; its config is not read here
+    from auricle.models.checkpoints import read_checkpoint
+    from auricle.models.registry import model_info, same_size, size_name
+
+    info = model_info(model_name)
+    try:
+        config = read_checkpoint(checkpoint).config
+    except AuricleError as error:
+        fail(str(error))
+    if not same_size(config, info):
+        fail(f"--model {model_name} does not match --checkpoint {checkpoint}: the checkpoint holds "
+             f"{size_name(config)}, not {info.name}; drop --model or name the checkpoint's model")
 
 
 def training_precision_option(command: Callable) -> Callable:
@@ -171,6 +206,9 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
         fail(f"--streams {streams} needs at least as many --threads ({got})")
     if is_exported_file(checkpoint):
         return _load_exported_or_exit(ctx, str(checkpoint), device, threads, streams, engine, precision, exported)
+    refuse_another_model(ctx, model_name, checkpoint)
+    if checkpoint is None:
+        _fetch_or_exit(model_name)
     if engine == "onnx" and exported and str(device).split(":")[0] == "cpu" and precision != "bf16":
         prepared = _load_prepared_or_none(model_name, checkpoint, threads, streams, precision)
         if prepared is not None:
@@ -195,6 +233,21 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
         else:  # not ours to format: hand it back unchanged
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     return model
+
+
+def _fetch_or_exit(model_name: str) -> None:
+    """The named model's weights in the local cache (downloaded if need be), or one error line and exit.
+
+    Done before torch is imported: offline, a model that was never downloaded is refused in about a
+    second. Loading then finds the weights in the cache.
+    """
+    from auricle.models.hub import fetch_weights
+    from auricle.models.registry import model_info
+
+    try:
+        fetch_weights(model_info(model_name))
+    except AuricleError as error:
+        fail(str(error))
 
 
 def _load_prepared_or_none(model_name: str, checkpoint: str | None, threads: int, streams: int | None,

@@ -9,11 +9,13 @@ import sys
 
 import click
 
-from auricle.cli.common import error_line, fail, load_model_or_exit, model_options, output_problem, writable
+from auricle.cli.common import (error_line, fail, load_model_or_exit, model_options, output_problem, tag_option_flags,
+                                writable)
 from auricle.cli.datasets import column_options
 from auricle.errors import AuricleError
 from auricle.inference.events import MAX_MEDIAN_FILTER
 from auricle.io import atomic
+from auricle.options import TAG_OPTIONS
 
 
 @click.command("evaluate")
@@ -27,15 +29,13 @@ from auricle.io import atomic
 @click.option("--audio-dir", type=click.Path(file_okay=False), default=None,
               help="Folder that relative file names in LABELS are under [default: the folder of LABELS].")
 @column_options
-@click.option("--window", type=click.FloatRange(0.15), default=10.0, show_default=True, help="Window length in seconds.")
-@click.option("--hop", type=click.FloatRange(0.01), default=None, help="Hop between windows in seconds [default: the window].")
+@tag_option_flags(TAG_OPTIONS, "window", "hop")
 @click.option("--pool", type=click.Choice(["max", "mean"]), default="max", show_default=True,
               help="Tagging: how window scores become clip scores.")
 @click.option("--threshold", "-t", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Events: score at which a class is active.")
 @click.option("--median-filter", type=click.IntRange(1, MAX_MEDIAN_FILTER), default=1, show_default=True, help="Events: median filter length (odd).")
-@click.option("--min-duration", type=click.FloatRange(0), default=0.0, show_default=True, help="Events: drop shorter events (s).")
-@click.option("--min-gap", type=click.FloatRange(0), default=0.0, show_default=True, help="Events: merge closer events (s).")
+@tag_option_flags(TAG_OPTIONS, "min_duration", "min_gap")
 @click.option("--segment", type=click.FloatRange(0.01), default=1.0, show_default=True,
               help="Events: segment length of the segment-based F1 (s).")
 @click.option("--psds/--no-psds", default=True, show_default=True, help="Events: compute PSDS1 and PSDS2.")

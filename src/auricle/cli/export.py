@@ -6,13 +6,13 @@ import json
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit, writable
+from auricle.cli.common import fail, known_model, load_model_or_exit, writable
 from auricle.errors import AuricleError
 from auricle.models.registry import DEFAULT_MODEL
 
 
 @click.command("export")
-@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
+@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, callback=known_model,
               help="Model name (see `auricle models`).")
 @click.option("--checkpoint", type=click.Path(dir_okay=True), default=None,
               help="Weights file or folder (Zenodo .pt, Hugging Face folder, auricle .safetensors).")

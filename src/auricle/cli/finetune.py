@@ -6,7 +6,7 @@ import json
 
 import click
 
-from auricle.cli.common import fail, training_precision_option, writable
+from auricle.cli.common import fail, known_model, refuse_another_model, training_precision_option, writable
 from auricle.cli.datasets import dataset_options, read_dataset_or_exit
 from auricle.errors import AuricleError
 from auricle.models.registry import DEFAULT_MODEL
@@ -15,8 +15,8 @@ from auricle.models.registry import DEFAULT_MODEL
 @click.command("finetune")
 @click.argument("dataset", type=click.Path(exists=True))
 @click.option("--output", "-o", required=True, type=click.Path(), callback=writable(folder=True),
-              help="Folder for model.safetensors (+ .json), last.pt (resume point) and result.json.")
-@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
+              help="Folder for model.safetensors (one file: config and classes in its metadata), last.pt (resume point) and result.json.")
+@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, callback=known_model,
               help="Encoder to start from (see `auricle models`); with --from-scratch only its size is used.")
 @click.option("--checkpoint", type=click.Path(exists=True), default=None, help="Start from these weights instead.")
 @click.option("--from-scratch", is_flag=True, help="Random initialisation of the --model size.")
@@ -97,6 +97,7 @@ def finetune_command(dataset, output, model_name, checkpoint, from_scratch, audi
     say = lambda line: click.echo(f"auricle: {line}", err=True)  # noqa: E731
     try:
         splits = training_splits(labelled, train_split, valid_split, test_split, valid_fraction, seed)
+        refuse_another_model(click.get_current_context(), model_name, checkpoint)
         encoder, origin = load_encoder(model_name, checkpoint, from_scratch, seed)
         if train_blocks is not None and train_blocks > len(encoder.blocks):
             fail(f"--train-blocks {train_blocks}: the encoder has only {len(encoder.blocks)} blocks")

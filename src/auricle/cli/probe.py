@@ -16,7 +16,7 @@ from auricle.errors import AuricleError
 @model_options
 @dataset_options
 @click.option("--output", "-o", type=click.Path(), default=None, callback=writable(),
-              help="Save encoder + probe head as this .safetensors checkpoint (+ .json) for `auricle tag`.")
+              help="Save encoder + probe head as this .safetensors checkpoint for `auricle tag` (one file: config and classes in its metadata).")
 @click.option("--head", type=click.Choice(["linear", "mlp"]), default="linear", show_default=True,
               help="linear: LayerNorm+Linear (the CED head); mlp: LayerNorm+Linear+GELU+Linear.")
 @click.option("--hidden", type=click.IntRange(1), default=256, show_default=True, help="Hidden width of --head mlp.")

@@ -83,7 +83,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         if output_format in RESUMABLE_FORMATS and output not in (None, "-"):
             # Rows computed otherwise would mix silently with the earlier ones.
             settings = _run_settings(model, options)
-            differences = settings_differences(output, settings) if resume else []
+            differences = settings_differences(output, settings, _effective) if resume else []
             if differences:
                 fail(f"{output}: written with other settings ({'; '.join(differences)}); resume with the same "
                      "model and options, or write to another file")
@@ -153,6 +153,18 @@ def _run_settings(model, options) -> dict:
         "hop": options.window.hop_seconds,
     }
     return json.loads(json.dumps(settings))  # tuples as lists, as they read back
+
+
+def _effective(settings: dict) -> dict:
+    """Recorded settings as they acted: ``top_k`` null is 5 without a threshold or profile, ``hop`` null the window."""
+    from auricle.inference.tagging import DEFAULT_TOP_K
+
+    acted = dict(settings)
+    if acted.get("top_k") is None and acted.get("threshold") is None and acted.get("profile") is None:
+        acted["top_k"] = DEFAULT_TOP_K
+    if acted.get("hop") is None:
+        acted["hop"] = acted.get("window")
+    return acted
 
 
 def _refuse_an_input_as_output(output: str, files: list[str]) -> None:

@@ -41,7 +41,7 @@ from auricle.errors import AuricleError, DatasetError, LabelError
 from auricle.inference.events import timeline
 from auricle.inference.results import ClipTags, Failure
 from auricle.inference.tagging import TagOptions
-from auricle.labels import LabelSet
+from auricle.labels import LabelSet, close_matches
 
 #: DCASE 2021-2024 task 4 PSDS scenarios (Bilen et al. 2020 parameters).
 PSDS_SCENARIOS: dict[str, dict] = {
@@ -78,9 +78,15 @@ def model_columns(labels: LabelSet, classes: Sequence[str], source: str) -> list
         index = labels.find(name)
         (unknown.append(name) if index is None else columns.append(index))
     if unknown:
-        shown = ", ".join(repr(name) for name in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise LabelError(f"{source}: {len(unknown)} classes are not outputs of the model: {shown}")
+        shown = ", ".join(_with_suggestions(name, labels) for name in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        what = "1 class is not an output" if len(unknown) == 1 else f"{len(unknown)} classes are not outputs"
+        raise LabelError(f"{source}: {what} of the model: {shown}")
     return columns
+
+
+def _with_suggestions(name: str, labels: LabelSet) -> str:
+    near = close_matches(name, labels.names, limit=2)
+    return repr(name) + (f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else "")
 
 
 def predict(

@@ -33,6 +33,7 @@ from auricle.inference.results import ClipTags, Embeddings, Failure
 from auricle.inference.tagging import ClassSpace, TagOptions, summarize
 from auricle.inference.windows import WindowConfig, iter_windows
 from auricle.labels import LabelSet
+from auricle.options import TAG_OPTIONS, check_numbers
 from auricle.profiles import Profile, load_profile
 
 
@@ -222,6 +223,12 @@ class Tagger:
         hop: float | None = None,
     ) -> TagOptions:
         """Typed options from keyword arguments (what the CLI flags map to)."""
+        # Seconds get the bounds of the CLI's flags and the service's parameters (TagOptions and
+        # EventOptions check the other numbers, in their own words).
+        seconds = {"window": window, "hop": hop}
+        if isinstance(events, EventOptions):
+            seconds.update(min_duration=events.min_duration, min_gap=events.min_gap)
+        check_numbers(TAG_OPTIONS, seconds)
         if isinstance(profile, str):
             profile = load_profile(profile)
         if events is True:

@@ -332,7 +332,8 @@ def carve_validation(dataset: LabelledDataset, fraction: float, seed: int) -> tu
         held.update(generator.permutation(positions)[:take].tolist())
     rest = [i for i in range(len(dataset)) if i not in held]
     if not held or not rest:
-        raise DatasetError(f"{dataset.source}: too few clips to hold out {fraction:.0%} for validation")
+        raise DatasetError(f"{dataset.source}: too few clips ({len(dataset)}) to hold out {fraction:.0%} of each class "
+                           "for validation: raise --valid-fraction or name a validation split (--valid-split)")
     return dataset.subset(rest), dataset.subset(sorted(held))
 
 

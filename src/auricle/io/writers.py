@@ -15,7 +15,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -174,15 +174,21 @@ def settings_path(path: str | os.PathLike) -> Path:
     return Path(f"{path}.settings.json")
 
 
-def settings_differences(path: str | os.PathLike, settings: dict) -> list[str]:
-    """How ``settings`` differ from those recorded beside ``path`` (``key old -> new``); none if not recorded."""
+def settings_differences(path: str | os.PathLike, settings: dict,
+                         shown: Callable[[dict], dict] | None = None) -> list[str]:
+    """How ``settings`` differ from those recorded beside ``path`` (``key old -> new``); none if not recorded.
+
+    ``shown`` gives the values to print for a settings dict (a default's effective value for its
+    ``null``); the comparison is of the values as recorded.
+    """
     try:
         saved = json.loads(settings_path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []  # an output from before settings were recorded, or none yet: nothing to compare
     if not isinstance(saved, dict):
         return []
-    return [f"{key} {json.dumps(saved.get(key))} -> {json.dumps(value)}"
+    old, new = (shown(saved), shown(settings)) if shown else (saved, settings)
+    return [f"{key} {json.dumps(old.get(key))} -> {json.dumps(new[key])}"
             for key, value in settings.items() if saved.get(key) != value]
 
 

@@ -6,8 +6,9 @@ Layouts:
   frontend buffers ``front_end.*`` and ``init_bn.1.*``.
 * ``huggingface``: ``mispeech/ced-*`` (``model.safetensors`` + ``config.json``),
   keys under ``encoder.`` except ``outputlayer.*``, and ``init_bn`` without ``.1``.
-* ``auricle``: our own, ``*.safetensors`` with a JSON config beside it
-  (``<stem>.json``, or ``config.json`` in a folder) carrying dimensions and labels.
+* ``auricle``: our own, ``*.safetensors`` whose metadata carries a JSON config
+  (dimensions, labels, name). Files written before it did carry it beside them
+  (``<stem>.json``, or ``config.json`` in a folder), which is still read.
 
 Pickles are never executed: ``.pt``/``.bin`` files load with ``weights_only=True``.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from auricle.exported import is_exported_file, not_weights
 from auricle.frontend import mel_filterbank
 from auricle.io import atomic
 from auricle.models.ced import CED, CEDConfig
-from auricle.models.files import find_config, weights_in_folder
+from auricle.models.files import EMBEDDED_KEY, find_config, safetensors_metadata, weights_in_folder
 from auricle.models.registry import config_for_width
 
 FORMAT_NAME = "auricle"
@@ -179,6 +179,10 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         path = weights_in_folder(path)
     state_dict, layout = to_auricle_keys(_read_tensors(path), str(path))
     meta = find_config(path)
+    if meta is None and path.suffix == ".safetensors" and safetensors_metadata(path).get("format") == FORMAT_NAME:
+        # Written by an auricle that kept the config (and class names) beside the weights only.
+        raise CheckpointError(f"{path}: its config and class names are in {path.with_suffix('.json')}, which is "
+                              "missing (older auricle versions kept them there): put it back beside the weights")
     labels = None
     name = None
     if meta is not None and meta.get("format") == FORMAT_NAME:
@@ -229,8 +233,11 @@ def save_checkpoint(
     labels: list[str] | tuple[str, ...] | None = None,
     name: str | None = None,
 ) -> Path:
-    """Write ``path`` (``.safetensors``) and its JSON config beside it, atomically."""
-    from safetensors.torch import save_file
+    """Write ``path`` (``.safetensors``), its config and labels in the file's metadata, atomically.
+
+    One file: nothing beside it is needed (a ``<stem>.json`` left there by an older write is ignored).
+    """
+    from safetensors.torch import save
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -244,10 +251,6 @@ def save_checkpoint(
         "labels": list(labels) if labels is not None else None,
     }
     tensors = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
-    # The JSON is renamed into place first (the inner block ends first), then the weights.
-    with atomic.replacing(path) as tmp_weights, atomic.replacing(path.with_suffix(".json")) as tmp_meta:
-        save_file(tensors, str(tmp_weights), metadata={"format": FORMAT_NAME})
-        tmp_meta.write_text(json.dumps(meta, indent=2))
-        # safetensors creates its file owner-only (0600): give it the mode the JSON got from the umask.
-        os.chmod(tmp_weights, stat.S_IMODE(tmp_meta.stat().st_mode))
+    # Serialised here and written as any file is (safetensors' own save_file makes it owner-only, 0600).
+    atomic.write_bytes(path, save(tensors, metadata={"format": FORMAT_NAME, EMBEDDED_KEY: json.dumps(meta)}))
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 from auricle.errors import CheckpointError
@@ -24,8 +25,41 @@ def config_candidates(weights: Path) -> list[Path]:
     return [weights.with_suffix(".json"), weights.parent / "config.json"]
 
 
+#: The key of a ``.safetensors`` file's metadata that holds auricle's config (dimensions, labels, name).
+EMBEDDED_KEY = "auricle"
+
+
+def safetensors_metadata(weights: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a ``.safetensors`` file (string to string), read from its header alone.
+
+    The header is 8 bytes of little-endian length and that much JSON; nothing else is read (and no torch).
+    An unreadable header gives {}: reading the tensors then names the problem.
+    """
+    try:
+        with open(weights, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > 100_000_000:  # not a header: a corrupt or foreign file
+                return {}
+            header = json.loads(handle.read(length))
+    except (OSError, struct.error, ValueError):
+        return {}
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def find_config(weights: Path) -> dict | None:
-    """The first JSON config beside ``weights``, parsed; None if there is none."""
+    """``weights``' config: embedded in a ``.safetensors`` file, else the first JSON config beside it; None if none.
+
+    auricle's own ``.safetensors`` files carry it in their metadata (one file); files written before that
+    carried it in ``<stem>.json`` beside them, which is still read.
+    """
+    if weights.suffix == ".safetensors":
+        embedded = safetensors_metadata(weights).get(EMBEDDED_KEY)
+        if embedded is not None:
+            try:
+                return json.loads(embedded)
+            except json.JSONDecodeError as error:
+                raise CheckpointError(f"{weights}: invalid auricle metadata ({error})") from None
     for candidate in config_candidates(weights):
         if candidate.is_file():
             try:

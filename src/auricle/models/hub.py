@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import socket
+import threading
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 from auricle.errors import CheckpointError
@@ -10,6 +16,56 @@ from auricle.models.registry import ModelInfo
 
 #: Tried in order; safetensors first so nothing is unpickled when it exists.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+#: Seconds the hub's host has to accept a connection (name lookup included) before it is taken as
+#: unreachable. Without this check an offline `auricle tag` waited ~26 s through the hub's retries.
+CONNECT_TIMEOUT = 1.5
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for no network, as huggingface_hub reads it (1, ON, YES, TRUE)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_host() -> tuple[str, int]:
+    """The host and port of the hub (``HF_ENDPOINT``, default huggingface.co)."""
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+
+
+def hub_reachable(timeout: float = CONNECT_TIMEOUT) -> bool:
+    """Whether the hub's host accepts a TCP connection within ``timeout`` seconds, the name lookup included.
+
+    Through a proxy the host is not dialled directly, so it is taken as reachable (the hub finds out).
+    """
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    connected: list[bool] = []
+
+    def dial() -> None:  # in a thread: a name lookup has no timeout of its own
+        try:
+            socket.create_connection(hub_host(), timeout=timeout).close()
+            connected.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=dial, name="auricle-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(connected)
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """huggingface_hub's retry warnings off: its failure ends in auricle's one line, which says it all."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _first_line(error: Exception) -> str:
@@ -36,19 +92,28 @@ def fetch_weights(info: ModelInfo, cache_dir: str | os.PathLike | None = None,
         unreachable = ()
     reasons: list[str] = []
     for local_only in (True, False):
+        if not local_only:  # not in any cache: find out at once whether the hub can be asked at all
+            if hub_offline():
+                reasons.append("HF_HUB_OFFLINE is set")
+                break
+            if not hub_reachable():
+                reasons.append(f"{hub_host()[0]} cannot be reached")
+                break
         for filename in WEIGHT_FILES:
             try:
-                weights = hf_hub_download(
-                    info.hf_repo, filename, cache_dir=cache_dir, local_files_only=local_only
-                )
+                with _quiet_hub():
+                    weights = hf_hub_download(
+                        info.hf_repo, filename, cache_dir=cache_dir, local_files_only=local_only
+                    )
             except Exception as error:  # hub errors vary across versions; all mean "not here"
                 if not local_only:
                     reasons.append(f"{filename}: {_first_line(error)}")
                     if isinstance(error, unreachable):
-                        break  # the next file would only wait through the same retries (~25 s offline)
+                        break  # the next file would only wait through the same retries
                 continue
             try:  # the config names the model; not needed to load it
-                hf_hub_download(info.hf_repo, "config.json", cache_dir=cache_dir, local_files_only=local_only)
+                with _quiet_hub():
+                    hf_hub_download(info.hf_repo, "config.json", cache_dir=cache_dir, local_files_only=local_only)
             except Exception:
                 pass
             return Path(weights)

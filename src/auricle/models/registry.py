@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from auricle.errors import CheckpointError
@@ -60,8 +61,22 @@ def model_info(name: str) -> ModelInfo:
     for info in _MODELS:
         if info.name == key:
             return info
-    names = ", ".join(info.name for info in _MODELS)
-    raise CheckpointError(f"{name}: unknown model (available: {names})")
+    names = [info.name for info in _MODELS]
+    near = difflib.get_close_matches(key, names, n=2)
+    hint = f"did you mean {' or '.join(repr(n) for n in near)}? " if near else ""
+    raise CheckpointError(f"{name}: unknown model ({hint}available: {', '.join(names)})")
+
+
+def same_size(config: CEDConfig, info: ModelInfo) -> bool:
+    """Whether an encoder of ``config`` has the size of the published model ``info`` (width, depth, heads)."""
+    return (config.embed_dim, config.depth, config.num_heads) == (
+        info.config.embed_dim, info.config.depth, info.config.num_heads)
+
+
+def size_name(config: CEDConfig) -> str:
+    """The published model an encoder of ``config`` has the size of, else its width and depth in words."""
+    match = next((info.name for info in _MODELS if same_size(config, info)), None)
+    return match or f"a {config.embed_dim}-wide, {config.depth}-block encoder"
 
 
 def config_for_width(embed_dim: int, **overrides) -> CEDConfig:

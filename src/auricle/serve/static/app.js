@@ -11,6 +11,13 @@ function showError(message) {
   box.hidden = !message;
 }
 
+// A failed upload: the previous file's result would read as this one's, so it goes, and the
+// error shows where the result was.
+function failed(message) {
+  $("result-panel").hidden = true;
+  showError(message);
+}
+
 function setStatus(text) { $("status").textContent = text || ""; }
 
 function options() {
@@ -56,13 +63,13 @@ async function tagBlob(blob, name) {
     response = await fetch(`/v1/tag?${params}`, { method: "POST", body: form });
   } catch (error) {
     setStatus("");
-    showError(`request failed: ${error}`);
+    failed(`request failed: ${error}`);
     return;
   }
   const body = await response.json().catch(() => ({}));
   setStatus("");
   if (!response.ok) {
-    showError(`${response.status}: ${body.detail ? JSON.stringify(body.detail) : response.statusText}`);
+    failed(`${response.status}: ${body.detail ? JSON.stringify(body.detail) : response.statusText}`);
     return;
   }
   showResult(body, (performance.now() - started) / 1000);
