@@ -161,9 +161,10 @@ def test_a_huge_number_is_refused_in_one_line_everywhere(name, tiny_serve_model,
     from fastapi.testclient import TestClient
 
     from auricle.serve.app import create_app
+    from serve_support import LOCAL
 
     query = "&".join([f"{name}=1e308"] + ["events=true"] * bool(events))
-    with TestClient(create_app(tiny_serve_model)) as client:
+    with TestClient(create_app(tiny_serve_model), base_url=LOCAL) as client:
         response = client.post(f"/v1/tag?{query}", content=wav.read_bytes())
     assert response.status_code == 422, response.text
     assert response.json()["detail"].startswith(f"{name}: Input should be less than or equal to")
