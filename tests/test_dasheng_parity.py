@@ -110,7 +110,12 @@ def test_batch_with_lengths_masks_keys_as_the_official(model, exact):
     lengths = torch.from_numpy(ref["lengths"])
     ours = official_floor_tokens(model.network, torch.from_numpy(ref["batch"]), lengths).numpy()
     truth = official_floor_tokens(exact, torch.from_numpy(ref["batch"]).double(), lengths).numpy()
-    # Every row, padding positions included (a chunk of padding alone attends uniformly, as officially).
+    # Every row, padding positions included: clip 0 (92 tokens) has a chunk of padding alone, which attends
+    # uniformly, as officially. No official float64 exists for the batch: the exact result is held to the
+    # official float32 within 3x the official float32 error on these clips, then ours to the exact one.
+    summary = json.loads((FOLDER / "summary.json").read_text())
+    official_error = max(summary[name]["f32_vs_f64_max_abs"] for name in ("b_noise_3p7s", "c_chirp_10s", "d_mix_25p3s"))
+    np.testing.assert_allclose(truth, ref["tokens"], atol=3 * official_error, rtol=0)
     assert_as_accurate_as_official(ours, ref["tokens"], truth, floor=0.0, label="batch")
     for index, length in enumerate(ref["lengths"]):
         alone = ref[f"alone_{index}"]

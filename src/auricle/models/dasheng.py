@@ -87,7 +87,7 @@ def key_bias(valid: torch.Tensor, first: int, tokens: int, dtype: torch.dtype) -
 
     The official code fills masked scores with the dtype's lowest value (not -inf); adding that
     value gives the same scores (scores are far below its rounding step), and a chunk whose keys
-    are all masked then attends uniformly, as there, instead of giving NaN.
+    are all masked then attends uniformly, as there (with -inf, torch's attention gives such rows 0).
     """
     positions = torch.arange(first, first + tokens, device=valid.device)
     masked = positions.unsqueeze(0) >= valid.unsqueeze(1)
