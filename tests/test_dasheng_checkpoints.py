@@ -190,3 +190,20 @@ def test_names_load_through_the_hub(zenodo, tmp_path, monkeypatch, noise):
         auricle.load_model("dasheng-base-audioset")
     with pytest.raises(OptionError, match="torch engine in fp32 only"):
         auricle.load_model(checkpoint=zenodo, precision="bf16")
+
+
+def test_cli_embeds_with_dasheng_and_other_commands_say_they_take_ced(zenodo, tmp_path, noise):
+    from click.testing import CliRunner
+
+    from auricle.cli import cli
+
+    recording = tmp_path / "noise.wav"
+    sf.write(recording, noise[0], 16000, subtype="FLOAT")
+    result = CliRunner().invoke(cli, ["embed", str(recording), "-o", str(tmp_path / "out"), "--checkpoint", str(zenodo)])
+    assert result.exit_code == 0, result.output
+    stored = np.load(next((tmp_path / "out").glob("*.npz")))
+    assert stored["windows"].shape == (37, 192)
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(zenodo), "-o", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["auricle: error: dasheng_small_perturbed: auricle export takes CED models; "
+                                          "a Dasheng encoder works with tag and embed (and in Python)"]

@@ -149,6 +149,10 @@ def _remember(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
+#: The commands a Dasheng encoder is wired into so far (the others assume a CED network).
+DASHENG_COMMANDS = ("tag", "embed")
+
+
 def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, threads: int | None,
                        engine: str | None = None, precision: str | None = None, exported: bool = False):
     """The model the options name, or one error line and exit.
@@ -189,6 +193,10 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
                                precision=precision, threads=threads, streams=streams)
     except AuricleError as error:
         fail(str(error))
+    command = ctx.info_name if ctx is not None else None
+    if getattr(getattr(model, "network", None), "family", "ced") != "ced" and command not in DASHENG_COMMANDS:
+        fail(f"{model.name}: auricle {command} takes CED models; a Dasheng encoder works with "
+             f"{' and '.join(DASHENG_COMMANDS)} (and in Python)")
     for warning in caught:
         if issubclass(warning.category, EngineWarning):
             click.echo(f"auricle: warning: {warning.message}", err=True)
