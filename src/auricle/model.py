@@ -21,8 +21,7 @@ from auricle.inference.results import Embeddings
 from auricle.inference.streams import StreamPool
 from auricle.labels import LabelSet, audioset_labels
 from auricle.models.ced import CED
-from auricle.models.checkpoints import build_model
-from auricle.models.families import family_of, read_any_checkpoint
+from auricle.models.families import read_any_checkpoint
 from auricle.models.registry import DEFAULT_MODEL, ModelInfo, available_models, model_info
 
 
@@ -170,8 +169,8 @@ def load_model(
         checkpoint = fetch_weights(info, cache_dir=cache_dir)
     else:
         info = None
-    loaded = read_any_checkpoint(checkpoint)
-    if family_of(loaded) == "dasheng":
+    family, loaded = read_any_checkpoint(checkpoint)
+    if family.name == "dasheng":
         from auricle.dasheng_model import load_dasheng
 
         return load_dasheng(loaded, info, device, engine_config)
@@ -190,7 +189,7 @@ def load_model(
             f"{checkpoint}: head has {loaded.config.num_classes} classes but the checkpoint names none"
         )
     display_name = info.name if info is not None else (loaded.name or Path(str(checkpoint)).stem)
-    return AudioModel(build_model(loaded), display_name, labels, device, engine=engine_config)
+    return AudioModel(family.build(loaded), display_name, labels, device, engine=engine_config)
 
 
 __all__ = ["AudioModel", "load_model", "available_models"]
