@@ -131,7 +131,8 @@ def test_ced_and_dasheng_are_not_taken_for_each_other(zenodo, tiny_checkpoint):
 
 
 def test_a_truncated_file_is_one_line(zenodo, tmp_path):
-    for name, data in (("cut.pt", zenodo.read_bytes()), ("cut.safetensors", (FOLDER / "hf/model.safetensors").read_bytes())):
+    for name, whole in (("cut.pt", zenodo), ("cut.safetensors", FOLDER / "hf" / "model.safetensors")):
+        data = whole.read_bytes()
         path = tmp_path / name
         path.write_bytes(data[: len(data) // 2])
         with pytest.raises(CheckpointError) as error:
@@ -199,7 +200,8 @@ def test_cli_embeds_with_dasheng_and_other_commands_say_they_take_ced(zenodo, tm
 
     recording = tmp_path / "noise.wav"
     sf.write(recording, noise[0], 16000, subtype="FLOAT")
-    result = CliRunner().invoke(cli, ["embed", str(recording), "-o", str(tmp_path / "out"), "--checkpoint", str(zenodo)])
+    result = CliRunner().invoke(cli, ["embed", str(recording), "-o", str(tmp_path / "out"),
+                                      "--checkpoint", str(zenodo)])
     assert result.exit_code == 0, result.output
     stored = np.load(next((tmp_path / "out").glob("*.npz")))
     assert stored["windows"].shape == (37, 192)

@@ -23,19 +23,12 @@ from torch import nn
 
 from auricle.frontend import HOP_LENGTH, LogMel
 from auricle.models.ced import Mlp, make_head
-from auricle.models.dasheng_config import PATCH_FRAMES, TARGET_FRAMES, DashengConfig
+from auricle.models.dasheng_config import PATCH_FRAMES, DashengConfig
 
 #: Samples per token as the official key mask counts them (``hop_size * 4``).
 SAMPLES_PER_TOKEN = HOP_LENGTH * PATCH_FRAMES
-#: Tokens per second of audio.
-TOKEN_RATE = 16000 // SAMPLES_PER_TOKEN
 #: The shortest waveform that makes one patch (4 frames); shorter input is zero-padded.
 MIN_SAMPLES = (PATCH_FRAMES - 1) * HOP_LENGTH
-
-
-def token_count(samples: int) -> int:
-    """Tokens the encoder makes of a clip of ``samples`` samples alone (frames // 4, at least 1)."""
-    return (1 + max(samples, MIN_SAMPLES) // HOP_LENGTH) // PATCH_FRAMES
 
 
 def valid_tokens(samples: torch.Tensor) -> torch.Tensor:
