@@ -141,14 +141,15 @@ def test_a_truncated_file_is_one_line(zenodo, tmp_path):
 
 
 def write_audioset_checkpoint(zenodo: Path, path: Path) -> Path:
-    """The Zenodo layout with a 527-class head (LayerNorm + Linear, as in dasheng_audioset_mAP497.pt)."""
+    """The layout of dasheng_audioset_mAP497.pt as the official README loads it: a flat state dict, the
+    encoder's keys and a 527-class head ``outputlayer`` (LayerNorm + Linear) over the mean token."""
     state = zenodo_dump(zenodo)
     generator = torch.Generator().manual_seed(0)
     state["model"].update({
         "outputlayer.0.weight": torch.ones(192), "outputlayer.0.bias": torch.zeros(192),
         "outputlayer.1.weight": torch.randn(527, 192, generator=generator) * 0.1,
         "outputlayer.1.bias": torch.zeros(527)})
-    torch.save(state, path)
+    torch.save(state["model"], path)
     return path
 
 
