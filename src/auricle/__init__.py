@@ -35,6 +35,9 @@ def load_model(name: str = "ced-mini", checkpoint: Any = None, device: Any = "cp
     """Load a model by name or checkpoint; see :func:`auricle.model.load_model`
     (``engine=``, ``precision=``, ``threads=`` choose how the encoder runs).
 
+    A Dasheng name (``dasheng-base``, ``dasheng-0.6b``, ``dasheng-1.2b``) or checkpoint gives a
+    :class:`auricle.dasheng_model.DashengModel` (frame embeddings at 25 per second).
+
     A ``checkpoint`` ending in ``.onnx`` (an ``auricle export`` file) gives an
     :class:`auricle.exported.ExportedModel`: tagging, probabilities and (files
     exported with ``--piece-embeddings``) embeddings through ONNX Runtime, without

@@ -21,7 +21,7 @@ from auricle.inference.results import Embeddings
 from auricle.inference.streams import StreamPool
 from auricle.labels import LabelSet, audioset_labels
 from auricle.models.ced import CED
-from auricle.models.checkpoints import build_model, read_checkpoint
+from auricle.models.families import read_any_checkpoint
 from auricle.models.registry import DEFAULT_MODEL, ModelInfo, available_models, model_info
 
 
@@ -138,7 +138,10 @@ def load_model(
     threads: int | None = None,
     streams: int | None = None,
 ) -> AudioModel | ExportedModel:
-    """Load a CED model by name (``ced-tiny`` ... ``ced-base``) or from a checkpoint.
+    """Load a model by name (``ced-tiny`` ... ``ced-base``, ``dasheng-base`` ...) or from a checkpoint.
+
+    A Dasheng checkpoint (or name) gives a :class:`~auricle.dasheng_model.DashengModel`
+    (torch engine, fp32 only).
 
     Weights come from ``checkpoint`` if given (official ``.pt``, Hugging Face
     folder or auricle ``.safetensors``), else from the local Hugging Face cache,
@@ -160,10 +163,19 @@ def load_model(
         from auricle.models.hub import fetch_weights
 
         info: ModelInfo | None = model_info(name)
+        if not info.hf_repo:
+            raise CheckpointError(f"{info.name}: weights are published only on Zenodo ({info.zenodo_url}); "
+                                  "download them and pass checkpoint=PATH")
         checkpoint = fetch_weights(info, cache_dir=cache_dir)
     else:
         info = None
-    loaded = read_checkpoint(checkpoint)
+    family, loaded = read_any_checkpoint(checkpoint)
+    if family.name == "dasheng":
+        from auricle.dasheng_model import load_dasheng
+
+        return load_dasheng(loaded, info, device, engine_config)
+    if info is not None and info.family != "ced":
+        raise CheckpointError(f"{checkpoint}: holds a CED encoder, not {info.name}")
     if info is not None and loaded.config.embed_dim != info.config.embed_dim:
         raise CheckpointError(
             f"{checkpoint}: holds a {loaded.config.embed_dim}-wide encoder, not {info.name}"
@@ -177,7 +189,7 @@ def load_model(
             f"{checkpoint}: head has {loaded.config.num_classes} classes but the checkpoint names none"
         )
     display_name = info.name if info is not None else (loaded.name or Path(str(checkpoint)).stem)
-    return AudioModel(build_model(loaded), display_name, labels, device, engine=engine_config)
+    return AudioModel(family.build(loaded), display_name, labels, device, engine=engine_config)
 
 
 __all__ = ["AudioModel", "load_model", "available_models"]

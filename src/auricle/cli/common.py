@@ -124,15 +124,16 @@ def refuse_another_model(ctx: click.Context | None, model_name: str, checkpoint:
 
     if is_exported_file(checkpoint):
         return  # an exported file fixes its own model; its config is not read here
-    from auricle.models.checkpoints import read_checkpoint
+    from auricle.models.families import read_any_checkpoint
     from auricle.models.registry import model_info, same_size, size_name
 
     info = model_info(model_name)
     try:
-        config = read_checkpoint(checkpoint).config
+        family, loaded = read_any_checkpoint(checkpoint)
     except AuricleError as error:
         fail(str(error))
-    if not same_size(config, info):
+    config = loaded.config
+    if family.name != info.family or not same_size(config, info):
         fail(f"--model {model_name} does not match --checkpoint {checkpoint}: the checkpoint holds "
              f"{size_name(config)}, not {info.name}; drop --model or name the checkpoint's model")
 
@@ -184,6 +185,10 @@ def _remember(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
+#: The commands a Dasheng encoder is wired into so far (the others assume a CED network).
+DASHENG_COMMANDS = ("tag", "embed")
+
+
 def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, threads: int | None,
                        engine: str | None = None, precision: str | None = None, exported: bool = False):
     """The model the options name, or one error line and exit.
@@ -227,6 +232,10 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
                                precision=precision, threads=threads, streams=streams)
     except AuricleError as error:
         fail(str(error))
+    command = ctx.info_name if ctx is not None else None
+    if getattr(getattr(model, "network", None), "family", "ced") != "ced" and command not in DASHENG_COMMANDS:
+        fail(f"{model.name}: auricle {command} takes CED models; a Dasheng encoder works with "
+             f"{' and '.join(DASHENG_COMMANDS)} (and in Python)")
     for warning in caught:
         if issubclass(warning.category, EngineWarning):
             click.echo(f"auricle: warning: {warning.message}", err=True)

@@ -27,6 +27,7 @@ from auricle.exported import is_exported_file, not_weights
 from auricle.frontend import mel_filterbank
 from auricle.io import atomic
 from auricle.models.ced import CED, CEDConfig
+from auricle.models.dasheng_config import is_dasheng_state
 from auricle.models.files import EMBEDDED_KEY, find_config, safetensors_metadata, weights_in_folder
 from auricle.models.registry import config_for_width
 
@@ -71,7 +72,9 @@ def _check_official_frontend(state_dict: dict[str, torch.Tensor], source: str) -
         tensor = state_dict.get(key)
         if tensor is None:
             continue
-        if tensor.shape != reference.shape or not torch.allclose(tensor.float(), reference, atol=1e-5):
+        # Meta tensors (shapes without weights, to check a release's layout) have only a shape to compare.
+        if tensor.shape != reference.shape or (
+                not tensor.is_meta and not torch.allclose(tensor.float(), reference, atol=1e-5)):
             raise CheckpointError(
                 f"{source}: {key} differs from the CED frontend (shape {tuple(tensor.shape)}); "
                 "this checkpoint was trained with other audio features"
@@ -145,12 +148,16 @@ def _refuse_what_is_not_a_torch_file(path: Path) -> None:
     raise CheckpointError(f"{path}: {what}; give a .pt checkpoint, a .safetensors file or a Hugging Face model folder")
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors_and_config(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The flat state dict of a weights file, and the ``config`` a training checkpoint stores beside it.
+
+    Dasheng's Zenodo files are ``{"model": state_dict, "config": kwargs}``; other files give None.
+    """
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return load_file(str(path)), None
         except Exception as error:  # safetensors raises several types on bad files
             raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
     if is_exported_file(path):
@@ -163,11 +170,13 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         if cause.startswith("Weights only load failed"):  # torch's advice (weights_only=False) runs foreign code
             cause = "it is not a PyTorch file of tensors alone, and auricle never unpickles anything else"
         raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({cause})") from None
+    config = None
     if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
+        config = loaded.get("config") if isinstance(loaded.get("config"), dict) else None
         loaded = loaded["model"]  # training checkpoints wrap the state dict
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CheckpointError(f"{path}: does not hold a flat state dict of tensors")
-    return loaded
+    return loaded, config
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -177,12 +186,19 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_dir():
         path = weights_in_folder(path)
-    state_dict, layout = to_auricle_keys(_read_tensors(path), str(path))
-    meta = find_config(path)
+    tensors, _ = read_tensors_and_config(path)
+    return checkpoint_from_tensors(path, tensors, find_config(path))
+
+
+def checkpoint_from_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None) -> Checkpoint:
+    """:func:`read_checkpoint` of tensors already read, with the JSON config found beside them."""
+    if is_dasheng_state(tensors) or (meta is not None and meta.get("family", "ced") != "ced"):
+        raise CheckpointError(f"{path}: holds a Dasheng encoder, not CED; this needs a CED checkpoint")
     if meta is None and path.suffix == ".safetensors" and safetensors_metadata(path).get("format") == FORMAT_NAME:
         # Written by an auricle that kept the config (and class names) beside the weights only.
         raise CheckpointError(f"{path}: its config and class names are in {path.with_suffix('.json')}, which is "
                               "missing (older auricle versions kept them there): put it back beside the weights")
+    state_dict, layout = to_auricle_keys(tensors, str(path))
     labels = None
     name = None
     if meta is not None and meta.get("format") == FORMAT_NAME:
@@ -203,7 +219,13 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
     ``assign`` puts the given tensors themselves into the model (its dtype and storage, e.g. a
     memory-mapped bf16 file) instead of copying them into the parameters it was built with.
     """
-    own = model.state_dict()
+    check_shapes(model.state_dict(), state_dict, source)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def check_shapes(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Fail with the list of missing, unexpected and misshapen keys of ``state_dict`` against ``own``
+    (either may be meta tensors: shapes are all that is compared)."""
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     misshapen = sorted(
@@ -217,7 +239,6 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
             problems.append(f"{title}: {', '.join(keys)}")
     if problems:
         raise CheckpointError(f"{source}: does not match the model ({'; '.join(problems)})")
-    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def build_model(checkpoint: Checkpoint) -> CED:
@@ -228,7 +249,7 @@ def build_model(checkpoint: Checkpoint) -> CED:
 
 
 def save_checkpoint(
-    model: CED,
+    model: torch.nn.Module,
     path: str | os.PathLike,
     labels: list[str] | tuple[str, ...] | None = None,
     name: str | None = None,
@@ -247,6 +268,8 @@ def save_checkpoint(
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "name": name,
+        # Only other families name themselves, so CED files stay as they were.
+        **({"family": model.family} if hasattr(model, "family") else {}),
         "config": model.config.to_dict(),
         "labels": list(labels) if labels is not None else None,
     }

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from auricle.errors import CheckpointError
 from auricle.models.config import CEDConfig
+from auricle.models.dasheng_config import SIZES, DashengConfig
 
 
 @dataclass(frozen=True)
@@ -14,12 +15,14 @@ class ModelInfo:
     """A published CED model: what it is, where its weights live, how well it tags."""
 
     name: str
-    config: CEDConfig
+    config: CEDConfig | DashengConfig
     parameters_millions: float
-    #: mAP on the AudioSet evaluation set, full (2M) training set, from the paper.
-    audioset_map: float
+    #: mAP on the AudioSet evaluation set, full (2M) training set, from the paper (None: no AudioSet head).
+    audioset_map: float | None
     hf_repo: str
     zenodo_url: str
+    #: The model family: which module builds it ("ced", "dasheng").
+    family: str = "ced"
 
     def to_dict(self) -> dict:
         return {
@@ -45,6 +48,21 @@ _MODELS = (
               _ZENODO.format(record=8275347, size="base", score=4999)),
 )
 
+_DASHENG_ZENODO = "https://zenodo.org/records/{record}/files/{file}?download=1"
+
+#: The Dasheng encoders (loaded by name or checkpoint, not yet listed by ``auricle models``).
+_DASHENG_MODELS = (
+    ModelInfo("dasheng-base", SIZES["base"], 85.45, None, "mispeech/dasheng-base",
+              _DASHENG_ZENODO.format(record=11511780, file="dasheng_base.pt"), "dasheng"),
+    ModelInfo("dasheng-0.6b", SIZES["0.6b"], 630.33, None, "mispeech/dasheng-0.6B",
+              _DASHENG_ZENODO.format(record=11511780, file="dasheng_06b.pt"), "dasheng"),
+    ModelInfo("dasheng-1.2b", SIZES["1.2b"], 1134.05, None, "mispeech/dasheng-1.2B",
+              _DASHENG_ZENODO.format(record=11511780, file="dasheng_12b.pt"), "dasheng"),
+    # Published on Zenodo only (no Hub repository): loaded with checkpoint=PATH.
+    ModelInfo("dasheng-base-audioset", replace(SIZES["base"], num_classes=527), 85.85, 49.7, "",
+              _DASHENG_ZENODO.format(record=13315686, file="dasheng_audioset_mAP497.pt"), "dasheng"),
+)
+
 DEFAULT_MODEL = "ced-mini"
 
 
@@ -56,12 +74,12 @@ def available_models() -> list[ModelInfo]:
 def model_info(name: str) -> ModelInfo:
     """Look a model up by name; ``ced_mini``, ``CED-Mini`` and ``mini`` all work."""
     key = name.strip().lower().replace("_", "-")
-    if not key.startswith("ced-"):
+    if not key.startswith(("ced-", "dasheng-")):
         key = f"ced-{key}"
-    for info in _MODELS:
+    for info in _MODELS + _DASHENG_MODELS:
         if info.name == key:
             return info
-    names = [info.name for info in _MODELS]
+    names = [info.name for info in _MODELS + _DASHENG_MODELS]
     near = difflib.get_close_matches(key, names, n=2)
     hint = f"did you mean {' or '.join(repr(n) for n in near)}? " if near else ""
     raise CheckpointError(f"{name}: unknown model ({hint}available: {', '.join(names)})")
@@ -75,7 +93,7 @@ def same_size(config: CEDConfig, info: ModelInfo) -> bool:
 
 def size_name(config: CEDConfig) -> str:
     """The published model an encoder of ``config`` has the size of, else its width and depth in words."""
-    match = next((info.name for info in _MODELS if same_size(config, info)), None)
+    match = next((info.name for info in _MODELS + _DASHENG_MODELS if same_size(config, info)), None)
     return match or f"a {config.embed_dim}-wide, {config.depth}-block encoder"
 
 
