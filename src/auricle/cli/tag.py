@@ -9,7 +9,8 @@ import sys
 import click
 
 from auricle.cli.common import (
-    error_line, fail, load_model_or_exit, model_options, refuse_standard_input, tag_option_flags, writable,
+    audio_warnings, error_line, fail, load_model_or_exit, model_options, refuse_standard_input, strict_option,
+    tag_option_flags, writable,
 )
 from auricle.errors import AuricleError
 from auricle.io.writers import (
@@ -34,13 +35,15 @@ from auricle.options import TAG_OPTIONS
               help="Skip files already in --output (jsonl or csv) and append; with csv, FILE.done lists the files "
                    "finished (a file without tags or events has no row).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal, for several files].")
+@strict_option("tagged")
 def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold, classes, profile, events,
                 window, hop, pool, median_filter, min_duration, min_gap, output_format, output, recursive,
-                batch_size, resume, progress) -> None:
+                batch_size, resume, progress, strict) -> None:
     """Tag audio files, folders or globs with AudioSet classes.
 
     Exits with status 1 if any file failed (each failure is reported on stderr;
-    the other files are still tagged).
+    the other files are still tagged). A file cut short is tagged as far as it
+    goes, with a warning (exit status 1 with --strict).
     """
     from tqdm import tqdm
 
@@ -61,8 +64,9 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         fail("no audio files found in " + " ".join(paths))
     if output is not None and output != "-":
         _refuse_an_input_as_output(output, files)
+    csv_truncated = True
     if resume and output_format == "csv":
-        _refuse_another_csv_layout(output, events)
+        csv_truncated = _refuse_another_csv_layout(output, events)
     done = completed_files(output, output_format) if resume else {}
     todo = not_done(files, done)
 
@@ -95,17 +99,23 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         ledger_path(output).unlink(missing_ok=True)  # the CSV is written anew: a ledger beside it would lie
     stream = open_output(output, append=resume, whole=output_format not in RESUMABLE_FORMATS)
     ledger = open(ledger_path(output), "a", encoding="utf-8") if resume and output_format == "csv" else None
-    writer = make_writer(output_format, stream, events=events, appending=appending, ledger=ledger)
+    writer = make_writer(output_format, stream, events=events, appending=appending, ledger=ledger,
+                         csv_truncated=csv_truncated)
     show = progress if progress is not None else None
     bar = tqdm(total=len(todo), unit="file", disable=(not show) if show is not None else (len(todo) < 2 or None),
                file=sys.stderr)
-    failures = 0
+    failures = flagged = 0
     try:
         try:
             for result in results:
                 if hasattr(result, "error"):
                     failures += 1
                     bar.write(error_line(result.error), file=sys.stderr)
+                else:
+                    lines = audio_warnings(result)
+                    flagged += bool(lines)
+                    for line in lines:
+                        bar.write(line, file=sys.stderr)
                 writer.write(result)
                 bar.update(1)
         finally:
@@ -127,6 +137,9 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     summary = f"tagged {len(todo) - failures} of {len(todo)} files{skipped}"
     if failures:
         click.echo(f"auricle: {summary}; {failures} failed", err=True)
+        raise SystemExit(1)
+    if strict and flagged:
+        click.echo(f"auricle: {summary}; {flagged} truncated or too short (--strict)", err=True)
         raise SystemExit(1)
     if len(todo) > 1 or output is not None:
         click.echo(f"auricle: {summary}", err=True)
@@ -168,17 +181,24 @@ def _refuse_an_input_as_output(output: str, files: list[str]) -> None:
             fail(f"{output}: is one of the files to tag; write the results to another file")
 
 
-def _refuse_another_csv_layout(output: str, events: bool) -> None:
-    """Clip-tag rows and event rows in one CSV would be neither table."""
-    from auricle.io.writers import EVENT_CSV_HEADER, TAG_CSV_HEADER
+def _refuse_another_csv_layout(output: str, events: bool) -> bool:
+    """Clip-tag rows and event rows in one CSV would be neither table.
+
+    Returns whether rows appended get the ``truncated`` column: not in a clip-tag CSV an
+    earlier version began without it.
+    """
+    from auricle.io.writers import EVENT_CSV_HEADER, TAG_CSV_HEADER, TAG_CSV_HEADER_V1
 
     try:
         with open(output, encoding="utf-8", newline="") as handle:
             header = handle.readline().strip()
     except (OSError, UnicodeDecodeError):
-        return  # absent: a new file; unreadable: reported when it is opened
+        return True  # absent: a new file; unreadable: reported when it is opened
+    if not events and header == ",".join(TAG_CSV_HEADER_V1):
+        return False
     if header and header != ",".join(EVENT_CSV_HEADER if events else TAG_CSV_HEADER):
-        holds = "events" if header == ",".join(EVENT_CSV_HEADER) else "clip tags" if header == ",".join(
-            TAG_CSV_HEADER) else f"another table ({header[:60]})"
+        holds = "events" if header == ",".join(EVENT_CSV_HEADER) else "clip tags" if header in (
+            ",".join(TAG_CSV_HEADER), ",".join(TAG_CSV_HEADER_V1)) else f"another table ({header[:60]})"
         fail(f"{output}: holds {holds}, not {'events' if events else 'clip tags'}; resume with the same --events "
              f"setting, or write to another file")
+    return True
