@@ -882,3 +882,28 @@ def test_clip_under_one_patch_is_tagged_with_a_warning(tiny_checkpoint, tmp_path
     model = auricle.load_model(checkpoint=tiny_checkpoint)
     assert model.tag(short).too_short and not model.tag(tmp_path / "blip.wav", window=10.0).truncated
     assert not model.tag(np.zeros(2400, dtype=np.float32), sample_rate=16000).too_short
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_rerun_removes_what_a_killed_run_was_writing_but_not_a_live_runs(inputs, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    name = Path(inputs[0]).stem + ".npz"
+    stale, live = out / f"{name}.{_dead_pid()}.tmp", out / f"index.csv.{os.getppid()}.tmp"
+    other = out / f"notes.txt.{_dead_pid()}.tmp"  # not an output of this run: not ours to judge
+    for path in (stale, live, other):
+        path.write_bytes(b"half an npz")
+    result = run("embed", inputs[0], "--checkpoint", tiny_checkpoint, "--output", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in out.glob("*.tmp")) == sorted([live.name, other.name])
+    # tag's whole-at-the-end outputs too
+    leftover = tmp_path / f"tags.json.{_dead_pid()}.tmp"
+    leftover.write_text("[")
+    assert run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "-o", tmp_path / "tags.json").exit_code == 0
+    assert not leftover.exists()

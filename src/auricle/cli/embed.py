@@ -105,6 +105,18 @@ def _holds_another_file(path: Path, file: str) -> bool:
         return False
 
 
+def _remove_stale_temporaries(target: Path, single_file: bool, names: dict[str, str]) -> None:
+    """Remove what a killed run was writing for these outputs (``x.npz.PID.tmp``), unless that run still goes.
+
+    A run writing into the same folder at the same time keeps its temporaries (their PID is alive).
+    """
+    folder, outputs = (target.parent, {target.name}) if single_file else (target, {*names.values(), "index.csv"})
+    try:
+        atomic.remove_leftovers(folder, of=outputs, live_too=False)
+    except OSError:  # not ours to remove (permissions): they stay, as they did
+        pass
+
+
 def _index_rows(folder: Path) -> dict[str, list]:
     """The rows of an earlier run's ``index.csv`` whose .npz is still there."""
     try:
@@ -167,6 +179,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
         target.parent.mkdir(parents=True, exist_ok=True)
     else:
         target.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(target, single_file, names)
 
     collected = []
     # The index describes the folder: files an earlier run over other inputs embedded stay listed.

@@ -97,6 +97,8 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     appending = resume and os.path.isfile(output) and os.path.getsize(output) > 0
     if output_format == "csv" and output not in (None, "-") and not resume:
         ledger_path(output).unlink(missing_ok=True)  # the CSV is written anew: a ledger beside it would lie
+    if output not in (None, "-"):
+        _remove_stale_temporaries(output)
     stream = open_output(output, append=resume, whole=output_format not in RESUMABLE_FORMATS)
     ledger = open(ledger_path(output), "a", encoding="utf-8") if resume and output_format == "csv" else None
     writer = make_writer(output_format, stream, events=events, appending=appending, ledger=ledger,
@@ -166,6 +168,19 @@ def _run_settings(model, options) -> dict:
         "hop": options.window.hop_seconds,
     }
     return json.loads(json.dumps(settings))  # tuples as lists, as they read back
+
+
+def _remove_stale_temporaries(output: str) -> None:
+    """Remove what a killed run was writing for ``output`` (``tags.json.PID.tmp``), unless that run still goes."""
+    from pathlib import Path
+
+    from auricle.io import atomic
+
+    path = Path(output)
+    try:
+        atomic.remove_leftovers(path.parent, of={path.name}, live_too=False)
+    except OSError:  # not ours to remove: they stay, as they did
+        pass
 
 
 def _refuse_an_input_as_output(output: str, files: list[str]) -> None:
