@@ -758,3 +758,23 @@ def test_intact_files_are_not_truncated(tmp_path):
         for path in [source, *_intact_variants(source, tmp_path)]:
             samples, truncation = _read_to_the_end(path)
             assert truncation is None, f"{path}: {truncation}"
+
+
+def _damaged_mp3(path: Path) -> Path:
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, 5 * 16000).astype(np.float32)
+    sf.write(path, noise, 16000, format="MP3")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 400] = bytes(400)  # a run of zeros mid-stream: libmpg123 resyncs
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_mpeg_decoder_complaints_become_one_warning(tmp_path, capfd):
+    from auricle.errors import AudioWarning
+
+    path = _damaged_mp3(tmp_path / "damaged.mp3")
+    with pytest.warns(AudioWarning, match=r"damaged\.mp3: the MPEG decoder met damaged or inconsistent data "
+                                          r"\(libmpg123: Note: Illegal Audio-MPEG-Header"):
+        audio = load_audio(path)
+    assert len(audio) > 4 * 16000
+    assert capfd.readouterr().err == ""  # libmpg123's own lines were caught, not printed

@@ -907,3 +907,14 @@ def test_a_rerun_removes_what_a_killed_run_was_writing_but_not_a_live_runs(input
     leftover.write_text("[")
     assert run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "-o", tmp_path / "tags.json").exit_code == 0
     assert not leftover.exists()
+
+
+def test_tag_says_in_its_own_words_what_the_mpeg_decoder_printed(tiny_checkpoint, tmp_path, capfd):
+    from test_audio import _damaged_mp3
+
+    path = _damaged_mp3(tmp_path / "damaged.mp3")
+    result = run("tag", path, "--checkpoint", tiny_checkpoint, "-k", "1")
+    assert result.exit_code == 0, result.output
+    assert (f"auricle: warning: {path}: the MPEG decoder met damaged or inconsistent data (libmpg123: Note: "
+            "Illegal Audio-MPEG-Header") in result.stderr
+    assert "Trying to resync" not in capfd.readouterr().err  # nothing unprefixed from the C library

@@ -25,7 +25,9 @@ detected: WAV whose data chunk declares more than the file holds; MP3 (header
 frame count) and MP4/M4A (sample table) decoding short of their declared
 length. FLAC cut short is refused (libsndfile loses sync at the cut and cannot
 tell it from damage inside the file), and so are M4A files whose index (the
-``moov`` box, written last by most encoders) was cut off.
+``moov`` box, written last by most encoders) was cut off. What libmpg123
+(inside libsndfile) prints about damaged MPEG data is caught and said once per
+file as an :class:`~auricle.errors.AudioWarning`.
 """
 
 from __future__ import annotations
@@ -34,8 +36,13 @@ import fnmatch
 import glob
 import math
 import os
+import re
 import struct
 import sys
+import tempfile
+import threading
+import warnings
+from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -44,7 +51,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from auricle.errors import AudioError
+from auricle.errors import AudioError, AudioWarning
 
 if TYPE_CHECKING:
     import torch
@@ -353,11 +360,14 @@ def _counted(chunks: Iterable[tuple[float, np.ndarray]], report: _Report | None)
 
 def _decoded(name: str, head: bytes, report: _Report) -> Iterator[tuple[float, np.ndarray]]:
     """(native rate, float32 mono chunk) pairs: libsndfile first, FFmpeg if it cannot open the file."""
+    notes = _LibraryNotes(enabled=not head.startswith(_SNDFILE_MAGIC))  # maybe MPEG: libmpg123 talks
     try:
-        sound = soundfile.SoundFile(name)
+        with notes.caught():
+            sound = soundfile.SoundFile(name)
     except RuntimeError as sndfile_error:  # LibsndfileError is a RuntimeError
         yield from _pyav_decoded(name, head, sndfile_error, report)
         return
+    notes.enabled = notes.enabled and sound.format in _ESTIMATED_LENGTH
     with sound:
         rate = sound.samplerate
         report.rate = rate
@@ -366,12 +376,69 @@ def _decoded(name: str, head: bytes, report: _Report) -> Iterator[tuple[float, n
             report.slack = _MPEG_FRAME
         while True:
             try:
-                frames = sound.read(DECODE_FRAMES, dtype="float32", always_2d=True)
+                with notes.caught():
+                    frames = sound.read(DECODE_FRAMES, dtype="float32", always_2d=True)
             except RuntimeError as error:
                 raise AudioError(f"{name}: corrupt or truncated audio ({_sndfile_detail(error)})") from None
             if not len(frames):
-                return
+                break
             yield rate, _mix(frames.T)
+    if notes.lines:
+        more = f", and {len(notes.lines) - 1} more" if len(notes.lines) > 1 else ""
+        warnings.warn(f"{name}: the MPEG decoder met damaged or inconsistent data "
+                      f"(libmpg123: {_one_line(notes.lines[0])}{more})",
+                      AudioWarning, stacklevel=2)
+
+
+#: What libmpg123 (inside libsndfile) writes on stderr about damaged or odd MPEG data, unprefixed.
+_MPG123_LINE = re.compile(r"^(Note: |Warning: |Error: |Trying to resync|Skipped \d+ bytes|\[src/libmpg123)")
+#: One file descriptor 2 per process: only one thread may divert it at a time.
+_STDERR_LOCK = threading.Lock()
+
+
+class _LibraryNotes:
+    """libmpg123's lines on stderr, caught while libsndfile decodes MPEG, to be said once in auricle's words.
+
+    File descriptor 2 is diverted to a temporary file for each call (a few ms), under a lock:
+    what other threads write meanwhile lands there too and is written back to stderr right
+    after, in order, so nothing else is lost, only delayed. libmpg123 cannot be told to be
+    quiet through libsndfile, and decoding MPEG with FFmpeg instead would change the samples.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.lines: list[str] = []
+
+    @contextmanager
+    def caught(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+            try:
+                sys.stderr.flush()
+            except (AttributeError, OSError, ValueError):  # no stderr, or a closed one: nothing pending
+                pass
+            saved = os.dup(2)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                try:
+                    sys.stderr.flush()
+                except (AttributeError, OSError, ValueError):
+                    pass
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                caught = sink.read()
+        if not caught:
+            return
+        others = []
+        for line in caught.decode("utf-8", "replace").splitlines(keepends=True):
+            (self.lines if _MPG123_LINE.match(line) else others).append(line.rstrip("\n"))
+        if others:
+            os.write(2, ("\n".join(others) + "\n").encode())
 
 
 #: A RIFF data size at least this big is a placeholder of a writer that could not seek back

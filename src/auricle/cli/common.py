@@ -34,6 +34,26 @@ def audio_warnings(result) -> list[str]:
     return ["auricle: warning: " + line.replace("\r", "\\r").replace("\n", "\\n") for line in lines]
 
 
+def say_audio_warnings() -> None:
+    """Show each :class:`~auricle.errors.AudioWarning` (raised where decoding runs, a thread) as one
+    ``auricle: warning:`` line on stderr, not Python's two-line form."""
+    from auricle.errors import AudioWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "auricle_audio", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, AudioWarning):
+            click.echo(f"auricle: warning: {message}".replace("\r", "\\r").replace("\n", "\\n"), err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.auricle_audio = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+    warnings.simplefilter("always", AudioWarning)  # one line per file, not once per place in the code
+
+
 def strict_option(what: str):
     return click.option("--strict", is_flag=True,
                         help=f"Exit with status 1 if any file was truncated or shorter than one patch (0.15 s); "

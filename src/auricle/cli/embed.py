@@ -13,7 +13,8 @@ import click
 import numpy as np
 
 from auricle.cli.common import (
-    audio_warnings, error_line, fail, load_model_or_exit, model_options, refuse_standard_input, strict_option, writable,
+    audio_warnings, error_line, fail, load_model_or_exit, model_options, refuse_standard_input, say_audio_warnings,
+    strict_option, writable,
 )
 from auricle.errors import AuricleError
 from auricle.fingerprints import tagger_key
@@ -154,6 +155,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
 
     from auricle.audio import list_audio_files
 
+    say_audio_warnings()
     refuse_standard_input(paths, "embed")
     try:
         files = list_audio_files(list(paths), recursive=recursive)

@@ -9,8 +9,8 @@ import sys
 import click
 
 from auricle.cli.common import (
-    audio_warnings, error_line, fail, load_model_or_exit, model_options, refuse_standard_input, strict_option,
-    tag_option_flags, writable,
+    audio_warnings, error_line, fail, load_model_or_exit, model_options, refuse_standard_input, say_audio_warnings,
+    strict_option, tag_option_flags, writable,
 )
 from auricle.errors import AuricleError
 from auricle.io.writers import (
@@ -51,6 +51,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     from auricle.inference.events import EventOptions
     from auricle.inference.results import Failure
 
+    say_audio_warnings()
     output_format = output_format or format_for(output)  # `-o tags.csv` means CSV
     if resume and (output is None or output == "-" or output_format not in RESUMABLE_FORMATS):
         fail(f"--resume needs --output FILE with --format {' or '.join(RESUMABLE_FORMATS)}")
