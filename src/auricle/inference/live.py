@@ -44,7 +44,8 @@ from auricle.inference.tagging import DEFAULT_EVENT_THRESHOLD, ClassSpace, TagOp
 from auricle.inference.windows import WindowConfig
 
 #: The shortest window scored: one 16-frame patch of log-mel, CED's shortest clip (``MIN_SAMPLES`` of
-#: :mod:`auricle.models.ced`, not imported so that live tagging of an exported model needs no torch).
+#: :mod:`auricle.models.ced`, not imported so that live tagging of an exported model needs no torch);
+#: ``tag`` and ``embed`` score a shorter recording zero-padded and flag it ``too_short`` by the same length.
 MIN_WINDOW_SAMPLES = PATCH_SAMPLES
 
 
