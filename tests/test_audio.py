@@ -683,3 +683,98 @@ def test_reference_channel_mean_and_resampling():
     correlation = np.corrcoef(ours, theirs)[0, 1]
     # soxr HQ vs torchaudio's default (Hann-windowed sinc, width 6, rolloff 0.99): close, not equal
     assert difference.max() < 0.02 and correlation > 0.999, (difference.max(), correlation)
+
+
+# -- truncated files: decoded as far as they go, and said to be cut short -------------
+
+
+def _cut(source: Path, path: Path, fraction: float) -> Path:
+    data = source.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def _read_to_the_end(path: Path):
+    blocks = iter_blocks(path, 16000)
+    samples = sum(len(block) for block in blocks)
+    return samples, blocks.truncation
+
+
+@pytest.mark.parametrize(("kind", "fraction"), [
+    ("WAV", 0.1), ("WAV", 0.5), ("WAV", 0.99),
+    # MP3's declared length may be an estimate, off by up to a frame: a cut of less goes unsaid.
+    ("MP3", 0.1), ("MP3", 0.5), ("MP3", 0.9),
+])
+def test_truncated_file_is_decoded_and_reported(tmp_path, kind, fraction):
+    whole = tmp_path / f"whole.{kind.lower()}"
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, 5 * 16000).astype(np.float32)  # a sine's MP3 is tiny
+    sf.write(whole, noise, 16000, format=kind)
+    path = _cut(whole, tmp_path / f"cut.{kind.lower()}", fraction)
+    samples, truncation = _read_to_the_end(path)
+    assert truncation is not None
+    assert truncation.declared == pytest.approx(5.0, abs=0.01)
+    assert truncation.decoded == pytest.approx(samples / SAMPLE_RATE, abs=0.01) and truncation.decoded < 5.0
+    assert truncation.message(str(path)).startswith(f"{path}: truncated: the header declares 5.000 s")
+
+
+def test_wav_data_chunk_declaring_more_than_the_file_holds(tmp_path, int16_wav):
+    source, _ = int16_wav
+    path = tmp_path / "cut_data.wav"
+    path.write_bytes(source.read_bytes()[: 44 + 2 * 128])  # header claims 1 s, holds 8 ms
+    samples, truncation = _read_to_the_end(path)
+    assert samples == 128 and truncation.declared == 1.0 and truncation.decoded == 128 / 16000
+
+
+def test_wav_of_unknown_length_is_not_truncated(tmp_path, int16_wav):
+    """A writer that could not seek back (a pipe) leaves 0xFFFFFFFF as the data size: not a length."""
+    source, _ = int16_wav
+    data = bytearray(source.read_bytes())
+    data[40:44] = struct.pack("<I", 0xFFFFFFFF)
+    path = tmp_path / "piped.wav"
+    path.write_bytes(bytes(data))
+    assert _read_to_the_end(path) == (16000, None)
+
+
+def _intact_variants(source: Path, folder: Path) -> list[Path]:
+    """``source`` re-encoded in the formats decoded here: none of them is cut short."""
+    samples, rate = sf.read(source, dtype="float32")
+    mono = samples if samples.ndim == 1 else samples.mean(axis=1)
+    stem = source.stem
+    paths = []
+    for kind, suffix in [("WAV", "wav"), ("FLAC", "flac"), ("OGG", "ogg"), ("MP3", "mp3")]:
+        paths.append(folder / f"{stem}.{suffix}")
+        sf.write(paths[-1], mono, rate, format=kind)
+    paths.append(encode(folder / f"{stem}.lame.mp3", "libmp3lame", rate, mono[None]))  # VBR-capable encoder
+    paths.append(encode(folder / f"{stem}.m4a", "aac", rate, mono[None]))  # priming trimmed by the edit list
+    return paths
+
+
+def test_intact_files_are_not_truncated(tmp_path):
+    everyday = sorted((SHARED / "data" / "everyday" / "audio").glob("*"))[:3]
+    long = sorted((SHARED / "data" / "long").glob("*.flac"))[:1]
+    if not everyday:
+        pytest.skip("no ../shared/data/everyday")
+    for source in everyday + long:
+        for path in [source, *_intact_variants(source, tmp_path)]:
+            samples, truncation = _read_to_the_end(path)
+            assert truncation is None, f"{path}: {truncation}"
+
+
+def _damaged_mp3(path: Path) -> Path:
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, 5 * 16000).astype(np.float32)
+    sf.write(path, noise, 16000, format="MP3")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 400] = bytes(400)  # a run of zeros mid-stream: libmpg123 resyncs
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_mpeg_decoder_complaints_become_one_warning(tmp_path, capfd):
+    from auricle.errors import AudioWarning
+
+    path = _damaged_mp3(tmp_path / "damaged.mp3")
+    with pytest.warns(AudioWarning, match=r"damaged\.mp3: the MPEG decoder met damaged or inconsistent data "
+                                          r"\(libmpg123: Note: Illegal Audio-MPEG-Header"):
+        audio = load_audio(path)
+    assert len(audio) > 4 * 16000
+    assert capfd.readouterr().err == ""  # libmpg123's own lines were caught, not printed

@@ -70,12 +70,12 @@ def test_tag_jsonl_and_csv(inputs, tiny_checkpoint, tmp_path):
 
     result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-f", "csv", "-k", "2")
     rows = list(csv.reader(io.StringIO(result.stdout)))
-    assert rows[0] == ["file", "rank", "index", "mid", "label", "score"]
+    assert rows[0] == ["file", "rank", "index", "mid", "label", "score", "truncated"]
     assert len(rows) == 1 + 2 * len(inputs)
 
 
 def test_the_output_suffix_picks_the_format_unless_format_is_given(inputs, tiny_checkpoint, tmp_path):
-    for name, first in [("tags.CSV", "file,rank,index,mid,label,score"), ("tags.jsonl", '{"'), ("tags.json", "["),
+    for name, first in [("tags.CSV", "file,rank,index,mid,label,score,truncated"), ("tags.jsonl", '{"'), ("tags.json", "["),
                         ("tags.txt", inputs[0])]:
         result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-k", "1", "-o", tmp_path / name)
         assert result.exit_code == 0, result.output
@@ -164,6 +164,10 @@ def make_bad_folder(folder: Path, good_source: Path) -> dict[str, str]:
     (folder / "notes.wav").write_text("this is not audio\n" * 20)
     (folder / "truncated.wav").write_bytes(good_source.read_bytes()[:20])
     sf.write(folder / "nan.wav", np.array([0.1, np.nan] * 4000, dtype=np.float32), 16000, subtype="FLOAT")
+    # Not failures: tagged as far as they go (a WAV cut mid-data) or zero-padded (0.01 s), with a warning.
+    cut = folder / "cut_mid.wav"
+    cut.write_bytes((folder / "good_96k.wav").read_bytes()[: 44 + 2 * 48000])  # 16-bit: half of 1 s
+    sf.write(folder / "blip.wav", tone(16000, 0.01), 16000)
     return {"empty.wav": "empty", "noise.wav": "", "notes.wav": "", "truncated.wav": "", "nan.wav": "nan"}
 
 
@@ -183,6 +187,10 @@ def test_bad_files_are_reported_and_the_rest_is_tagged(reference_dir, tiny_check
     good = {Path(r["file"]).name for r in records if "error" not in r}
     assert good == {p.name for p in folder.iterdir()} - set(bad)
     assert {"good.mp3", "good.m4a", "good_6ch.wav", "good_96k.wav"} <= good
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("auricle: warning:")]
+    assert len(warnings) == 2
+    assert "cut_mid.wav: truncated: the header declares 1.000 s, only 0.500 s" in warnings[1]
+    assert "blip.wav: 0.010 s is shorter than one patch" in warnings[0]
 
 
 def test_missing_file_is_an_error_not_a_crash(tiny_checkpoint, tmp_path):
@@ -824,3 +832,123 @@ def test_model_beside_a_checkpoint_must_name_its_size(inputs, tiny_checkpoint, m
         "ced-mini, not ced-tiny; drop --model or name the checkpoint's model"]
     assert run("tag", inputs[0], "--checkpoint", mini_checkpoint, "--model", "mini").exit_code == 0
     assert run("tag", inputs[0], "--checkpoint", mini_checkpoint).exit_code == 0  # the default yields, as before
+
+
+# -- files cut short and clips under one patch: used, flagged, warned about -------------
+
+
+def _cut_wav(folder: Path, name: str = "half.wav", seconds: float = 5.0) -> Path:
+    """A WAV whose header promises ``seconds`` and which holds half of them."""
+    whole = folder / f"whole_{name}"
+    sf.write(whole, (0.3 * np.sin(np.arange(int(16000 * seconds)) / 5)).astype(np.float32), 16000)
+    data = whole.read_bytes()
+    (folder / name).write_bytes(data[: len(data) // 2])
+    return folder / name
+
+
+def test_tag_says_a_file_was_cut_short(tiny_checkpoint, tmp_path):
+    cut = _cut_wav(tmp_path)
+    out = tmp_path / "tags.jsonl"
+    result = run("tag", cut, tmp_path / "whole_half.wav", "--checkpoint", tiny_checkpoint, "-o", out)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("auricle: warning:")]
+    assert warnings == [f"auricle: warning: {cut}: truncated: the header declares 5.000 s, only 2.499 s could be "
+                        "decoded; what there is was used"]
+    records = {Path(r["file"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert records["half.wav"]["truncated"] is True and records["half.wav"]["declared_duration"] == 5.0
+    assert records["whole_half.wav"]["truncated"] is False and "declared_duration" not in records["whole_half.wav"]
+    strict = run("tag", cut, "--checkpoint", tiny_checkpoint, "--strict")
+    assert strict.exit_code == 1 and "1 truncated or too short (--strict)" in strict.stderr
+    assert "half.wav" in strict.stdout  # tagged all the same
+
+
+def test_tag_csv_has_a_truncated_column_and_resumes_an_older_csv(tiny_checkpoint, tmp_path):
+    cut = _cut_wav(tmp_path)
+    whole = tmp_path / "whole_half.wav"
+    out = tmp_path / "tags.csv"
+    assert run("tag", cut, "--checkpoint", tiny_checkpoint, "-k", "1", "-o", out).exit_code == 0
+    rows = list(csv.reader(out.open()))
+    assert rows[0][-1] == "truncated" and rows[1][-1] == "true"
+    # A CSV an earlier version began (no truncated column) is resumed in its own layout.
+    older = tmp_path / "older.csv"
+    older.write_text("file,rank,index,mid,label,score\n" + ",".join(rows[1][:-1]) + "\n")
+    result = run("tag", cut, whole, "--checkpoint", tiny_checkpoint, "-k", "1", "-o", older, "--resume")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(older.open()))
+    assert [len(row) for row in rows] == [6, 6, 6] and rows[2][0] == str(whole)
+
+
+def test_embed_says_a_file_was_cut_short(tiny_checkpoint, tmp_path):
+    cut = _cut_wav(tmp_path)
+    result = run("embed", cut, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert f"auricle: warning: {cut}: truncated: the header declares 5.000 s" in result.stderr
+    assert np.load(tmp_path / "out" / "half.npz")["truncated"]
+    assert list(csv.reader((tmp_path / "out" / "index.csv").open()))[1][-1] == "true"
+    strict = run("embed", cut, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "strict", "--strict")
+    assert strict.exit_code == 1 and "(--strict)" in strict.stderr
+
+
+def test_api_results_say_a_file_was_cut_short(tiny_checkpoint, tmp_path):
+    import auricle
+
+    cut = _cut_wav(tmp_path)
+    model = auricle.load_model(checkpoint=tiny_checkpoint)
+    tags = model.tag(cut)
+    assert tags.truncated and tags.declared_duration == 5.0 and tags.to_dict()["truncated"] is True
+    assert not model.tag(tmp_path / "whole_half.wav").truncated
+    embeddings = model.embed(cut)
+    assert embeddings.truncated and embeddings.to_dict()["declared_duration"] == 5.0
+    assert not model.embed(tmp_path / "whole_half.wav").truncated
+
+
+def test_clip_under_one_patch_is_tagged_with_a_warning(tiny_checkpoint, tmp_path):
+    import auricle
+
+    short = tmp_path / "blip.wav"
+    sf.write(short, np.full(160, 0.1, dtype=np.float32), 16000)  # 0.01 s
+    result = run("tag", short, "--checkpoint", tiny_checkpoint, "-f", "jsonl")
+    assert result.exit_code == 0, result.output
+    assert (f"auricle: warning: {short}: 0.010 s is shorter than one patch (0.15 s); scored zero-padded, "
+            "its scores say little") in result.stderr.splitlines()
+    assert json.loads(result.stdout)["too_short"] is True
+    assert run("tag", short, "--checkpoint", tiny_checkpoint, "--strict").exit_code == 1
+    model = auricle.load_model(checkpoint=tiny_checkpoint)
+    assert model.tag(short).too_short and not model.tag(tmp_path / "blip.wav", window=10.0).truncated
+    assert not model.tag(np.zeros(2400, dtype=np.float32), sample_rate=16000).too_short
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_rerun_removes_what_a_killed_run_was_writing_but_not_a_live_runs(inputs, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    name = Path(inputs[0]).stem + ".npz"
+    stale, live = out / f"{name}.{_dead_pid()}.tmp", out / f"index.csv.{os.getppid()}.tmp"
+    other = out / f"notes.txt.{_dead_pid()}.tmp"  # not an output of this run: not ours to judge
+    for path in (stale, live, other):
+        path.write_bytes(b"half an npz")
+    result = run("embed", inputs[0], "--checkpoint", tiny_checkpoint, "--output", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in out.glob("*.tmp")) == sorted([live.name, other.name])
+    # tag's whole-at-the-end outputs too
+    leftover = tmp_path / f"tags.json.{_dead_pid()}.tmp"
+    leftover.write_text("[")
+    assert run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "-o", tmp_path / "tags.json").exit_code == 0
+    assert not leftover.exists()
+
+
+def test_tag_says_in_its_own_words_what_the_mpeg_decoder_printed(tiny_checkpoint, tmp_path, capfd):
+    from test_audio import _damaged_mp3
+
+    path = _damaged_mp3(tmp_path / "damaged.mp3")
+    result = run("tag", path, "--checkpoint", tiny_checkpoint, "-k", "1")
+    assert result.exit_code == 0, result.output
+    assert (f"auricle: warning: {path}: the MPEG decoder met damaged or inconsistent data (libmpg123: Note: "
+            "Illegal Audio-MPEG-Header") in result.stderr
+    assert "Trying to resync" not in capfd.readouterr().err  # nothing unprefixed from the C library

@@ -17,6 +17,17 @@ Every entry point goes through the same three steps:
 
 Every failure raises :class:`~auricle.errors.AudioError` with a one-line
 message ``"<file>: <cause>"``.
+
+A file cut short (a copy or download that stopped) is decoded as far as it
+goes, where the decoder allows, and reported as :class:`Truncation` (declared
+against decoded length) on the iterator :func:`iter_blocks` returns. What is
+detected: WAV whose data chunk declares more than the file holds; MP3 (header
+frame count) and MP4/M4A (sample table) decoding short of their declared
+length. FLAC cut short is refused (libsndfile loses sync at the cut and cannot
+tell it from damage inside the file), and so are M4A files whose index (the
+``moov`` box, written last by most encoders) was cut off. What libmpg123
+(inside libsndfile) prints about damaged MPEG data is caught and said once per
+file as an :class:`~auricle.errors.AudioWarning`.
 """
 
 from __future__ import annotations
@@ -25,7 +36,13 @@ import fnmatch
 import glob
 import math
 import os
+import re
+import struct
 import sys
+import tempfile
+import threading
+import warnings
+from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,7 +51,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from auricle.errors import AudioError
+from auricle.errors import AudioError, AudioWarning
 
 if TYPE_CHECKING:
     import torch
@@ -81,6 +98,49 @@ class AudioInfo:
     format: str
 
 
+@dataclass(frozen=True)
+class Truncation:
+    """A file that holds less audio than its header declares: both lengths in seconds."""
+
+    declared: float
+    decoded: float
+
+    def message(self, name: str) -> str:
+        return (f"{name}: truncated: the header declares {self.declared:.3f} s, only {self.decoded:.3f} s "
+                "could be decoded; what there is was used")
+
+
+class Blocks(Iterator[np.ndarray]):
+    """The blocks of one file; once exhausted, :attr:`truncation` says whether the file was cut short."""
+
+    def __init__(self, name: str, pieces: Iterator[np.ndarray], block_samples: int, report: _Report) -> None:
+        self._blocks = _blocks(name, pieces, block_samples)
+        self._report = report
+
+    def __next__(self) -> np.ndarray:
+        return next(self._blocks)
+
+    @property
+    def truncation(self) -> Truncation | None:
+        """Declared and decoded length when decoding ended short of the header's length, else None."""
+        return self._report.truncation()
+
+
+@dataclass
+class _Report:
+    """What decoding a file found out about its length, filled in as it goes."""
+
+    rate: float = 0.0
+    declared: int | None = None  # native-rate frames the header declares, where it is trusted
+    decoded: int = 0
+    slack: int = 0  # frames the declared length may be off by on an intact file
+
+    def truncation(self) -> Truncation | None:
+        if self.declared is None or not self.rate or self.decoded + self.slack >= self.declared:
+            return None
+        return Truncation(self.declared / self.rate, self.decoded / self.rate)
+
+
 # -- public API -----------------------------------------------------------------
 
 
@@ -101,20 +161,22 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
 
 def iter_blocks(
     path: str | os.PathLike, block_samples: int, sample_rate: int = SAMPLE_RATE
-) -> Iterator[np.ndarray]:
+) -> Blocks:
     """Stream a file as float32 mono blocks of exactly ``block_samples`` samples.
 
     Only the last block may be shorter. Memory stays bounded whatever the
     duration, and the blocks concatenate to exactly :func:`load_audio`'s array.
     Missing files, folders and empty files raise :class:`AudioError` at once;
     decoding errors (including NaN/Inf in any block, or no samples at all) are
-    raised while iterating, possibly after some blocks were yielded.
+    raised while iterating, possibly after some blocks were yielded. Once
+    exhausted, the iterator's ``truncation`` says whether the file was cut short.
     """
     if isinstance(block_samples, bool) or not isinstance(block_samples, (int, np.integer)) or block_samples <= 0:
         raise ValueError(f"block_samples must be a positive integer, got {block_samples!r}")
     rate = _check_rate(sample_rate)
     name, head = _check_file(path)
-    return _blocks(name, _signal(name, head, rate), int(block_samples))
+    report = _Report()
+    return Blocks(name, _signal(name, head, rate, report), int(block_samples), report)
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:
@@ -283,28 +345,153 @@ def _one_line(text: str) -> str:
 # -- the pipeline: decode -> mix -> check -> resample -> (re)block ---------------------
 
 
-def _signal(name: str, head: bytes, sample_rate: float) -> Iterator[np.ndarray]:
+def _signal(name: str, head: bytes, sample_rate: float, report: _Report | None = None) -> Iterator[np.ndarray]:
     """Validated mono pieces of a file at ``sample_rate`` (sizes follow the decoder)."""
-    return _resampled(name, _finite(name, _decoded(name, head)), sample_rate)
+    return _resampled(name, _finite(name, _counted(_decoded(name, head, report or _Report()), report)), sample_rate)
 
 
-def _decoded(name: str, head: bytes) -> Iterator[tuple[float, np.ndarray]]:
+def _counted(chunks: Iterable[tuple[float, np.ndarray]], report: _Report | None) -> Iterator[tuple[float, np.ndarray]]:
+    """``chunks`` unchanged, their native-rate samples added up in ``report``."""
+    for rate, chunk in chunks:
+        if report is not None:
+            report.decoded += len(chunk)
+        yield rate, chunk
+
+
+def _decoded(name: str, head: bytes, report: _Report) -> Iterator[tuple[float, np.ndarray]]:
     """(native rate, float32 mono chunk) pairs: libsndfile first, FFmpeg if it cannot open the file."""
+    notes = _LibraryNotes(enabled=not head.startswith(_SNDFILE_MAGIC))  # maybe MPEG: libmpg123 talks
     try:
-        sound = soundfile.SoundFile(name)
+        with notes.caught():
+            sound = soundfile.SoundFile(name)
     except RuntimeError as sndfile_error:  # LibsndfileError is a RuntimeError
-        yield from _pyav_decoded(name, head, sndfile_error)
+        yield from _pyav_decoded(name, head, sndfile_error, report)
         return
+    notes.enabled = notes.enabled and sound.format in _ESTIMATED_LENGTH
     with sound:
         rate = sound.samplerate
+        report.rate = rate
+        report.declared = _declared_frames(name, head, sound)
+        if sound.format in _ESTIMATED_LENGTH:
+            report.slack = _MPEG_FRAME
         while True:
             try:
-                frames = sound.read(DECODE_FRAMES, dtype="float32", always_2d=True)
+                with notes.caught():
+                    frames = sound.read(DECODE_FRAMES, dtype="float32", always_2d=True)
             except RuntimeError as error:
                 raise AudioError(f"{name}: corrupt or truncated audio ({_sndfile_detail(error)})") from None
             if not len(frames):
-                return
+                break
             yield rate, _mix(frames.T)
+    if notes.lines:
+        more = f", and {len(notes.lines) - 1} more" if len(notes.lines) > 1 else ""
+        warnings.warn(f"{name}: the MPEG decoder met damaged or inconsistent data "
+                      f"(libmpg123: {_one_line(notes.lines[0])}{more})",
+                      AudioWarning, stacklevel=2)
+
+
+#: What libmpg123 (inside libsndfile) writes on stderr about damaged or odd MPEG data, unprefixed.
+_MPG123_LINE = re.compile(r"^(Note: |Warning: |Error: |Trying to resync|Skipped \d+ bytes|\[src/libmpg123)")
+#: One file descriptor 2 per process: only one thread may divert it at a time.
+_STDERR_LOCK = threading.Lock()
+
+
+class _LibraryNotes:
+    """libmpg123's lines on stderr, caught while libsndfile decodes MPEG, to be said once in auricle's words.
+
+    File descriptor 2 is diverted to a temporary file for each call (a few ms), under a lock:
+    what other threads write meanwhile lands there too and is written back to stderr right
+    after, in order, so nothing else is lost, only delayed. libmpg123 cannot be told to be
+    quiet through libsndfile, and decoding MPEG with FFmpeg instead would change the samples.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.lines: list[str] = []
+
+    @contextmanager
+    def caught(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+            try:
+                sys.stderr.flush()
+            except (AttributeError, OSError, ValueError):  # no stderr, or a closed one: nothing pending
+                pass
+            saved = os.dup(2)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                try:
+                    sys.stderr.flush()
+                except (AttributeError, OSError, ValueError):
+                    pass
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                caught = sink.read()
+        if not caught:
+            return
+        others = []
+        for line in caught.decode("utf-8", "replace").splitlines(keepends=True):
+            (self.lines if _MPG123_LINE.match(line) else others).append(line.rstrip("\n"))
+        if others:
+            os.write(2, ("\n".join(others) + "\n").encode())
+
+
+#: A RIFF data size at least this big is a placeholder of a writer that could not seek back
+#: (0xFFFFFFFF from a pipe, 0x7FFFF000 and the like), not a length.
+_RIFF_UNKNOWN_SIZE = 0x7FFF0000
+
+
+#: Formats whose declared length libsndfile may estimate (from the bitrate, without a Xing
+#: header), by up to one MPEG frame of samples.
+_ESTIMATED_LENGTH = ("MP3", "MPEG")
+_MPEG_FRAME = 1152
+
+
+def _declared_frames(name: str, head: bytes, sound: soundfile.SoundFile) -> int | None:
+    """Frames the header declares, where that is a length a whole file decodes to; else None.
+
+    libsndfile cuts a WAV's frame count to what the file holds, so the data chunk's own size
+    is read here. For MP3 its count comes from the Xing/LAME header (or the bitrate) and is
+    what decoding an intact file gives. Ogg's comes from the last page there is, so a cut
+    file declares what it holds; FLAC's decoder refuses a cut file itself.
+    """
+    if sound.format in _ESTIMATED_LENGTH:
+        return int(sound.frames)
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return _wav_data_frames(name)
+    return None
+
+
+def _wav_data_frames(name: str) -> int | None:
+    """Frames a WAV's ``data`` chunk declares (size / block align), None if unknown or unreadable."""
+    block_align = 0
+    try:
+        with open(name, "rb") as handle:
+            handle.seek(12)
+            for _ in range(64):  # a few chunks precede the data; more is not a WAV we can judge
+                chunk = handle.read(8)
+                if len(chunk) < 8:
+                    return None
+                kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if kind == b"fmt ":
+                    fmt = handle.read(size + (size & 1))
+                    if len(fmt) < 14:
+                        return None
+                    block_align = struct.unpack("<H", fmt[12:14])[0]
+                elif kind == b"data":
+                    if not block_align or size == 0 or size >= _RIFF_UNKNOWN_SIZE:
+                        return None
+                    return size // block_align
+                else:
+                    handle.seek(size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return None
+    return None
 
 
 def _finite(name: str, chunks: Iterable[tuple[float, np.ndarray]]) -> Iterator[tuple[float, np.ndarray]]:
@@ -515,7 +702,8 @@ def _pyav_open(name: str, head: bytes, sndfile_error: Exception):
     return container, stream
 
 
-def _pyav_decoded(name: str, head: bytes, sndfile_error: Exception) -> Iterator[tuple[float, np.ndarray]]:
+def _pyav_decoded(name: str, head: bytes, sndfile_error: Exception,
+                  report: _Report) -> Iterator[tuple[float, np.ndarray]]:
     """Decode the first audio stream at its native rate, mixing channels by their mean.
 
     FFmpeg frames are small (about 1000 samples); they are gathered into chunks
@@ -526,7 +714,10 @@ def _pyav_decoded(name: str, head: bytes, sndfile_error: Exception) -> Iterator[
 
     container, stream = _pyav_open(name, head, sndfile_error)
     with container:
-        yield from _within_duration(_pyav_chunks(name, av, container, stream), _mp4_samples(container, stream))
+        declared = _mp4_samples(container, stream)
+        if declared is not None:
+            report.rate, report.declared = declared
+        yield from _within_duration(_pyav_chunks(name, av, container, stream), declared)
 
 
 def _mp4_samples(container, stream) -> tuple[int, int] | None:

@@ -22,6 +22,10 @@ class AudioError(AuricleError):
     """An audio file or array cannot be used: missing, corrupt, unsupported, ..."""
 
 
+class AudioWarning(UserWarning):
+    """A recording was used, but its decoder had to skip damaged data (the message names the file)."""
+
+
 class CheckpointError(AuricleError):
     """A checkpoint cannot be found, read or matched to a model."""
 

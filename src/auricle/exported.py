@@ -27,7 +27,7 @@ import numpy as np
 
 from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
 from auricle.errors import AuricleError, CheckpointError
-from auricle.inference.pipeline import Tagger, file_blocks, finite_embeddings, finite_probabilities
+from auricle.inference.pipeline import Tagger, embedded_file, finite_embeddings, finite_probabilities
 from auricle.inference.results import Embeddings
 from auricle.inference.ort_sessions import stream_sessions
 from auricle.inference.piece_rows import Framing, InexactRows, MelPeaks, Row, loudest_frame, rows
@@ -152,13 +152,13 @@ class ExportedModel(Tagger):
 
     def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
         # A long file is decoded twice (loudest frame, then rows) rather than held whole.
-        return self._embeddings(str(path), file_blocks(path))
+        return embedded_file(path, lambda blocks: self._embeddings(str(path), blocks))
 
     def _stream_pool(self) -> StreamPool | None:
         return self._pool
 
     def _embed_file_on_stream(self, stream: int, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
-        return self._embeddings(str(path), file_blocks(path), stream)
+        return embedded_file(path, lambda blocks: self._embeddings(str(path), blocks, stream))
 
     def _embeddings(self, name: str, blocks: Callable[[], Iterable[np.ndarray]],
                     stream: int | None = None) -> Embeddings:

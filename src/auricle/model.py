@@ -16,7 +16,7 @@ from auricle.exported import ExportedModel, is_exported_file, load_exported
 from auricle.frontend import HOP_LENGTH
 from auricle.inference.embedding import token_means
 from auricle.inference.engines import Engine, EngineConfig, make_engine, resolve_precision
-from auricle.inference.pipeline import Tagger, file_blocks, finite_embeddings, finite_probabilities
+from auricle.inference.pipeline import Tagger, embedded_file, finite_embeddings, finite_probabilities
 from auricle.inference.results import Embeddings
 from auricle.inference.streams import StreamPool
 from auricle.labels import LabelSet, audioset_labels
@@ -108,15 +108,15 @@ class AudioModel(Tagger):
 
     def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
         # Streamed: a long recording is never held whole, and may be read twice (auricle.inference.embedding).
-        return self._embeddings(str(path), file_blocks(path), batch_size)
+        return embedded_file(path, lambda blocks: self._embeddings(str(path), blocks, batch_size))
 
     def _stream_pool(self) -> StreamPool | None:
         return self.engine.pool
 
     def _embed_file_on_stream(self, stream: int, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
-        return self._embeddings(str(path), file_blocks(path),
-                                max(1, (batch_size or self.batch_size) // self.streams),
-                                lambda pieces: self.engine.stream_features(pieces, stream))
+        return embedded_file(path, lambda blocks: self._embeddings(
+            str(path), blocks, max(1, (batch_size or self.batch_size) // self.streams),
+            lambda pieces: self.engine.stream_features(pieces, stream)))
 
     def _embeddings(self, name: str, blocks, batch_size: int | None, forward_features=None) -> Embeddings:
         means = token_means(self.network, forward_features or self.engine.forward_features, blocks,

@@ -20,6 +20,46 @@ def error_line(message: str) -> str:
     return "auricle: error: " + message.replace("\r", "\\r").replace("\n", "\\n")
 
 
+def audio_warnings(result) -> list[str]:
+    """``auricle: warning: ...`` lines for a result computed from less than a whole, long enough recording."""
+    from auricle.audio import Truncation
+    from auricle.inference.results import PATCH_SECONDS
+
+    lines = []
+    if getattr(result, "truncated", False) and result.declared_duration is not None:
+        lines.append(Truncation(result.declared_duration, result.duration).message(result.file))
+    if getattr(result, "too_short", False):
+        lines.append(f"{result.file}: {result.duration:.3f} s is shorter than one patch ({PATCH_SECONDS} s); "
+                     "scored zero-padded, its scores say little")
+    return ["auricle: warning: " + line.replace("\r", "\\r").replace("\n", "\\n") for line in lines]
+
+
+def say_audio_warnings() -> None:
+    """Show each :class:`~auricle.errors.AudioWarning` (raised where decoding runs, a thread) as one
+    ``auricle: warning:`` line on stderr, not Python's two-line form."""
+    from auricle.errors import AudioWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "auricle_audio", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, AudioWarning):
+            click.echo(f"auricle: warning: {message}".replace("\r", "\\r").replace("\n", "\\n"), err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.auricle_audio = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+    warnings.simplefilter("always", AudioWarning)  # one line per file, not once per place in the code
+
+
+def strict_option(what: str):
+    return click.option("--strict", is_flag=True,
+                        help=f"Exit with status 1 if any file was truncated or shorter than one patch (0.15 s); "
+                             f"such files are still {what} (and flagged) either way.")
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one line on stderr and exit."""
     click.echo(error_line(message), err=True)

@@ -12,7 +12,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from auricle.cli.common import error_line, fail, load_model_or_exit, model_options, refuse_standard_input, writable
+from auricle.cli.common import (
+    audio_warnings, error_line, fail, load_model_or_exit, model_options, refuse_standard_input, say_audio_warnings,
+    strict_option, writable,
+)
 from auricle.errors import AuricleError
 from auricle.fingerprints import tagger_key
 from auricle.io import atomic
@@ -43,7 +46,9 @@ def _embedded(folder: Path, names: dict[str, str], model: str, weights: str) -> 
                     # Embedding the rest with this model would leave the folder holding two models' vectors.
                     fail(f"{folder}: holds embeddings by {saved['model']} (weights {saved['weights']}), not {model} "
                          f"(weights {weights}); resume with the same model or write to another folder")
-                done[file] = [file, name, f"{float(saved['duration']):.3f}", len(saved["starts"])]
+                truncated = bool(saved["truncated"]) if "truncated" in saved.files else False  # older saves: unknown
+                done[file] = [file, name, f"{float(saved['duration']):.3f}", len(saved["starts"]),
+                              str(truncated).lower()]
         except UNREADABLE_NPZ:  # missing or not whole (a copy cut short): embedded again
             continue
     return done
@@ -101,6 +106,18 @@ def _holds_another_file(path: Path, file: str) -> bool:
         return False
 
 
+def _remove_stale_temporaries(target: Path, single_file: bool, names: dict[str, str]) -> None:
+    """Remove what a killed run was writing for these outputs (``x.npz.PID.tmp``), unless that run still goes.
+
+    A run writing into the same folder at the same time keeps its temporaries (their PID is alive).
+    """
+    folder, outputs = (target.parent, {target.name}) if single_file else (target, {*names.values(), "index.csv"})
+    try:
+        atomic.remove_leftovers(folder, of=outputs, live_too=False)
+    except OSError:  # not ours to remove (permissions): they stay, as they did
+        pass
+
+
 def _index_rows(folder: Path) -> dict[str, list]:
     """The rows of an earlier run's ``index.csv`` whose .npz is still there."""
     try:
@@ -108,7 +125,8 @@ def _index_rows(folder: Path) -> dict[str, list]:
             rows = list(csv.reader(handle))[1:]
     except OSError:
         return {}
-    return {row[0]: row for row in rows if len(row) == 4 and (folder / row[1]).is_file()}
+    # Four columns: written before the ``truncated`` one (not known then, so not said).
+    return {row[0]: row + [""] * (5 - len(row)) for row in rows if len(row) in (4, 5) and (folder / row[1]).is_file()}
 
 
 @click.command("embed")
@@ -123,17 +141,21 @@ def _index_rows(folder: Path) -> dict[str, list]:
                    "several files run at once, one per stream, each with its share of the calls' pieces.")
 @click.option("--resume", is_flag=True,
               help="With an output folder: keep the files already embedded there and embed the rest.")
-def embed_command(paths, model_name, checkpoint, device, threads, output, recursive, batch_size, resume) -> None:
+@strict_option("embedded")
+def embed_command(paths, model_name, checkpoint, device, threads, output, recursive, batch_size, resume,
+                  strict) -> None:
     """Compute embeddings: the clip embedding (mean of all tokens, as the official
     HEAR submission) and one per 10.12 s piece with start/end times.
 
     Exits with status 1 if any file failed (each failure is reported on stderr;
-    the other files are still embedded).
+    the other files are still embedded). A file cut short is embedded as far as
+    it goes, with a warning (exit status 1 with --strict).
     """
     from tqdm import tqdm
 
     from auricle.audio import list_audio_files
 
+    say_audio_warnings()
     refuse_standard_input(paths, "embed")
     try:
         files = list_audio_files(list(paths), recursive=recursive)
@@ -159,6 +181,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
         target.parent.mkdir(parents=True, exist_ok=True)
     else:
         target.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(target, single_file, names)
 
     collected = []
     # The index describes the folder: files an earlier run over other inputs embedded stay listed.
@@ -166,7 +189,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
     earlier = {file: row for file, row in _index_rows(target).items()
                if file not in names and owner.get(row[1], file) == file}
     index_rows = {**earlier, **done}
-    failures = 0
+    failures = flagged = 0
     bar = tqdm(total=len(todo), unit="file", disable=len(todo) < 2 or None, file=sys.stderr)
     results = model.iter_embed(todo, batch_size=batch_size)
     if not single_file:
@@ -178,6 +201,10 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
             failures += 1
             bar.write(error_line(result.error), file=sys.stderr)
             continue
+        lines = audio_warnings(result)
+        flagged += bool(lines)
+        for line in lines:
+            bar.write(line, file=sys.stderr)
         if single_file:
             collected.append(result)
             continue
@@ -185,9 +212,10 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
         # numpy's savez reserves the keyword `file`, so the source path is stored as `path`.
         arrays = dict(clip=result.clip, windows=result.windows, starts=result.starts, ends=result.ends,
                       path=np.array(result.file), model=np.array(result.model), weights=np.array(weights),
-                      duration=np.array(result.duration))
+                      duration=np.array(result.duration), truncated=np.array(result.truncated))
         _atomic_save(target / name, lambda handle: np.savez(handle, **arrays))
-        index_rows[result.file] = [result.file, name, f"{result.duration:.3f}", len(result.starts)]
+        index_rows[result.file] = [result.file, name, f"{result.duration:.3f}", len(result.starts),
+                                   str(result.truncated).lower()]
     bar.close()
 
     if single_file and collected:
@@ -203,6 +231,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
                 files=np.array([r.file for r in collected]),
                 clip=clips,
                 durations=np.array([r.duration for r in collected]),
+                truncated=np.array([r.truncated for r in collected]),
                 windows=np.concatenate([r.windows for r in collected]),
                 window_file=np.concatenate([np.full(len(r.starts), i) for i, r in enumerate(collected)]),
                 starts=np.concatenate([r.starts for r in collected]),
@@ -214,7 +243,7 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
     if not single_file and index_rows:
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
-        writer.writerow(["file", "npz", "duration", "windows"])
+        writer.writerow(["file", "npz", "duration", "windows", "truncated"])
         order = [*files, *sorted(index_rows.keys() - set(files))]
         writer.writerows(index_rows[file] for file in order if file in index_rows)
         _atomic_save(target / "index.csv", lambda handle: handle.write(table.getvalue().encode()))
@@ -224,5 +253,8 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
         message = f"embedded none of {len(todo)} files; {target} not written"
     if failures:
         click.echo(f"auricle: {message}; {failures} failed", err=True)
+        raise SystemExit(1)
+    if strict and flagged:
+        click.echo(f"auricle: {message}; {flagged} truncated or too short (--strict)", err=True)
         raise SystemExit(1)
     click.echo(f"auricle: {message}", err=True)

@@ -9,7 +9,8 @@ import sys
 import click
 
 from auricle.cli.common import (
-    error_line, fail, load_model_or_exit, model_options, refuse_standard_input, tag_option_flags, writable,
+    audio_warnings, error_line, fail, load_model_or_exit, model_options, refuse_standard_input, say_audio_warnings,
+    strict_option, tag_option_flags, writable,
 )
 from auricle.errors import AuricleError
 from auricle.io.writers import (
@@ -34,13 +35,15 @@ from auricle.options import TAG_OPTIONS
               help="Skip files already in --output (jsonl or csv) and append; with csv, FILE.done lists the files "
                    "finished (a file without tags or events has no row).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal, for several files].")
+@strict_option("tagged")
 def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold, classes, profile, events,
                 window, hop, pool, median_filter, min_duration, min_gap, output_format, output, recursive,
-                batch_size, resume, progress) -> None:
+                batch_size, resume, progress, strict) -> None:
     """Tag audio files, folders or globs with AudioSet classes.
 
     Exits with status 1 if any file failed (each failure is reported on stderr;
-    the other files are still tagged).
+    the other files are still tagged). A file cut short is tagged as far as it
+    goes, with a warning (exit status 1 with --strict).
     """
     from tqdm import tqdm
 
@@ -48,6 +51,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     from auricle.inference.events import EventOptions
     from auricle.inference.results import Failure
 
+    say_audio_warnings()
     output_format = output_format or format_for(output)  # `-o tags.csv` means CSV
     if resume and (output is None or output == "-" or output_format not in RESUMABLE_FORMATS):
         fail(f"--resume needs --output FILE with --format {' or '.join(RESUMABLE_FORMATS)}")
@@ -61,8 +65,9 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         fail("no audio files found in " + " ".join(paths))
     if output is not None and output != "-":
         _refuse_an_input_as_output(output, files)
+    csv_truncated = True
     if resume and output_format == "csv":
-        _refuse_another_csv_layout(output, events)
+        csv_truncated = _refuse_another_csv_layout(output, events)
     done = completed_files(output, output_format) if resume else {}
     todo = not_done(files, done)
 
@@ -93,19 +98,27 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     appending = resume and os.path.isfile(output) and os.path.getsize(output) > 0
     if output_format == "csv" and output not in (None, "-") and not resume:
         ledger_path(output).unlink(missing_ok=True)  # the CSV is written anew: a ledger beside it would lie
+    if output not in (None, "-"):
+        _remove_stale_temporaries(output)
     stream = open_output(output, append=resume, whole=output_format not in RESUMABLE_FORMATS)
     ledger = open(ledger_path(output), "a", encoding="utf-8") if resume and output_format == "csv" else None
-    writer = make_writer(output_format, stream, events=events, appending=appending, ledger=ledger)
+    writer = make_writer(output_format, stream, events=events, appending=appending, ledger=ledger,
+                         csv_truncated=csv_truncated)
     show = progress if progress is not None else None
     bar = tqdm(total=len(todo), unit="file", disable=(not show) if show is not None else (len(todo) < 2 or None),
                file=sys.stderr)
-    failures = 0
+    failures = flagged = 0
     try:
         try:
             for result in results:
                 if hasattr(result, "error"):
                     failures += 1
                     bar.write(error_line(result.error), file=sys.stderr)
+                else:
+                    lines = audio_warnings(result)
+                    flagged += bool(lines)
+                    for line in lines:
+                        bar.write(line, file=sys.stderr)
                 writer.write(result)
                 bar.update(1)
         finally:
@@ -127,6 +140,9 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     summary = f"tagged {len(todo) - failures} of {len(todo)} files{skipped}"
     if failures:
         click.echo(f"auricle: {summary}; {failures} failed", err=True)
+        raise SystemExit(1)
+    if strict and flagged:
+        click.echo(f"auricle: {summary}; {flagged} truncated or too short (--strict)", err=True)
         raise SystemExit(1)
     if len(todo) > 1 or output is not None:
         click.echo(f"auricle: {summary}", err=True)
@@ -167,6 +183,19 @@ def _effective(settings: dict) -> dict:
     return acted
 
 
+def _remove_stale_temporaries(output: str) -> None:
+    """Remove what a killed run was writing for ``output`` (``tags.json.PID.tmp``), unless that run still goes."""
+    from pathlib import Path
+
+    from auricle.io import atomic
+
+    path = Path(output)
+    try:
+        atomic.remove_leftovers(path.parent, of={path.name}, live_too=False)
+    except OSError:  # not ours to remove: they stay, as they did
+        pass
+
+
 def _refuse_an_input_as_output(output: str, files: list[str]) -> None:
     """``-o x1.wav x2.wav`` meant two recordings: writing results there would destroy one."""
     from auricle.audio import AUDIO_EXTENSIONS
@@ -180,17 +209,24 @@ def _refuse_an_input_as_output(output: str, files: list[str]) -> None:
             fail(f"{output}: is one of the files to tag; write the results to another file")
 
 
-def _refuse_another_csv_layout(output: str, events: bool) -> None:
-    """Clip-tag rows and event rows in one CSV would be neither table."""
-    from auricle.io.writers import EVENT_CSV_HEADER, TAG_CSV_HEADER
+def _refuse_another_csv_layout(output: str, events: bool) -> bool:
+    """Clip-tag rows and event rows in one CSV would be neither table.
+
+    Returns whether rows appended get the ``truncated`` column: not in a clip-tag CSV an
+    earlier version began without it.
+    """
+    from auricle.io.writers import EVENT_CSV_HEADER, TAG_CSV_HEADER, TAG_CSV_HEADER_V1
 
     try:
         with open(output, encoding="utf-8", newline="") as handle:
             header = handle.readline().strip()
     except (OSError, UnicodeDecodeError):
-        return  # absent: a new file; unreadable: reported when it is opened
+        return True  # absent: a new file; unreadable: reported when it is opened
+    if not events and header == ",".join(TAG_CSV_HEADER_V1):
+        return False
     if header and header != ",".join(EVENT_CSV_HEADER if events else TAG_CSV_HEADER):
-        holds = "events" if header == ",".join(EVENT_CSV_HEADER) else "clip tags" if header == ",".join(
-            TAG_CSV_HEADER) else f"another table ({header[:60]})"
+        holds = "events" if header == ",".join(EVENT_CSV_HEADER) else "clip tags" if header in (
+            ",".join(TAG_CSV_HEADER), ",".join(TAG_CSV_HEADER_V1)) else f"another table ({header[:60]})"
         fail(f"{output}: holds {holds}, not {'events' if events else 'clip tags'}; resume with the same --events "
              f"setting, or write to another file")
+    return True

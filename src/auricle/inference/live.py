@@ -39,13 +39,14 @@ import numpy as np
 
 from auricle.audio import SAMPLE_RATE
 from auricle.errors import NOT_FINITE, AudioError
-from auricle.inference.results import Event, Tag, _round
+from auricle.inference.results import PATCH_SAMPLES, Event, Tag, _round
 from auricle.inference.tagging import DEFAULT_EVENT_THRESHOLD, ClassSpace, TagOptions, select_tags
 from auricle.inference.windows import WindowConfig
 
 #: The shortest window scored: one 16-frame patch of log-mel, CED's shortest clip (``MIN_SAMPLES`` of
-#: :mod:`auricle.models.ced`, not imported so that live tagging of an exported model needs no torch).
-MIN_WINDOW_SAMPLES = 2400
+#: :mod:`auricle.models.ced`, not imported so that live tagging of an exported model needs no torch);
+#: ``tag`` and ``embed`` score a shorter recording zero-padded and flag it ``too_short`` by the same length.
+MIN_WINDOW_SAMPLES = PATCH_SAMPLES
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ short command's start).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import queue as queue_module
@@ -25,7 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from auricle.audio import SAMPLE_RATE, AudioError, audio_info, iter_blocks, load_audio, prepare_waveform
+from auricle.audio import (
+    SAMPLE_RATE, AudioError, Blocks, Truncation, audio_info, iter_blocks, load_audio, prepare_waveform,
+)
 from auricle.errors import NOT_FINITE, AuricleError, OptionError
 from auricle.inference.events import EventOptions
 from auricle.inference.streams import StreamPool
@@ -80,9 +83,36 @@ def is_array(source: object) -> bool:
 EMBED_BLOCK_SAMPLES = 10 * SAMPLE_RATE
 
 
-def file_blocks(path: str | os.PathLike) -> Callable[[], Iterator[np.ndarray]]:
+class FileBlocks:
+    """``path`` decoded block by block, afresh on every call (embedding may read a file twice).
+
+    :attr:`truncation` says whether the last complete reading found the file cut short.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = path
+        self._last: Blocks | None = None
+
+    def __call__(self) -> Iterator[np.ndarray]:
+        self._last = iter_blocks(self.path, block_samples=EMBED_BLOCK_SAMPLES)
+        return self._last
+
+    @property
+    def truncation(self) -> Truncation | None:
+        return None if self._last is None else self._last.truncation
+
+
+def file_blocks(path: str | os.PathLike) -> FileBlocks:
     """``path`` decoded block by block, afresh on every call (embedding may read a file twice)."""
-    return lambda: iter_blocks(path, block_samples=EMBED_BLOCK_SAMPLES)
+    return FileBlocks(path)
+
+
+def embedded_file(path: str | os.PathLike, embed: Callable[[FileBlocks], Embeddings]) -> Embeddings:
+    """``embed`` of the blocks of ``path``, its result marked ``truncated`` where the file was cut short."""
+    blocks = file_blocks(path)
+    result = embed(blocks)
+    cut = blocks.truncation
+    return result if cut is None else dataclasses.replace(result, truncated=True, declared_duration=cut.declared)
 
 
 class Tagger:
@@ -345,9 +375,13 @@ class Tagger:
                 if not np.isfinite(probabilities).all():
                     yield Failure(state.name, f"{state.name}: {NOT_FINITE}")
                     continue
-                yield summarize(
+                result = summarize(
                     state.name, state.ends[-1] / SAMPLE_RATE, self.name, bounds, probabilities, space, options
                 )
+                if state.truncation is not None:
+                    result = dataclasses.replace(result, truncated=True,
+                                                 declared_duration=state.truncation.declared)
+                yield result
 
         for kind, item, payload in decoded_windows(sources, names, window_config, sample_rate):
             if calls.ready():
@@ -371,6 +405,8 @@ class Tagger:
                 queue[:] = [entry for entry in queue if entry[0] != item]
             elif not state.starts:  # "end" of a file that had no samples
                 state.error = f"{state.name}: no audio samples"
+            else:
+                state.truncation = payload
             state.finished = True
             yield from finished()
         if queue:
@@ -389,6 +425,7 @@ class _FileState:
     rows: dict[int, np.ndarray] = field(default_factory=dict)
     finished: bool = False
     error: str | None = None
+    truncation: Truncation | None = None
 
     def complete(self) -> bool:
         return self.error is not None or (self.finished and len(self.rows) == len(self.starts))
@@ -496,6 +533,8 @@ def decoded_windows(
 ) -> Iterator[tuple[str, int, object]]:
     """("start", item, name), ("window", item, (start, samples)), then ("end"|"error", item, ...) per source.
 
+    An "end" carries the file's :class:`~auricle.audio.Truncation` (None: whole, or an array).
+
     Decoding (libsndfile, FFmpeg, soxr; all release the GIL) runs in a
     background thread, so it overlaps the model instead of alternating with it.
     """
@@ -531,7 +570,7 @@ def decoded_windows(
                     if not put(("error", item, str(error))):
                         return
                     continue
-                if not put(("end", item, None)):
+                if not put(("end", item, getattr(blocks, "truncation", None))):
                     return
             put(("done", -1, None))
         except BaseException as error:  # anything unexpected is re-raised in the consumer

@@ -12,6 +12,15 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 
+#: One 16-frame patch of log-mel at 16 kHz (0.15 s), CED's shortest clip: a shorter recording is
+#: zero-padded to it, so its scores say little about the sound (``too_short`` in results).
+PATCH_SAMPLES = 2400
+PATCH_SECONDS = PATCH_SAMPLES / 16000
+
+
+def _too_short(duration: float) -> bool:
+    return round(duration * 16000) < PATCH_SAMPLES
+
 
 def _round(value: float, digits: int = 6) -> float:
     return round(float(value), digits)
@@ -80,6 +89,9 @@ class ClipTags:
 
     ``scores`` holds the raw window-by-class matrix over the reported classes
     (``class_labels``), for programs that want more than the top tags.
+    ``truncated``: the file holds less audio than its header declares
+    (``declared_duration`` seconds); what it holds was tagged.
+    ``too_short``: shorter than one patch (:data:`PATCH_SECONDS`), scored zero-padded.
     """
 
     file: str
@@ -92,6 +104,12 @@ class ClipTags:
     window_bounds: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)), repr=False, compare=False)
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False, compare=False)
     class_labels: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    truncated: bool = False
+    declared_duration: float | None = None
+
+    @property
+    def too_short(self) -> bool:
+        return _too_short(self.duration)
 
     def to_dict(self) -> dict:
         result = {
@@ -100,9 +118,13 @@ class ClipTags:
             "duration": _round(self.duration, 3),
             "model": self.model,
             "pool": self.pool,
+            "truncated": self.truncated,
+            "too_short": self.too_short,
             "tags": [tag.to_dict() for tag in self.tags],
             "windows": [window.to_dict() for window in self.windows],
         }
+        if self.truncated and self.declared_duration is not None:
+            result["declared_duration"] = _round(self.declared_duration, 3)
         if self.events is not None:
             result["events"] = [event.to_dict() for event in self.events]
         return result
@@ -114,7 +136,9 @@ class Embeddings:
 
     ``clip`` is the mean of all tokens (the official HEAR scene embedding);
     ``windows`` holds one mean-token embedding per analysis window with its
-    ``starts``/``ends`` in seconds.
+    ``starts``/``ends`` in seconds. ``truncated``: the file holds less audio
+    than its header declares (``declared_duration`` seconds); what it holds was
+    embedded. ``too_short``: shorter than one patch, embedded zero-padded.
     """
 
     file: str
@@ -124,13 +148,24 @@ class Embeddings:
     windows: np.ndarray
     starts: np.ndarray
     ends: np.ndarray
+    truncated: bool = False
+    declared_duration: float | None = None
+
+    @property
+    def too_short(self) -> bool:
+        return _too_short(self.duration)
 
     def to_dict(self) -> dict:
+        declared = {"declared_duration": _round(self.declared_duration, 3)} if self.truncated and \
+            self.declared_duration is not None else {}
         return {
             "schema_version": SCHEMA_VERSION,
             "file": self.file,
             "duration": _round(self.duration, 3),
             "model": self.model,
+            "truncated": self.truncated,
+            "too_short": self.too_short,
+            **declared,
             "dim": int(self.clip.shape[-1]),
             "clip": [float(x) for x in self.clip],
             "windows": [

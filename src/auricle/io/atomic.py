@@ -31,25 +31,49 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}{TEMPORARY_MARK}")
 
 
-def written_name(name: str) -> str | None:
-    """The final name a temporary named ``name`` was being written for (``a.json`` for
-    ``a.json.123.tmp``), or None when ``name`` is no temporary of ours."""
+def _parts(name: str) -> tuple[str, int] | None:
+    """(final name, writer's PID) of a temporary named ``name``, or None when it is no temporary of ours."""
     stem, mark, rest = name.rpartition(".")
     if f".{rest}" != TEMPORARY_MARK or not mark:
         return None
     final, dot, pid = stem.rpartition(".")
-    return final if dot and final and pid.isdigit() else None
+    return (final, int(pid)) if dot and final and pid.isdigit() else None
 
 
-def remove_leftovers(folder: str | os.PathLike, of: Collection[str] | None = None) -> None:
+def written_name(name: str) -> str | None:
+    """The final name a temporary named ``name`` was being written for (``a.json`` for
+    ``a.json.123.tmp``), or None when ``name`` is no temporary of ours."""
+    parts = _parts(name)
+    return None if parts is None else parts[0]
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs (another than this one): its temporary may be in use."""
+    if pid == os.getpid():
+        return False  # ours, from before: nothing of ours is writing it now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # someone else's process, or not ours to judge: keep its file
+    return True
+
+
+def remove_leftovers(folder: str | os.PathLike, of: Collection[str] | None = None, live_too: bool = True) -> None:
     """Remove the temporaries a killed writer left in ``folder``: all of them, or with ``of``
     only those that were being written for one of these names.
 
-    Only for a folder the caller owns alone (a resumed job's output): a live writer's
-    temporary would go too.
+    With ``live_too`` (for a folder the caller owns alone: a resumed job's output) a live
+    writer's temporary goes too; without, one whose writer (by the PID in its name) still
+    runs is kept, for outputs two commands may write at once. A PID reused since keeps a
+    leftover, never removes a live file.
     """
     for path in Path(folder).glob(f"*{TEMPORARY_MARK}"):
-        if of is None or written_name(path.name) in of:
+        parts = _parts(path.name)
+        if of is not None and (parts is None or parts[0] not in of):
+            continue
+        if live_too or parts is None or not _alive(parts[1]):
             path.unlink(missing_ok=True)
 
 

@@ -31,7 +31,9 @@ def format_for(output: str | os.PathLike | None) -> str:
     suffix = Path(output).suffix.lower().lstrip(".") if output not in (None, "-") else ""
     return suffix if suffix in FORMATS and suffix != "table" else "table"
 EVENT_CSV_HEADER = ["filename", "onset", "offset", "event_label"]
-TAG_CSV_HEADER = ["file", "rank", "index", "mid", "label", "score"]
+TAG_CSV_HEADER = ["file", "rank", "index", "mid", "label", "score", "truncated"]
+#: The clip-tag header before the ``truncated`` column: a CSV begun with it is resumed in it.
+TAG_CSV_HEADER_V1 = TAG_CSV_HEADER[:-1]
 
 
 class ResultWriter(Protocol):
@@ -112,16 +114,18 @@ class JsonlWriter:
 
 
 class CsvWriter:
-    """Clip tags (``file,rank,index,mid,label,score``) or, with events, DCASE event rows.
+    """Clip tags (``file,rank,index,mid,label,score,truncated``) or, with events, DCASE event rows.
 
     ``ledger``: where each finished file is also recorded, as a JSON line with its model.
+    ``truncated_column``: False to append to a CSV an earlier version began without it.
     """
 
     def __init__(self, stream: IO[str], events: bool, write_header: bool = True,
-                 ledger: IO[str] | None = None) -> None:
+                 ledger: IO[str] | None = None, truncated_column: bool = True) -> None:
         self.stream = stream
         self.events = events
         self.ledger = ledger
+        self.truncated_column = truncated_column
         self.csv = csv.writer(stream, lineterminator="\n")
         if write_header:
             self.csv.writerow(EVENT_CSV_HEADER if events else TAG_CSV_HEADER)
@@ -135,8 +139,9 @@ class CsvWriter:
                     [result.file, _format_seconds(event.onset), _format_seconds(event.offset), event.label]
                 )
         else:
+            truncated = [str(result.truncated).lower()] if self.truncated_column else []
             for rank, tag in enumerate(result.tags, start=1):
-                self.csv.writerow([result.file, rank, tag.index, tag.mid, tag.label, f"{tag.score:.6f}"])
+                self.csv.writerow([result.file, rank, tag.index, tag.mid, tag.label, f"{tag.score:.6f}", *truncated])
         self.stream.flush()
         if self.ledger is not None:  # after the rows: a file in the ledger has all its rows in the CSV
             try:
@@ -152,7 +157,7 @@ class CsvWriter:
 
 
 def make_writer(format: str, stream: IO[str], events: bool, appending: bool = False,
-                ledger: IO[str] | None = None) -> ResultWriter:
+                ledger: IO[str] | None = None, csv_truncated: bool = True) -> ResultWriter:
     if format == "table":
         return TableWriter(stream)
     if format == "json":
@@ -160,7 +165,7 @@ def make_writer(format: str, stream: IO[str], events: bool, appending: bool = Fa
     if format == "jsonl":
         return JsonlWriter(stream)
     if format == "csv":
-        return CsvWriter(stream, events, write_header=not appending, ledger=ledger)
+        return CsvWriter(stream, events, write_header=not appending, ledger=ledger, truncated_column=csv_truncated)
     raise ValueError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
 
 
