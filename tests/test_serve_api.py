@@ -635,3 +635,22 @@ def test_a_client_that_goes_away_cancels_its_work():
         asyncio.run(until_disconnected(Leaving(), slow_work()))
     assert gone.value.status == 499 and cancelled == [True]
     assert asyncio.run(until_disconnected(Staying(), quick_work())) == {"done": True}
+
+
+def test_a_file_cut_short_is_tagged_and_flagged_as_tag_does(client, model, tmp_path):
+    """A WAV whose header promises 5 s and holds half: 200 with ``truncated`` and the declared length, as in
+    ``auricle tag``'s JSON (the upload was answered as if complete)."""
+    whole = write_wav(tmp_path / "whole.wav", noise(5.0, 0.1, 3))
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    for endpoint in ("/v1/tag", "/v1/embed"):
+        response = client.post(endpoint, files={"file": ("cut.wav", cut.read_bytes())})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["truncated"] is True and body["declared_duration"] == 5.0, endpoint
+        assert body["duration"] < 2.6
+        intact = client.post(endpoint, files={"file": ("whole.wav", data)}).json()
+        assert intact["truncated"] is False and "declared_duration" not in intact
+    expected = model.tag(str(cut)).to_dict()
+    assert expected["truncated"] is True and expected["declared_duration"] == 5.0

@@ -240,12 +240,16 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
                     estimate = await run_in_threadpool(expected_samples, path, max_samples)
                     reservation = await budget.reserve(estimate)
                     try:
-                        waveform = await run_in_threadpool(decode_upload, path, name, config.max_duration,
-                                                           reservation)
+                        waveform, truncation = await run_in_threadpool(decode_upload, path, name,
+                                                                       config.max_duration, reservation)
                         try:
-                            return await until_disconnected(request, work(name, waveform))
+                            result = await until_disconnected(request, work(name, waveform))
                         except AuricleError as error:  # e.g. an overflowing signal: the library's one line, as a 400
                             raise RequestError(400, str(error)) from None
+                        if truncation is not None and "truncated" in result:  # as the file's result says in `tag`
+                            result = {**result, "truncated": True,
+                                      "declared_duration": round(truncation.declared, 3)}
+                        return result
                     finally:
                         reservation.release()
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from auricle.audio import SAMPLE_RATE, audio_info, iter_blocks
+from auricle.audio import SAMPLE_RATE, Truncation, audio_info, iter_blocks
 from auricle.errors import AudioError
 
 DEFAULT_NAME = "upload"
@@ -178,15 +178,18 @@ def expected_samples(path: str, max_samples: int) -> int:
     return min(max_samples, int(duration * SAMPLE_RATE) + SAMPLE_RATE)  # + resampling's rounding
 
 
-def decode_upload(path: str, name: str, max_duration: float, reservation: Reservation | None = None) -> np.ndarray:
-    """16 kHz mono float32 samples of an uploaded file; 400 if undecodable, 413 if longer than ``max_duration``."""
+def decode_upload(path: str, name: str, max_duration: float,
+                  reservation: Reservation | None = None) -> tuple[np.ndarray, Truncation | None]:
+    """16 kHz mono float32 samples of an uploaded file, and whether it was cut short of its header's length
+    (decoded as far as it goes, as ``auricle tag`` does); 400 if undecodable, 413 if longer than ``max_duration``."""
     if os.path.getsize(path) == 0:
         raise RequestError(400, f"{name}: empty upload (0 bytes)")
     max_samples = int(max_duration * SAMPLE_RATE)
     try:
         blocks: list[np.ndarray] = []
         total = 0
-        for block in iter_blocks(path, SAMPLE_RATE):
+        stream = iter_blocks(path, SAMPLE_RATE)
+        for block in stream:
             total += len(block)
             if total > max_samples:
                 raise RequestError(413, f"{name}: audio is longer than the limit of {max_duration:g} s")
@@ -195,4 +198,4 @@ def decode_upload(path: str, name: str, max_duration: float, reservation: Reserv
             blocks.append(block)
     except AudioError as error:
         raise RequestError(400, str(error).replace(path, name)) from None
-    return np.concatenate(blocks)
+    return np.concatenate(blocks), stream.truncation
