@@ -375,3 +375,15 @@ def test_every_commands_help_works_without_torch():
     for command in [*commands, "distill train", "distill teach"]:
         shown = without_torch(*command.split(), "--help")
         assert shown.returncode == 0 and shown.stdout.startswith("Usage: auricle"), (command, shown.stderr)
+
+
+def test_auricle_load_model_and_auricle_model_load_model_give_one_answer(exported, weights):
+    """They were two functions: ``engine="torch"`` for an exported file was refused by one, taken by the other."""
+    import auricle.model
+
+    for load in (auricle.load_model, auricle.model.load_model):
+        with pytest.raises(CheckpointError, match="runs in ONNX Runtime, not the torch engine"):
+            load(checkpoint=exported, engine="torch")
+        assert isinstance(load(checkpoint=exported), ExportedModel)
+        assert isinstance(load(checkpoint=exported, engine="onnx", precision="auto"), ExportedModel)
+        assert load(checkpoint=weights, engine="torch").engine.config.engine == "torch"

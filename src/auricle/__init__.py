@@ -15,10 +15,42 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["available_models", "load_model", "tag", "embed", "AudioModel", "__version__"]
+
+#: Every type a user receives or passes, by the module that defines it; loaded on first use
+#: (``auricle.ClipTags``), so ``import auricle`` stays free of torch and numpy.
+_LAZY = {
+    "AudioModel": "auricle.model",
+    "DashengModel": "auricle.dasheng_model",
+    "ExportedModel": "auricle.exported",
+    "ModelInfo": "auricle.models.registry",
+    "ClipTags": "auricle.inference.results",
+    "Tag": "auricle.inference.results",
+    "WindowScores": "auricle.inference.results",
+    "Event": "auricle.inference.results",
+    "Embeddings": "auricle.inference.results",
+    "Failure": "auricle.inference.results",
+    "TagOptions": "auricle.inference.tagging",
+    "EventOptions": "auricle.inference.events",
+    "AuricleError": "auricle.errors",
+    "OptionError": "auricle.errors",
+    "AudioError": "auricle.errors",
+    "AudioWarning": "auricle.errors",
+    "CheckpointError": "auricle.errors",
+    "LabelError": "auricle.errors",
+    "DatasetError": "auricle.errors",
+    "ExportError": "auricle.errors",
+}
+
+__all__ = ["available_models", "load_model", "tag", "embed", "__version__", *_LAZY]
 
 if TYPE_CHECKING:
+    from auricle.dasheng_model import DashengModel
+    from auricle.errors import (AudioError, AudioWarning, AuricleError, CheckpointError, DatasetError, ExportError,
+                                LabelError, OptionError)
     from auricle.exported import ExportedModel
+    from auricle.inference.events import EventOptions
+    from auricle.inference.results import ClipTags, Embeddings, Event, Failure, Tag, WindowScores
+    from auricle.inference.tagging import TagOptions
     from auricle.model import AudioModel
     from auricle.models.registry import ModelInfo
 
@@ -31,27 +63,26 @@ def available_models() -> list["ModelInfo"]:
 
 
 def load_model(name: str = "ced-mini", checkpoint: Any = None, device: Any = "cpu", cache_dir: Any = None,
-               **engine: Any) -> "AudioModel | ExportedModel":
-    """Load a model by name or checkpoint; see :func:`auricle.model.load_model`
-    (``engine=``, ``precision=``, ``threads=`` choose how the encoder runs).
+               engine: str | None = None, precision: str | None = None, threads: int | None = None,
+               streams: int | None = None) -> "AudioModel | DashengModel | ExportedModel":
+    """Load a model by name or checkpoint: :func:`auricle.model.load_model`, the same function and answer.
 
-    A Dasheng name (``dasheng-base``, ``dasheng-0.6b``, ``dasheng-1.2b``) or checkpoint gives a
-    :class:`auricle.dasheng_model.DashengModel` (frame embeddings at 25 per second).
-
-    A ``checkpoint`` ending in ``.onnx`` (an ``auricle export`` file) gives an
-    :class:`auricle.exported.ExportedModel`: tagging, probabilities and (files
-    exported with ``--piece-embeddings``) embeddings through ONNX Runtime, without
-    importing torch.
+    ``engine=``, ``precision=``, ``threads=`` and ``streams=`` choose how the encoder runs. A
+    ``checkpoint`` ending in ``.onnx`` (an ``auricle export`` file) gives an
+    :class:`auricle.exported.ExportedModel`: tagging, probabilities and (files exported with
+    ``--piece-embeddings``) embeddings through ONNX Runtime; it is answered here, without importing torch.
     """
     from auricle.exported import is_exported_file
 
     if is_exported_file(checkpoint):
         from auricle.exported import load_exported
 
-        return load_exported(checkpoint, device=device, **engine)
+        return load_exported(checkpoint, device=str(device), engine=engine, precision=precision, threads=threads,
+                             streams=streams)
     from auricle.model import load_model as _load
 
-    return _load(name, checkpoint=checkpoint, device=device, cache_dir=cache_dir, **engine)
+    return _load(name, checkpoint=checkpoint, device=device, cache_dir=cache_dir, engine=engine,
+                 precision=precision, threads=threads, streams=streams)
 
 
 def tag(source: Any, sample_rate: int | None = None, *, model: str = "ced-mini", checkpoint: Any = None, **options: Any):
@@ -65,8 +96,9 @@ def embed(source: Any, sample_rate: int | None = None, *, model: str = "ced-mini
 
 
 def __getattr__(name: str) -> Any:
-    if name == "AudioModel":
-        from auricle.model import AudioModel
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'auricle' has no attribute {name!r}")
+    from importlib import import_module
 
-        return AudioModel
-    raise AttributeError(f"module 'auricle' has no attribute {name!r}")
+    return getattr(import_module(module), name)

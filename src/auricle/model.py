@@ -133,8 +133,8 @@ def load_model(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     cache_dir: str | os.PathLike | None = None,
-    engine: str = "torch",
-    precision: str = "fp32",
+    engine: str | None = None,
+    precision: str | None = None,
     threads: int | None = None,
     streams: int | None = None,
 ) -> AudioModel | ExportedModel:
@@ -151,11 +151,13 @@ def load_model(
     per thread) choose how the encoder runs (see :mod:`auricle.inference.engines`);
     results keep their format. A ``checkpoint`` ending in ``.onnx`` (an ``auricle
     export`` file) gives an :class:`~auricle.exported.ExportedModel` instead (tagging
-    only; ``engine``/``precision`` other than the defaults must match the file).
+    only; ``engine``/``precision``, where given, must match the file: ``engine="torch"`` is refused).
+    ``engine`` None is torch and ``precision`` None fp32 for weights.
     """
     if is_exported_file(checkpoint):
-        return load_exported(checkpoint, device=str(device), engine=None if engine == "torch" else engine,
-                             precision=None if precision == "fp32" else precision, threads=threads, streams=streams)
+        return load_exported(checkpoint, device=str(device), engine=engine, precision=precision, threads=threads,
+                             streams=streams)
+    engine, precision = engine or "torch", precision or "fp32"
     # fails before any weights are read
     device = torch_device(device)
     engine_config = EngineConfig(engine, resolve_precision(engine, precision, device), threads, streams)
