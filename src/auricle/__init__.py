@@ -15,12 +15,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["available_models", "load_model", "tag", "embed", "AudioModel", "__version__"]
+__all__ = ["available_models", "load_model", "tag", "embed", "AudioModel", "Index", "__version__"]
 
 if TYPE_CHECKING:
     from auricle.exported import ExportedModel
     from auricle.model import AudioModel
     from auricle.models.registry import ModelInfo
+    from auricle.search import Index
 
 
 def available_models() -> list["ModelInfo"]:
@@ -66,4 +67,8 @@ def __getattr__(name: str) -> Any:
         from auricle.model import AudioModel
 
         return AudioModel
+    if name == "Index":  # search over indexed recordings (docs/search.md)
+        from auricle.search import Index
+
+        return Index
     raise AttributeError(f"module 'auricle' has no attribute {name!r}")
