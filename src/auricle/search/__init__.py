@@ -93,10 +93,19 @@ class Index:
 
     def query_classes(self, query: str) -> list[QueryClass]:
         """The classes ``query`` selects and their weights (what :meth:`search` ranks by)."""
-        from auricle.labels import audioset_labels
         from auricle.search.query import understand
 
-        return understand(query, audioset_labels())
+        return understand(query, self.labels())
+
+    def labels(self):
+        """The classes of the index's model (AudioSet's, with MIDs and ontology, unless it has its own head)."""
+        import json
+
+        from auricle.labels import LabelSet, audioset_labels
+
+        audioset = audioset_labels()
+        names = tuple(json.loads(self.store.meta.get("labels", "[]")))
+        return audioset if not names or names == audioset.names else LabelSet.from_names(names)
 
     def check(self, model) -> None:
         """Refuse ``model`` if it is not the one the index was made with (its numbers would not compare)."""

@@ -10,6 +10,7 @@ ones computed again, and files that no longer exist dropped.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ def model_meta(model, window: float, hop: float | None) -> dict[str, str]:
     """What decides the stored numbers: the model, its weights and the tagging windows."""
     from auricle.fingerprints import tagger_key
 
-    return {"model": model.name, "weights": tagger_key(model)[:16], "classes": str(len(model.labels)),
+    return {"model": model.name, "weights": tagger_key(model)[:16], "labels": json.dumps(list(model.labels.names)),
             "window": repr(float(window)), "hop": repr(float(hop if hop is not None else window))}
 
 
@@ -55,8 +56,8 @@ def check_model(store: Store, expected: dict[str, str]) -> None:
     """Refuse to mix another model's (or other windows') numbers into an index."""
     if "model" not in store.meta:
         return  # a new index
-    differences = [f"{key} {store.meta.get(key)} here, {value} now" for key, value in expected.items()
-                   if store.meta.get(key) != value]
+    differences = [f"{key} {store.meta.get(key)} here, {value} now" if key != "labels" else "other classes"
+                   for key, value in expected.items() if store.meta.get(key) != value]
     if differences:
         raise SearchIndexError(f"{store.path}: made with another model or settings ({'; '.join(differences)}); "
                                "update it with the same --model/--checkpoint and --window/--hop, or index into a "

@@ -101,13 +101,13 @@ def understand(query: str, labels: LabelSet, encoder: Callable | None = None) ->
         exact = None
     if exact is not None:
         return [QueryClass(i, labels[i].mid, labels[i].name, 1.0) for i in exact]
+    if not labels.has_mids:  # a head of its own: words are matched to AudioSet's classes only
+        raise OptionError(f"{text!r}: not one of the index's {len(labels)} classes; with a model of its own "
+                          "classes, name them exactly")
     from auricle.search.text import class_embeddings, text_encoder
 
     model = (encoder or text_encoder)()
     vectors = class_embeddings(model)
-    if len(vectors) != len(labels):
-        raise OptionError(f"plain-language queries need the 527 AudioSet classes; this index's model has "
-                          f"{len(labels)}: name its classes exactly")
     similarity = vectors @ model.encode([text])[0]
     order = np.argsort(-similarity)[:MAX_CLASSES]
     best = float(similarity[order[0]])
