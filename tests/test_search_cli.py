@@ -306,3 +306,21 @@ with auricle.Index.open({str(path)!r}, create=True) as index:
         assert len(index) == 1
     result = run("index", recordings, "-o", path, "--checkpoint", tiny_checkpoint)
     assert result.exit_code == 0 and "indexed 2 of 2 files, 1 unchanged" in result.stderr
+
+
+def test_like_takes_a_published_model_from_the_index(indexed, recordings, monkeypatch):
+    import auricle.cli.search as search_cli
+
+    asked = []
+
+    def load(model_name, checkpoint, *rest):
+        asked.append((model_name, checkpoint))
+        raise SystemExit(3)
+
+    monkeypatch.setattr(search_cli, "load_model_or_exit", load)
+    with sqlite3.connect(indexed) as connection:
+        connection.execute("UPDATE meta SET value = 'ced-tiny' WHERE key = 'model'")
+    connection.close()
+    run("search", "--like", recordings / "tone.wav", "--index", indexed)
+    run("search", "--like", recordings / "tone.wav", "--index", indexed, "--model", "ced-base")
+    assert asked == [("ced-tiny", None), ("ced-base", None)]

@@ -122,6 +122,7 @@ def search_command(query, index_path, like, top, path_glob, min_duration, max_du
         if like is not None:
             if not os.path.isfile(like):
                 fail(f"{like}: file not found")
+            model_name = _the_index_model(index.model, model_name, checkpoint)
             model = load_model_or_exit(model_name, checkpoint, device, threads)
         try:
             hits = index.search(query, like=like, model=model, top=top, path=path_glob, min_duration=min_duration,
@@ -133,6 +134,18 @@ def search_command(query, index_path, like, top, path_glob, min_duration, max_du
         click.echo("auricle: no indexed file matches" + (" the filters" if path_glob or min_duration is not None
                                                           or max_duration is not None else ""), err=True)
     write_hits(hits, output_format, sys.stdout)
+
+
+def _the_index_model(indexed: str | None, model_name: str, checkpoint: str | None) -> str:
+    """--model, or the index's model when neither --model nor --checkpoint was given and it is a published one."""
+    from auricle.cli.common import given_on_command_line
+    from auricle.models.registry import available_models
+
+    ctx = click.get_current_context(silent=True)
+    if checkpoint is None and not given_on_command_line(ctx, "model_name") and indexed in {
+            info.name for info in available_models()}:
+        return indexed
+    return model_name
 
 
 def write_hits(hits, output_format: str, stream) -> None:
