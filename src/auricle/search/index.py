@@ -129,7 +129,7 @@ def update(store: Store, model, files: list[str], *, window: float = 10.0, hop: 
         store.set_meta(meta)
     if work.gone:
         with store.transaction() as connection:
-            connection.executemany("DELETE FROM files WHERE path = ?", [(path,) for path in work.gone])
+            store.delete(connection, work.gone)
     pending: list[FileRow] = []
     failed: list[str] = []
 
@@ -138,7 +138,7 @@ def update(store: Store, model, files: list[str], *, window: float = 10.0, hop: 
             for row in pending:
                 store.put(connection, row)
             # A changed file that no longer decodes: its old row would describe other audio.
-            connection.executemany("DELETE FROM files WHERE path = ?", [(path,) for path in failed])
+            store.delete(connection, failed)
         report.added += len(pending)
         pending.clear()
         failed.clear()

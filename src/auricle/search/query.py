@@ -22,7 +22,7 @@ import numpy as np
 
 from auricle.errors import OptionError
 from auricle.labels import LabelError, LabelSet, resolve_classes
-from auricle.search.store import Store, from_blob
+from auricle.search.store import Store
 
 #: Below this cosine a description is taken to name no sound class at all (unrelated
 #: words and gibberish reach 0.2-0.3 with all-MiniLM-L6-v2; sound descriptions 0.45+).
@@ -149,14 +149,16 @@ class Filters:
 
 def top_rows(store: Store, column: str, score: Callable[[np.ndarray], np.ndarray], filters: Filters,
              keep: int) -> list[tuple[float, str, float]]:
-    """The ``keep`` best (score, path, duration) by ``score`` of the decoded ``column`` blobs, best first."""
+    """The ``keep`` best (score, path, duration) by ``score`` of the ``column`` blobs (a float16 matrix), best first."""
     where, parameters = filters.sql()
     best: list[tuple[float, str, float]] = []
     for chunk in store.rows(f"path, duration, {column}", where, parameters):
-        chunk = [row for row in chunk if filters.keeps(row[0])]
-        if not chunk:
-            continue
-        matrix = from_blob(b"".join(row[2] for row in chunk), "f2", len(chunk[0][2]) // 2)
+        if filters.path is not None:
+            chunk = [row for row in chunk if filters.keeps(row[0])]
+            if not chunk:
+                continue
+        # float16 as stored: a query's few columns are converted, not the whole (rows, 527) matrix.
+        matrix = np.frombuffer(b"".join(row[2] for row in chunk), dtype="<f2").reshape(len(chunk), -1)
         scores = score(matrix)
         chosen = np.argsort(-scores, kind="stable")[:keep]
         best = sorted(best + [(float(scores[i]), chunk[i][0], float(chunk[i][1])) for i in chosen],
@@ -169,7 +171,7 @@ def class_hits(store: Store, classes: list[QueryClass], filters: Filters, top: i
     indices = np.array([c.index for c in classes])
     weights = np.array([c.weight for c in classes], dtype=np.float32)
     hits = []
-    for score, path, duration in present(top_rows(store, "clip_scores", lambda m: (m[:, indices] * weights).max(axis=1),
+    for score, path, duration in present(top_rows(store, "clip_scores", lambda m: (m[:, indices].astype(np.float32) * weights).max(axis=1),
                                                   filters, top + MISSING_SPARE), warn, top):
         row = store.row(path)
         weighted = row.clip_scores[indices] * weights
@@ -187,6 +189,7 @@ def like_hits(store: Store, clip: np.ndarray, filters: Filters, top: int, warn: 
     query = clip / max(float(np.linalg.norm(clip)), 1e-12)
 
     def cosine(matrix: np.ndarray) -> np.ndarray:
+        matrix = matrix.astype(np.float32)
         return matrix @ query / np.maximum(np.linalg.norm(matrix, axis=1), 1e-12)
 
     hits = []

@@ -4,8 +4,10 @@ Why SQLite: one file a user can copy, no server; rows are found by path through 
 B-tree, so an update of a million-file index touches only the changed rows; WAL mode
 lets searches read while an update writes; and every batch of files is one
 transaction, so a process killed at any point leaves the index as of its last
-committed batch. Arrays are stored as raw little-endian blobs (float16 scores and
-embeddings, float32 bounds): never pickled.
+committed batch. The clip columns, which a search reads for every file, live apart
+from the per-window arrays, read for the best files only (a scan then reads ~1.7 kB
+a file, not the whole row). Arrays are stored as raw little-endian blobs (float16
+scores and embeddings, float32 bounds): never pickled.
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ CREATE TABLE files (
     mtime_ns INTEGER NOT NULL,
     duration REAL NOT NULL,
     clip_scores BLOB NOT NULL,
+    clip_embedding BLOB NOT NULL
+);
+CREATE INDEX files_duration ON files (duration);
+CREATE TABLE file_windows (
+    file_id INTEGER PRIMARY KEY,
     window_bounds BLOB NOT NULL,
     window_scores BLOB NOT NULL,
-    clip_embedding BLOB NOT NULL,
     piece_bounds BLOB NOT NULL,
     piece_embeddings BLOB NOT NULL
 );
-CREATE INDEX files_duration ON files (duration);
 """
 
 
@@ -92,8 +97,8 @@ class Store:
                         if statement.strip():
                             self.connection.execute(statement)
                     self.connection.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                tables = {"meta", "files"}
-            if not {"meta", "files"} <= tables:
+                tables = {"meta", "files", "file_windows"}
+            if not {"meta", "files", "file_windows"} <= tables:
                 raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
             self.meta = dict(self.connection.execute("SELECT key, value FROM meta"))
         version = self.meta.get("schema_version")
@@ -145,13 +150,25 @@ class Store:
 
     @staticmethod
     def put(connection: sqlite3.Connection, row: FileRow) -> None:
-        """Insert or replace one file's row (inside :meth:`transaction`)."""
-        connection.execute(
-            "INSERT OR REPLACE INTO files (path, size, mtime_ns, duration, clip_scores, window_bounds, window_scores,"
-            " clip_embedding, piece_bounds, piece_embeddings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        """Insert or replace one file's rows (inside :meth:`transaction`)."""
+        Store.delete(connection, [row.path])
+        file_id = connection.execute(
+            "INSERT INTO files (path, size, mtime_ns, duration, clip_scores, clip_embedding) VALUES (?, ?, ?, ?, ?, ?)",
             (row.path, row.size, row.mtime_ns, row.duration, to_blob(row.clip_scores, "f2"),
-             to_blob(row.window_bounds, "f4"), to_blob(row.window_scores, "f2"), to_blob(row.clip_embedding, "f2"),
+             to_blob(row.clip_embedding, "f2"))).lastrowid
+        connection.execute(
+            "INSERT INTO file_windows (file_id, window_bounds, window_scores, piece_bounds, piece_embeddings) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (file_id, to_blob(row.window_bounds, "f4"), to_blob(row.window_scores, "f2"),
              to_blob(row.piece_bounds, "f4"), to_blob(row.piece_embeddings, "f2")))
+
+    @staticmethod
+    def delete(connection: sqlite3.Connection, paths: list[str]) -> None:
+        """Drop files' rows (inside :meth:`transaction`)."""
+        for path in paths:
+            connection.execute("DELETE FROM file_windows WHERE file_id IN (SELECT id FROM files WHERE path = ?)",
+                               (path,))
+            connection.execute("DELETE FROM files WHERE path = ?", (path,))
 
     def rows(self, columns: str, where: str = "", parameters: tuple = (), chunk: int = 4096) -> Iterator[list[tuple]]:
         """``SELECT columns FROM files WHERE ...`` in chunks (a million rows are never all in memory)."""
@@ -164,7 +181,8 @@ class Store:
         with self.errors():
             found = self.connection.execute(
                 "SELECT path, size, mtime_ns, duration, clip_scores, window_bounds, window_scores, clip_embedding,"
-                " piece_bounds, piece_embeddings FROM files WHERE path = ?", (path,)).fetchone()
+                " piece_bounds, piece_embeddings FROM files JOIN file_windows ON file_windows.file_id = files.id"
+                " WHERE path = ?", (path,)).fetchone()
         if found is None:
             raise SearchIndexError(f"{self.path}: holds no file {path}")
         classes = len(from_blob(found[4], "f2"))
