@@ -324,3 +324,18 @@ def test_like_takes_a_published_model_from_the_index(indexed, recordings, monkey
     run("search", "--like", recordings / "tone.wav", "--index", indexed)
     run("search", "--like", recordings / "tone.wav", "--index", indexed, "--model", "ced-base")
     assert asked == [("ced-tiny", None), ("ced-base", None)]
+
+
+def test_only_files_under_the_paths_given_are_dropped_when_gone(indexed, recordings, tiny_checkpoint, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_wav(elsewhere / "other.wav", 1.0, 330.0)
+    assert run("index", elsewhere, "-o", indexed, "--checkpoint", tiny_checkpoint).exit_code == 0
+    os.remove(recordings / "tone.wav")  # gone, but not under the folder indexed next
+    unplugged = tmp_path / "unplugged"  # a folder that is not there today covers nothing
+    result = run("index", elsewhere, unplugged, "-o", indexed, "--checkpoint", tiny_checkpoint)
+    assert "0 removed; 4 in" in result.stderr
+    result = run("index", recordings / "*.wav", "-o", indexed, "--checkpoint", tiny_checkpoint)
+    assert result.exit_code == 0 and "1 removed; 3 in" in result.stderr
+    with auricle.Index.open(indexed) as index:
+        assert str(recordings / "tone.wav") not in index.files() and str(elsewhere / "other.wav") in index.files()

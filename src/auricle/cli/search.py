@@ -32,7 +32,7 @@ def index_command(paths, index_path, model_name, checkpoint, device, threads, wi
     """Index audio files, folders or globs for `auricle search`.
 
     New and changed files (size or modification time) are tagged and embedded, unchanged
-    ones skipped, indexed files that no longer exist dropped. Files are committed in
+    ones skipped, indexed files under PATHS that no longer exist dropped. Files are committed in
     batches, so an interrupted run keeps what it finished. Exits with status 1 if any
     file failed (each failure is reported on stderr; the others are still indexed).
     """
@@ -40,7 +40,7 @@ def index_command(paths, index_path, model_name, checkpoint, device, threads, wi
 
     from auricle.audio import list_audio_files
     from auricle.search import Index
-    from auricle.search.index import check_model, model_meta, plan, update
+    from auricle.search.index import check_model, model_meta, plan, scope, update
 
     refuse_standard_input(paths, "index")
     try:
@@ -59,7 +59,8 @@ def index_command(paths, index_path, model_name, checkpoint, device, threads, wi
         model = load_model_or_exit(model_name, checkpoint, device, threads)
         try:
             check_model(index.store, model_meta(model, window, hop))
-            todo = len(plan(index.store, files).todo)
+            covers = scope(paths, recursive)
+            todo = len(plan(index.store, files, covers).todo)
         except AuricleError as error:
             fail(str(error))
         bar = tqdm(total=todo, unit="file", file=sys.stderr,
@@ -72,7 +73,7 @@ def index_command(paths, index_path, model_name, checkpoint, device, threads, wi
 
         try:
             report = update(index.store, model, files, window=window, hop=hop, batch_size=batch_size,
-                            on_result=on_result)
+                            on_result=on_result, covers=covers)
         except KeyboardInterrupt:
             bar.close()
             click.echo(f"\nauricle: interrupted; {index_path} keeps every batch finished: run the same command to "

@@ -55,14 +55,16 @@ class Index:
             on_result: Callable[[str, str | None], None] | None = None) -> AddReport:
         """Index the audio files under ``paths`` (files, folders, globs) with ``model``.
 
-        New and changed files are computed, unchanged ones skipped, indexed files that no
-        longer exist dropped; each failed file is in the report and the rest go on.
+        New and changed files are computed, unchanged ones skipped, indexed files under
+        ``paths`` that no longer exist dropped; each failed file is in the report and the rest go on.
         """
         from auricle.audio import list_audio_files
-        from auricle.search.index import update
+        from auricle.search.index import scope, update
 
-        files = [os.path.abspath(file) for file in list_audio_files([str(p) for p in paths], recursive=recursive)]
-        return update(self.store, model, files, window=window, hop=hop, batch_size=batch_size, on_result=on_result)
+        paths = [os.fspath(p) for p in paths]
+        files = [os.path.abspath(file) for file in list_audio_files(paths, recursive=recursive)]
+        return update(self.store, model, files, window=window, hop=hop, batch_size=batch_size, on_result=on_result,
+                      covers=scope(paths, recursive))
 
     def search(self, query: str | None = None, *, like: str | os.PathLike | None = None, model=None, top: int = 10,
                path: str | None = None, min_duration: float | None = None, max_duration: float | None = None,

@@ -5,7 +5,8 @@ and their maximum over the clip, the clip embedding and one embedding per 10.12 
 piece. Files are written in batches, one transaction each, so an interrupted run
 keeps every finished batch and the next run (``--resume`` is the same thing) goes on
 from there: unchanged files (same size and modification time) are skipped, changed
-ones computed again, and files that no longer exist dropped.
+ones computed again, and files that no longer exist dropped (those under the
+paths given this time: a disk not mounted today keeps its files).
 """
 
 from __future__ import annotations
@@ -69,8 +70,35 @@ def stamp(path: str) -> tuple[int, int]:
     return status.st_size, status.st_mtime_ns
 
 
-def plan(store: Store, files: Iterable[str]) -> IndexPlan:
-    """Which of ``files`` (absolute paths) need computing; which indexed files are gone from disk."""
+def scope(paths: Iterable[str | os.PathLike], recursive: bool = True) -> Callable[[str], bool]:
+    """Whether an indexed file lies where ``paths`` (as given to ``auricle index``) look.
+
+    Only such files are dropped when they no longer exist: indexing ~/music must not
+    drop the files of a disk that is not mounted today. A folder that does not exist
+    (that disk) covers nothing.
+    """
+    import fnmatch
+
+    folders, files, patterns = [], set(), []
+    for path in map(os.fsdecode, paths):
+        absolute = os.path.abspath(path)
+        if os.path.isdir(path):
+            folders.append(absolute.rstrip(os.sep) + os.sep)
+        elif os.path.exists(path) or not set("*?[") & set(path):
+            files.add(absolute)
+        else:
+            patterns.append(absolute)
+
+    def covers(file: str) -> bool:
+        if file in files or any(fnmatch.fnmatchcase(file, pattern) for pattern in patterns):
+            return True
+        return any(file.startswith(folder) and (recursive or os.sep not in file[len(folder):]) for folder in folders)
+
+    return covers
+
+
+def plan(store: Store, files: Iterable[str], covers: Callable[[str], bool] = lambda file: True) -> IndexPlan:
+    """Which of ``files`` (absolute paths) need computing; which indexed files ``covers`` are gone from disk."""
     stored = store.stamps()
     todo, unchanged = [], []
     for file in files:
@@ -80,7 +108,7 @@ def plan(store: Store, files: Iterable[str]) -> IndexPlan:
             todo.append(file)  # reported as its failure when it is decoded
             continue
         (unchanged if stored.get(file) == current else todo).append(file)
-    gone = [path for path in stored if not os.path.exists(path)]
+    gone = [path for path in stored if covers(path) and not os.path.exists(path)]
     return IndexPlan(todo, unchanged, gone)
 
 
@@ -115,15 +143,18 @@ def compute(model, files: list[str], options, batch_size: int | None = None) -> 
 
 
 def update(store: Store, model, files: list[str], *, window: float = 10.0, hop: float | None = None,
-           batch_size: int | None = None, on_result: Callable[[str, str | None], None] | None = None) -> AddReport:
+           batch_size: int | None = None, on_result: Callable[[str, str | None], None] | None = None,
+           covers: Callable[[str], bool] = lambda file: True) -> AddReport:
     """Bring ``store`` up to date with ``files`` (absolute paths); see the module docstring.
+
+    Indexed files that ``covers`` (:func:`scope` of the paths given) and that no longer exist are dropped.
 
     ``on_result(file, error)`` is called once per computed file (error None on success).
     """
     meta = model_meta(model, window, hop)
     check_model(store, meta)
     options = model.tag_options(window=window, hop=hop)
-    work = plan(store, files)
+    work = plan(store, files, covers)
     report = AddReport(unchanged=len(work.unchanged), removed=len(work.gone))
     if "model" not in store.meta:
         store.set_meta(meta)
