@@ -163,11 +163,11 @@ def test_an_interrupted_batch_leaves_the_index_as_of_the_last_commit(recordings,
         calls.append(row.path)
         real_put(connection, row)
         if len(calls) == 2:  # the second batch's row is written but not committed
-            raise KeyboardInterrupt
+            raise RuntimeError("the disk went away")
 
     monkeypatch.setattr(store_module.Store, "put", staticmethod(put_then_die))
     path = tmp_path / "i.db"
-    with auricle.Index.open(path, create=True) as index, pytest.raises(KeyboardInterrupt):
+    with auricle.Index.open(path, create=True) as index, pytest.raises(RuntimeError):
         index.add([recordings], tiny_model)
     monkeypatch.setattr(store_module.Store, "put", staticmethod(real_put))
     with auricle.Index.open(path) as index:
@@ -339,3 +339,22 @@ def test_only_files_under_the_paths_given_are_dropped_when_gone(indexed, recordi
     assert result.exit_code == 0 and "1 removed; 3 in" in result.stderr
     with auricle.Index.open(indexed) as index:
         assert str(recordings / "tone.wav") not in index.files() and str(elsewhere / "other.wav") in index.files()
+
+
+def test_an_interrupt_keeps_the_files_computed_so_far(recordings, tiny_model, tmp_path, monkeypatch):
+    import auricle.search.index as index_module
+
+    real_compute = index_module.compute
+
+    def two_then_interrupt(*args, **kwargs):
+        results = real_compute(*args, **kwargs)
+        yield next(results)
+        yield next(results)
+        raise KeyboardInterrupt  # Ctrl-C, or SIGTERM as auricle.cli takes it
+
+    monkeypatch.setattr(index_module, "compute", two_then_interrupt)
+    path = tmp_path / "i.db"
+    with auricle.Index.open(path, create=True) as index, pytest.raises(KeyboardInterrupt):
+        index.add([recordings], tiny_model)  # fewer files than a batch: nothing was committed yet
+    with auricle.Index.open(path) as index:
+        assert len(index) == 2

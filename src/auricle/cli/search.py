@@ -9,7 +9,9 @@ import sys
 
 import click
 
-from auricle.cli.common import error_line, fail, load_model_or_exit, model_options, refuse_standard_input, tag_option_flags
+from auricle.cli.common import (
+    error_line, fail, load_model_or_exit, model_options, refuse_standard_input, tag_option_flags, writable,
+)
 from auricle.errors import AuricleError
 from auricle.options import TAG_OPTIONS
 
@@ -18,7 +20,7 @@ SEARCH_FORMATS = ("table", "json", "jsonl", "csv")
 
 @click.command("index")
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--output", "-o", "index_path", required=True, help="The index file (SQLite); made if absent, else updated.")
+@click.option("--output", "-o", "index_path", required=True, callback=writable(), help="The index file (SQLite); made if absent, else updated.")
 @model_options
 @tag_option_flags(TAG_OPTIONS, "window", "hop")
 @click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,
@@ -76,7 +78,7 @@ def index_command(paths, index_path, model_name, checkpoint, device, threads, wi
                             on_result=on_result, covers=covers)
         except KeyboardInterrupt:
             bar.close()
-            click.echo(f"\nauricle: interrupted; {index_path} keeps every batch finished: run the same command to "
+            click.echo(f"\nauricle: interrupted; {index_path} keeps every file finished: run the same command to "
                        "index the rest", err=True)
             raise
         except AuricleError as error:

@@ -174,18 +174,23 @@ def update(store: Store, model, files: list[str], *, window: float = 10.0, hop: 
         pending.clear()
         failed.clear()
 
-    for result in compute(model, work.todo, options, batch_size):
-        if isinstance(result, Failure):
-            report.failures.append((result.file, result.error))
-            failed.append(result.file)
+    try:
+        for result in compute(model, work.todo, options, batch_size):
+            if isinstance(result, Failure):
+                report.failures.append((result.file, result.error))
+                failed.append(result.file)
+                if on_result is not None:
+                    on_result(result.file, result.error)
+                continue
+            pending.append(result)
             if on_result is not None:
-                on_result(result.file, result.error)
-            continue
-        pending.append(result)
-        if on_result is not None:
-            on_result(result.path, None)
-        if len(pending) >= BATCH_FILES:
+                on_result(result.path, None)
+            if len(pending) >= BATCH_FILES:
+                write()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (auricle.cli): what is computed is kept, then the run stops
+        if pending or failed:
             write()
+        raise
     if pending or failed:
         write()
     return report

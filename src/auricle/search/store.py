@@ -83,6 +83,11 @@ class Store:
             raise SearchIndexError(f"{self.path}: no such index; make one with `auricle index PATHS -o {self.path}`")
         if create and os.path.isdir(self.path):
             raise SearchIndexError(f"{self.path}: is a folder; give the index file's name")
+        if create and not readonly:
+            try:  # as the other commands' outputs: `-o indexes/new/sounds.db` makes its folders
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            except OSError as error:
+                raise SearchIndexError(f"{self.path}: cannot make its folder ({error.strerror or error})") from None
         with self.errors():
             if readonly:  # a search never writes, so a damaged or foreign file stays as it was
                 self.connection = sqlite3.connect(f"file:{_uri(self.path)}?mode=ro", uri=True,
