@@ -103,13 +103,21 @@ class Store:
                             self.connection.execute(statement)
                     self.connection.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 tables = {"meta", "files", "file_windows"}
-            if not {"meta", "files", "file_windows"} <= tables:
+            if "meta" not in tables:
+                self.close()
                 raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
             self.meta = dict(self.connection.execute("SELECT key, value FROM meta"))
         version = self.meta.get("schema_version")
+        if version is None:
+            self.close()
+            raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
         if version != str(SCHEMA_VERSION):
+            self.close()  # checked first: another version may have other tables
             raise SearchIndexError(f"{self.path}: index schema version {version}, this auricle reads version "
                                    f"{SCHEMA_VERSION}; rebuild it with `auricle index` into a new file")
+        if not {"files", "file_windows"} <= tables:
+            self.close()
+            raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
 
     @contextmanager
     def errors(self) -> Iterator[None]:
