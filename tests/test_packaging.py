@@ -22,7 +22,7 @@ def test_dev_holds_every_feature_extra_that_installs_from_pypi_alone():
     dev = next(item for item in _extras()["dev"] if item.startswith("auricle["))
     held = set(dev[len("auricle["):-1].split(","))
     assert {"serve", "listen", "onnx", "eval"} <= held
-    assert "`[dev]` holds `serve`, `listen`, `onnx`, `eval` and `language`" in (ROOT / "README.md").read_text()
+    assert "`[dev]` holds `serve`, `listen`, `onnx`, `eval`, `language` and `search`" in (ROOT / "README.md").read_text()
 
 
 def test_listen_with_sounddevice_but_no_portaudio_says_what_is_missing(tiny_checkpoint, tmp_path, monkeypatch):

@@ -39,6 +39,7 @@ _LAZY = {
     "LabelError": "auricle.errors",
     "DatasetError": "auricle.errors",
     "ExportError": "auricle.errors",
+    "Index": "auricle.search",  # search over indexed recordings (docs/search.md)
 }
 
 __all__ = ["available_models", "load_model", "tag", "embed", "__version__", *_LAZY]
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from auricle.inference.tagging import TagOptions
     from auricle.model import AudioModel
     from auricle.models.registry import ModelInfo
+    from auricle.search import Index
 
 
 def available_models() -> list["ModelInfo"]:

@@ -34,6 +34,10 @@ class LabelError(AuricleError):
     """A class name, MID, ontology node or profile is unknown or malformed."""
 
 
+class SearchIndexError(AuricleError):
+    """A search index cannot be used: not an index, another schema version or model, locked, damaged."""
+
+
 class DatasetError(AuricleError):
     """A labelled dataset (manifest or class folders) is malformed or incomplete."""
 

@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "probe": "auricle.cli.probe:probe_command",
     "serve": "auricle.cli.serve:serve_command",
     "listen": "auricle.cli.listen:listen_command",
+    "index": "auricle.cli.search:index_command",
+    "search": "auricle.cli.search:search_command",
 }
 
 
@@ -39,7 +41,7 @@ COMMANDS: dict[str, str] = {
 # sleeping ones let it in (folder tagging on 2 cores: 0.81 -> 0.86 of model-only
 # throughput, model-only unchanged; docs/benchmarks.md). Read by libgomp when torch
 # loads, so it is set before the command's module imports torch; a user's value wins.
-DECODE_BESIDE_MODEL = frozenset({"tag", "embed", "serve", "listen"})
+DECODE_BESIDE_MODEL = frozenset({"tag", "embed", "serve", "listen", "index"})
 
 
 def prefer_sleeping_openmp_threads() -> None:

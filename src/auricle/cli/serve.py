@@ -53,16 +53,18 @@ from auricle.cli.common import fail, load_model_or_exit, model_options
 @click.option("--allowed-origin", "allowed_origins", multiple=True, metavar="URL",
               help="A browser origin besides the page's own that may POST or open a stream, e.g. "
                    "https://app.example.com; '*' for any. Repeatable.")
+@click.option("--index", "search_index", default=None, metavar="FILE",
+              help="An `auricle index` file for GET /v1/search (docs/search.md).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 def serve_command(model_name, checkpoint, device, threads, host, port, workers, max_upload_mb, max_duration,
                   max_windows, max_pending, request_timeout, max_batch_size, max_wait_ms, max_streams, header_timeout,
                   body_timeout, max_connections_per_client, shutdown_timeout, max_decoded_seconds, max_stream_seconds,
-                  stream_idle_timeout, allowed_hosts, allowed_origins, log_level) -> None:
+                  stream_idle_timeout, allowed_hosts, allowed_origins, search_index, log_level) -> None:
     """Serve tagging and embeddings over HTTP, with a web page at /.
 
     API: POST /v1/tag, POST /v1/embed, GET /v1/models, GET /v1/labels,
-    GET /healthz, WebSocket /v1/stream; OpenAPI at /docs and /openapi.json.
+    GET /v1/search (with --index), GET /healthz, WebSocket /v1/stream; OpenAPI at /docs and /openapi.json.
     See docs/serve.md.
     """
     try:
@@ -72,6 +74,9 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
         from auricle.serve.protocol import GuardedH11Protocol
     except ImportError as error:
         fail(f"the service needs its extra: pip install 'auricle[serve]' ({error})")
+    if search_index is not None:
+        _refuse_an_unusable_index(search_index)
+        search_index = os.path.abspath(search_index)  # workers may start elsewhere
     try:
         config = ServeConfig(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_duration=max_duration,
                              max_windows=max_windows, max_pending=max_pending, request_timeout=request_timeout,
@@ -80,7 +85,7 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
                              max_connections_per_client=max_connections_per_client, shutdown_timeout=shutdown_timeout,
                              max_decoded_seconds=max_decoded_seconds, max_stream_seconds=max_stream_seconds,
                              stream_idle_timeout=stream_idle_timeout, allowed_hosts=served_hosts(host, allowed_hosts),
-                             allowed_origins=allowed_origins)
+                             allowed_origins=allowed_origins, search_index=search_index)
     except ValueError as error:
         fail(str(error).replace("max_decoded_seconds", "--max-decoded-seconds").replace("max_duration", "--max-duration")
              .replace("max_stream_seconds", "--max-stream-seconds"))
@@ -109,6 +114,16 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
     })
     uvicorn.run("auricle.serve.app:create_app_from_environment", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level, **server)
+
+
+def _refuse_an_unusable_index(path: str) -> None:
+    from auricle.errors import AuricleError
+    from auricle.search import Index
+
+    try:
+        Index.open(path, readonly=True).close()
+    except AuricleError as error:
+        fail(str(error))
 
 
 def _refuse_a_taken_port(host: str, port: int) -> None:

@@ -41,6 +41,8 @@ class ServeConfig:
     ``allowed_hosts``: names the ``Host`` header may carry (``"*"``: any);
     ``allowed_origins``: browser origins (``scheme://host[:port]``) besides
     the page's own that may POST or open a stream (``"*"``: any).
+    ``search_index``: an ``auricle index`` file that ``GET /v1/search`` reads
+    (None: that endpoint answers 404).
     """
 
     max_upload_bytes: int = 50 * 1024 * 1024
@@ -61,6 +63,7 @@ class ServeConfig:
     stream_idle_timeout: float = 60.0
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     allowed_origins: tuple[str, ...] = ()
+    search_index: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_windows", "max_pending", "max_batch_size", "max_streams",

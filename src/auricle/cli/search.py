@@ -1,0 +1,175 @@
+"""``auricle index`` and ``auricle search``: find recordings by what they sound like (docs/search.md)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+
+import click
+
+from auricle.cli.common import (
+    error_line, fail, load_model_or_exit, model_options, refuse_standard_input, tag_option_flags, writable,
+)
+from auricle.errors import AuricleError
+from auricle.options import TAG_OPTIONS
+
+SEARCH_FORMATS = ("table", "json", "jsonl", "csv")
+
+
+@click.command("index")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--output", "-o", "index_path", required=True, callback=writable(), help="The index file (SQLite); made if absent, else updated.")
+@model_options
+@tag_option_flags(TAG_OPTIONS, "window", "hop")
+@click.option("--recursive/--no-recursive", "-r/-R", default=True, show_default=True,
+              help="Search named folders through all sub-folders.")
+@click.option("--batch-size", "-b", type=click.IntRange(1), default=None, help="Windows per model call, across files.")
+@click.option("--resume", is_flag=True,
+              help="Go on after an interrupted run (what every run does: unchanged files are skipped).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal, for several files].")
+def index_command(paths, index_path, model_name, checkpoint, device, threads, window, hop, recursive, batch_size,
+                  resume, progress) -> None:
+    """Index audio files, folders or globs for `auricle search`.
+
+    New and changed files (size or modification time) are tagged and embedded, unchanged
+    ones skipped, indexed files under PATHS that no longer exist dropped. Files are committed in
+    batches, so an interrupted run keeps what it finished. Exits with status 1 if any
+    file failed (each failure is reported on stderr; the others are still indexed).
+    """
+    from tqdm import tqdm
+
+    from auricle.audio import list_audio_files
+    from auricle.search import Index
+    from auricle.search.index import check_model, model_meta, plan, scope, update
+
+    refuse_standard_input(paths, "index")
+    try:
+        files = [os.path.abspath(f) for f in list_audio_files(list(paths), recursive=recursive)]
+    except (AuricleError, ValueError) as error:
+        fail(str(error))
+    if not files:
+        fail("no audio files found in " + " ".join(paths))
+    if os.path.abspath(index_path) in files:
+        fail(f"{index_path}: is one of the files to index; write the index to another file")
+    try:
+        index = Index.open(index_path, create=True)
+    except AuricleError as error:
+        fail(str(error))
+    with index:
+        model = load_model_or_exit(model_name, checkpoint, device, threads)
+        try:
+            check_model(index.store, model_meta(model, window, hop))
+            covers = scope(paths, recursive)
+            todo = len(plan(index.store, files, covers).todo)
+        except AuricleError as error:
+            fail(str(error))
+        bar = tqdm(total=todo, unit="file", file=sys.stderr,
+                   disable=(not progress) if progress is not None else (todo < 2 or None))
+
+        def on_result(file: str, error: str | None) -> None:
+            if error is not None:
+                bar.write(error_line(error), file=sys.stderr)
+            bar.update(1)
+
+        try:
+            report = update(index.store, model, files, window=window, hop=hop, batch_size=batch_size,
+                            on_result=on_result, covers=covers)
+        except KeyboardInterrupt:
+            bar.close()
+            click.echo(f"\nauricle: interrupted; {index_path} keeps every file finished: run the same command to "
+                       "index the rest", err=True)
+            raise
+        except AuricleError as error:
+            bar.close()
+            fail(str(error), code=1)
+        bar.close()
+        total = len(index)
+    summary = (f"indexed {report.added} of {todo} files, {report.unchanged} unchanged, {report.removed} removed; "
+               f"{total} in {index_path}")
+    if report.failures:
+        click.echo(f"auricle: {summary}; {len(report.failures)} failed", err=True)
+        raise SystemExit(1)
+    click.echo(f"auricle: {summary}", err=True)
+
+
+@click.command("search")
+@click.argument("query", required=False)
+@click.option("--index", "-i", "index_path", required=True, help="The index file made by `auricle index`.")
+@click.option("--like", default=None, help="Rank by similarity to this recording instead of a query.")
+@click.option("--top", "-n", type=click.IntRange(1), default=10, show_default=True, help="Files to list.")
+@click.option("--path", "path_glob", default=None,
+              help="Only files matching this glob (on the file name, or on the full path if it has a /).")
+@click.option("--min-duration", type=click.FloatRange(0), default=None, help="Only files at least this long (s).")
+@click.option("--max-duration", type=click.FloatRange(0), default=None, help="Only files at most this long (s).")
+@click.option("--format", "-f", "output_format", type=click.Choice(SEARCH_FORMATS), default="table", show_default=True)
+@model_options
+def search_command(query, index_path, like, top, path_glob, min_duration, max_duration, output_format, model_name,
+                   checkpoint, device, threads) -> None:
+    """Search an index in plain language ("a dog barking at night"), by exact class names, MIDs or
+    ontology nodes ("Dog", "/m/0bt9lr", "Animal"), or --like a recording.
+
+    --like embeds the recording with the index's model: give the same --model/--checkpoint.
+    """
+    from auricle.search import Index
+
+    if (query is None) == (like is None):
+        fail("give a QUERY or --like FILE" if query is None else "give a QUERY or --like FILE, not both")
+    try:
+        index = Index.open(index_path, readonly=True)
+    except AuricleError as error:
+        fail(str(error))
+    with index:
+        model = None
+        if like is not None:
+            if not os.path.isfile(like):
+                fail(f"{like}: file not found")
+            model_name = _the_index_model(index.model, model_name, checkpoint)
+            model = load_model_or_exit(model_name, checkpoint, device, threads)
+        try:
+            hits = index.search(query, like=like, model=model, top=top, path=path_glob, min_duration=min_duration,
+                                max_duration=max_duration,
+                                warn=lambda message: click.echo(f"auricle: warning: {message}", err=True))
+        except AuricleError as error:
+            fail(str(error))
+    if not hits:
+        click.echo("auricle: no indexed file matches" + (" the filters" if path_glob or min_duration is not None
+                                                          or max_duration is not None else ""), err=True)
+    write_hits(hits, output_format, sys.stdout)
+
+
+def _the_index_model(indexed: str | None, model_name: str, checkpoint: str | None) -> str:
+    """--model, or the index's model when neither --model nor --checkpoint was given and it is a published one."""
+    from auricle.cli.common import given_on_command_line
+    from auricle.models.registry import available_models
+
+    ctx = click.get_current_context(silent=True)
+    if checkpoint is None and not given_on_command_line(ctx, "model_name") and indexed in {
+            info.name for info in available_models()}:
+        return indexed
+    return model_name
+
+
+def write_hits(hits, output_format: str, stream) -> None:
+    if output_format == "json":
+        json.dump([hit.to_dict() for hit in hits], stream, indent=2)
+        stream.write("\n")
+    elif output_format == "jsonl":
+        for hit in hits:
+            stream.write(json.dumps(hit.to_dict()) + "\n")
+    elif output_format == "csv":
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(["rank", "file", "score", "duration", "matched", "segments"])
+        for hit in hits:
+            writer.writerow([hit.rank, hit.file, f"{hit.score:.6f}", f"{hit.duration:.3f}",
+                             ";".join(f"{m.label}={m.score:.4f}" for m in hit.matched),
+                             ";".join(f"{s.start:.2f}-{s.end:.2f}={s.score:.4f}" for s in hit.segments)])
+    else:
+        for hit in hits:
+            stream.write(f"{hit.rank:3d}  {hit.score:.3f}  {hit.file}  ({hit.duration:.1f} s)\n")
+            if hit.matched:
+                stream.write("       why: " + ", ".join(f"{m.label} {m.score:.2f}" for m in hit.matched) + "\n")
+            for segment in hit.segments:
+                stream.write(f"       {segment.start:7.2f}-{segment.end:7.2f} s  {segment.score:.3f}  "
+                             f"{', '.join(segment.labels)}\n")

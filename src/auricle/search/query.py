@@ -1,0 +1,240 @@
+"""From a query to ranked files and time segments.
+
+A query becomes weights over the model's classes. Exact class names, MIDs and
+ontology nodes (``Dog``, ``/m/0bt9lr``, ``Animal``; ``;`` joins several) select
+their classes with weight 1, as ``tag --classes`` does. Anything else is a
+description: the sentence encoder's cosine between it and each class (name and
+ontology description) picks the closest classes, weighted by similarity relative
+to the best. A file's score is the largest weighted class score over its clip,
+``max_c w_c * s_c``, in [0, 1]; its segments are the windows where that score is
+highest, adjacent windows joined. ``like`` ranks instead by the cosine between clip
+embeddings, segments by the pieces' embeddings.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from auricle.errors import OptionError
+from auricle.labels import LabelError, LabelSet, resolve_classes
+from auricle.search.store import Store
+
+#: Below this cosine a description is taken to name no sound class at all (unrelated
+#: words and gibberish reach 0.2-0.3 with all-MiniLM-L6-v2; sound descriptions 0.45+).
+MIN_SIMILARITY = 0.35
+#: Classes within this much of the best one's similarity count, at most MAX_CLASSES of them.
+SIMILARITY_MARGIN = 0.1
+MAX_CLASSES = 5
+#: Segments reported per file, and how close to the file's best window a window must come to be one.
+MAX_SEGMENTS = 3
+SEGMENT_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class QueryClass:
+    """A class the query selects, with its weight (1 for an exact name) and, for text, the similarity."""
+
+    index: int
+    mid: str
+    label: str
+    weight: float
+    similarity: float | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """Why a file matched: a class, its weighted score in the file."""
+
+    index: int
+    mid: str
+    label: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "mid": self.mid, "label": self.label, "score": round(self.score, 6)}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A time span (seconds) where the query scores highest, and the class that scored."""
+
+    start: float
+    end: float
+    score: float
+    labels: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "score": round(self.score, 6),
+                "labels": list(self.labels)}
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One ranked file."""
+
+    rank: int
+    file: str
+    score: float
+    duration: float
+    matched: tuple[Match, ...]
+    segments: tuple[Segment, ...]
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "file": self.file, "score": round(self.score, 6),
+                "duration": round(self.duration, 3), "matched": [m.to_dict() for m in self.matched],
+                "segments": [s.to_dict() for s in self.segments]}
+
+
+def understand(query: str, labels: LabelSet, encoder: Callable | None = None) -> list[QueryClass]:
+    """The classes ``query`` selects, with weights; an OptionError if it is empty or names no sound."""
+    text = query.strip()
+    if not text:
+        raise OptionError("empty query; describe a sound ('a dog barking'), or name a class (`auricle labels`)")
+    try:
+        exact = resolve_classes(text, labels)
+    except LabelError:
+        exact = None
+    if exact is not None:
+        return [QueryClass(i, labels[i].mid, labels[i].name, 1.0) for i in exact]
+    if not labels.has_mids:  # a head of its own: words are matched to AudioSet's classes only
+        raise OptionError(f"{text!r}: not one of the index's {len(labels)} classes; with a model of its own "
+                          "classes, name them exactly")
+    from auricle.search.text import class_embeddings, text_encoder
+
+    model = (encoder or text_encoder)()
+    vectors = class_embeddings(model)
+    similarity = vectors @ model.encode([text])[0]
+    order = np.argsort(-similarity)[:MAX_CLASSES]
+    best = float(similarity[order[0]])
+    if best < MIN_SIMILARITY:
+        closest = labels[int(order[0])].name
+        raise OptionError(f"{text!r}: matches no sound class (the closest, {closest!r}, only {best:.2f}); describe "
+                          "a sound, or name a class (`auricle labels`)")
+    floor = max(MIN_SIMILARITY, best - SIMILARITY_MARGIN)
+    return [QueryClass(int(i), labels[int(i)].mid, labels[int(i)].name, float(similarity[i]) / best,
+                       float(similarity[i])) for i in order if similarity[i] >= floor]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which indexed files take part: a glob on the path (on the name when it has no ``/``), a duration range."""
+
+    path: str | None = None
+    min_duration: float | None = None
+    max_duration: float | None = None
+
+    def sql(self) -> tuple[str, tuple]:
+        clauses, parameters = [], []
+        if self.min_duration is not None:
+            clauses.append("duration >= ?")
+            parameters.append(self.min_duration)
+        if self.max_duration is not None:
+            clauses.append("duration <= ?")
+            parameters.append(self.max_duration)
+        return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(parameters)
+
+    def keeps(self, path: str) -> bool:
+        if self.path is None:
+            return True
+        if os.sep in self.path or "/" in self.path:
+            pattern = self.path if os.path.isabs(self.path) else os.path.join(os.getcwd(), self.path)
+            return fnmatch.fnmatchcase(path, os.path.normpath(pattern))
+        return fnmatch.fnmatchcase(os.path.basename(path), self.path)
+
+
+def top_rows(store: Store, column: str, score: Callable[[np.ndarray], np.ndarray], filters: Filters,
+             keep: int) -> list[tuple[float, str, float]]:
+    """The ``keep`` best (score, path, duration) by ``score`` of the ``column`` blobs (a float16 matrix), best first."""
+    where, parameters = filters.sql()
+    best: list[tuple[float, str, float]] = []
+    for chunk in store.rows(f"path, duration, {column}", where, parameters):
+        if filters.path is not None:
+            chunk = [row for row in chunk if filters.keeps(row[0])]
+            if not chunk:
+                continue
+        # float16 as stored: a query's few columns are converted, not the whole (rows, 527) matrix.
+        matrix = np.frombuffer(b"".join(row[2] for row in chunk), dtype="<f2").reshape(len(chunk), -1)
+        scores = score(matrix)
+        chosen = np.argsort(-scores, kind="stable")[:keep]
+        best = sorted(best + [(float(scores[i]), chunk[i][0], float(chunk[i][1])) for i in chosen],
+                      key=lambda item: -item[0])[:keep]
+    return best
+
+
+def class_hits(store: Store, classes: list[QueryClass], filters: Filters, top: int,
+               warn: Callable[[str], None]) -> list[SearchHit]:
+    indices = np.array([c.index for c in classes])
+    weights = np.array([c.weight for c in classes], dtype=np.float32)
+    hits = []
+    for score, path, duration in present(top_rows(store, "clip_scores", lambda m: (m[:, indices].astype(np.float32) * weights).max(axis=1),
+                                                  filters, top + MISSING_SPARE), warn, top):
+        row = store.row(path)
+        weighted = row.clip_scores[indices] * weights
+        matched = tuple(Match(c.index, c.mid, c.label, float(w)) for c, w in
+                        sorted(zip(classes, weighted), key=lambda item: -item[1]) if w > 0)[:MAX_CLASSES]
+        window_scores = row.window_scores[:, indices] * weights
+        segments = _segments(row.window_bounds, window_scores.max(axis=1),
+                             [classes[i].label for i in window_scores.argmax(axis=1)])
+        hits.append(SearchHit(len(hits) + 1, path, score, duration, matched, segments))
+    return hits
+
+
+def like_hits(store: Store, clip: np.ndarray, filters: Filters, top: int, warn: Callable[[str], None],
+              name: str) -> list[SearchHit]:
+    query = clip / max(float(np.linalg.norm(clip)), 1e-12)
+
+    def cosine(matrix: np.ndarray) -> np.ndarray:
+        matrix = matrix.astype(np.float32)
+        return matrix @ query / np.maximum(np.linalg.norm(matrix, axis=1), 1e-12)
+
+    hits = []
+    for score, path, duration in present(top_rows(store, "clip_embedding", cosine, filters, top + MISSING_SPARE),
+                                         warn, top):
+        row = store.row(path)
+        pieces = cosine(row.piece_embeddings) if len(row.piece_embeddings) else np.zeros(0)
+        segments = _segments(row.piece_bounds, pieces, [f"like {name}"] * len(pieces))
+        hits.append(SearchHit(len(hits) + 1, path, score, duration, (), segments))
+    return hits
+
+
+#: Extra candidates ranked so that files deleted since indexing (skipped with a warning) leave no gap.
+MISSING_SPARE = 16
+
+
+def present(ranked: list[tuple[float, str, float]], warn: Callable[[str], None], top: int) -> Iterator:
+    """The first ``top`` of ``ranked`` whose file still exists; each missing one is named in one warning line."""
+    given = 0
+    for item in ranked:
+        if given == top:
+            return
+        if not os.path.exists(item[1]):
+            warn(f"{item[1]}: indexed but no longer exists; `auricle index` again to drop it")
+            continue
+        given += 1
+        yield item
+
+
+def _segments(bounds: np.ndarray, scores: np.ndarray, labels: list[str]) -> tuple[Segment, ...]:
+    """Windows scoring at least SEGMENT_FRACTION of the best, overlapping or adjacent ones joined; best first."""
+    if not len(scores) or float(scores.max()) <= 0:
+        return ()
+    floor = SEGMENT_FRACTION * float(scores.max())
+    spans: list[list] = []  # start, end, score, labels
+    for (start, end), score, label in zip(bounds, scores, labels):
+        if score < floor:
+            continue
+        if spans and start <= spans[-1][1] + 1e-6:
+            span = spans[-1]
+            span[1] = max(span[1], float(end))
+            if label not in span[3]:
+                span[3].append(label)
+            span[2] = max(span[2], float(score))
+            continue
+        spans.append([float(start), float(end), float(score), [label]])
+    spans.sort(key=lambda span: -span[2])
+    return tuple(Segment(s, e, score, tuple(names)) for s, e, score, names in spans[:MAX_SEGMENTS])
