@@ -1,12 +1,14 @@
 """A loaded Dasheng encoder as a user-facing model: frame embeddings at 25 per second, and tags
 for the AudioSet-fine-tuned variant (through :class:`~auricle.inference.pipeline.Tagger`).
 
-Runs on the torch engine in float32; the whole recording is analysed at once (its own 120 dB
-floor), in 252-token chunks as the official code does.
+Runs on the torch engine in float32; a recording is analysed as one signal (its own 120 dB
+floor), in 252-token chunks as the official code does, streamed from a file in flat memory
+(:mod:`auricle.inference.frame_tokens`).
 """
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -16,7 +18,8 @@ import torch
 from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
 from auricle.errors import CheckpointError, OptionError
 from auricle.inference.engines import EngineConfig
-from auricle.inference.pipeline import Tagger, finite_embeddings, finite_probabilities
+from auricle.inference.frame_tokens import frame_tokens
+from auricle.inference.pipeline import Tagger, file_blocks, finite_embeddings, finite_probabilities
 from auricle.inference.results import Embeddings
 from auricle.labels import LabelSet, audioset_labels
 from auricle.models.dasheng import SAMPLES_PER_TOKEN, Dasheng
@@ -88,19 +91,24 @@ class DashengModel(Tagger):
         lengths = None if lengths is None else torch.as_tensor(lengths, device=self.device)
         return self.network.encode(batch, lengths).cpu()
 
-    @torch.inference_mode()
     def embed_waveform(self, waveform: np.ndarray, name: str = "<array>", batch_size: int | None = None) -> Embeddings:
         """Embeddings of one 16 kHz mono signal: ``windows`` are the frame embeddings (one per 40 ms)
-        with their start and end times, ``clip`` is their mean."""
+        with their start and end times, ``clip`` is their mean. ``batch_size``: 252-token chunks per call."""
         waveform = prepare_waveform(waveform, SAMPLE_RATE, name)
-        tokens = self.network.encode(torch.from_numpy(waveform)[None].to(self.device))[0].cpu().numpy()
-        duration = len(waveform) / SAMPLE_RATE
+        return finite_embeddings(self._embeddings(name, lambda: [waveform], batch_size))
+
+    def _embed_file(self, path: str | os.PathLike, batch_size: int | None = None) -> Embeddings:
+        # Streamed: a long recording is never held whole, and is read twice (auricle.inference.frame_tokens).
+        return self._embeddings(str(path), file_blocks(path), batch_size)
+
+    def _embeddings(self, name: str, blocks, batch_size: int | None) -> Embeddings:
+        result = frame_tokens(self.network, blocks, batch_size or self.batch_size)
+        tokens = result.tokens
+        duration = result.samples / SAMPLE_RATE
         step = SAMPLES_PER_TOKEN / SAMPLE_RATE
         starts = np.arange(len(tokens)) * step
-        return finite_embeddings(Embeddings(
-            file=name, duration=duration, model=self.name, clip=tokens.mean(axis=0), windows=tokens,
-            starts=starts, ends=np.minimum(starts + step, duration)))
-
+        return Embeddings(file=name, duration=duration, model=self.name, clip=tokens.mean(axis=0), windows=tokens,
+                          starts=starts, ends=np.minimum(starts + step, duration))
 
 def load_dasheng(checkpoint: DashengCheckpoint, info: ModelInfo | None, device: torch.device,
                  engine: EngineConfig) -> DashengModel:
