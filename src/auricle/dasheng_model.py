@@ -73,11 +73,15 @@ class DashengModel(Tagger):
         return self.network(torch.from_numpy(batch).to(self.device)).cpu().numpy()
 
     @torch.inference_mode()
-    def probabilities(self, waveforms: torch.Tensor | np.ndarray) -> np.ndarray:
-        """(batch, samples) 16 kHz clips of equal length -> (batch, classes) probabilities, each clip on its own."""
+    def probabilities(self, waveforms: torch.Tensor | np.ndarray, *, finite: bool = True) -> np.ndarray:
+        """(batch, samples) 16 kHz clips of equal length -> (batch, classes) probabilities, each clip on its own.
+
+        ``finite=False`` leaves an overflowing clip's row NaN instead of raising (for batches
+        that mix callers, as :meth:`auricle.model.AudioModel.probabilities`)."""
         if self.labels is None:
             raise OptionError(f"{self.name}: this encoder has no classification head")
-        return finite_probabilities(self._score_now(prepare_batch(waveforms)))
+        scores = self._score_now(prepare_batch(waveforms))
+        return finite_probabilities(scores) if finite else scores
 
     # -- embeddings --------------------------------------------------------------
     @torch.inference_mode()
