@@ -28,6 +28,11 @@ from auricle.models.registry import ModelInfo
 
 #: Windows per model call when tagging.
 BATCH_SIZE = 8
+#: Encoders at least this large say what they cost before a command runs them (dasheng-0.6b, 1.2b).
+LARGE_PARAMETERS = 300e6
+#: dasheng-base's size, and its speed on 2 CPU cores (docs/benchmarks.md: an hour in 408 s).
+BASE_PARAMETERS = 85.45e6
+BASE_SECONDS_PER_HOUR_2_CORES = 408
 
 
 class DashengModel(Tagger):
@@ -55,6 +60,21 @@ class DashengModel(Tagger):
     def __repr__(self) -> str:
         classes = len(self.labels) if self.labels is not None else 0
         return f"DashengModel(name={self.name!r}, classes={classes}, device={str(self.device)!r})"
+
+    def cost_note(self) -> str | None:
+        """One line on the memory and time a large encoder takes (None for a small one).
+
+        Estimated from the parameter count: compute per second of audio grows with it, as
+        every token passes through every weight.
+        """
+        parameters = sum(parameter.numel() for parameter in self.network.parameters())
+        if parameters < LARGE_PARAMETERS:
+            return None
+        ratio = parameters / BASE_PARAMETERS
+        minutes = ratio * BASE_SECONDS_PER_HOUR_2_CORES / 60
+        return (f"{self.name} is a large encoder ({parameters / 1e6:.0f} M parameters): its weights take "
+                f"{parameters * 4 / 2**30:.1f} GiB in fp32, and it computes ~{ratio:.0f}x dasheng-base per "
+                f"second of audio (an hour: roughly {minutes:.0f} min on 2 CPU cores)")
 
     # -- tagging ---------------------------------------------------------------
     def tag_options(self, **option_values):

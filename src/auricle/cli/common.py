@@ -236,6 +236,9 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
     if getattr(getattr(model, "network", None), "family", "ced") != "ced" and command not in DASHENG_COMMANDS:
         fail(f"{model.name}: auricle {command} takes CED models; a Dasheng encoder works with "
              f"{', '.join(DASHENG_COMMANDS[:-1])} and {DASHENG_COMMANDS[-1]} (and in Python)")
+    note = getattr(model, "cost_note", lambda: None)()
+    if note:  # before the long job, not after it
+        click.echo(f"auricle: note: {note}", err=True)
     for warning in caught:
         if issubclass(warning.category, EngineWarning):
             click.echo(f"auricle: warning: {warning.message}", err=True)
