@@ -6,19 +6,8 @@ import json
 
 import pytest
 
-from conftest import REFERENCE, require
-from test_dasheng_checkpoints import write_audioset_checkpoint
+from dasheng_support import tagger, zenodo  # noqa: F401  (fixtures)
 from test_evaluate import recordings, run  # noqa: F401  (a fixture)
-
-
-@pytest.fixture(scope="module")
-def zenodo():
-    return require(REFERENCE / "dasheng" / "dasheng_small_perturbed.pt")
-
-
-@pytest.fixture(scope="module")
-def tagger(zenodo, tmp_path_factory):
-    return write_audioset_checkpoint(zenodo, tmp_path_factory.mktemp("dasheng") / "audioset.pt")
 
 
 def test_tagging_metrics_equal_scoring_its_tag_output(tagger, recordings, tmp_path):  # noqa: F811

@@ -11,14 +11,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 import auricle  # noqa: E402
 from auricle.serve.app import create_app  # noqa: E402
 from auricle.serve.config import ServeConfig  # noqa: E402
-from conftest import REFERENCE, require  # noqa: E402
+from dasheng_support import tagger, zenodo  # noqa: E402, F401  (fixtures)
 from serve_support import LOCAL, burst_signal, write_wav  # noqa: E402
-from test_dasheng_checkpoints import write_audioset_checkpoint  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def zenodo():
-    return require(REFERENCE / "dasheng" / "dasheng_small_perturbed.pt")
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +46,8 @@ def test_embed_gives_the_libraries_frame_embeddings(encoder, wav):
         assert "has no classification head" in response.json()["detail"]
 
 
-def test_the_audioset_head_tags_as_the_library_does(zenodo, wav, tmp_path):
-    tagger = auricle.load_model(checkpoint=write_audioset_checkpoint(zenodo, tmp_path / "audioset.pt"))
+def test_the_audioset_head_tags_as_the_library_does(tagger, wav):
+    tagger = auricle.load_model(checkpoint=tagger)
     with TestClient(create_app(tagger, ServeConfig(max_wait=0.001)), base_url=LOCAL) as client:
         response = client.post("/v1/tag?top_k=3", files={"file": ("x.wav", wav.read_bytes())})
         assert response.status_code == 200, response.text
