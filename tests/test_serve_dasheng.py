@@ -12,7 +12,7 @@ import auricle  # noqa: E402
 from auricle.serve.app import create_app  # noqa: E402
 from auricle.serve.config import ServeConfig  # noqa: E402
 from dasheng_support import tagger, zenodo  # noqa: E402, F401  (fixtures)
-from serve_support import LOCAL, burst_signal, write_wav  # noqa: E402
+from serve_support import LOCAL, STREAM, burst_signal, write_wav  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,10 @@ def test_embed_gives_the_libraries_frame_embeddings(encoder, wav):
         response = client.post("/v1/tag", content=wav.read_bytes())
         assert response.status_code == 400
         assert "has no classification head" in response.json()["detail"]
+        with client.websocket_connect(STREAM) as socket:  # live tagging needs the head too
+            socket.send_text('{"sample_rate": 16000, "format": "s16le", "window": 1, "hop": 0.5}')
+            refusal = socket.receive_json()
+            assert refusal["type"] == "error" and "has no classification head" in refusal["detail"]
 
 
 def test_the_audioset_head_tags_as_the_library_does(tagger, wav):
