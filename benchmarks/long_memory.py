@@ -11,6 +11,10 @@ scored as they arrive) and time should grow linearly.
 
 `--command embed` runs `auricle embed` instead (the whole recording's log-mel, one
 embedding per 10.12 s piece); the last column is then the number of pieces.
+`--model dasheng-base` embeds with random weights of that size instead (one embedding
+per 40 ms frame; the last column counts frames):
+
+    python benchmarks/long_memory.py --model dasheng-base --minutes 1 10 60 --json benchmarks/results/long_memory_dasheng.json
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthetic import REFERENCE_CHECKPOINT, auricle_command, run_measured, write_recording
+from synthetic import REFERENCE_CHECKPOINT, auricle_command, random_checkpoint, run_measured, write_recording
 
 
 def main() -> None:
@@ -37,16 +41,22 @@ def main() -> None:
     parser.add_argument("--engine", default="torch")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--command", choices=["tag", "embed"], default="tag")
+    parser.add_argument("--model", default=None,
+                        help="random weights of this size instead of --checkpoint (a Dasheng size implies embed)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
+    if args.model and args.model.startswith("dasheng"):
+        args.command = "embed"  # a Dasheng encoder has no head to tag with
     rows = []
-    counted = "events" if args.command == "tag" else "pieces"
+    counted = "events" if args.command == "tag" else "frames" if args.model and "dasheng" in args.model else "pieces"
     print(f"{'minutes':>8} {'wall s':>8} {'s per audio min':>16} {'peak RSS MB':>12} {counted:>7}")
-    model = ["--checkpoint", args.checkpoint, "--threads", args.threads]
-    if args.checkpoint.suffix != ".onnx":  # an exported file fixes engine and precision itself
-        model += ["--engine", args.engine, "--precision", args.precision]
     with tempfile.TemporaryDirectory() as folder:
+        if args.model:
+            args.checkpoint = random_checkpoint(args.model, Path(folder))
+        model = ["--checkpoint", args.checkpoint, "--threads", args.threads]
+        if args.checkpoint.suffix != ".onnx":  # an exported file fixes engine and precision itself
+            model += ["--engine", args.engine, "--precision", args.precision]
         for minutes in args.minutes:
             audio = write_recording(Path(folder) / f"long_{minutes:g}min.flac", minutes * 60)
             output = Path(folder) / "embeddings.npz"
@@ -68,7 +78,8 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(date=time.strftime("%Y-%m-%d"), machine=platform.machine(),
-                                             command=args.command, checkpoint=str(args.checkpoint),
+                                             command=args.command, model=args.model,
+                                             checkpoint=None if args.model else str(args.checkpoint),
                                              threads=args.threads, engine=args.engine, precision=args.precision,
                                              hop=args.hop, results=rows), indent=2))
 

@@ -96,12 +96,15 @@ def report(result: dict, json_path: Path | None) -> None:
 
 
 def random_checkpoint(name: str, folder: Path) -> Path:
-    """Random weights of a CED size (``ced-base``...) saved in auricle's format under ``folder``."""
+    """Random weights of a CED or Dasheng size (``ced-base``, ``dasheng-base``...) saved in auricle's format under ``folder``."""
     import torch
 
     from auricle.models.ced import CED
     from auricle.models.checkpoints import save_checkpoint
+    from auricle.models.dasheng import Dasheng
     from auricle.models.registry import model_info
 
+    info = model_info(name)
     torch.manual_seed(0)  # speed does not depend on the weights; the same ones every run
-    return save_checkpoint(CED(model_info(name).config), folder / f"{name}-random.safetensors", name=f"{name}-random")
+    network = Dasheng(info.config) if info.family == "dasheng" else CED(info.config)
+    return save_checkpoint(network, folder / f"{name}-random.safetensors", name=f"{name}-random")

@@ -4,6 +4,7 @@ Everything lives in :mod:`auricle.downstream.hear`; HEAR tools take either name.
 """
 
 from auricle.downstream.hear import (  # noqa: F401
+    FRAMES,
     TIMESTAMP_MODES,
     HearModel,
     get_scene_embeddings,

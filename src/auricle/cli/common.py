@@ -226,7 +226,7 @@ def _remember(ctx: click.Context, param: click.Parameter, value):
 
 
 #: The commands a Dasheng encoder is wired into so far (the others assume a CED network).
-DASHENG_COMMANDS = ("tag", "embed")
+DASHENG_COMMANDS = ("tag", "embed", "probe", "serve", "evaluate")
 
 
 def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, threads: int | None,
@@ -275,7 +275,10 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
     command = ctx.info_name if ctx is not None else None
     if getattr(getattr(model, "network", None), "family", "ced") != "ced" and command not in DASHENG_COMMANDS:
         fail(f"{model.name}: auricle {command} takes CED models; a Dasheng encoder works with "
-             f"{' and '.join(DASHENG_COMMANDS)} (and in Python)")
+             f"{', '.join(DASHENG_COMMANDS[:-1])} and {DASHENG_COMMANDS[-1]} (and in Python)")
+    note = getattr(model, "cost_note", lambda: None)()
+    if note:  # before the long job, not after it
+        click.echo(f"auricle: note: {note}", err=True)
     for warning in caught:
         if issubclass(warning.category, EngineWarning):
             click.echo(f"auricle: warning: {warning.message}", err=True)

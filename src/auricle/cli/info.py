@@ -13,19 +13,19 @@ from auricle.errors import AuricleError
 @click.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models_command(as_json: bool) -> None:
-    """List the CED models with their size and published AudioSet mAP."""
+    """List the CED and Dasheng models with their size and published AudioSet mAP."""
     from auricle.models.registry import available_models
 
-    models = available_models()
+    models = available_models(family=None)
     if as_json:
         click.echo(json.dumps([info.to_dict() for info in models], indent=2))
         return
-    click.echo(f"{'name':<10} {'params':>8} {'AudioSet mAP':>13}  {'dim':>4}  weights")
+    click.echo(f"{'name':<22} {'params':>8} {'AudioSet mAP':>13}  {'dim':>4}  weights")
     for info in models:
-        click.echo(
-            f"{info.name:<10} {info.parameters_millions:>7.1f}M {info.audioset_map:>13.1f}  "
-            f"{info.config.embed_dim:>4}  hf:{info.hf_repo}"
-        )
+        score = "-" if info.audioset_map is None else f"{info.audioset_map:.1f}"  # an encoder without a head
+        weights = f"hf:{info.hf_repo}" if info.hf_repo else info.zenodo_url.split("?")[0]
+        click.echo(f"{info.name:<22} {info.parameters_millions:>7.1f}M {score:>13}  "
+                   f"{info.config.embed_dim:>4}  {weights}")
 
 
 @click.command("labels")

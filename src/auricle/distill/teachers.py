@@ -15,8 +15,10 @@ teacher with another class list (YAMNet's 521) contributes to the classes it
 has; each class is the weighted mean over the teachers that cover it.
 
 CED teachers score the masked log-mel the view renderer produced (the same
-tensor a student sees); callables see the view waveform, so they cannot be used
-with log-mel masks.
+tensor a student sees); so does a Dasheng tagger (its AudioSet head, or a probe
+saved onto it: the same log-mel frontend, then its own input BatchNorm and
+252-token chunks; fp32 only). Callables see the view waveform, so they cannot be
+used with log-mel masks.
 
 CED teachers run in fp32 unless a ``precision`` of the torch engine is asked for
 (``bf16`` or ``int8``, auricle.inference.engines): on a CPU with AMX, ced-base runs
@@ -45,6 +47,7 @@ from auricle.distill import DistillError, DistillUsageError, file_sha256
 from auricle.errors import AuricleError
 from auricle.labels import LabelSet, audioset_labels
 from auricle.models.ced import CED
+from auricle.models.dasheng import Dasheng
 
 #: What CED teachers can run in (the torch engine's precisions).
 TEACHER_PRECISIONS = ("fp32", "bf16", "int8")
@@ -96,6 +99,12 @@ def ced_probabilities_from_mel(network: CED, mel: torch.Tensor, forward_features
     return probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
 
 
+@torch.inference_mode()
+def dasheng_probabilities_from_mel(network: Dasheng, mel: torch.Tensor) -> torch.Tensor:
+    """What ``Dasheng.forward`` computes, starting from a (possibly masked) log-mel (batch, n_mels, frames)."""
+    return network.activate(network.forward_head(network.forward_features(network.normalize(mel))))
+
+
 @dataclass
 class Teacher:
     """One loaded teacher: a scoring function and the MIDs of its output columns."""
@@ -104,7 +113,7 @@ class Teacher:
     name: str
     mids: tuple[str, ...]
     identity: dict
-    network: CED | None = None
+    network: CED | Dasheng | None = None
     function: object = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     #: What runs ``network``'s encoder instead of the module: in fp32 the fused CPU encoder
@@ -122,6 +131,8 @@ class Teacher:
         if self.network is not None:
             if mel is None:
                 mel = self.network.spectrogram(waveforms.to(self.device))
+            if isinstance(self.network, Dasheng):
+                return dasheng_probabilities_from_mel(self.network, mel.to(self.device)).float().cpu()
             forward_features = self.encoder.forward_features if self.encoder is not None else None
             return ced_probabilities_from_mel(self.network, mel.to(self.device), forward_features).float().cpu()
         try:
@@ -170,7 +181,8 @@ def _check_recorded(spec: TeacherSpec, name: str, actual: str | None, recorded: 
 
 def _load_auricle(spec: TeacherSpec, device: torch.device, precision: str, sha256: str | None = None) -> Teacher:
     from auricle.errors import CheckpointError
-    from auricle.models.checkpoints import build_model, read_checkpoint, weights_in_folder
+    from auricle.models.checkpoints import weights_in_folder
+    from auricle.models.families import read_any_checkpoint
 
     if not os.path.exists(spec.spec) and _looks_like_a_file(spec.spec):  # not "unknown model" for a typo in a path
         raise CheckpointError(f"{spec.spec}: teacher weights not found")
@@ -189,7 +201,12 @@ def _load_auricle(spec: TeacherSpec, device: torch.device, precision: str, sha25
     if sha256 is not None:  # before the file is parsed: a recorded teacher is read only if it is the same bytes
         _check_recorded(spec, "sha256", file_sha256(weights_in_folder(weights) if weights.is_dir() else weights),
                         sha256)
-    checkpoint = read_checkpoint(weights)
+    family, checkpoint = read_any_checkpoint(weights)
+    if family.name == "dasheng" and precision != "fp32":
+        raise DistillError(f"teacher {spec.spec}: a Dasheng teacher runs in fp32 only (not {precision})")
+    if not checkpoint.config.num_classes:
+        raise DistillError(f"{checkpoint.source}: an encoder without a classification head cannot teach "
+                           "(give a tagger, e.g. dasheng_audioset_mAP497.pt)")
     if checkpoint.labels is not None:
         labels = LabelSet.from_names(checkpoint.labels)
     elif checkpoint.config.num_classes == 527:
@@ -199,8 +216,10 @@ def _load_auricle(spec: TeacherSpec, device: torch.device, precision: str, sha25
     # A file's spec is kept absolute, so verify can reload it from any working folder.
     where = os.path.abspath(spec.spec) if identity["kind"] == "checkpoint" else spec.spec
     identity.update(spec=where, name=name, sha256=file_sha256(checkpoint.source), config=checkpoint.config.to_dict())
-    network = build_model(checkpoint).to(device).eval()
-    if precision == "fp32":
+    network = family.build(checkpoint).to(device).eval()
+    if family.name == "dasheng":
+        encoder = None  # the fused encoder and the engines are CED's
+    elif precision == "fp32":
         from auricle.inference.fused import FusedEncoder, fused_supported
 
         encoder = FusedEncoder(network) if fused_supported(device) else None

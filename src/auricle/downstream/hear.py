@@ -1,4 +1,4 @@
-"""The HEAR 2021 common API over a CED encoder.
+"""The HEAR 2021 common API over a CED or Dasheng encoder.
 
 Use as a HEAR module: ``load_model``, ``get_scene_embeddings`` and
 ``get_timestamp_embeddings`` at module level, and a ``torch.nn.Module`` model
@@ -17,6 +17,10 @@ The choices are those of the official CED submission (github.com/RicherMans/HEAR
   1008 frames (63 whole patches), so the grid stays regular past 10 s, and the
   timestamps are the exact patch centres (75 ms + 160 ms * k, not 80 ms + ...).
 
+With a Dasheng encoder (``timestamps="frames"``, its only mode) the scene embedding is the
+mean of the clip's frame tokens and the timestamp embeddings are those tokens, every 40 ms,
+stamped at the centre of their 4 frames (15 ms + 40 ms * k); equal to ``DashengModel.embed``.
+
 Every clip of a batch is analysed on its own (own log-mel floor, no padding
 shared across clips), so an item's embeddings never depend on its batch mates.
 """
@@ -33,9 +37,13 @@ from auricle.audio import SAMPLE_RATE, prepare_waveform
 from auricle.errors import NOT_FINITE, AudioError, CheckpointError
 from auricle.frontend import HOP_LENGTH
 from auricle.models.ced import CED, batched_tokens
+from auricle.models.dasheng import Dasheng
+from auricle.models.dasheng_config import PATCH_FRAMES
 from auricle.models.registry import DEFAULT_MODEL
 
+#: Timestamp modes of a CED encoder; a Dasheng encoder has one, :data:`FRAMES`.
 TIMESTAMP_MODES = ("windows", "grid")
+FRAMES = "frames"
 #: The official submission's window: 5 patches of 16 frames (0.48 s).
 WINDOW_SAMPLES = 7677
 HOP_MS = 50.0
@@ -43,22 +51,24 @@ DEFAULT_BATCH_SIZE = 64
 
 
 class HearModel(nn.Module):
-    """A CED encoder with the attributes the HEAR API asks for."""
+    """A CED or Dasheng encoder with the attributes the HEAR API asks for."""
 
     sample_rate: int = SAMPLE_RATE
 
     def __init__(
         self,
-        network: CED,
+        network: CED | Dasheng,
         name: str,
-        timestamps: str = "windows",
+        timestamps: str | None = None,
         hop_ms: float = HOP_MS,
         window_samples: int = WINDOW_SAMPLES,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         super().__init__()
-        if timestamps not in TIMESTAMP_MODES:
-            raise ValueError(f"timestamps must be one of {TIMESTAMP_MODES}, got {timestamps!r}")
+        modes = (FRAMES,) if isinstance(network, Dasheng) else TIMESTAMP_MODES
+        timestamps = modes[0] if timestamps is None else timestamps
+        if timestamps not in modes:
+            raise ValueError(f"timestamps must be one of {modes} for {name}, got {timestamps!r}")
         hop_samples = hop_ms * SAMPLE_RATE / 1000
         # A fractional hop would let timestamps and windows drift apart on long audio.
         if hop_samples < 1 or hop_samples != int(hop_samples):
@@ -86,15 +96,17 @@ def load_model(
     model_file_path: str | os.PathLike = "",
     model_name: str = DEFAULT_MODEL,
     *,
-    timestamps: str = "windows",
-    hop_ms: float = HOP_MS,
+    timestamps: str | None = None,
+    hop_ms: float | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> HearModel:
     """HEAR ``load_model``: weights from ``model_file_path`` if given, else ``model_name`` from the Hub.
 
     ``model_file_path`` may be any checkpoint ``auricle.load_model`` reads (official
-    ``.pt``, Hugging Face folder, auricle ``.safetensors``).
+    ``.pt``, Hugging Face folder, auricle ``.safetensors``), CED or Dasheng. ``timestamps``:
+    "windows" (default) or "grid" for CED, "frames" (the only one) for Dasheng; ``hop_ms``
+    (default 50) spaces CED's windows; Dasheng's frames are 40 ms apart.
     """
     from auricle.exported import is_exported_file
     from auricle.model import load_model as load_audio_model
@@ -104,7 +116,11 @@ def load_model(
         raise CheckpointError(f"{checkpoint}: the HEAR API runs the encoder's layers, which an exported ONNX file "
                               "does not hold; give it the model's weights (.pt, .safetensors or a Hugging Face folder)")
     audio_model = load_audio_model(model_name, checkpoint=checkpoint, device=device)
-    return HearModel(audio_model.network, audio_model.name, timestamps, hop_ms, batch_size=batch_size)
+    if hop_ms is not None and isinstance(audio_model.network, Dasheng):
+        raise ValueError(f"{audio_model.name}: a Dasheng encoder's timestamp embeddings are its frames, every "
+                         "40 ms; hop_ms does not apply")
+    return HearModel(audio_model.network, audio_model.name, timestamps, HOP_MS if hop_ms is None else hop_ms,
+                     batch_size=batch_size)
 
 
 def _as_batch(audio: torch.Tensor | np.ndarray, model: HearModel) -> torch.Tensor:
@@ -140,6 +156,8 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     sounds = audio.shape[0]
     if sounds == 0:  # an empty batch of a task split: no rows (the FFT refuses an empty batch)
         return torch.zeros(0, model.scene_embedding_size, device=audio.device)
+    if model.timestamps == FRAMES:
+        return _finite(torch.cat([tokens.mean(dim=1) for tokens in _frame_tokens(audio, model)]))
     pieces, count = network.pieces(network.normalize(network.spectrogram(audio)))
     # Pieces are stacked piece-major: row r belongs to sound r % sounds.
     sums = torch.zeros(sounds, model.scene_embedding_size, dtype=torch.float64, device=audio.device)
@@ -159,7 +177,7 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
     intervals (``model.hop_ms`` for windows, 160 ms for the grid), never past the end.
     """
     audio = _as_batch(audio, model)
-    embed = _grid_embeddings if model.timestamps == "grid" else _window_embeddings
+    embed = {"grid": _grid_embeddings, FRAMES: _frame_embeddings}.get(model.timestamps, _window_embeddings)
     if audio.shape[0] == 0:  # no rows, but the timestamp axis a sound of this length would have
         embeddings, timestamps = embed(audio.new_zeros(1, audio.shape[1]), model)
         return embeddings[:0], timestamps[:0]
@@ -185,6 +203,33 @@ def _window_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Ten
     return embeddings.reshape(sounds, per_sound, -1), timestamps.float().expand(sounds, -1).contiguous()
 
 
+def _frame_tokens(audio: torch.Tensor, model: HearModel):
+    """Dasheng's tokens (sounds, frames, dim) of a few sounds at a time: about ``batch_size`` chunks per call."""
+    network = model.network
+    samples = max(audio.shape[1], PATCH_FRAMES * HOP_LENGTH)
+    chunks = -(-samples // (network.config.chunk_tokens * PATCH_FRAMES * HOP_LENGTH))
+    per_call = max(1, model.batch_size // chunks)
+    for first in range(0, audio.shape[0], per_call):
+        yield network.encode(audio[first : first + per_call])  # each clip with its own floor
+
+
+def _frame_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
+    embeddings = torch.cat(list(_frame_tokens(audio, model)))
+    return embeddings, _patch_centres(embeddings.shape[1], PATCH_FRAMES, audio.shape[1], audio.device,
+                                      audio.shape[0])
+
+
+def _patch_centres(patches: int, frames_per_patch: int, samples: int, device: torch.device,
+                   sounds: int) -> torch.Tensor:
+    """Timestamps (sounds, patches) in ms: frame j is centred on sample j * hop, so patch k on frame
+    ``frames_per_patch * k + (frames_per_patch - 1) / 2``; a clip shorter than one patch was
+    zero-padded, and its one embedding is placed inside the clip."""
+    frame_ms = 1000 * HOP_LENGTH / SAMPLE_RATE
+    centres = (torch.arange(patches, dtype=torch.float64) * frames_per_patch + (frames_per_patch - 1) / 2) * frame_ms
+    centres = centres.clamp(max=1000 * samples / SAMPLE_RATE)
+    return centres.float().to(device).expand(sounds, -1).contiguous()
+
+
 def _grid_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
     network = model.network
     config = network.config
@@ -203,19 +248,15 @@ def _grid_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tenso
     grid = tokens.reshape(count, sounds, freq_patches, -1, tokens.shape[-1]).mean(dim=2)
     patches = max(1, frames // config.patch_size)  # only patches made of real frames
     embeddings = grid.transpose(0, 1).reshape(sounds, -1, tokens.shape[-1])[:, :patches]
-    # Frame j is centred on sample j * hop, so patch k is centred on frame 16 k + 7.5.
-    frame_ms = 1000 * HOP_LENGTH / SAMPLE_RATE
-    centres = (torch.arange(patches, dtype=torch.float64) * config.patch_size + (config.patch_size - 1) / 2) * frame_ms
-    # A clip shorter than one patch was zero-padded; its one embedding is placed inside the clip.
-    centres = centres.clamp(max=1000 * samples / SAMPLE_RATE)
-    timestamps = centres.float().to(audio.device).expand(sounds, -1).contiguous()
-    return embeddings.contiguous(), timestamps
+    return embeddings.contiguous(), _patch_centres(patches, config.patch_size, samples, audio.device, sounds)
 
 
 def timestamp_hop_ms(model: HearModel) -> float:
     """Interval between timestamp embeddings of ``model``, in milliseconds."""
     if model.timestamps == "grid":
         return model.network.config.patch_size * 1000 * HOP_LENGTH / SAMPLE_RATE
+    if model.timestamps == FRAMES:
+        return PATCH_FRAMES * 1000 * HOP_LENGTH / SAMPLE_RATE
     return model.hop_ms
 
 
@@ -226,4 +267,5 @@ __all__ = [
     "get_timestamp_embeddings",
     "timestamp_hop_ms",
     "TIMESTAMP_MODES",
+    "FRAMES",
 ]

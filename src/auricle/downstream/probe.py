@@ -7,7 +7,9 @@ checkpoint is the encoder with the probe as its ``outputlayer`` and
 ``auricle tag --checkpoint PROBE`` predicts the new classes. For clips up to
 10.12 s the scores are exactly the probe's; longer clips are scored per
 10.12 s piece and averaged (the CED rule), while the probe saw the mean
-embedding of the whole clip.
+embedding of the whole clip. A Dasheng encoder's clip embedding is the mean of its
+frame tokens and its head reads the same mean, so up to the tag window (10 s) its scores
+are the probe's too; its head is linear only (``--head mlp`` is refused with ``--output``).
 
 Embeddings are cached on disk, one ``.npy`` per (model, file content):
 ``<cache>/<model sha256[:16]>/<content sha256>.npy``. The model key is the
@@ -29,12 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from auricle.downstream.classification import Scores, score_classification
-from auricle.errors import DatasetError
+from auricle.errors import DatasetError, OptionError
 from auricle.fingerprints import file_key, model_key
 from auricle.inference.results import Failure
 from auricle.io import atomic
 from auricle.io.datasets import LabelledDataset, listing
 from auricle.models.ced import CED, make_head
+from auricle.models.dasheng import Dasheng
 
 HEADS = ("linear", "mlp")
 
@@ -213,16 +216,28 @@ def stratified_folds(targets: np.ndarray, folds: int, seed: int) -> list[np.ndar
     return [np.flatnonzero(assignment == fold) for fold in range(folds)]
 
 
-def with_probe_head(encoder: CED, head: nn.Sequential, multi_label: bool, config: ProbeConfig) -> CED:
+def with_probe_head(encoder: CED | Dasheng, head: nn.Sequential, multi_label: bool,
+                    config: ProbeConfig) -> CED | Dasheng:
     """The encoder with ``head`` as its outputlayer (a network ``auricle tag`` can load)."""
     classes = head[-1].out_features
-    network_config = replace(encoder.config, num_classes=classes, head_hidden=config.hidden_width,
-                             head_activation="sigmoid" if multi_label else "softmax")
-    network = CED(network_config)
+    activation = "sigmoid" if multi_label else "softmax"
+    if isinstance(encoder, Dasheng):
+        _check_head_fits(encoder, config)
+        network = Dasheng(replace(encoder.config, num_classes=classes, head_activation=activation))
+    else:
+        network = CED(replace(encoder.config, num_classes=classes, head_hidden=config.hidden_width,
+                              head_activation=activation))
     state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("outputlayer.")}
     state.update({f"outputlayer.{k}": v for k, v in head.state_dict().items()})
     network.load_state_dict(state, strict=True)
     return network.eval()
+
+
+def _check_head_fits(encoder, config: ProbeConfig) -> None:
+    # A Dasheng checkpoint's head is read from its tensors' shapes, which know LayerNorm+Linear only.
+    if isinstance(encoder, Dasheng) and config.hidden_width:
+        raise OptionError("a Dasheng encoder saves a linear probe head only (--head linear); "
+                          "an mlp probe can be trained and scored without --output")
 
 
 def _mean_scores(scores: Sequence[Scores]) -> dict:
@@ -253,9 +268,12 @@ def run_probe(
 ) -> ProbeResult:
     """Embed, fit the probe on ``train`` (k-fold scores if ``folds`` >= 2), score ``test``, save as a head.
 
-    ``model`` is an :class:`auricle.model.AudioModel` whose network is the frozen encoder.
+    ``model`` is an :class:`auricle.model.AudioModel` (or :class:`auricle.dasheng_model.DashengModel`)
+    whose network is the frozen encoder.
     Unreadable files are left out and listed in ``failures``.
     """
+    if output is not None:  # before any embedding: the head could not be saved
+        _check_head_fits(model.network, config)
     cache = None
     if cache_dir is not None:
         cache = EmbeddingCache(cache_dir, model_key(model.network))

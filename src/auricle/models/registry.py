@@ -30,6 +30,7 @@ class ModelInfo:
             "parameters_millions": self.parameters_millions,
             "audioset_map": self.audioset_map,
             "embed_dim": self.config.embed_dim,
+            "family": self.family,
             "hf_repo": self.hf_repo,
             "zenodo_url": self.zenodo_url,
         }
@@ -50,7 +51,7 @@ _MODELS = (
 
 _DASHENG_ZENODO = "https://zenodo.org/records/{record}/files/{file}?download=1"
 
-#: The Dasheng encoders (loaded by name or checkpoint, not yet listed by ``auricle models``).
+#: The Dasheng encoders (loaded by name or checkpoint; ``auricle models`` lists them after CED's).
 _DASHENG_MODELS = (
     ModelInfo("dasheng-base", SIZES["base"], 85.45, None, "mispeech/dasheng-base",
               _DASHENG_ZENODO.format(record=11511780, file="dasheng_base.pt"), "dasheng"),
@@ -66,9 +67,9 @@ _DASHENG_MODELS = (
 DEFAULT_MODEL = "ced-mini"
 
 
-def available_models() -> list[ModelInfo]:
-    """The published CED models, smallest first."""
-    return list(_MODELS)
+def available_models(family: str | None = "ced") -> list[ModelInfo]:
+    """The published models of ``family`` ("ced", "dasheng"; None: all, CED first), smallest first."""
+    return [info for info in _MODELS + _DASHENG_MODELS if family is None or info.family == family]
 
 
 def model_info(name: str) -> ModelInfo:

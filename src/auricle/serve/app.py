@@ -281,18 +281,19 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
         from auricle.models.registry import available_models
         from auricle.profiles import available_profiles
 
+        classes = len(model.labels) if model.labels is not None else 0  # None: an encoder without a head
         return {
-            "model": {"name": model.name, "classes": len(model.labels), "embedding_dim": model.embedding_dim,
+            "model": {"name": model.name, "classes": classes, "embedding_dim": model.embedding_dim,
                       "sample_rate": SAMPLE_RATE},
             "available": [info.to_dict() for info in available_models()],
             # Profiles name AudioSet classes: a model with its own classes refuses them.
-            "profiles": available_profiles() if len(model.labels) == 527 else [],
+            "profiles": available_profiles() if classes == 527 else [],
         }
 
     @app.get("/v1/labels")
     async def labels() -> list[dict]:
         """The model's classes: output index, AudioSet MID (empty for custom heads) and name."""
-        return model.labels.to_list()
+        return model.labels.to_list() if model.labels is not None else []
 
     @app.get("/v1/search")
     async def search(
@@ -371,7 +372,8 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
 
     @app.post("/v1/embed", openapi_extra=_AUDIO_BODY)
     async def embed(request: Request, filename: str | None = Query(None)) -> dict:
-        """Embeddings of one recording: the clip embedding and one per 10.12 s piece (``Embeddings.to_dict()``)."""
+        """Embeddings of one recording: the clip embedding and one per 10.12 s piece, or with a Dasheng
+        encoder one per 40 ms frame (``Embeddings.to_dict()``)."""
         if not getattr(model, "can_embed", True):
             raise RequestError(501, f"this server runs an exported ONNX file ({model.name}) without per-piece "
                                     f"embeddings; export it with --piece-embeddings, or serve the weights")
