@@ -44,11 +44,25 @@ def tiny_tensors(dtype: torch.dtype = torch.float32, seed: int = 0) -> dict[str,
         "audio_projector.net.0.bias": torch.randn(hidden) * 0.1,
         "audio_projector.net.2.weight": torch.randn(hidden, hidden) * 0.2,
         "audio_projector.net.2.bias": torch.randn(hidden) * 0.1,
-        "audio_encoder.norm.weight": torch.ones(ENCODER_DIM),
-        "audio_encoder.init_bn.num_batches_tracked": torch.tensor(3),
     })
+    tensors.update({f"audio_encoder.{key}": value for key, value in encoder_tensors().items()})
     return {key: (value.to(dtype) if value.is_floating_point() else value).contiguous()
             for key, value in tensors.items()}
+
+
+def encoder_tensors() -> dict[str, torch.Tensor]:
+    """A random Dasheng encoder of TINY_CONFIG's size under the checkpoint's names, frontend buffers included."""
+    from auricle.frontend import mel_filterbank
+    from auricle.models.dasheng import Dasheng
+    from auricle.models.dasheng_config import DashengConfig
+
+    encoder = Dasheng(DashengConfig(**TINY_CONFIG["audio_encoder"]))
+    state = dict(encoder.state_dict())
+    state["init_bn.running_mean"] = torch.randn(64) * 3 - 40  # as if trained: log-mels sit far below 0 dB
+    state["init_bn.running_var"] = torch.rand(64) * 20 + 10
+    state["front_end.0.spectrogram.window"] = torch.hann_window(512, periodic=True)
+    state["front_end.0.mel_scale.fb"] = mel_filterbank()
+    return state
 
 
 def write_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], config: dict | None = None) -> Path:

@@ -1,7 +1,7 @@
 """MiDashengLM after the encoder: projector, audio-embedding placement, prefill and greedy decoding.
 
-Takes encoder tokens (B, T, D) from the Dasheng encoder (auricle.models.dasheng, built elsewhere) and
-prompts whose ``<|AUDIO|>`` tokens (``audio_token_id``) are already expanded to the clip's count
+Takes encoder tokens (B, T, D) from the Dasheng encoder (:mod:`auricle.language.encoder`, built from the
+checkpoint's ``audio_encoder.*`` when asked for) and prompts whose ``<|AUDIO|>`` tokens (``audio_token_id``) are already expanded to the clip's count
 (:func:`auricle.language.choices.audio_token_count`). The projected audio embeddings replace the input
 embeddings at those positions, in order.
 
@@ -16,6 +16,7 @@ import inspect
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +25,7 @@ from auricle.language import choices
 from auricle.language.checkpoint import LanguageCheckpoint, build_projector, read_language_checkpoint
 from auricle.language.config import LanguageConfig
 from auricle.language.decoder import build_decoder, require_transformers
+from auricle.language.encoder import build_encoder, check_audio, encode
 from auricle.language.projector import AudioProjector
 from auricle.language.prompts import PromptTokenizer
 
@@ -34,26 +36,39 @@ def _cache_keyword(model: nn.Module) -> str:
 
 
 class MiDashengLM(nn.Module):
-    """The projector and the Qwen2 decoder of MiDashengLM; the encoder is supplied by the caller."""
+    """The projector and the Qwen2 decoder of MiDashengLM, and the Dasheng encoder when built with it."""
 
-    def __init__(self, config: LanguageConfig, projector: AudioProjector, decoder: nn.Module):
+    def __init__(self, config: LanguageConfig, projector: AudioProjector, decoder: nn.Module,
+                 encoder: nn.Module | None = None):
         super().__init__()
         self.config = config
         self.projector = projector
         self.decoder = decoder
+        self.encoder = encoder
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: LanguageCheckpoint, attn_implementation: str = "sdpa") -> "MiDashengLM":
+    def from_checkpoint(cls, checkpoint: LanguageCheckpoint, attn_implementation: str = "sdpa",
+                        with_encoder: bool = False) -> "MiDashengLM":
         projector = build_projector(checkpoint)
         decoder = build_decoder(checkpoint.config.decoder, checkpoint.decoder_state,
                                 f"{checkpoint.source} (decoder.*)", attn_implementation)
-        return cls(checkpoint.config, projector, decoder).eval().requires_grad_(False)
+        encoder = build_encoder(checkpoint.config.encoder, checkpoint.encoder_state,
+                                checkpoint.source) if with_encoder else None
+        return cls(checkpoint.config, projector, decoder, encoder).eval().requires_grad_(False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, config: str | os.PathLike | None = None,
-             attn_implementation: str = "sdpa") -> "MiDashengLM":
-        """Read a checkpoint (file or folder) and build the model; its ``audio_encoder.*`` are not used here."""
-        return cls.from_checkpoint(read_language_checkpoint(path, config), attn_implementation)
+             attn_implementation: str = "sdpa", with_encoder: bool = False) -> "MiDashengLM":
+        """Read a checkpoint (file or folder) and build the model; ``with_encoder`` builds the Dasheng
+        encoder from its ``audio_encoder.*`` too (else only encoder tokens can be given)."""
+        return cls.from_checkpoint(read_language_checkpoint(path, config), attn_implementation, with_encoder)
+
+    def encode_audio(self, waveform: torch.Tensor | np.ndarray, name: str = "<audio>") -> torch.Tensor:
+        """Encoder tokens (T, D) of one 16 kHz mono clip; too short or silent audio is refused naming ``name``."""
+        if self.encoder is None:
+            raise AuricleError("this MiDashengLM was built without its audio encoder (load it with_encoder=True)")
+        check_audio(waveform, name, self.config.subsample_factor)
+        return encode(self.encoder, torch.as_tensor(waveform))
 
     @property
     def dtype(self) -> torch.dtype:
