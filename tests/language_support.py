@@ -105,3 +105,31 @@ def write_tokenizer(path: Path, special: list[str] = SPECIAL) -> Path:
     tokenizer.add_special_tokens(special)
     tokenizer.save(str(path))
     return path
+
+
+#: TINY_CONFIG in the official config.json schema (model_type midashenglm, audio_encoder_config, text_config).
+OFFICIAL_CONFIG = {
+    "architectures": ["MiDashengLMModel"],
+    "model_type": "midashenglm",
+    "audio_encoder_config": {**TINY_CONFIG["audio_encoder"], "patch_size": [64, 4], "patch_stride": [64, 4],
+                             "target_length": 1008},
+    "subsample_factor": 5,
+    "text_config": {**TINY_CONFIG["text"], "model_type": "qwen2_5_omni_text"},
+    "audio_token_id": AUDIO_TOKEN_ID,
+    "audio_bos_token_id": AUDIO_BOS_ID,
+    "audio_eos_token_id": AUDIO_EOS_ID,
+    "torch_dtype": "bfloat16",
+}
+
+
+def write_model_folder(folder: Path, dtype: torch.dtype = torch.bfloat16, shards: int = 2, seed: int = 0) -> Path:
+    """A tiny random MiDashengLM folder as the Hub publishes one: config.json, shards and their index,
+    tokenizer.json and generation_config.json."""
+    write_sharded(folder, tiny_tensors(dtype, seed), shards=shards, config=OFFICIAL_CONFIG)
+    index = folder / "model.safetensors.index.json"
+    values = json.loads(index.read_text())
+    values["metadata"]["total_size"] = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+    index.write_text(json.dumps(values))
+    write_tokenizer(folder / "tokenizer.json")
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [60, 58], "do_sample": False}))
+    return folder

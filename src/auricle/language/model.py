@@ -108,6 +108,23 @@ class MiDashengLM(nn.Module):
                  max_new_tokens: int = choices.DEFAULT_MAX_NEW_TOKENS,
                  stop_ids: Sequence[int] = ()) -> list[list[int]]:
         """Greedy continuation of each prompt (token ids), without its stop token; a row ends at a stop id."""
+        generated: list[list[int]] = [[] for _ in prompts]
+        for step in self.steps(prompts, audio, max_new_tokens, stop_ids):
+            for row, token in enumerate(step):
+                if token is not None:
+                    generated[row].append(token)
+        return generated
+
+    def stream(self, prompt: Sequence[int], audio: torch.Tensor,
+               max_new_tokens: int = choices.DEFAULT_MAX_NEW_TOKENS, stop_ids: Sequence[int] = ()):
+        """The greedy tokens of one prompt, one at a time as each is decoded (the stop token not included)."""
+        for (token,) in self.steps([prompt], [audio], max_new_tokens, stop_ids):
+            if token is not None:
+                yield token
+
+    def steps(self, prompts: Sequence[Sequence[int]], audio: Sequence[torch.Tensor], max_new_tokens: int,
+              stop_ids: Sequence[int]):
+        """Per decoding step, each row's new token (None for a row that has stopped), greedily with a KV cache."""
         if max_new_tokens < 1:
             raise AuricleError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         transformers = require_transformers()
@@ -120,24 +137,24 @@ class MiDashengLM(nn.Module):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = transformers.DynamicCache()  # filled in place by every call
         cache_keyword = _cache_keyword(self.decoder.model)
-        embeddings = self.embed(ids, audio)
+        with torch.inference_mode():
+            embeddings = self.embed(ids, audio)
         stops = torch.as_tensor(list(stop_ids), dtype=torch.long)
         done = torch.zeros(len(prompts), dtype=torch.bool)
-        generated: list[list[int]] = [[] for _ in prompts]
         for _ in range(max_new_tokens):
-            hidden = self.decoder.model(inputs_embeds=embeddings, attention_mask=mask, position_ids=positions,
-                                        use_cache=True, **{cache_keyword: cache}).last_hidden_state
-            # Only the last position's logits are needed: a 7B's lm_head over a whole prompt is costly.
-            token = self.decoder.lm_head(hidden[:, -1]).argmax(-1)
+            with torch.inference_mode():
+                hidden = self.decoder.model(inputs_embeds=embeddings, attention_mask=mask, position_ids=positions,
+                                            use_cache=True, **{cache_keyword: cache}).last_hidden_state
+                # Only the last position's logits are needed: a 7B's lm_head over a whole prompt is costly.
+                token = self.decoder.lm_head(hidden[:, -1]).argmax(-1)
             done |= torch.isin(token, stops)
-            for row in (~done).nonzero().squeeze(-1).tolist():
-                generated[row].append(int(token[row]))
+            yield [None if stopped else int(value) for value, stopped in zip(token.tolist(), done.tolist())]
             if bool(done.all()):
                 break
-            embeddings = self.decoder.get_input_embeddings()(token[:, None])
+            with torch.inference_mode():
+                embeddings = self.decoder.get_input_embeddings()(token[:, None])
             mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype)], dim=1)
             positions = positions[:, -1:] + 1
-        return generated
 
     def answer(self, tokenizer: PromptTokenizer, encoder_tokens: Sequence[torch.Tensor], question: str,
                max_new_tokens: int = choices.DEFAULT_MAX_NEW_TOKENS,
