@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "probe": "auricle.cli.probe:probe_command",
     "serve": "auricle.cli.serve:serve_command",
     "listen": "auricle.cli.listen:listen_command",
+    "describe": "auricle.cli.describe:describe_command",
+    "ask": "auricle.cli.describe:ask_command",
 }
 
 

@@ -296,3 +296,43 @@ def given_on_command_line(ctx: click.Context | None, name: str) -> bool:
         return False
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
+
+
+def report_batch(verb: str, files: list, todo: list, failures: int, resume: bool, output: str | None) -> None:
+    """The closing line of a batch command on stderr; exit status 1 when any file failed."""
+    skipped = f", {len(files) - len(todo)} already done" if resume else ""
+    summary = f"{verb} {len(todo) - failures} of {len(todo)} files{skipped}"
+    if failures:
+        click.echo(f"auricle: {summary}; {failures} failed", err=True)
+        raise SystemExit(1)
+    if len(todo) > 1 or output is not None:
+        click.echo(f"auricle: {summary}", err=True)
+
+
+def files_or_exit(paths, recursive: bool, output: str | None, command: str) -> list[str]:
+    """The audio files ``paths`` name (folders searched, globs expanded), or one error line and exit."""
+    from auricle.audio import list_audio_files
+
+    refuse_standard_input(paths, command)
+    try:
+        files = list_audio_files(list(paths), recursive=recursive)
+    except (AuricleError, ValueError) as error:
+        fail(str(error))
+    if not files:
+        fail("no audio files found in " + " ".join(paths))
+    if output is not None and output != "-":
+        _refuse_an_input_as_output(output, files, command)
+    return files
+
+
+def _refuse_an_input_as_output(output: str, files: list[str], command: str) -> None:
+    """``-o x1.wav x2.wav`` meant two recordings: writing results there would destroy one."""
+    from auricle.audio import AUDIO_EXTENSIONS
+
+    suffix = os.path.splitext(output)[1].lower()
+    if suffix in AUDIO_EXTENSIONS:
+        fail(f"{output}: --output takes the results file, not a {suffix} recording; to {command} it, list it without -o")
+    if os.path.exists(output):
+        real = os.path.realpath(output)
+        if any(os.path.realpath(file) == real for file in files):
+            fail(f"{output}: is one of the files to {command}; write the results to another file")
