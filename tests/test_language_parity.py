@@ -109,6 +109,7 @@ def test_encoder_frontend_runs_in_float32_under_bf16_weights(reference):
     clip = _clip(reference, "r_JeD5V5aaaoI_931_932")
     tokens = full.encode_audio(clip["wav"], "clip")
     assert tokens.dtype == torch.bfloat16
+    # bf16 weights and activations: observed 0.03 from the float32 reference (tokens up to ~3); a third of the bound.
     np.testing.assert_allclose(tokens.float().numpy(), clip["encoder_tokens"], atol=0.1, rtol=0)
 
 
