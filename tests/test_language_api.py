@@ -96,6 +96,18 @@ def test_bad_audio_is_one_line_naming_the_file(model, tmp_path):
         model.describe(quiet, max_new_tokens=0)
 
 
+def test_engine_precision_and_device_other_than_the_cpu_defaults_are_refused(folder, monkeypatch):
+    import torch
+
+    from auricle import model as loading
+
+    with pytest.raises(OptionError, match="stored precision"):
+        auricle.load_model(checkpoint=folder, engine="onnx")
+    monkeypatch.setattr(loading, "torch_device", lambda device: torch.device("cuda"))  # as on a GPU machine
+    with pytest.raises(OptionError, match="on the CPU in auricle for now, not on cuda"):
+        auricle.load_model(checkpoint=folder, device="cuda")
+
+
 def test_a_model_too_big_for_memory_is_refused_before_loading(folder, monkeypatch):
     from auricle import language_model
     from auricle.language import model as network

@@ -128,7 +128,7 @@ class AudioModel(Tagger):
                           starts=starts, ends=np.minimum(starts + piece_seconds, duration))
 
 
-def _load_language_model(name: str, checkpoint, cache_dir, engine: str, precision: str):
+def _load_language_model(name: str, checkpoint, cache_dir, engine: str, precision: str, device: torch.device):
     """A MiDashengLM when the name or the checkpoint folder is one, else None."""
     from auricle.language_model import is_language_checkpoint, load_language_model, load_named
 
@@ -137,6 +137,8 @@ def _load_language_model(name: str, checkpoint, cache_dir, engine: str, precisio
         return None
     if engine != "torch" or precision != "fp32":
         raise OptionError("MiDashengLM runs on the torch engine in its stored precision; drop --engine/--precision")
+    if device.type != "cpu":  # the encoder, projector and decoding loop keep their tensors on the CPU
+        raise OptionError(f"MiDashengLM runs on the CPU in auricle for now, not on {device}")
     return load_named(info, cache_dir) if info is not None else load_language_model(checkpoint)
 
 
@@ -173,7 +175,7 @@ def load_model(
     # fails before any weights are read
     device = torch_device(device)
     engine_config = EngineConfig(engine, resolve_precision(engine, precision, device), threads, streams)
-    language = _load_language_model(name, checkpoint, cache_dir, engine, precision)
+    language = _load_language_model(name, checkpoint, cache_dir, engine, precision, device)
     if language is not None:
         return language
     if checkpoint is None:
