@@ -61,7 +61,10 @@ def test_resume_describes_only_what_is_left(folder, recordings, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "described 1 of 1 files, 1 already done" in result.stderr
     assert out.read_text().startswith(first) and len(out.read_text().splitlines()) == 2
-    other = _run("describe", recordings / "b.wav", "--checkpoint", folder, "--max-new-tokens", 5, "-o", out,
+    again = _run("describe", recordings / "a.wav", "--model", "nothing-to-load", "--max-new-tokens", 3, "-o", out,
+                 "--resume")
+    assert again.exit_code == 0 and "described 0 of 0 files, 1 already done" in again.stderr
+    other = _run("describe", recordings / "silent.wav", "--checkpoint", folder, "--max-new-tokens", 5, "-o", out,
                  "--resume")
     assert other.exit_code == 2 and "written with other settings (max_new_tokens 3 -> 5)" in other.stderr
 
@@ -103,6 +106,8 @@ def test_bad_options_are_one_line(folder, recordings, tmp_path):
     missing = _run("describe", recordings / "a.wav", "--checkpoint", tmp_path)
     assert missing.exit_code == 2 and missing.stderr.startswith("auricle: error: ")
     assert len(missing.stderr.strip().splitlines()) == 1
+    tagger = _run("describe", recordings / "a.wav", "--model", "ced-mini")
+    assert tagger.exit_code == 2 and "ced-mini: not an audio-language model" in tagger.stderr
     offline = CliRunner(env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}).invoke(
         cli, ["describe", str(recordings / "a.wav")])
     assert offline.exit_code == 2 and "midashenglm-7b: weights are not in the local cache" in offline.stderr

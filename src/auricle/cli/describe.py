@@ -69,6 +69,23 @@ def ask_command(paths, question, **options) -> None:
     run(paths, question, literal=True, **options)
 
 
+def _load_or_exit(model_name: str, checkpoint: str | None):
+    """The audio-language model the options name, or one error line and exit (a tagger is refused unread)."""
+    import auricle
+    from auricle.models.registry import model_info
+
+    not_language = f"{checkpoint or model_name}: not an audio-language model (describe and ask need MiDashengLM)"
+    try:
+        if checkpoint is None and model_info(model_name).family != "midashenglm":
+            fail(not_language)
+        model = auricle.load_model(model_name, checkpoint=checkpoint)
+    except AuricleError as error:
+        fail(str(error))
+    if not hasattr(model, "describe"):
+        fail(not_language)
+    return model
+
+
 def _terminal() -> bool:
     return sys.stdout.isatty()
 
@@ -87,14 +104,10 @@ def run(paths, prompt: str, literal: bool, model_name: str, checkpoint: str | No
     done = completed_files(output, output_format) if resume else {}
     todo = not_done(files, done)
 
-    import auricle
-
-    try:
-        model = auricle.load_model(model_name, checkpoint=checkpoint)
-    except AuricleError as error:
-        fail(str(error))
-    if not hasattr(model, "describe"):
-        fail(f"{checkpoint or model_name}: not an audio-language model (describe needs MiDashengLM)")
+    if not todo:  # everything is in --output already: no model to load (16 GB for the 7B)
+        report_batch("described", files, todo, 0, resume, output)
+        return
+    model = _load_or_exit(model_name, checkpoint)
     if output_format in RESUMABLE_FORMATS and output not in (None, "-"):
         settings = {"model": model.name, "prompt": prompt, "literal": literal, "max_new_tokens": max_new_tokens,
                     "segment": segment_seconds}
