@@ -111,3 +111,15 @@ def test_bad_options_are_one_line(folder, recordings, tmp_path):
     offline = CliRunner(env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}).invoke(
         cli, ["describe", str(recordings / "a.wav")])
     assert offline.exit_code == 2 and "midashenglm-7b: weights are not in the local cache" in offline.stderr
+
+
+@pytest.mark.parametrize("command", ["tag", "embed"])
+def test_other_commands_refuse_a_language_model_before_loading_it(folder, recordings, tmp_path, command):
+    """It loaded, and `auricle tag` then failed with an AttributeError traceback."""
+    out = tmp_path / ("out.jsonl" if command == "tag" else "out.npz")
+    result = _run(command, recordings / "a.wav", "--checkpoint", folder, "-o", out)
+    assert result.exit_code == 2
+    assert f"{folder}: an audio-language model (MiDashengLM); it works with `auricle describe` and `auricle ask`, " \
+           f"not `auricle {command}`" in result.stderr
+    named = _run(command, recordings / "a.wav", "--model", "midashenglm-7b", "-o", out)
+    assert named.exit_code == 2 and "midashenglm-7b: an audio-language model" in named.stderr

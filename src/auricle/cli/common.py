@@ -211,6 +211,7 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
         fail(f"--streams {streams} needs at least as many --threads ({got})")
     if is_exported_file(checkpoint):
         return _load_exported_or_exit(ctx, str(checkpoint), device, threads, streams, engine, precision, exported)
+    _refuse_a_language_model(ctx, model_name, checkpoint)
     refuse_another_model(ctx, model_name, checkpoint)
     if checkpoint is None:
         _fetch_or_exit(model_name)
@@ -242,6 +243,22 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
         else:  # not ours to format: hand it back unchanged
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     return model
+
+
+def _refuse_a_language_model(ctx: click.Context | None, model_name: str, checkpoint: str | None) -> None:
+    """MiDashengLM (by name or folder) only describes and answers: other commands say so before loading it."""
+    from auricle.language_model import is_language_checkpoint
+    from auricle.models.registry import model_info
+
+    try:
+        language = is_language_checkpoint(checkpoint) or (
+            checkpoint is None and model_info(model_name).family == "midashenglm")
+    except AuricleError:
+        return  # an unknown name: reported where the model is loaded
+    if language:
+        command = ctx.info_name if ctx is not None else "this command"
+        fail(f"{checkpoint or model_name}: an audio-language model (MiDashengLM); it works with `auricle describe` "
+             f"and `auricle ask`, not `auricle {command}`")
 
 
 def _fetch_or_exit(model_name: str) -> None:
