@@ -44,11 +44,25 @@ def tiny_tensors(dtype: torch.dtype = torch.float32, seed: int = 0) -> dict[str,
         "audio_projector.net.0.bias": torch.randn(hidden) * 0.1,
         "audio_projector.net.2.weight": torch.randn(hidden, hidden) * 0.2,
         "audio_projector.net.2.bias": torch.randn(hidden) * 0.1,
-        "audio_encoder.norm.weight": torch.ones(ENCODER_DIM),
-        "audio_encoder.init_bn.num_batches_tracked": torch.tensor(3),
     })
+    tensors.update({f"audio_encoder.{key}": value for key, value in encoder_tensors().items()})
     return {key: (value.to(dtype) if value.is_floating_point() else value).contiguous()
             for key, value in tensors.items()}
+
+
+def encoder_tensors() -> dict[str, torch.Tensor]:
+    """A random Dasheng encoder of TINY_CONFIG's size under the checkpoint's names, frontend buffers included."""
+    from auricle.frontend import mel_filterbank
+    from auricle.models.dasheng import Dasheng
+    from auricle.models.dasheng_config import DashengConfig
+
+    encoder = Dasheng(DashengConfig(**TINY_CONFIG["audio_encoder"]))
+    state = dict(encoder.state_dict())
+    state["init_bn.running_mean"] = torch.randn(64) * 3 - 40  # as if trained: log-mels sit far below 0 dB
+    state["init_bn.running_var"] = torch.rand(64) * 20 + 10
+    state["front_end.0.spectrogram.window"] = torch.hann_window(512, periodic=True)
+    state["front_end.0.mel_scale.fb"] = mel_filterbank()
+    return state
 
 
 def write_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], config: dict | None = None) -> Path:
@@ -91,3 +105,31 @@ def write_tokenizer(path: Path, special: list[str] = SPECIAL) -> Path:
     tokenizer.add_special_tokens(special)
     tokenizer.save(str(path))
     return path
+
+
+#: TINY_CONFIG in the official config.json schema (model_type midashenglm, audio_encoder_config, text_config).
+OFFICIAL_CONFIG = {
+    "architectures": ["MiDashengLMModel"],
+    "model_type": "midashenglm",
+    "audio_encoder_config": {**TINY_CONFIG["audio_encoder"], "patch_size": [64, 4], "patch_stride": [64, 4],
+                             "target_length": 1008},
+    "subsample_factor": 5,
+    "text_config": {**TINY_CONFIG["text"], "model_type": "qwen2_5_omni_text"},
+    "audio_token_id": AUDIO_TOKEN_ID,
+    "audio_bos_token_id": AUDIO_BOS_ID,
+    "audio_eos_token_id": AUDIO_EOS_ID,
+    "torch_dtype": "bfloat16",
+}
+
+
+def write_model_folder(folder: Path, dtype: torch.dtype = torch.bfloat16, shards: int = 2, seed: int = 0) -> Path:
+    """A tiny random MiDashengLM folder as the Hub publishes one: config.json, shards and their index,
+    tokenizer.json and generation_config.json."""
+    write_sharded(folder, tiny_tensors(dtype, seed), shards=shards, config=OFFICIAL_CONFIG)
+    index = folder / "model.safetensors.index.json"
+    values = json.loads(index.read_text())
+    values["metadata"]["total_size"] = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+    index.write_text(json.dumps(values))
+    write_tokenizer(folder / "tokenizer.json")
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [60, 58], "do_sample": False}))
+    return folder

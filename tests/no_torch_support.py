@@ -1,4 +1,5 @@
-"""Running the CLI in a fresh interpreter where `import torch` fails, as on an install without torch."""
+"""Running the CLI in a fresh interpreter where `import torch` (and transformers) fails, as on an install
+without torch."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import os
 import subprocess
 import sys
 
-#: Put first in a script: from then on `import torch` fails.
+#: Put first in a script: from then on `import torch` and `import transformers` fail.
 NO_TORCH = """
 import sys
 class NoTorch:
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+        top = name.split(".")[0]
+        if top in ("torch", "transformers"):
+            raise ModuleNotFoundError(f"No module named {top!r}", name=top)
 sys.meta_path.insert(0, NoTorch())
 """
 WITHOUT_TORCH = NO_TORCH + """

@@ -11,7 +11,7 @@ import torch
 
 from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
 from auricle.devices import torch_device
-from auricle.errors import CheckpointError
+from auricle.errors import CheckpointError, OptionError
 from auricle.exported import ExportedModel, is_exported_file, load_exported
 from auricle.frontend import HOP_LENGTH
 from auricle.inference.embedding import token_means
@@ -128,6 +128,20 @@ class AudioModel(Tagger):
                           starts=starts, ends=np.minimum(starts + piece_seconds, duration))
 
 
+def _load_language_model(name: str, checkpoint, cache_dir, engine: str, precision: str, device: torch.device):
+    """A MiDashengLM when the name or the checkpoint folder is one, else None."""
+    from auricle.language_model import is_language_checkpoint, load_language_model, load_named
+
+    info = model_info(name) if checkpoint is None else None
+    if not is_language_checkpoint(checkpoint) and (info is None or info.family != "midashenglm"):
+        return None
+    if engine != "torch" or precision != "fp32":
+        raise OptionError("MiDashengLM runs on the torch engine in its stored precision; drop --engine/--precision")
+    if device.type != "cpu":  # the encoder, projector and decoding loop keep their tensors on the CPU
+        raise OptionError(f"MiDashengLM runs on the CPU in auricle for now, not on {device}")
+    return load_named(info, cache_dir) if info is not None else load_language_model(checkpoint)
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     checkpoint: str | os.PathLike | None = None,
@@ -141,7 +155,9 @@ def load_model(
     """Load a model by name (``ced-tiny`` ... ``ced-base``, ``dasheng-base`` ...) or from a checkpoint.
 
     A Dasheng checkpoint (or name) gives a :class:`~auricle.dasheng_model.DashengModel`
-    (torch engine, fp32 only).
+    (torch engine, fp32 only). ``midashenglm-7b`` or a MiDashengLM model folder gives an
+    :class:`~auricle.language_model.AudioLanguageModel` (``describe``/``ask``/``stream``; torch
+    engine, the stored precision).
 
     Weights come from ``checkpoint`` if given (official ``.pt``, Hugging Face
     folder or auricle ``.safetensors``), else from the local Hugging Face cache,
@@ -161,6 +177,9 @@ def load_model(
     # fails before any weights are read
     device = torch_device(device)
     engine_config = EngineConfig(engine, resolve_precision(engine, precision, device), threads, streams)
+    language = _load_language_model(name, checkpoint, cache_dir, engine, precision, device)
+    if language is not None:
+        return language
     if checkpoint is None:
         from auricle.models.hub import fetch_weights
 

@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "listen": "auricle.cli.listen:listen_command",
     "index": "auricle.cli.search:index_command",
     "search": "auricle.cli.search:search_command",
+    "describe": "auricle.cli.describe:describe_command",
+    "ask": "auricle.cli.describe:ask_command",
 }
 
 

@@ -251,6 +251,7 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
         fail(f"--streams {streams} needs at least as many --threads ({got})")
     if is_exported_file(checkpoint):
         return _load_exported_or_exit(ctx, str(checkpoint), device, threads, streams, engine, precision, exported)
+    _refuse_a_language_model(ctx, model_name, checkpoint)
     refuse_another_model(ctx, model_name, checkpoint)
     if checkpoint is None:
         _fetch_or_exit(model_name)
@@ -285,6 +286,22 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
         else:  # not ours to format: hand it back unchanged
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     return model
+
+
+def _refuse_a_language_model(ctx: click.Context | None, model_name: str, checkpoint: str | None) -> None:
+    """MiDashengLM (by name or folder) only describes and answers: other commands say so before loading it."""
+    from auricle.language_model import is_language_checkpoint
+    from auricle.models.registry import model_info
+
+    try:
+        language = is_language_checkpoint(checkpoint) or (
+            checkpoint is None and model_info(model_name).family == "midashenglm")
+    except AuricleError:
+        return  # an unknown name: reported where the model is loaded
+    if language:
+        command = ctx.info_name if ctx is not None else "this command"
+        fail(f"{checkpoint or model_name}: an audio-language model (MiDashengLM); it works with `auricle describe` "
+             f"and `auricle ask`, not `auricle {command}`")
 
 
 def _fetch_or_exit(model_name: str) -> None:
@@ -339,3 +356,48 @@ def given_on_command_line(ctx: click.Context | None, name: str) -> bool:
         return False
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
+
+
+def report_batch(verb: str, files: list, todo: list, failures: int, resume: bool, output: str | None,
+                 strict_flagged: int = 0) -> None:
+    """The closing line of a batch command on stderr; exit status 1 when any file failed, or when
+    ``strict_flagged`` files were cut short or too short under ``--strict``."""
+    skipped = f", {len(files) - len(todo)} already done" if resume else ""
+    summary = f"{verb} {len(todo) - failures} of {len(todo)} files{skipped}"
+    if failures:
+        click.echo(f"auricle: {summary}; {failures} failed", err=True)
+        raise SystemExit(1)
+    if strict_flagged:
+        click.echo(f"auricle: {summary}; {strict_flagged} truncated or too short (--strict)", err=True)
+        raise SystemExit(1)
+    if len(todo) > 1 or output is not None:
+        click.echo(f"auricle: {summary}", err=True)
+
+
+def files_or_exit(paths, recursive: bool, output: str | None, command: str) -> list[str]:
+    """The audio files ``paths`` name (folders searched, globs expanded), or one error line and exit."""
+    from auricle.audio import list_audio_files
+
+    refuse_standard_input(paths, command)
+    try:
+        files = list_audio_files(list(paths), recursive=recursive)
+    except (AuricleError, ValueError) as error:
+        fail(str(error))
+    if not files:
+        fail("no audio files found in " + " ".join(paths))
+    if output is not None and output != "-":
+        _refuse_an_input_as_output(output, files, command)
+    return files
+
+
+def _refuse_an_input_as_output(output: str, files: list[str], command: str) -> None:
+    """``-o x1.wav x2.wav`` meant two recordings: writing results there would destroy one."""
+    from auricle.audio import AUDIO_EXTENSIONS
+
+    suffix = os.path.splitext(output)[1].lower()
+    if suffix in AUDIO_EXTENSIONS:
+        fail(f"{output}: --output takes the results file, not a {suffix} recording; to {command} it, list it without -o")
+    if os.path.exists(output):
+        real = os.path.realpath(output)
+        if any(os.path.realpath(file) == real for file in files):
+            fail(f"{output}: is one of the files to {command}; write the results to another file")

@@ -9,13 +9,13 @@ import sys
 import click
 
 from auricle.cli.common import (
-    audio_warnings, error_line, fail, load_model_or_exit, model_options, refuse_standard_input, say_audio_warnings,
-    strict_option, tag_option_flags, writable,
+    audio_warnings, error_line, fail, files_or_exit, load_model_or_exit, model_options, report_batch,
+    say_audio_warnings, strict_option, tag_option_flags, writable,
 )
 from auricle.errors import AuricleError
 from auricle.io.writers import (
-    FORMATS, RESUMABLE_FORMATS, completed_files, format_for, ledger_path, make_writer, not_done, open_output,
-    record_settings, settings_differences,
+    FORMATS, RESUMABLE_FORMATS, completed_files, format_for, not_done, open_writer, record_settings,
+    settings_differences,
 )
 from auricle.options import TAG_OPTIONS
 
@@ -47,7 +47,6 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     """
     from tqdm import tqdm
 
-    from auricle.audio import list_audio_files
     from auricle.inference.events import EventOptions
     from auricle.inference.results import Failure
 
@@ -55,16 +54,11 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     output_format = output_format or format_for(output)  # `-o tags.csv` means CSV
     if resume and (output is None or output == "-" or output_format not in RESUMABLE_FORMATS):
         fail(f"--resume needs --output FILE with --format {' or '.join(RESUMABLE_FORMATS)}")
-    refuse_standard_input(paths, "tag")
     try:
-        files = list_audio_files(list(paths), recursive=recursive)
         event_options = EventOptions(median_filter, min_duration, min_gap) if events else None
     except (AuricleError, ValueError) as error:
         fail(str(error))
-    if not files:
-        fail("no audio files found in " + " ".join(paths))
-    if output is not None and output != "-":
-        _refuse_an_input_as_output(output, files)
+    files = files_or_exit(paths, recursive, output, "tag")
     csv_truncated = True
     if resume and output_format == "csv":
         csv_truncated = _refuse_another_csv_layout(output, events)
@@ -95,15 +89,9 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
             record_settings(output, settings)
         results = model.iter_tag(todo, options, batch_size=batch_size)
 
-    appending = resume and os.path.isfile(output) and os.path.getsize(output) > 0
-    if output_format == "csv" and output not in (None, "-") and not resume:
-        ledger_path(output).unlink(missing_ok=True)  # the CSV is written anew: a ledger beside it would lie
     if output not in (None, "-"):
         _remove_stale_temporaries(output)
-    stream = open_output(output, append=resume, whole=output_format not in RESUMABLE_FORMATS)
-    ledger = open(ledger_path(output), "a", encoding="utf-8") if resume and output_format == "csv" else None
-    writer = make_writer(output_format, stream, events=events, appending=appending, ledger=ledger,
-                         csv_truncated=csv_truncated)
+    stream, writer = open_writer(output, output_format, resume, events=events, csv_truncated=csv_truncated)
     show = progress if progress is not None else None
     bar = tqdm(total=len(todo), unit="file", disable=(not show) if show is not None else (len(todo) < 2 or None),
                file=sys.stderr)
@@ -136,16 +124,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
             raise
         target = "standard output" if stream is sys.stdout else output
         fail(f"{target}: cannot write ({error.strerror or error})", code=1)
-    skipped = f", {len(files) - len(todo)} already done" if resume else ""
-    summary = f"tagged {len(todo) - failures} of {len(todo)} files{skipped}"
-    if failures:
-        click.echo(f"auricle: {summary}; {failures} failed", err=True)
-        raise SystemExit(1)
-    if strict and flagged:
-        click.echo(f"auricle: {summary}; {flagged} truncated or too short (--strict)", err=True)
-        raise SystemExit(1)
-    if len(todo) > 1 or output is not None:
-        click.echo(f"auricle: {summary}", err=True)
+    report_batch("tagged", files, todo, failures, resume, output, flagged if strict else 0)
 
 
 def _run_settings(model, options) -> dict:
@@ -194,19 +173,6 @@ def _remove_stale_temporaries(output: str) -> None:
         atomic.remove_leftovers(path.parent, of={path.name}, live_too=False)
     except OSError:  # not ours to remove: they stay, as they did
         pass
-
-
-def _refuse_an_input_as_output(output: str, files: list[str]) -> None:
-    """``-o x1.wav x2.wav`` meant two recordings: writing results there would destroy one."""
-    from auricle.audio import AUDIO_EXTENSIONS
-
-    suffix = os.path.splitext(output)[1].lower()
-    if suffix in AUDIO_EXTENSIONS:
-        fail(f"{output}: --output takes the results file, not a {suffix} recording; to tag it, list it without -o")
-    if os.path.exists(output):
-        real = os.path.realpath(output)
-        if any(os.path.realpath(file) == real for file in files):
-            fail(f"{output}: is one of the files to tag; write the results to another file")
 
 
 def _refuse_another_csv_layout(output: str, events: bool) -> bool:

@@ -1,4 +1,4 @@
-"""Writers of tagging results: table for people, JSON/JSONL/CSV for programs.
+"""Writers of tagging and describing results: table for people, JSON/JSONL/CSV for programs.
 
 Every writer takes results one at a time as they finish (so ``jsonl`` streams)
 and is closed at the end. ``jsonl`` and ``csv`` can append to an earlier run's
@@ -34,6 +34,7 @@ EVENT_CSV_HEADER = ["filename", "onset", "offset", "event_label"]
 TAG_CSV_HEADER = ["file", "rank", "index", "mid", "label", "score", "truncated"]
 #: The clip-tag header before the ``truncated`` column: a CSV begun with it is resumed in it.
 TAG_CSV_HEADER_V1 = TAG_CSV_HEADER[:-1]
+DESCRIPTION_CSV_HEADER = ["file", "start", "end", "text"]
 
 
 class ResultWriter(Protocol):
@@ -85,8 +86,8 @@ class JsonWriter:
         self.stream = stream
         self.results: list[dict] = []
 
-    def write(self, result: ClipTags | Failure) -> None:
-        if isinstance(result, ClipTags):
+    def write(self, result) -> None:
+        if not isinstance(result, Failure):
             self.results.append(result.to_dict())
 
     def close(self) -> None:
@@ -128,20 +129,24 @@ class CsvWriter:
         self.truncated_column = truncated_column
         self.csv = csv.writer(stream, lineterminator="\n")
         if write_header:
-            self.csv.writerow(EVENT_CSV_HEADER if events else TAG_CSV_HEADER)
+            self.csv.writerow(self.header())
 
-    def write(self, result: ClipTags | Failure) -> None:
-        if isinstance(result, Failure):
-            return
+    def header(self) -> list[str]:
+        return EVENT_CSV_HEADER if self.events else TAG_CSV_HEADER
+
+    def rows(self, result) -> Iterable[list]:
         if self.events:
             for event in result.events or ():
-                self.csv.writerow(
-                    [result.file, _format_seconds(event.onset), _format_seconds(event.offset), event.label]
-                )
+                yield [result.file, _format_seconds(event.onset), _format_seconds(event.offset), event.label]
         else:
             truncated = [str(result.truncated).lower()] if self.truncated_column else []
             for rank, tag in enumerate(result.tags, start=1):
-                self.csv.writerow([result.file, rank, tag.index, tag.mid, tag.label, f"{tag.score:.6f}", *truncated])
+                yield [result.file, rank, tag.index, tag.mid, tag.label, f"{tag.score:.6f}", *truncated]
+
+    def write(self, result) -> None:
+        if isinstance(result, Failure):
+            return
+        self.csv.writerows(self.rows(result))
         self.stream.flush()
         if self.ledger is not None:  # after the rows: a file in the ledger has all its rows in the CSV
             try:
@@ -156,15 +161,55 @@ class CsvWriter:
             self.ledger.close()
 
 
+class DescriptionTableWriter:
+    """Human-readable blocks of descriptions: the file, then each segment's time span and text."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, result) -> None:
+        if isinstance(result, Failure):
+            return  # failures are reported on stderr
+        self.stream.write(f"{result.file}  ({result.duration:.2f} s, {result.model})\n")
+        for segment in result.segments:
+            text = segment.text if segment.skipped is None else f"({segment.skipped})"
+            span = f"{segment.start:8.2f} - {segment.end:8.2f} s  " if len(result.segments) > 1 else ""
+            self.stream.write(f"  {span}{text}\n")
+        self.stream.write("\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class DescriptionCsvWriter(CsvWriter):
+    """One row per segment: ``file,start,end,text`` (a silent segment's text is empty)."""
+
+    def __init__(self, stream: IO[str], write_header: bool = True, ledger: IO[str] | None = None) -> None:
+        super().__init__(stream, events=False, write_header=write_header, ledger=ledger)
+
+    def header(self) -> list[str]:
+        return DESCRIPTION_CSV_HEADER
+
+    def rows(self, result) -> Iterable[list]:
+        for segment in result.segments:
+            yield [result.file, _format_seconds(segment.start), _format_seconds(segment.end), segment.text]
+
+
 def make_writer(format: str, stream: IO[str], events: bool, appending: bool = False,
-                ledger: IO[str] | None = None, csv_truncated: bool = True) -> ResultWriter:
+                ledger: IO[str] | None = None, csv_truncated: bool = True,
+                descriptions: bool = False) -> ResultWriter:
+    """A writer of ``format``; ``descriptions``: of :class:`~auricle.language.results.Description` results;
+    ``csv_truncated``: clip-tag CSV rows end in the ``truncated`` column (not in a CSV begun without it)."""
     if format == "table":
-        return TableWriter(stream)
+        return DescriptionTableWriter(stream) if descriptions else TableWriter(stream)
     if format == "json":
         return JsonWriter(stream)
     if format == "jsonl":
         return JsonlWriter(stream)
     if format == "csv":
+        if descriptions:
+            return DescriptionCsvWriter(stream, write_header=not appending, ledger=ledger)
         return CsvWriter(stream, events, write_header=not appending, ledger=ledger, truncated_column=csv_truncated)
     raise ValueError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
 
@@ -290,3 +335,15 @@ def open_output(path: str | None, append: bool, whole: bool = False) -> IO[str]:
     if whole and not append:
         return atomic.TextFile(path)  # type: ignore[return-value]
     return open(path, "a" if append else "w", encoding="utf-8", newline="")
+
+
+def open_writer(output: str | None, format: str, resume: bool, events: bool = False,
+                descriptions: bool = False, csv_truncated: bool = True) -> tuple[IO[str], ResultWriter]:
+    """The output stream and its writer for a batch command (``tag``, ``describe``), with ``--resume``'s ledger."""
+    appending = resume and output not in (None, "-") and os.path.isfile(output) and os.path.getsize(output) > 0
+    if format == "csv" and output not in (None, "-") and not resume:
+        ledger_path(output).unlink(missing_ok=True)  # the CSV is written anew: a ledger beside it would lie
+    stream = open_output(output, append=resume, whole=format not in RESUMABLE_FORMATS)
+    ledger = open(ledger_path(output), "a", encoding="utf-8") if resume and format == "csv" else None
+    return stream, make_writer(format, stream, events=events, appending=appending, ledger=ledger,
+                               csv_truncated=csv_truncated, descriptions=descriptions)

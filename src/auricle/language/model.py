@@ -1,7 +1,7 @@
 """MiDashengLM after the encoder: projector, audio-embedding placement, prefill and greedy decoding.
 
-Takes encoder tokens (B, T, D) from the Dasheng encoder (auricle.models.dasheng, built elsewhere) and
-prompts whose ``<|AUDIO|>`` tokens (``audio_token_id``) are already expanded to the clip's count
+Takes encoder tokens (B, T, D) from the Dasheng encoder (:mod:`auricle.language.encoder`, built from the
+checkpoint's ``audio_encoder.*`` when asked for) and prompts whose ``<|AUDIO|>`` tokens (``audio_token_id``) are already expanded to the clip's count
 (:func:`auricle.language.choices.audio_token_count`). The projected audio embeddings replace the input
 embeddings at those positions, in order.
 
@@ -16,6 +16,7 @@ import inspect
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +25,7 @@ from auricle.language import choices
 from auricle.language.checkpoint import LanguageCheckpoint, build_projector, read_language_checkpoint
 from auricle.language.config import LanguageConfig
 from auricle.language.decoder import build_decoder, require_transformers
+from auricle.language.encoder import build_encoder, check_audio, encode
 from auricle.language.projector import AudioProjector
 from auricle.language.prompts import PromptTokenizer
 
@@ -34,26 +36,39 @@ def _cache_keyword(model: nn.Module) -> str:
 
 
 class MiDashengLM(nn.Module):
-    """The projector and the Qwen2 decoder of MiDashengLM; the encoder is supplied by the caller."""
+    """The projector and the Qwen2 decoder of MiDashengLM, and the Dasheng encoder when built with it."""
 
-    def __init__(self, config: LanguageConfig, projector: AudioProjector, decoder: nn.Module):
+    def __init__(self, config: LanguageConfig, projector: AudioProjector, decoder: nn.Module,
+                 encoder: nn.Module | None = None):
         super().__init__()
         self.config = config
         self.projector = projector
         self.decoder = decoder
+        self.encoder = encoder
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: LanguageCheckpoint, attn_implementation: str = "sdpa") -> "MiDashengLM":
+    def from_checkpoint(cls, checkpoint: LanguageCheckpoint, attn_implementation: str = "sdpa",
+                        with_encoder: bool = False) -> "MiDashengLM":
         projector = build_projector(checkpoint)
         decoder = build_decoder(checkpoint.config.decoder, checkpoint.decoder_state,
                                 f"{checkpoint.source} (decoder.*)", attn_implementation)
-        return cls(checkpoint.config, projector, decoder).eval().requires_grad_(False)
+        encoder = build_encoder(checkpoint.config.encoder, checkpoint.encoder_state,
+                                checkpoint.source) if with_encoder else None
+        return cls(checkpoint.config, projector, decoder, encoder).eval().requires_grad_(False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, config: str | os.PathLike | None = None,
-             attn_implementation: str = "sdpa") -> "MiDashengLM":
-        """Read a checkpoint (file or folder) and build the model; its ``audio_encoder.*`` are not used here."""
-        return cls.from_checkpoint(read_language_checkpoint(path, config), attn_implementation)
+             attn_implementation: str = "sdpa", with_encoder: bool = False) -> "MiDashengLM":
+        """Read a checkpoint (file or folder) and build the model; ``with_encoder`` builds the Dasheng
+        encoder from its ``audio_encoder.*`` too (else only encoder tokens can be given)."""
+        return cls.from_checkpoint(read_language_checkpoint(path, config), attn_implementation, with_encoder)
+
+    def encode_audio(self, waveform: torch.Tensor | np.ndarray, name: str = "<audio>") -> torch.Tensor:
+        """Encoder tokens (T, D) of one 16 kHz mono clip; too short or silent audio is refused naming ``name``."""
+        if self.encoder is None:
+            raise AuricleError("this MiDashengLM was built without its audio encoder (load it with_encoder=True)")
+        check_audio(waveform, name, self.config.subsample_factor)
+        return encode(self.encoder, torch.as_tensor(waveform))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -93,6 +108,23 @@ class MiDashengLM(nn.Module):
                  max_new_tokens: int = choices.DEFAULT_MAX_NEW_TOKENS,
                  stop_ids: Sequence[int] = ()) -> list[list[int]]:
         """Greedy continuation of each prompt (token ids), without its stop token; a row ends at a stop id."""
+        generated: list[list[int]] = [[] for _ in prompts]
+        for step in self.steps(prompts, audio, max_new_tokens, stop_ids):
+            for row, token in enumerate(step):
+                if token is not None:
+                    generated[row].append(token)
+        return generated
+
+    def stream(self, prompt: Sequence[int], audio: torch.Tensor,
+               max_new_tokens: int = choices.DEFAULT_MAX_NEW_TOKENS, stop_ids: Sequence[int] = ()):
+        """The greedy tokens of one prompt, one at a time as each is decoded (the stop token not included)."""
+        for (token,) in self.steps([prompt], [audio], max_new_tokens, stop_ids):
+            if token is not None:
+                yield token
+
+    def steps(self, prompts: Sequence[Sequence[int]], audio: Sequence[torch.Tensor], max_new_tokens: int,
+              stop_ids: Sequence[int]):
+        """Per decoding step, each row's new token (None for a row that has stopped), greedily with a KV cache."""
         if max_new_tokens < 1:
             raise AuricleError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         transformers = require_transformers()
@@ -105,24 +137,24 @@ class MiDashengLM(nn.Module):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = transformers.DynamicCache()  # filled in place by every call
         cache_keyword = _cache_keyword(self.decoder.model)
-        embeddings = self.embed(ids, audio)
+        with torch.inference_mode():
+            embeddings = self.embed(ids, audio)
         stops = torch.as_tensor(list(stop_ids), dtype=torch.long)
         done = torch.zeros(len(prompts), dtype=torch.bool)
-        generated: list[list[int]] = [[] for _ in prompts]
         for _ in range(max_new_tokens):
-            hidden = self.decoder.model(inputs_embeds=embeddings, attention_mask=mask, position_ids=positions,
-                                        use_cache=True, **{cache_keyword: cache}).last_hidden_state
-            # Only the last position's logits are needed: a 7B's lm_head over a whole prompt is costly.
-            token = self.decoder.lm_head(hidden[:, -1]).argmax(-1)
+            with torch.inference_mode():
+                hidden = self.decoder.model(inputs_embeds=embeddings, attention_mask=mask, position_ids=positions,
+                                            use_cache=True, **{cache_keyword: cache}).last_hidden_state
+                # Only the last position's logits are needed: a 7B's lm_head over a whole prompt is costly.
+                token = self.decoder.lm_head(hidden[:, -1]).argmax(-1)
             done |= torch.isin(token, stops)
-            for row in (~done).nonzero().squeeze(-1).tolist():
-                generated[row].append(int(token[row]))
+            yield [None if stopped else int(value) for value, stopped in zip(token.tolist(), done.tolist())]
             if bool(done.all()):
                 break
-            embeddings = self.decoder.get_input_embeddings()(token[:, None])
+            with torch.inference_mode():
+                embeddings = self.decoder.get_input_embeddings()(token[:, None])
             mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype)], dim=1)
             positions = positions[:, -1:] + 1
-        return generated
 
     def answer(self, tokenizer: PromptTokenizer, encoder_tokens: Sequence[torch.Tensor], question: str,
                max_new_tokens: int = choices.DEFAULT_MAX_NEW_TOKENS,

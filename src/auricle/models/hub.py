@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from auricle.errors import CheckpointError
@@ -93,11 +93,9 @@ def fetch_weights(info: ModelInfo, cache_dir: str | os.PathLike | None = None,
     reasons: list[str] = []
     for local_only in (True, False):
         if not local_only:  # not in any cache: find out at once whether the hub can be asked at all
-            if hub_offline():
-                reasons.append("HF_HUB_OFFLINE is set")
-                break
-            if not hub_reachable():
-                reasons.append(f"{hub_host()[0]} cannot be reached")
+            reason = _no_way_to_hub()
+            if reason is not None:
+                reasons.append(reason)
                 break
         for filename in WEIGHT_FILES:
             try:
@@ -117,12 +115,72 @@ def fetch_weights(info: ModelInfo, cache_dir: str | os.PathLike | None = None,
             except Exception:
                 pass
             return Path(weights)
-    detail = reasons[-1] if reasons else "offline"
-    raise CheckpointError(
+    raise _unavailable(info, reasons[-1] if reasons else "offline", instead)
+
+
+def _unavailable(info: ModelInfo, detail: str, instead: str) -> CheckpointError:
+    elsewhere = f"Hugging Face {info.hf_repo}" + (f" or Zenodo {info.zenodo_url}" if info.zenodo_url else "")
+    return CheckpointError(
         f"{info.name}: weights are not in the local cache and could not be downloaded from "
         f"the Hugging Face Hub ({info.hf_repo}: {detail}). Without network access, download "
-        f"them elsewhere (Hugging Face {info.hf_repo} or Zenodo {info.zenodo_url}) and pass {instead}"
+        f"them elsewhere ({elsewhere}) and pass {instead}"
     )
+
+
+def _no_way_to_hub() -> str | None:
+    """Why the hub cannot be asked at all (offline, unreachable), else None; decided at once."""
+    if hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    if not hub_reachable():
+        return f"{hub_host()[0]} cannot be reached"
+    return None
+
+
+#: The files of a whole-folder model (MiDashengLM): configs, tokenizer, safetensors shards and index.
+FOLDER_FILES = ("*.json", "*.safetensors", "*.txt", "*.model")
+
+
+def fetch_folder(info: ModelInfo, cache_dir: str | os.PathLike | None = None,
+                 instead: str = "--checkpoint DIR (checkpoint=DIR in Python)",
+                 check: Callable[[Path], None] | None = None) -> Path:
+    """The local folder of ``info``'s whole repository (sharded weights): cached, else downloaded.
+
+    ``check`` sees the folder once its JSON files (config, shard index) are there and before any weights
+    are downloaded, so that a model too big for this machine is refused without fetching gigabytes.
+    """
+    cached = cached_file(info.hf_repo, "config.json", cache_dir)
+    if cached is not None and _weights_complete(cached.parent):
+        return cached.parent
+    from huggingface_hub import snapshot_download
+
+    reason = _no_way_to_hub()
+    if reason is not None:
+        raise _unavailable(info, reason, instead)
+    try:
+        with _quiet_hub():
+            folder = Path(snapshot_download(info.hf_repo, cache_dir=cache_dir, allow_patterns=["*.json"]))
+        if check is not None:
+            check(folder)
+        with _quiet_hub():
+            folder = Path(snapshot_download(info.hf_repo, cache_dir=cache_dir, allow_patterns=list(FOLDER_FILES)))
+    except CheckpointError:
+        raise
+    except Exception as error:  # hub errors vary across versions; all mean "not downloaded"
+        raise _unavailable(info, _first_line(error), instead) from None
+    return folder
+
+
+def _weights_complete(folder: Path) -> bool:
+    """Whether a cached snapshot holds its weights: model.safetensors, or every shard its index names."""
+    import json
+
+    if (folder / "model.safetensors").is_file():
+        return True
+    try:
+        shards = set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return all((folder / shard).is_file() for shard in shards)
 
 
 def cached_file(repo: str, filename: str, cache_dir: str | os.PathLike | None = None) -> Path | None:

@@ -64,6 +64,14 @@ _DASHENG_MODELS = (
               _DASHENG_ZENODO.format(record=13315686, file="dasheng_audioset_mAP497.pt"), "dasheng"),
 )
 
+#: Audio-language models (``auricle describe``): a whole Hugging Face folder each (sharded weights, tokenizer).
+#: The config names the encoder (Dasheng 0.6B's width and depth); ``parameters_millions`` is the total.
+_LANGUAGE_MODELS = (
+    # The "1021" release in bf16, the precision the maintainers recommend (research notes §2.5).
+    ModelInfo("midashenglm-7b", SIZES["0.6b"], 8280.0, None, "mispeech/midashenglm-7b-1021-bf16", "",
+              "midashenglm"),
+)
+
 DEFAULT_MODEL = "ced-mini"
 
 
@@ -75,12 +83,12 @@ def available_models(family: str | None = "ced") -> list[ModelInfo]:
 def model_info(name: str) -> ModelInfo:
     """Look a model up by name; ``ced_mini``, ``CED-Mini`` and ``mini`` all work."""
     key = name.strip().lower().replace("_", "-")
-    if not key.startswith(("ced-", "dasheng-")):
+    if not key.startswith(("ced-", "dasheng-", "midashenglm-")):
         key = f"ced-{key}"
-    for info in _MODELS + _DASHENG_MODELS:
+    for info in _MODELS + _DASHENG_MODELS + _LANGUAGE_MODELS:
         if info.name == key:
             return info
-    names = [info.name for info in _MODELS + _DASHENG_MODELS]
+    names = [info.name for info in _MODELS + _DASHENG_MODELS + _LANGUAGE_MODELS]
     near = difflib.get_close_matches(key, names, n=2)
     hint = f"did you mean {' or '.join(repr(n) for n in near)}? " if near else ""
     raise CheckpointError(f"{name}: unknown model ({hint}available: {', '.join(names)})")
