@@ -336,3 +336,50 @@ def given_on_command_line(ctx: click.Context | None, name: str) -> bool:
         return False
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
+
+
+def _shard(ctx: click.Context, param: click.Parameter, value):
+    from auricle.filelists import Shard
+
+    if value is None:
+        return None
+    try:
+        return Shard.parse(value)
+    except AuricleError as error:
+        fail(str(error))
+
+
+def file_selection_options(command: Callable) -> Callable:
+    """``--files-from`` and ``--shard``: the files of a scale-out worker (auricle.filelists, docs/search.md)."""
+    command = click.option("--shard", default=None, callback=_shard, metavar="K/N",
+                           help="Only the files of shard K of N (1-based; a stable split by a hash of each path as "
+                                "listed): N workers with K = 1..N cover every file once.")(command)
+    return click.option("--files-from", default=None, metavar="FILE",
+                        help="Also the files listed in FILE, one a line ('-': standard input; blank lines and "
+                             "# comments skipped; relative paths are relative to the current folder).")(command)
+
+
+def gather_files_or_exit(paths, files_from: str | None, shard, recursive: bool, command: str,
+                         before_empty_shard: Callable[[], None] | None = None) -> list[str]:
+    """The files of PATHS, --files-from and --shard; one line and exit 2 when there are none.
+
+    A shard that happens to hold none of the files is no error (N may exceed the files):
+    it says so and exits 0, after ``before_empty_shard`` (an index makes its empty part).
+    """
+    from auricle.filelists import gather
+
+    if not paths and files_from is None:
+        fail(f"give the files to {command}: PATHS, or --files-from FILE")
+    refuse_standard_input(paths, command)
+    try:
+        files, total = gather(paths, files_from=files_from, shard=shard, recursive=recursive)
+    except (AuricleError, ValueError) as error:
+        fail(str(error))
+    if not total:
+        fail("no audio files found in " + " ".join([*paths, *([files_from] if files_from is not None else [])]))
+    if not files:
+        if before_empty_shard is not None:
+            before_empty_shard()
+        click.echo(f"auricle: shard {shard} holds none of the {total} files; nothing to do", err=True)
+        sys.exit(0)
+    return files

@@ -9,8 +9,8 @@ import sys
 import click
 
 from auricle.cli.common import (
-    audio_warnings, error_line, fail, load_model_or_exit, model_options, refuse_standard_input, say_audio_warnings,
-    strict_option, tag_option_flags, writable,
+    audio_warnings, error_line, fail, file_selection_options, gather_files_or_exit, load_model_or_exit, model_options,
+    say_audio_warnings, strict_option, tag_option_flags, writable,
 )
 from auricle.errors import AuricleError
 from auricle.io.writers import (
@@ -21,7 +21,8 @@ from auricle.options import TAG_OPTIONS
 
 
 @click.command("tag")
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
+@file_selection_options
 @model_options
 @tag_option_flags(TAG_OPTIONS)
 @click.option("--format", "-f", "output_format", type=click.Choice(FORMATS), default=None,
@@ -38,8 +39,8 @@ from auricle.options import TAG_OPTIONS
 @strict_option("tagged")
 def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold, classes, profile, events,
                 window, hop, pool, median_filter, min_duration, min_gap, output_format, output, recursive,
-                batch_size, resume, progress, strict) -> None:
-    """Tag audio files, folders or globs with AudioSet classes.
+                batch_size, resume, progress, strict, files_from, shard) -> None:
+    """Tag audio files, folders or globs (or --files-from a list) with AudioSet classes.
 
     Exits with status 1 if any file failed (each failure is reported on stderr;
     the other files are still tagged). A file cut short is tagged as far as it
@@ -47,7 +48,6 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     """
     from tqdm import tqdm
 
-    from auricle.audio import list_audio_files
     from auricle.inference.events import EventOptions
     from auricle.inference.results import Failure
 
@@ -55,14 +55,11 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     output_format = output_format or format_for(output)  # `-o tags.csv` means CSV
     if resume and (output is None or output == "-" or output_format not in RESUMABLE_FORMATS):
         fail(f"--resume needs --output FILE with --format {' or '.join(RESUMABLE_FORMATS)}")
-    refuse_standard_input(paths, "tag")
+    files = gather_files_or_exit(paths, files_from, shard, recursive, "tag")
     try:
-        files = list_audio_files(list(paths), recursive=recursive)
         event_options = EventOptions(median_filter, min_duration, min_gap) if events else None
     except (AuricleError, ValueError) as error:
         fail(str(error))
-    if not files:
-        fail("no audio files found in " + " ".join(paths))
     if output is not None and output != "-":
         _refuse_an_input_as_output(output, files)
     csv_truncated = True
