@@ -251,3 +251,22 @@ def test_export_without_pyarrow_names_the_extra(recordings, tiny_checkpoint, tmp
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     one_error_line(run("index-export", index_path, "-o", tmp_path / "export"), "pyarrow", "auricle[export]")
     one_error_line(run("index-export", tmp_path / "absent.db", "-o", tmp_path / "export"), "no such index")
+
+
+def test_python_api_shards_and_merge(recordings, tiny_model, tmp_path):
+    from auricle.search.merge import merge
+
+    parts = []
+    for k in range(1, SHARDS + 1):
+        with auricle.Index.open(tmp_path / f"api{k}.db", create=True) as index:
+            index.add([recordings], tiny_model, shard=f"{k}/{SHARDS}")
+            assert all(shard_of(file, SHARDS) == k for file in index.files())
+        parts.append(tmp_path / f"api{k}.db")
+    report = merge(parts, tmp_path / "api.db")
+    assert (report.parts, report.files, report.duplicates) == (SHARDS, len(all_files(recordings)), 0)
+    with auricle.Index.open(tmp_path / "whole.db", create=True) as index:
+        index.add([recordings], tiny_model)
+    assert stored_rows(tmp_path / "api.db") == stored_rows(tmp_path / "whole.db")
+    with auricle.Index.open(tmp_path / "x.db", create=True) as index, pytest.raises(auricle.errors.OptionError,
+                                                                                    match="--shard 2/1"):
+        index.add([recordings], tiny_model, shard="2/1")
