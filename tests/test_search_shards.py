@@ -270,3 +270,16 @@ def test_python_api_shards_and_merge(recordings, tiny_model, tmp_path):
     with auricle.Index.open(tmp_path / "x.db", create=True) as index, pytest.raises(auricle.errors.OptionError,
                                                                                     match="--shard 2/1"):
         index.add([recordings], tiny_model, shard="2/1")
+
+
+def test_equal_scores_rank_by_path_not_by_storage_order(tmp_path, tiny_model):
+    # Two recordings of the same sound, stored in reverse path order (as a merge of parts may store them).
+    first, second = write_wav(tmp_path / "a.wav", 1.0, 440.0), write_wav(tmp_path / "b.wav", 1.0, 440.0)
+    with auricle.Index.open(tmp_path / "i.db", create=True) as index:
+        index.add([second], tiny_model)
+        index.add([first], tiny_model)
+        for query in ("=Speech", "Animal"):
+            hits = index.search(query, top=2)
+            assert hits[0].score == hits[1].score
+            assert [hit.file for hit in hits] == [str(first), str(second)]
+        assert [hit.file for hit in index.search(query, top=1)] == [str(first)]  # also when the top cuts a tie
