@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "serve": "auricle.cli.serve:serve_command",
     "listen": "auricle.cli.listen:listen_command",
     "index": "auricle.cli.search:index_command",
+    "index-merge": "auricle.cli.search:index_merge_command",
+    "index-export": "auricle.cli.search:index_export_command",
     "search": "auricle.cli.search:search_command",
     "describe": "auricle.cli.describe:describe_command",
     "ask": "auricle.cli.describe:ask_command",

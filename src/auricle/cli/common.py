@@ -374,17 +374,11 @@ def report_batch(verb: str, files: list, todo: list, failures: int, resume: bool
         click.echo(f"auricle: {summary}", err=True)
 
 
-def files_or_exit(paths, recursive: bool, output: str | None, command: str) -> list[str]:
-    """The audio files ``paths`` name (folders searched, globs expanded), or one error line and exit."""
-    from auricle.audio import list_audio_files
-
-    refuse_standard_input(paths, command)
-    try:
-        files = list_audio_files(list(paths), recursive=recursive)
-    except (AuricleError, ValueError) as error:
-        fail(str(error))
-    if not files:
-        fail("no audio files found in " + " ".join(paths))
+def files_or_exit(paths, recursive: bool, output: str | None, command: str, files_from: str | None = None,
+                  shard=None, before_empty_shard: Callable[[], None] | None = None) -> list[str]:
+    """The audio files ``paths`` and ``--files-from`` name (folders searched, globs expanded), of ``--shard``,
+    not the output; or one error line and exit."""
+    files = gather_files_or_exit(paths, files_from, shard, recursive, command, before_empty_shard)
     if output is not None and output != "-":
         _refuse_an_input_as_output(output, files, command)
     return files
@@ -401,3 +395,50 @@ def _refuse_an_input_as_output(output: str, files: list[str], command: str) -> N
         real = os.path.realpath(output)
         if any(os.path.realpath(file) == real for file in files):
             fail(f"{output}: is one of the files to {command}; write the results to another file")
+
+
+def _shard(ctx: click.Context, param: click.Parameter, value):
+    from auricle.filelists import Shard
+
+    if value is None:
+        return None
+    try:
+        return Shard.parse(value)
+    except AuricleError as error:
+        fail(str(error))
+
+
+def file_selection_options(command: Callable) -> Callable:
+    """``--files-from`` and ``--shard``: the files of a scale-out worker (auricle.filelists, docs/search.md)."""
+    command = click.option("--shard", default=None, callback=_shard, metavar="K/N",
+                           help="Only the files of shard K of N (1-based; a stable split by a hash of each path as "
+                                "listed): N workers with K = 1..N cover every file once.")(command)
+    return click.option("--files-from", default=None, metavar="FILE",
+                        help="Also the files listed in FILE, one a line ('-': standard input; blank lines and "
+                             "# comments skipped; relative paths are relative to the current folder).")(command)
+
+
+def gather_files_or_exit(paths, files_from: str | None, shard, recursive: bool, command: str,
+                         before_empty_shard: Callable[[], None] | None = None) -> list[str]:
+    """The files of PATHS, --files-from and --shard; one line and exit 2 when there are none.
+
+    A shard that happens to hold none of the files is no error (N may exceed the files):
+    it says so and exits 0, after ``before_empty_shard`` (an index makes its empty part).
+    """
+    from auricle.filelists import gather
+
+    if not paths and files_from is None:
+        fail(f"give the files to {command}: PATHS, or --files-from FILE")
+    refuse_standard_input(paths, command)
+    try:
+        files, total = gather(paths, files_from=files_from, shard=shard, recursive=recursive)
+    except (AuricleError, ValueError) as error:
+        fail(str(error))
+    if not total:
+        fail("no audio files found in " + " ".join([*paths, *([files_from] if files_from is not None else [])]))
+    if not files:
+        if before_empty_shard is not None:
+            before_empty_shard()
+        click.echo(f"auricle: shard {shard} holds none of the {total} files; nothing to do", err=True)
+        sys.exit(0)
+    return files

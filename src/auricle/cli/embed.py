@@ -13,10 +13,9 @@ import click
 import numpy as np
 
 from auricle.cli.common import (
-    audio_warnings, error_line, fail, load_model_or_exit, model_options, refuse_standard_input, say_audio_warnings,
-    strict_option, writable,
+    audio_warnings, error_line, fail, file_selection_options, gather_files_or_exit, load_model_or_exit, model_options,
+    say_audio_warnings, strict_option, writable,
 )
-from auricle.errors import AuricleError
 from auricle.fingerprints import tagger_key
 from auricle.io import atomic
 from auricle.io.writers import same_file
@@ -130,7 +129,8 @@ def _index_rows(folder: Path) -> dict[str, list]:
 
 
 @click.command("embed")
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
+@file_selection_options
 @model_options
 @click.option("--output", "-o", required=True, callback=_output,
               help="A folder (one .npz per file plus index.csv), a .npz file (all files), or a .npy file (clip embeddings).")
@@ -143,7 +143,7 @@ def _index_rows(folder: Path) -> dict[str, list]:
               help="With an output folder: keep the files already embedded there and embed the rest.")
 @strict_option("embedded")
 def embed_command(paths, model_name, checkpoint, device, threads, output, recursive, batch_size, resume,
-                  strict) -> None:
+                  strict, files_from, shard) -> None:
     """Compute embeddings: the clip embedding (mean of all tokens, as the official
     HEAR submission) and one per 10.12 s piece with start/end times.
 
@@ -153,16 +153,9 @@ def embed_command(paths, model_name, checkpoint, device, threads, output, recurs
     """
     from tqdm import tqdm
 
-    from auricle.audio import list_audio_files
 
     say_audio_warnings()
-    refuse_standard_input(paths, "embed")
-    try:
-        files = list_audio_files(list(paths), recursive=recursive)
-    except AuricleError as error:
-        fail(str(error))
-    if not files:
-        fail("no audio files found in " + " ".join(paths))
+    files = gather_files_or_exit(paths, files_from, shard, recursive, "embed")
     target = Path(output)
     single_file = target.suffix.lower() in SINGLE_FILE_SUFFIXES
     if resume and single_file:

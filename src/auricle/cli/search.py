@@ -10,7 +10,8 @@ import sys
 import click
 
 from auricle.cli.common import (
-    error_line, fail, load_model_or_exit, model_options, refuse_standard_input, tag_option_flags, writable,
+    error_line, fail, file_selection_options, gather_files_or_exit, load_model_or_exit, model_options, tag_option_flags,
+    writable,
 )
 from auricle.errors import AuricleError
 from auricle.options import TAG_OPTIONS
@@ -19,7 +20,8 @@ SEARCH_FORMATS = ("table", "json", "jsonl", "csv")
 
 
 @click.command("index")
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
+@file_selection_options
 @click.option("--output", "-o", "index_path", required=True, callback=writable(), help="The index file (SQLite); made if absent, else updated.")
 @model_options
 @tag_option_flags(TAG_OPTIONS, "window", "hop")
@@ -30,8 +32,8 @@ SEARCH_FORMATS = ("table", "json", "jsonl", "csv")
               help="Go on after an interrupted run (what every run does: unchanged files are skipped).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal, for several files].")
 def index_command(paths, index_path, model_name, checkpoint, device, threads, window, hop, recursive, batch_size,
-                  resume, progress) -> None:
-    """Index audio files, folders or globs for `auricle search`.
+                  resume, progress, files_from, shard) -> None:
+    """Index audio files, folders or globs (or --files-from a list) for `auricle search`.
 
     New and changed files (size or modification time) are tagged and embedded, unchanged
     ones skipped, indexed files under PATHS that no longer exist dropped. Files are committed in
@@ -40,17 +42,14 @@ def index_command(paths, index_path, model_name, checkpoint, device, threads, wi
     """
     from tqdm import tqdm
 
-    from auricle.audio import list_audio_files
     from auricle.search import Index
     from auricle.search.index import check_model, model_meta, plan, scope, update
 
-    refuse_standard_input(paths, "index")
-    try:
-        files = [os.path.abspath(f) for f in list_audio_files(list(paths), recursive=recursive)]
-    except (AuricleError, ValueError) as error:
-        fail(str(error))
-    if not files:
-        fail("no audio files found in " + " ".join(paths))
+    def empty_part() -> None:  # the worker's part exists, so a merge of all N parts needs no exception for it
+        Index.open(index_path, create=True).close()
+
+    listed = gather_files_or_exit(paths, files_from, shard, recursive, "index", before_empty_shard=empty_part)
+    files = [os.path.abspath(f) for f in listed]
     if os.path.abspath(index_path) in files:
         fail(f"{index_path}: is one of the files to index; write the index to another file")
     try:
@@ -61,7 +60,7 @@ def index_command(paths, index_path, model_name, checkpoint, device, threads, wi
         model = load_model_or_exit(model_name, checkpoint, device, threads)
         try:
             check_model(index.store, model_meta(model, window, hop))
-            covers = scope(paths, recursive)
+            covers = scope([*paths, *listed], recursive)
             todo = len(plan(index.store, files, covers).todo)
         except AuricleError as error:
             fail(str(error))
@@ -92,6 +91,50 @@ def index_command(paths, index_path, model_name, checkpoint, device, threads, wi
         click.echo(f"auricle: {summary}; {len(report.failures)} failed", err=True)
         raise SystemExit(1)
     click.echo(f"auricle: {summary}", err=True)
+
+
+@click.command("index-merge")
+@click.argument("parts", nargs=-1, required=True)
+@click.option("--output", "-o", "index_path", required=True, callback=writable(),
+              help="The merged index file, written whole (an existing one is replaced).")
+def index_merge_command(parts, index_path) -> None:
+    """Join the parts of a sharded index (`auricle index --shard K/N`) into one index.
+
+    The parts must come from one model with one --window/--hop. A file in several parts
+    keeps the row of its newest modification time (on a tie, the later part's). The output
+    appears only when complete; it may be one of the parts.
+    """
+    from auricle.search.merge import merge
+
+    try:
+        report = merge(parts, index_path)
+    except AuricleError as error:
+        fail(str(error))
+    click.echo(f"auricle: merged {report.parts} parts: {report.files} files in {index_path}"
+               + (f" ({report.duplicates} in several parts: the newest row kept)" if report.duplicates else ""), err=True)
+
+
+@click.command("index-export")
+@click.argument("index_path")
+@click.option("--output", "-o", required=True, callback=writable(folder=True),
+              help="The folder for files.parquet, windows.parquet, pieces.parquet and classes.parquet.")
+@click.option("--format", "-f", "output_format", type=click.Choice(["parquet"]), default="parquet",
+              show_default=True)
+def index_export_command(index_path, output, output_format) -> None:
+    """Export an index as Parquet tables for DuckDB, Spark or a vector database (docs/search.md).
+
+    Needs pyarrow: pip install 'auricle[export]'.
+    """
+    from auricle.search import Index
+    from auricle.search.export import export_parquet
+
+    try:
+        with Index.open(index_path, readonly=True) as index:
+            report = export_parquet(index, output)
+    except AuricleError as error:
+        fail(str(error))
+    click.echo(f"auricle: exported {report.files} files, {report.windows} windows and {report.pieces} pieces to "
+               f"{output}", err=True)
 
 
 @click.command("search")

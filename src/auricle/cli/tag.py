@@ -9,7 +9,8 @@ import sys
 import click
 
 from auricle.cli.common import (
-    audio_warnings, error_line, fail, files_or_exit, load_model_or_exit, model_options, report_batch,
+    audio_warnings, error_line, fail, file_selection_options, files_or_exit, load_model_or_exit, model_options,
+    report_batch,
     say_audio_warnings, strict_option, tag_option_flags, writable,
 )
 from auricle.errors import AuricleError
@@ -21,7 +22,8 @@ from auricle.options import TAG_OPTIONS
 
 
 @click.command("tag")
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
+@file_selection_options
 @model_options
 @tag_option_flags(TAG_OPTIONS)
 @click.option("--format", "-f", "output_format", type=click.Choice(FORMATS), default=None,
@@ -38,8 +40,8 @@ from auricle.options import TAG_OPTIONS
 @strict_option("tagged")
 def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold, classes, profile, events,
                 window, hop, pool, median_filter, min_duration, min_gap, output_format, output, recursive,
-                batch_size, resume, progress, strict) -> None:
-    """Tag audio files, folders or globs with AudioSet classes.
+                batch_size, resume, progress, strict, files_from, shard) -> None:
+    """Tag audio files, folders or globs (or --files-from a list) with AudioSet classes.
 
     Exits with status 1 if any file failed (each failure is reported on stderr;
     the other files are still tagged). A file cut short is tagged as far as it
@@ -58,7 +60,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         event_options = EventOptions(median_filter, min_duration, min_gap) if events else None
     except (AuricleError, ValueError) as error:
         fail(str(error))
-    files = files_or_exit(paths, recursive, output, "tag")
+    files = files_or_exit(paths, recursive, output, "tag", files_from, shard)
     csv_truncated = True
     if resume and output_format == "csv":
         csv_truncated = _refuse_another_csv_layout(output, events)

@@ -52,17 +52,19 @@ class Index:
 
     def add(self, paths: Sequence[str | os.PathLike], model, *, window: float = 10.0, hop: float | None = None,
             recursive: bool = True, batch_size: int | None = None,
-            on_result: Callable[[str, str | None], None] | None = None) -> AddReport:
+            on_result: Callable[[str, str | None], None] | None = None, shard: str | None = None) -> AddReport:
         """Index the audio files under ``paths`` (files, folders, globs) with ``model``.
 
         New and changed files are computed, unchanged ones skipped, indexed files under
         ``paths`` that no longer exist dropped; each failed file is in the report and the rest go on.
+        ``shard="K/N"``: only shard K of N of the files (as ``auricle index --shard``).
         """
-        from auricle.audio import list_audio_files
+        from auricle.filelists import Shard, gather
         from auricle.search.index import scope, update
 
         paths = [os.fspath(p) for p in paths]
-        files = [os.path.abspath(file) for file in list_audio_files(paths, recursive=recursive)]
+        listed, _ = gather(paths, shard=Shard.parse(shard) if shard is not None else None, recursive=recursive)
+        files = [os.path.abspath(file) for file in listed]
         return update(self.store, model, files, window=window, hop=hop, batch_size=batch_size, on_result=on_result,
                       covers=scope(paths, recursive))
 

@@ -160,9 +160,11 @@ def top_rows(store: Store, column: str, score: Callable[[np.ndarray], np.ndarray
         # float16 as stored: a query's few columns are converted, not the whole (rows, 527) matrix.
         matrix = np.frombuffer(b"".join(row[2] for row in chunk), dtype="<f2").reshape(len(chunk), -1)
         scores = score(matrix)
-        chosen = np.argsort(-scores, kind="stable")[:keep]
+        # Ties go by path, not by where a row is stored: a merged index ranks as one run's does.
+        chosen = (np.flatnonzero(scores >= -np.partition(-scores, keep - 1)[keep - 1]) if len(scores) > keep
+                  else range(len(scores)))
         best = sorted(best + [(float(scores[i]), chunk[i][0], float(chunk[i][1])) for i in chosen],
-                      key=lambda item: -item[0])[:keep]
+                      key=lambda item: (-item[0], item[1]))[:keep]
     return best
 
 
