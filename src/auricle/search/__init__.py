@@ -13,14 +13,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from auricle.errors import SearchIndexError
-from auricle.search.index import AddReport
+from auricle.search.index import AddReport, ScoredFile
 from auricle.search.query import Filters, Match, QueryClass, SearchHit, Segment
 from auricle.search.store import Store
 
-__all__ = ["Index", "AddReport", "SearchHit", "Segment", "Match", "QueryClass", "SearchIndexError"]
+__all__ = ["Index", "AddReport", "ScoredFile", "SearchHit", "Segment", "Match", "QueryClass", "SearchIndexError"]
 
 
 class Index:
@@ -67,6 +67,21 @@ class Index:
         files = [os.path.abspath(file) for file in listed]
         return update(self.store, model, files, window=window, hop=hop, batch_size=batch_size, on_result=on_result,
                       covers=scope(paths, recursive))
+
+    def add_scores(self, scored: Iterable[ScoredFile], *, model: str, weights: str, labels: Sequence[str] | None = None,
+                   window: float = 10.0, hop: float | None = None) -> AddReport:
+        """Fill the index from a model outside auricle: each :class:`ScoredFile` holds one file's class scores.
+
+        ``model`` names the scorer and ``weights`` keys its weights (a hash); ``labels`` are its class
+        names, AudioSet's 527 by default (then words are matched to classes as for auricle's models).
+        An index holds one scorer's numbers: another ``model``, ``weights``, ``labels`` or windows are
+        refused, as :meth:`add` refuses another model.
+        """
+        from auricle.labels import audioset_labels
+        from auricle.search.index import put_scored, scorer_meta
+
+        names = audioset_labels().names if labels is None else tuple(labels)
+        return put_scored(self.store, scorer_meta(model, weights, names, window, hop), scored)
 
     def search(self, query: str | None = None, *, like: str | os.PathLike | None = None, model=None, top: int = 10,
                path: str | None = None, min_duration: float | None = None, max_duration: float | None = None,

@@ -49,8 +49,84 @@ def model_meta(model, window: float, hop: float | None) -> dict[str, str]:
     """What decides the stored numbers: the model, its weights and the tagging windows."""
     from auricle.fingerprints import tagger_key
 
-    return {"model": model.name, "weights": tagger_key(model)[:16], "labels": json.dumps(list(model.labels.names)),
+    return scorer_meta(model.name, tagger_key(model)[:16], model.labels.names, window, hop)
+
+
+def scorer_meta(name: str, weights: str, labels: Iterable[str], window: float, hop: float | None) -> dict[str, str]:
+    """:func:`model_meta` for any scorer: its name, a key of its weights, its class names and windows."""
+    return {"model": name, "weights": weights, "labels": json.dumps(list(labels)),
             "window": repr(float(window)), "hop": repr(float(hop if hop is not None else window))}
+
+
+@dataclass(frozen=True)
+class ScoredFile:
+    """One recording scored by a model outside auricle (:meth:`auricle.Index.add_scores`).
+
+    ``window_scores`` (windows, classes) over ``window_bounds`` (windows, 2) seconds and
+    ``clip_scores`` (classes,) in [0, 1], on the index's classes. Without embeddings the
+    class scores stand in for them (``like=`` then compares class-score profiles).
+    """
+
+    path: str
+    duration: float
+    clip_scores: np.ndarray
+    window_bounds: np.ndarray
+    window_scores: np.ndarray
+    clip_embedding: np.ndarray | None = None
+    piece_bounds: np.ndarray | None = None
+    piece_embeddings: np.ndarray | None = None
+
+    def row(self, classes: int) -> FileRow:
+        """The stored row; ValueError (one line naming the file) for arrays of the wrong shape or a missing file."""
+        clip = np.asarray(self.clip_scores, dtype=np.float32)
+        windows = np.asarray(self.window_scores, dtype=np.float32)
+        bounds = np.asarray(self.window_bounds, dtype=np.float32)
+        if (clip.shape != (classes,) or windows.ndim != 2 or windows.shape[1:] != (classes,) or not len(windows)
+                or bounds.shape != (len(windows), 2)):
+            raise ValueError(f"{self.path}: clip scores {clip.shape}, window scores {windows.shape}, bounds "
+                             f"{bounds.shape}; the index needs ({classes},), (windows >= 1, {classes}), (windows, 2)")
+        embedding = clip if self.clip_embedding is None else np.asarray(self.clip_embedding, dtype=np.float32)
+        pieces = windows if self.piece_embeddings is None else np.asarray(self.piece_embeddings, dtype=np.float32)
+        piece_bounds = bounds if self.piece_bounds is None else np.asarray(self.piece_bounds, dtype=np.float32)
+        try:
+            size, mtime_ns = stamp(self.path)
+        except OSError:
+            raise ValueError(f"{self.path}: file not found") from None
+        return FileRow(path=self.path, size=size, mtime_ns=mtime_ns, duration=float(self.duration), clip_scores=clip,
+                       window_bounds=bounds, window_scores=windows, clip_embedding=embedding,
+                       piece_bounds=piece_bounds, piece_embeddings=pieces)
+
+
+def put_scored(store: Store, meta: dict[str, str], scored: Iterable[ScoredFile]) -> AddReport:
+    """Write files scored elsewhere (:class:`ScoredFile`) under ``meta`` (:func:`scorer_meta`), in batches.
+
+    Files of the wrong shape (or gone) are reported and the rest go on, as :func:`update` does.
+    """
+    check_model(store, meta)
+    if "model" not in store.meta:
+        store.set_meta(meta)
+    classes = len(json.loads(meta["labels"]))
+    report = AddReport()
+    pending: list[FileRow] = []
+
+    def write() -> None:
+        with store.transaction() as connection:
+            for row in pending:
+                store.put(connection, row)
+        report.added += len(pending)
+        pending.clear()
+
+    for item in scored:
+        try:
+            pending.append(item.row(classes))
+        except ValueError as error:
+            report.failures.append((item.path, str(error)))
+            continue
+        if len(pending) >= BATCH_FILES:
+            write()
+    if pending:
+        write()
+    return report
 
 
 def check_model(store: Store, expected: dict[str, str]) -> None:
