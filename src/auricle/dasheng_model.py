@@ -15,7 +15,7 @@ import torch
 
 from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
 from auricle.errors import CheckpointError, OptionError
-from auricle.inference.engines import EngineConfig
+from auricle.engines import EngineConfig
 from auricle.inference.pipeline import Tagger, finite_embeddings, finite_probabilities
 from auricle.inference.results import Embeddings
 from auricle.labels import LabelSet, audioset_labels

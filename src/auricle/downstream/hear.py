@@ -96,7 +96,7 @@ def load_model(
     ``model_file_path`` may be any checkpoint ``auricle.load_model`` reads (official
     ``.pt``, Hugging Face folder, auricle ``.safetensors``).
     """
-    from auricle.exported import is_exported_file
+    from auricle.onnx.exported import is_exported_file
     from auricle.model import load_model as load_audio_model
 
     checkpoint = model_file_path if str(model_file_path) else None

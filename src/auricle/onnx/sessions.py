@@ -1,7 +1,7 @@
 """ONNX Runtime sessions for streams: one shared session per process, or one per stream.
 
-The ``onnx`` engine (:mod:`auricle.inference.engines`) and exported files
-(:mod:`auricle.exported`) both run ONNX Runtime on the CPU split into streams;
+The ``onnx`` engine (:mod:`auricle.engines.onnx`) and exported files
+(:mod:`auricle.onnx.exported`) both run ONNX Runtime on the CPU split into streams;
 they get their sessions here, so both are set up alike. No torch.
 """
 

@@ -29,8 +29,8 @@ from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
 from auricle.errors import AuricleError, CheckpointError
 from auricle.inference.pipeline import Tagger, embedded_file, finite_embeddings, finite_probabilities
 from auricle.inference.results import Embeddings
-from auricle.inference.ort_sessions import stream_sessions
-from auricle.inference.piece_rows import Framing, InexactRows, MelPeaks, Row, loudest_frame, rows
+from auricle.onnx.sessions import stream_sessions
+from auricle.onnx.rows import Framing, InexactRows, MelPeaks, Row, loudest_frame, rows
 from auricle.inference.streams import StreamPool, run_here, split_bounds
 from auricle.inference.tuning import default_batch_size, default_streams, default_threads
 from auricle.labels import AudioClass, LabelSet
@@ -58,7 +58,7 @@ class ExportedModel(Tagger):
 
     ``threads`` (default one per usable core) and ``streams`` (calls at once,
     each on ``threads // streams`` threads; default one per thread) as for the
-    ``onnx`` engine (:mod:`auricle.inference.engines`). Embeddings need a file
+    ``onnx`` engine (:mod:`auricle.engines.onnx`). Embeddings need a file
     exported with ``--piece-embeddings`` (:attr:`can_embed`).
     """
 
@@ -98,7 +98,7 @@ class ExportedModel(Tagger):
         # Per-piece embeddings span piece_frames frontend hops.
         hop = json.loads(self.metadata["frontend"])["hop_length"]
         self._piece_seconds = int(self.metadata["piece_frames"]) * hop / SAMPLE_RATE
-        try:  # how a long recording is cut into calls (auricle.inference.piece_rows); None: in one call
+        try:  # how a long recording is cut into calls (auricle.onnx.rows); None: in one call
             self._framing: Framing | None = Framing.from_metadata(self.metadata)
         except InexactRows:
             self._framing = None
@@ -144,7 +144,7 @@ class ExportedModel(Tagger):
         """Embeddings of one 16 kHz mono signal, as :meth:`auricle.model.AudioModel.embed_waveform` computes them.
 
         A long recording goes through a few pieces per call, on all streams, with the
-        results of one call (:mod:`auricle.inference.piece_rows`). ``batch_size`` is
+        results of one call (:mod:`auricle.onnx.rows`). ``batch_size`` is
         accepted for the shared signature and unused.
         """
         waveform = prepare_waveform(waveform, SAMPLE_RATE, name)  # integers scaled, NaN refused, as tag() does

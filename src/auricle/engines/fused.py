@@ -48,10 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from auricle.engines.config import PRECISIONS
 from auricle.models.ced import CED
 
-#: What every engine can run at (auricle.inference.engines re-exports it).
-PRECISIONS = ("fp32", "bf16", "int8")
 #: Rows the blocked weight layouts are tuned for (8 ten-second windows are ~2000 token rows);
 #: any other row count still works.
 _ROWS_HINT = 2048

@@ -13,7 +13,7 @@ And two runtimes. ``portable`` (the default) is written in standard operators (o
 for any ONNX runtime. ``onnxruntime`` has in its encoder the fused ``com.microsoft``
 Attention and BiasGelu the ``onnx`` engine runs (QAttention with int8): faster in ONNX
 Runtime, and made for it (other runtimes may not know those operators).
-:mod:`auricle.export_graph` writes both, node by node.
+:mod:`auricle.onnx.graph` writes both, node by node.
 
 Every export is checked against the torch model on synthetic clips of several
 lengths before it is written; :class:`ExportReport` carries the figures.
@@ -33,8 +33,9 @@ import torch
 
 from auricle.audio import SAMPLE_RATE
 from auricle.errors import ExportError
-from auricle.export_graph import OPSET, model_graph
-from auricle.exported import read_metadata  # noqa: F401  (where it lived first)
+from auricle.onnx.builder import EXPORT_OPSET
+from auricle.onnx.graph import model_graph
+from auricle.onnx.exported import read_metadata  # noqa: F401  (where it lived first)
 from auricle.io import atomic
 from auricle.models.ced import MIN_SAMPLES
 
@@ -177,7 +178,7 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_bytes(out, payload)
     return ExportReport(
-        path=str(out), model=model.name, input="log-mel" if mel_input else "waveform", int8=int8, opset=OPSET,
+        path=str(out), model=model.name, input="log-mel" if mel_input else "waveform", int8=int8, opset=EXPORT_OPSET,
         max_abs_diff=worst, embedding_max_abs_diff=embedding_worst, top5_overlap=float(np.mean(overlaps)),
         check_clips=list(clips), seconds=time.perf_counter() - started, size_bytes=len(payload), runtime=runtime,
         piece_embeddings=piece_embeddings,

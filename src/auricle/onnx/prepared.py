@@ -2,10 +2,10 @@
 
 With ``--engine onnx``, the commands that tag and embed (tag, evaluate, serve, listen, embed) run
 the model as an ``auricle export --runtime onnxruntime --piece-embeddings`` file runs: log-mel,
-encoder and head in one graph, loaded by :class:`~auricle.exported.ExportedModel` with numpy and
+encoder and head in one graph, loaded by :class:`~auricle.onnx.exported.ExportedModel` with numpy and
 onnxruntime only. The first run exports that graph from the weights (with torch; ~7 s for
 ced-mini on 2 cores, most of it importing torch and the export's parity check) and keeps it in the cache (``$AURICLE_CACHE/prepared``, see
-:func:`auricle.cache.cache_dir`). Later runs find it by the identity of the weights files (path,
+:mod:`auricle.onnx.cache`). Later runs find it by the identity of the weights files (path,
 size, modification time; the Hugging Face cache keeps each file under its content hash) and never
 import torch, which alone takes about 2 s on the development VMs.
 
@@ -20,26 +20,19 @@ exporting again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
-import json
 import os
-import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from auricle.cache import cache_dir
 from auricle.errors import AuricleError, CheckpointError
-from auricle.exported import ExportedModel
-from auricle.inference.ort_sessions import ONNXRUNTIME_MISSING
 from auricle.inference.tuning import fastest_precision
-from auricle.io import atomic
-from auricle.models.files import config_candidates, weights_in_folder
+from auricle.models.files import weights_in_folder
 from auricle.models.registry import DEFAULT_MODEL, model_info
+from auricle.onnx.cache import PREPARED_FORMAT, prepared_graphs, prepared_path, remove_stale_partials  # noqa: F401
+from auricle.onnx.exported import ExportedModel
+from auricle.onnx.sessions import ONNXRUNTIME_MISSING
 
-#: Part of every key: bump it when what a prepared graph computes or carries changes.
-PREPARED_FORMAT = 1
 PRECISIONS = ("fp32", "int8")
 
 
@@ -58,28 +51,6 @@ def weights_file(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     return weights_in_folder(path) if path.is_dir() else path
-
-
-def prepared_path(weights: Path, name: str | None, precision: str,
-                  cache: str | os.PathLike | None = None) -> Path:
-    """Where the graph of ``weights`` at ``precision`` is kept; ``name``: the model name they were fetched for.
-
-    The key covers the weights file and any JSON config beside it (which may name the model and
-    its labels): replacing either gives a new key, so a stale graph is never used.
-    """
-    from auricle import __version__
-
-    files = [weights, *(candidate for candidate in config_candidates(weights) if candidate.is_file())]
-    stamp = {"format": PREPARED_FORMAT, "auricle": __version__, "name": name, "precision": precision,
-             "files": [_identity(path) for path in files]}
-    key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:20]
-    label = re.sub(r"[^A-Za-z0-9._-]+", "_", name or weights.stem)
-    return cache_dir(cache) / "prepared" / f"{label}-{key}-{precision}.onnx"
-
-
-def _identity(path: Path) -> list:
-    status = path.stat()
-    return [str(path.resolve()), status.st_size, status.st_mtime_ns]
 
 
 def load_prepared(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None = None, *,
@@ -116,13 +87,13 @@ def load_prepared(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | Non
 
 def _prepare(name: str, checkpoint: str | os.PathLike | None, hub_cache: str | os.PathLike | None,
              precision: str, path: Path, announce: Callable[[str], None] | None) -> None:
-    from auricle.export import ExportError, ParityError, export_onnx
+    from auricle.onnx.export import ExportError, ParityError, export_onnx
     from auricle.model import load_model
 
     model = load_model(name, checkpoint=checkpoint, cache_dir=hub_cache)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(path.parent)
+        remove_stale_partials(path.parent)
         if announce is not None:
             announce(f"preparing {model.name} ({precision}) for ONNX Runtime, once: later runs load {path} "
                      "without torch")
@@ -135,19 +106,3 @@ def _prepare(name: str, checkpoint: str | os.PathLike | None, hub_cache: str | o
         raise PrepareError(str(error)) from error
     except OSError as error:  # a read-only or full cache: run without a graph, as the onnx engine does
         raise PrepareError(f"{path.parent}: cannot keep a prepared graph there ({error.strerror or error})") from None
-
-
-def _remove_stale_partials(folder: Path, age_seconds: float = 86400.0) -> None:
-    """Exports a killed process left behind (tens to hundreds of MB each); a day old is surely no one's."""
-    now = time.time()
-    for partial in folder.glob(f"*{atomic.TEMPORARY_MARK}"):
-        try:
-            if now - partial.stat().st_mtime > age_seconds:
-                partial.unlink()
-        except OSError:
-            continue
-
-
-def prepared_graphs(cache: str | os.PathLike | None = None) -> list[Path]:
-    """The graphs prepared in the cache (not exports under way)."""
-    return sorted((cache_dir(cache) / "prepared").glob("*.onnx"))

@@ -3,7 +3,7 @@
     waveforms (batch, samples)            mel (batch, n_mels, frames), with --mel-input
       -> log-mel in dB (log_mel_nodes)  --^
       -> input BatchNorm, split into <=1012-frame pieces (piece_nodes)
-      -> encoder (auricle.inference.ort_graph: standard operators, or ONNX Runtime's fused ones)
+      -> encoder (auricle.onnx.encoder: standard operators, or ONNX Runtime's fused ones)
       -> head and pooling over pieces (head_nodes)
       -> probabilities (batch, classes), embedding (batch, dim)[, piece_embeddings (pieces, batch, dim)]
 
@@ -27,11 +27,10 @@ import torch
 
 from auricle.errors import ExportError
 from auricle.frontend import AMIN, FrontendConfig, LogMel
-from auricle.inference import ort_graph
-from auricle.inference.ort_graph import GraphBuilder
 from auricle.models.ced import CED, MIN_SAMPLES
+from auricle.onnx.builder import CONTRIB_DOMAIN, EXPORT_OPSET, GraphBuilder
+from auricle.onnx.encoder import encoder_nodes
 
-OPSET = 18
 ENCODER_PREFIX = "encoder/"
 FILTERBANK_NODE = "frontend/filterbank"
 
@@ -139,7 +138,7 @@ def model_graph(network: CED, mel_input: bool = False, fused: bool = False, piec
 
     ``fused``: the encoder in ONNX Runtime's contrib operators (the ``onnxruntime`` runtime), else in
     standard operators only (``portable``). ``int8``: the encoder's weight products dynamic int8
-    (:meth:`~auricle.inference.ort_graph.GraphBuilder.product`), and the head's too when not ``fused``;
+    (:meth:`~auricle.onnx.builder.GraphBuilder.product`), and the head's too when not ``fused``;
     the mel filterbank product stays float32 always: its input, the power spectrum, spans ~12 orders
     of magnitude, and one int8 scale per call rounded all but the loudest bins to zero (on a small
     random model that moved probabilities by 0.77, where the encoder alone moves them by 0.006).
@@ -159,7 +158,7 @@ def model_graph(network: CED, mel_input: bool = False, fused: bool = False, piec
     g.prefix = "pieces/"
     pieces, count = piece_nodes(g, network, mel)
     g.prefix, g.int8 = ENCODER_PREFIX, int8
-    tokens = ort_graph.encoder_nodes(g, network, pieces, fused)
+    tokens = encoder_nodes(g, network, pieces, fused)
     # The onnxruntime runtime keeps its head float, as the onnx engine (whose graph is the encoder alone) does.
     g.prefix, g.int8 = "head/", int8 and not fused
     head_nodes(g, network, tokens, count, piece_embeddings)
@@ -169,9 +168,9 @@ def model_graph(network: CED, mel_input: bool = False, fused: bool = False, piec
                for name in output_names(piece_embeddings)]
     graph = helper.make_graph(g.nodes, "auricle_ced_onnxruntime" if fused else "auricle_ced", [source], outputs,
                               g.initializers)
-    opsets = [helper.make_opsetid("", OPSET)]
+    opsets = [helper.make_opsetid("", EXPORT_OPSET)]
     if fused:
-        opsets.append(helper.make_opsetid(ort_graph.CONTRIB_DOMAIN, 1))
+        opsets.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8  # readable by every onnxruntime this project supports
     return model
@@ -188,6 +187,6 @@ def log_mel_graph(config: FrontendConfig = FrontendConfig()):
         [helper.make_tensor_value_info("waveforms", TensorProto.FLOAT, ["batch", "samples"])],
         [helper.make_tensor_value_info("log_mel", TensorProto.FLOAT, ["batch", config.n_mels, "frames"])],
         g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)])
     model.ir_version = 8
     return model
