@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import soundfile as sf
@@ -821,6 +822,34 @@ def test_an_unknown_model_name_is_refused_before_torch_loads(inputs):
     result = without_torch("tag", inputs[0], "--model", "ced-mni")
     assert result.returncode == 2, result.stderr
     assert "ced-mni: unknown model (did you mean 'ced-mini'" in result.stderr and "PyTorch" not in result.stderr
+
+
+def test_engine_and_precision_choices_are_the_engine_vocabulary():
+    from auricle.engines.config import ENGINES, PRECISIONS
+
+    for name in ("tag", "embed", "evaluate", "listen", "serve", "probe"):
+        params = {param.name: param for param in cli.get_command(click.Context(cli), name).params}
+        assert tuple(params["engine"].type.choices) == ENGINES
+        assert tuple(params["precision"].type.choices) == (*PRECISIONS, "auto")
+
+
+def test_help_names_the_engines_and_precisions_without_torch():
+    from no_torch_support import NO_TORCH
+
+    from auricle.engines.config import ENGINES, PRECISIONS
+
+    # The vocabulary module itself, and `auricle tag --help` built from it, never import torch.
+    script = NO_TORCH + """
+import auricle.engines.config
+sys.argv[0] = "auricle"
+from auricle.cli import main
+main()
+"""
+    result = subprocess.run([sys.executable, "-c", script, "tag", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"[{'|'.join(ENGINES)}]" in result.stdout
+    assert f"[{'|'.join((*PRECISIONS, 'auto'))}]" in result.stdout
 
 
 def test_model_beside_a_checkpoint_must_name_its_size(inputs, tiny_checkpoint, mini_checkpoint):

@@ -442,7 +442,7 @@ def test_a_softmax_teacher_is_scored_with_its_own_activation():
 
 def test_checkpoint_teachers_score_on_the_fused_cpu_encoder(tiny_checkpoint):
     from auricle.distill.teachers import load_teacher
-    from auricle.inference.fused import fused_supported
+    from auricle.engines.fused import fused_supported
 
     teacher = load_teacher(str(tiny_checkpoint))
     assert (teacher.encoder is not None) == fused_supported()

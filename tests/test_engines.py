@@ -23,8 +23,9 @@ from click.testing import CliRunner
 import auricle
 from auricle.audio import load_audio
 from auricle.cli import cli
-from auricle.export import top_k_overlap
-from auricle.inference.engines import EngineConfig, EngineError, weights_digest
+from auricle.engines import EngineConfig, EngineError
+from auricle.onnx.cache import weights_digest
+from auricle.onnx.export import top_k_overlap
 from auricle.inference.tuning import cpu_features, default_batch_size, fastest_precision
 
 INPUTS = ["a_sine440_1s", "b_noise_3p7s", "c_chirp_10s", "d_mix_25p3s", "e_short_0p2s",
@@ -150,7 +151,7 @@ def test_onnx_engine_cache_is_reused(engine_models, tiny_checkpoint, tiny_model,
     def no_export(*args, **kwargs):
         raise AssertionError("exported again although the cache holds this encoder")
 
-    monkeypatch.setattr("auricle.inference.ort_graph.encoder_graph", no_export)
+    monkeypatch.setattr("auricle.onnx.encoder.encoder_graph", no_export)
     model = auricle.load_model(checkpoint=tiny_checkpoint, engine="onnx")
     wave = torch.zeros(1, 16000)
     np.testing.assert_allclose(model.probabilities(wave), tiny_model.probabilities(wave), atol=1e-5)
@@ -159,7 +160,7 @@ def test_onnx_engine_cache_is_reused(engine_models, tiny_checkpoint, tiny_model,
 def test_without_onnx_the_onnx_engine_says_so_unless_its_graph_is_cached(tmp_path, monkeypatch):
     import importlib.util
 
-    from auricle.inference.engines import make_engine
+    from auricle.engines import make_engine
     from auricle.models.ced import CED, CEDConfig
 
     network = CED(CEDConfig(embed_dim=64, num_heads=1, depth=1, num_classes=10)).eval()
@@ -227,7 +228,7 @@ def test_cpu_features_from_flags(tmp_path):
 
 @pytest.mark.parametrize("engine,precision", [("torch", "int8"), ("torch", "bf16")])
 def test_softmax_heads_keep_their_activation_in_every_engine(engine, precision):
-    from auricle.inference.engines import make_engine
+    from auricle.engines import make_engine
     from auricle.models.ced import CED, CEDConfig
 
     torch.manual_seed(0)
@@ -241,7 +242,7 @@ def test_softmax_heads_keep_their_activation_in_every_engine(engine, precision):
 
 
 def test_precision_auto_resolves_per_cpu_and_engine(tmp_path):
-    from auricle.inference.engines import resolve_precision
+    from auricle.engines import resolve_precision
     from auricle.inference.tuning import CpuFeatures
 
     vnni, bf16_only, plain = CpuFeatures(2, True, True), CpuFeatures(2, True, False), CpuFeatures(2, False, False)
@@ -261,7 +262,8 @@ def test_precision_auto_resolves_per_cpu_and_engine(tmp_path):
 
 
 def test_cli_precision_auto_tags_with_this_cpus_choice(tiny_checkpoint, reference_dir, monkeypatch):
-    from auricle.inference import engines
+    from auricle import engines
+    from auricle.engines import config
 
     loaded = []
     original = engines.make_engine
@@ -271,7 +273,7 @@ def test_cli_precision_auto_tags_with_this_cpus_choice(tiny_checkpoint, referenc
         return original(network, config, cache_dir)
 
     monkeypatch.setattr("auricle.model.make_engine", spy)
-    monkeypatch.setattr(engines, "fastest_precision", lambda features=None, engine="torch": "bf16")
+    monkeypatch.setattr(config, "fastest_precision", lambda features=None, engine="torch": "bf16")
     result = CliRunner().invoke(cli, ["tag", str(reference_dir / "inputs" / "a_sine440_1s.wav"), "--checkpoint",
                                       str(tiny_checkpoint), "--precision", "auto", "--format", "json"])
     assert result.exit_code == 0, result.output
@@ -285,8 +287,7 @@ def test_bf16_without_cpu_kernels_runs_emulated_and_says_so(tiny_checkpoint, ref
     # (through autocast), with a one-line warning that it is slow, instead of a RuntimeError.
     import warnings
 
-    from auricle.inference import fused
-    from auricle.inference.engines import EngineWarning
+    from auricle.engines import EngineWarning, fused
 
     monkeypatch.setattr(fused, "bf16_kernels", lambda: False)
     assert not fused.fused_supported("cpu", "bf16") and fused.fused_supported("cpu", "fp32")

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import auricle
 from auricle.audio import load_audio
 from auricle.cli import cli
-from auricle.export import ExportError, export_onnx, read_metadata, top_k_overlap
+from auricle.onnx.export import ExportError, export_onnx, read_metadata, top_k_overlap
 from auricle.models.ced import CED, CEDConfig
 from auricle.models.checkpoints import save_checkpoint
 
@@ -253,7 +253,7 @@ def test_export_ced_tiny_on_reference_inputs(tiny_model, waveforms, tmp_path):
 
 
 def test_convolutional_stft_log_mel_matches_the_frontend():
-    from auricle.export_graph import log_mel_graph
+    from auricle.onnx.graph import log_mel_graph
     from auricle.frontend import LogMel
 
     reference, graph = LogMel(), session(log_mel_graph())
@@ -313,7 +313,7 @@ def test_the_portable_graph_runs_in_onnxs_reference_implementation(mel_input, in
     graph is standard ONNX, not only what ONNX Runtime accepts (OpenVINO ran it too, by hand)."""
     from onnx.reference import ReferenceEvaluator
 
-    from auricle.export_graph import model_graph
+    from auricle.onnx.graph import model_graph
 
     torch.manual_seed(0)
     network = CED(CEDConfig(embed_dim=64, num_heads=2, depth=2, num_classes=10)).eval()

@@ -22,11 +22,11 @@ from click.testing import CliRunner
 import auricle
 from auricle.cli import cli
 from auricle.errors import AuricleError, CheckpointError
-from auricle.export import export_onnx
-from auricle import exported as exported_module
-from auricle.exported import ExportedModel, load_exported
 from auricle.models.ced import CED, CEDConfig
 from auricle.models.checkpoints import save_checkpoint
+from auricle.onnx import exported as exported_module
+from auricle.onnx.export import export_onnx
+from auricle.onnx.exported import ExportedModel, load_exported
 from no_torch_support import NO_TORCH, without_torch
 
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -354,7 +354,7 @@ def test_the_metadata_snippet_runs_without_torch(exported, files):
     script = NO_TORCH + f"""
 import json, numpy as np, onnxruntime as ort
 from auricle.audio import load_audio
-from auricle.exported import read_metadata
+from auricle.onnx.exported import read_metadata
 
 session = ort.InferenceSession({str(exported)!r})
 labels = json.loads(read_metadata({str(exported)!r})["labels"])

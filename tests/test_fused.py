@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import auricle
-from auricle.inference.fused import FusedEncoder, fused_supported
+from auricle.engines.fused import FusedEncoder, fused_supported
 from encoder_support import normalised_pieces, perturbed_network
 
 pytestmark = pytest.mark.skipif(not fused_supported(), reason="this torch build has no oneDNN fused linear kernels")
@@ -95,7 +95,7 @@ def test_rejects_other_precisions():
 
 
 def test_bf16_attention_follows_amx(monkeypatch):
-    from auricle.inference import fused
+    from auricle.engines import fused
 
     for amx, attention in [(True, "sdpa"), (False, "products")]:
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
@@ -107,7 +107,7 @@ def test_bf16_attention_follows_amx(monkeypatch):
 
 
 def test_fp32_products_follow_the_cpus_vector_width(monkeypatch):
-    from auricle.inference import fused
+    from auricle.engines import fused
 
     for capability, products in [("AVX512", "onednn"), ("AVX2", "blas"), ("DEFAULT", "blas")]:
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda capability=capability: capability)

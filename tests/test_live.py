@@ -288,7 +288,7 @@ def test_listen_with_an_exported_file_reports_the_same_events(burst_model_path, 
     """`auricle listen --checkpoint model.onnx`: live tagging from an exported file (no torch on a small device)."""
     pytest.importorskip("onnxruntime")
     import auricle
-    from auricle.export import export_onnx
+    from auricle.onnx.export import export_onnx
 
     exported = tmp_path / "burst.onnx"
     export_onnx(auricle.load_model(checkpoint=burst_model_path), exported)

@@ -11,7 +11,7 @@ from encoder_support import normalised_pieces, perturbed_network
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from auricle.inference import ort_graph  # noqa: E402
+from auricle.onnx import builder, encoder  # noqa: E402
 
 
 def session(model):
@@ -24,8 +24,8 @@ def session(model):
 @pytest.mark.parametrize("overrides", [{}, {"qkv_bias": False}])
 def test_fp32_graph_matches_the_module(overrides, fused):
     net = perturbed_network(num_heads=4, **overrides)
-    graph = ort_graph.encoder_graph(net, fused=fused)
-    assert any(node.domain == ort_graph.CONTRIB_DOMAIN for node in graph.graph.node) == fused
+    graph = encoder.encoder_graph(net, fused=fused)
+    assert any(node.domain == builder.CONTRIB_DOMAIN for node in graph.graph.node) == fused
     run = session(graph)
     # full pieces, a split long clip, and short pieces (fewer time patches: the position table is cut)
     for samples, batch in [(160000, 2), (400000, 1), (20000, 3), (2400, 1)]:
@@ -39,7 +39,7 @@ def test_fp32_graph_matches_the_module(overrides, fused):
 
 def test_int8_graph_uses_quantised_fused_operators_and_stays_close():
     net = perturbed_network(num_heads=4)
-    model = ort_graph.encoder_graph(net, int8=True)
+    model = encoder.encoder_graph(net, int8=True)
     kinds = {node.op_type for node in model.graph.node}
     assert {"QAttention", "BiasGelu"} <= kinds and "Attention" not in kinds
     x = normalised_pieces(net, 160000, 2)
@@ -68,7 +68,7 @@ def test_int8_weights_are_what_onnxruntimes_quantiser_makes(tmp_path):
     quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx", weight_type=QuantType.QInt8, per_channel=True,
                      reduce_range=True)
     theirs = {item.name: numpy_helper.to_array(item) for item in onnx.load_model(tmp_path / "q.onnx").graph.initializer}
-    codes, scale, zero_point = ort_graph.quantize_columns(weight)
+    codes, scale, zero_point = builder.quantize_columns(weight)
     np.testing.assert_array_equal(codes, theirs["w_quantized"])
     np.testing.assert_allclose(scale, theirs["w_scale"], rtol=1e-6)
     np.testing.assert_array_equal(zero_point, theirs["w_zero_point"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from auricle.frontend import LogMel
-from auricle.inference.piece_rows import Framing, InexactRows, Loudest, MelPeaks, _mel_bank, loudest_frame, rows
+from auricle.onnx.rows import Framing, InexactRows, Loudest, MelPeaks, _mel_bank, loudest_frame, rows
 
 FRAMING = Framing(sample_rate=16000, n_fft=512, hop_length=160, n_mels=64, f_min=0.0, f_max=8000.0, piece_frames=12)
 PIECE = FRAMING.piece_samples  # 1920 samples

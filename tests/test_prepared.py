@@ -13,12 +13,12 @@ import torch
 from click.testing import CliRunner
 
 import auricle
-from auricle import prepared
 from auricle.cli import cli
-from auricle.export import ExportError, ParityError
 from auricle.models.ced import CED, CEDConfig
 from auricle.models.checkpoints import save_checkpoint
-from auricle.prepared import PrepareError, load_prepared, prepared_path, weights_file
+from auricle.onnx import prepared
+from auricle.onnx.export import ExportError, ParityError
+from auricle.onnx.prepared import PrepareError, load_prepared, prepared_path, weights_file
 from no_torch_support import without_torch
 
 pytest.importorskip("onnxruntime")
@@ -152,7 +152,7 @@ def failing_export(monkeypatch, error: Exception) -> list:
         attempts.append(out)
         raise error
 
-    monkeypatch.setattr("auricle.export.export_onnx", export)
+    monkeypatch.setattr("auricle.onnx.export.export_onnx", export)
     return attempts
 
 
@@ -224,7 +224,7 @@ def test_a_cache_that_cannot_be_written_runs_the_encoder_engine(weights, files, 
 
 
 def test_stale_partial_exports_are_cleared_and_never_counted(tmp_path):
-    from auricle.prepared import _remove_stale_partials, prepared_graphs
+    from auricle.onnx.cache import prepared_graphs, remove_stale_partials
 
     folder = tmp_path / "prepared"
     folder.mkdir()
@@ -234,5 +234,5 @@ def test_stale_partial_exports_are_cleared_and_never_counted(tmp_path):
     fresh.write_bytes(b"under way")
     os.utime(old, (0, 0))
     assert prepared_graphs(tmp_path) == [folder / "small-abc-fp32.onnx"]
-    _remove_stale_partials(folder)
+    remove_stale_partials(folder)
     assert not old.exists() and fresh.exists()

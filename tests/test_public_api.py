@@ -11,7 +11,7 @@ import auricle
 
 def test_every_name_in_all_resolves_to_what_its_module_defines():
     from auricle.dasheng_model import DashengModel
-    from auricle.exported import ExportedModel
+    from auricle.onnx.exported import ExportedModel
     from auricle.inference.results import ClipTags, Embeddings, Failure
 
     for name in auricle.__all__:

@@ -23,7 +23,7 @@ import torch
 from click.testing import CliRunner
 
 from auricle.cli import cli
-from auricle.inference.engines import EngineConfig, EngineError, make_engine
+from auricle.engines import EngineConfig, EngineError, make_engine
 from auricle.inference.results import ClipTags, Failure
 from auricle.inference.streams import StreamPool, split_bounds
 from auricle.model import load_model

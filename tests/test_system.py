@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from auricle.cli import cli
-from auricle.inference import fused, system
-from auricle.inference.engines import resolve_precision
+from auricle.engines import fused, resolve_precision
+from auricle.inference import system
 from auricle.inference.tuning import cpu_model, default_threads
 
 PAIRS = ["torch-fp32", "torch-bf16", "torch-int8", "onnx-fp32", "onnx-int8"]

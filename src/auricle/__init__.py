@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "AudioModel": "auricle.model",
     "DashengModel": "auricle.dasheng_model",
-    "ExportedModel": "auricle.exported",
+    "ExportedModel": "auricle.onnx.exported",
     "ModelInfo": "auricle.models.registry",
     "ClipTags": "auricle.inference.results",
     "Tag": "auricle.inference.results",
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from auricle.dasheng_model import DashengModel
     from auricle.errors import (AudioError, AudioWarning, AuricleError, CheckpointError, DatasetError, ExportError,
                                 LabelError, OptionError)
-    from auricle.exported import ExportedModel
+    from auricle.onnx.exported import ExportedModel
     from auricle.inference.events import EventOptions
     from auricle.inference.results import ClipTags, Embeddings, Event, Failure, Tag, WindowScores
     from auricle.inference.tagging import TagOptions
@@ -71,13 +71,13 @@ def load_model(name: str = "ced-mini", checkpoint: Any = None, device: Any = "cp
 
     ``engine=``, ``precision=``, ``threads=`` and ``streams=`` choose how the encoder runs. A
     ``checkpoint`` ending in ``.onnx`` (an ``auricle export`` file) gives an
-    :class:`auricle.exported.ExportedModel`: tagging, probabilities and (files exported with
+    :class:`auricle.onnx.exported.ExportedModel`: tagging, probabilities and (files exported with
     ``--piece-embeddings``) embeddings through ONNX Runtime; it is answered here, without importing torch.
     """
-    from auricle.exported import is_exported_file
+    from auricle.onnx.exported import is_exported_file
 
     if is_exported_file(checkpoint):
-        from auricle.exported import load_exported
+        from auricle.onnx.exported import load_exported
 
         return load_exported(checkpoint, device=str(device), engine=engine, precision=precision, threads=threads,
                              streams=streams)

@@ -17,7 +17,7 @@ import torch
 
 from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
 from auricle.errors import CheckpointError, OptionError
-from auricle.inference.engines import EngineConfig
+from auricle.engines import EngineConfig
 from auricle.inference.frame_tokens import frame_tokens
 from auricle.inference.pipeline import Tagger, file_blocks, finite_embeddings, finite_probabilities
 from auricle.inference.results import Embeddings

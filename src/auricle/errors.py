@@ -44,3 +44,11 @@ class DatasetError(AuricleError):
 
 class ExportError(AuricleError):
     """A model cannot be exported, or the export does not reproduce the torch model."""
+
+
+class EngineError(AuricleError):
+    """An engine or precision cannot run here (missing package, unsupported device, ...)."""
+
+
+class EngineWarning(UserWarning):
+    """An engine runs as asked, but not the way it is meant to (e.g. emulated, far slower)."""

@@ -11,11 +11,11 @@ import torch
 
 from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
 from auricle.devices import torch_device
+from auricle.engines import EngineConfig, make_engine, resolve_precision
+from auricle.engines.base import Engine
 from auricle.errors import CheckpointError, OptionError
-from auricle.exported import ExportedModel, is_exported_file, load_exported
 from auricle.frontend import HOP_LENGTH
 from auricle.inference.embedding import token_means
-from auricle.inference.engines import Engine, EngineConfig, make_engine, resolve_precision
 from auricle.inference.pipeline import Tagger, embedded_file, finite_embeddings, finite_probabilities
 from auricle.inference.results import Embeddings
 from auricle.inference.streams import StreamPool
@@ -23,6 +23,7 @@ from auricle.labels import LabelSet, audioset_labels
 from auricle.models.ced import CED
 from auricle.models.families import read_any_checkpoint
 from auricle.models.registry import DEFAULT_MODEL, ModelInfo, available_models, model_info
+from auricle.onnx.exported import ExportedModel, is_exported_file, load_exported
 
 
 class AudioModel(Tagger):
@@ -45,7 +46,7 @@ class AudioModel(Tagger):
         self.name = name
         self.labels = labels
         self.device = torch.device(device)
-        # The encoder runner (torch fp32 unless asked otherwise); see auricle.inference.engines.
+        # The encoder runner (torch fp32 unless asked otherwise); see auricle.engines.
         self.engine = engine if isinstance(engine, Engine) else make_engine(self.network, engine)
 
     @property
@@ -82,7 +83,7 @@ class AudioModel(Tagger):
         """(batch, samples) 16 kHz clips of equal length -> (batch, classes) float32 probabilities.
 
         A torch tensor in gives a (CPU) tensor out; anything else, a numpy array, as
-        :meth:`auricle.exported.ExportedModel.probabilities` does, so code does not change
+        :meth:`auricle.onnx.exported.ExportedModel.probabilities` does, so code does not change
         with the kind of model file. Each clip is analysed on its own (no batch cross-talk);
         clips under one patch (0.15 s) are zero-padded. A clip far beyond full scale overflows
         the spectrogram: an AudioError names it, or with ``finite=False`` its row is NaN (for
@@ -164,9 +165,9 @@ def load_model(
     else they are downloaded from the Hub. ``engine`` (torch, onnx),
     ``precision`` (fp32, bf16, int8, or auto: the fastest this CPU supports) and
     ``threads`` and ``streams`` (concurrent calls a batch is split over; default one
-    per thread) choose how the encoder runs (see :mod:`auricle.inference.engines`);
+    per thread) choose how the encoder runs (see :mod:`auricle.engines`);
     results keep their format. A ``checkpoint`` ending in ``.onnx`` (an ``auricle
-    export`` file) gives an :class:`~auricle.exported.ExportedModel` instead (tagging
+    export`` file) gives an :class:`~auricle.onnx.exported.ExportedModel` instead (tagging
     only; ``engine``/``precision``, where given, must match the file: ``engine="torch"`` is refused).
     ``engine`` None is torch and ``precision`` None fp32 for weights.
     """

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from auricle.engines.config import ENGINES, PRECISION_CHOICES
 from auricle.errors import AuricleError
 from auricle.models.registry import DEFAULT_MODEL
 from auricle.options import OptionSpec
@@ -116,13 +117,13 @@ def model_options(command: Callable) -> Callable:
     click context and read by :func:`load_model_or_exit`, so every command built
     on these options gets them without changing its signature.
     """
-    command = click.option("--precision", type=click.Choice(["fp32", "bf16", "int8", "auto"]), default="fp32",
+    command = click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32",
                            show_default=True, expose_value=False, callback=_remember, envvar="AURICLE_PRECISION",
                            show_envvar=True,
                            help="Encoder arithmetic: bf16 is fast on CPUs with avx512_bf16/AMX, int8 with VNNI (and faster "
                                 "than fp32 with AVX2); "
                                 "auto picks the fastest this CPU supports (results shift slightly, see docs/deploy.md).")(command)
-    command = click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+    command = click.option("--engine", type=click.Choice(ENGINES), default="torch", show_default=True,
                            expose_value=False, callback=_remember, envvar="AURICLE_ENGINE", show_envvar=True,
                            help="Who runs the model: PyTorch, or ONNX Runtime (exported once, then cached; commands "
                                 "that only tag or embed then start without torch).")(command)
@@ -160,7 +161,7 @@ def refuse_another_model(ctx: click.Context | None, model_name: str, checkpoint:
     """
     if checkpoint is None or not given_on_command_line(ctx, "model_name"):
         return
-    from auricle.exported import is_exported_file
+    from auricle.onnx.exported import is_exported_file
 
     if is_exported_file(checkpoint):
         return  # an exported file fixes its own model; its config is not read here
@@ -236,7 +237,7 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
     ``exported``: the command accepts an ``auricle export`` file as ``--checkpoint``
     (it cannot train); it then runs through ONNX Runtime without importing torch.
     """
-    from auricle.exported import is_exported_file
+    from auricle.onnx.exported import is_exported_file
     from auricle.inference.tuning import default_threads
 
     ctx = click.get_current_context(silent=True)
@@ -262,7 +263,7 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
 
     import torch
 
-    from auricle.inference.engines import EngineWarning
+    from auricle.engines import EngineWarning
     from auricle.model import load_model
 
     torch.set_num_threads(threads)
@@ -321,8 +322,8 @@ def _fetch_or_exit(model_name: str) -> None:
 
 def _load_prepared_or_none(model_name: str, checkpoint: str | None, threads: int, streams: int | None,
                            precision: str):
-    """The model as one prepared ONNX Runtime graph (:mod:`auricle.prepared`); None if it cannot be one."""
-    from auricle.prepared import PrepareError, load_prepared
+    """The model as one prepared ONNX Runtime graph (:mod:`auricle.onnx.prepared`); None if it cannot be one."""
+    from auricle.onnx.prepared import PrepareError, load_prepared
 
     try:
         return load_prepared(model_name, checkpoint, precision=precision, threads=threads, streams=streams,
@@ -336,8 +337,8 @@ def _load_prepared_or_none(model_name: str, checkpoint: str | None, threads: int
 
 def _load_exported_or_exit(ctx: click.Context | None, path: str, device: str, threads: int, streams: int | None,
                            engine: str, precision: str, supported: bool):
-    """An :class:`~auricle.exported.ExportedModel`; the file fixes engine and precision, so asking otherwise fails."""
-    from auricle.exported import load_exported, not_weights
+    """An :class:`~auricle.onnx.exported.ExportedModel`; the file fixes engine and precision, so asking otherwise fails."""
+    from auricle.onnx.exported import load_exported, not_weights
 
     if not supported:
         fail(not_weights(path, ctx.info_name if ctx is not None else "this command"))

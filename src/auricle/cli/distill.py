@@ -16,6 +16,7 @@ import click
 
 from auricle.cli.common import fail, writable
 from auricle.distill import DistillUsageError
+from auricle.engines.config import PRECISIONS
 from auricle.errors import AuricleError, CheckpointError
 
 # Subcommands in other modules: name -> "module:attribute"; listed only when importable.
@@ -166,7 +167,7 @@ def _augment_options(command):
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=16, show_default=True)
 @_augment_options
 @click.option("--device", default="cpu", show_default=True, help="torch device; under torchrun, cuda uses LOCAL_RANK.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="What CED teachers run in: bf16 is ~4x faster for ced-base on CPUs with AMX "
                    "(see `auricle system`); the store records it.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads per process.")

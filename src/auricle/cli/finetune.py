@@ -73,7 +73,7 @@ def finetune_command(dataset, output, model_name, checkpoint, from_scratch, audi
     import sys
     from pathlib import Path
 
-    from auricle.exported import is_exported_file, not_weights
+    from auricle.onnx.exported import is_exported_file, not_weights
 
     if is_exported_file(checkpoint):  # before reading the dataset and importing torch
         fail(not_weights(checkpoint, "finetune"))

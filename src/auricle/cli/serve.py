@@ -102,7 +102,7 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
     model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)  # fail here, once
     from dataclasses import asdict
 
-    from auricle.exported import ExportedModel
+    from auricle.onnx.exported import ExportedModel
 
     if isinstance(model, ExportedModel):  # an exported file, or the graph --engine onnx prepared: workers load it
         checkpoint = str(model.path)

@@ -21,7 +21,7 @@ saved onto it: the same log-mel frontend, then its own input BatchNorm and
 used with log-mel masks.
 
 CED teachers run in fp32 unless a ``precision`` of the torch engine is asked for
-(``bf16`` or ``int8``, auricle.inference.engines): on a CPU with AMX, ced-base runs
+(``bf16`` or ``int8``, auricle.engines): on a CPU with AMX, ced-base runs
 about 4x faster in bf16. Their identity then records the precision, so a store is only
 resumed, and verified, in the precision its targets were computed in. Callables
 compute in whatever precision they choose.
@@ -117,7 +117,7 @@ class Teacher:
     function: object = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     #: What runs ``network``'s encoder instead of the module: in fp32 the fused CPU encoder
-    #: (auricle.inference.fused) where it runs, the same float32 arithmetic 9-19% faster
+    #: (auricle.engines.fused) where it runs, the same float32 arithmetic 9-19% faster
     #: (docs/benchmarks.md); in bf16 or int8 the torch engine of that precision.
     encoder: object = None
 
@@ -220,11 +220,11 @@ def _load_auricle(spec: TeacherSpec, device: torch.device, precision: str, sha25
     if family.name == "dasheng":
         encoder = None  # the fused encoder and the engines are CED's
     elif precision == "fp32":
-        from auricle.inference.fused import FusedEncoder, fused_supported
+        from auricle.engines.fused import FusedEncoder, fused_supported
 
         encoder = FusedEncoder(network) if fused_supported(device) else None
     else:
-        from auricle.inference.engines import EngineConfig, EngineError, make_engine
+        from auricle.engines import EngineConfig, EngineError, make_engine
 
         identity["precision"] = precision  # only when not fp32: stores made before it existed still resume
         try:  # one stream: the teacher pass batches and parallelises on its own

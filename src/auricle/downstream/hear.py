@@ -108,7 +108,7 @@ def load_model(
     "windows" (default) or "grid" for CED, "frames" (the only one) for Dasheng; ``hop_ms``
     (default 50) spaces CED's windows; Dasheng's frames are 40 ms apart.
     """
-    from auricle.exported import is_exported_file
+    from auricle.onnx.exported import is_exported_file
     from auricle.model import load_model as load_audio_model
 
     checkpoint = model_file_path if str(model_file_path) else None

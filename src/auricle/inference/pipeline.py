@@ -6,7 +6,7 @@ the model, batching windows of many files into calls, and turning each file's
 window probabilities into a :class:`~auricle.inference.results.ClipTags`.
 A subclass says only how a batch of equal-length 16 kHz windows is scored
 (:meth:`Tagger._submit`, :meth:`Tagger._score_now`). :class:`auricle.model.AudioModel`
-scores with a PyTorch network; :class:`auricle.exported.ExportedModel` with an
+scores with a PyTorch network; :class:`auricle.onnx.exported.ExportedModel` with an
 exported ONNX file, without importing torch (a torch import costs ~1-2 s of a
 short command's start).
 """

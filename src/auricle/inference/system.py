@@ -13,7 +13,6 @@ from importlib import metadata
 
 from auricle import allocator
 from auricle.cache import cache_dir
-from auricle.prepared import prepared_graphs
 from auricle.inference.tuning import (
     cpu_features,
     cpu_model,
@@ -24,6 +23,7 @@ from auricle.inference.tuning import (
     trains_faster_in_bf16,
 )
 from auricle.inference.tuning import vector_isa as flags_vector_isa  # the report's field has the plain name
+from auricle.onnx.cache import prepared_graphs
 
 #: Where torch is absent (an install for exported files only): what the report says instead.
 NO_TORCH = "not installed (exported files only; pip install torch==2.13.0 for the weights)"
@@ -63,7 +63,7 @@ class SystemReport:
     routes: list[EngineRoute]
     cache_dir: str
     exported_files: str  # how an `auricle export` file given as --checkpoint runs here
-    prepared_graphs: int = 0  # whole models prepared for `--engine onnx` in the cache (auricle.prepared)
+    prepared_graphs: int = 0  # whole models prepared for `--engine onnx` in the cache (auricle.onnx.prepared)
     freed_memory: str = ""  # what the `auricle` command does to malloc here (auricle.allocator)
 
     def to_dict(self) -> dict:
@@ -79,8 +79,8 @@ def _version(package: str) -> str | None:
 
 def _torch_routes(features) -> list[EngineRoute]:
     """Described from the same decision the torch engine makes (:func:`torch_encoder_path`)."""
-    from auricle.inference.engines import torch_encoder_path
-    from auricle.inference.fused import bf16_attention, fp32_products, fused_supported, native_bf16
+    from auricle.engines.torch import torch_encoder_path
+    from auricle.engines.fused import bf16_attention, fp32_products, fused_supported, native_bf16
 
     products = "oneDNN, prepacked weights" if fp32_products() == "onednn" else "BLAS products (no AVX-512)"
     no_bf16 = "no oneDNN bf16 kernels on this CPU" if fused_supported("cpu", "fp32") else "no oneDNN in this build"

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from auricle.errors import CheckpointError
-from auricle.exported import is_exported_file, not_weights
+from auricle.onnx.exported import is_exported_file, not_weights
 from auricle.frontend import mel_filterbank
 from auricle.io import atomic
 from auricle.models.ced import CED, CEDConfig

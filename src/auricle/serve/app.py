@@ -40,7 +40,7 @@ from auricle.serve.guard import HostOriginGuard
 from auricle.serve.uploads import RequestError, SampleBudget, decode_upload, expected_samples, receive_upload
 
 if TYPE_CHECKING:
-    from auricle.exported import ExportedModel
+    from auricle.onnx.exported import ExportedModel
     from auricle.model import AudioModel
 
     ServedModel = AudioModel | ExportedModel
@@ -174,7 +174,7 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
     """The service over ``model`` with the limits of ``config``.
 
     ``model`` is an :class:`~auricle.model.AudioModel` or an
-    :class:`~auricle.exported.ExportedModel` (an exported file: everything but
+    :class:`~auricle.onnx.exported.ExportedModel` (an exported file: everything but
     ``/v1/embed``, which needs the weights, and without importing torch unless a
     page asks for a spectrogram).
     """
@@ -400,7 +400,7 @@ def create_app_from_environment() -> FastAPI:
     ``AURICLE_SERVE`` is the JSON that ``auricle serve`` writes: model name,
     checkpoint, device, threads, engine, precision and the :class:`ServeConfig` fields.
     """
-    from auricle.exported import is_exported_file, load_exported
+    from auricle.onnx.exported import is_exported_file, load_exported
 
     spec = json.loads(os.environ["AURICLE_SERVE"])
     if is_exported_file(spec.get("checkpoint")):  # `auricle serve` checked the flags against the file; no torch
