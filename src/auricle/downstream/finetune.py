@@ -53,6 +53,7 @@ from auricle.frontend import HOP_LENGTH, num_frames
 from auricle.io import atomic
 from auricle.io.datasets import LabelledDataset
 from auricle.models.ced import CED, MIN_SAMPLES
+from auricle.training.distributed import broadcast_flag, distributed_from_env, gather_generators
 
 STATE_FORMAT = "auricle-finetune-state"
 #: FinetuneConfig fields a resumed run may change: how long it goes on, and what it computes in.
@@ -352,45 +353,6 @@ def predict(network: CED, waveforms: Sequence[np.ndarray], batch_size: int = 16,
 # --------------------------------------------------------------------------- distributed
 
 
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    #: This process's device: under torchrun ``cuda`` means ``cuda:LOCAL_RANK``, one GPU per process.
-    device: str = "cpu"
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_from_env(device: str) -> Distributed:
-    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Distributed(device=device)
-    import torch.distributed as dist
-
-    if device == "cuda":
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    if torch_device(device).type == "cuda":
-        torch.cuda.set_device(device)  # nccl collectives run on the current device
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), device)
-
-
-def _broadcast_flag(value: bool, where: Distributed) -> bool:
-    """Rank 0's ``value`` on every rank (collective)."""
-    if where.world_size == 1:
-        return value
-    import torch.distributed as dist
-
-    flag = torch.tensor([1 if value else 0], device=where.device)  # nccl takes only tensors on the GPU
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
-
-
 def _atomic_save(payload: dict, path: Path) -> None:
     with atomic.replacing(path) as temporary:
         torch.save(payload, temporary)
@@ -460,7 +422,7 @@ def finetune(
     network = with_new_head(encoder, len(classes), activation).to(device)
     trainable = freeze_for_partial(network, config.train_blocks)
     # Every process trains in rank 0's precision; a resumed run keeps its own below.
-    net = model = TrainingNet(network, _broadcast_flag(training_bf16(config.precision, torch.device(device)), where))
+    net = model = TrainingNet(network, broadcast_flag(training_bf16(config.precision, torch.device(device)), where))
     if where.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -562,7 +524,7 @@ def finetune(
             if improved:
                 best, best_epoch, best_scores = value, epoch + 1, scores.to_dict()
                 _save_model(network, checkpoint_path, classes, name)
-        improved = _broadcast_flag(improved, where)
+        improved = broadcast_flag(improved, where)
         bad_epochs = 0 if improved else bad_epochs + 1
         record.seconds = time.perf_counter() - began
         history.append(record)
@@ -575,7 +537,7 @@ def finetune(
                 "model": network.state_dict(),
                 "optimizer": optimiser.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "generator": _gather_generators(generator, where),
+                "generator": gather_generators(generator, where),
                 "torch_rng": torch.get_rng_state(),
                 "epoch": epoch + 1,
                 "best": best,
@@ -587,7 +549,7 @@ def finetune(
                 "bf16": net.bf16,
             }, state_path)
         else:
-            _gather_generators(generator, where)
+            gather_generators(generator, where)
 
     test_scores = None
     finished = stopped_early or len(history) >= config.epochs or bad_epochs >= config.patience
@@ -603,19 +565,6 @@ def finetune(
     if where.main:
         atomic.write_text(output / "result.json", json.dumps(result.to_dict(), indent=2))
     return result
-
-
-def _gather_generators(generator: torch.Generator, where: Distributed) -> list[torch.Tensor]:
-    """Every rank's augmentation RNG state (collective: all ranks must call it)."""
-    state = generator.get_state()
-    if where.world_size == 1:
-        return [state]
-    import torch.distributed as dist
-
-    state = state.to(where.device)  # nccl takes only tensors on the GPU
-    gathered = [torch.empty_like(state) for _ in range(where.world_size)]
-    dist.all_gather(gathered, state)
-    return [tensor.cpu() for tensor in gathered]
 
 
 def _to_device(plan: AugmentPlan, device: str) -> AugmentPlan:
