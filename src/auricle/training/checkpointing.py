@@ -24,7 +24,7 @@ STATE_VERSION = 1
 _STATE_NAME = re.compile(r"^state-(\d{8})\.pt$")
 
 
-def _atomic_torch_save(payload: dict, path: Path) -> None:
+def atomic_torch_save(payload: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.replacing(path) as temporary:
         torch.save(payload, temporary)
@@ -49,7 +49,7 @@ def list_states(folder: Path) -> list[tuple[int, Path]]:
 def save_state(folder: Path, step: int, state: dict, keep: int) -> Path:
     """Write ``state`` for ``step`` and delete all but the newest ``keep`` state files."""
     path = state_path(folder, step)
-    _atomic_torch_save({"format": STATE_FORMAT, "version": STATE_VERSION, "step": step, **state}, path)
+    atomic_torch_save({"format": STATE_FORMAT, "version": STATE_VERSION, "step": step, **state}, path)
     for _, old in list_states(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -90,7 +90,7 @@ class BestCheckpoints:
         kept = candidates[: self.keep]
         if (score, step) not in kept:
             return False
-        _atomic_torch_save({key: value.detach().cpu().clone() for key, value in weights.items()}, self.path(step))
+        atomic_torch_save({key: value.detach().cpu().clone() for key, value in weights.items()}, self.path(step))
         # The dropped files go with :meth:`tidy` once the next state is saved: the state on disk until then
         # still lists them, and a run killed in between resumes from it.
         self.entries = kept
