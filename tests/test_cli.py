@@ -214,6 +214,7 @@ def test_resume_after_torn_write(reference_dir, tiny_checkpoint, tmp_path, input
     assert sorted(resumed, key=lambda r: r["file"]) == sorted(original, key=lambda r: r["file"])
 
 
+@pytest.mark.integration
 def test_killed_run_resumes_to_the_same_results(reference_dir, tiny_checkpoint, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -240,6 +241,7 @@ def test_killed_run_resumes_to_the_same_results(reference_dir, tiny_checkpoint, 
     assert sorted(resumed, key=lambda r: r["file"]) == sorted(reference, key=lambda r: r["file"])
 
 
+@pytest.mark.integration
 def test_ctrl_c_says_how_to_go_on(reference_dir, tiny_checkpoint, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -259,6 +261,7 @@ def test_ctrl_c_says_how_to_go_on(reference_dir, tiny_checkpoint, tmp_path):
             "the rest") in stderr
 
 
+@pytest.mark.integration
 def test_a_killed_json_run_leaves_the_earlier_output_whole(reference_dir, tiny_checkpoint, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -351,6 +354,7 @@ def test_real_everyday_folder(tiny_checkpoint, tmp_path):
         assert record["duration"] == pytest.approx(durations[Path(record["file"]).name], abs=2e-3)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("clean", [False, True])
 def test_the_command_ends_at_once_with_its_output_and_status(reference_dir, tiny_checkpoint, tmp_path, clean):
     """`auricle` skips Python's shutdown (0.7-1 s after torch): output piped out whole, status as it should be."""
@@ -631,6 +635,7 @@ def test_outputs_that_cannot_be_written_fail_before_any_work(inputs, tiny_checkp
         assert result.stderr.splitlines() == [f"auricle: error: {message}"], command
 
 
+@pytest.mark.integration
 def test_sigterm_keeps_a_json_output_as_ctrl_c_does(inputs, tiny_checkpoint, tmp_path):
     """`timeout`, `kill`, schedulers and `docker stop` send SIGTERM: it ended the process and lost the JSON."""
     import signal
@@ -654,6 +659,7 @@ def test_sigterm_keeps_a_json_output_as_ctrl_c_does(inputs, tiny_checkpoint, tmp
     assert [record["file"] for record in done] == inputs[:len(done)]  # both, on the development machine
 
 
+@pytest.mark.integration
 def test_a_write_that_fails_midway_is_one_line(inputs, tiny_checkpoint):
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full (Linux) to fail a write with a full disk")
@@ -784,6 +790,7 @@ def test_resume_to_standard_output_is_refused(inputs, tiny_checkpoint, tmp_path)
     assert not Path("-.done").exists()
 
 
+@pytest.mark.integration
 def test_a_full_standard_output_is_one_line(inputs, tiny_checkpoint):
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full (Linux) to fail a write with a full disk")
@@ -814,6 +821,7 @@ def test_a_misspelt_command_gets_a_suggestion():
     assert result.exit_code == 2 and "No such command 'tags'. Did you mean 'tag'?" in result.output
 
 
+@pytest.mark.integration
 def test_an_unknown_model_name_is_refused_before_torch_loads(inputs):
     from no_torch_support import without_torch
 
@@ -924,6 +932,7 @@ def _dead_pid() -> int:
     return process.pid
 
 
+@pytest.mark.integration
 def test_a_rerun_removes_what_a_killed_run_was_writing_but_not_a_live_runs(inputs, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

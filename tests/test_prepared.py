@@ -56,6 +56,7 @@ def scores(records: list[dict]) -> list[dict[str, float]]:
     return [{tag["mid"]: tag["score"] for tag in record["tags"]} for record in records]
 
 
+@pytest.mark.integration
 def test_first_run_prepares_later_runs_start_without_torch(weights, cache, files):
     options = ["--checkpoint", str(weights), "--format", "json", "--threshold", "0"]
     code, stdout, stderr = run("tag", *files, *options, "--engine", "onnx")
