@@ -27,7 +27,9 @@ Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on
 its share of each epoch's draws (``EpochSampler``: one seeded permutation or
 balanced draw, dealt out by rank, which is what ``DistributedSampler`` does
 plus class balancing), gradients are averaged by DDP (gloo on CPU, nccl on
-CUDA), and rank 0 evaluates, saves and broadcasts the stop decision.
+CUDA), and rank 0 evaluates, saves and broadcasts the stop decision. The process
+group, device per rank and collectives are :class:`auricle.training.distributed.Distributed`,
+as in ``auricle distill train``.
 """
 
 from __future__ import annotations
@@ -352,7 +354,7 @@ def predict(network: CED, waveforms: Sequence[np.ndarray], batch_size: int = 16,
     return np.stack(AudioModel(network, "finetune", labels, device).score_windows(list(waveforms), batch_size))
 
 
-# --------------------------------------------------------------------------- distributed
+# --------------------------------------------------------------------------- training
 
 
 def _metric_value(scores: Scores, metric: str) -> float:
