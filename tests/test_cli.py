@@ -74,6 +74,7 @@ def test_tag_jsonl_and_csv(inputs, tiny_checkpoint, tmp_path):
     assert len(rows) == 1 + 2 * len(inputs)
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_the_output_suffix_picks_the_format_unless_format_is_given(inputs, tiny_checkpoint, tmp_path):
     for name, first in [("tags.CSV", "file,rank,index,mid,label,score,truncated"), ("tags.jsonl", '{"'), ("tags.json", "["),
                         ("tags.txt", inputs[0])]:
@@ -100,6 +101,7 @@ def test_events_csv_is_dcase(inputs, tiny_checkpoint):
     assert onsets == sorted(onsets), "events are listed chronologically"
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_classes_and_profile(inputs, tiny_checkpoint):
     result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--classes", "Animal", "-k", "50", "-f", "json")
     assert result.exit_code == 0, result.output
@@ -128,6 +130,7 @@ def test_classes_and_profile(inputs, tiny_checkpoint):
     assert "threshold and profile do not combine" in result.stderr and result.stderr.count("\n") == 1
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_embed_outputs(inputs, tiny_checkpoint, tmp_path):
     result = run("embed", *inputs, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "emb")
     assert result.exit_code == 0, result.output
@@ -307,6 +310,7 @@ def test_models_and_labels_commands():
     assert run("labels", "--profile", "home").exit_code == 0
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_a_bundled_profile_copied_with_toml_and_edited_is_used(inputs, tiny_checkpoint, tmp_path):
     """The way to change a profile's thresholds, since --threshold beside --profile is refused."""
     result = run("labels", "--profile", "Home", "--toml")
@@ -329,6 +333,7 @@ def test_resume_needs_a_resumable_output(inputs, tiny_checkpoint):
     assert result.exit_code == 2 and "--resume" in result.stderr
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_real_long_recordings_events(tiny_checkpoint, tmp_path):
     folder = require(DATA / "long")
     out = tmp_path / "events.csv"
@@ -341,6 +346,7 @@ def test_real_long_recordings_events(tiny_checkpoint, tmp_path):
     assert list(rows[0].keys()) == list(truth[0].keys())
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_real_everyday_folder(tiny_checkpoint, tmp_path):
     folder = require(DATA / "everyday")
     out = tmp_path / "everyday.jsonl"
@@ -393,6 +399,7 @@ def test_end_skips_the_shutdown_unless_something_needs_it(monkeypatch, capsys):
     assert finished.value.code == 4 and ended == [3, 5]
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_embed_resumes_a_folder_where_it_stopped(inputs, tiny_checkpoint, tmp_path):
     full = tmp_path / "full"
     assert run("embed", *inputs, "--checkpoint", tiny_checkpoint, "--output", full).exit_code == 0
@@ -412,6 +419,7 @@ def test_embed_resumes_a_folder_where_it_stopped(inputs, tiny_checkpoint, tmp_pa
     assert refused.exit_code == 2 and "--resume needs --output FOLDER" in refused.stderr
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_embed_never_gives_one_files_npz_name_to_another(inputs, tiny_checkpoint, tmp_path):
     # Two recordings named x.wav in different folders: the second gets a hashed name.
     for folder, source in (("a", inputs[0]), ("b", inputs[2])):
@@ -669,6 +677,7 @@ def test_a_write_that_fails_midway_is_one_line(inputs, tiny_checkpoint):
     assert result.stderr.splitlines()[-1] == "auricle: error: /dev/full: cannot write (No space left on device)"
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_embed_resume_refuses_a_folder_of_other_weights_of_the_same_name(inputs, tiny_checkpoint, tmp_path):
     """Resuming would leave two models' vectors side by side (it once re-embedded some, silently)."""
     import torch
@@ -711,6 +720,7 @@ def test_embed_resume_redoes_a_damaged_npz_and_knows_a_path_however_spelt(inputs
     assert sorted(path.name for path in out.iterdir()) == sorted([first.name, second.name, "index.csv"])
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_tag_resume_refuses_other_options_and_knows_a_path_however_spelt(inputs, tiny_checkpoint, tmp_path,
                                                                          monkeypatch):
     out = tmp_path / "tags.jsonl"
