@@ -48,6 +48,19 @@ def test_device_choice(alone, monkeypatch):
         Distributed("tpu")
 
 
+def test_plain_cuda_on_one_process_is_used_as_it_is(alone, monkeypatch):
+    """torch.cuda.set_device refuses a device without an index; one process on "cuda" needs none set."""
+    from torch.cuda._utils import _get_device_index
+
+    from auricle.training import distributed
+
+    made_current = []
+    monkeypatch.setattr(distributed, "torch_device", torch.device)  # as if this machine had GPUs
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: made_current.append(_get_device_index(device)))
+    assert Distributed("cuda").device == torch.device("cuda") and made_current == []
+    assert Distributed("cuda:1").device == torch.device("cuda:1") and made_current == [1]
+
+
 def test_the_same_seed_gives_the_same_run(alone):
     """What a rank draws depends on the seed alone: the setup itself draws nothing."""
 

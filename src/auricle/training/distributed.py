@@ -35,8 +35,10 @@ class Distributed:
         elif name == "cuda" and self.world > 1:
             name = f"cuda:{local_rank}"
         self.device = torch_device(name)  # one line for a device this machine lacks
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)  # nccl collectives run on the current device
+        if self.device.type == "cuda" and self.device.index is not None:
+            # nccl collectives run on the current device; a plain "cuda" (one process) is the current one already,
+            # and torch refuses to make a device without an index current.
+            torch.cuda.set_device(self.device)
         self.started_group = False
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
