@@ -45,6 +45,7 @@ def faults_per_call(setting: str) -> float:
     return float(done.stdout)
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not glibc_linux(), reason="the setting is glibc's (Linux)")
 def test_kept_memory_is_reused_where_glibc_would_fault_it_in_again():
     # The premise: glibc's defaults hand 40 MB of freed blocks back and fault them in on the next call.
@@ -100,6 +101,7 @@ def test_the_command_keeps_freed_memory_before_it_runs(monkeypatch, capsys):
     assert finished.value.code == 0 and calls == ["kept"] and "Animal" in capsys.readouterr().out
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not glibc_linux(), reason="the setting is glibc's (Linux)")
 def test_the_benchmark_compares_both_settings_in_fresh_processes(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allocator.py"), "--model", "ced-tiny",

@@ -11,6 +11,8 @@ import torch
 
 from conftest import DATA, REFERENCE, ROOT, require
 
+pytestmark = pytest.mark.integration  # starts auricle (or a benchmark) in other processes
+
 
 @pytest.fixture(scope="module")
 def agreement():

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.integration  # starts auricle (or a benchmark) in other processes
+
 
 def test_a_short_load_test_reports_statuses_latency_and_the_servers_memory(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadtest.py"), "--random", "ced-tiny",

@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
+
+pytestmark = pytest.mark.integration  # starts auricle (or a benchmark) in other processes
 
 
 def test_every_kind_runs_in_the_other_environment_and_agrees(tmp_path):

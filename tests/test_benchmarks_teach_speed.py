@@ -7,10 +7,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
 from conftest import ROOT
+
+pytestmark = pytest.mark.integration  # starts auricle (or a benchmark) in other processes
 
 
 def test_teach_speed_reports_each_precision_and_its_agreement(tmp_path):

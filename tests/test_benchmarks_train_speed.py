@@ -6,10 +6,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from auricle.devices import bf16_trains_faster
 from conftest import ROOT
+
+pytestmark = pytest.mark.integration  # starts auricle (or a benchmark) in other processes
 
 
 def test_train_speed_reports_each_precision(tmp_path):

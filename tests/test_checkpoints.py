@@ -237,6 +237,7 @@ def test_hf_hub_offline_is_honoured_without_dialling(tmp_path, monkeypatch):
     assert hub.calls and all(local_only for _, _, local_only in hub.calls)
 
 
+@pytest.mark.integration
 def test_offline_tag_and_serve_answer_in_one_line_before_torch_loads(tmp_path):
     """HF_HUB_OFFLINE=1 and an empty cache: one auricle line (it came after 26 s and 11 lines of retries)."""
     from no_torch_support import without_torch

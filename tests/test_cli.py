@@ -75,6 +75,7 @@ def test_tag_jsonl_and_csv(inputs, tiny_checkpoint, tmp_path):
     assert len(rows) == 1 + 2 * len(inputs)
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_the_output_suffix_picks_the_format_unless_format_is_given(inputs, tiny_checkpoint, tmp_path):
     for name, first in [("tags.CSV", "file,rank,index,mid,label,score,truncated"), ("tags.jsonl", '{"'), ("tags.json", "["),
                         ("tags.txt", inputs[0])]:
@@ -101,6 +102,7 @@ def test_events_csv_is_dcase(inputs, tiny_checkpoint):
     assert onsets == sorted(onsets), "events are listed chronologically"
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_classes_and_profile(inputs, tiny_checkpoint):
     result = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--classes", "Animal", "-k", "50", "-f", "json")
     assert result.exit_code == 0, result.output
@@ -129,6 +131,7 @@ def test_classes_and_profile(inputs, tiny_checkpoint):
     assert "threshold and profile do not combine" in result.stderr and result.stderr.count("\n") == 1
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_embed_outputs(inputs, tiny_checkpoint, tmp_path):
     result = run("embed", *inputs, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "emb")
     assert result.exit_code == 0, result.output
@@ -215,6 +218,7 @@ def test_resume_after_torn_write(reference_dir, tiny_checkpoint, tmp_path, input
     assert sorted(resumed, key=lambda r: r["file"]) == sorted(original, key=lambda r: r["file"])
 
 
+@pytest.mark.integration
 def test_killed_run_resumes_to_the_same_results(reference_dir, tiny_checkpoint, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -241,6 +245,7 @@ def test_killed_run_resumes_to_the_same_results(reference_dir, tiny_checkpoint, 
     assert sorted(resumed, key=lambda r: r["file"]) == sorted(reference, key=lambda r: r["file"])
 
 
+@pytest.mark.integration
 def test_ctrl_c_says_how_to_go_on(reference_dir, tiny_checkpoint, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -260,6 +265,7 @@ def test_ctrl_c_says_how_to_go_on(reference_dir, tiny_checkpoint, tmp_path):
             "the rest") in stderr
 
 
+@pytest.mark.integration
 def test_a_killed_json_run_leaves_the_earlier_output_whole(reference_dir, tiny_checkpoint, tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -305,6 +311,7 @@ def test_models_and_labels_commands():
     assert run("labels", "--profile", "home").exit_code == 0
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_a_bundled_profile_copied_with_toml_and_edited_is_used(inputs, tiny_checkpoint, tmp_path):
     """The way to change a profile's thresholds, since --threshold beside --profile is refused."""
     result = run("labels", "--profile", "Home", "--toml")
@@ -327,6 +334,7 @@ def test_resume_needs_a_resumable_output(inputs, tiny_checkpoint):
     assert result.exit_code == 2 and "--resume" in result.stderr
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_real_long_recordings_events(tiny_checkpoint, tmp_path):
     folder = require(DATA / "long")
     out = tmp_path / "events.csv"
@@ -339,6 +347,7 @@ def test_real_long_recordings_events(tiny_checkpoint, tmp_path):
     assert list(rows[0].keys()) == list(truth[0].keys())
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_real_everyday_folder(tiny_checkpoint, tmp_path):
     folder = require(DATA / "everyday")
     out = tmp_path / "everyday.jsonl"
@@ -352,6 +361,7 @@ def test_real_everyday_folder(tiny_checkpoint, tmp_path):
         assert record["duration"] == pytest.approx(durations[Path(record["file"]).name], abs=2e-3)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("clean", [False, True])
 def test_the_command_ends_at_once_with_its_output_and_status(reference_dir, tiny_checkpoint, tmp_path, clean):
     """`auricle` skips Python's shutdown (0.7-1 s after torch): output piped out whole, status as it should be."""
@@ -390,6 +400,7 @@ def test_end_skips_the_shutdown_unless_something_needs_it(monkeypatch, capsys):
     assert finished.value.code == 4 and ended == [3, 5]
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_embed_resumes_a_folder_where_it_stopped(inputs, tiny_checkpoint, tmp_path):
     full = tmp_path / "full"
     assert run("embed", *inputs, "--checkpoint", tiny_checkpoint, "--output", full).exit_code == 0
@@ -409,6 +420,7 @@ def test_embed_resumes_a_folder_where_it_stopped(inputs, tiny_checkpoint, tmp_pa
     assert refused.exit_code == 2 and "--resume needs --output FOLDER" in refused.stderr
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_embed_never_gives_one_files_npz_name_to_another(inputs, tiny_checkpoint, tmp_path):
     # Two recordings named x.wav in different folders: the second gets a hashed name.
     for folder, source in (("a", inputs[0]), ("b", inputs[2])):
@@ -632,6 +644,7 @@ def test_outputs_that_cannot_be_written_fail_before_any_work(inputs, tiny_checkp
         assert result.stderr.splitlines() == [f"auricle: error: {message}"], command
 
 
+@pytest.mark.integration
 def test_sigterm_keeps_a_json_output_as_ctrl_c_does(inputs, tiny_checkpoint, tmp_path):
     """`timeout`, `kill`, schedulers and `docker stop` send SIGTERM: it ended the process and lost the JSON."""
     import signal
@@ -655,6 +668,7 @@ def test_sigterm_keeps_a_json_output_as_ctrl_c_does(inputs, tiny_checkpoint, tmp
     assert [record["file"] for record in done] == inputs[:len(done)]  # both, on the development machine
 
 
+@pytest.mark.integration
 def test_a_write_that_fails_midway_is_one_line(inputs, tiny_checkpoint):
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full (Linux) to fail a write with a full disk")
@@ -664,6 +678,7 @@ def test_a_write_that_fails_midway_is_one_line(inputs, tiny_checkpoint):
     assert result.stderr.splitlines()[-1] == "auricle: error: /dev/full: cannot write (No space left on device)"
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_embed_resume_refuses_a_folder_of_other_weights_of_the_same_name(inputs, tiny_checkpoint, tmp_path):
     """Resuming would leave two models' vectors side by side (it once re-embedded some, silently)."""
     import torch
@@ -706,6 +721,7 @@ def test_embed_resume_redoes_a_damaged_npz_and_knows_a_path_however_spelt(inputs
     assert sorted(path.name for path in out.iterdir()) == sorted([first.name, second.name, "index.csv"])
 
 
+@pytest.mark.integration  # the CLI end to end for seconds
 def test_tag_resume_refuses_other_options_and_knows_a_path_however_spelt(inputs, tiny_checkpoint, tmp_path,
                                                                          monkeypatch):
     out = tmp_path / "tags.jsonl"
@@ -785,6 +801,7 @@ def test_resume_to_standard_output_is_refused(inputs, tiny_checkpoint, tmp_path)
     assert not Path("-.done").exists()
 
 
+@pytest.mark.integration
 def test_a_full_standard_output_is_one_line(inputs, tiny_checkpoint):
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full (Linux) to fail a write with a full disk")
@@ -815,6 +832,7 @@ def test_a_misspelt_command_gets_a_suggestion():
     assert result.exit_code == 2 and "No such command 'tags'. Did you mean 'tag'?" in result.output
 
 
+@pytest.mark.integration
 def test_an_unknown_model_name_is_refused_before_torch_loads(inputs):
     from no_torch_support import without_torch
 
@@ -953,6 +971,7 @@ def _dead_pid() -> int:
     return process.pid
 
 
+@pytest.mark.integration
 def test_a_rerun_removes_what_a_killed_run_was_writing_but_not_a_live_runs(inputs, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from auricle.cli import cli
@@ -27,6 +28,7 @@ def test_other_commands_and_help_leave_openmp_alone(monkeypatch):
     assert "OMP_WAIT_POLICY" not in os.environ
 
 
+@pytest.mark.integration
 def test_the_setting_is_in_place_before_torch_loads(tmp_path):
     # libgomp reads the variable once, when torch is imported: the command's module must not import it earlier.
     # `tag` imports torch only to load weights; a missing weights file gets that far, then fails.

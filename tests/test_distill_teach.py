@@ -349,6 +349,7 @@ def test_an_unreachable_teacher_names_the_option_that_takes_a_file(corpus, tmp_p
     assert line.endswith("pass --teacher PATH (the weights file or folder)") and "--checkpoint" not in line
 
 
+@pytest.mark.integration
 def test_teach_resumes_after_sigkill_with_no_loss_and_no_duplicates(corpus, tmp_path):
     base = [sys.executable, "-m", "auricle", "distill", "teach", "--shards", str(corpus["shards"]),
             "--teacher", str(corpus["teacher"]), "--epochs", "3", "--top-k", "5", "--batch-size", "1",
@@ -383,6 +384,7 @@ def test_teach_resumes_after_sigkill_with_no_loss_and_no_duplicates(corpus, tmp_
     _same_store(killed, tmp_path / "whole")
 
 
+@pytest.mark.integration
 def test_teach_under_torchrun_with_two_ranks(corpus, tmp_path):
     args = ["--shards", str(corpus["shards"]), "--teacher", str(corpus["teacher"]), "--epochs", "2",
             "--top-k", "5", "--threads", "1", *AUGMENT]
@@ -401,6 +403,7 @@ def test_teach_under_torchrun_with_two_ranks(corpus, tmp_path):
     _same_store(tmp_path / "one", tmp_path / "two")
 
 
+@pytest.mark.integration
 def test_under_torchrun_the_job_stops_when_its_first_units_all_fail(corpus, tmp_path):
     """The rule counted per rank: with three units over two ranks (two and one) no rank reached three."""
     args = ["--shards", str(corpus["shards"]), "--teacher", "distill_helpers:misshapen_teacher", "--top-k", "3",
@@ -516,6 +519,7 @@ def _crafted_store(corpus, tmp_path, identity: dict) -> Path:
     return store_dir
 
 
+@pytest.mark.integration
 def test_verify_never_imports_a_module_named_by_the_store(corpus, tmp_path, monkeypatch):
     """`python -m auricle distill verify .` in a crafted store ran the code its manifest named."""
     from auricle.distill import file_sha256

@@ -182,6 +182,7 @@ def test_half_written_files_a_killed_run_left_do_not_block_its_out(distill_data,
     assert result.exit_code == 2 and "(notes.json.tmp)" in result.output
 
 
+@pytest.mark.integration
 def test_two_processes_under_torchrun(distill_data, tmp_path):
     out = tmp_path / "ddp"
     arguments = ["--standalone", "--nproc-per-node", "2", "-m", "auricle",
@@ -199,6 +200,7 @@ def test_two_processes_under_torchrun(distill_data, tmp_path):
     assert completed.stdout.count("student:") == 1  # only rank 0 reports and writes
 
 
+@pytest.mark.integration
 def test_sigkill_in_the_middle_of_training_then_resume_matches_an_uninterrupted_run(distill_data, tmp_path):
     import signal
     import time

@@ -89,6 +89,7 @@ def test_cli_tag_with_exported_file_equals_the_weights(weights, exported, files,
         assert isinstance(ours["events"], list) and abs(len(ours["events"]) - len(theirs["events"])) <= 2
 
 
+@pytest.mark.integration
 def test_tagging_an_exported_file_works_without_torch(exported, weights, files):
     """The point of the path: no torch import (1-2 s of a short command), so it also runs where torch is absent."""
     result = without_torch("tag", files[0], "--checkpoint", str(exported), "-k", "3")
@@ -191,6 +192,7 @@ def test_bad_exported_files_fail_with_one_line(torch_model, exported, files, tmp
     assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "not train" in result.stderr
 
 
+@pytest.mark.integration
 def test_embed_with_piece_embeddings_equals_the_weights(weights, torch_model, files, tmp_path):
     """`auricle export --piece-embeddings` files embed as the weights do, also through the CLI."""
     path = tmp_path / "pieces.onnx"
@@ -349,6 +351,7 @@ def test_serve_workers_build_the_app_from_an_exported_file(exported, monkeypatch
     assert isinstance(model, ExportedModel) and model.threads == 1 and model.name == "small"
 
 
+@pytest.mark.integration
 def test_the_metadata_snippet_runs_without_torch(exported, files):
     """docs/deploy.md's "Using the file" snippet, where torch cannot be imported."""
     script = NO_TORCH + f"""
@@ -366,6 +369,7 @@ print([labels[i] for i in np.argsort(-probabilities[0])[:5]])
     assert len(ast.literal_eval(result.stdout)) == 5
 
 
+@pytest.mark.integration
 def test_every_commands_help_works_without_torch():
     """`auricle --help` is the first thing typed on a small device; it imported torch for finetune and distill.
 

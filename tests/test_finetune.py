@@ -244,6 +244,7 @@ def test_freeze_head_only():
     assert network.config.num_classes == 5 and network.outputlayer[-1].out_features == 5
 
 
+@pytest.mark.integration
 def test_two_process_gloo_run(tones, tmp_path):
     """The DDP path under torchrun: two CPU processes, gloo, one epoch; rank 0 saves a loadable model."""
     manifest, encoder = tones

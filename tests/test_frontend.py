@@ -54,6 +54,7 @@ def test_grouped_filterbank_is_the_whole_product(config):
                                rtol=1e-12, atol=1e-300)
 
 
+@pytest.mark.integration
 def test_the_benchmark_times_both_ways_on_the_same_clips(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontend.py"), "--rounds", "1", "--calls", "2",
                            "--json", str(tmp_path / "f.json")], capture_output=True, text=True, timeout=120)

@@ -53,6 +53,7 @@ def test_audio_token_count_is_the_processor_formula(seconds, tokens):
     assert choices.MIN_SAMPLES == 3200
 
 
+@pytest.mark.integration
 def test_importing_auricle_its_cli_and_the_language_modules_does_not_import_transformers():
     code = ("import sys, auricle, auricle.cli, auricle.language.model, auricle.language.prompts, "
             "auricle.language.checkpoint; "

@@ -256,6 +256,7 @@ def test_listen_microphone_without_sounddevice_says_what_to_install(burst_model_
     assert "auricle[listen]" in result.stderr
 
 
+@pytest.mark.integration
 def test_listen_ctrl_c_ends_the_stream_and_its_open_events(burst_model_path):
     import signal
     import subprocess
@@ -342,6 +343,7 @@ def test_listen_reports_start_once_a_window_is_long_enough(burst_model_path):
     assert windows[0]["start"] == 0
 
 
+@pytest.mark.integration
 def test_listen_f32le_fed_other_data_fails_in_one_line(burst_model_path):
     import subprocess
     import sys

@@ -6,6 +6,8 @@ import dataclasses
 import subprocess
 import sys
 
+import pytest
+
 import auricle
 
 
@@ -31,6 +33,7 @@ def test_an_unknown_name_is_an_attribute_error():
         raise AssertionError("auricle.NoSuchThing resolved")
 
 
+@pytest.mark.integration
 def test_importing_auricle_imports_neither_torch_nor_numpy():
     code = "import sys, auricle; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

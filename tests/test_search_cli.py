@@ -277,6 +277,7 @@ def test_words_without_the_search_extra_are_one_line_and_class_names_still_work(
     assert len(search_json(indexed, "Bark")) == 3
 
 
+@pytest.mark.integration
 def test_a_killed_index_run_keeps_its_committed_batches(recordings, tiny_checkpoint, tmp_path):
     """SIGKILL inside the second batch's transaction: nothing to clean up, the first batch is there."""
     import subprocess
@@ -361,6 +362,7 @@ def test_an_interrupt_keeps_the_files_computed_so_far(recordings, tiny_model, tm
         assert len(index) == 2
 
 
+@pytest.mark.integration
 def test_class_queries_need_no_torch(indexed):
     from no_torch_support import without_torch
 

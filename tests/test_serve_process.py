@@ -17,6 +17,8 @@ pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installe
 
 from serve_support import burst_checkpoint, burst_signal, write_wav  # noqa: E402
 
+pytestmark = pytest.mark.integration  # starts auricle (or a benchmark) in other processes
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

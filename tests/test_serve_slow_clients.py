@@ -22,6 +22,8 @@ pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installe
 from serve_support import noise, tiny_random_checkpoint, write_wav  # noqa: E402
 from test_serve_process import free_port  # noqa: E402
 
+pytestmark = pytest.mark.integration  # starts auricle (or a benchmark) in other processes
+
 HOSTILE = "127.0.0.2"
 #: Server process ids by port, to read their memory.
 PIDS: dict[int, int] = {}

@@ -90,6 +90,7 @@ def test_cpu_model_names_the_generation(tmp_path):
     assert cpu_model(tmp_path / "missing")  # not Linux: still names something
 
 
+@pytest.mark.integration
 def test_the_report_works_without_torch(tmp_path):
     """An install for exported files only asks `auricle system` whether they can run: it must answer."""
     from no_torch_support import without_torch

@@ -31,6 +31,7 @@ from auricle.distill.store import CODECS, DEFAULT_CODEC, TargetStore, encode_val
 from auricle.distill.teachers import TeacherEnsemble, TeacherSpec, load_ensemble
 from auricle.errors import AuricleError
 from auricle.io import atomic
+from auricle.training.distributed import Distributed
 
 #: The job stops when this many units failed (over all ranks) before any succeeded.
 FAILED_UNITS_TO_STOP = 3
@@ -183,56 +184,6 @@ def _prepare_store(store_dir: Path, wanted: dict, resume: bool, rank: int) -> Ta
     return store
 
 
-class _Distributed:
-    """torch.distributed when launched by torchrun (WORLD_SIZE > 1), else a no-op."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.created = False
-        self.device = device
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if device.type == "cuda":
-                torch.cuda.set_device(device)  # nccl collectives run on the current device
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-                self.created = True
-
-    def share(self, value):
-        """Rank 0's value on every rank."""
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def total(self, *counts: int) -> list[int]:
-        """Each count summed over the ranks (every rank must call this as often)."""
-        if self.world == 1:
-            return list(counts)
-        import torch.distributed as dist
-
-        tensor = torch.tensor(counts, dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(tensor)
-        return [int(count) for count in tensor.tolist()]
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
 def _score_unit(reader: ShardReader, keys: list[str], epoch: int, renderer: ViewRenderer,
                 ensemble: TeacherEnsemble, config: TeachConfig) -> tuple[np.ndarray, np.ndarray]:
     """(indices (N, K), probabilities (N, K)) of a shard's views for one epoch, in key order.
@@ -306,7 +257,7 @@ def teach(
         raise DistillUsageError(f"--top-k {config.top_k}: the teachers score {ensemble.num_classes} classes; "
                                 f"give at most {ensemble.num_classes}")
     wanted = build_manifest(shards, ensemble, config)
-    runtime = _Distributed(device)
+    runtime = Distributed(device)
     try:
         problem, store = None, None
         if runtime.rank == 0:

@@ -35,15 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from auricle.devices import TRAINING_PRECISIONS, bf16_trains_faster, torch_device
-from auricle.distill.checkpointing import BestCheckpoints, list_states, load_state, save_state
+from auricle.devices import TRAINING_PRECISIONS, bf16_trains_faster
 from auricle.distill.evaluation import mean_average_precision, top1_agreement, topk_overlap
-from auricle.distill.schedule import Schedule
 from auricle.distill.targets import DEFAULT_FILL, FILL_MODES, expand_topk
 from auricle.distill.views import seed_from, unit_interval
 from auricle.errors import AuricleError, CheckpointError
 from auricle.io import atomic
 from auricle.models.ced import CED, CEDConfig
+from auricle.training.checkpointing import BestCheckpoints, list_states, load_state, save_state
+from auricle.training.distributed import Distributed
+from auricle.training.schedule import Schedule
 
 PRECISIONS = TRAINING_PRECISIONS
 TRAIN_LOG = "train.csv"
@@ -263,63 +264,6 @@ def rank_block(order: list, rank: int, world: int, batch_size: int) -> list:
 # --------------------------------------------------------------------------- the trainer
 
 
-class _Distributed:
-    """Rank, world size and device; sets up the process group under torchrun."""
-
-    def __init__(self, device: str) -> None:
-        import torch.distributed as dist
-
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "auto":
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-        elif device == "cuda" and self.world > 1:
-            device = f"cuda:{local_rank}"
-        self.device = torch_device(device)  # one line for a device this machine lacks
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        self.started_group = False
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self.started_group = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def mean(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return float(tensor.item()) / self.world
-
-    def all_true(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on every process (a decision all of them must share)."""
-        if self.world == 1:
-            return flag
-        import torch.distributed as dist
-
-        tensor = torch.tensor([int(flag)], dtype=torch.int64, device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-        return bool(tensor.item())
-
-    def close(self) -> None:
-        if self.started_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
 class _Logs:
     """CSV logs (and TensorBoard when it is installed), trimmed back to the resume step."""
 
@@ -387,7 +331,7 @@ class Trainer:
 
         self.config = config
         self.out = Path(config.out)
-        self.dist = _Distributed(config.device)
+        self.dist = Distributed(config.device)
         self.views = views if views is not None else StoreViews(config.shards, config.targets,
                                                                 cache_shards=config.shuffle_shards + 1)
         self.labels = tuple(self.views.labels)

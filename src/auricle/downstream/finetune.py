@@ -27,7 +27,9 @@ Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on
 its share of each epoch's draws (``EpochSampler``: one seeded permutation or
 balanced draw, dealt out by rank, which is what ``DistributedSampler`` does
 plus class balancing), gradients are averaged by DDP (gloo on CPU, nccl on
-CUDA), and rank 0 evaluates, saves and broadcasts the stop decision.
+CUDA), and rank 0 evaluates, saves and broadcasts the stop decision. The process
+group, device per rank and collectives are :class:`auricle.training.distributed.Distributed`,
+as in ``auricle distill train``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ from auricle.frontend import HOP_LENGTH, num_frames
 from auricle.io import atomic
 from auricle.io.datasets import LabelledDataset
 from auricle.models.ced import CED, MIN_SAMPLES
+from auricle.training.checkpointing import atomic_torch_save
+from auricle.training.distributed import Distributed
+from auricle.training.schedule import Schedule
 
 STATE_FORMAT = "auricle-finetune-state"
 #: FinetuneConfig fields a resumed run may change: how long it goes on, and what it computes in.
@@ -349,61 +354,7 @@ def predict(network: CED, waveforms: Sequence[np.ndarray], batch_size: int = 16,
     return np.stack(AudioModel(network, "finetune", labels, device).score_windows(list(waveforms), batch_size))
 
 
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    #: This process's device: under torchrun ``cuda`` means ``cuda:LOCAL_RANK``, one GPU per process.
-    device: str = "cpu"
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def distributed_from_env(device: str) -> Distributed:
-    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Distributed(device=device)
-    import torch.distributed as dist
-
-    if device == "cuda":
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    if torch_device(device).type == "cuda":
-        torch.cuda.set_device(device)  # nccl collectives run on the current device
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), device)
-
-
-def _broadcast_flag(value: bool, where: Distributed) -> bool:
-    """Rank 0's ``value`` on every rank (collective)."""
-    if where.world_size == 1:
-        return value
-    import torch.distributed as dist
-
-    flag = torch.tensor([1 if value else 0], device=where.device)  # nccl takes only tensors on the GPU
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
-
-
-def _atomic_save(payload: dict, path: Path) -> None:
-    with atomic.replacing(path) as temporary:
-        torch.save(payload, temporary)
-
-
-def _schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+# --------------------------------------------------------------------------- training
 
 
 def _metric_value(scores: Scores, metric: str) -> float:
@@ -435,8 +386,8 @@ def finetune(
     output = Path(output)
     torch_device(device)  # a device this machine cannot use is refused before any work
     train.require_something_to_tell_apart(train.multi_label or validation.multi_label)  # before any decoding
-    where = distributed_from_env(device)
-    device = where.device
+    where = Distributed(device)
+    device = str(where.device)
     # A clip that cannot be decoded is left out, as probe does; the run ends with exit status 1.
     failed: list[str] = []
     quiet = lambda line: None  # noqa: E731 - the other ranks decode the same files
@@ -460,18 +411,20 @@ def finetune(
     network = with_new_head(encoder, len(classes), activation).to(device)
     trainable = freeze_for_partial(network, config.train_blocks)
     # Every process trains in rank 0's precision; a resumed run keeps its own below.
-    net = model = TrainingNet(network, _broadcast_flag(training_bf16(config.precision, torch.device(device)), where))
-    if where.world_size > 1:
+    net = model = TrainingNet(network, where.share(training_bf16(config.precision, torch.device(device))))
+    if where.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model)
     optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     train_targets = train.targets()
-    sampler = EpochSampler(train_targets, config.balanced, config.seed, where.rank, where.world_size)
+    sampler = EpochSampler(train_targets, config.balanced, config.seed, where.rank, where.world)
     steps_per_epoch = math.ceil(len(sampler.indices(0)) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, _schedule(steps_per_epoch * config.epochs, max(1, int(config.warmup_epochs * steps_per_epoch)))
-    )
+    # A factor of the optimiser's learning rate: warm-up, then cosine to zero.
+    schedule = Schedule(1.0, max(1, steps_per_epoch * config.epochs),
+                        max(1, int(config.warmup_epochs * steps_per_epoch)), final_fraction=0.0)
+    # A plain function, so the scheduler's saved state stays as it was (it keeps the __dict__ of other callables).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: schedule.lr(step))
     generator = torch.Generator().manual_seed(config.seed * 7919 + where.rank)
     max_samples = int(config.max_seconds * SAMPLE_RATE)
     start_epoch, best, best_epoch, bad_epochs = 0, -math.inf, 0, 0
@@ -562,20 +515,20 @@ def finetune(
             if improved:
                 best, best_epoch, best_scores = value, epoch + 1, scores.to_dict()
                 _save_model(network, checkpoint_path, classes, name)
-        improved = _broadcast_flag(improved, where)
+        improved = where.share(improved)
         bad_epochs = 0 if improved else bad_epochs + 1
         record.seconds = time.perf_counter() - began
         history.append(record)
         if where.main:
             log(f"epoch {epoch + 1}/{config.epochs}: loss {record.train_loss:.4f}, validation "
                 f"{metric} {_metric_value(scores, metric):.4f}{' (best)' if improved else ''}, {record.seconds:.0f} s")
-            _atomic_save({
+            atomic_torch_save({
                 "format": STATE_FORMAT,
                 "classes": list(classes),
                 "model": network.state_dict(),
                 "optimizer": optimiser.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "generator": _gather_generators(generator, where),
+                "generator": where.gather(generator.get_state()),
                 "torch_rng": torch.get_rng_state(),
                 "epoch": epoch + 1,
                 "best": best,
@@ -587,7 +540,7 @@ def finetune(
                 "bf16": net.bf16,
             }, state_path)
         else:
-            _gather_generators(generator, where)
+            where.gather(generator.get_state())
 
     test_scores = None
     finished = stopped_early or len(history) >= config.epochs or bad_epochs >= config.patience
@@ -602,20 +555,8 @@ def finetune(
                             best_scores, test_scores, history, failed, "bf16" if net.bf16 else "fp32")
     if where.main:
         atomic.write_text(output / "result.json", json.dumps(result.to_dict(), indent=2))
+    where.close()  # no collective is left; each rank leaves the group it joined
     return result
-
-
-def _gather_generators(generator: torch.Generator, where: Distributed) -> list[torch.Tensor]:
-    """Every rank's augmentation RNG state (collective: all ranks must call it)."""
-    state = generator.get_state()
-    if where.world_size == 1:
-        return [state]
-    import torch.distributed as dist
-
-    state = state.to(where.device)  # nccl takes only tensors on the GPU
-    gathered = [torch.empty_like(state) for _ in range(where.world_size)]
-    dist.all_gather(gathered, state)
-    return [tensor.cpu() for tensor in gathered]
 
 
 def _to_device(plan: AugmentPlan, device: str) -> AugmentPlan:
