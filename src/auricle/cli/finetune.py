@@ -1,4 +1,4 @@
-"""``auricle finetune``: train a CED encoder with a new head on your own labelled clips."""
+"""``auricle finetune``: train a CED or Dasheng encoder with a new head on your own labelled clips."""
 
 from __future__ import annotations
 
