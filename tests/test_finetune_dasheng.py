@@ -120,3 +120,15 @@ def test_a_dasheng_size_starts_from_scratch():
     again, _ = load_encoder("dasheng-base", None, from_scratch=True, seed=3)
     assert isinstance(network, Dasheng) and network.config.embed_dim == 768 and "random initialisation" in origin
     assert torch.equal(network.blocks[0].attn.qkv.weight, again.blocks[0].attn.qkv.weight)
+
+
+def test_an_audio_language_model_is_refused_in_one_line(tones, tmp_path):
+    from language_support import write_model_folder
+
+    manifest, _ = tones
+    folder = write_model_folder(tmp_path / "lm")
+    refused = _finetune(manifest, folder, tmp_path / "run", "--epochs", "1")
+    assert refused.exit_code != 0
+    assert refused.stderr.splitlines() == [
+        f"auricle: error: {folder}: an audio-language model (MiDashengLM); it works with `auricle describe` "
+        "and `auricle ask`, not `auricle finetune`"]
