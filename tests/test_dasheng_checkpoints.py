@@ -211,4 +211,4 @@ def test_cli_embeds_with_dasheng_and_other_commands_say_they_take_ced(zenodo, tm
     result = CliRunner().invoke(cli, ["export", "--checkpoint", str(zenodo), "-o", str(tmp_path / "x.onnx")])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == ["auricle: error: dasheng_small_perturbed: auricle export takes CED models; "
-                                          "a Dasheng encoder works with tag, embed, probe, serve and evaluate (and in Python)"]
+                                          "a Dasheng encoder works with tag, embed, probe, finetune, serve and evaluate (and in Python)"]

@@ -227,7 +227,7 @@ def _remember(ctx: click.Context, param: click.Parameter, value):
 
 
 #: The commands a Dasheng encoder is wired into so far (the others assume a CED network).
-DASHENG_COMMANDS = ("tag", "embed", "probe", "serve", "evaluate")
+DASHENG_COMMANDS = ("tag", "embed", "probe", "finetune", "serve", "evaluate")
 
 
 def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, threads: int | None,
@@ -252,7 +252,7 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
         fail(f"--streams {streams} needs at least as many --threads ({got})")
     if is_exported_file(checkpoint):
         return _load_exported_or_exit(ctx, str(checkpoint), device, threads, streams, engine, precision, exported)
-    _refuse_a_language_model(ctx, model_name, checkpoint)
+    refuse_a_language_model(ctx, model_name, checkpoint)
     refuse_another_model(ctx, model_name, checkpoint)
     if checkpoint is None:
         _fetch_or_exit(model_name)
@@ -289,7 +289,7 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
     return model
 
 
-def _refuse_a_language_model(ctx: click.Context | None, model_name: str, checkpoint: str | None) -> None:
+def refuse_a_language_model(ctx: click.Context | None, model_name: str, checkpoint: str | None) -> None:
     """MiDashengLM (by name or folder) only describes and answers: other commands say so before loading it."""
     from auricle.language_model import is_language_checkpoint
     from auricle.models.registry import model_info

@@ -1,4 +1,4 @@
-"""``auricle finetune``: train a CED encoder with a new head on your own labelled clips."""
+"""``auricle finetune``: train a CED or Dasheng encoder with a new head on your own labelled clips."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import json
 
 import click
 
-from auricle.cli.common import fail, known_model, refuse_another_model, training_precision_option, writable
+from auricle.cli.common import (
+    fail, known_model, refuse_a_language_model, refuse_another_model, training_precision_option, writable,
+)
 from auricle.cli.datasets import dataset_options, read_dataset_or_exit
 from auricle.errors import AuricleError
 from auricle.models.registry import DEFAULT_MODEL
@@ -77,6 +79,7 @@ def finetune_command(dataset, output, model_name, checkpoint, from_scratch, audi
 
     if is_exported_file(checkpoint):  # before reading the dataset and importing torch
         fail(not_weights(checkpoint, "finetune"))
+    refuse_a_language_model(click.get_current_context(), model_name, checkpoint)
 
     import torch
 

@@ -1,4 +1,4 @@
-"""Fine-tune a CED encoder with a new head on a labelled dataset.
+"""Fine-tune a CED or Dasheng encoder with a new head on a labelled dataset.
 
 What a run does:
 
@@ -18,6 +18,10 @@ What a run does:
 ``precision`` ("auto", "fp32", "bf16"): the encoder and head may run under bf16
 autocast (auricle.devices.training_bf16); the log-mel, the loss, the weights and
 the optimiser stay float32, and validation and test scoring run in float32.
+
+A Dasheng encoder trains the same way: its head is LayerNorm+Linear over the mean of the
+clip's valid tokens (as ``auricle tag`` pools it), its keys past a clip's end are masked, and
+the saved ``model.safetensors`` is a Dasheng checkpoint that ``auricle tag`` loads.
 
 Single-label datasets train with softmax cross-entropy and save a head with
 ``head_activation="softmax"`` (scores of a clip sum to 1); multi-label
@@ -55,6 +59,7 @@ from auricle.frontend import HOP_LENGTH, num_frames
 from auricle.io import atomic
 from auricle.io.datasets import LabelledDataset
 from auricle.models.ced import CED, MIN_SAMPLES
+from auricle.models.dasheng import Dasheng, valid_tokens
 from auricle.training.checkpointing import atomic_torch_save
 from auricle.training.distributed import Distributed
 from auricle.training.schedule import Schedule
@@ -148,10 +153,12 @@ class FinetuneResult:
 # --------------------------------------------------------------------------- the network
 
 
-def with_new_head(encoder: CED, classes: int, activation: str) -> CED:
+def with_new_head(encoder: CED | Dasheng, classes: int, activation: str) -> CED | Dasheng:
     """A copy of ``encoder`` whose head is a fresh LayerNorm+Linear over ``classes`` outputs."""
-    config = replace(encoder.config, num_classes=classes, head_activation=activation, head_hidden=0)
-    network = CED(config)
+    if isinstance(encoder, Dasheng):
+        network: CED | Dasheng = Dasheng(replace(encoder.config, num_classes=classes, head_activation=activation))
+    else:
+        network = CED(replace(encoder.config, num_classes=classes, head_activation=activation, head_hidden=0))
     own = {k: v for k, v in encoder.state_dict().items() if not k.startswith("outputlayer.")}
     missing, unexpected = network.load_state_dict(own, strict=False)
     if unexpected or any(not key.startswith("outputlayer.") for key in missing):
@@ -159,7 +166,7 @@ def with_new_head(encoder: CED, classes: int, activation: str) -> CED:
     return network
 
 
-def freeze_for_partial(network: CED, train_blocks: int | None) -> list[nn.Parameter]:
+def freeze_for_partial(network: CED | Dasheng, train_blocks: int | None) -> list[nn.Parameter]:
     """Leave only the last ``train_blocks`` blocks, the final norm and the head trainable."""
     if train_blocks is None:
         for parameter in network.parameters():
@@ -197,7 +204,7 @@ class AugmentPlan:
 class TrainingNet(nn.Module):
     """Log-mel -> masks/mixup -> encoder -> mean of the real tokens -> logits; what DDP wraps."""
 
-    def __init__(self, network: CED, bf16: bool = False) -> None:
+    def __init__(self, network: CED | Dasheng, bf16: bool = False) -> None:
         super().__init__()
         self.network = network
         self.bf16 = bf16
@@ -206,18 +213,17 @@ class TrainingNet(nn.Module):
         network = self.network
         with torch.autocast(waveforms.device.type, enabled=False):  # the log-mel's dB range needs float32
             normalized = network.normalize(network.spectrogram(waveforms))
+        if plan is not None:
+            normalized = normalized * plan.keep[..., : normalized.shape[-1]]
+        if isinstance(network, Dasheng):
+            return self._dasheng(network, normalized, lengths, plan)
         target = network.config.target_frames
         if normalized.shape[-1] > target:
             normalized = normalized[..., :target]
         patch = network.config.patch_size
         time_patches = normalized.shape[-1] // patch
         valid = valid_time_patches(lengths, patch, time_patches)
-        if plan is not None:
-            normalized = normalized * plan.keep[..., : normalized.shape[-1]]
-            if plan.mix_order is not None:
-                weight = plan.mix_weight.view(-1, 1, 1, 1)
-                normalized = weight * normalized + (1 - weight) * normalized[plan.mix_order]
-                valid = torch.maximum(valid, valid[plan.mix_order])
+        normalized, valid = _mix(normalized, valid, plan)
         with torch.autocast(waveforms.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             tokens = network.forward_features(normalized).float()
         batch, _, dim = tokens.shape
@@ -226,6 +232,25 @@ class TrainingNet(nn.Module):
         pooled = (grid * mask[:, None, :, None]).sum(dim=(1, 2)) / (mask.sum(dim=1) * grid.shape[1])[:, None]
         with torch.autocast(waveforms.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             return network.outputlayer(pooled).float()
+
+    def _dasheng(self, network: Dasheng, normalized: torch.Tensor, lengths: torch.Tensor,
+                 plan: AugmentPlan | None) -> torch.Tensor:
+        # Keys past a clip's end are masked and the mean is over its valid tokens, as auricle tag computes it.
+        normalized, valid = _mix(normalized, valid_tokens(lengths), plan)
+        with torch.autocast(normalized.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            tokens = network.forward_features(normalized, valid).float()
+        pooled = network.pool(tokens, valid)
+        with torch.autocast(normalized.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return network.outputlayer(pooled).float()
+
+
+def _mix(normalized: torch.Tensor, valid: torch.Tensor, plan: AugmentPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup of the (already masked) log-mel; a mixed clip is as long as the longer of the two."""
+    if plan is None or plan.mix_order is None:
+        return normalized, valid
+    weight = plan.mix_weight.view(-1, 1, 1, 1)
+    mixed = weight * normalized + (1 - weight) * normalized[plan.mix_order]
+    return mixed, torch.maximum(valid, valid[plan.mix_order])
 
 
 def draw_augment_plan(
@@ -342,7 +367,7 @@ def collate(clips: Sequence[np.ndarray], max_samples: int, generator: torch.Gene
     return batch, lengths
 
 
-def predict(network: CED, waveforms: Sequence[np.ndarray], batch_size: int = 16, device: str = "cpu") -> np.ndarray:
+def predict(network: CED | Dasheng, waveforms: Sequence[np.ndarray], batch_size: int = 16, device: str = "cpu") -> np.ndarray:
     """Scores (N, C) of whole clips, each analysed alone, by the code path of ``auricle tag``.
 
     (For clips up to 10 s that is exactly what ``auricle tag`` reports.)
@@ -351,6 +376,10 @@ def predict(network: CED, waveforms: Sequence[np.ndarray], batch_size: int = 16,
     from auricle.model import AudioModel
 
     labels = LabelSet.from_names([f"class {i}" for i in range(network.config.num_classes)])
+    if isinstance(network, Dasheng):
+        from auricle.dasheng_model import DashengModel
+
+        return np.stack(DashengModel(network, "finetune", labels, device).score_windows(list(waveforms), batch_size))
     return np.stack(AudioModel(network, "finetune", labels, device).score_windows(list(waveforms), batch_size))
 
 
@@ -362,7 +391,7 @@ def _metric_value(scores: Scores, metric: str) -> float:
 
 
 def finetune(
-    encoder: CED,
+    encoder: CED | Dasheng,
     train: LabelledDataset,
     validation: LabelledDataset,
     output: str | os.PathLike,
@@ -545,9 +574,10 @@ def finetune(
     test_scores = None
     finished = stopped_early or len(history) >= config.epochs or bad_epochs >= config.patience
     if where.main and finished and test is not None and len(test):
-        from auricle.models.checkpoints import build_model, read_checkpoint
+        from auricle.models.families import read_any_checkpoint
 
-        best_network = build_model(read_checkpoint(checkpoint_path)).to(device)
+        family, saved = read_any_checkpoint(checkpoint_path)
+        best_network = family.build(saved).to(device)
         test, test_waves = readable(test, failed, log)
         test_scores = score_classification(test.targets(), predict(best_network, test_waves, device=device),
                                            multi_label).to_dict()
@@ -567,19 +597,24 @@ def _to_device(plan: AugmentPlan, device: str) -> AugmentPlan:
     )
 
 
-def _save_model(network: CED, path: Path, classes: Sequence[str], name: str) -> None:
+def _save_model(network: CED | Dasheng, path: Path, classes: Sequence[str], name: str) -> None:
     from auricle.models.checkpoints import save_checkpoint
 
     save_checkpoint(network, path, labels=list(classes), name=name)
 
 
-def load_encoder(model_name: str, checkpoint: str | None, from_scratch: bool, seed: int = 0) -> tuple[CED, str]:
-    """The encoder to start from and a description of where its weights came from.
+def load_encoder(model_name: str, checkpoint: str | None, from_scratch: bool,
+                 seed: int = 0) -> tuple[CED | Dasheng, str]:
+    """The encoder (CED or Dasheng) to start from and a description of where its weights came from.
 
     A random initialisation is drawn from ``seed`` (the same seed gives the same weights).
     """
-    from auricle.models.checkpoints import build_model, read_checkpoint
+    from auricle.models.families import read_any_checkpoint
     from auricle.models.registry import model_info
+
+    def build(path: str) -> CED | Dasheng:
+        family, read = read_any_checkpoint(path)
+        return family.build(read)
 
     if from_scratch:
         if checkpoint is not None:
@@ -587,14 +622,15 @@ def load_encoder(model_name: str, checkpoint: str | None, from_scratch: bool, se
         info = model_info(model_name)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return CED(info.config), f"{info.name} (random initialisation, seed {seed})"
+            network = Dasheng(info.config) if info.family == "dasheng" else CED(info.config)
+            return network, f"{info.name} (random initialisation, seed {seed})"
     if checkpoint is None:
         from auricle.models.hub import fetch_weights
 
         info = model_info(model_name)
         checkpoint = str(fetch_weights(info))
-        return build_model(read_checkpoint(checkpoint)), f"{info.name} ({checkpoint})"
-    return build_model(read_checkpoint(checkpoint)), str(checkpoint)
+        return build(checkpoint), f"{info.name} ({checkpoint})"
+    return build(checkpoint), str(checkpoint)
 
 
 __all__ = [
