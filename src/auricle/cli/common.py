@@ -289,17 +289,21 @@ def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, thr
     return model
 
 
-def refuse_a_language_model(ctx: click.Context | None, model_name: str, checkpoint: str | None) -> None:
-    """MiDashengLM (by name or folder) only describes and answers: other commands say so before loading it."""
+def names_a_language_model(model_name: str, checkpoint: str | None) -> bool:
+    """Whether the options name MiDashengLM (a registered name, or a model folder); False for an unknown name."""
     from auricle.language_model import is_language_checkpoint
     from auricle.models.registry import model_info
 
     try:
-        language = is_language_checkpoint(checkpoint) or (
+        return is_language_checkpoint(checkpoint) or (
             checkpoint is None and model_info(model_name).family == "midashenglm")
     except AuricleError:
-        return  # an unknown name: reported where the model is loaded
-    if language:
+        return False  # an unknown name: reported where the model is loaded
+
+
+def refuse_a_language_model(ctx: click.Context | None, model_name: str, checkpoint: str | None) -> None:
+    """MiDashengLM (by name or folder) only describes and answers: other commands say so before loading it."""
+    if names_a_language_model(model_name, checkpoint):
         command = ctx.info_name if ctx is not None else "this command"
         fail(f"{checkpoint or model_name}: an audio-language model (MiDashengLM); it works with `auricle describe` "
              f"and `auricle ask`, not `auricle {command}`")

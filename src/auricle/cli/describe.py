@@ -69,7 +69,7 @@ def ask_command(paths, question, **options) -> None:
     run(paths, question, literal=True, **options)
 
 
-def _load_or_exit(model_name: str, checkpoint: str | None):
+def load_language_or_exit(model_name: str, checkpoint: str | None):
     """The audio-language model the options name, or one error line and exit (a tagger is refused unread)."""
     import auricle
     from auricle.models.registry import model_info
@@ -107,7 +107,7 @@ def run(paths, prompt: str, literal: bool, model_name: str, checkpoint: str | No
     if not todo:  # everything is in --output already: no model to load (16 GB for the 7B)
         report_batch("described", files, todo, 0, resume, output)
         return
-    model = _load_or_exit(model_name, checkpoint)
+    model = load_language_or_exit(model_name, checkpoint)
     if output_format in RESUMABLE_FORMATS and output not in (None, "-"):
         settings = {"model": model.name, "prompt": prompt, "literal": literal, "max_new_tokens": max_new_tokens,
                     "segment": segment_seconds}

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit, model_options
+from auricle.cli.common import fail, load_model_or_exit, model_options, names_a_language_model
 
 
 @click.command("serve")
@@ -63,7 +63,7 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
                   stream_idle_timeout, allowed_hosts, allowed_origins, search_index, log_level) -> None:
     """Serve tagging and embeddings over HTTP, with a web page at /.
 
-    API: POST /v1/tag, POST /v1/embed, GET /v1/models, GET /v1/labels,
+    API: POST /v1/tag, POST /v1/embed (POST /v1/describe, /v1/ask with MiDashengLM), GET /v1/models, GET /v1/labels,
     GET /v1/search (with --index), GET /healthz, WebSocket /v1/stream; OpenAPI at /docs and /openapi.json.
     See docs/serve.md.
     """
@@ -92,14 +92,14 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
     # h11 with the header timeout and per-client cap; uvicorn's own 16 KiB bound on incomplete headers stays.
     server = {"http": GuardedH11Protocol, "timeout_graceful_shutdown": shutdown_timeout}
     _refuse_a_taken_port(host, port)  # before the model loads, not after (uvicorn's "[Errno 98]", exit 3)
+    # Several processes: each worker builds its own app from a description; the model loads here first, once,
+    # so that a bad one fails before any worker starts.
+    model = _load_served_or_exit(model_name, checkpoint, device, threads)
     if workers == 1:
         from auricle.serve.app import create_app
 
-        model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
         uvicorn.run(create_app(model, config), host=host, port=port, log_level=log_level, **server)
         return
-    # Several processes: each worker builds its own app from this description.
-    model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)  # fail here, once
     from dataclasses import asdict
 
     from auricle.onnx.exported import ExportedModel
@@ -114,6 +114,24 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
     })
     uvicorn.run("auricle.serve.app:create_app_from_environment", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level, **server)
+
+
+def _load_served_or_exit(model_name: str, checkpoint: str | None, device: str, threads: int | None):
+    """The tagger, encoder, exported file or audio-language model (MiDashengLM) to serve, or one line and exit."""
+    if not names_a_language_model(model_name, checkpoint):
+        return load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
+    meta = click.get_current_context().meta
+    if meta.get("auricle.engine", "torch") != "torch" or meta.get("auricle.precision", "fp32") != "fp32":
+        fail("MiDashengLM runs on the torch engine in its stored precision; drop --engine/--precision")
+    if str(device).split(":")[0] != "cpu":
+        fail(f"MiDashengLM runs on the CPU in auricle for now, not on {device}")
+    import torch
+
+    from auricle.cli.describe import load_language_or_exit
+
+    if threads:
+        torch.set_num_threads(threads)
+    return load_language_or_exit(model_name, checkpoint)
 
 
 def _refuse_an_unusable_index(path: str) -> None:

@@ -37,13 +37,15 @@ from auricle.profiles import PATH_HINT
 from auricle.serve.batching import DynamicBatcher
 from auricle.serve.config import ServeConfig
 from auricle.serve.guard import HostOriginGuard
+from auricle.serve.language import NOT_A_TAGGER, Generator, add_language_routes, is_language_model
 from auricle.serve.uploads import RequestError, SampleBudget, decode_upload, expected_samples, receive_upload
 
 if TYPE_CHECKING:
+    from auricle.language_model import AudioLanguageModel
     from auricle.onnx.exported import ExportedModel
     from auricle.model import AudioModel
 
-    ServedModel = AudioModel | ExportedModel
+    ServedModel = AudioModel | ExportedModel | AudioLanguageModel
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 #: Columns of the spectrogram image returned for the web page (time is max-pooled down to this).
@@ -176,8 +178,11 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
     ``model`` is an :class:`~auricle.model.AudioModel` or an
     :class:`~auricle.onnx.exported.ExportedModel` (an exported file: everything but
     ``/v1/embed``, which needs the weights, and without importing torch unless a
-    page asks for a spectrogram).
+    page asks for a spectrogram), or an :class:`~auricle.language_model.AudioLanguageModel`
+    (``/v1/describe`` and ``/v1/ask``; the tagging endpoints answer 400).
     """
+    language = is_language_model(model)
+    generator = Generator() if language else None
     # Unchecked: a batch mixes requests, and one overflowing window must fail only its own request.
     batcher = DynamicBatcher(lambda batch: np.asarray(model.probabilities(batch, finite=False)),
                              max_batch_size=config.max_batch_size, max_wait=config.max_wait)
@@ -192,6 +197,8 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
             yield
         finally:
             await run_in_threadpool(batcher.close)
+            if generator is not None:
+                generator.close()
 
     app = FastAPI(title="auricle", version="1", lifespan=lifespan,
                   description="Sound tagging, events and embeddings with CED audio transformers.")
@@ -200,6 +207,7 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
     app.state.batcher = batcher
     app.state.admission = admission
     app.state.budget = budget
+    app.state.audio_body = _AUDIO_BODY
     app.add_middleware(HostOriginGuard, config=config)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -263,6 +271,13 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
         batcher.start()
         return await asyncio.wrap_future(batcher.call(function))
 
+    def refuse_a_language_model() -> None:
+        if language:
+            raise RequestError(400, NOT_A_TAGGER.format(name=model.name))
+
+    if language:
+        add_language_routes(app, model, generator, admitted)
+
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(os.path.join(STATIC, "index.html"))
@@ -281,6 +296,10 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
         from auricle.models.registry import available_models
         from auricle.profiles import available_profiles
 
+        if language:
+            return {"model": {"name": model.name, "kind": "audio-language", "sample_rate": SAMPLE_RATE,
+                              "dtype": str(model.network.dtype).removeprefix("torch.")},
+                    "available": [info.to_dict() for info in available_models()], "profiles": []}
         classes = len(model.labels) if model.labels is not None else 0  # None: an encoder without a head
         return {
             "model": {"name": model.name, "classes": classes, "embedding_dim": model.embedding_dim,
@@ -293,7 +312,7 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
     @app.get("/v1/labels")
     async def labels() -> list[dict]:
         """The model's classes: output index, AudioSet MID (empty for custom heads) and name."""
-        return model.labels.to_list() if model.labels is not None else []
+        return model.labels.to_list() if getattr(model, "labels", None) is not None else []
 
     @app.get("/v1/search")
     async def search(
@@ -340,6 +359,7 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
         spectrogram: bool = Query(False, description="Add a small log-mel image (for the web page)."),
     ) -> dict:
         """Tag one recording (multipart field ``file``, or the raw body): the ``auricle tag --format json`` object."""
+        refuse_a_language_model()
         options = tag_options(model, top_k=top_k, threshold=threshold, classes=classes, profile=profile, pool=pool,
                               events=events, window=window, hop=hop, median_filter=median_filter,
                               min_duration=min_duration, min_gap=min_gap)
@@ -374,6 +394,7 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
     async def embed(request: Request, filename: str | None = Query(None)) -> dict:
         """Embeddings of one recording: the clip embedding and one per 10.12 s piece, or with a Dasheng
         encoder one per 40 ms frame (``Embeddings.to_dict()``)."""
+        refuse_a_language_model()
         if not getattr(model, "can_embed", True):
             raise RequestError(501, f"this server runs an exported ONNX file ({model.name}) without per-piece "
                                     f"embeddings; export it with --piece-embeddings, or serve the weights")
@@ -388,6 +409,9 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
         """Live tagging of PCM sent over the socket; see docs/serve.md for the protocol."""
         from auricle.serve.stream import serve_stream
 
+        if language:  # before accepting: the handshake is refused
+            await websocket.close(code=1008, reason=NOT_A_TAGGER.format(name=model.name)[:120])
+            return
         await serve_stream(websocket, model, batcher, config, tag_options)
 
     app.state.streams = 0

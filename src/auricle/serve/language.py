@@ -1,0 +1,105 @@
+"""Endpoints of a server that runs MiDashengLM: ``POST /v1/describe`` and ``POST /v1/ask``.
+
+Generation takes seconds to minutes and the whole model: it runs on one worker thread, one request
+at a time, off the event loop (the loop keeps answering health checks and refusing the overflow
+with 503). A request whose client went away, or whose time ran out, stops at its next text piece
+rather than holding the worker for the rest of its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import FastAPI, Query, Request
+
+from auricle.language import choices
+from auricle.language.prompts import DEFAULT_PRESET, PRESETS
+from auricle.serve.uploads import RequestError
+
+#: The most tokens one request may ask for per segment (the model's answers are far shorter).
+MAX_NEW_TOKENS_LIMIT = 4096
+#: Tagging endpoints' answer on this server.
+NOT_A_TAGGER = ("this server runs an audio-language model ({name}); use POST /v1/describe, POST /v1/ask or "
+                "POST /v1/chat/completions")
+
+
+def is_language_model(model) -> bool:
+    from auricle.language_model import AudioLanguageModel
+
+    return isinstance(model, AudioLanguageModel)
+
+
+class _Stopped(Exception):
+    """Raised inside generation when nobody waits for the answer any more."""
+
+
+class Generator:
+    """One generation at a time on a single worker thread; each call can be abandoned."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auricle-generate")
+
+    async def run(self, work: Callable[[Callable[[str], None]], object],
+                  on_text: Callable[[str], None] | None = None):
+        """``work(on_text)`` on the worker; cancelling the caller stops it at its next text piece."""
+        stopped = threading.Event()
+
+        def pieces(text: str) -> None:
+            if stopped.is_set():
+                raise _Stopped
+            if on_text is not None:
+                on_text(text)
+
+        future = self.executor.submit(work, pieces)
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            stopped.set()
+            future.cancel()  # still queued: never starts
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def add_language_routes(app: FastAPI, model, generator: Generator, admitted) -> None:
+    """``/v1/describe`` and ``/v1/ask`` over ``model``, with ``admitted``'s upload handling and limits."""
+
+    def max_tokens_query():
+        return Query(choices.DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS_LIMIT,
+                     description="Longest answer, in tokens, per 30 s segment.")
+
+    async def answer(request: Request, filename: str | None, method, text: str, max_new_tokens: int) -> dict:
+        async def work(name: str, waveform) -> dict:
+            description = await generator.run(
+                lambda on_text: method(waveform, text, max_new_tokens=max_new_tokens, name=name, on_text=on_text))
+            return description.to_dict()
+
+        return await admitted(request, filename, work)
+
+    @app.post("/v1/describe", openapi_extra=app.state.audio_body)
+    async def describe(
+        request: Request,
+        prompt: str = Query(DEFAULT_PRESET, description=f"A preset ({', '.join(PRESETS)}) or any question."),
+        max_new_tokens: int = max_tokens_query(),
+        filename: str | None = Query(None, description="Name to report for a raw-body upload."),
+    ) -> dict:
+        """What the model says about one recording (multipart field ``file``, or the raw body): the
+        ``auricle describe --format json`` object."""
+        if not prompt.strip():
+            raise RequestError(400, "the prompt is empty; give a preset or a question")
+        return await answer(request, filename, model.describe, prompt, max_new_tokens)
+
+    @app.post("/v1/ask", openapi_extra=app.state.audio_body)
+    async def ask(
+        request: Request,
+        question: str = Query(..., description="A question, taken as it is (never as a preset name)."),
+        max_new_tokens: int = max_tokens_query(),
+        filename: str | None = Query(None, description="Name to report for a raw-body upload."),
+    ) -> dict:
+        """The answer to ``question`` about one recording: the ``auricle ask --format json`` object."""
+        if not question.strip():
+            raise RequestError(400, "the question is empty")
+        return await answer(request, filename, model.ask, question, max_new_tokens)
