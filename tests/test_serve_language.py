@@ -183,3 +183,82 @@ def test_each_worker_process_loads_the_model_folder(folder, monkeypatch):
     app = create_app_from_environment()
     with TestClient(app, base_url=LOCAL) as client:
         assert client.get("/v1/models").json()["model"]["kind"] == "audio-language"
+
+
+def chat_body(clip, text="what is this", **extra) -> dict:
+    import base64
+
+    content = [{"type": "text", "text": text},
+               {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav_bytes(clip)).decode(),
+                                                        "format": "wav"}}]
+    return {"model": "midashenglm", "messages": [{"role": "user", "content": content}], **extra}
+
+
+def test_chat_completions_answers_as_ask_does(client, model, clip):
+    response = client.post("/v1/chat/completions", json=chat_body(clip, max_tokens=4))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = model.ask(sf.read(io.BytesIO(wav_bytes(clip)), dtype="float32")[0], "what is this", max_new_tokens=4)
+    assert body["object"] == "chat.completion" and body["model"] == model.name and body["id"].startswith("chatcmpl-")
+    choice = body["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": expected.text}
+    assert choice["finish_reason"] == ("length" if expected.tokens == 4 else "stop")
+    assert body["usage"]["completion_tokens"] == expected.tokens
+    capped = client.post("/v1/chat/completions", json=chat_body(clip, max_completion_tokens=1)).json()
+    assert capped["usage"]["completion_tokens"] == 1 and capped["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"messages": []}, "messages: a non-empty list is required"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "one input_audio part is required (got 0)"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "%%"}}]}]},
+     "input_audio.data: not base64"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "bm90IGF1ZGlv"}}]}]},
+     "input_audio.wav"),
+    ({"max_tokens": 0}, "max_tokens: an integer from 1 to 4096"),
+])
+def test_bad_chat_bodies_are_openai_errors(client, clip, body, words):
+    response = client.post("/v1/chat/completions", json={**chat_body(clip), **body})
+    assert response.status_code == 400 and words in response.json()["error"]["message"]
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert client.post("/v1/chat/completions", content=b"{").json()["error"]["message"] == "the body is not JSON"
+
+
+@pytest.mark.integration
+def test_the_openai_client_talks_to_a_real_server(folder, clip):
+    """The `openai` package, an independent client, against `auricle serve` on a loopback port."""
+    import os
+    import subprocess
+    import sys
+
+    openai = pytest.importorskip("openai", reason="the openai package is not installed")
+    httpx = pytest.importorskip("httpx")
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "auricle", "serve", "--checkpoint", str(folder), "--port",
+                                str(port), "--threads", "1", "--log-level", "warning"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "auricle serve did not start"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        body = chat_body(clip, max_tokens=3)
+        answer = client.chat.completions.create(model=body["model"], messages=body["messages"], max_tokens=3)
+        assert answer.choices[0].message.role == "assistant" and isinstance(answer.choices[0].message.content, str)
+        assert answer.choices[0].finish_reason in ("stop", "length") and answer.usage.completion_tokens <= 3
+        with pytest.raises(openai.BadRequestError, match="one input_audio part is required"):
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

@@ -225,8 +225,11 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
         # FastAPI's own answer is a list of objects; every refusal here is {"detail": "<one line>"}.
         return JSONResponse({"detail": validation_line(error.errors())}, status_code=422)
 
-    async def admitted(request: Request, filename: str | None, work) -> dict:
+    async def admitted(request: Request, filename: str | None, work, receive=None) -> dict:
         """Run ``work(name, waveform)`` for the request's audio, within admission and time limits.
+
+        ``receive(folder)``, if given, reads the body instead of an upload and returns the
+        audio's (name, path) in ``folder``.
 
         A request slot is taken only once the whole body has arrived (within
         ``body_timeout``): clients that upload slowly, or stall, hold a socket
@@ -235,6 +238,7 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
         with tempfile.TemporaryDirectory(prefix="auricle-serve-") as folder:  # private: mode 0700
             try:
                 name, path = await asyncio.wait_for(
+                    receive(folder) if receive is not None else
                     receive_upload(request.headers, request.stream(), filename, folder, config.max_upload_bytes),
                     config.body_timeout)
             except TimeoutError:

@@ -64,6 +64,12 @@ class Generator:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+def finish_reason(description, max_new_tokens: int) -> str:
+    """"length" when a segment's answer was cut at the token limit, else "stop"."""
+    cut = any(len(segment.tokens) >= max_new_tokens for segment in description.segments if segment.skipped is None)
+    return "length" if cut else "stop"
+
+
 def add_language_routes(app: FastAPI, model, generator: Generator, admitted) -> None:
     """``/v1/describe`` and ``/v1/ask`` over ``model``, with ``admitted``'s upload handling and limits."""
 
@@ -103,3 +109,35 @@ def add_language_routes(app: FastAPI, model, generator: Generator, admitted) -> 
         if not question.strip():
             raise RequestError(400, "the question is empty")
         return await answer(request, filename, model.ask, question, max_new_tokens)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        """The OpenAI chat API: one ``input_audio`` part and the question as text parts (see docs/serve.md)."""
+        from fastapi.responses import JSONResponse
+
+        from auricle.serve import chat
+
+        config = app.state.config
+        try:
+            parsed = chat.parse_chat(await chat.read_body(request, config.max_upload_bytes), MAX_NEW_TOKENS_LIMIT)
+            if parsed.stream:
+                raise RequestError(400, "stream: streamed answers are not served yet; send stream false")
+
+            async def receive(folder: str) -> tuple[str, str]:
+                return chat.save_audio(parsed, folder)
+
+            async def work(name: str, waveform) -> dict:
+                if parsed.question is None:
+                    method = lambda on_text: model.describe(waveform, max_new_tokens=parsed.max_new_tokens,  # noqa: E731
+                                                            name=name, on_text=on_text)
+                else:
+                    method = lambda on_text: model.ask(waveform, parsed.question,  # noqa: E731
+                                                       max_new_tokens=parsed.max_new_tokens, name=name,
+                                                       on_text=on_text)
+                description = await generator.run(method)
+                return chat.completion(model.name, description.text,
+                                       finish_reason(description, parsed.max_new_tokens), 0, description.tokens)
+
+            return await admitted(request, None, work, receive=receive)
+        except RequestError as error:
+            return JSONResponse(chat.error_body(error), status_code=error.status, headers=error.headers)
