@@ -208,6 +208,26 @@ def test_chat_completions_answers_as_ask_does(client, model, clip):
     assert capped["usage"]["completion_tokens"] == 1 and capped["choices"][0]["finish_reason"] == "length"
 
 
+def test_a_streamed_chat_completion_is_server_sent_chunks_ending_with_done(client, model, clip):
+    import json
+
+    response = client.post("/v1/chat/completions", json=chat_body(clip, max_tokens=4, stream=True))
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    lines = [line for line in response.text.split("\n") if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    expected = client.post("/v1/chat/completions", json=chat_body(clip, max_tokens=4)).json()
+    assert text == expected["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == expected["choices"][0]["finish_reason"]
+    # Bad audio is still an HTTP error, not an event in a 200 stream.
+    bad = {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "bm90IGF1ZGlv"}}]}]}
+    refused = client.post("/v1/chat/completions", json={**bad, "stream": True})
+    assert refused.status_code == 400 and "input_audio.wav" in refused.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("body, words", [
     ({"messages": []}, "messages: a non-empty list is required"),
     ({"messages": [{"role": "user", "content": "hi"}]}, "one input_audio part is required (got 0)"),
@@ -257,6 +277,9 @@ def test_the_openai_client_talks_to_a_real_server(folder, clip):
         answer = client.chat.completions.create(model=body["model"], messages=body["messages"], max_tokens=3)
         assert answer.choices[0].message.role == "assistant" and isinstance(answer.choices[0].message.content, str)
         assert answer.choices[0].finish_reason in ("stop", "length") and answer.usage.completion_tokens <= 3
+        streamed = client.chat.completions.create(model="m", messages=body["messages"], max_tokens=3, stream=True)
+        pieces = [event.choices[0].delta.content or "" for event in streamed]
+        assert "".join(pieces) == answer.choices[0].message.content
         with pytest.raises(openai.BadRequestError, match="one input_audio part is required"):
             client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     finally:

@@ -63,7 +63,8 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
                   stream_idle_timeout, allowed_hosts, allowed_origins, search_index, log_level) -> None:
     """Serve tagging and embeddings over HTTP, with a web page at /.
 
-    API: POST /v1/tag, POST /v1/embed (POST /v1/describe, /v1/ask with MiDashengLM), GET /v1/models, GET /v1/labels,
+    API: POST /v1/tag, POST /v1/embed (with MiDashengLM: POST /v1/describe, /v1/ask, /v1/chat/completions),
+    GET /v1/models, GET /v1/labels,
     GET /v1/search (with --index), GET /healthz, WebSocket /v1/stream; OpenAPI at /docs and /openapi.json.
     See docs/serve.md.
     """

@@ -9,11 +9,15 @@ rather than holding the worker for the rest of its answer.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Query, Request
+from fastapi.responses import StreamingResponse
 
 from auricle.language import choices
 from auricle.language.prompts import DEFAULT_PRESET, PRESETS
@@ -120,8 +124,8 @@ def add_language_routes(app: FastAPI, model, generator: Generator, admitted) -> 
         config = app.state.config
         try:
             parsed = chat.parse_chat(await chat.read_body(request, config.max_upload_bytes), MAX_NEW_TOKENS_LIMIT)
-            if parsed.stream:
-                raise RequestError(400, "stream: streamed answers are not served yet; send stream false")
+            pieces: asyncio.Queue[str] = asyncio.Queue()
+            loop = asyncio.get_running_loop()
 
             async def receive(folder: str) -> tuple[str, str]:
                 return chat.save_audio(parsed, folder)
@@ -134,10 +138,52 @@ def add_language_routes(app: FastAPI, model, generator: Generator, admitted) -> 
                     method = lambda on_text: model.ask(waveform, parsed.question,  # noqa: E731
                                                        max_new_tokens=parsed.max_new_tokens, name=name,
                                                        on_text=on_text)
-                description = await generator.run(method)
+                on_text = (lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece)) if parsed.stream else None
+                description = await generator.run(method, on_text)
                 return chat.completion(model.name, description.text,
                                        finish_reason(description, parsed.max_new_tokens), 0, description.tokens)
 
-            return await admitted(request, None, work, receive=receive)
+            if not parsed.stream:
+                return await admitted(request, None, work, receive=receive)
+            answer = asyncio.ensure_future(admitted(request, None, work, receive=receive))
+            # The status is settled by the first piece of text: until then a refusal (bad audio, busy) is
+            # still an HTTP error, not an event in a 200 stream.
+            first = asyncio.ensure_future(pieces.get())
+            await asyncio.wait({answer, first}, return_when=asyncio.FIRST_COMPLETED)
+            if answer.done() and answer.exception() is not None:
+                first.cancel()
+                raise answer.exception()
+            return StreamingResponse(_events(answer, first, pieces, model.name), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
         except RequestError as error:
             return JSONResponse(chat.error_body(error), status_code=error.status, headers=error.headers)
+
+
+async def _events(answer: asyncio.Future, first: asyncio.Future, pieces: asyncio.Queue, model_name: str):
+    """The answer as ``chat.completion.chunk`` events: the role, each text piece, the finish reason, [DONE]."""
+    from auricle.serve import chat
+
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    yield chat.chunk(ident, created, model_name, {"role": "assistant", "content": ""}, None)
+    waiting = first
+    try:
+        while True:
+            await asyncio.wait({answer, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                yield chat.chunk(ident, created, model_name, {"content": waiting.result()}, None)
+                waiting = asyncio.ensure_future(pieces.get())
+                continue
+            while not pieces.empty():  # text that came with the end
+                yield chat.chunk(ident, created, model_name, {"content": pieces.get_nowait()}, None)
+            error = answer.exception()
+            if error is not None:  # after the first piece the status is sent: the failure is the last event
+                message = error if isinstance(error, RequestError) else RequestError(500, "internal server error")
+                yield f"data: {json.dumps(chat.error_body(message))}\n\n"
+            else:
+                reason = answer.result()["choices"][0]["finish_reason"]
+                yield chat.chunk(ident, created, model_name, {}, reason)
+            yield "data: [DONE]\n\n"
+            return
+    finally:
+        waiting.cancel()
+        answer.cancel()  # a client that went away stops the generation
