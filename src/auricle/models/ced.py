@@ -79,7 +79,26 @@ def make_head(dim: int, classes: int, hidden: int = 0) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, classes))
 
 
-class CED(nn.Module):
+class LogMelFront(nn.Module):
+    """The stages both encoder families share before their patches: a log-mel per clip (clips under
+    ``min_samples`` zero-padded to one patch) and the input BatchNorm over mel bands."""
+
+    #: Samples of the shortest clip that fills one patch of log-mel frames.
+    min_samples: int = MIN_SAMPLES
+
+    def spectrogram(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) 16 kHz -> log-mel (batch, n_mels, frames), each clip with its own floor;
+        pads clips under one patch."""
+        if waveforms.shape[-1] < self.min_samples:
+            waveforms = F.pad(waveforms, (0, self.min_samples - waveforms.shape[-1]))
+        return self.frontend(waveforms)
+
+    def normalize(self, mel: torch.Tensor) -> torch.Tensor:
+        """Input BatchNorm over mel bands: (batch, n_mels, frames) -> (batch, 1, n_mels, frames)."""
+        return self.init_bn(mel.unsqueeze(2)).transpose(1, 2)
+
+
+class CED(LogMelFront):
     """CED encoder with its AudioSet (or custom) head.
 
     Data flow: waveform -> :meth:`spectrogram` (log-mel) -> :meth:`normalize`
@@ -103,17 +122,7 @@ class CED(nn.Module):
         self.outputlayer = make_head(dim, config.num_classes, config.head_hidden)
         self.eval()
 
-    # -- stages -------------------------------------------------------------
-    def spectrogram(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """(batch, samples) 16 kHz -> log-mel (batch, n_mels, frames); pads clips under one patch."""
-        if waveforms.shape[-1] < MIN_SAMPLES:
-            waveforms = F.pad(waveforms, (0, MIN_SAMPLES - waveforms.shape[-1]))
-        return self.frontend(waveforms)
-
-    def normalize(self, mel: torch.Tensor) -> torch.Tensor:
-        """Input BatchNorm over mel bands: (batch, n_mels, frames) -> (batch, 1, n_mels, frames)."""
-        return self.init_bn(mel.unsqueeze(2)).transpose(1, 2)
-
+    # -- stages (spectrogram and normalize: LogMelFront's) ----------------------
     def pieces(self, normalized: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Split past ``target_frames`` into pieces stacked piece-major: (pieces * batch, 1, F, T).
 

@@ -27,7 +27,7 @@ from auricle.onnx.exported import is_exported_file, not_weights
 from auricle.frontend import mel_filterbank
 from auricle.io import atomic
 from auricle.models.ced import CED, CEDConfig
-from auricle.models.dasheng_config import is_dasheng_state
+from auricle.models.dasheng_config import DashengConfig, is_dasheng_state
 from auricle.models.files import EMBEDDED_KEY, find_config, safetensors_metadata, weights_in_folder
 from auricle.models.registry import config_for_width
 
@@ -41,10 +41,10 @@ _HF_RENAMES = (("encoder.", ""),)
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Weights in auricle's naming, with what is known about the model."""
+    """Weights in auricle's naming, with what is known about the model (of either family)."""
 
     state_dict: dict[str, torch.Tensor]
-    config: CEDConfig
+    config: CEDConfig | DashengConfig
     layout: str
     source: str
     labels: tuple[str, ...] | None = None

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auricle.frontend import HOP_LENGTH, LogMel
-from auricle.models.ced import Mlp, make_head
+from auricle.models.ced import LogMelFront, Mlp, make_head
 from auricle.models.dasheng_config import PATCH_FRAMES, DashengConfig
 
 #: Samples per token as the official key mask counts them (``hop_size * 4``).
@@ -88,12 +88,14 @@ def key_bias(valid: torch.Tensor, first: int, tokens: int, dtype: torch.dtype) -
     return bias.masked_fill(masked, torch.finfo(dtype).min)[:, None, None, :]
 
 
-class Dasheng(nn.Module):
+class Dasheng(LogMelFront):
     """Dasheng encoder, optionally with a classification head over the mean token.
 
     Data flow: waveform -> :meth:`spectrogram` (log-mel) -> :meth:`normalize` (input BatchNorm) ->
     :meth:`forward_features` (tokens, 25 per second) -> :meth:`forward_head` (logits).
     """
+
+    min_samples = MIN_SAMPLES
 
     family = "dasheng"
 
@@ -119,17 +121,7 @@ class Dasheng(nn.Module):
         with torch.device("meta"):
             return Dasheng(config).state_dict()
 
-    # -- stages -------------------------------------------------------------
-    def spectrogram(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """(batch, samples) 16 kHz -> log-mel (batch, n_mels, frames), each clip with its own floor."""
-        if waveforms.shape[-1] < MIN_SAMPLES:
-            waveforms = F.pad(waveforms, (0, MIN_SAMPLES - waveforms.shape[-1]))
-        return self.frontend(waveforms)
-
-    def normalize(self, mel: torch.Tensor) -> torch.Tensor:
-        """Input BatchNorm over mel bands: (batch, n_mels, frames) -> (batch, 1, n_mels, frames)."""
-        return self.init_bn(mel.unsqueeze(2)).transpose(1, 2)
-
+    # -- stages (spectrogram and normalize: LogMelFront's) ----------------------
     def forward_features(self, normalized: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised mel (batch, 1, n_mels, frames) -> tokens (batch, frames // 4, dim).
 

@@ -17,35 +17,24 @@ Pickles are never executed (``weights_only=True``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from auricle.errors import CheckpointError
 from auricle.models.checkpoints import (
-    FORMAT_NAME, _check_official_frontend, _rename, check_shapes, load_state_dict_strict, read_tensors_and_config,
+    _HF_RENAMES, _OFFICIAL_RENAMES, FORMAT_NAME, Checkpoint, _check_official_frontend, _rename, check_shapes,
+    load_state_dict_strict, read_tensors_and_config,
 )
 from auricle.models.dasheng import Dasheng
 from auricle.models.dasheng_config import SIZES, DashengConfig, is_dasheng_state
 from auricle.models.files import find_config, weights_in_folder
 
-_OFFICIAL_RENAMES = (("init_bn.1.", "init_bn."),)
-_HF_RENAMES = (("encoder.", ""),)
 #: What a stored config must agree on with the shapes.
 _CHECKED = ("embed_dim", "depth", "num_heads")
-
-
-@dataclass(frozen=True)
-class DashengCheckpoint:
-    """Dasheng weights in auricle's naming, with what is known about the model."""
-
-    state_dict: dict[str, torch.Tensor]
-    config: DashengConfig
-    layout: str
-    source: str
-    labels: tuple[str, ...] | None = None
-    name: str | None = None
+#: Dasheng weights in auricle's naming: the record CED's are read into.
+DashengCheckpoint = Checkpoint
 
 
 def to_auricle_keys(state_dict: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], str]:
