@@ -28,11 +28,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``bias``: an additive attention mask (Dasheng masks a batch's padding; CED needs none)."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(query, key, value)
+        x = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
 
 
@@ -48,6 +49,8 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
+    """A pre-norm transformer block; both families' (a Dasheng config has the same fields)."""
+
     def __init__(self, config: CEDConfig) -> None:
         super().__init__()
         dim = config.embed_dim
@@ -56,8 +59,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), bias)
         return x + self.mlp(self.norm2(x))
 
 

@@ -18,11 +18,10 @@ converts the released layouts.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from auricle.frontend import HOP_LENGTH, LogMel
-from auricle.models.ced import LogMelFront, Mlp, make_head
+from auricle.models.ced import Block, LogMelFront, make_head
 from auricle.models.dasheng_config import PATCH_FRAMES, DashengConfig
 
 #: Samples per token as the official key mask counts them (``hop_size * 4``).
@@ -34,35 +33,6 @@ MIN_SAMPLES = (PATCH_FRAMES - 1) * HOP_LENGTH
 def valid_tokens(samples: torch.Tensor) -> torch.Tensor:
     """Tokens of each clip that keys may attend to in a padded batch: floor(samples / 640), as officially."""
     return torch.div(samples, SAMPLES_PER_TOKEN, rounding_mode="floor").long()
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
-        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
-
-
-class Block(nn.Module):
-    def __init__(self, config: DashengConfig) -> None:
-        super().__init__()
-        dim = config.embed_dim
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, config.num_heads, config.qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
-
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), bias)
-        return x + self.mlp(self.norm2(x))
 
 
 class PatchEmbed(nn.Module):
