@@ -227,10 +227,19 @@ class LanguageModelBase:
         if not any(segment.skipped is None and segment.text.strip() for segment in description.segments):
             return replace(description, summary=Summary(""))
         clock = time.perf_counter()
-        summary = self._complete(summary_question(description.segments), max_new_tokens, description.file)
+        summary = self._complete(summary_question(description.segments), max_new_tokens, description.file, None)
         timing["summary"] = time.perf_counter() - clock
         timing["total"] = timing.get("total", 0.0) + timing["summary"]
         return replace(description, summary=summary, timing=timing)
+
+    def complete(self, question: str, max_new_tokens: int = choices.DEFAULT_MAX_NEW_TOKENS, name: str = "<text>",
+                 on_text: Callable[[str], None] | None = None) -> Summary:
+        """The decoder's answer to a question without audio (what the summary pass asks), as a
+        :class:`~auricle.language.results.Summary`; ``name`` is what an error names."""
+        if not isinstance(question, str) or not question.strip():
+            raise OptionError("the question is empty")
+        _check_max_new_tokens(max_new_tokens)
+        return self._complete(question, max_new_tokens, name, on_text)
 
     def stream(self, audio, prompt: str = DEFAULT_PRESET, max_new_tokens: int = choices.DEFAULT_MAX_NEW_TOKENS,
                segment_seconds: float = DEFAULT_SEGMENT_SECONDS, name: str | None = None) -> Iterator[str]:
@@ -302,8 +311,9 @@ class LanguageModelBase:
         """Text pieces of one segment's answer, then the Segment (its times are filled in by the caller)."""
         raise NotImplementedError
 
-    def _complete(self, question: str, max_new_tokens: int, name: str) -> Summary:
-        """The answer to a question without audio (the summary pass)."""
+    def _complete(self, question: str, max_new_tokens: int, name: str,
+                  on_text: Callable[[str], None] | None) -> Summary:
+        """The answer to a question without audio (the summary pass), its text also given to ``on_text``."""
         raise NotImplementedError
 
 
@@ -369,13 +379,17 @@ class AudioLanguageModel(LanguageModelBase):
             else:
                 yield item
 
-    def _complete(self, question, max_new_tokens, name):
+    def _complete(self, question, max_new_tokens, name, on_text):
         import torch
 
         prompt = self.tokenizer.text_prompt_ids(question)
         no_audio = torch.zeros(0, self.network.decoder.config.hidden_size, dtype=self.network.dtype)
-        *_, ids = self._generate(prompt, no_audio, max_new_tokens, name)
-        return Summary(self.tokenizer.decode(list(ids)), ids, prompt_tokens=len(prompt))
+        for item in self._generate(prompt, no_audio, max_new_tokens, name):
+            if isinstance(item, tuple):
+                return Summary(self.tokenizer.decode(list(item)), item, prompt_tokens=len(prompt))
+            if on_text is not None:
+                on_text(item)
+        raise AssertionError("unreachable")
 
 
 def load_language_model(folder: str | os.PathLike, name: str | None = None) -> AudioLanguageModel:
