@@ -34,6 +34,9 @@ MAX_SEGMENT_SECONDS = 30.0
 DEFAULT_SEGMENT_SECONDS = 30.0
 #: The fewest samples that make one audio token.
 MIN_SEGMENT_SAMPLES = (choices.SUBSAMPLE_FACTOR * choices.FRAMES_PER_ENCODER_TOKEN - 1) * choices.HOP_SAMPLES
+#: Shortest stretch a diary describes: a shorter event is widened about its middle (one audio token,
+#: 0.19 s, says little).
+MIN_EVENT_SECONDS = 1.0
 #: Memory kept free beyond the weights (activations, KV cache, the interpreter), as a fraction of them.
 MEMORY_HEADROOM = 0.1
 
@@ -212,7 +215,7 @@ class LanguageModelBase:
         _check_segment_seconds(segment_seconds)
         try:
             return event_spans(tagger, waveform, len(waveform) / choices.SAMPLE_RATE, segment_seconds,
-                               MIN_SEGMENT_SAMPLES / choices.SAMPLE_RATE, options)
+                               min(MIN_EVENT_SECONDS, segment_seconds), options)
         except AudioError as error:  # the tagger names the array "<array>": name the file
             raise AudioError(str(error).replace("<array>", name, 1)) from None
 

@@ -119,13 +119,20 @@ def _terminal() -> bool:
 def load_tagger_or_exit(name: str, checkpoint: str | None):
     """The tagger that chooses segments (``--segments events``), or one error line and exit."""
     import auricle
+    from auricle.language_model import is_language_checkpoint
+    from auricle.models.registry import model_info
 
+    not_a_tagger = (f"{checkpoint or name}: not a tagger (--segments events needs a model with classes, "
+                    "such as ced-mini)")
     try:
+        # An audio-language model is refused before its weights (16 GB for the 7B) are read.
+        if is_language_checkpoint(checkpoint) or (checkpoint is None and model_info(name).family == "midashenglm"):
+            fail(not_a_tagger)
         tagger = auricle.load_model(name, checkpoint=checkpoint)
     except AuricleError as error:
         fail(str(error))
     if getattr(tagger, "labels", None) is None or not hasattr(tagger, "tag"):
-        fail(f"{checkpoint or name}: not a tagger (--segments events needs a model with classes, such as ced-mini)")
+        fail(not_a_tagger)
     return tagger
 
 
@@ -163,19 +170,19 @@ def run(paths, prompt: str, literal: bool, model_name: str, checkpoint: str | No
     if not todo:  # everything is in --output already: no model to load (16 GB for the 7B)
         report_batch("described", files, todo, 0, resume, output)
         return
+    # The tagger first: it is small, and a wrong one is refused before the 7B is read.
+    tagger = load_tagger_or_exit(tagger_name, tagger_checkpoint) if segmentation == "events" else None
     if server_url is not None:
         model = remote_or_exit(server_url, server_model, api_key_env, server_timeout, retries)
     else:
         model = load_language_or_exit(model_name, checkpoint)
-    tagger = load_tagger_or_exit(tagger_name, tagger_checkpoint) if segmentation == "events" else None
     if output_format in RESUMABLE_FORMATS and output not in (None, "-"):
+        # The diary's settings are null when unused: an output begun before they existed resumes as it was.
+        events = tagger is not None
         settings = {"model": model.name, "prompt": prompt, "literal": literal, "max_new_tokens": max_new_tokens,
-                    "segment": segment_seconds}
-        # Recorded only when used, so an output begun before these options resumes as it was.
-        if tagger is not None:
-            settings.update(segments="events", tagger=tagger.name, event_threshold=event_threshold)
-        if summary:
-            settings["summary"] = True
+                    "segment": segment_seconds, "segments": "events" if events else None,
+                    "tagger": tagger.name if events else None, "event_threshold": event_threshold if events else None,
+                    "summary": True if summary else None}
         differences = settings_differences(output, settings) if resume else []
         if differences:
             fail(f"{output}: written with other settings ({'; '.join(differences)}); resume with the same "
