@@ -352,7 +352,7 @@ class AudioLanguageModel(LanguageModelBase):
         room = self.context_tokens - len(prompt)
         if room < 1:
             raise AudioError(f"{name}: the prompt is {len(prompt)} tokens but the model's context is "
-                             f"{self.context_tokens}; use shorter segments (--segment) or fewer of them")
+                             f"{self.context_tokens}; shorten the question or the segments (--segment)")
         return min(max_new_tokens, room)
 
     def _generate(self, prompt: list[int], audio, max_new_tokens: int, name: str) -> Iterator[str | tuple[int, ...]]:

@@ -160,7 +160,7 @@ def run(paths, prompt: str, literal: bool, model_name: str, checkpoint: str | No
     if resume and (output is None or output == "-" or output_format not in RESUMABLE_FORMATS):
         fail(f"--resume needs --output FILE with --format {' or '.join(RESUMABLE_FORMATS)}")
     if not prompt.strip():
-        fail("the prompt is empty; give a preset or a question")
+        fail("the question is empty" if literal else "the prompt is empty; give a preset or a question")
     if server_url is not None and checkpoint is not None:
         fail("--server and --checkpoint do not combine: the server holds the model")
     files = files_or_exit(paths, recursive, output, "describe")
