@@ -81,7 +81,7 @@ def test_describe_takes_the_segments_it_is_given(model):
         (0.5, 1.5, ("Dog",)), (pytest.approx(1.93), pytest.approx(2.12), ())]
     alone = model.describe(audio[8_000:24_000], max_new_tokens=3)
     assert result.segments[0].tokens == alone.segments[0].tokens  # the same as describing that stretch alone
-    assert result.segmentation == "events" and result.to_dict()["segments"][0]["labels"] == ["Dog"]
+    assert result.segmentation == "given" and result.to_dict()["segments"][0]["labels"] == ["Dog"]
     cut = model.describe(audio, max_new_tokens=2, segment_seconds=1.0, segments=[(0.0, 2.5)])
     assert [(s.start, s.end) for s in cut.segments] == [(0.0, 0.8333125), (0.8333125, 1.6666875), (1.6666875, 2.5)]
     with pytest.raises(OptionError, match="after the end"):
@@ -107,6 +107,10 @@ def test_a_diary_describes_only_where_the_tagger_hears_something(model, tagger, 
     assert len(finer.segments) == 1 and ONSET - 2 <= finer.segments[0].start and finer.segments[0].end <= OFFSET + 2
     with pytest.raises(OptionError, match="not a tagger"):
         model.diary(recordings / "hour.wav", model)
+    asked = model.diary(recordings / "hour.wav", tagger, "music", max_new_tokens=2, literal=True)
+    assert asked.prompt == "music" and asked.segments
+    with pytest.raises(OptionError, match="the question is empty"):
+        model.diary(recordings / "hour.wav", None, " ", literal=True)  # before any tagging
 
 
 def test_the_summary_is_one_more_pass_over_the_segment_texts(model, tagger, recordings):
@@ -115,7 +119,7 @@ def test_the_summary_is_one_more_pass_over_the_segment_texts(model, tagger, reco
     assert "[0:" in question and diary.segments[0].text.strip() in question
     assert diary.summary.tokens == model.complete(question, max_new_tokens=3).tokens
     assert diary.to_dict()["summary"] == {"text": diary.summary.text, "tokens": list(diary.summary.tokens)}
-    assert "summary" in diary.timing
+    assert {"tag", "encode", "generate", "summary", "total"} <= set(diary.timing)
     calm = model.diary(recordings / "calm.wav", tagger, summary=True)
     assert calm.summary.text == "" and calm.summary.tokens == ()  # nothing happened: nothing to summarise
 

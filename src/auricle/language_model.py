@@ -179,7 +179,7 @@ class LanguageModelBase:
                 on_text(item)
         timing["total"] = time.perf_counter() - started
         result = Description(name, self.name, question, len(waveform) / choices.SAMPLE_RATE, tuple(found), timing,
-                             "fixed" if segments is None else "events")
+                             "fixed" if segments is None else "given")
         return self.summarize(result, max_new_tokens) if summary else result
 
     def ask(self, audio, question: str, max_new_tokens: int = choices.DEFAULT_MAX_NEW_TOKENS,
@@ -199,17 +199,23 @@ class LanguageModelBase:
         """A timestamped diary: ``tagger`` (a CED or Dasheng tagger) chooses where something happens and
         only those stretches are described (silence and nothing at all are skipped); see
         :mod:`auricle.language.diary`. ``literal``: ``prompt`` is a question, never a preset name."""
+        if literal and (not isinstance(prompt, str) or not prompt.strip()):
+            raise OptionError("the question is empty")
+        question = _Literal(prompt) if literal else _Literal(resolve_prompt(prompt))  # refused before tagging
+        _check_max_new_tokens(max_new_tokens)
+        started = time.perf_counter()
         waveform, name = self._waveform(audio, name)
         spans = self.event_spans(waveform, name, tagger, segment_seconds, options)
-        if literal:
-            return self.ask(waveform, prompt, max_new_tokens, segment_seconds, name, on_text, spans, summary)
-        return self.describe(waveform, prompt, max_new_tokens, segment_seconds, name, on_text, spans, summary)
+        tagging = time.perf_counter() - started
+        result = self.describe(waveform, question, max_new_tokens, segment_seconds, name, on_text, spans)
+        timing = {**result.timing, "tag": tagging, "total": result.timing["total"] + tagging}
+        result = replace(result, segmentation="events", timing=timing)
+        return self.summarize(result, max_new_tokens) if summary else result
 
     @staticmethod
     def event_spans(waveform: np.ndarray, name: str, tagger, segment_seconds: float = DEFAULT_SEGMENT_SECONDS,
                     options: EventSegmentation = EventSegmentation()) -> list[Span]:
         """Where ``tagger`` hears something in ``waveform`` (16 kHz mono), as spans of at most ``segment_seconds``."""
-        from auricle.errors import AudioError
         from auricle.language.diary import event_spans
 
         _check_segment_seconds(segment_seconds)
@@ -222,8 +228,6 @@ class LanguageModelBase:
     def summarize(self, description: Description, max_new_tokens: int = choices.DEFAULT_MAX_NEW_TOKENS) -> Description:
         """``description`` with :attr:`~Description.summary`: one paragraph over its segment texts and times
         (an empty summary when no segment has text; nothing is generated then)."""
-        from dataclasses import replace
-
         from auricle.language.diary import summary_question
 
         timing = dict(description.timing)

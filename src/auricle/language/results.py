@@ -69,7 +69,8 @@ class Description:
     segments: tuple[Segment, ...]
     #: Seconds spent: ``encode`` (audio encoder), ``generate`` (prefill and decoding), ``total``.
     timing: dict[str, float] = field(default_factory=dict)
-    #: How the segments were chosen: ``"fixed"`` (consecutive pieces) or ``"events"`` (a tagger's events).
+    #: How the segments were chosen: ``"fixed"`` (consecutive pieces), ``"events"`` (a tagger's events,
+    #: :meth:`~auricle.language_model.LanguageModelBase.diary`) or ``"given"`` (the caller's ``segments``).
     segmentation: str = "fixed"
     summary: Summary | None = None
 
