@@ -166,9 +166,12 @@ def test_auricle_serve_serves_a_model_folder(folder, monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = CliRunner().invoke(cli, ["serve", "--checkpoint", str(folder), "--port", str(port), "--threads", "1"])
+    result = CliRunner().invoke(cli, ["serve", "--checkpoint", str(folder), "--port", str(port), "--threads", "1",
+                                      "--generation-timeout", "42"])
     assert result.exit_code == 0, result.output
     assert served["app"].state.model.name == folder.name and served["port"] == port
+    config = served["app"].state.config
+    assert config.generation_timeout == 42 and config.request_timeout == 60
     on_gpu = CliRunner().invoke(cli, ["serve", "--checkpoint", str(folder), "--port", str(port), "--device", "cuda"])
     assert on_gpu.exit_code == 2 and "MiDashengLM runs on the CPU" in on_gpu.output
 

@@ -62,9 +62,10 @@ from auricle.cli.common import fail, load_model_or_exit, model_options, names_a_
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 def serve_command(model_name, checkpoint, device, threads, host, port, workers, max_upload_mb, max_duration,
-                  max_windows, max_pending, request_timeout, generation_timeout, max_batch_size, max_wait_ms, max_streams, header_timeout,
-                  body_timeout, max_connections_per_client, shutdown_timeout, max_decoded_seconds, max_stream_seconds,
-                  stream_idle_timeout, allowed_hosts, allowed_origins, search_index, log_level) -> None:
+                  max_windows, max_pending, request_timeout, generation_timeout, max_batch_size, max_wait_ms,
+                  max_streams, header_timeout, body_timeout, max_connections_per_client, shutdown_timeout,
+                  max_decoded_seconds, max_stream_seconds, stream_idle_timeout, allowed_hosts, allowed_origins,
+                  search_index, log_level) -> None:
     """Serve tagging and embeddings over HTTP, with a web page at /.
 
     API: POST /v1/tag, POST /v1/embed (with MiDashengLM: POST /v1/describe, /v1/ask, /v1/chat/completions),
