@@ -109,7 +109,7 @@ class RemoteLanguageModel(LanguageModelBase):
 
     def _served_model(self) -> str:
         """The model the server runs: OpenAI's list (``data[0].id``, as vLLM answers) or auricle's ``model.name``."""
-        values = self._call("/models", None, self.url)
+        values = self._call("/models", None, "--server")
         listed = values.get("data") if isinstance(values, dict) else None
         if isinstance(listed, list) and listed and isinstance(listed[0], dict) and listed[0].get("id"):
             return str(listed[0]["id"])
