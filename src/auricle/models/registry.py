@@ -98,9 +98,10 @@ class Registry:
         raise CheckpointError(f"{name}: no such model family (known: {', '.join(f.name for f in self.families)})")
 
     def available(self, family: str | None = "ced") -> list[ModelInfo]:
-        """The published models of ``family`` (None: every encoder), in the order listed."""
-        return [info for info in self.models
-                if (family is None and not self.family(info.family).whole_folder) or info.family == family]
+        """The published encoders of ``family`` (None: of every family), in the order listed; whole-folder
+        models (an audio-language model) are loaded by name but not listed."""
+        return [info for info in self.models if not self.family(info.family).whole_folder
+                and (family is None or info.family == family)]
 
     def info(self, name: str) -> ModelInfo:
         """Look a model up by name; ``ced_mini``, ``CED-Mini`` and ``mini`` all work."""
