@@ -9,6 +9,7 @@ file (no torch), and ``--engine onnx`` (the prepared graph, prepared once per tr
     git archive ad60b34 src | tar -x -C /tmp/base
     python benchmarks/cold_start_ab.py --baseline /tmp/base/src --candidate src --repeats 7 \
         --json benchmarks/results/cold_start_ab.json
+    python benchmarks/cold_start_ab.py ... --cases "exported file" "--engine onnx" --repeats 15
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=REFERENCE_CHECKPOINT)
     parser.add_argument("--name", default="ced-mini", help="the name the checkpoint's weights are cached under")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--cases", nargs="+", default=None,
+                        help="only these cases (weights, 'by name', 'exported file', '--engine onnx')")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     trees = {"baseline": args.baseline.resolve(), "candidate": args.candidate.resolve()}
@@ -65,10 +68,12 @@ def main() -> None:
             "exported file": ["--checkpoint", str(exported)],
             "--engine onnx": ["--checkpoint", str(args.checkpoint), "--engine", "onnx"],
         }
+        cases = {case: options for case, options in cases.items() if args.cases is None or case in args.cases}
         envs = {tree: {"PYTHONPATH": str(src), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",
                        "AURICLE_CACHE": str(work / f"cache-{tree}")} for tree, src in trees.items()}
         for tree in trees:  # the graph is prepared once per tree, untimed
-            run_measured([sys.executable, "-m", "auricle", "tag", str(clip), *cases["--engine onnx"]], envs[tree])
+            run_measured([sys.executable, "-m", "auricle", "tag", str(clip), "--checkpoint", str(args.checkpoint),
+                          "--engine", "onnx"], envs[tree])
         times: dict[str, dict[str, list[float]]] = {case: {tree: [] for tree in trees} for case in cases}
         for _ in range(args.repeats):
             for case, options in cases.items():
