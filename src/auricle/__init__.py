@@ -39,6 +39,7 @@ _LAZY = {
     "LabelError": "auricle.errors",
     "DatasetError": "auricle.errors",
     "ExportError": "auricle.errors",
+    "RunOptions": "auricle.loading",  # how a model runs (device, engine, precision, threads, streams)
     "Index": "auricle.search",  # search over indexed recordings (docs/search.md)
 }
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from auricle.inference.events import EventOptions
     from auricle.inference.results import ClipTags, Embeddings, Event, Failure, Tag, WindowScores
     from auricle.inference.tagging import TagOptions
+    from auricle.loading import RunOptions
     from auricle.model import AudioModel
     from auricle.models.registry import ModelInfo
     from auricle.search import Index
@@ -67,24 +69,16 @@ def available_models() -> list["ModelInfo"]:
 def load_model(name: str = "ced-mini", checkpoint: Any = None, device: Any = "cpu", cache_dir: Any = None,
                engine: str | None = None, precision: str | None = None, threads: int | None = None,
                streams: int | None = None) -> "AudioModel | DashengModel | ExportedModel":
-    """Load a model by name or checkpoint: :func:`auricle.model.load_model`, the same function and answer.
+    """Load a model by name or checkpoint: :func:`auricle.loading.load_model`, the one loading path.
 
     ``engine=``, ``precision=``, ``threads=`` and ``streams=`` choose how the encoder runs. A
     ``checkpoint`` ending in ``.onnx`` (an ``auricle export`` file) gives an
     :class:`auricle.onnx.exported.ExportedModel`: tagging, probabilities and (files exported with
-    ``--piece-embeddings``) embeddings through ONNX Runtime; it is answered here, without importing torch.
+    ``--piece-embeddings``) embeddings through ONNX Runtime, without importing torch.
     """
-    from auricle.onnx.exported import is_exported_file
+    from auricle.loading import load_model as _load
 
-    if is_exported_file(checkpoint):
-        from auricle.onnx.exported import load_exported
-
-        return load_exported(checkpoint, device=str(device), engine=engine, precision=precision, threads=threads,
-                             streams=streams)
-    from auricle.model import load_model as _load
-
-    return _load(name, checkpoint=checkpoint, device=device, cache_dir=cache_dir, engine=engine,
-                 precision=precision, threads=threads, streams=streams)
+    return _load(name, checkpoint, device, cache_dir, engine, precision, threads, streams)
 
 
 def tag(source: Any, sample_rate: int | None = None, *, model: str = "ced-mini", checkpoint: Any = None, **options: Any):

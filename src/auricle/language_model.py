@@ -422,3 +422,16 @@ def load_named(info, cache_dir: str | os.PathLike | None = None) -> AudioLanguag
     folder = fetch_folder(info, cache_dir, check=lambda where: check_fits(where, info.name))
     return load_language_model(folder, info.name)
 
+
+
+def check_runs(engine: str, precision: str, device) -> None:
+    """The MiDashengLM family's refusal of a way to run it that it does not support (the loading path asks)."""
+    if engine != "torch" or precision != "fp32":
+        raise OptionError("MiDashengLM runs on the torch engine in its stored precision; drop --engine/--precision")
+    if device.type != "cpu":  # the encoder, projector and decoding loop keep their tensors on the CPU
+        raise OptionError(f"MiDashengLM runs on the CPU in auricle for now, not on {device}")
+
+
+def load_folder(folder: str | os.PathLike | None, info, cache_dir: str | os.PathLike | None) -> AudioLanguageModel:
+    """The MiDashengLM family's model: a registered one (``info``) from the cache or the Hub, else ``folder``."""
+    return load_named(info, cache_dir) if info is not None else load_language_model(folder)

@@ -99,11 +99,11 @@ def test_bad_audio_is_one_line_naming_the_file(model, tmp_path):
 def test_engine_precision_and_device_other_than_the_cpu_defaults_are_refused(folder, monkeypatch):
     import torch
 
-    from auricle import model as loading
+    from auricle import devices  # the loading path (auricle.loading) asks it for the device
 
     with pytest.raises(OptionError, match="stored precision"):
         auricle.load_model(checkpoint=folder, engine="onnx")
-    monkeypatch.setattr(loading, "torch_device", lambda device: torch.device("cuda"))  # as on a GPU machine
+    monkeypatch.setattr(devices, "torch_device", lambda device: torch.device("cuda"))  # as on a GPU machine
     with pytest.raises(OptionError, match="on the CPU in auricle for now, not on cuda"):
         auricle.load_model(checkpoint=folder, device="cuda")
 

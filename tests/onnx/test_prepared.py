@@ -18,7 +18,8 @@ from auricle.models.ced import CED, CEDConfig
 from auricle.models.checkpoints import save_checkpoint
 from auricle.onnx import prepared
 from auricle.onnx.export import ExportError, ParityError
-from auricle.onnx.prepared import PrepareError, load_prepared, prepared_path, weights_file
+from auricle.loading import load_prepared, weights_file  # the name -> weights -> graph path is the loading path's
+from auricle.onnx.prepared import PrepareError, prepared_path
 from no_torch_support import without_torch
 
 pytest.importorskip("onnxruntime")

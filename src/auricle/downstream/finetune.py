@@ -574,10 +574,10 @@ def finetune(
     test_scores = None
     finished = stopped_early or len(history) >= config.epochs or bad_epochs >= config.patience
     if where.main and finished and test is not None and len(test):
-        from auricle.models.families import read_any_checkpoint
+        from auricle.loading import read_weights
 
-        family, saved = read_any_checkpoint(checkpoint_path)
-        best_network = family.build(saved).to(device)
+        family, saved = read_weights(checkpoint_path)
+        best_network = family.call("build", saved).to(device)
         test, test_waves = readable(test, failed, log)
         test_scores = score_classification(test.targets(), predict(best_network, test_waves, device=device),
                                            multi_label).to_dict()
@@ -605,32 +605,11 @@ def _save_model(network: CED | Dasheng, path: Path, classes: Sequence[str], name
 
 def load_encoder(model_name: str, checkpoint: str | None, from_scratch: bool,
                  seed: int = 0) -> tuple[CED | Dasheng, str]:
-    """The encoder (CED or Dasheng) to start from and a description of where its weights came from.
+    """The encoder (CED or Dasheng) to start from and where its weights came from, in words
+    (:func:`auricle.loading.load_network`). A random initialisation is drawn from ``seed``."""
+    from auricle.loading import load_network
 
-    A random initialisation is drawn from ``seed`` (the same seed gives the same weights).
-    """
-    from auricle.models.families import read_any_checkpoint
-    from auricle.models.registry import model_info
-
-    def build(path: str) -> CED | Dasheng:
-        family, read = read_any_checkpoint(path)
-        return family.build(read)
-
-    if from_scratch:
-        if checkpoint is not None:
-            raise CheckpointError("--from-scratch and --checkpoint exclude each other")
-        info = model_info(model_name)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            network = Dasheng(info.config) if info.family == "dasheng" else CED(info.config)
-            return network, f"{info.name} (random initialisation, seed {seed})"
-    if checkpoint is None:
-        from auricle.models.hub import fetch_weights
-
-        info = model_info(model_name)
-        checkpoint = str(fetch_weights(info))
-        return build(checkpoint), f"{info.name} ({checkpoint})"
-    return build(checkpoint), str(checkpoint)
+    return load_network(model_name, checkpoint, from_scratch=from_scratch, seed=seed)
 
 
 __all__ = [

@@ -430,16 +430,12 @@ def create_app_from_environment() -> FastAPI:
     ``AURICLE_SERVE`` is the JSON that ``auricle serve`` writes: model name,
     checkpoint, device, threads, engine, precision and the :class:`ServeConfig` fields.
     """
-    from auricle.onnx.exported import is_exported_file, load_exported
+    from auricle.loading import RunOptions, load
 
     spec = json.loads(os.environ["AURICLE_SERVE"])
-    if is_exported_file(spec.get("checkpoint")):  # `auricle serve` checked the flags against the file; no torch
-        return create_app(load_exported(spec["checkpoint"], threads=spec.get("threads")),
-                          ServeConfig(**spec.get("config", {})))
-    from auricle.model import load_model
-
-    # threads also sets torch's process-wide count (the torch engine does it).
-    model = load_model(spec["model"], checkpoint=spec.get("checkpoint"), device=spec.get("device", "cpu"),
-                       engine=spec.get("engine", "torch"), precision=spec.get("precision", "fp32"),
-                       threads=spec.get("threads"))
+    # `auricle serve` checked engine and precision against an exported file: here they are defaults that yield
+    # to it (no torch then). threads also sets torch's process-wide count.
+    model = load(spec["model"], spec.get("checkpoint"),
+                 RunOptions(spec.get("device", "cpu"), spec.get("engine", "torch"), spec.get("precision", "fp32"),
+                            spec.get("threads"), defaulted=frozenset({"engine", "precision"})))
     return create_app(model, ServeConfig(**spec.get("config", {})))
