@@ -37,12 +37,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("networks", ("auricle.models", "auricle.language")),
     # running a network over audio: engines, ONNX, windows, tagging options and results
     ("running", ("auricle.engines", "auricle.inference", "auricle.onnx", "auricle.options",
-                 "auricle.language.results", "auricle.export_graph", "auricle.export", "auricle.exported",
+                 "auricle.language.results", "auricle.language.diary", "auricle.export_graph", "auricle.export", "auricle.exported",
                  "auricle.prepared")),
     ("user models", ("auricle.model", "auricle.dasheng_model", "auricle.language_model")),
     ("loading", ("auricle.loading",)),
     ("applications", ("auricle.io", "auricle.search", "auricle.listen", "auricle.training", "auricle.distill",
-                      "auricle.downstream", "auricle.hear", "auricle.inference.system")),
+                      "auricle.downstream", "auricle.hear", "auricle.inference.system",
+                      # the remote client stands in for a language model
+                      "auricle.language.remote")),
     ("faces", ("auricle.serve", "auricle.cli", "auricle.__main__", "auricle")),
 )
 
