@@ -517,6 +517,35 @@ def event_report(
                        psds, settings, tuple(failures))
 
 
+def read_matched_predictions(
+    path: str | os.PathLike, files: Sequence[str], classes: Sequence[str]
+) -> tuple[list[FilePrediction], list[Failure]]:
+    """The predictions an ``auricle tag`` output holds for each labelled file, in label order, and its failures.
+
+    Each labelled file must have a prediction or a failure (however its path is spelt); a file of
+    the tagging run that no label names is not part of the evaluation, failed or not.
+    """
+    found, failures = read_predictions(path, classes)
+    failed = {f.file for f in failures}
+    pairs = match_files(files, list(found) + list(failed), str(path))
+    model_names = {p.file for p in found.values()}
+    ordered = [relabel(found[pairs[f]], f) for f in files if pairs[f] in model_names]
+    matched = set(pairs.values())
+    return ordered, [failure for failure in failures if failure.file in matched]
+
+
+def dataset_tagging_report(
+    dataset, predictions: Sequence[FilePrediction], model: str = "", failures: Sequence[Failure] = ()
+) -> TaggingReport:
+    """Tagging metrics of ``predictions`` (in the order of ``dataset.files``) against a labelled dataset's
+    targets; the files without a prediction (failed) are left out."""
+    kept = {p.file for p in predictions}
+    rows = [i for i, f in enumerate(dataset.files) if f in kept]
+    scores = (np.stack([p.clip_scores for p in predictions]) if predictions
+              else np.zeros((0, len(dataset.classes))))
+    return tagging_report(dataset.targets()[rows], scores, dataset.classes, model, failures)
+
+
 def relabel(prediction: FilePrediction, file: str) -> FilePrediction:
     """The same prediction under the labels' name of the file (so events pair up by file)."""
     events = tuple(LabelledEvent(file, e.onset, e.offset, e.label) for e in prediction.events)
@@ -527,5 +556,6 @@ def relabel(prediction: FilePrediction, file: str) -> FilePrediction:
 __all__ = [
     "EvaluationError", "FilePrediction", "predict", "read_predictions", "match_files", "read_strong_labels",
     "model_columns", "TaggingReport", "TagClassResult", "tagging_report", "EventReport", "EventClassResult",
-    "EventSettings", "event_report", "psds_values", "relabel", "PSDS_SCENARIOS",
+    "EventSettings", "event_report", "psds_values", "relabel", "PSDS_SCENARIOS", "read_matched_predictions",
+    "dataset_tagging_report",
 ]
