@@ -189,4 +189,3 @@ def _the_index_model(indexed: str | None, model_name: str, checkpoint: str | Non
             info.name for info in available_models()}:
         return indexed
     return model_name
-

@@ -13,7 +13,9 @@ from auricle.cli.common import (
     say_audio_warnings, strict_option, tag_option_flags, writable,
 )
 from auricle.errors import AuricleError, OutputError
-from auricle.io.tag_resume import appended_csv_layout, effective_tag_settings, remove_stale_temporaries, tag_run_settings
+from auricle.io.tag_resume import (
+    appended_csv_layout, effective_tag_settings, remove_stale_temporaries, tag_run_settings,
+)
 from auricle.io.writers import (
     FORMATS, RESUMABLE_FORMATS, completed_files, format_for, not_done, open_writer, record_settings,
     settings_differences,
@@ -130,4 +132,3 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         target = "standard output" if stream is sys.stdout else output
         fail(f"{target}: cannot write ({error.strerror or error})", code=1)
     report_batch("tagged", files, todo, failures, resume, output, flagged if strict else 0)
-

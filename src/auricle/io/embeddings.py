@@ -320,4 +320,3 @@ def write_embeddings(
         writer.write(result)
     written = writer.close()
     return EmbeddingsReport(str(output), len(todo), len(todo) - len(failures), len(done), tuple(failures), written)
-
