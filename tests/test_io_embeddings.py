@@ -4,6 +4,7 @@ its resume, and its refusals."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import numpy as np
@@ -38,6 +39,8 @@ def test_a_folder_written_in_python_is_the_folder_the_command_writes(inputs, tin
     assert isinstance(report, EmbeddingsReport)
     assert (report.todo, report.embedded, report.already_done, report.written) == (3, 2, 0, True)
     assert [f.file for f in report.failures] == [missing] and len(seen) == 3
+    assert report.to_dict()["failures"] == [{"file": missing, "error": report.failures[0].error}]
+    assert json.loads(json.dumps(report.to_dict()))["embedded"] == 2
 
     result = run("embed", *inputs, missing, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "cli")
     assert result.exit_code == 1  # the missing file

@@ -269,7 +269,8 @@ class EmbeddingsReport:
 
     def to_dict(self) -> dict:
         return {"output": self.output, "todo": self.todo, "embedded": self.embedded,
-                "already_done": self.already_done, "failures": [f.to_dict() for f in self.failures],
+                "already_done": self.already_done,
+                "failures": [{"file": f.file, "error": f.error} for f in self.failures],
                 "written": self.written}
 
 
