@@ -46,7 +46,7 @@ def burst_signal(total: float, onset: float, offset: float, seed: int = 0) -> np
 
 
 @torch.no_grad()
-def burst_checkpoint(path: Path) -> Path:
+def burst_checkpoint(path: Path, labels: tuple[str, str] = BURST_LABELS) -> Path:
     config = CEDConfig(embed_dim=64, num_heads=1, depth=1, num_classes=2)
     network = CED(config)
     for parameter in network.parameters():
@@ -75,7 +75,7 @@ def burst_checkpoint(path: Path) -> Path:
     network.outputlayer[0].weight.fill_(1.0)
     network.outputlayer[1].weight[0, 0] = 1.0
     network.outputlayer[1].weight[1, 0] = -1.0
-    return save_checkpoint(network, path, labels=list(BURST_LABELS), name="burst-detector")
+    return save_checkpoint(network, path, labels=list(labels), name="burst-detector")
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = SR) -> Path:

@@ -228,11 +228,12 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
         # FastAPI's own answer is a list of objects; every refusal here is {"detail": "<one line>"}.
         return JSONResponse({"detail": validation_line(error.errors())}, status_code=422)
 
-    async def admitted(request: Request, filename: str | None, work, receive=None) -> dict:
+    async def admitted(request: Request, filename: str | None, work, receive=None, timeout: float | None = None) -> dict:
         """Run ``work(name, waveform)`` for the request's audio, within admission and time limits.
 
         ``receive(folder)``, if given, reads the body instead of an upload and returns the
-        audio's (name, path) in ``folder``.
+        audio's (name, path) in ``folder``. ``timeout``: seconds once admitted (default
+        ``request_timeout``).
 
         A request slot is taken only once the whole body has arrived (within
         ``body_timeout``): clients that upload slowly, or stall, hold a socket
@@ -268,10 +269,11 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
                     finally:
                         reservation.release()
 
+                limit = config.request_timeout if timeout is None else timeout
                 try:
-                    return await asyncio.wait_for(process(), config.request_timeout)
+                    return await asyncio.wait_for(process(), limit)
                 except TimeoutError:
-                    raise RequestError(503, f"request not finished within {config.request_timeout:g} s (a busy "
+                    raise RequestError(503, f"request not finished within {limit:g} s (a busy "
                                             "server)", {"Retry-After": str(config.retry_after)}) from None
 
     async def on_model(function):

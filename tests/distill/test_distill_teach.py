@@ -24,7 +24,7 @@ from auricle.distill.shards import ShardConfig, ShardSet, write_shards
 from auricle.distill.store import TargetStore, decode_values, encode_values
 from auricle.labels import audioset_labels
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 CALLABLE = "distill_helpers:waveform_teacher"
 NO_MASKS = ["--time-mask", "0", "--freq-mask", "0"]
 AUGMENT = ["--gain-db", "6", "--mixup-prob", "0.5", "--time-mask", "30", "--freq-mask", "8"]

@@ -51,7 +51,7 @@ def events(rows):
     return [LabelledEvent(file, onset, offset, label) for file, onset, offset, label in rows]
 
 
-# The hand-computed case also used by the CLI test (tests/test_evaluate.py).
+# The hand-computed case also used by the CLI test (tests/downstream/test_evaluate.py).
 REFERENCE = events([("a", 1.0, 3.0, "Dog"), ("a", 5.0, 6.0, "Dog"), ("a", 2.5, 4.5, "Cat")])
 PREDICTED = events([
     ("a", 1.1, 3.3, "Dog"),  # onset +0.1, offset +0.3 <= max(0.2, 20% of 2 s): match

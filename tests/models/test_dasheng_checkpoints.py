@@ -23,6 +23,7 @@ from auricle.models.dasheng_config import SIZES
 from auricle.models.files import find_config
 
 from conftest import REFERENCE, require
+from dasheng_support import write_audioset_checkpoint, zenodo_dump
 
 FOLDER = REFERENCE / "dasheng"
 RELEASED = {"dasheng-base": "base", "dasheng-0.6B": "0.6b", "dasheng-1.2B": "1.2b"}
@@ -41,10 +42,6 @@ def model(zenodo) -> DashengModel:
 @pytest.fixture(scope="module")
 def noise() -> np.ndarray:
     return np.random.default_rng(0).normal(0, 0.1, (2, 24000)).astype(np.float32)
-
-
-def zenodo_dump(zenodo: Path) -> dict:
-    return torch.load(zenodo, weights_only=True)
 
 
 def test_both_released_layouts_load_to_identical_weights(zenodo, model, noise):
@@ -140,19 +137,6 @@ def test_a_truncated_file_is_one_line(zenodo, tmp_path):
         with pytest.raises(CheckpointError) as error:
             auricle.load_model(checkpoint=path)
         assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
-
-
-def write_audioset_checkpoint(zenodo: Path, path: Path) -> Path:
-    """The layout of dasheng_audioset_mAP497.pt as the official README loads it: a flat state dict, the
-    encoder's keys and a 527-class head ``outputlayer`` (LayerNorm + Linear) over the mean token."""
-    state = zenodo_dump(zenodo)
-    generator = torch.Generator().manual_seed(0)
-    state["model"].update({
-        "outputlayer.0.weight": torch.ones(192), "outputlayer.0.bias": torch.zeros(192),
-        "outputlayer.1.weight": torch.randn(527, 192, generator=generator) * 0.1,
-        "outputlayer.1.bias": torch.zeros(527)})
-    torch.save(state["model"], path)
-    return path
 
 
 def test_the_audioset_head_tags_a_file(zenodo, tmp_path, noise):

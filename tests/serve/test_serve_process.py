@@ -112,6 +112,7 @@ def test_web_page_in_headless_chromium(server, burst_wav, tmp_path):
             assert page.locator("footer a").evaluate_all("links => links.map(a => a.getAttribute('href'))") == [
                 "/openapi.json", "/v1/labels"]
             sync_api.expect(page.locator("#model-info")).to_contain_text("burst-detector")
+            assert page.locator("#ask-box").is_hidden()  # a tagger: no "ask about this sound"
             page.click("summary")
             page.fill("#window", "2")
             page.fill("#hop", "1")

@@ -166,9 +166,12 @@ def test_auricle_serve_serves_a_model_folder(folder, monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = CliRunner().invoke(cli, ["serve", "--checkpoint", str(folder), "--port", str(port), "--threads", "1"])
+    result = CliRunner().invoke(cli, ["serve", "--checkpoint", str(folder), "--port", str(port), "--threads", "1",
+                                      "--generation-timeout", "42"])
     assert result.exit_code == 0, result.output
     assert served["app"].state.model.name == folder.name and served["port"] == port
+    config = served["app"].state.config
+    assert config.generation_timeout == 42 and config.request_timeout == 60
     on_gpu = CliRunner().invoke(cli, ["serve", "--checkpoint", str(folder), "--port", str(port), "--device", "cuda"])
     assert on_gpu.exit_code == 2 and "MiDashengLM runs on the CPU" in on_gpu.output
 
@@ -204,8 +207,46 @@ def test_chat_completions_answers_as_ask_does(client, model, clip):
     assert choice["message"] == {"role": "assistant", "content": expected.text}
     assert choice["finish_reason"] == ("length" if expected.tokens == 4 else "stop")
     assert body["usage"]["completion_tokens"] == expected.tokens
+    # The prompt: the ChatML turns and one <|AUDIO|> per projected audio embedding.
+    audio_tokens = int(1 + len(clip) / 160) // 4 // 5
+    prompt = model.tokenizer.prompt_ids("what is this", audio_tokens)
+    assert body["usage"]["prompt_tokens"] == len(prompt) == expected.prompt_tokens > audio_tokens
+    assert body["usage"]["total_tokens"] == len(prompt) + expected.tokens
     capped = client.post("/v1/chat/completions", json=chat_body(clip, max_completion_tokens=1)).json()
     assert capped["usage"]["completion_tokens"] == 1 and capped["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_question_without_audio_is_answered_by_the_decoder_alone(client, model):
+    body = {"messages": [{"role": "system", "content": "ignored"}, {"role": "user", "content": "what is a dog"}],
+            "max_tokens": 3}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    expected = model.complete("what is a dog", max_new_tokens=3)
+    answer = response.json()
+    assert answer["choices"][0]["message"]["content"] == expected.text
+    assert answer["usage"] == {"prompt_tokens": len(model.tokenizer.text_prompt_ids("what is a dog")),
+                               "completion_tokens": len(expected.tokens),
+                               "total_tokens": len(model.tokenizer.text_prompt_ids("what is a dog")) + len(expected.tokens)}
+    import json
+
+    streamed = client.post("/v1/chat/completions", json={**body, "stream": True})
+    chunks = [json.loads(line[6:]) for line in streamed.text.split("\n") if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == expected.text
+    too_long = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "dog " * 300}]})
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["message"].startswith("the question: the prompt is ")
+
+
+def test_language_requests_have_their_own_time_limit(model, clip):
+    """A 7B on a CPU takes minutes: tagging's 60 s limit was the language routes' too."""
+    data = wav_bytes(clip)
+    with TestClient(create_app(model, ServeConfig(request_timeout=1e-6)), base_url=LOCAL) as client:
+        assert client.post("/v1/describe?max_new_tokens=2", content=data).status_code == 200
+    with TestClient(create_app(model, ServeConfig(generation_timeout=1e-6)), base_url=LOCAL) as client:
+        late = client.post("/v1/describe?max_new_tokens=2", content=data)
+        assert late.status_code == 503 and "not finished within 1e-06 s" in late.json()["detail"]
+        text = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a dog"}]})
+        assert text.status_code == 503
 
 
 def test_a_streamed_chat_completion_is_server_sent_chunks_ending_with_done(client, model, clip):
@@ -230,7 +271,8 @@ def test_a_streamed_chat_completion_is_server_sent_chunks_ending_with_done(clien
 
 @pytest.mark.parametrize("body, words", [
     ({"messages": []}, "messages: a non-empty list is required"),
-    ({"messages": [{"role": "user", "content": "hi"}]}, "one input_audio part is required (got 0)"),
+    ({"messages": [{"role": "user", "content": "  "}]},
+     "one input_audio part, or a question without audio, is required (got 0 input_audio parts)"),
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "%%"}}]}]},
      "input_audio.data: not base64"),
     ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "bm90IGF1ZGlv"}}]}]},
@@ -280,8 +322,9 @@ def test_the_openai_client_talks_to_a_real_server(folder, clip):
         streamed = client.chat.completions.create(model="m", messages=body["messages"], max_tokens=3, stream=True)
         pieces = [event.choices[0].delta.content or "" for event in streamed]
         assert "".join(pieces) == answer.choices[0].message.content
-        with pytest.raises(openai.BadRequestError, match="one input_audio part is required"):
-            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        two = [{"role": "user", "content": body["messages"][0]["content"] * 2}]
+        with pytest.raises(openai.BadRequestError, match="one input_audio part, or a question without audio"):
+            client.chat.completions.create(model="m", messages=two)
     finally:
         process.terminate()
         process.wait(timeout=15)

@@ -2,7 +2,7 @@
 
 A numpy stand-in for the exported graph (log-mel with its floor, cut into pieces)
 makes the arithmetic of rows checkable for many lengths at once; the real graph
-is checked in tests/test_exported.py.
+is checked in tests/onnx/test_exported.py.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def hand_prediction(file: str) -> dict:
 
 @pytest.mark.parametrize("header", ["filename,onset,offset,event_label", "file,onset,offset,label"])
 def test_event_metrics_by_hand_from_a_predictions_file(tmp_path, header):
-    """The hand-computed case of tests/test_eval_metrics.py, end to end."""
+    """The hand-computed case of tests/downstream/test_eval_metrics.py, end to end."""
     (tmp_path / "ref.csv").write_text(f"{header}\na.wav,1.0,3.0,Dog\na.wav,5.0,6.0,Dog\na.wav,2.5,4.5,Cat\n")
     (tmp_path / "pred.jsonl").write_text(json.dumps(hand_prediction("a.wav")) + "\n")
     result = run("evaluate", tmp_path / "ref.csv", "--events", "--predictions", tmp_path / "pred.jsonl",

@@ -12,6 +12,8 @@ from auricle.inference.results import Failure
 from auricle.frontend import LogMel, LogMelStream
 from auricle.models.ced import MIN_SAMPLES
 
+from audio_support import write_broken_midway
+
 PIECE = 1012
 
 
@@ -191,8 +193,3 @@ def test_a_file_that_breaks_midway_fails_by_name_and_the_rest_is_embedded(tiny_c
         model.embed(str(broken))  # alone, on all streams
 
 
-def write_broken_midway(path):
-    rng = np.random.default_rng(4)
-    samples = np.concatenate([0.1 * rng.standard_normal(90 * 16000), np.full(16000, np.nan)]).astype(np.float32)
-    sf.write(path, samples, 16000, subtype="FLOAT")
-    return path

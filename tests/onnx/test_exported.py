@@ -268,7 +268,7 @@ def test_many_files_embed_on_their_streams_as_one_by_one(piece_file, long_record
 
 def test_a_long_file_that_breaks_midway_fails_by_name_and_the_rest_is_embedded(piece_file, long_recording, tmp_path):
     """NaN after 90 s: the loudest-frame pass reads into it, before any row ran."""
-    from test_embedding import write_broken_midway
+    from audio_support import write_broken_midway
 
     model = load_exported(piece_file, threads=2, streams=2)
     broken = write_broken_midway(tmp_path / "broken.wav")

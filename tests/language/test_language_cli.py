@@ -123,3 +123,24 @@ def test_other_commands_refuse_a_language_model_before_loading_it(folder, record
            f"not `auricle {command}`" in result.stderr
     named = _run(command, recordings / "a.wav", "--model", "midashenglm-7b", "-o", out)
     assert named.exit_code == 2 and "midashenglm-7b: an audio-language model" in named.stderr
+
+
+def test_bad_input_is_one_line_naming_the_file_and_the_batch_goes_on(folder, recordings, tmp_path):
+    """Issue 28 item 8: silent and too-short audio, an empty question, more tokens than the context."""
+    short = tmp_path / "click.wav"
+    sf.write(short, np.ones(800, np.float32) * 0.1, 16_000)
+    files = [recordings / "silent.wav", short, recordings / "a.wav"]
+    result = _run("describe", *files, "--checkpoint", folder, "--max-new-tokens", 2, "-f", "jsonl")
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("auricle: error: ")]
+    assert errors == [f"auricle: error: {recordings / 'silent.wav'}: silent (every sample is zero); nothing to describe",
+                      f"auricle: error: {short}: too short to describe (0.050 s; at least 0.19 s is needed)"]
+    assert json.loads(result.stdout.splitlines()[-1])["file"] == str(recordings / "a.wav")
+    for question in ("", "   "):
+        empty = _run("ask", recordings / "a.wav", question, "--checkpoint", folder)
+        assert empty.exit_code == 2 and empty.stderr == "auricle: error: the question is empty\n"
+    long = _run("ask", recordings / "a.wav", recordings / "b.wav", "dog " * 300, "--checkpoint", folder, "-f", "jsonl")
+    assert long.exit_code == 1 and "described 0 of 2 files; 2 failed" in long.stderr
+    for name in ("a.wav", "b.wav"):
+        assert f"auricle: error: {recordings / name}: the prompt is " in long.stderr
+    assert long.stderr.count("but the model's context is 256; shorten the question or the segments") == 2
