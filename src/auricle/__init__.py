@@ -39,8 +39,13 @@ _LAZY = {
     "LabelError": "auricle.errors",
     "DatasetError": "auricle.errors",
     "ExportError": "auricle.errors",
+    "OutputError": "auricle.errors",
+    "WriteError": "auricle.errors",
     "RunOptions": "auricle.loading",  # how a model runs (device, engine, precision, threads, streams)
     "Index": "auricle.search",  # search over indexed recordings (docs/search.md)
+    # `auricle embed`'s output layout and its resume (docs/output-format.md)
+    "write_embeddings": "auricle.io.embeddings",
+    "EmbeddingsReport": "auricle.io.embeddings",
 }
 
 __all__ = ["available_models", "load_model", "tag", "embed", "__version__", *_LAZY]
@@ -48,7 +53,8 @@ __all__ = ["available_models", "load_model", "tag", "embed", "__version__", *_LA
 if TYPE_CHECKING:
     from auricle.dasheng_model import DashengModel
     from auricle.errors import (AudioError, AudioWarning, AuricleError, CheckpointError, DatasetError, ExportError,
-                                LabelError, OptionError)
+                                LabelError, OptionError, OutputError, WriteError)
+    from auricle.io.embeddings import EmbeddingsReport, write_embeddings
     from auricle.onnx.exported import ExportedModel
     from auricle.inference.events import EventOptions
     from auricle.inference.results import ClipTags, Embeddings, Event, Failure, Tag, WindowScores

@@ -158,10 +158,10 @@ def test_many_files_embed_on_their_streams_as_one_by_one(tiny_checkpoint, refere
 
 def test_a_long_file_among_many_gets_all_streams(tiny_checkpoint, reference_dir, tmp_path, monkeypatch):
     import auricle
-    from auricle.inference import pipeline
+    from auricle.inference import batching
 
     model = auricle.load_model(checkpoint=tiny_checkpoint, threads=2, streams=2)
-    monkeypatch.setattr(pipeline, "LONG_FILE_SECONDS", 30.0)  # a 35 s file stands in for a long one
+    monkeypatch.setattr(batching, "LONG_FILE_SECONDS", 30.0)  # a 35 s file stands in for a long one
     long_file = tmp_path / "long.wav"
     sf.write(long_file, (0.1 * np.random.default_rng(2).standard_normal(35 * 16000)).astype(np.float32), 16000)
     inputs = reference_dir / "inputs"

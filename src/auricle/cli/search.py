@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import sys
 
@@ -15,8 +13,7 @@ from auricle.cli.common import (
 )
 from auricle.errors import AuricleError
 from auricle.options import TAG_OPTIONS
-
-SEARCH_FORMATS = ("table", "json", "jsonl", "csv")
+from auricle.io.search_hits import SEARCH_FORMATS, write_hits  # noqa: F401 (write_hits: its old import path)
 
 
 @click.command("index")
@@ -192,27 +189,3 @@ def _the_index_model(indexed: str | None, model_name: str, checkpoint: str | Non
             info.name for info in available_models()}:
         return indexed
     return model_name
-
-
-def write_hits(hits, output_format: str, stream) -> None:
-    if output_format == "json":
-        json.dump([hit.to_dict() for hit in hits], stream, indent=2)
-        stream.write("\n")
-    elif output_format == "jsonl":
-        for hit in hits:
-            stream.write(json.dumps(hit.to_dict()) + "\n")
-    elif output_format == "csv":
-        writer = csv.writer(stream, lineterminator="\n")
-        writer.writerow(["rank", "file", "score", "duration", "matched", "segments"])
-        for hit in hits:
-            writer.writerow([hit.rank, hit.file, f"{hit.score:.6f}", f"{hit.duration:.3f}",
-                             ";".join(f"{m.label}={m.score:.4f}" for m in hit.matched),
-                             ";".join(f"{s.start:.2f}-{s.end:.2f}={s.score:.4f}" for s in hit.segments)])
-    else:
-        for hit in hits:
-            stream.write(f"{hit.rank:3d}  {hit.score:.3f}  {hit.file}  ({hit.duration:.1f} s)\n")
-            if hit.matched:
-                stream.write("       why: " + ", ".join(f"{m.label} {m.score:.2f}" for m in hit.matched) + "\n")
-            for segment in hit.segments:
-                stream.write(f"       {segment.start:7.2f}-{segment.end:7.2f} s  {segment.score:.3f}  "
-                             f"{', '.join(segment.labels)}\n")

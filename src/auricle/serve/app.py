@@ -5,6 +5,9 @@ app needs lives on it (``app.state``), nothing in module globals. Responses of
 ``POST /v1/tag`` are exactly one element of ``auricle tag --format json``
 (``ClipTags.to_dict()``), computed with the same windows, frontend and
 summary, only batched with other requests' windows on the model.
+
+Over 400 lines: :func:`create_app`'s routes share the model, its admission and the config in one
+closure (FastAPI's way); the helpers above it serve only those routes.
 """
 
 from __future__ import annotations
