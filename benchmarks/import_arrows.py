@@ -32,7 +32,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", ("auricle.errors", "auricle.devices", "auricle.allocator", "auricle.cache", "auricle.fingerprints",
                 "auricle.io.atomic", "auricle.inference.tuning", "auricle.inference.streams")),
     # audio in, labels: what every model shares
-    ("signal", ("auricle.audio", "auricle.frontend", "auricle.labels", "auricle.profiles", "auricle.filelists")),
+    ("signal", ("auricle.audio", "auricle.audio_ffmpeg", "auricle.audio_files", "auricle.frontend", "auricle.labels",
+                "auricle.label_names", "auricle.ontology", "auricle.profiles", "auricle.filelists")),
     # networks, their configs and checkpoint readers, the registry, the hub
     ("networks", ("auricle.models", "auricle.language")),
     # running a network over audio: engines, ONNX, windows, tagging options and results
