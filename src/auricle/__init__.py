@@ -43,6 +43,15 @@ _LAZY = {
     "WriteError": "auricle.errors",
     "RunOptions": "auricle.loading",  # how a model runs (device, engine, precision, threads, streams)
     "Index": "auricle.search",  # search over indexed recordings (docs/search.md)
+    "SearchHit": "auricle.search.query",
+    "AddReport": "auricle.search.index",
+    # MiDashengLM: describe, ask, diaries (docs/language.md)
+    "AudioLanguageModel": "auricle.language_model",
+    "RemoteLanguageModel": "auricle.language.remote",
+    "Description": "auricle.language.results",
+    "Summary": "auricle.language.results",
+    "Span": "auricle.language.diary",
+    "EventSegmentation": "auricle.language.diary",
     # `auricle embed`'s output layout and its resume (docs/output-format.md)
     "write_embeddings": "auricle.io.embeddings",
     "EmbeddingsReport": "auricle.io.embeddings",
@@ -62,7 +71,13 @@ if TYPE_CHECKING:
     from auricle.loading import RunOptions
     from auricle.model import AudioModel
     from auricle.models.registry import ModelInfo
+    from auricle.language.diary import EventSegmentation, Span
+    from auricle.language.remote import RemoteLanguageModel
+    from auricle.language.results import Description, Summary
+    from auricle.language_model import AudioLanguageModel
     from auricle.search import Index
+    from auricle.search.index import AddReport
+    from auricle.search.query import SearchHit
 
 
 def available_models() -> list["ModelInfo"]:
@@ -74,7 +89,7 @@ def available_models() -> list["ModelInfo"]:
 
 def load_model(name: str = "ced-mini", checkpoint: Any = None, device: Any = "cpu", cache_dir: Any = None,
                engine: str | None = None, precision: str | None = None, threads: int | None = None,
-               streams: int | None = None) -> "AudioModel | DashengModel | ExportedModel":
+               streams: int | None = None) -> "AudioModel | DashengModel | ExportedModel | AudioLanguageModel":
     """Load a model by name or checkpoint: :func:`auricle.loading.load_model`, the one loading path.
 
     ``engine=``, ``precision=``, ``threads=`` and ``streams=`` choose how the encoder runs. A
