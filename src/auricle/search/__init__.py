@@ -50,6 +50,13 @@ class Index:
     def __len__(self) -> int:
         return self.store.count()
 
+    def __contains__(self, path: object) -> bool:
+        """Whether ``path`` is an indexed file, exactly as stored (no normalising: a key, not a place on disk)."""
+        if not isinstance(path, str):
+            return False
+        with self.store.errors():
+            return self.store.connection.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone() is not None
+
     def files(self) -> list[str]:
         return sorted(self.store.stamps())
 

@@ -198,12 +198,19 @@ def time_bound(value, *, end: bool = False) -> int | None:
         day_only = len(text) <= 10
         value = parsed
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(round(value * 1e9))
+        return _int64(value * 1e9)
     if day_only:
         value = dt.datetime.combine(value, dt.time()) + (dt.timedelta(days=1) if end else dt.timedelta())
     if not isinstance(value, dt.datetime):
         raise OptionError(f"{value!r}: not a date or time")
-    return int(round(value.timestamp() * 1e6)) * 1000
+    return _int64(value.timestamp() * 1e9)
+
+
+def _int64(nanoseconds: float) -> int:
+    """Within SQLite's integers: a year past 2262 is 'after every file', not an overflow."""
+    if nanoseconds != nanoseconds:
+        raise OptionError("not a date or time (NaN)")
+    return int(min(max(nanoseconds, -(2 ** 63)), 2 ** 63 - 1))
 
 
 def top_rows(store: Store, column: str, score: Callable[[np.ndarray], np.ndarray], filters: Filters,
