@@ -104,7 +104,7 @@ def test_formats_filters_and_top(indexed, recordings):
     jsonl = run("search", "Music", "--index", indexed, "-f", "jsonl", "--top", "2")
     assert len([json.loads(line) for line in jsonl.stdout.splitlines()]) == 2
     rows = list(csv.reader(io.StringIO(run("search", "Music", "--index", indexed, "-f", "csv").stdout)))
-    assert rows[0] == ["rank", "file", "score", "duration", "matched", "segments"] and len(rows) == 4
+    assert rows[0] == ["rank", "file", "score", "duration", "matched", "segments", "captions"] and len(rows) == 4
     assert [h["file"] for h in search_json(indexed, "Music", "--path", "no*.wav")] == [str(recordings / "noise.wav")]
     assert [h["file"] for h in search_json(indexed, "Music", "--path", str(recordings / "t*"))] == [
         str(recordings / "tone.wav")]
