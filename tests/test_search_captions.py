@@ -218,3 +218,12 @@ def test_caption_scores_are_exact_per_segment(captioned, monkeypatch):
     best = max(found.values(), key=lambda item: item[0])
     assert best[0] == pytest.approx(captions_module.scaled(float(dog @ vector)), abs=2e-3)  # float16 vectors
     assert np.isclose(captions_module.scaled(captions_module.CAPTION_FLOOR), 0.0)
+
+
+def test_a_file_deleted_since_indexing_is_skipped_in_a_caption_search(scored, recordings):
+    os.remove(recordings / "tone.wav")
+    result = run("search", "water boiling in a kettle", "--index", scored, "-f", "json")
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    assert str(recordings / "tone.wav") not in [hit["file"] for hit in json.loads(result.stdout)]
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == 1 and "tone.wav" in warnings[0] and "no longer exists" in warnings[0]

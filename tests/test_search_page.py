@@ -3,18 +3,13 @@ a refused query, and a result's player fetching its segment from /v1/search/audi
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-
 import pytest
 
 httpx = pytest.importorskip("httpx", reason="httpx is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 
-from serve_support import burst_checkpoint, burst_signal, noise, write_wav  # noqa: E402
-from test_serve_process import CHROMIUM, free_port  # noqa: E402
+from serve_support import burst_checkpoint, burst_signal, noise, running_server, write_wav  # noqa: E402
+from test_serve_process import CHROMIUM  # noqa: E402
 
 pytestmark = pytest.mark.integration  # starts auricle in another process
 
@@ -33,33 +28,9 @@ def searched(tmp_path_factory):
     index = folder / "sounds.db"
     with auricle.Index.open(index, create=True) as opened:
         assert opened.add([sounds], auricle.load_model(checkpoint=checkpoint), window=2.0).added == 2
-    port = free_port()
-    log = open(folder / "server.log", "w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "auricle", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-         "--threads", "1", "--log-level", "warning", "--index", str(index)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"auricle serve did not start:\n{log.read()}")
-            time.sleep(0.2)
+    with running_server(["--checkpoint", str(checkpoint), "--threads", "1", "--log-level", "warning",
+                         "--index", str(index)], folder) as url:
         yield url, sounds
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def test_search_box_lists_results_that_play_their_segment(searched, tmp_path):

@@ -134,12 +134,13 @@ class Index:
         from auricle.search.query import class_hits, understand
 
         labels = self.labels()
-        exact = not query.strip() or not labels.has_mids or _names_classes(query, labels)
+        exact = not query.strip() or _names_classes(query, labels)
         if exact or not captioned_files(self.store):
             return class_hits(self.store, self.query_classes(query), filters, top, warn)
         from auricle.search.text import text_encoder
 
-        classes = understand(query, labels, refuse=False)
+        # A model of its own classes takes their exact names only: its words go to the captions alone.
+        classes = understand(query, labels, refuse=False) if labels.has_mids else []
         return hybrid_hits(self.store, query, classes, filters, top, warn, text_encoder())
 
     def add_captions(self, describer, paths: Sequence[str | os.PathLike] | None = None, *, segment: float = 10.0,

@@ -15,7 +15,7 @@ import io
 import os
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -30,8 +30,20 @@ MAX_PLAY_SECONDS = 60.0
 MAX_PATH_CHARS = 4096
 
 
-def _filters(path, min_duration, max_duration, since, until) -> dict:
-    return {"path": path, "min_duration": min_duration, "max_duration": max_duration, "since": since, "until": until}
+class SearchFilters:
+    """The query parameters both searches take (``auricle search``'s options), as ``Index.search`` keywords."""
+
+    def __init__(
+        self,
+        top: int = Query(10, ge=1, le=1000, description="Files to list."),
+        path: str | None = Query(None, description="Only files matching this glob."),
+        min_duration: float | None = Query(None, ge=0, description="Only files at least this long (s)."),
+        max_duration: float | None = Query(None, ge=0, description="Only files at most this long (s)."),
+        since: str | None = Query(None, description="Only files modified at or after this date (ISO 8601)."),
+        until: str | None = Query(None, description="Only files modified before this date (a date: to its end)."),
+    ) -> None:
+        self.keywords = {"top": top, "path": path, "min_duration": min_duration, "max_duration": max_duration,
+                         "since": since, "until": until}
 
 
 def add_search_routes(app: FastAPI, model, config: ServeConfig, admitted, on_model, admission, language: bool) -> None:
@@ -57,12 +69,7 @@ def add_search_routes(app: FastAPI, model, config: ServeConfig, admitted, on_mod
     @app.get("/v1/search")
     async def search(
         q: str = Query(..., description="Words, a class name, MID or ontology node (docs/search.md)."),
-        top: int = Query(10, ge=1, le=1000, description="Files to list."),
-        path: str | None = Query(None, description="Only files matching this glob."),
-        min_duration: float | None = Query(None, ge=0, description="Only files at least this long (s)."),
-        max_duration: float | None = Query(None, ge=0, description="Only files at most this long (s)."),
-        since: str | None = Query(None, description="Only files modified at or after this date (ISO 8601)."),
-        until: str | None = Query(None, description="Only files modified before this date (a date: to its end)."),
+        filters: SearchFilters = Depends(),
     ) -> dict:
         """Ranked files and time segments of the server's search index (``auricle serve --index``), with why
         each matched: the classes, or the captions."""
@@ -71,8 +78,7 @@ def add_search_routes(app: FastAPI, model, config: ServeConfig, admitted, on_mod
         def ranked() -> dict:
             warnings: list[str] = []
             with opened() as index:
-                hits = index.search(q, top=top, warn=warnings.append,
-                                    **_filters(path, min_duration, max_duration, since, until))
+                hits = index.search(q, warn=warnings.append, **filters.keywords)
             return {"query": q, "hits": [hit.to_dict() for hit in hits], "warnings": warnings}
 
         return await answer(ranked)
@@ -80,12 +86,7 @@ def add_search_routes(app: FastAPI, model, config: ServeConfig, admitted, on_mod
     @app.post("/v1/search", openapi_extra=app.state.audio_body)
     async def search_like(
         request: Request,
-        top: int = Query(10, ge=1, le=1000, description="Files to list."),
-        path: str | None = Query(None, description="Only files matching this glob."),
-        min_duration: float | None = Query(None, ge=0, description="Only files at least this long (s)."),
-        max_duration: float | None = Query(None, ge=0, description="Only files at most this long (s)."),
-        since: str | None = Query(None, description="Only files modified at or after this date (ISO 8601)."),
-        until: str | None = Query(None, description="Only files modified before this date (a date: to its end)."),
+        filters: SearchFilters = Depends(),
         filename: str | None = Query(None, description="Name to report for a raw-body upload."),
     ) -> dict:
         """The indexed files that sound most like the uploaded clip (multipart field ``file``, or the raw body):
@@ -108,8 +109,8 @@ def add_search_routes(app: FastAPI, model, config: ServeConfig, admitted, on_mod
                 warnings: list[str] = []
                 with opened() as index:
                     index.check(model)
-                    hits = index.search(like=np.asarray(clip, dtype=np.float32), top=top, warn=warnings.append,
-                                        **_filters(path, min_duration, max_duration, since, until))
+                    hits = index.search(like=np.asarray(clip, dtype=np.float32), warn=warnings.append,
+                                        **filters.keywords)
                 return {"like": name, "hits": [hit.to_dict() for hit in hits], "warnings": warnings}
 
             return await answer(ranked)
