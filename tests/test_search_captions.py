@@ -227,3 +227,35 @@ def test_a_file_deleted_since_indexing_is_skipped_in_a_caption_search(scored, re
     assert str(recordings / "tone.wav") not in [hit["file"] for hit in json.loads(result.stdout)]
     warnings = result.stderr.strip().splitlines()
     assert len(warnings) == 1 and "tone.wav" in warnings[0] and "no longer exists" in warnings[0]
+
+
+def test_a_locked_index_stops_captioning_in_one_error(indexed, monkeypatch):
+    from auricle.search import store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.05)
+    with auricle.Index.open(indexed) as index:
+        holder = sqlite3.connect(indexed, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        describer = Scripted()
+        try:
+            with pytest.raises(auricle.search.SearchIndexError, match="locked by another process"):
+                index.add_captions(describer)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert len(describer.calls) <= 1  # stopped at the first write, not once per file
+        assert index.add_captions(Scripted()).added == 3  # and nothing was lost: the next run captions all
+
+
+def test_a_file_changed_while_it_was_described_is_reported(indexed, recordings):
+    class Changing(Scripted):
+        def describe(self, file, *args, **kwargs):
+            description = super().describe(file, *args, **kwargs)
+            if file.endswith("tone.wav"):
+                write_wav(recordings / "tone.wav", 1.5, 440.0)
+            return description
+
+    with auricle.Index.open(indexed) as index:
+        report = index.add_captions(Changing())
+    assert report.added == 2 and len(report.failures) == 1
+    assert "changed since it was indexed" in report.failures[0][1]

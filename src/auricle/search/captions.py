@@ -101,6 +101,8 @@ def caption(store: Store, describer, files: list[str], encoder, *, segment: floa
             said = [s for s in description.segments if s.skipped is None and s.text.strip()]
             vectors = encoder.encode([s.text.strip() for s in said]) if said else np.zeros((0, 0), np.float32)
             _store_captions(store, file, before, said, vectors)
+        except SearchIndexError:
+            raise  # the index file's (locked, damaged): every file would fail alike, so the pass stops in one line
         except (AuricleError, OSError) as error:
             reason = str(error) if isinstance(error, AuricleError) else f"{file}: {error.strerror or error}"
             report.failures.append((file, reason))
@@ -118,12 +120,22 @@ def _store_captions(store: Store, file: str, before: tuple[int, int], said, vect
     bounds = np.array([[s.start, s.end] for s in said], dtype=np.float32).reshape(-1, 2)
     with store.transaction() as connection:
         found = connection.execute("SELECT id, size, mtime_ns FROM files WHERE path = ?", (file,)).fetchone()
-        if found is None or tuple(found[1:]) != before:
-            raise SearchIndexError(f"{file}: changed since it was indexed; run `auricle index` again")
+        # The index's row, the file before and after describing: all one, or the captions would describe other audio.
+        if found is None or tuple(found[1:]) != before or _stamp_or_none(file) != before:
+            raise AuricleError(f"{file}: changed since it was indexed; run `auricle index` again")
         connection.execute("INSERT OR REPLACE INTO file_captions (file_id, bounds, texts, embeddings) "
                            "VALUES (?, ?, ?, ?)", (found[0], to_blob(bounds, "f4"),
                                                    json.dumps([s.text.strip() for s in said]),
                                                    to_blob(vectors, "f2")))
+
+
+def _stamp_or_none(file: str) -> tuple[int, int] | None:
+    from auricle.search.index import stamp
+
+    try:
+        return stamp(file)
+    except OSError:
+        return None
 
 
 def captioned_files(store: Store) -> int:
