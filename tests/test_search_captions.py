@@ -259,3 +259,14 @@ def test_a_file_changed_while_it_was_described_is_reported(indexed, recordings):
         report = index.add_captions(Changing())
     assert report.added == 2 and len(report.failures) == 1
     assert "changed since it was indexed" in report.failures[0][1]
+
+
+def test_export_writes_the_captions(scored, recordings, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "export"
+    result = run("index-export", scored, "-o", out)
+    assert result.exit_code == 0 and "and 5 captions" in result.stderr
+    rows = pq.read_table(out / "captions.parquet").to_pylist()
+    long = [row for row in rows if row["path"] == str(recordings / "long.wav")]
+    assert [row["text"] for row in long] == CAPTIONS["long.wav"] and [row["segment"] for row in long] == [0, 1, 2]
+    assert (long[1]["start"], long[1]["end"]) == (10.0, 20.0) and len(long[1]["embedding"]) == 384

@@ -214,8 +214,9 @@ def index_export_command(index_path, output, output_format) -> None:
             report = export_parquet(index, output)
     except AuricleError as error:
         fail(str(error))
-    click.echo(f"auricle: exported {report.files} files, {report.windows} windows and {report.pieces} pieces to "
-               f"{output}", err=True)
+    captions = f" and {report.captions} captions" if report.captions else ""
+    click.echo(f"auricle: exported {report.files} files, {report.windows} windows, {report.pieces} pieces{captions} "
+               f"to {output}", err=True)
 
 
 @click.command("search")
