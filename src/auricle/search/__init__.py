@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from auricle.errors import SearchIndexError
 from auricle.search.index import AddReport, ScoredFile
 from auricle.search.query import CaptionMatch, Filters, Match, QueryClass, SearchHit, Segment
 from auricle.search.store import Store
+
+if TYPE_CHECKING:
+    from auricle.search.captions import CaptionReport
 
 __all__ = ["Index", "AddReport", "ScoredFile", "SearchHit", "Segment", "Match", "QueryClass", "CaptionMatch",
            "SearchIndexError"]
@@ -145,7 +149,7 @@ class Index:
 
     def add_captions(self, describer, paths: Sequence[str | os.PathLike] | None = None, *, segment: float = 10.0,
                      recursive: bool = True, max_new_tokens: int = 128,
-                     on_result: Callable[[str, str | None], None] | None = None):
+                     on_result: Callable[[str, str | None], None] | None = None) -> "CaptionReport":
         """Caption, with ``describer`` (a MiDashengLM :class:`~auricle.language_model.AudioLanguageModel`),
         the indexed files under ``paths`` (all indexed files if None) that have no captions yet, in
         segments of ``segment`` seconds; a :class:`~auricle.search.captions.CaptionReport`.
@@ -201,7 +205,6 @@ class Index:
 
     def close(self) -> None:
         self.store.close()
-
 
     def __enter__(self) -> "Index":
         return self

@@ -189,9 +189,8 @@ def hybrid_hits(store: Store, query: str, classes: list[QueryClass], filters: Fi
     check_encoder(store, encoder)
     captions = caption_scores(store, encoder.encode([query.strip()])[0])
     if not classes and not captions:
-        hint = ENGLISH_HINT if not query.isascii() else ""
         raise OptionError(f"{query.strip()!r}: matches no sound class and no caption in {store.path}; describe a "
-                          f"sound{hint}, or name a class (`auricle labels`)")
+                          f"sound{ENGLISH_HINT}, or name a class (`auricle labels`)")
     indices = np.array([c.index for c in classes], dtype=int)
     weights = np.array([c.weight for c in classes], dtype=np.float32)
     keep = top + MISSING_SPARE

@@ -33,7 +33,7 @@ MAX_CLASSES = 5
 #: Segments reported per file, and how close to the file's best window a window must come to be one.
 MAX_SEGMENTS = 3
 SEGMENT_FRACTION = 0.5
-#: The sentence encoder was trained on English: words in other scripts rarely reach MIN_SIMILARITY.
+#: The sentence encoder was trained on English: other languages rarely reach MIN_SIMILARITY, so say so.
 ENGLISH_HINT = " in English (the sentence encoder reads English)"
 
 
@@ -135,7 +135,7 @@ def understand(query: str, labels: LabelSet, encoder: Callable | None = None, *,
             return []
         closest = labels[int(order[0])].name
         raise OptionError(f"{text!r}: matches no sound class (the closest, {closest!r}, only {best:.2f}); describe "
-                          f"a sound{ENGLISH_HINT if not text.isascii() else ''}, or name a class (`auricle labels`)")
+                          f"a sound{ENGLISH_HINT}, or name a class (`auricle labels`)")
     floor = max(MIN_SIMILARITY, best - SIMILARITY_MARGIN)
     return [QueryClass(int(i), labels[int(i)].mid, labels[int(i)].name, float(similarity[i]) / best,
                        float(similarity[i])) for i in order if similarity[i] >= floor]

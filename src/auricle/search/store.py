@@ -214,11 +214,12 @@ class Store:
     @staticmethod
     def delete(connection: sqlite3.Connection, paths: list[str]) -> None:
         """Drop files' rows (inside :meth:`transaction`)."""
+        captions = Store.holds_captions(connection)  # asked once: put() deletes before every insert
         for path in paths:
             connection.execute("DELETE FROM file_windows WHERE file_id IN (SELECT id FROM files WHERE path = ?)",
                                (path,))
             # Captions describe the audio as it was: a changed or dropped file loses them (version 1: no table).
-            if Store.holds_captions(connection):
+            if captions:
                 connection.execute("DELETE FROM file_captions WHERE file_id IN (SELECT id FROM files WHERE path = ?)",
                                    (path,))
             connection.execute("DELETE FROM files WHERE path = ?", (path,))
