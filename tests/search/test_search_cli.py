@@ -104,7 +104,7 @@ def test_formats_filters_and_top(indexed, recordings):
     jsonl = run("search", "Music", "--index", indexed, "-f", "jsonl", "--top", "2")
     assert len([json.loads(line) for line in jsonl.stdout.splitlines()]) == 2
     rows = list(csv.reader(io.StringIO(run("search", "Music", "--index", indexed, "-f", "csv").stdout)))
-    assert rows[0] == ["rank", "file", "score", "duration", "matched", "segments"] and len(rows) == 4
+    assert rows[0] == ["rank", "file", "score", "duration", "matched", "segments", "captions"] and len(rows) == 4
     assert [h["file"] for h in search_json(indexed, "Music", "--path", "no*.wav")] == [str(recordings / "noise.wav")]
     assert [h["file"] for h in search_json(indexed, "Music", "--path", str(recordings / "t*"))] == [
         str(recordings / "tone.wav")]
@@ -369,3 +369,22 @@ def test_class_queries_need_no_torch(indexed):
     result = without_torch("search", "Bark", "--index", str(indexed), "-f", "jsonl")
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["rank"] for line in result.stdout.splitlines()] == [1, 2, 3]
+
+
+def test_since_and_until_filter_by_when_files_were_recorded(indexed, recordings, tiny_checkpoint):
+    import datetime as dt
+
+    for name, day in (("tone.wav", dt.datetime(2020, 6, 1, 12)), ("noise.wav", dt.datetime(2021, 1, 1, 9))):
+        os.utime(recordings / name, (day.timestamp(), day.timestamp()))
+    assert run("index", recordings, "-o", indexed, "--checkpoint", tiny_checkpoint).exit_code == 0
+
+    def files(*args):
+        return sorted(os.path.basename(hit["file"]) for hit in search_json(indexed, "Music", *args))
+
+    assert files("--until", "2020-06-01") == ["tone.wav"]  # a date alone: up to the end of that day
+    assert files("--until", "2020-05-31") == []
+    assert files("--since", "2020-06-02", "--until", "2021-01-01T10:00") == ["noise.wav"]
+    assert files("--since", "2021-01-02") == ["long.wav"]
+    with auricle.Index.open(indexed, readonly=True) as index:
+        assert [os.path.basename(h.file) for h in index.search("Music", until=dt.date(2020, 6, 1))] == ["tone.wav"]
+    one_error_line(run("search", "Music", "--index", indexed, "--since", "last week"), "'last week': not a date")

@@ -79,4 +79,6 @@ def test_search_in_words_ranks_by_the_selected_classes(indexed, class_vectors):
 def test_a_query_matching_no_sound_is_one_line(indexed, class_vectors):
     before = indexed.read_bytes()
     one_error_line(run("search", "xyzzy qwrt", "--index", indexed), "matches no sound class")
+    # Another language: the English encoder finds no class; the line says which language it reads.
+    one_error_line(run("search", "犬が吠えている", "--index", indexed), "matches no sound class", "in English")
     assert indexed.read_bytes() == before

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 
 httpx = pytest.importorskip("httpx", reason="httpx is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 
-from serve_support import burst_checkpoint, burst_signal, write_wav  # noqa: E402
+from serve_support import burst_checkpoint, burst_signal, running_server, write_wav  # noqa: E402
 
 pytestmark = pytest.mark.integration  # starts auricle (or a benchmark) in other processes
 
@@ -33,34 +29,9 @@ def server(tmp_path_factory):
     """`auricle serve` with the burst detector; yields its base URL."""
     folder = tmp_path_factory.mktemp("server")
     checkpoint = burst_checkpoint(folder / "burst.safetensors")
-    port = free_port()
-    log = open(folder / "server.log", "w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "auricle", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-         "--threads", "1", "--log-level", "warning", "--max-wait-ms", "20"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"auricle serve did not start:\n{log.read()}")
-            time.sleep(0.2)
+    with running_server(["--checkpoint", str(checkpoint), "--threads", "1", "--log-level", "warning",
+                         "--max-wait-ms", "20"], folder) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ from auricle.cli.common import fail, load_model_or_exit, model_options, names_a_
               help="A browser origin besides the page's own that may POST or open a stream, e.g. "
                    "https://app.example.com; '*' for any. Repeatable.")
 @click.option("--index", "search_index", default=None, metavar="FILE",
-              help="An `auricle index` file for GET /v1/search (docs/search.md).")
+              help="An `auricle index` file for /v1/search and the page's search box (docs/search.md).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 def serve_command(model_name, checkpoint, device, threads, host, port, workers, max_upload_mb, max_duration,
@@ -70,7 +70,7 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
 
     API: POST /v1/tag, POST /v1/embed (with MiDashengLM: POST /v1/describe, /v1/ask, /v1/chat/completions),
     GET /v1/models, GET /v1/labels,
-    GET /v1/search (with --index), GET /healthz, WebSocket /v1/stream; OpenAPI at /docs and /openapi.json.
+    GET and POST /v1/search (with --index), GET /healthz, WebSocket /v1/stream; OpenAPI at /docs and /openapi.json.
     See docs/serve.md.
     """
     try:

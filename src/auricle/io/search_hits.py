@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 SEARCH_FORMATS = ("table", "json", "jsonl", "csv")
 
-#: The CSV's columns; ``matched`` and ``segments`` are ``;``-separated ``label=score`` and ``start-end=score``.
-HITS_CSV_HEADER = ("rank", "file", "score", "duration", "matched", "segments")
+#: The CSV's columns; ``matched`` and ``segments`` are ``;``-separated ``label=score`` and ``start-end=score``;
+#: ``captions`` is a JSON list of the captions that matched (empty when none did).
+HITS_CSV_HEADER = ("rank", "file", "score", "duration", "matched", "segments", "captions")
 
 
 def write_hits(hits: Sequence[SearchHit], output_format: str, stream: IO[str]) -> None:
@@ -34,7 +35,8 @@ def write_hits(hits: Sequence[SearchHit], output_format: str, stream: IO[str]) -
         for hit in hits:
             writer.writerow([hit.rank, hit.file, f"{hit.score:.6f}", f"{hit.duration:.3f}",
                              ";".join(f"{m.label}={m.score:.4f}" for m in hit.matched),
-                             ";".join(f"{s.start:.2f}-{s.end:.2f}={s.score:.4f}" for s in hit.segments)])
+                             ";".join(f"{s.start:.2f}-{s.end:.2f}={s.score:.4f}" for s in hit.segments),
+                             json.dumps([c.to_dict() for c in hit.captions]) if hit.captions else ""])
     else:
         for hit in hits:
             stream.write(f"{hit.rank:3d}  {hit.score:.3f}  {hit.file}  ({hit.duration:.1f} s)\n")
@@ -43,6 +45,8 @@ def write_hits(hits: Sequence[SearchHit], output_format: str, stream: IO[str]) -
             for segment in hit.segments:
                 stream.write(f"       {segment.start:7.2f}-{segment.end:7.2f} s  {segment.score:.3f}  "
                              f"{', '.join(segment.labels)}\n")
+            for said in hit.captions:
+                stream.write(f"       {said.start:7.2f}-{said.end:7.2f} s  {said.score:.3f}  said: {said.text}\n")
 
 
 __all__ = ["SEARCH_FORMATS", "HITS_CSV_HEADER", "write_hits"]

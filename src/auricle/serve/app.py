@@ -41,6 +41,7 @@ from auricle.serve.batching import DynamicBatcher
 from auricle.serve.config import ServeConfig
 from auricle.serve.guard import HostOriginGuard
 from auricle.serve.language import NOT_A_TAGGER, Generator, add_language_routes, is_language_model
+from auricle.serve.search import add_search_routes
 from auricle.serve.uploads import RequestError, SampleBudget, decode_upload, expected_samples, receive_upload
 
 if TYPE_CHECKING:
@@ -323,32 +324,7 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
         """The model's classes: output index, AudioSet MID (empty for custom heads) and name."""
         return model.labels.to_list() if getattr(model, "labels", None) is not None else []
 
-    @app.get("/v1/search")
-    async def search(
-        q: str = Query(..., description="Words, a class name, MID or ontology node (docs/search.md)."),
-        top: int = Query(10, ge=1, le=1000, description="Files to list."),
-        path: str | None = Query(None, description="Only files matching this glob."),
-        min_duration: float | None = Query(None, ge=0, description="Only files at least this long (s)."),
-        max_duration: float | None = Query(None, ge=0, description="Only files at most this long (s)."),
-    ) -> dict:
-        """Ranked files and time segments of the server's search index (``auricle serve --index``)."""
-        if config.search_index is None:
-            raise RequestError(404, "this server has no search index; start it with `auricle serve --index FILE`")
-
-        def ranked() -> dict:
-            from auricle.search import Index
-
-            warnings: list[str] = []
-            # Opened per request: an SQLite connection belongs to its thread, and the file may be updated meanwhile.
-            with Index.open(config.search_index, readonly=True) as index:
-                hits = index.search(q, top=top, path=path, min_duration=min_duration, max_duration=max_duration,
-                                    warn=warnings.append)
-            return {"query": q, "hits": [hit.to_dict() for hit in hits], "warnings": warnings}
-
-        try:
-            return await run_in_threadpool(ranked)
-        except AuricleError as error:  # the query's or the index file's one line
-            raise RequestError(400, str(error)) from None
+    add_search_routes(app, model, config, admitted, on_model, admission, language)
 
     @app.post("/v1/tag", openapi_extra=_AUDIO_BODY)
     async def tag(
