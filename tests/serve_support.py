@@ -13,6 +13,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,9 @@ import torch
 
 from auricle.models.ced import CED, CEDConfig
 from auricle.models.checkpoints import save_checkpoint
+
+#: The system browser the page tests drive (Debian: apt-get install chromium); None skips them.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 SR = 16000
 QUIET = 0.001

@@ -9,7 +9,7 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 
 from serve_support import burst_checkpoint, burst_signal, noise, running_server, write_wav  # noqa: E402
-from test_serve_process import CHROMIUM  # noqa: E402
+from serve_support import CHROMIUM  # noqa: E402
 
 pytestmark = pytest.mark.integration  # starts auricle in another process
 

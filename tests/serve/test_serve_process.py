@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import threading
 
@@ -11,11 +10,10 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="httpx is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 
-from serve_support import burst_checkpoint, burst_signal, running_server, write_wav  # noqa: E402
+from serve_support import CHROMIUM, burst_checkpoint, burst_signal, running_server, write_wav  # noqa: E402
 
 pytestmark = pytest.mark.integration  # starts auricle (or a benchmark) in other processes
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def free_port() -> int:
