@@ -851,6 +851,7 @@ def test_engine_and_precision_choices_are_the_engine_vocabulary():
         assert tuple(params["precision"].type.choices) == (*PRECISIONS, "auto")
 
 
+@pytest.mark.integration
 def test_help_names_the_engines_and_precisions_without_torch():
     from no_torch_support import NO_TORCH
 

@@ -29,6 +29,7 @@ def test_models_lists_ced_and_dasheng_in_the_table_and_json():
     assert {model["family"] for model in listed} == {"ced", "dasheng"}
 
 
+@pytest.mark.integration
 def test_models_imports_no_torch():
     code = "import sys; from auricle.cli import cli; cli(['models'], standalone_mode=False); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
