@@ -34,7 +34,7 @@ from auricle.models.files import config_candidates
 from auricle.onnx.sessions import ONNX_MISSING
 
 #: Bump when the exported encoder graph changes, so stale cache files are not reused.
-ONNX_CACHE_VERSION = 3
+ONNX_CACHE_VERSION = 4
 #: Part of every prepared graph's key: bump it when what a prepared graph computes or carries changes.
 PREPARED_FORMAT = 1
 

@@ -80,6 +80,11 @@ def encoder_nodes(g: GraphBuilder, network: CED | Dasheng, pieces: str, fused: b
     return g.layer_norm("norm", network.norm, x, output=output)
 
 
+#: Masked keys get float32's lowest value, as the module's bias (Attention's default, -10000, would leave a
+#: chunk whose keys are all masked attending by its scores, where the official code attends uniformly).
+_MASK_FILTER = {"mask_filter_value": float(np.finfo(np.float32).min)}
+
+
 def _key_bias(g: GraphBuilder, keys: str, x: str) -> str:
     """(n, 1, 1, tokens) float: 0 for keys before each row's count, float32's lowest value after (as ``key_bias``)."""
     tokens = g.node("Shape", [x], start=1, end=2)
@@ -97,7 +102,7 @@ def _fused_attention(g: GraphBuilder, name: str, attention, h: str, dim: int, ma
     # Attention's weight is (dim, 3 * dim) with q, k, v column blocks, each head-major: qkv.weight.T exactly.
     if not g.int8:
         return g.node("Attention", [h, g.constant(f"{name}.qkv.weight", qkv.weight.T), bias] + ([mask] if mask else []),
-                      domain=CONTRIB_DOMAIN, num_heads=attention.num_heads)
+                      domain=CONTRIB_DOMAIN, num_heads=attention.num_heads, **_MASK_FILTER)
     quantized, scale, zero_point = quantize_columns(qkv.weight.T)
     codes, value_scale, value_zero_point = g.node("DynamicQuantizeLinear", [h], outputs=3)
     # inputs: input, weight, bias, input scale, weight scale, mask index (none), input and weight zero points
