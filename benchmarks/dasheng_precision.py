@@ -24,6 +24,7 @@ import csv
 import gc
 import json
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -129,7 +130,11 @@ def main() -> None:
             rates = speed(runnable, args.clips, args.repeats)
             entry["clips_per_s"] = rates
             entry["ratio_vs_torch_fp32"] = {label: rate / rates["torch-fp32"] for label, rate in rates.items()}
+            if "onnx-fp32" in rates:  # the onnx engine's own fp32 (refused past ONNX's 2 GiB limit)
+                entry["ratio_vs_onnx_fp32"] = {label: rate / rates["onnx-fp32"] for label, rate in rates.items()
+                                               if label.startswith("onnx")}
         entry["agreement"] = agreement(runnable, clips)
+        entry["peak_rss_gib_so_far"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         report["results"][name] = entry
         print(json.dumps({name: entry}, indent=1), flush=True)
         del made, runnable, network

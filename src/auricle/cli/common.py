@@ -227,7 +227,7 @@ def _remember(ctx: click.Context, param: click.Parameter, value):
 
 
 #: The commands a Dasheng encoder is wired into so far (the others assume a CED network).
-DASHENG_COMMANDS = ("tag", "embed", "probe", "finetune", "serve", "evaluate")
+DASHENG_COMMANDS = ("tag", "embed", "probe", "finetune", "serve", "export", "evaluate")
 
 
 def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, threads: int | None,

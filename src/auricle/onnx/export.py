@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from auricle.audio import SAMPLE_RATE
-from auricle.errors import ExportError
+from auricle.errors import EngineError, ExportError
+from auricle.onnx.cache import refuse_oversized
 from auricle.onnx.builder import EXPORT_OPSET
 from auricle.onnx.graph import model_graph
 from auricle.onnx.exported import read_metadata  # noqa: F401  (where it lived first)
@@ -173,6 +174,10 @@ def export_onnx(model, out: str | os.PathLike, *, int8: bool = False, mel_input:
     if runtime not in RUNTIMES:
         raise ExportError(f"{model.name}: unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     started = time.perf_counter()
+    try:
+        refuse_oversized(model.network, int8, f"{model.name}: ONNX export")
+    except EngineError as error:
+        raise ExportError(str(error)) from None
     # A copy: the caller's model keeps its device and dtype.
     network = copy.deepcopy(model.network).float().cpu().eval()
     input_name = "mel" if mel_input else "waveforms"
