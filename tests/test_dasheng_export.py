@@ -113,10 +113,16 @@ def test_embed_cli_with_a_dasheng_export_runs_without_torch(model, fp32_file, re
 def test_an_audioset_tagger_exports_with_its_labels_and_tags_as_torch(tagger, recordings, tmp_path):
     torch_model = auricle.load_model(checkpoint=tagger)
     out = tmp_path / "tagger.onnx"
-    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(tagger), "-o", str(out), "--json"])
+    # A token sees all 64 bands, so the pure tones among the check clips, whose near-floor mel bins round
+    # apart in the graph's float32 DFT, move every token (~1.3e-3) and this random head's probabilities by
+    # ~2e-4, past the default limit of 1e-4 (which then refuses the file, as the next lines check).
+    refused = CliRunner().invoke(cli, ["export", "--checkpoint", str(tagger), "-o", str(out)])
+    assert refused.exit_code == 1 and "nothing written" in refused.stderr and not out.exists()
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(tagger), "-o", str(out), "--json",
+                                      "--tolerance", "1e-3"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["max_abs_diff"] < 1e-4 and report["precision"] == "fp32"
+    assert report["max_abs_diff"] < 1e-3 and report["precision"] == "fp32" and report["top5_overlap"] == 1.0
     exported = auricle.load_model(checkpoint=out)
     assert exported.labels == torch_model.labels and len(exported.labels) == 527
     waves = np.stack([sf.read(recordings["two_chunks"], dtype="float32")[0]] * 2)
