@@ -99,17 +99,18 @@ def _key_bias(g: GraphBuilder, keys: str, x: str) -> str:
 def _fused_attention(g: GraphBuilder, name: str, attention, h: str, dim: int, mask: str | None = None) -> str:
     qkv = attention.qkv
     bias = g.constant(f"{name}.qkv.bias", qkv.bias if qkv.bias is not None else torch.zeros(qkv.out_features))
+    masking = _MASK_FILTER if mask else {}  # CED's graphs stay as they were
     # Attention's weight is (dim, 3 * dim) with q, k, v column blocks, each head-major: qkv.weight.T exactly.
     if not g.int8:
         return g.node("Attention", [h, g.constant(f"{name}.qkv.weight", qkv.weight.T), bias] + ([mask] if mask else []),
-                      domain=CONTRIB_DOMAIN, num_heads=attention.num_heads, **_MASK_FILTER)
+                      domain=CONTRIB_DOMAIN, num_heads=attention.num_heads, **masking)
     quantized, scale, zero_point = quantize_columns(qkv.weight.T)
     codes, value_scale, value_zero_point = g.node("DynamicQuantizeLinear", [h], outputs=3)
-    # inputs: input, weight, bias, input scale, weight scale, mask index (none), input and weight zero points
+    # inputs: input, weight, bias, input scale, weight scale, mask index (Dasheng's keys), input and weight zero points
     return g.node("QAttention", [codes, g.constant(f"{name}.qkv.weight_quantized", quantized), bias, value_scale,
                                  g.constant(f"{name}.qkv.weight_scale", scale), mask or "", value_zero_point,
                                  g.constant(f"{name}.qkv.weight_zero_point", zero_point)],
-                  domain=CONTRIB_DOMAIN, num_heads=attention.num_heads)
+                  domain=CONTRIB_DOMAIN, num_heads=attention.num_heads, **masking)
 
 
 def _attention(g: GraphBuilder, name: str, attention, h: str, dim: int, bias: str | None = None) -> str:
