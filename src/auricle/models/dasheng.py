@@ -124,7 +124,7 @@ class Dasheng(LogMelFront):
             outputs.extend(run(stacked, keys).split(batch, dim=0))
         if frames - full * width >= self.config.patch_frames:  # a short last chunk with at least one token
             rest = normalized[..., full * width :]
-            keys = None if valid is None else chunk_keys(valid, full * size, (frames - full * width) // 4)
+            keys = None if valid is None else chunk_keys(valid, full * size, rest.shape[-1] // self.config.patch_frames)
             outputs.append(run(rest, keys))
         return torch.cat(outputs, dim=1)
 
