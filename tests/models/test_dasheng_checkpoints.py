@@ -176,8 +176,8 @@ def test_names_load_through_the_hub(zenodo, tmp_path, monkeypatch, noise):
     assert asked == ["mispeech/dasheng-base", "mispeech/dasheng-0.6B"]
     with pytest.raises(CheckpointError, match=r"published only on Zenodo \(https://zenodo.org/records/13315686"):
         auricle.load_model("dasheng-base-audioset")
-    with pytest.raises(OptionError, match="torch engine in fp32 only"):
-        auricle.load_model(checkpoint=zenodo, precision="bf16")
+    # Any engine and precision runs a Dasheng encoder (tests/test_dasheng_engines.py).
+    assert auricle.load_model(checkpoint=zenodo, precision="bf16").engine.config.label == "torch-bf16"
 
 
 def test_cli_embeds_with_dasheng_and_other_commands_say_they_take_ced(zenodo, tmp_path, noise):
@@ -192,7 +192,8 @@ def test_cli_embeds_with_dasheng_and_other_commands_say_they_take_ced(zenodo, tm
     assert result.exit_code == 0, result.output
     stored = np.load(next((tmp_path / "out").glob("*.npz")))
     assert stored["windows"].shape == (37, 192)
-    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(zenodo), "-o", str(tmp_path / "x.onnx")])
+    result = CliRunner().invoke(cli, ["listen", str(recording), "--checkpoint", str(zenodo)])
     assert result.exit_code == 2
-    assert result.stderr.splitlines() == ["auricle: error: dasheng_small_perturbed: auricle export takes CED models; "
-                                          "a Dasheng encoder works with tag, embed, probe, finetune, serve and evaluate (and in Python)"]
+    assert result.stderr.splitlines() == ["auricle: error: dasheng_small_perturbed: auricle listen takes CED models; "
+                                          "a Dasheng encoder works with tag, embed, probe, finetune, serve, export and "
+                                          "evaluate (and in Python)"]

@@ -89,9 +89,9 @@ def test_exactly_two_chunks_make_no_empty_third(model, exact):
     assert tokens.shape == (1, 504, 192)
     # Each chunk is the official computation on its own: positions from 0, no attention across chunks.
     with torch.inference_mode():
-        patches = exact.patch_embed(exact.normalize(exact.spectrogram(torch.from_numpy(waveform[None]).double())))
+        mel = exact.normalize(exact.spectrogram(torch.from_numpy(waveform[None]).double()))
         for index in range(2):
-            chunk = exact._chunk(patches[..., index * 252 : (index + 1) * 252], None).numpy()
+            chunk = exact.piece_features(mel[..., index * 1008 : (index + 1) * 1008]).numpy()
             np.testing.assert_allclose(tokens[:, index * 252 : (index + 1) * 252], chunk, atol=1e-12, rtol=0)
     assert model.tokens(waveform).shape == (1, 504, 192)
 

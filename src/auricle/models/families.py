@@ -102,14 +102,14 @@ CED = Family(
     scratch="auricle.models.ced:CED",
 )
 DASHENG = Family(
-    "dasheng", "Dasheng", frozenset({"tags", "embeds", "trains"}),
+    "dasheng", "Dasheng", frozenset({"tags", "embeds", "trains", "exports", "engines"}),
     holds="auricle.models.dasheng_config:holds_dasheng",
     read="auricle.models.dasheng_checkpoints:checkpoint_from_tensors",
     build="auricle.models.dasheng_checkpoints:build_dasheng",
     model="auricle.dasheng_model:load_dasheng",
     scratch="auricle.models.dasheng:Dasheng",
     refusal="{subject}: {caller} takes {takes} models; a Dasheng encoder works with tag, embed, probe, finetune, "
-            "serve and evaluate (and in Python)",
+            "serve, export and evaluate (and in Python)",
 )
 MIDASHENGLM = Family(
     "midashenglm", "MiDashengLM", frozenset({"describes"}),
