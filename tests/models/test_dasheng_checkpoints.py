@@ -176,7 +176,7 @@ def test_names_load_through_the_hub(zenodo, tmp_path, monkeypatch, noise):
     assert asked == ["mispeech/dasheng-base", "mispeech/dasheng-0.6B"]
     with pytest.raises(CheckpointError, match=r"published only on Zenodo \(https://zenodo.org/records/13315686"):
         auricle.load_model("dasheng-base-audioset")
-    # Any engine and precision runs a Dasheng encoder (tests/test_dasheng_engines.py).
+    # Any engine and precision runs a Dasheng encoder (tests/engines/test_dasheng_engines.py).
     assert auricle.load_model(checkpoint=zenodo, precision="bf16").engine.config.label == "torch-bf16"
 
 
