@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import soundfile as sf
+import pytest
 from click.testing import CliRunner
 
 from auricle import dasheng_model
