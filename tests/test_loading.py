@@ -87,8 +87,8 @@ def test_a_new_family_loads_through_the_one_function_from_a_registry_of_its_own(
 
 def test_a_caller_that_needs_what_a_family_lacks_is_refused_in_the_familys_words(toy_weights):
     with pytest.raises(OptionError) as error:
-        load(checkpoint=toy_weights, accepts=Accepts(frozenset({"exports"}), caller="export"), registry=TOYS)
-    assert str(error.value) == "toy: auricle export takes CED models"  # the families that can, by title
+        load(checkpoint=toy_weights, accepts=Accepts(frozenset({"listens"}), caller="listen"), registry=TOYS)
+    assert str(error.value) == "toy: auricle listen takes CED models"  # the families that can, by title
     network, _ = load_network("toy-small", from_scratch=True, seed=3, registry=TOYS)
     assert network.weight.shape == (4, 4)
 

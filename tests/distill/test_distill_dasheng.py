@@ -49,8 +49,19 @@ def test_the_ensemble_averages_ced_and_dasheng_by_weight(corpus, tagger):  # noq
     np.testing.assert_allclose(combined.numpy(), expected.numpy(), atol=1e-6)
 
 
-def test_an_encoder_without_a_head_or_in_bf16_is_refused(zenodo, tagger):
+def test_an_encoder_without_a_head_is_refused(zenodo):
     with pytest.raises(DistillError, match="an encoder without a classification head cannot teach"):
         load_teacher(str(zenodo))
-    with pytest.raises(DistillError, match="a Dasheng teacher runs in fp32 only"):
-        load_teacher(str(tagger), precision="bf16")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_dasheng_teacher_in_bf16_or_int8_runs_on_that_engine_and_agrees_with_fp32(tagger, precision, monkeypatch):
+    teacher = load_teacher(str(tagger), precision=precision)
+    assert teacher.identity["precision"] == precision and teacher.encoder is not None
+    calls = []
+    run = teacher.encoder.forward_features
+    monkeypatch.setattr(teacher.encoder, "forward_features", lambda *a, **k: calls.append(1) or run(*a, **k))
+    waves = torch.from_numpy(np.random.default_rng(1).normal(0, 0.1, (2, 48000)).astype(np.float32))
+    scores = teacher.probabilities(waves).numpy()
+    assert calls, "the chunks did not go through the engine"
+    np.testing.assert_allclose(scores, load_teacher(str(tagger)).probabilities(waves).numpy(), atol=0.02)

@@ -100,9 +100,13 @@ def ced_probabilities_from_mel(network: CED, mel: torch.Tensor, forward_features
 
 
 @torch.inference_mode()
-def dasheng_probabilities_from_mel(network: Dasheng, mel: torch.Tensor) -> torch.Tensor:
-    """What ``Dasheng.forward`` computes, starting from a (possibly masked) log-mel (batch, n_mels, frames)."""
-    return network.activate(network.forward_head(network.forward_features(network.normalize(mel))))
+def dasheng_probabilities_from_mel(network: Dasheng, mel: torch.Tensor, piece_features=None) -> torch.Tensor:
+    """What ``Dasheng.forward`` computes, starting from a (possibly masked) log-mel (batch, n_mels, frames).
+
+    ``piece_features`` runs each 252-token chunk instead of the module (an engine's, as for CED).
+    """
+    tokens = network.forward_features(network.normalize(mel), piece_features=piece_features)
+    return network.activate(network.forward_head(tokens))
 
 
 @dataclass
@@ -131,9 +135,9 @@ class Teacher:
         if self.network is not None:
             if mel is None:
                 mel = self.network.spectrogram(waveforms.to(self.device))
-            if isinstance(self.network, Dasheng):
-                return dasheng_probabilities_from_mel(self.network, mel.to(self.device)).float().cpu()
             forward_features = self.encoder.forward_features if self.encoder is not None else None
+            if isinstance(self.network, Dasheng):
+                return dasheng_probabilities_from_mel(self.network, mel.to(self.device), forward_features).float().cpu()
             return ced_probabilities_from_mel(self.network, mel.to(self.device), forward_features).float().cpu()
         try:
             output = self.function(waveforms)
