@@ -17,7 +17,7 @@ has; each class is the weighted mean over the teachers that cover it.
 CED teachers score the masked log-mel the view renderer produced (the same
 tensor a student sees); so does a Dasheng tagger (its AudioSet head, or a probe
 saved onto it: the same log-mel frontend, then its own input BatchNorm and
-252-token chunks; fp32 only). Callables see the view waveform, so they cannot be
+252-token chunks, run by the engine of the precision asked, as CED's). Callables see the view waveform, so they cannot be
 used with log-mel masks.
 
 CED teachers run in fp32 unless a ``precision`` of the torch engine is asked for
