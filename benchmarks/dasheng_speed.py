@@ -7,6 +7,10 @@ on a shared machine hits all alike):
   * auricle's dasheng forward: ``DashengModel.tokens`` (waveforms -> frame tokens: log-mel, input
     BatchNorm, encoder) of a model loaded through ``auricle.load_model(checkpoint=...)`` from random
     full-size weights saved in auricle's format (speed does not depend on the values);
+  * with --fused, the same network's blocks run by ``auricle.engines.fused.FusedEncoder`` (CED's fused
+    CPU kernels: oneDNN prepacked weights, GELU and residual additions in the GEMM epilogue), the
+    frontend as above; a 10 s clip is one chunk, so this is the whole Dasheng forward (checked
+    against the module's tokens);
   * with --official, the official ``dasheng`` package's ``Dasheng.forward`` (0.0.9, the version that
     made ../shared/reference/dasheng) with the same weights, as the baseline.
 
@@ -124,6 +128,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds per figure per round")
     parser.add_argument("--official", type=Path, default=None, metavar="SITE",
                         help="a folder holding the official dasheng package (pip install --no-deps --target)")
+    parser.add_argument("--fused", action="store_true", help="also time the fused CPU encoder on the chunks")
     parser.add_argument("--quick", action="store_true", help="3 rounds of 3 s, auricle only")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -142,6 +147,21 @@ def main() -> None:
     waveforms = torch.randn(args.batch_size, CLIP_SAMPLES) * 0.1
     calls = {"auricle": model.tokens}
     checks = {}
+    if args.fused:
+        from auricle.engines.fused import FusedEncoder
+
+        fused = FusedEncoder(model.network, "fp32")
+        network = model.network
+
+        @torch.inference_mode()
+        def fused_forward(batch: torch.Tensor) -> torch.Tensor:
+            normalized = network.normalize(network.spectrogram(batch))
+            assert normalized.shape[-1] <= network.config.target_frames, "one chunk per clip only"
+            return fused.forward_features(normalized)
+
+        calls["fused"] = fused_forward
+        checks["fused_vs_module_max_abs"] = float((fused_forward(waveforms[:1]) - model.tokens(waveforms[:1])).abs().max())
+        checks["fused_products"] = fused.products
     if args.official:
         Dasheng = official_dasheng(args.official)
         checks["official_shim_vs_reference_max_abs"] = check_official(Dasheng)
@@ -161,7 +181,7 @@ def main() -> None:
         checks["auricle_vs_official_full_size_max_abs"] = float(np.abs(mine - theirs).max())
         checks["token_max_abs"] = float(np.abs(theirs).max())
     for name, value in checks.items():
-        print(f"{name}: {value:.3g}")
+        print(f"{name}: {value:.3g}" if isinstance(value, float) else f"{name}: {value}")
     for call in calls.values():  # warm-up: first calls pay allocation and weight packing
         call(waveforms)
     peaks: list[float] = []
