@@ -35,6 +35,17 @@ def valid_tokens(samples: torch.Tensor) -> torch.Tensor:
     return torch.div(samples, SAMPLES_PER_TOKEN, rounding_mode="floor").long()
 
 
+def _initial_positions(*shape: int) -> torch.Tensor:
+    """Position embeddings to start from, N(0, 0.02^2) (``randn * 0.02`` bit for bit); on the meta
+    device shapes only.
+
+    Drawing or scaling a meta tensor runs torch's Python reference kernels, which import sympy
+    and torch._dynamo on first use (over a second of a cold start); ``empty`` does not.
+    """
+    values = torch.empty(shape)
+    return values if values.is_meta else values.normal_(std=0.02)
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, config: DashengConfig) -> None:
         super().__init__()
@@ -56,17 +67,6 @@ def key_bias(valid: torch.Tensor, first: int, tokens: int, dtype: torch.dtype) -
     masked = positions.unsqueeze(0) >= valid.unsqueeze(1)
     bias = torch.zeros(masked.shape, dtype=dtype, device=valid.device)
     return bias.masked_fill(masked, torch.finfo(dtype).min)[:, None, None, :]
-
-
-def _initial_positions(*shape: int) -> torch.Tensor:
-    """Position embeddings to start from, N(0, 0.02^2) (``randn * 0.02`` bit for bit); on the meta
-    device shapes only.
-
-    Drawing or scaling a meta tensor runs torch's Python reference kernels, which import sympy
-    and torch._dynamo on first use (over a second of a cold start); ``empty`` does not.
-    """
-    values = torch.empty(shape)
-    return values if values.is_meta else values.normal_(std=0.02)
 
 
 class Dasheng(LogMelFront):
