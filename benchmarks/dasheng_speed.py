@@ -2,8 +2,8 @@
 
 Measures, in one run and in turns (--rounds rounds, each figure the median over rounds, so drift
 on a shared machine hits all alike):
-  * the fp32 matrix-multiply peak (GFLOP/s of 1024x1024 products, ``throughput.matmul_peak``) with
-    the same thread count;
+  * the fp32 matrix-multiply peak (the best GFLOP/s of runs of five 1024x1024 products, as
+    ``throughput.matmul_peak``) with the same thread count;
   * auricle's dasheng forward: ``DashengModel.tokens`` (waveforms -> frame tokens: log-mel, input
     BatchNorm, encoder) of a model loaded through ``auricle.load_model(checkpoint=...)`` from random
     full-size weights saved in auricle's format (speed does not depend on the values);
@@ -20,6 +20,11 @@ FLOPs per clip, counted analytically for N tokens of width D (10 s: 160000 sampl
   per block          2 * N * D * 3D  (qkv)  + 2 * N * N * D (q k^T) + 2 * N * N * D (attention x v)
                    + 2 * N * D * D   (proj) + 2 * N * D * 4D (fc1)  + 2 * N * 4D * D (fc2)
                    = 24 N D^2 + 4 N^2 D
+Every rate is given twice: per second of wall time, and per CPU second of this process times the
+thread count ("CPU rate": what the threads would do given the cores to themselves). On a machine
+shared with other jobs the wall rates move with their load from one second to the next, the CPU
+rates much less; the fractions of peak are reported for both.
+
 The log-mel, norms, softmax and GELU are not counted (they are under 1% of the products); their
 time is in the measured forward, so the fraction of peak is conservative.
 dasheng-base (D 768, 12 blocks): 44.86 GFLOP per 10 s clip.
@@ -54,8 +59,7 @@ import auricle
 from auricle.inference.tuning import cpu_model
 from auricle.models.dasheng_config import DashengConfig
 from auricle.models.registry import model_info
-from synthetic import random_checkpoint
-from throughput import matmul_peak
+from synthetic import random_checkpoint, zenodo_state
 
 CLIP_SAMPLES = 160_000
 SHIM = Path(__file__).resolve().parent / "official_shim"
@@ -83,14 +87,6 @@ def official_dasheng(site: Path):
     return Dasheng
 
 
-def official_state(network, official) -> dict[str, torch.Tensor]:
-    """auricle's weights in the official layout (``init_bn.`` -> ``init_bn.1.``, the official frontend buffers)."""
-    state = {("init_bn.1." + key[len("init_bn."):] if key.startswith("init_bn.") else key): value
-             for key, value in network.state_dict().items()}
-    state.update({key: value for key, value in official.state_dict().items() if key.startswith("front_end.")})
-    return state
-
-
 def check_official(Dasheng) -> float:
     """Largest |difference| of the shimmed official tokens from the real package's reference tokens."""
     dump = torch.load(REFERENCE / "dasheng_small_perturbed.pt", weights_only=True)
@@ -110,13 +106,31 @@ def check_official(Dasheng) -> float:
     return worst
 
 
-def rate(call, waveforms: torch.Tensor, seconds: float) -> float:
-    """Clips/s of back-to-back calls for about ``seconds`` (at least two calls)."""
-    calls, start = 0, time.perf_counter()
+def matmul_peak(seconds: float, threads: int, size: int = 1024) -> tuple[float, float]:
+    """Best fp32 (wall, CPU) GFLOP/s of runs of five square products over ``seconds``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best_wall = best_cpu = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(5):
+            a @ b
+        gflop = 5 * 2 * size**3 / 1e9
+        best_wall = max(best_wall, gflop / (time.perf_counter() - start))
+        best_cpu = max(best_cpu, gflop * threads / max(time.process_time() - cpu, 1e-9))
+    return best_wall, best_cpu
+
+
+def rate(call, waveforms: torch.Tensor, seconds: float, threads: int) -> tuple[float, float]:
+    """(wall, CPU) clips/s of back-to-back calls for about ``seconds`` (at least two calls)."""
+    calls, start, cpu = 0, time.perf_counter(), time.process_time()
     while calls < 2 or time.perf_counter() - start < seconds:
         call(waveforms)
         calls += 1
-    return calls * len(waveforms) / (time.perf_counter() - start)
+    clips = calls * len(waveforms)
+    return clips / (time.perf_counter() - start), clips * threads / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -167,7 +181,7 @@ def main() -> None:
         checks["official_shim_vs_reference_max_abs"] = check_official(Dasheng)
         config = info.config
         official = Dasheng(embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads)
-        official.load_state_dict(official_state(model.network, official), strict=True)
+        official.load_state_dict(zenodo_state(model.network), strict=True)
         official.eval()
 
         @torch.inference_mode()
@@ -184,29 +198,38 @@ def main() -> None:
         print(f"{name}: {value:.3g}" if isinstance(value, float) else f"{name}: {value}")
     for call in calls.values():  # warm-up: first calls pay allocation and weight packing
         call(waveforms)
-    peaks: list[float] = []
-    rates: dict[str, list[float]] = {name: [] for name in calls}
+    peaks: list[tuple[float, float]] = []
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
     for _ in range(args.rounds):
-        peaks.append(matmul_peak(args.seconds / 2))
+        peaks.append(matmul_peak(args.seconds / 2, threads))
         for name, call in calls.items():
-            rates[name].append(rate(call, waveforms, args.seconds))
-        print("round: peak %.0f GFLOP/s; " % peaks[-1]
-              + "; ".join(f"{name} {values[-1]:.2f} clips/s" for name, values in rates.items()), flush=True)
-    peak = statistics.median(peaks)
+            rates[name].append(rate(call, waveforms, args.seconds, threads))
+        print("round: peak %.0f GFLOP/s (CPU %.0f); " % peaks[-1]
+              + "; ".join(f"{name} {values[-1][0]:.2f} clips/s (CPU {values[-1][1]:.2f})"
+                          for name, values in rates.items()), flush=True)
+    peak = statistics.median(wall for wall, _ in peaks)
+    cpu_peak = statistics.median(cpu for _, cpu in peaks)
     rows = {}
     for name, values in rates.items():
-        clips = statistics.median(values)
+        clips = statistics.median(wall for wall, _ in values)
+        cpu_clips = statistics.median(cpu for _, cpu in values)
         rows[name] = dict(clips_per_s=clips, gflops=clips * gflop, peak_fraction=clips * gflop / peak,
-                          rounds_clips_per_s=[round(v, 3) for v in values])
+                          cpu_clips_per_s=cpu_clips, cpu_gflops=cpu_clips * gflop,
+                          cpu_peak_fraction=cpu_clips * gflop / cpu_peak,
+                          rounds_clips_per_s=[round(wall, 3) for wall, _ in values],
+                          rounds_cpu_clips_per_s=[round(cpu, 3) for _, cpu in values])
         print(f"{name:>9}: {clips:.2f} clips/s = {clips * gflop:.0f} GFLOP/s = {clips * gflop / peak:.1%} "
-              f"of the {peak:.0f} GFLOP/s matmul peak")
+              f"of the {peak:.0f} GFLOP/s matmul peak; CPU rate {cpu_clips:.2f} clips/s = "
+              f"{cpu_clips * gflop / cpu_peak:.1%} of the {cpu_peak:.0f} GFLOP/s CPU peak")
     if "official" in rows:
-        print(f"auricle / official: {rows['auricle']['clips_per_s'] / rows['official']['clips_per_s']:.2f}x")
+        for key in ("clips_per_s", "cpu_clips_per_s"):
+            print(f"auricle / official ({key}): {rows['auricle'][key] / rows['official'][key]:.2f}x")
     result = dict(date=time.strftime("%Y-%m-%d"), time_utc=time.strftime("%H:%M", time.gmtime()),
                   cpu_model=cpu_model(), threads=threads, torch=torch.__version__, model=args.model,
                   batch_size=args.batch_size, clip_samples=CLIP_SAMPLES, tokens_per_clip=tokens,
                   gflop_per_clip=gflop, rounds=args.rounds, seconds_per_figure=args.seconds,
-                  matmul_peak_gflops=peak, matmul_peaks_gflops=[round(p, 1) for p in peaks],
+                  matmul_peak_gflops=peak, matmul_cpu_peak_gflops=cpu_peak,
+                  matmul_peaks_gflops=[[round(wall, 1), round(cpu, 1)] for wall, cpu in peaks],
                   load_average=os.getloadavg(), checks=checks, results=rows)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -115,17 +115,24 @@ def random_checkpoint(name: str, folder: Path, layout: str = "auricle") -> Path:
         return save_checkpoint(network, folder / f"{name}-random.safetensors", name=f"{name}-random")
     if layout != "zenodo" or info.family != "dasheng":
         raise ValueError(f"no {layout!r} layout for {name}")
+    config = info.config
+    path = folder / f"{name}-random.pt"
+    torch.save({"model": zenodo_state(network), "config": dict(embed_dim=config.embed_dim, depth=config.depth,
+                                                               num_heads=config.num_heads)}, path)
+    return path
+
+
+def zenodo_state(network) -> dict:
+    """A Dasheng network's weights with the official key names (``init_bn.1.``) and frontend buffers."""
+    import torch
+
     from auricle.frontend import mel_filterbank
 
     state = {("init_bn.1." + key[len("init_bn."):] if key.startswith("init_bn.") else key): value
              for key, value in network.state_dict().items()}
     state["front_end.0.spectrogram.window"] = torch.hann_window(512)
     state["front_end.0.mel_scale.fb"] = mel_filterbank()
-    config = info.config
-    path = folder / f"{name}-random.pt"
-    torch.save({"model": state, "config": dict(embed_dim=config.embed_dim, depth=config.depth,
-                                               num_heads=config.num_heads)}, path)
-    return path
+    return state
 
 
 def random_checkpoint_apart(name: str, folder: Path, layout: str = "auricle") -> Path:
