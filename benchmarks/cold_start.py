@@ -26,6 +26,7 @@ shared machine the wall time grows with the others' load, the CPU time much less
 --baseline SRC the same commands on the auricle package under SRC, in the same turns:
 
     python benchmarks/cold_start.py --dasheng dasheng-base --baseline /tmp/base/src --json benchmarks/results/cold_start_dasheng.json
+    python benchmarks/cold_start.py --dasheng dasheng-base --threads 1 --baseline /tmp/base/src --json ...
 """
 
 from __future__ import annotations
@@ -99,8 +100,9 @@ def dasheng_cold_start(args: argparse.Namespace) -> dict:
         folder = Path(folder)
         clip = write_recording(folder / "one.wav", args.seconds)
         weights = {layout: random_checkpoint_apart(args.dasheng, folder, layout) for layout in ("auricle", "zenodo")}
+        threads = ["--threads", str(args.threads)] if args.threads else []
         commands = {f"{variant}/{layout}": (auricle_command("embed", clip, "--model", args.dasheng, "--checkpoint",
-                                                            path, "--output", folder / "out.npz"), env)
+                                                            path, "--output", folder / "out.npz", *threads), env)
                     for layout, path in weights.items() for variant, env in variants.items()}
         for command, env in commands.values():  # one untimed run each warms the OS file cache
             run_measured(command, env=env)
@@ -112,6 +114,7 @@ def dasheng_cold_start(args: argparse.Namespace) -> dict:
                 runs[name].append((wall, children_cpu_s() - before, peak))
     result = dict(date=time.strftime("%Y-%m-%d"), time_utc=time.strftime("%H:%M", time.gmtime()),
                   cpu_model=cpu_model(), model=args.dasheng, clip_seconds=args.seconds, repeats=args.repeats,
+                  threads=args.threads,
                   baseline=str(args.baseline) if args.baseline else None, load_average=os.getloadavg())
     for name, values in runs.items():
         key = name.replace("/", "_")
@@ -140,6 +143,9 @@ def main() -> None:
                              "checkpoint's weights cached as MODEL's in a Hugging Face cache of the script's own")
     parser.add_argument("--dasheng", default=None, metavar="MODEL",
                         help="time `auricle embed one.wav --model MODEL --checkpoint W` instead (random weights)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="with --dasheng: pass --threads (one thread makes CPU seconds a fair estimate of a "
+                             "quiet machine's wall time: no thread waits for a descheduled other)")
     parser.add_argument("--baseline", type=Path, default=None, metavar="SRC",
                         help="with --dasheng: also time the auricle package under SRC (put on PYTHONPATH)")
     parser.add_argument("--json", type=Path, default=None)
