@@ -17,24 +17,12 @@ and, inside one process, the parts: importing torch and auricle.model, loading
 the weights, tagging the clip. The target is under 2 s, most of it model load.
 
     python benchmarks/cold_start.py --repeats 5 --exported onnxruntime --prepared --by-name ced-mini --json benchmarks/results/cold_start.json
-
-With --dasheng NAME it times Dasheng instead (the target: under 2.5 s for dasheng-base):
-`auricle embed one.wav --model NAME --checkpoint W` with random full-size weights of NAME
-saved (by a child process) in auricle's .safetensors and in the Zenodo .pt layout, in turns,
-each the median of --repeats fresh processes, with their CPU seconds (user + system: on a
-shared machine the wall time grows with the others' load, the CPU time much less), and with
---baseline SRC the same commands on the auricle package under SRC, in the same turns:
-
-    python benchmarks/cold_start.py --dasheng dasheng-base --baseline /tmp/base/src --json benchmarks/results/cold_start_dasheng.json
-    python benchmarks/cold_start.py --dasheng dasheng-base --threads 1 --baseline /tmp/base/src --json ...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,8 +31,7 @@ import time
 from pathlib import Path
 
 from auricle.inference.tuning import cpu_model
-from synthetic import (REFERENCE_CHECKPOINT, auricle_command, random_checkpoint_apart, report, run_measured,
-                       write_recording)
+from synthetic import REFERENCE_CHECKPOINT, auricle_command, report, run_measured, write_recording
 
 PARTS = """
 import json, sys, time
@@ -85,46 +72,6 @@ def hub_cache(root: Path, name: str, checkpoint: Path) -> None:
     subprocess.run([sys.executable, "-c", HUB_CACHE, str(root), name, str(checkpoint)], check=True)
 
 
-def children_cpu_s() -> float:
-    """User + system seconds of every child waited for so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def dasheng_cold_start(args: argparse.Namespace) -> dict:
-    """Wall and CPU seconds of `auricle embed one.wav --model NAME --checkpoint W` per layout and source tree."""
-    variants = {"this": {}}
-    if args.baseline:
-        variants["baseline"] = {"PYTHONPATH": str(args.baseline.resolve())}
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        clip = write_recording(folder / "one.wav", args.seconds)
-        weights = {layout: random_checkpoint_apart(args.dasheng, folder, layout) for layout in ("auricle", "zenodo")}
-        threads = ["--threads", str(args.threads)] if args.threads else []
-        commands = {f"{variant}/{layout}": (auricle_command("embed", clip, "--model", args.dasheng, "--checkpoint",
-                                                            path, "--output", folder / "out.npz", *threads), env)
-                    for layout, path in weights.items() for variant, env in variants.items()}
-        for command, env in commands.values():  # one untimed run each warms the OS file cache
-            run_measured(command, env=env)
-        runs: dict[str, list] = {name: [] for name in commands}
-        for _ in range(args.repeats):  # in turns, so a slow phase of the machine hits all alike
-            for name, (command, env) in commands.items():
-                before = children_cpu_s()
-                wall, peak, _ = run_measured(command, env=env)
-                runs[name].append((wall, children_cpu_s() - before, peak))
-    result = dict(date=time.strftime("%Y-%m-%d"), time_utc=time.strftime("%H:%M", time.gmtime()),
-                  cpu_model=cpu_model(), model=args.dasheng, clip_seconds=args.seconds, repeats=args.repeats,
-                  threads=args.threads,
-                  baseline=str(args.baseline) if args.baseline else None, load_average=os.getloadavg())
-    for name, values in runs.items():
-        key = name.replace("/", "_")
-        result[f"{key}_wall_s"] = statistics.median(wall for wall, _, _ in values)
-        result[f"{key}_cpu_s"] = statistics.median(cpu for _, cpu, _ in values)
-        result[f"{key}_peak_rss_mb"] = statistics.median(peak for _, _, peak in values)
-        result[f"{key}_walls_s"] = [round(wall, 2) for wall, _, _ in values]
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=REFERENCE_CHECKPOINT)
@@ -141,18 +88,8 @@ def main() -> None:
     parser.add_argument("--by-name", default=None, metavar="MODEL",
                         help="also time `auricle tag one.wav --model MODEL`, with and without --engine onnx, the "
                              "checkpoint's weights cached as MODEL's in a Hugging Face cache of the script's own")
-    parser.add_argument("--dasheng", default=None, metavar="MODEL",
-                        help="time `auricle embed one.wav --model MODEL --checkpoint W` instead (random weights)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="with --dasheng: pass --threads (one thread makes CPU seconds a fair estimate of a "
-                             "quiet machine's wall time: no thread waits for a descheduled other)")
-    parser.add_argument("--baseline", type=Path, default=None, metavar="SRC",
-                        help="with --dasheng: also time the auricle package under SRC (put on PYTHONPATH)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if args.dasheng:
-        report(dasheng_cold_start(args), args.json)
-        return
 
     with tempfile.TemporaryDirectory() as folder:
         clip = write_recording(Path(folder) / "one.wav", args.seconds)

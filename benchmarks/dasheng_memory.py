@@ -2,7 +2,7 @@
 
 Random full-size weights (default dasheng-base; the values do not matter), saved once per layout
 by a child process (``--layouts``: auricle ``.safetensors`` and the Zenodo ``.pt``). Then, for
-the code on ``PYTHONPATH`` and, with ``--baseline SRC``, for another source tree (e.g. a
+the code on ``PYTHONPATH`` and, with ``--baseline-src SRC``, for another source tree (e.g. a
 ``git archive`` of an earlier commit), in turns:
 
   * stages, inside one fresh process: the resident memory (VmRSS) and its high-water mark (VmHWM)
@@ -16,7 +16,7 @@ This process never loads a model (it holds numpy and soundfile, ~40 MB): a child
 its parent had reached when the child started (Linux keeps the high-water mark across fork
 and exec), so a parent that built the weights itself would inflate every figure.
 
-    python benchmarks/dasheng_memory.py --minutes 1 10 60 --baseline /tmp/base/src --json benchmarks/results/dasheng_memory.json
+    python benchmarks/dasheng_memory.py --minutes 1 10 60 --baseline-src /tmp/base/src --json benchmarks/results/dasheng_memory.json
 """
 
 from __future__ import annotations
@@ -68,18 +68,18 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="+", choices=["auricle", "zenodo"], default=["auricle", "zenodo"],
                         help="checkpoint layouts for the stages (the long runs use the first)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--baseline", type=Path, default=None, metavar="SRC",
+    parser.add_argument("--baseline-src", type=Path, default=None, metavar="SRC",
                         help="also measure the auricle package under this folder (put on PYTHONPATH)")
     parser.add_argument("--folder", type=Path, default=None, help="for the recordings and weights (default: /tmp)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     variants = {"this": {}}
-    if args.baseline:
-        variants["baseline"] = {"PYTHONPATH": str(args.baseline.resolve())}
+    if args.baseline_src:
+        variants["baseline"] = {"PYTHONPATH": str(args.baseline_src.resolve())}
     result: dict = dict(date=time.strftime("%Y-%m-%d"), time_utc=time.strftime("%H:%M", time.gmtime()),
                         machine=platform.machine(), model=args.model, threads=args.threads,
-                        baseline=str(args.baseline) if args.baseline else None, stages={}, runs=[])
+                        baseline=str(args.baseline_src) if args.baseline_src else None, stages={}, runs=[])
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         folder = Path(folder)
         weights = {layout: random_checkpoint_apart(args.model, folder, layout) for layout in args.layouts}

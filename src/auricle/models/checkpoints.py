@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,11 +132,10 @@ _OTHER_FILES = {b"RIFF": "a WAV recording", b"fLaC": "a FLAC recording", b"OggS"
                 b"ID3": "an MP3 recording", b"\x89HDF": "an HDF5 file"}
 
 
-def _refuse_what_is_not_a_torch_file(path: Path) -> bool:
+def _refuse_what_is_not_a_torch_file(path: Path) -> None:
     """torch.save writes a zip archive (a pickle before PyTorch 1.6); name anything else in words.
 
     torch.load's own reasons for other files are internals ("101", "pop from empty list").
-    Returns whether the file is a zip archive (which torch.load can memory-map).
     """
     try:
         with open(path, "rb") as handle:
@@ -143,7 +143,7 @@ def _refuse_what_is_not_a_torch_file(path: Path) -> bool:
     except OSError as error:
         raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return head.startswith(b"PK")
+        return
     kind = next((name for magic, name in _OTHER_FILES.items() if head.startswith(magic)), None)
     what = f"is {kind}" if kind else "is not a PyTorch checkpoint"
     raise CheckpointError(f"{path}: {what}; give a .pt checkpoint, a .safetensors file or a Hugging Face model folder")
@@ -163,11 +163,11 @@ def read_tensors_and_config(path: Path) -> tuple[dict[str, torch.Tensor], dict |
             raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
     if is_exported_file(path):
         raise CheckpointError(not_weights(path))
-    zipped = _refuse_what_is_not_a_torch_file(path)
+    _refuse_what_is_not_a_torch_file(path)
     try:
-        # Memory-mapped where torch can (zip archives): the tensors are read as used, and a model
-        # that takes them as its weights (Dasheng's) holds no second copy.
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+        # Memory-mapped where torch can (zip archives, not pre-1.6 pickles): the tensors are read as
+        # used, and a model that takes them as its weights (Dasheng's) holds no second copy.
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as error:
         cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if cause.startswith("Weights only load failed"):  # torch's advice (weights_only=False) runs foreign code
