@@ -69,9 +69,9 @@ def test_a_file_is_never_held_whole_nor_run_whole(model, quiet_then_loud, monkey
     widths = []
     forward = model.network.forward_features
 
-    def spy(normalized, valid=None):
+    def spy(normalized, *args):
         widths.append(tuple(normalized.shape))
-        return forward(normalized, valid)
+        return forward(normalized, *args)
 
     monkeypatch.setattr(model.network, "forward_features", spy)
     model.embed(path, batch_size=2)

@@ -1,9 +1,10 @@
 """A loaded Dasheng encoder as a user-facing model: frame embeddings at 25 per second, and tags
 for the AudioSet-fine-tuned variant (through :class:`~auricle.inference.pipeline.Tagger`).
 
-Runs on the torch engine in float32; a recording is analysed as one signal (its own 120 dB
-floor), in 252-token chunks as the official code does, streamed from a file in flat memory
-(:mod:`auricle.inference.frame_tokens`).
+Runs on any engine and precision (:mod:`auricle.engines`: torch fp32/bf16/int8, onnx fp32/int8),
+which run the 252-token chunks; the log-mel, the chunk split and the head stay float32 torch. A
+recording is analysed as one signal (its own 120 dB floor), in 252-token chunks as the official
+code does, streamed from a file in flat memory (:mod:`auricle.inference.frame_tokens`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import torch
 
 from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
 from auricle.errors import CheckpointError, OptionError
-from auricle.engines import EngineConfig
+from auricle.engines import EngineConfig, make_engine
+from auricle.engines.base import Engine
 from auricle.inference.frame_tokens import frame_tokens
 from auricle.inference.pipeline import Tagger, file_blocks, finite_embeddings, finite_probabilities
 from auricle.inference.results import Embeddings
 from auricle.labels import LabelSet, audioset_labels
-from auricle.models.dasheng import SAMPLES_PER_TOKEN, Dasheng
+from auricle.models.dasheng import SAMPLES_PER_TOKEN, Dasheng, valid_tokens
 from auricle.models.dasheng_checkpoints import DashengCheckpoint, build_dasheng
 from auricle.models.registry import ModelInfo
 
@@ -39,11 +41,13 @@ class DashengModel(Tagger):
     """A Dasheng encoder (with or without its AudioSet head), ready to embed and, with a head, tag."""
 
     def __init__(self, network: Dasheng, name: str, labels: LabelSet | None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", engine: EngineConfig | Engine | None = None) -> None:
         self.network = network.to(device).eval()
         self.name = name
         self.labels = labels  # type: ignore[assignment]  # None: an encoder without a head
         self.device = torch.device(device)
+        # Who runs the chunks through the blocks (torch fp32 unless asked otherwise); see auricle.engines.
+        self.engine = engine if isinstance(engine, Engine) else make_engine(self.network, engine)
 
     @property
     def embedding_dim(self) -> int:
@@ -59,7 +63,8 @@ class DashengModel(Tagger):
 
     def __repr__(self) -> str:
         classes = len(self.labels) if self.labels is not None else 0
-        return f"DashengModel(name={self.name!r}, classes={classes}, device={str(self.device)!r})"
+        return (f"DashengModel(name={self.name!r}, classes={classes}, device={str(self.device)!r}, "
+                f"engine={self.engine.config.label!r})")
 
     def cost_note(self) -> str | None:
         """One line on the memory and time a large encoder takes (None for a small one).
@@ -90,7 +95,7 @@ class DashengModel(Tagger):
 
     @torch.inference_mode()
     def _score_now(self, batch: np.ndarray) -> np.ndarray:
-        return self.network(torch.from_numpy(batch).to(self.device)).cpu().numpy()
+        return self.engine.probabilities(torch.from_numpy(batch).to(self.device)).cpu().numpy()
 
     @torch.inference_mode()
     def probabilities(self, waveforms: torch.Tensor | np.ndarray, *, finite: bool = True) -> np.ndarray:
@@ -112,8 +117,10 @@ class DashengModel(Tagger):
         ``x_length`` does; each clip keeps its own loudness floor.
         """
         batch = torch.from_numpy(prepare_batch(waveforms)).to(self.device)
-        lengths = None if lengths is None else torch.as_tensor(lengths, device=self.device)
-        return self.network.encode(batch, lengths).cpu()
+        network = self.network
+        valid = None if lengths is None else valid_tokens(torch.as_tensor(lengths, device=self.device))
+        return network.forward_features(network.normalize(network.spectrogram(batch)), valid,
+                                        self.engine.forward_features).cpu()
 
     def embed_waveform(self, waveform: np.ndarray, name: str = "<array>", batch_size: int | None = None) -> Embeddings:
         """Embeddings of one 16 kHz mono signal: ``windows`` are the frame embeddings (one per 40 ms)
@@ -126,7 +133,7 @@ class DashengModel(Tagger):
         return self._embeddings(str(path), file_blocks(path), batch_size)
 
     def _embeddings(self, name: str, blocks, batch_size: int | None) -> Embeddings:
-        result = frame_tokens(self.network, blocks, batch_size or self.batch_size)
+        result = frame_tokens(self.network, blocks, batch_size or self.batch_size, self.engine.forward_features)
         tokens = result.tokens
         duration = result.samples / SAMPLE_RATE
         step = SAMPLES_PER_TOKEN / SAMPLE_RATE
@@ -135,11 +142,10 @@ class DashengModel(Tagger):
                           starts=starts, ends=np.minimum(starts + step, duration))
 
 def load_dasheng(checkpoint: DashengCheckpoint, info: ModelInfo | None, device: torch.device,
-                 engine: EngineConfig) -> DashengModel:
-    """The model of a Dasheng checkpoint :func:`auricle.load_model` read (``info``: the name it was asked by)."""
-    if engine.engine != "torch" or engine.precision != "fp32":
-        raise OptionError(f"{checkpoint.source}: Dasheng runs on the torch engine in fp32 only "
-                          f"(not {engine.label})")
+                 engine: EngineConfig, where: str | os.PathLike | None = None) -> DashengModel:
+    """The Dasheng family's model of a checkpoint :mod:`auricle.loading` read (``info``: the name it was asked by;
+    messages name the weights file itself, ``where`` being its folder or the path given), its chunks run by the
+    engine ``engine`` names (any engine and precision, as CED's)."""
     if info is not None and (info.family != "dasheng" or info.config.embed_dim != checkpoint.config.embed_dim
                              or info.config.depth != checkpoint.config.depth):
         raise CheckpointError(f"{checkpoint.source}: holds a {checkpoint.config.embed_dim}-wide, "
@@ -154,4 +160,4 @@ def load_dasheng(checkpoint: DashengCheckpoint, info: ModelInfo | None, device: 
             raise CheckpointError(f"{checkpoint.source}: head has {checkpoint.config.num_classes} classes "
                                   "but the checkpoint names none")
     name = info.name if info is not None else (checkpoint.name or Path(checkpoint.source).stem)
-    return DashengModel(build_dasheng(checkpoint), name, labels, device)
+    return DashengModel(build_dasheng(checkpoint), name, labels, device, engine)

@@ -30,7 +30,8 @@ from auricle.models.registry import DEFAULT_MODEL
                    "not load it.")
 @click.option("--piece-embeddings", is_flag=True,
               help="Add a third output, `piece_embeddings` (pieces, batch, dim): the mean token of each 10.12 s "
-                   "piece, so that `auricle embed --checkpoint FILE.onnx` works.")
+                   "piece, so that `auricle embed --checkpoint FILE.onnx` works. A Dasheng export always has its "
+                   "`frame_embeddings` (batch, tokens, dim), one per 40 ms.")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
               help="Largest probability difference from the PyTorch model an fp32 export may show on the check "
                    "clips; past it nothing is written.")
@@ -44,12 +45,14 @@ def export_command(model_name, checkpoint, export_format, int8, mel_input, runti
     The graph takes 16 kHz mono waveforms (batch, samples) of any length, or
     with --mel-input the log-mel, and returns `probabilities` (batch, classes)
     and `embedding` (batch, dim). Clips past 10.12 s are split into pieces
-    inside the graph, as `auricle tag` does. Labels and frontend parameters are
+    inside the graph, as `auricle tag` does. A Dasheng encoder gives
+    `frame_embeddings` (batch, tokens, dim) and `embedding`, and `probabilities`
+    only with a head (dasheng-base-audioset); its 252-token chunks are split inside the graph. Labels and frontend parameters are
     stored in the file's metadata. With --runtime onnxruntime the file uses
     ONNX Runtime's contrib operators, made for ONNX Runtime (other runtimes may not load it).
     """
     from auricle.onnx.export import export_onnx
-    from auricle.onnx.exported import is_exported_file
+    from auricle.models.files import is_exported_file
 
     if not is_exported_file(out):  # every command tells an exported file from weights by this suffix
         fail(f"--out {out}: name the file .onnx, as `auricle tag --checkpoint` recognises an exported file by it")
@@ -65,6 +68,9 @@ def export_command(model_name, checkpoint, export_format, int8, mel_input, runti
     precision = "int8" if report.int8 else "fp32"
     click.echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, {report.model}, {report.input} input, "
                f"{precision}, {report.runtime} runtime, opset {report.opset}) in {report.seconds:.1f} s")
-    click.echo(f"parity vs torch fp32 on {len(report.check_clips)} check clips x 2: max |diff| probabilities "
-               f"{report.max_abs_diff:.2e}, embedding {report.embedding_max_abs_diff:.2e}, "
+    clips = f"parity vs torch fp32 on {len(report.check_clips)} check clips x 2: max |diff|"
+    if report.max_abs_diff is None:  # an encoder without a head (Dasheng): embeddings only
+        click.echo(f"{clips} embeddings (clip and frame) {report.embedding_max_abs_diff:.2e}")
+        return
+    click.echo(f"{clips} probabilities {report.max_abs_diff:.2e}, embedding {report.embedding_max_abs_diff:.2e}, "
                f"top-{min(5, len(model.labels))} overlap {report.top5_overlap:.3f}")

@@ -1,13 +1,16 @@
-"""Inference engines: who runs the CED encoder, and at what precision.
+"""Inference engines: who runs the encoder (CED or Dasheng), and at what precision.
 
 The vocabulary (engine and precision names, :class:`EngineConfig`) is :mod:`auricle.engines.config`,
 importable without torch; the engines are :mod:`auricle.engines.torch` and :mod:`auricle.engines.onnx`.
 
 Every engine runs the same pipeline around the encoder: the log-mel frontend,
-the input BatchNorm, the split into 1012-frame pieces and the head always run
-in float32 torch from the network itself, so all engines see identical inputs
-and produce results of identical shape and meaning. Only the encoder (patch
-embedding, transformer blocks, final norm: ~99% of the FLOPs) changes hands:
+the input BatchNorm, the split into pieces (CED: 1012-frame pieces; Dasheng:
+1008-frame chunks of 252 tokens, the short last one on its own, with a key mask
+for a batch with lengths) and the head always run in float32 torch from the
+network itself (``probabilities_with``, ``piece_features``), so all engines see
+identical inputs and produce results of identical shape and meaning. Only the
+encoder (patch embedding, transformer blocks, final norm: ~99% of the FLOPs)
+changes hands, the same way for both families:
 
 ========  =========  ====================================================
 engine    precision  encoder
@@ -28,6 +31,12 @@ onnx      fp32       ONNX Runtime running the encoder written with its fused
 onnx      int8       the same graph dynamically quantised (QAttention, int8 MatMuls)
 ========  =========  ====================================================
 
+Dasheng's key mask (each chunk's count of keys to attend to) reaches the fused
+encoder as an additive bias and ONNX Runtime's Attention as its ``mask_index``,
+masked scores getting float32's lowest value as in the official code. A graph whose
+weights pass ONNX's 2 GiB single-file limit (dasheng-0.6b and 1.2b in fp32) is refused
+in one line; their int8 graphs fit.
+
 The ``onnx`` engine builds the encoder graph once per set of weights and caches the
 file (``$AURICLE_CACHE``, else ``~/.cache/auricle``; :mod:`auricle.onnx.cache`), so only the first use
 pays the export (seconds).
@@ -41,7 +50,7 @@ int8; ``auto`` picks one; bf16 is refused) means one of two things (docs/deploy.
 Python: ``load_model(engine="onnx")``, :func:`make_engine`
     the ``onnx`` engine above: only the encoder in ONNX Runtime (cache ``onnx/``);
     log-mel, pieces and head in float32 torch.
-Python: :func:`auricle.onnx.prepared.load_prepared`
+Python: :func:`auricle.loading.load_prepared`
     the whole model as one graph (cache ``prepared/``), an
     :class:`~auricle.onnx.exported.ExportedModel` that runs without torch.
 CLI on a CPU: ``tag``, ``evaluate``, ``embed``, ``listen``, ``serve``
@@ -87,9 +96,10 @@ from auricle.engines.config import (  # noqa: F401
 if TYPE_CHECKING:
     from auricle.engines.base import Engine
     from auricle.models.ced import CED
+    from auricle.models.dasheng import Dasheng
 
 
-def make_engine(network: CED, config: EngineConfig | None = None,
+def make_engine(network: CED | Dasheng, config: EngineConfig | None = None,
                 cache_dir: str | os.PathLike | None = None) -> Engine:
     """The engine ``config`` names, running ``network``'s encoder."""
     config = config or EngineConfig()

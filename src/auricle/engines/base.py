@@ -1,4 +1,4 @@
-"""The engine base class: runs the encoder of a network, a batch split over the CPU streams.
+"""The engine base class: runs the encoder of a network (CED or Dasheng), a batch split over the CPU streams.
 
 The engines themselves are :class:`~auricle.engines.torch.TorchEngine` and
 :class:`~auricle.engines.onnx.OnnxEngine`; :mod:`auricle.engines` says which runs what.
@@ -14,16 +14,19 @@ from auricle.engines.config import EngineConfig
 from auricle.inference.streams import StreamPool, run_here, split_bounds
 from auricle.inference.tuning import default_batch_size, default_streams
 from auricle.models.ced import CED
+from auricle.models.dasheng import Dasheng
 
 
 class Engine:
     """Runs the encoder of ``network``; the frontend, piece split and head stay in fp32 torch.
 
-    Subclasses implement :meth:`_features` (and may override :meth:`_probabilities`);
-    the public methods split a batch over the streams.
+    A network's pieces are CED's 1012-frame pieces or Dasheng's 1008-frame chunks (which may
+    carry a key mask, ``keys``: per piece, how many leading tokens keys may attend to). Subclasses
+    implement :meth:`_features` (and may override :meth:`_probabilities`); the public methods split
+    a batch over the streams.
     """
 
-    def __init__(self, network: CED, config: EngineConfig, threads: int) -> None:
+    def __init__(self, network: CED | Dasheng, config: EngineConfig, threads: int) -> None:
         self.network = network
         self.config = config
         self.device_type = next(network.parameters()).device.type
@@ -40,21 +43,24 @@ class Engine:
         """Windows per call that keep every stream busy (what the CLI's --batch-size defaults to)."""
         return default_batch_size(self.device_type, self.streams)
 
-    def forward_features(self, pieces: torch.Tensor) -> torch.Tensor:
-        """Normalised mel pieces (n, 1, n_mels, frames) -> float32 tokens (n, patches, dim)."""
-        return self._split(self._features, pieces)
+    def forward_features(self, pieces: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised mel pieces (n, 1, n_mels, frames) -> float32 tokens (n, patches, dim).
+
+        ``keys`` (n,): each piece's count of tokens keys may attend to (Dasheng's padded batches); None: all.
+        """
+        return self._split(self._features, pieces, keys)
 
     @property
     def pool(self) -> StreamPool | None:
         """The streams' workers (None with one stream); work handed to them runs on one stream's threads."""
         return self._pool
 
-    def stream_features(self, pieces: torch.Tensor, stream: int) -> torch.Tensor:
+    def stream_features(self, pieces: torch.Tensor, stream: int, keys: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`forward_features` whole, as stream ``stream`` runs it: call it on that stream's worker."""
-        return self._features(pieces, stream)
+        return self._features(pieces, stream, keys)
 
     def probabilities(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """(batch, samples) 16 kHz -> (batch, classes), exactly as ``CED.forward`` but with this encoder."""
+        """(batch, samples) 16 kHz -> (batch, classes), exactly as the network's ``forward`` but with this encoder."""
         return self._split(self._probabilities, waveforms)
 
     def submit(self, waveforms: torch.Tensor) -> Future:
@@ -69,14 +75,11 @@ class Engine:
         return run_here(torch.inference_mode()(self._probabilities), waveforms, 0)
 
     # -- per stream ------------------------------------------------------------------
-    def _features(self, pieces: torch.Tensor, stream: int = 0) -> torch.Tensor:
+    def _features(self, pieces: torch.Tensor, stream: int = 0, keys: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def _probabilities(self, waveforms: torch.Tensor, stream: int = 0) -> torch.Tensor:
-        network = self.network
-        pieces, count = network.pieces(network.normalize(network.spectrogram(waveforms)))
-        probabilities = network.activate(network.forward_head(self._features(pieces, stream)))
-        return probabilities.reshape(count, -1, probabilities.shape[-1]).mean(dim=0)
+        return self.network.probabilities_with(lambda pieces, keys: self._features(pieces, stream, keys), waveforms)
 
     @staticmethod
     def _stream_setup() -> None:
@@ -95,10 +98,12 @@ class Engine:
             return [(0, count)]
         return split_bounds(count, self.streams)
 
-    def _split(self, function, batch: torch.Tensor) -> torch.Tensor:
+    def _split(self, function, batch: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """``function(part, stream[, part's keys])`` over the parts of ``batch``, concatenated."""
+        extra = (lambda start, end: ()) if keys is None else (lambda start, end: (keys[start:end],))
         parts = self._parts(len(batch))
         if len(parts) == 1:
-            return function(batch, 0)
+            return function(batch, 0, *extra(0, len(batch)))
         assert self._pool is not None
-        return torch.cat(self._pool.map(lambda stream, part: function(part, stream),
-                                        [batch[start:end] for start, end in parts]))
+        return torch.cat(self._pool.map(lambda stream, part: function(part[0], stream, *part[1]),
+                                        [(batch[start:end], extra(start, end)) for start, end in parts]))

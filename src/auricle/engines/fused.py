@@ -1,7 +1,7 @@
-"""The CED transformer blocks with prepacked weights and fused kernels (CPU inference).
+"""The transformer blocks of CED and Dasheng with prepacked weights and fused kernels (CPU inference).
 
-Same computation as :meth:`auricle.models.ced.CED.forward_features`, faster on
-x86 CPUs. Per precision:
+Same computation as the network's ``piece_features`` (:meth:`auricle.models.ced.CED.forward_features`;
+Dasheng's chunks with their key mask), faster on x86 CPUs. Per precision:
 
 ``fp32``
     The residual stream is one contiguous (tokens, dim) matrix, and the Linear
@@ -50,6 +50,7 @@ from torch import nn
 
 from auricle.engines.config import PRECISIONS
 from auricle.models.ced import CED
+from auricle.models.dasheng import Dasheng, key_bias
 
 #: Rows the blocked weight layouts are tuned for (8 ten-second windows are ~2000 token rows);
 #: any other row count still works.
@@ -142,7 +143,7 @@ class _PackedBlock:
 class FusedEncoder:
     """Runs ``network``'s encoder (patch embedding, blocks, final norm) with fused CPU kernels."""
 
-    def __init__(self, network: CED, precision: str = "fp32", products: str | None = None,
+    def __init__(self, network: CED | Dasheng, precision: str = "fp32", products: str | None = None,
                  attention: str | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"fused encoder runs {', '.join(PRECISIONS)}, not {precision!r}")
@@ -220,14 +221,17 @@ class FusedEncoder:
             return torch.ops.mkldnn._linear_pointwise.binary(h, x, weight, bias, "add")
         return x + self._linear(h, packed).float()
 
-    def _attention(self, qkv: torch.Tensor, batch: int, tokens: int, heads: int, dim: int) -> torch.Tensor:
-        """(rows, 3 dim) products -> (rows, dim) attended values, in the projection's input dtype."""
+    def _attention(self, qkv: torch.Tensor, batch: int, tokens: int, heads: int, dim: int,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(rows, 3 dim) products -> (rows, dim) attended values, in the projection's input dtype.
+
+        ``bias``: an additive key mask (batch, 1, 1, tokens) in the attention's dtype, or None."""
         head_dim = dim // heads
         if self.attention == "sdpa":
             if self._bf16_attention:
                 qkv = qkv.to(torch.bfloat16)
             q, k, v = qkv.reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, dim)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(-1, dim)
             return out.float() if self.precision == "int8" else out  # int8's projection takes float32
         # One pass casts and regroups the products head-major, so q, k and v are contiguous
         # (batch * heads, tokens, head_dim) blocks; the softmax scale rides on the first product.
@@ -237,6 +241,8 @@ class FusedEncoder:
         q, k, v = grouped.unbind(0)
         scores = torch.empty((batch * heads, tokens, tokens), dtype=torch.bfloat16)  # beta=0: never read
         scores = torch.baddbmm(scores, q, k.transpose(1, 2), beta=0.0, alpha=head_dim**-0.5)
+        if bias is not None:
+            scores.view(batch, heads, tokens, tokens).add_(bias)
         out = torch.bmm(torch.softmax(scores, dim=-1), v)
         # Back to (rows, dim) token-major, in the dtype the projection takes, again in one pass.
         rows = torch.empty((batch, tokens, heads, head_dim), dtype=torch.bfloat16 if self.precision == "bf16"
@@ -245,8 +251,11 @@ class FusedEncoder:
         return rows.view(-1, dim)
 
     @torch.inference_mode()
-    def forward_features(self, pieces: torch.Tensor) -> torch.Tensor:
-        """Normalised mel pieces (n, 1, n_mels, frames) -> float32 tokens (n, patches, dim)."""
+    def forward_features(self, pieces: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised mel pieces (n, 1, n_mels, frames) -> float32 tokens (n, patches, dim).
+
+        ``keys`` (n,): each piece's count of tokens keys may attend to (Dasheng's padded batches); None: all.
+        """
         network = self.network
         x = network.patch_embed(pieces)
         x = x + network.time_pos_embed[:, :, :, : x.shape[-1]]
@@ -254,9 +263,11 @@ class FusedEncoder:
         batch, dim = x.shape[0], x.shape[1]
         x = x.flatten(2).transpose(1, 2).reshape(-1, dim)  # one contiguous (tokens, dim) matrix
         tokens = x.shape[0] // batch
+        bias = None if keys is None else key_bias(keys, tokens, torch.bfloat16 if self._bf16_attention
+                                                  else torch.float32)
         for block, packed in zip(network.blocks, self._packed_blocks()):
             h = F.layer_norm(x, (dim,), block.norm1.weight, block.norm1.bias, block.norm1.eps)
-            attended = self._attention(self._linear(h, packed.qkv), batch, tokens, block.attn.num_heads, dim)
+            attended = self._attention(self._linear(h, packed.qkv), batch, tokens, block.attn.num_heads, dim, bias)
             x = self._residual(x, attended, packed.proj)
             h = F.layer_norm(x, (dim,), block.norm2.weight, block.norm2.bias, block.norm2.eps)
             x = self._residual(x, self._linear(h, packed.fc1, "gelu"), packed.fc2)

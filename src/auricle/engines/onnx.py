@@ -17,12 +17,13 @@ from auricle.engines.config import EngineConfig, EngineError
 from auricle.inference.streams import split_bounds
 from auricle.inference.tuning import default_threads
 from auricle.models.ced import CED
+from auricle.models.dasheng import Dasheng
 from auricle.onnx.cache import encoder_model
 from auricle.onnx.sessions import ONNXRUNTIME_MISSING, stream_sessions
 
 
 class OnnxEngine(Engine):
-    def __init__(self, network: CED, config: EngineConfig, cache_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, network: CED | Dasheng, config: EngineConfig, cache_dir: str | os.PathLike | None = None) -> None:
         super().__init__(network, config, config.threads or default_threads())
         device = next(network.parameters()).device
         if device.type != "cpu":
@@ -31,6 +32,8 @@ class OnnxEngine(Engine):
             raise EngineError(ONNXRUNTIME_MISSING)
         model = encoder_model(network, config.precision == "int8", cache_dir)
         self._sessions = stream_sessions(model, self.threads, self.streams)
+        #: Dasheng's graph takes each chunk's count of keys to attend to (all of them where none is given).
+        self._takes_keys = getattr(network, "family", "ced") == "dasheng"
 
     @staticmethod
     def _stream_setup() -> None:
@@ -41,7 +44,13 @@ class OnnxEngine(Engine):
         # Sessions are sized for one stream, so even a small batch is spread over the streams.
         return split_bounds(count, self.streams) if self._pool is not None else [(0, count)]
 
-    def _features(self, pieces: torch.Tensor, stream: int = 0) -> torch.Tensor:
-        feed = np.ascontiguousarray(pieces.detach().cpu().numpy(), dtype=np.float32)
-        (tokens,) = self._sessions[stream % len(self._sessions)].run(None, {"pieces": feed})
+    def _features(self, pieces: torch.Tensor, stream: int = 0, keys: torch.Tensor | None = None) -> torch.Tensor:
+        feed = {"pieces": np.ascontiguousarray(pieces.detach().cpu().numpy(), dtype=np.float32)}
+        if self._takes_keys:
+            tokens = pieces.shape[-1] // self.network.config.patch_frames
+            feed["keys"] = (np.full(len(pieces), tokens, dtype=np.int32) if keys is None
+                            else keys.detach().cpu().numpy().astype(np.int32))
+        elif keys is not None:
+            raise ValueError("CED attends to every token of a piece; it takes no key mask")
+        (tokens,) = self._sessions[stream % len(self._sessions)].run(None, feed)
         return torch.from_numpy(tokens)

@@ -15,6 +15,7 @@ from auricle.engines.base import Engine
 from auricle.engines.config import EngineConfig, EngineError, EngineWarning
 from auricle.engines.fused import FusedEncoder, fused_supported
 from auricle.models.ced import CED
+from auricle.models.dasheng import Dasheng
 
 
 def torch_encoder_path(device: torch.device | str, precision: str) -> str:
@@ -30,7 +31,7 @@ def torch_encoder_path(device: torch.device | str, precision: str) -> str:
 
 
 class TorchEngine(Engine):
-    def __init__(self, network: CED, config: EngineConfig) -> None:
+    def __init__(self, network: CED | Dasheng, config: EngineConfig) -> None:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         super().__init__(network, config, torch.get_num_threads())
@@ -58,13 +59,13 @@ class TorchEngine(Engine):
                 )
             self._encoder = encoder.eval()
 
-    def _features(self, pieces: torch.Tensor, stream: int = 0) -> torch.Tensor:
+    def _features(self, pieces: torch.Tensor, stream: int = 0, keys: torch.Tensor | None = None) -> torch.Tensor:
         if self._fused is not None and next(self.network.parameters()).device.type == "cpu":
-            return self._fused.forward_features(pieces)
+            return self._fused.forward_features(pieces, keys)
         if self.config.precision == "bf16":
             with torch.autocast(device_type=self.device_type, dtype=torch.bfloat16):
-                return self._encoder.forward_features(pieces).float()
-        return self._encoder.forward_features(pieces)
+                return self._encoder.piece_features(pieces, keys).float()
+        return self._encoder.piece_features(pieces, keys)
 
     def _probabilities(self, waveforms: torch.Tensor, stream: int = 0) -> torch.Tensor:
         if self.config.precision == "fp32" and self._fused is None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from auricle.frontend import LogMelStream
-from auricle.models.dasheng import MIN_SAMPLES, Dasheng
+from auricle.models.dasheng import MIN_SAMPLES, Dasheng, PieceFeatures
 from auricle.models.dasheng_config import PATCH_FRAMES
 
 
@@ -46,11 +46,13 @@ def _chunks(network: Dasheng, blocks: Iterable[np.ndarray]) -> tuple[LogMelStrea
 
 
 @torch.inference_mode()
-def frame_tokens(network: Dasheng, blocks: Callable[[], Iterable[np.ndarray]], batch_size: int) -> FrameTokens:
+def frame_tokens(network: Dasheng, blocks: Callable[[], Iterable[np.ndarray]], batch_size: int,
+                 piece_features: PieceFeatures | None = None) -> FrameTokens:
     """Tokens of the 16 kHz mono signal that ``blocks()`` concatenates to, ``batch_size`` chunks per call.
 
     ``blocks`` gives the signal afresh on each call (it is read twice). Equals
     ``network.encode`` of the whole signal (within float rounding of the FFT).
+    ``piece_features``: what runs the chunks (an engine's; default the network's own).
     Raises ValueError for a signal without samples.
     """
     loudest = torch.tensor(float("-inf"))
@@ -66,7 +68,7 @@ def frame_tokens(network: Dasheng, blocks: Callable[[], Iterable[np.ndarray]], b
     def run(batch: list[torch.Tensor]) -> None:
         nonlocal done
         normalized = network.normalize(torch.stack([network.frontend.floor(mel, loudest) for mel in batch]))
-        out = network.forward_features(normalized).reshape(-1, tokens.shape[1]).cpu().numpy()
+        out = network.forward_features(normalized, None, piece_features).reshape(-1, tokens.shape[1]).cpu().numpy()
         tokens[done : done + len(out)] = out
         done += len(out)
 

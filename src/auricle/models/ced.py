@@ -151,6 +151,18 @@ class CED(LogMelFront):
         x = x.flatten(2).transpose(1, 2).contiguous()
         return self.norm(self.blocks(x))
 
+    def piece_features(self, pieces: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward_features` under the name every engine replaces (Dasheng's takes a key mask;
+        CED's pieces are whole, so ``keys`` must be None)."""
+        if keys is not None:
+            raise ValueError("CED attends to every token of a piece; it takes no key mask")
+        return self.forward_features(pieces)
+
+    def probabilities_with(self, piece_features, waveforms: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with the pieces run by ``piece_features`` ((pieces, keys) -> tokens; an engine's)."""
+        pieces, count = self.pieces(self.normalize(self.spectrogram(waveforms)))
+        return self.clip_probabilities(piece_features(pieces, None), count)
+
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens -> logits (n, num_classes), from the mean token."""
         return self.outputlayer(tokens.mean(dim=1))

@@ -4,7 +4,7 @@ Computes what the official ``dasheng`` package computes (``Dasheng.forward``): t
 an input BatchNorm, one patch per 4 frames over all 64 bands, 252-token chunks split after the
 patch embedding (each through the blocks alone with positions from 0, the last one short and
 unpadded), pre-norm blocks without LayerScale, a final LayerNorm. Deliberate differences, each
-tested in ``tests/test_dasheng_parity.py``:
+tested in ``tests/models/test_dasheng_parity.py``:
 
 * the 120 dB floor is per clip (as auricle does for CED), not over the whole batch;
 * a clip under 480 samples (less than one patch of 4 frames) is zero-padded to one token,
@@ -16,6 +16,8 @@ converts the released layouts.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -56,17 +58,25 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
-def key_bias(valid: torch.Tensor, first: int, tokens: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive attention bias (batch, 1, 1, tokens) hiding keys at or past ``valid`` in tokens ``first:first+tokens``.
+def chunk_keys(valid: torch.Tensor, first: int, tokens: int) -> torch.Tensor:
+    """Per clip, how many of the tokens ``first:first+tokens`` keys may attend to, given each clip's ``valid`` tokens."""
+    return (valid - first).clamp(0, tokens)
+
+
+def key_bias(keys: torch.Tensor, tokens: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention bias (n, 1, 1, tokens) hiding each row's keys at or past ``keys`` (its count of valid keys).
 
     The official code fills masked scores with the dtype's lowest value (not -inf); adding that
     value gives the same scores (scores are far below its rounding step), and a chunk whose keys
     are all masked then attends uniformly, as there (with -inf, torch's attention gives such rows 0).
     """
-    positions = torch.arange(first, first + tokens, device=valid.device)
-    masked = positions.unsqueeze(0) >= valid.unsqueeze(1)
-    bias = torch.zeros(masked.shape, dtype=dtype, device=valid.device)
+    masked = torch.arange(tokens, device=keys.device).unsqueeze(0) >= keys.unsqueeze(1)
+    bias = torch.zeros(masked.shape, dtype=dtype, device=keys.device)
     return bias.masked_fill(masked, torch.finfo(dtype).min)[:, None, None, :]
+
+
+#: What runs chunks of normalised mel into tokens: (pieces, keys or None) -> tokens.
+PieceFeatures = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 class Dasheng(LogMelFront):
@@ -103,37 +113,51 @@ class Dasheng(LogMelFront):
             return Dasheng(config).state_dict()
 
     # -- stages (spectrogram and normalize: LogMelFront's) ----------------------
-    def forward_features(self, normalized: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_features(self, normalized: torch.Tensor, valid: torch.Tensor | None = None,
+                         piece_features: PieceFeatures | None = None) -> torch.Tensor:
         """Normalised mel (batch, 1, n_mels, frames) -> tokens (batch, frames // 4, dim).
 
         ``valid``: per clip, how many leading tokens keys may attend to (:func:`valid_tokens`);
-        None attends to all. Chunks of 252 tokens run through the blocks alone; full chunks
-        are stacked into one call, the short last one runs on its own.
+        None attends to all. The mel is cut into 1008-frame chunks (252 tokens; the patches do not
+        overlap, so this is the official split after the patch embedding), each run through the
+        blocks alone: full chunks stacked into one call, the short last one on its own.
+        ``piece_features`` runs the chunks (default :meth:`piece_features`; an engine's, see
+        :mod:`auricle.engines`).
         """
-        x = self.patch_embed(normalized)  # (batch, dim, 1, tokens)
-        batch, tokens = x.shape[0], x.shape[-1]
-        size = self.config.chunk_tokens
-        full = tokens // size
+        run = piece_features or self.piece_features
+        batch, frames = normalized.shape[0], normalized.shape[-1]
+        size, width = self.config.chunk_tokens, self.config.target_frames
+        full = frames // width
         outputs = []
         if full:
-            stacked = torch.cat(x[..., : full * size].split(size, dim=-1), dim=0)
-            bias = None
-            if valid is not None:
-                bias = torch.cat([key_bias(valid, index * size, size, x.dtype) for index in range(full)])
-            out = self._chunk(stacked, bias)
-            outputs.extend(out.split(batch, dim=0))
-        if tokens > full * size:
-            bias = None if valid is None else key_bias(valid, full * size, tokens - full * size, x.dtype)
-            outputs.append(self._chunk(x[..., full * size :], bias))
+            stacked = torch.cat(normalized[..., : full * width].split(width, dim=-1), dim=0)
+            keys = None if valid is None else torch.cat([chunk_keys(valid, index * size, size) for index in range(full)])
+            outputs.extend(run(stacked, keys).split(batch, dim=0))
+        if frames - full * width >= self.config.patch_frames:  # a short last chunk with at least one token
+            rest = normalized[..., full * width :]
+            keys = None if valid is None else chunk_keys(valid, full * size, rest.shape[-1] // self.config.patch_frames)
+            outputs.append(run(rest, keys))
         return torch.cat(outputs, dim=1)
 
-    def _chunk(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def piece_features(self, pieces: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Chunks of normalised mel (n, 1, n_mels, <=1008 frames) -> tokens (n, frames // 4, dim).
+
+        ``keys``: per chunk, how many leading tokens keys may attend to (:func:`chunk_keys`); None: all.
+        The step every engine replaces (CED's is :meth:`auricle.models.ced.CED.piece_features`).
+        """
+        x = self.patch_embed(pieces)  # (n, dim, 1, tokens)
         x = x + self.time_pos_embed[..., : x.shape[-1]]
         x = x + self.freq_pos_embed
         x = x.flatten(2).transpose(1, 2).contiguous()
+        bias = None if keys is None else key_bias(keys, x.shape[1], x.dtype)
         for block in self.blocks:
             x = block(x, bias)
         return self.norm(x)
+
+    def probabilities_with(self, piece_features: PieceFeatures, waveforms: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` (no lengths) with the chunks run by ``piece_features`` (an engine's)."""
+        tokens = self.forward_features(self.normalize(self.spectrogram(waveforms)), None, piece_features)
+        return self.activate(self.forward_head(tokens))
 
     def pool(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Clip embeddings (batch, dim): the mean token, over each clip's valid tokens (at least one)."""

@@ -34,7 +34,7 @@ from auricle.models.files import config_candidates
 from auricle.onnx.sessions import ONNX_MISSING
 
 #: Bump when the exported encoder graph changes, so stale cache files are not reused.
-ONNX_CACHE_VERSION = 3
+ONNX_CACHE_VERSION = 4
 #: Part of every prepared graph's key: bump it when what a prepared graph computes or carries changes.
 PREPARED_FORMAT = 1
 
@@ -57,6 +57,7 @@ def encoder_model(network, int8: bool, cache_dir: str | os.PathLike | None = Non
         return path.read_bytes()
     if importlib.util.find_spec("onnx") is None:  # only writing the graph needs it
         raise EngineError(ONNX_MISSING)
+    refuse_oversized(network, int8, "the onnx engine")
     payload = encoder.encoder_graph(copy.deepcopy(network).float().eval(), int8=int8).SerializeToString()
     try:  # a cache that cannot be written only costs the export next time
         folder.mkdir(parents=True, exist_ok=True)
@@ -64,6 +65,19 @@ def encoder_model(network, int8: bool, cache_dir: str | os.PathLike | None = Non
     except OSError:
         pass
     return payload
+
+
+#: ONNX keeps a graph and its weights in one protobuf message, which cannot pass 2 GiB.
+PROTOBUF_LIMIT = 2**31
+
+
+def refuse_oversized(network, int8: bool, what: str) -> None:
+    """Raise :class:`EngineError` before building a graph whose weights alone pass ONNX's 2 GiB single-file limit
+    (dasheng-0.6b and 1.2b in fp32; in int8 their weights take a quarter)."""
+    weights = sum(parameter.numel() for parameter in network.parameters()) * (1 if int8 else 4)
+    if weights >= PROTOBUF_LIMIT:
+        raise EngineError(f"{what}: the {'int8' if int8 else 'fp32'} graph of this {weights / 2**30:.1f} GiB encoder "
+                          "passes ONNX's 2 GiB single-file limit; use int8, or the torch engine")
 
 
 def prepared_path(weights: Path, name: str | None, precision: str,

@@ -10,6 +10,10 @@ for an fp32 file, the same values within the export's checked tolerance
 
     model = ExportedModel("ced-mini.onnx")
     result = model.tag("recording.wav", top_k=5, events=True)
+
+A Dasheng export (metadata ``family: dasheng``) embeds as :class:`auricle.dasheng_model.DashengModel`
+does: its windows are the frame embeddings (one per 40 ms), its clip embedding their mean; it tags only
+when it has a head (``probabilities``: dasheng-base-audioset).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
-from auricle.errors import AuricleError, CheckpointError
+from auricle.errors import AuricleError, CheckpointError, OptionError
 from auricle.inference.pipeline import Tagger, embedded_file, finite_embeddings, finite_probabilities
 from auricle.inference.results import Embeddings
 from auricle.onnx.sessions import stream_sessions
@@ -34,23 +38,13 @@ from auricle.onnx.rows import Framing, InexactRows, MelPeaks, Row, loudest_frame
 from auricle.inference.streams import StreamPool, run_here, split_bounds
 from auricle.inference.tuning import default_batch_size, default_streams, default_threads
 from auricle.labels import AudioClass, LabelSet
+from auricle.models.files import is_exported_file, not_weights  # noqa: F401  (where they lived first)
 
 #: Pieces (10.12 s each) per call when embedding a long recording; each call also runs two it discards.
 PIECES_PER_ROW = 8
 
 #: What an exported file must declare in its metadata to be tagged with.
 REQUIRED_METADATA = ("producer", "labels", "input", "precision", "frontend", "piece_frames", "encoder")
-
-
-def not_weights(path: str | os.PathLike, command: str = "this command") -> str:
-    """The one-line refusal of an exported file where weights are needed (to train, export or teach)."""
-    return (f"{path}: an exported ONNX file can tag and embed (auricle tag, evaluate, serve, listen, embed), not "
-            f"train; give {command} the model's weights (.pt, .safetensors or a Hugging Face folder)")
-
-
-def is_exported_file(checkpoint: str | os.PathLike | None) -> bool:
-    """Whether ``checkpoint`` names an ONNX file (by its suffix) rather than weights."""
-    return checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
 
 
 class ExportedModel(Tagger):
@@ -89,15 +83,26 @@ class ExportedModel(Tagger):
             raise CheckpointError(f"{self.path}: takes {self.metadata['input']} input; tagging needs a file "
                                   f"exported with waveform input (auricle export without --mel-input)")
         outputs = [item.name for item in first.get_outputs()]
-        if "probabilities" not in outputs:
-            raise CheckpointError(f"{self.path}: has no 'probabilities' output")
-        self._output = outputs.index("probabilities")
-        self._clip_output = outputs.index("embedding") if "embedding" in outputs else None
-        self._pieces_output = (outputs.index("piece_embeddings")
-                               if "piece_embeddings" in outputs and self._clip_output is not None else None)
-        # Per-piece embeddings span piece_frames frontend hops.
+        #: "dasheng": windows are frame embeddings (one per token); "ced": per-piece mean tokens.
+        self.family = self.metadata.get("family", "ced")
         hop = json.loads(self.metadata["frontend"])["hop_length"]
-        self._piece_seconds = int(self.metadata["piece_frames"]) * hop / SAMPLE_RATE
+        if self.family == "dasheng":  # an encoder without a head has no probabilities: it only embeds
+            self._output = outputs.index("probabilities") if "probabilities" in outputs else None
+            windows = "frame_embeddings"
+            patch_frames = int(self.metadata.get("patch_frames", 4))
+            self._windows_per_piece = int(self.metadata["piece_frames"]) // patch_frames
+            self._window_seconds = patch_frames * hop / SAMPLE_RATE
+        else:
+            if "probabilities" not in outputs:
+                raise CheckpointError(f"{self.path}: has no 'probabilities' output")
+            self._output = outputs.index("probabilities")
+            windows = "piece_embeddings"
+            # Per-piece embeddings span piece_frames frontend hops.
+            self._windows_per_piece = 1
+            self._window_seconds = int(self.metadata["piece_frames"]) * hop / SAMPLE_RATE
+        self._clip_output = outputs.index("embedding") if "embedding" in outputs else None
+        self._pieces_output = (outputs.index(windows)
+                               if windows in outputs and self._clip_output is not None else None)
         try:  # how a long recording is cut into calls (auricle.onnx.rows); None: in one call
             self._framing: Framing | None = Framing.from_metadata(self.metadata)
         except InexactRows:
@@ -106,7 +111,7 @@ class ExportedModel(Tagger):
                       if self._streams > 1 else None)
 
     def __repr__(self) -> str:
-        return (f"ExportedModel(path={str(self.path)!r}, name={self.name!r}, classes={len(self.labels)}, "
+        return (f"ExportedModel(path={str(self.path)!r}, name={self.name!r}, classes={len(self.labels or ())}, "
                 f"precision={self.precision!r}, threads={self.threads}, streams={self._streams})")
 
     @property
@@ -122,6 +127,12 @@ class ExportedModel(Tagger):
     def streams(self) -> int:
         return self._streams
 
+    def tag_options(self, **option_values):
+        if self._output is None:
+            raise OptionError(f"{self.path}: this encoder has no classification head; tag with an export of "
+                              "dasheng-base-audioset, or use embed")
+        return super().tag_options(**option_values)
+
     def probabilities(self, waveforms: np.ndarray, *, finite: bool = True) -> np.ndarray:
         """(batch, samples) 16 kHz clips of equal length -> (batch, classes) float32 probabilities.
 
@@ -130,6 +141,8 @@ class ExportedModel(Tagger):
         """
         torch = sys.modules.get("torch")  # a tensor can only come from a program that imported torch
         given_tensor = torch is not None and isinstance(waveforms, torch.Tensor)
+        if self._output is None:
+            raise OptionError(f"{self.path}: this encoder has no classification head")
         result = self._score_now(prepare_batch(waveforms))
         if finite:
             finite_probabilities(result)
@@ -137,7 +150,8 @@ class ExportedModel(Tagger):
 
     @property
     def can_embed(self) -> bool:
-        """Whether the file has the ``piece_embeddings`` output (``auricle export --piece-embeddings``)."""
+        """Whether the file has the ``piece_embeddings`` output (``auricle export --piece-embeddings``;
+        a Dasheng export's ``frame_embeddings``, always there)."""
         return self._pieces_output is not None
 
     def embed_waveform(self, waveform: np.ndarray, name: str = "<array>", batch_size: int | None = None) -> Embeddings:
@@ -194,7 +208,12 @@ class ExportedModel(Tagger):
         if len(waveform) == 0:
             raise AuricleError(f"{name}: no audio samples")
         outputs = self._outputs(stream or 0, np.ascontiguousarray(waveform, dtype=np.float32)[None])
-        return self._result(name, len(waveform), outputs[self._clip_output][0], outputs[self._pieces_output][:, 0, :])
+        return self._result(name, len(waveform), outputs[self._clip_output][0], self._windows(outputs))
+
+    def _windows(self, outputs: list[np.ndarray]) -> np.ndarray:
+        """The one clip's windows (windows, dim) of a call's outputs: its pieces, or (Dasheng) its frames."""
+        found = outputs[self._pieces_output]
+        return found[0] if self.family == "dasheng" else found[:, 0, :]
 
     def _row_pieces(self, parts: Iterable[Row], stream: int | None = None) -> np.ndarray:
         """The kept piece embeddings of every row, in order; rows run on all streams, or here on ``stream``'s."""
@@ -204,8 +223,8 @@ class ExportedModel(Tagger):
         def collect(keep: int) -> None:
             while len(in_flight) > keep:
                 row, future = in_flight.popleft()
-                found = future.result()[self._pieces_output][row.skip:, 0, :]
-                pieces.append(found if row.keep is None else found[: row.keep])
+                found = self._windows(future.result())[row.skip * self._windows_per_piece :]
+                pieces.append(found if row.keep is None else found[: row.keep * self._windows_per_piece])
 
         for row in parts:
             batch = row.samples[np.newaxis]
@@ -218,12 +237,14 @@ class ExportedModel(Tagger):
 
     def _result(self, name: str, samples: int, clip: np.ndarray, pieces: np.ndarray) -> Embeddings:
         duration = samples / SAMPLE_RATE
-        starts = np.arange(len(pieces)) * self._piece_seconds
+        starts = np.arange(len(pieces)) * self._window_seconds
         return Embeddings(file=name, duration=duration, model=self.name, clip=clip, windows=pieces,
-                          starts=starts, ends=np.minimum(starts + self._piece_seconds, duration))
+                          starts=starts, ends=np.minimum(starts + self._window_seconds, duration))
 
     # -- scoring for the pipeline --------------------------------------------------
     def _run(self, stream: int, batch: np.ndarray) -> np.ndarray:
+        if self._output is None:
+            raise OptionError(f"{self.path}: this encoder has no classification head")
         return self._outputs(stream, batch)[self._output]
 
     def _outputs(self, stream: int, batch: np.ndarray) -> list[np.ndarray]:
@@ -242,13 +263,16 @@ class ExportedModel(Tagger):
         return np.concatenate(self._pool.map(self._run, [batch[start:end] for start, end in parts]))
 
 
-def _labels(path: Path, metadata: dict[str, str]) -> LabelSet:
+def _labels(path: Path, metadata: dict[str, str]) -> LabelSet | None:
+    """The file's class labels; None for a Dasheng encoder exported without a head (it names none)."""
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing or not metadata["producer"].startswith("auricle"):
         raise CheckpointError(f"{path}: not an auricle export (metadata lacks {', '.join(missing) or 'producer'}); "
                               f"write one with `auricle export`")
     try:
         names = json.loads(metadata["labels"])
+        if not names and metadata.get("family") == "dasheng":
+            return None
         mids = json.loads(metadata.get("label_mids", "null")) or [""] * len(names)
         return LabelSet(tuple(AudioClass(index, mid, name) for index, (mid, name) in enumerate(zip(mids, names,
                                                                                                       strict=True))))

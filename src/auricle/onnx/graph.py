@@ -1,11 +1,19 @@
 """The graphs ``auricle export`` writes, built node by node from the network's weights.
 
+CED:
+
     waveforms (batch, samples)            mel (batch, n_mels, frames), with --mel-input
       -> log-mel in dB (log_mel_nodes)  --^
       -> input BatchNorm, split into <=1012-frame pieces (piece_nodes)
       -> encoder (auricle.onnx.encoder: standard operators, or ONNX Runtime's fused ones)
       -> head and pooling over pieces (head_nodes)
       -> probabilities (batch, classes), embedding (batch, dim)[, piece_embeddings (pieces, batch, dim)]
+
+Dasheng (:func:`dasheng_nodes`): the same log-mel and BatchNorm, then 1008-frame chunks (252 tokens)
+through the encoder, the short last one zero-padded where there are several and its padding hidden
+from attention by a key mask (which equals running it alone, as the module does), the padding tokens
+dropped -> ``frame_embeddings`` (batch, tokens, dim), ``embedding`` (batch, dim: their mean) and, with
+a head, ``probabilities`` (batch, classes) from the mean token.
 
 Every axis that depends on the input (batch, length, piece count) is computed in the
 graph, so one file takes any batch of clips of any one length and gives what
@@ -28,6 +36,7 @@ import torch
 from auricle.errors import ExportError
 from auricle.frontend import AMIN, FrontendConfig, LogMel
 from auricle.models.ced import CED, MIN_SAMPLES
+from auricle.models.dasheng import Dasheng
 from auricle.onnx.builder import CONTRIB_DOMAIN, EXPORT_OPSET, GraphBuilder
 from auricle.onnx.encoder import encoder_nodes
 
@@ -44,16 +53,17 @@ def dft_basis(config: FrontendConfig) -> torch.Tensor:
     return torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window]).float().unsqueeze(1)
 
 
-def log_mel_nodes(g: GraphBuilder, frontend: LogMel, waveforms: str, output: str | None = None) -> str:
+def log_mel_nodes(g: GraphBuilder, frontend: LogMel, waveforms: str, output: str | None = None,
+                  min_samples: int = MIN_SAMPLES) -> str:
     """16 kHz waveforms (batch, samples) -> log-mel in dB (batch, n_mels, frames), as ``CED.spectrogram``.
 
-    Clips under one patch are zero-padded first; the 120 dB floor is each clip's own.
+    Clips under one patch (``min_samples``: the network's) are zero-padded first; the 120 dB floor is each clip's own.
     """
     config = frontend.config
     if config.win_length != config.n_fft:
         raise ExportError("the convolutional STFT assumes win_length == n_fft")
     bins = config.n_fft // 2 + 1
-    short_by = g.node("Max", [g.node("Sub", [g.constant("min_samples", [MIN_SAMPLES]),
+    short_by = g.node("Max", [g.node("Sub", [g.constant("min_samples", [min_samples]),
                                              g.node("Shape", [waveforms], start=1, end=2)]),
                               g.constant("zero", [0])])
     x = g.node("Pad", [waveforms, g.node("Concat", [g.constant("no_pad", [0, 0, 0]), short_by], axis=0)])
@@ -72,6 +82,15 @@ def log_mel_nodes(g: GraphBuilder, frontend: LogMel, waveforms: str, output: str
     return g.node("Max", [decibels, floor], output)
 
 
+def normalize_nodes(g: GraphBuilder, network: CED | Dasheng, mel: str) -> str:
+    """Log-mel (batch, n_mels, frames) -> the input BatchNorm's output (batch, 1, n_mels, frames)."""
+    bn = network.init_bn
+    x = g.node("BatchNormalization", [mel, g.constant("bn.weight", bn.weight), g.constant("bn.bias", bn.bias),
+                                      g.constant("bn.mean", bn.running_mean), g.constant("bn.var", bn.running_var)],
+               epsilon=bn.eps)
+    return g.node("Unsqueeze", [x, g.constant("channel_axis", [1])])
+
+
 def piece_nodes(g: GraphBuilder, network: CED, mel: str) -> tuple[str, str]:
     """Log-mel (batch, n_mels, frames) -> (normalised pieces (count * batch, 1, n_mels, piece frames), count).
 
@@ -79,12 +98,8 @@ def piece_nodes(g: GraphBuilder, network: CED, mel: str) -> tuple[str, str]:
     it, the normalised mel is zero-padded to a whole number of pieces, stacked piece-major.
     ``count`` is a one-element int64 tensor.
     """
-    bn = network.init_bn
     target = network.config.target_frames
-    x = g.node("BatchNormalization", [mel, g.constant("bn.weight", bn.weight), g.constant("bn.bias", bn.bias),
-                                      g.constant("bn.mean", bn.running_mean), g.constant("bn.var", bn.running_var)],
-               epsilon=bn.eps)
-    x = g.node("Unsqueeze", [x, g.constant("channel_axis", [1])])  # (batch, 1, n_mels, frames)
+    x = normalize_nodes(g, network, mel)  # (batch, 1, n_mels, frames)
     frames = g.node("Shape", [x], start=3, end=4)
     count = g.node("Div", [g.node("Add", [frames, g.constant("round_up", [target - 1])]),
                            g.constant("piece_frames", [target])])
@@ -104,19 +119,7 @@ def head_nodes(g: GraphBuilder, network: CED, tokens: str, count: str, piece_emb
     """Tokens (count * batch, patches, dim), piece-major -> the graph outputs ``probabilities``, ``embedding``
     and, with ``piece_embeddings``, ``piece_embeddings``: as ``CED.forward`` and ``CED.encode`` pool them."""
     means = g.node("ReduceMean", [tokens, g.constant("token_axis", [1])], keepdims=0)  # (count * batch, dim)
-    layers = list(network.outputlayer)
-    h = g.layer_norm("head.norm", layers[0], means)
-    for layer in layers[1:]:
-        if isinstance(layer, torch.nn.Linear):
-            h = g.linear("head", layer, h)
-        elif isinstance(layer, torch.nn.GELU) and layer.approximate == "none":
-            h = g.gelu(h)
-        else:
-            raise ExportError(f"the head holds a {type(layer).__name__}, which the export does not write")
-    if network.config.head_activation == "softmax":
-        scores = g.node("Softmax", [h], axis=-1)
-    else:
-        scores = g.node("Sigmoid", [h])
+    scores = _head_scores(g, network, means)
     piece_axis = g.constant("piece_axis", [0])
     per_piece = lambda value, width: g.node(  # noqa: E731  (count * batch, width) -> (count, batch, width)
         "Reshape", [value, g.node("Concat", [count, g.constant("batch_width", [-1, width])], axis=0)])
@@ -128,11 +131,81 @@ def head_nodes(g: GraphBuilder, network: CED, tokens: str, count: str, piece_emb
         g.node("Identity", [pieces], "piece_embeddings")
 
 
-def output_names(piece_embeddings: bool) -> list[str]:
+def _head_scores(g: GraphBuilder, network: CED | Dasheng, means: str, output: str | None = None) -> str:
+    """Mean tokens (n, dim) -> the head's scores (n, classes), with its activation."""
+    layers = list(network.outputlayer)
+    h = g.layer_norm("head.norm", layers[0], means)
+    for layer in layers[1:]:
+        if isinstance(layer, torch.nn.Linear):
+            h = g.linear("head", layer, h)
+        elif isinstance(layer, torch.nn.GELU) and layer.approximate == "none":
+            h = g.gelu(h)
+        else:
+            raise ExportError(f"the head holds a {type(layer).__name__}, which the export does not write")
+    if network.config.head_activation == "softmax":
+        return g.node("Softmax", [h], output, axis=-1)
+    return g.node("Sigmoid", [h], output)
+
+
+def chunk_nodes(g: GraphBuilder, network: Dasheng, mel: str) -> tuple[str, str, str, str]:
+    """Log-mel (batch, n_mels, frames) -> (normalised chunks (count * batch, 1, n_mels, width), their keys
+    (count * batch,) int32, count, tokens), chunk-major.
+
+    Frames past the last whole token are dropped (the patch embedding drops them too). One chunk keeps its
+    own length; several are zero-padded to whole chunks, and each chunk's keys count only its real tokens,
+    so the padding is never attended to: the same tokens as running the short last chunk alone.
+    ``count`` and ``tokens`` (the clip's token count) are one-element int64 tensors.
+    """
+    config = network.config
+    width, size, mels = config.target_frames, config.chunk_tokens, config.n_mels
+    x = normalize_nodes(g, network, mel)  # (batch, 1, n_mels, frames)
+    tokens = g.node("Div", [g.node("Shape", [x], start=3, end=4), g.constant("patch_frames", [config.patch_frames])])
+    frames = g.node("Mul", [tokens, g.constant("patch_frames", [config.patch_frames])])
+    x = g.node("Slice", [x, g.constant("i0", [0]), frames, g.constant("axis3", [3])])
+    count = g.node("Div", [g.node("Add", [tokens, g.constant("round_up", [size - 1])]), g.constant("chunk_tokens", [size])])
+    several = g.node("Min", [g.node("Sub", [count, g.constant("one_chunk", [1])]), g.constant("at_most_one", [1])])
+    missing = g.node("Sub", [g.node("Mul", [count, g.constant("chunk_frames", [width])]), frames])
+    x = g.node("Pad", [x, g.node("Concat", [g.constant("no_pad", [0] * 7), g.node("Mul", [several, missing])], axis=0)])
+    x = g.node("Reshape", [x, g.node("Concat", [g.constant("batch_mels", [0, mels]), count,
+                                                g.constant("rest", [-1])], axis=0)])
+    x = g.node("Transpose", [x], perm=[2, 0, 1, 3])  # (count, batch, n_mels, width)
+    chunks = g.node("Reshape", [x, g.constant("chunks_shape", [-1, 1, mels, 0])])
+    # Chunk c attends to min(tokens - c * size, size) keys; every one of its batch rows alike.
+    firsts = g.node("Mul", [g.node("Range", [g.constant("zero_scalar", 0), g.node("Squeeze", [count]),
+                                             g.constant("one_scalar", 1)]), g.constant("chunk_tokens", [size])])
+    per_chunk = g.node("Min", [g.node("Sub", [tokens, firsts]), g.constant("chunk_tokens", [size])])
+    batch = g.node("Shape", [x], start=1, end=2)
+    keys = g.node("Expand", [g.node("Unsqueeze", [per_chunk, g.constant("batch_axis", [1])]),
+                             g.node("Concat", [count, batch], axis=0)])
+    keys = g.node("Cast", [g.node("Reshape", [keys, g.constant("flat_keys", [-1])])], to=6)  # int32
+    return chunks, keys, count, tokens
+
+
+def dasheng_nodes(g: GraphBuilder, network: Dasheng, mel: str, fused: bool, int8: bool) -> None:
+    """Log-mel -> the outputs ``frame_embeddings``, ``embedding`` and, with a head, ``probabilities``."""
+    g.prefix = "chunks/"
+    chunks, keys, count, tokens = chunk_nodes(g, network, mel)
+    g.prefix, g.int8 = ENCODER_PREFIX, int8
+    out = encoder_nodes(g, network, chunks, fused, keys=keys)  # (count * batch, width / 4, dim)
+    g.prefix, g.int8 = "head/", int8 and not fused
+    dim = network.config.embed_dim
+    batch = g.node("Shape", [mel], start=0, end=1)
+    x = g.node("Reshape", [out, g.node("Concat", [count, batch, g.constant("rest_dim", [-1, dim])], axis=0)])
+    x = g.node("Transpose", [x], perm=[1, 0, 2, 3])  # (batch, count, width / 4, dim)
+    x = g.node("Reshape", [x, g.constant("batch_tokens", [0, -1, dim])])
+    frames = g.node("Slice", [x, g.constant("i0", [0]), tokens, g.constant("axis1", [1])], "frame_embeddings")
+    means = g.node("ReduceMean", [frames, g.constant("token_axis", [1])], "embedding", keepdims=0)
+    if network.config.num_classes:
+        _head_scores(g, network, means, "probabilities")
+
+
+def output_names(piece_embeddings: bool, network: CED | Dasheng | None = None) -> list[str]:
+    if getattr(network, "family", "ced") == "dasheng":
+        return (["probabilities"] if network.config.num_classes else []) + ["embedding", "frame_embeddings"]
     return ["probabilities", "embedding"] + (["piece_embeddings"] if piece_embeddings else [])
 
 
-def model_graph(network: CED, mel_input: bool = False, fused: bool = False, piece_embeddings: bool = False,
+def model_graph(network: CED | Dasheng, mel_input: bool = False, fused: bool = False, piece_embeddings: bool = False,
                 int8: bool = False):
     """ModelProto of the whole model: waveforms (or, ``mel_input``, the log-mel) -> probabilities, embedding.
 
@@ -142,7 +215,8 @@ def model_graph(network: CED, mel_input: bool = False, fused: bool = False, piec
     the mel filterbank product stays float32 always: its input, the power spectrum, spans ~12 orders
     of magnitude, and one int8 scale per call rounded all but the loudest bins to zero (on a small
     random model that moved probabilities by 0.77, where the encoder alone moves them by 0.006).
-    ``network`` must be float32 and in eval mode.
+    ``network`` must be float32 and in eval mode. A Dasheng network always has its ``frame_embeddings``
+    output (``piece_embeddings`` is CED's).
     """
     from onnx import TensorProto, helper
 
@@ -154,20 +228,25 @@ def model_graph(network: CED, mel_input: bool = False, fused: bool = False, piec
     else:
         source = helper.make_tensor_value_info("waveforms", TensorProto.FLOAT, ["batch", "samples"])
         g.prefix = "frontend/"
-        mel = log_mel_nodes(g, network.frontend, "waveforms")
-    g.prefix = "pieces/"
-    pieces, count = piece_nodes(g, network, mel)
-    g.prefix, g.int8 = ENCODER_PREFIX, int8
-    tokens = encoder_nodes(g, network, pieces, fused)
-    # The onnxruntime runtime keeps its head float, as the onnx engine (whose graph is the encoder alone) does.
-    g.prefix, g.int8 = "head/", int8 and not fused
-    head_nodes(g, network, tokens, count, piece_embeddings)
+        mel = log_mel_nodes(g, network.frontend, "waveforms", min_samples=network.min_samples)
+    family = getattr(network, "family", "ced")
+    if family == "dasheng":
+        dasheng_nodes(g, network, mel, fused, int8)
+    else:
+        g.prefix = "pieces/"
+        pieces, count = piece_nodes(g, network, mel)
+        g.prefix, g.int8 = ENCODER_PREFIX, int8
+        tokens = encoder_nodes(g, network, pieces, fused)
+        # The onnxruntime runtime keeps its head float, as the onnx engine (whose graph is the encoder alone) does.
+        g.prefix, g.int8 = "head/", int8 and not fused
+        head_nodes(g, network, tokens, count, piece_embeddings)
     shapes = {"probabilities": ["batch", config.num_classes], "embedding": ["batch", config.embed_dim],
-              "piece_embeddings": ["pieces", "batch", config.embed_dim]}
+              "piece_embeddings": ["pieces", "batch", config.embed_dim],
+              "frame_embeddings": ["batch", "tokens", config.embed_dim]}
     outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shapes[name])
-               for name in output_names(piece_embeddings)]
-    graph = helper.make_graph(g.nodes, "auricle_ced_onnxruntime" if fused else "auricle_ced", [source], outputs,
-                              g.initializers)
+               for name in output_names(piece_embeddings, network)]
+    graph = helper.make_graph(g.nodes, f"auricle_{family}_onnxruntime" if fused else f"auricle_{family}", [source],
+                              outputs, g.initializers)
     opsets = [helper.make_opsetid("", EXPORT_OPSET)]
     if fused:
         opsets.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))

@@ -22,8 +22,9 @@ import numpy as np
 
 from auricle.errors import SearchIndexError
 
-#: Bump on any change of the tables below; an index of another version is refused, not misread.
-SCHEMA_VERSION = 1
+#: Bump on any change of the tables below; an index of another version is refused, not misread
+#: (except the versions in MIGRATIONS, which are brought up to date).
+SCHEMA_VERSION = 2
 #: Seconds a writer waits for another process's lock before giving up with an error.
 BUSY_TIMEOUT_S = 10.0
 
@@ -47,6 +48,19 @@ CREATE TABLE file_windows (
     piece_embeddings BLOB NOT NULL
 );
 """
+#: Version 2: the segment captions of `auricle index --describe` (search/captions.py), one row per file
+#: captioned (an empty list: captioned, nothing said). Kept apart so that version 1 files migrate by
+#: adding it: nothing else changed.
+CAPTION_SCHEMA = """
+CREATE TABLE file_captions (
+    file_id INTEGER PRIMARY KEY,
+    bounds BLOB NOT NULL,
+    texts TEXT NOT NULL,
+    embeddings BLOB NOT NULL
+)
+"""
+#: Older versions that are brought up to date when opened for writing (read-only, they are read as they are).
+MIGRATIONS = {"1": CAPTION_SCHEMA}
 
 
 @dataclass(frozen=True)
@@ -98,16 +112,19 @@ class Store:
             if not tables and create and not readonly:
                 self.connection.execute("PRAGMA journal_mode=WAL")
                 with self.transaction():
-                    for statement in SCHEMA.split(";"):
+                    for statement in (SCHEMA + ";" + CAPTION_SCHEMA).split(";"):
                         if statement.strip():
                             self.connection.execute(statement)
                     self.connection.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                tables = {"meta", "files", "file_windows"}
+                tables = {"meta", "files", "file_windows", "file_captions"}
             if "meta" not in tables:
                 self.close()
                 raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
             self.meta = dict(self.connection.execute("SELECT key, value FROM meta"))
         version = self.meta.get("schema_version")
+        if version in MIGRATIONS and {"files", "file_windows"} <= tables:
+            tables = self._migrate(version, tables, readonly)
+            version = self.meta["schema_version"]
         if version is None:
             self.close()
             raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
@@ -118,6 +135,25 @@ class Store:
         if not {"files", "file_windows"} <= tables:
             self.close()
             raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
+
+    def _migrate(self, version: str, tables: set[str], readonly: bool) -> set[str]:
+        """Bring a version-1 index up to date: the captions table added in one transaction, nothing recomputed.
+
+        Read-only (a search), the file is left as it is and read as an index without captions.
+        """
+        if readonly:
+            self.meta["schema_version"] = str(SCHEMA_VERSION)
+            return tables
+        with self.transaction() as connection:
+            connection.execute(MIGRATIONS[version])
+            connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        self.meta["schema_version"] = str(SCHEMA_VERSION)
+        return tables | {"file_captions"}
+
+    @property
+    def has_caption_table(self) -> bool:
+        with self.errors():
+            return self.holds_captions(self.connection)
 
     @contextmanager
     def errors(self) -> Iterator[None]:
@@ -178,10 +214,20 @@ class Store:
     @staticmethod
     def delete(connection: sqlite3.Connection, paths: list[str]) -> None:
         """Drop files' rows (inside :meth:`transaction`)."""
+        captions = Store.holds_captions(connection)  # asked once: put() deletes before every insert
         for path in paths:
             connection.execute("DELETE FROM file_windows WHERE file_id IN (SELECT id FROM files WHERE path = ?)",
                                (path,))
+            # Captions describe the audio as it was: a changed or dropped file loses them (version 1: no table).
+            if captions:
+                connection.execute("DELETE FROM file_captions WHERE file_id IN (SELECT id FROM files WHERE path = ?)",
+                                   (path,))
             connection.execute("DELETE FROM files WHERE path = ?", (path,))
+
+    @staticmethod
+    def holds_captions(connection: sqlite3.Connection) -> bool:
+        return connection.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='file_captions'"
+                                  ).fetchone() is not None
 
     def rows(self, columns: str, where: str = "", parameters: tuple = (), chunk: int = 4096) -> Iterator[list[tuple]]:
         """``SELECT columns FROM files WHERE ...`` in chunks (a million rows are never all in memory)."""
