@@ -95,8 +95,12 @@ def report(result: dict, json_path: Path | None) -> None:
         json_path.write_text(json.dumps(result, indent=2))
 
 
-def random_checkpoint(name: str, folder: Path) -> Path:
-    """Random weights of a CED or Dasheng size (``ced-base``, ``dasheng-base``...) saved in auricle's format under ``folder``."""
+def random_checkpoint(name: str, folder: Path, layout: str = "auricle") -> Path:
+    """Random weights of a CED or Dasheng size (``ced-base``, ``dasheng-base``...) saved under ``folder``.
+
+    ``layout``: ``auricle`` (our ``.safetensors``) or, for Dasheng, ``zenodo`` (the released ``.pt``:
+    ``{"model": state_dict, "config": kwargs}`` with the official key names and frontend buffers).
+    """
     import torch
 
     from auricle.models.ced import CED
@@ -107,4 +111,40 @@ def random_checkpoint(name: str, folder: Path) -> Path:
     info = model_info(name)
     torch.manual_seed(0)  # speed does not depend on the weights; the same ones every run
     network = Dasheng(info.config) if info.family == "dasheng" else CED(info.config)
-    return save_checkpoint(network, folder / f"{name}-random.safetensors", name=f"{name}-random")
+    if layout == "auricle":
+        return save_checkpoint(network, folder / f"{name}-random.safetensors", name=f"{name}-random")
+    if layout != "zenodo" or info.family != "dasheng":
+        raise ValueError(f"no {layout!r} layout for {name}")
+    config = info.config
+    path = folder / f"{name}-random.pt"
+    torch.save({"model": zenodo_state(network), "config": dict(embed_dim=config.embed_dim, depth=config.depth,
+                                                               num_heads=config.num_heads)}, path)
+    return path
+
+
+def zenodo_state(network) -> dict:
+    """A Dasheng network's weights with the official key names (``init_bn.1.``) and frontend buffers."""
+    import torch
+
+    from auricle.frontend import mel_filterbank
+
+    state = {("init_bn.1." + key[len("init_bn."):] if key.startswith("init_bn.") else key): value
+             for key, value in network.state_dict().items()}
+    state["front_end.0.spectrogram.window"] = torch.hann_window(512)
+    state["front_end.0.mel_scale.fb"] = mel_filterbank()
+    return state
+
+
+def random_checkpoint_apart(name: str, folder: Path, layout: str = "auricle") -> Path:
+    """:func:`random_checkpoint` in a child process, so that this one stays small.
+
+    A child's peak RSS as the kernel reports it (wait4) is at least the RSS its parent had when it
+    started it (Linux keeps the high-water mark across fork and exec), so a benchmark that builds
+    a model in its own process inflates the peaks it then measures.
+    """
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+              "from synthetic import random_checkpoint; "
+              "print(random_checkpoint(sys.argv[2], Path(sys.argv[3]), sys.argv[4]))")
+    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).resolve().parent), name, str(folder),
+                           layout], check=True, capture_output=True, text=True)
+    return Path(done.stdout.strip().splitlines()[-1])

@@ -241,7 +241,8 @@ class EmbeddingsWriter:
             clip=clips,
             durations=np.array([r.duration for r in collected]),
             truncated=np.array([r.truncated for r in collected]),
-            windows=np.concatenate([r.windows for r in collected]),
+            # One file's frames as they are: a copy would be a second hour of Dasheng frames (276 MB).
+            windows=collected[0].windows if len(collected) == 1 else np.concatenate([r.windows for r in collected]),
             window_file=np.concatenate([np.full(len(r.starts), i) for i, r in enumerate(collected)]),
             starts=np.concatenate([r.starts for r in collected]),
             ends=np.concatenate([r.ends for r in collected]),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,7 +162,9 @@ def read_tensors_and_config(path: Path) -> tuple[dict[str, torch.Tensor], dict |
             raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
     _refuse_what_is_not_a_torch_file(path)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped where torch can (zip archives, not pre-1.6 pickles): the tensors are read as
+        # used, and a model that takes them as its weights (Dasheng's) holds no second copy.
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as error:
         cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if cause.startswith("Weights only load failed"):  # torch's advice (weights_only=False) runs foreign code

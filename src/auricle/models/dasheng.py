@@ -37,6 +37,17 @@ def valid_tokens(samples: torch.Tensor) -> torch.Tensor:
     return torch.div(samples, SAMPLES_PER_TOKEN, rounding_mode="floor").long()
 
 
+def _initial_positions(*shape: int) -> torch.Tensor:
+    """Position embeddings to start from, N(0, 0.02^2) (``randn * 0.02`` bit for bit); on the meta
+    device shapes only.
+
+    Drawing or scaling a meta tensor runs torch's Python reference kernels, which import sympy
+    and torch._dynamo on first use (over a second of a cold start); ``empty`` does not.
+    """
+    values = torch.empty(shape)
+    return values if values.is_meta else values.normal_(std=0.02)
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, config: DashengConfig) -> None:
         super().__init__()
@@ -87,8 +98,8 @@ class Dasheng(LogMelFront):
             self.frontend = LogMel()
         self.init_bn = nn.BatchNorm2d(config.n_mels, momentum=0.01)
         self.patch_embed = PatchEmbed(config)
-        self.time_pos_embed = nn.Parameter(torch.randn(1, dim, 1, config.chunk_tokens) * 0.02)
-        self.freq_pos_embed = nn.Parameter(torch.randn(1, dim, 1, 1) * 0.02)
+        self.time_pos_embed = nn.Parameter(_initial_positions(1, dim, 1, config.chunk_tokens))
+        self.freq_pos_embed = nn.Parameter(_initial_positions(1, dim, 1, 1))
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         if config.num_classes:
