@@ -136,11 +136,13 @@ def _load_language_model(name: str, checkpoint, cache_dir, engine: str, precisio
     info = model_info(name) if checkpoint is None else None
     if not is_language_checkpoint(checkpoint) and (info is None or info.family != "midashenglm"):
         return None
-    if engine != "torch" or precision != "fp32":
-        raise OptionError("MiDashengLM runs on the torch engine in its stored precision; drop --engine/--precision")
+    if engine != "torch":
+        raise OptionError("MiDashengLM runs on the torch engine (its stored precision, bf16 or int8); drop --engine")
     if device.type != "cpu":  # the encoder, projector and decoding loop keep their tensors on the CPU
         raise OptionError(f"MiDashengLM runs on the CPU in auricle for now, not on {device}")
-    return load_named(info, cache_dir) if info is not None else load_language_model(checkpoint)
+    if info is not None:
+        return load_named(info, cache_dir, precision)
+    return load_language_model(checkpoint, precision=precision)
 
 
 def load_model(
@@ -158,7 +160,8 @@ def load_model(
     A Dasheng checkpoint (or name) gives a :class:`~auricle.dasheng_model.DashengModel`
     (torch engine, fp32 only). ``midashenglm-7b`` or a MiDashengLM model folder gives an
     :class:`~auricle.language_model.AudioLanguageModel` (``describe``/``ask``/``stream``; torch
-    engine, the stored precision).
+    engine; ``precision`` fp32 (the default: as stored), bf16, or int8: weight-only int8 for the decoder's
+    linear layers).
 
     Weights come from ``checkpoint`` if given (official ``.pt``, Hugging Face
     folder or auricle ``.safetensors``), else from the local Hugging Face cache,

@@ -13,6 +13,7 @@ import click
 
 from auricle.cli.common import error_line, fail, files_or_exit, report_batch, writable
 from auricle.errors import AuricleError
+from auricle.language.config import LANGUAGE_PRECISIONS
 from auricle.language.prompts import PRESETS
 from auricle.io.writers import (
     FORMATS, RESUMABLE_FORMATS, completed_files, format_for, not_done, open_writer, record_settings,
@@ -30,6 +31,9 @@ def _options(command):
         click.option("--checkpoint", type=click.Path(file_okay=False), default=None,
                      help="A local MiDashengLM folder (config.json, safetensors shards and index, tokenizer.json) "
                           "instead of --model."),
+        click.option("--precision", type=click.Choice(LANGUAGE_PRECISIONS), default=None,
+                     help="bf16, or int8: weight-only int8 for the decoder's linear layers (about 9.5 GB instead "
+                          "of 16.6 GB, faster decoding) [default: as stored, bf16 for the release]."),
         click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True,
                      help="Longest answer, in tokens, per segment."),
         click.option("--segment", "segment_seconds", type=click.FloatRange(0, 30, min_open=True), default=30.0,
@@ -69,7 +73,7 @@ def ask_command(paths, question, **options) -> None:
     run(paths, question, literal=True, **options)
 
 
-def load_language_or_exit(model_name: str, checkpoint: str | None):
+def load_language_or_exit(model_name: str, checkpoint: str | None, precision: str | None = None):
     """The audio-language model the options name, or one error line and exit (a tagger is refused unread)."""
     import auricle
     from auricle.models.registry import model_info
@@ -78,7 +82,7 @@ def load_language_or_exit(model_name: str, checkpoint: str | None):
     try:
         if checkpoint is None and model_info(model_name).family != "midashenglm":
             fail(not_language)
-        model = auricle.load_model(model_name, checkpoint=checkpoint)
+        model = auricle.load_model(model_name, checkpoint=checkpoint, precision=precision)
     except AuricleError as error:
         fail(str(error))
     if not hasattr(model, "describe"):
@@ -90,7 +94,8 @@ def _terminal() -> bool:
     return sys.stdout.isatty()
 
 
-def run(paths, prompt: str, literal: bool, model_name: str, checkpoint: str | None, max_new_tokens: int,
+def run(paths, prompt: str, literal: bool, model_name: str, checkpoint: str | None, precision: str | None,
+        max_new_tokens: int,
         segment_seconds: float, output_format: str | None, output: str | None, recursive: bool,
         resume: bool) -> None:
     from auricle.inference.results import Failure
@@ -107,10 +112,10 @@ def run(paths, prompt: str, literal: bool, model_name: str, checkpoint: str | No
     if not todo:  # everything is in --output already: no model to load (16 GB for the 7B)
         report_batch("described", files, todo, 0, resume, output)
         return
-    model = load_language_or_exit(model_name, checkpoint)
+    model = load_language_or_exit(model_name, checkpoint, precision)
     if output_format in RESUMABLE_FORMATS and output not in (None, "-"):
         settings = {"model": model.name, "prompt": prompt, "literal": literal, "max_new_tokens": max_new_tokens,
-                    "segment": segment_seconds}
+                    "segment": segment_seconds, "precision": precision}
         differences = settings_differences(output, settings) if resume else []
         if differences:
             fail(f"{output}: written with other settings ({'; '.join(differences)}); resume with the same "
