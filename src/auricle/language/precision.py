@@ -16,7 +16,8 @@ The matrix product is ``torch._weight_int8pack_mm`` (bf16 activations × int8 we
 the fastest batch-1 product among those torch 2.13 offers on this CPU (docs/benchmarks.md: bf16
 ``linear``, ``torch.ao`` dynamic quantisation, dequantise-then-multiply, ``torch.compile``). It is a
 private operator that returns wrong numbers or crashes when the input width is not a multiple of 16
-(measured on torch 2.13); such layers (only in tiny test models) dequantise instead.
+(measured on torch 2.13); such layers (only in tiny test models) dequantise instead, and so does a
+prompt's prefill (many rows), where the bf16 matrix product is faster.
 
 Weights are quantised as each tensor is read (:func:`converter`), in row blocks with bounded float32
 temporaries, so loading never holds the whole bf16 model next to the int8 one.
@@ -44,6 +45,9 @@ DECODER_PREFIX = "decoder."
 BLOCK_ELEMENTS = 16 * 1024 * 1024
 #: The packed product needs the input width to be a multiple of this (torch 2.13; other widths crash).
 PACKED_WIDTH = 16
+#: Above this many rows (a prompt's prefill) the packed product is slower than converting the int8
+#: weight to bf16 and using the bf16 matrix product (measured here: 3x slower at 270 rows, even at 64).
+PACKED_MAX_ROWS = 64
 #: Bytes an int8 model holds per byte of a bf16 checkpoint: the quantised layers are 85 % of the
 #: 7B's 8.28 B parameters and halve (0.57); the rest stays bf16. Rounded up for the scales and headroom.
 INT8_MEMORY_FRACTION = 0.6
@@ -99,9 +103,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
-        if self.packed:
+        if self.packed and flat.shape[0] <= PACKED_MAX_ROWS:
             out = torch._weight_int8pack_mm(flat, self.weight, self.scale)
-        else:  # widths the packed product gets wrong: dequantise (tiny models only)
+        else:  # a long prompt, or a width the packed product gets wrong: the same q·x·scale in bf16
             out = F.linear(flat, self.weight.to(torch.bfloat16)) * self.scale
         if self.bias is not None:
             out = out + self.bias
