@@ -180,14 +180,24 @@ def build_network(layers: int, precision: str):
     return MiDashengLM(config, projector.eval(), decoder, encoder).eval().requires_grad_(False)
 
 
-def decode_bytes(network) -> tuple[int, int]:
-    """(bytes read per decoded token: every decoder tensor but the input embeddings, all decoder bytes)."""
+def module_bytes(module) -> int:
+    tensors = dict(module.named_parameters())
+    tensors.update(dict(module.named_buffers()))
+    return sum(t.numel() * t.element_size() for name, t in tensors.items() if "rotary" not in name)
+
+
+def decode_bytes(network) -> dict:
+    """Bytes read per decoded token (every decoder tensor but the input embeddings; the KV cache, a few MB,
+    left out), all decoder bytes, and one layer's bytes (to scale a run with fewer layers to 28)."""
     decoder = network.decoder
-    tensors = dict(decoder.named_parameters())
-    tensors.update(dict(decoder.named_buffers()))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    total = module_bytes(decoder)
     embeddings = decoder.get_input_embeddings().weight
-    return total - embeddings.numel() * embeddings.element_size(), total
+    per_token = total - embeddings.numel() * embeddings.element_size()
+    layer = module_bytes(decoder.model.layers[0])
+    rest = per_token - layer * len(decoder.model.layers)
+    return {"bytes_per_token": per_token, "decoder_bytes": total, "layer_bytes": layer,
+            "bytes_per_token_28": rest + layer * FULL_LAYERS,
+            "decoder_bytes_28": total + layer * (FULL_LAYERS - len(decoder.model.layers))}
 
 
 def prompt_ids(audio_tokens: int, seed: int = 0) -> list[int]:
@@ -270,7 +280,7 @@ def child(args) -> None:
     network = build_network(args.layers, args.child)
     result = {"precision": args.child, "layers": args.layers, "load_s": time.perf_counter() - start,
               "rss_after_load_gb": peak_rss_gb()}
-    result["bytes_per_token"], result["decoder_bytes"] = decode_bytes(network)
+    result.update(decode_bytes(network))
     waveform = (np.random.default_rng(0).standard_normal(int(CLIP_SECONDS * choices.SAMPLE_RATE)) * 0.1).astype(np.float32)
     prompt = prompt_ids(choices.audio_token_count(len(waveform)))
     result["prompt_tokens"] = len(prompt)
@@ -305,7 +315,10 @@ def run_child(precision: str, args, reference: Path) -> dict:
                str(args.new_tokens), "--agreement-steps", str(args.agreement_steps), "--reference", str(reference)]
     print(f"[{time.strftime('%H:%M:%S')}] {precision}: {available_gb():.1f} GB available, "
           f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # stderr passes through
+    if done.returncode:
+        why = "killed: out of memory?" if done.returncode == -9 else "see stderr"
+        return {"precision": precision, "failed": f"exit status {done.returncode} ({why})"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -314,7 +327,10 @@ def summarise(results: dict) -> str:
     scale_note = "" if results["layers"] == FULL_LAYERS else f" (measured with {results['layers']} layers)"
     lines = [f"read bandwidth {bandwidth:.1f} GB/s; {results['layers']} layers{scale_note}", "",
              "| | bf16 | int8 |", "|---|---|---|"]
-    runs = [results["runs"][p] for p in ("bf16", "int8") if p in results["runs"]]
+    runs = [results["runs"][p] for p in ("bf16", "int8") if "failed" not in results["runs"].get(p, {"failed": 1})]
+    for precision, run in results["runs"].items():
+        if "failed" in run:
+            lines.insert(0, f"{precision}: FAILED, {run['failed']}")
 
     def row(name, values):
         lines.append(f"| {name} | " + " | ".join(values) + " |")
@@ -333,9 +349,25 @@ def summarise(results: dict) -> str:
     row("10 s clip, 30 new tokens (s): TTFT + 29 ÷ decode",
         [f"{r['auricle']['ttft_s'] + 29 / max(r['auricle']['decode_tok_s'], r['auricle_again']['decode_tok_s']):.0f}"
          for r in runs])
+    if results["layers"] != FULL_LAYERS:  # per-token time taken as proportional to bytes read; prefill to layers
+        def decode_28(r):
+            best = max(r["auricle"]["decode_tok_s"], r["auricle_again"]["decode_tok_s"])
+            return best * r["bytes_per_token"] / r["bytes_per_token_28"]
+
+        def ttft_28(r):
+            return r["auricle"]["encode_s"] + r["auricle"]["prefill_s"] * FULL_LAYERS / results["layers"]
+
+        row("SCALED to 28 layers: bytes per token (GB)", [f"{r['bytes_per_token_28'] / GB:.2f}" for r in runs])
+        row("SCALED: bound (tok/s)", [f"{bandwidth * GB / r['bytes_per_token_28']:.2f}" for r in runs])
+        row("SCALED: auricle decode (tok/s)", [f"{decode_28(r):.2f}" for r in runs])
+        row("SCALED: transformers generate (tok/s)",
+            [f"{r['generate']['decode_tok_s'] * r['bytes_per_token'] / r['bytes_per_token_28']:.2f}" for r in runs])
+        row("SCALED: TTFT, 10 s clip (s)", [f"{ttft_28(r):.1f}" for r in runs])
+        row("SCALED: 10 s clip, 30 new tokens (s)", [f"{ttft_28(r) + 29 / decode_28(r):.0f}" for r in runs])
+        row("SCALED: decoder bytes (GB)", [f"{r['decoder_bytes_28'] / GB:.2f}" for r in runs])
     row("peak RSS (GB); after building", [f"{r['peak_rss_gb']:.1f}; {r['rss_after_load_gb']:.1f}" for r in runs])
     row("decoder bytes (GB)", [f"{r['decoder_bytes'] / GB:.2f}" for r in runs])
-    if len(runs) == 2:
+    if len(runs) == 2 and runs[1]["precision"] == "int8":
         speedup = max(runs[1]["auricle"]["decode_tok_s"], runs[1]["auricle_again"]["decode_tok_s"]) / \
             max(runs[0]["auricle"]["decode_tok_s"], runs[0]["auricle_again"]["decode_tok_s"])
         lines += ["", f"int8 decode ÷ bf16 decode: {speedup:.2f}"]
@@ -363,8 +395,9 @@ def main() -> None:
     import torch
 
     free = available_gb()
-    if args.layers is None:  # bf16: about 0.44 GB per layer + 1.1 GB embeddings + 1.1 GB lm_head + 1.3 GB encoder
-        args.layers = FULL_LAYERS if free >= 18.5 else max(1, min(FULL_LAYERS, int((free - 6) / 0.44)))
+    if args.layers is None:  # bf16 peak: 0.44 GB a layer + 2.2 GB embeddings, lm_head + 1.3 GB encoder + ~1 GB;
+        # 2.5 GB is left for the others on a shared machine
+        args.layers = FULL_LAYERS if free >= 18.5 else max(1, min(FULL_LAYERS, int((free - 7) / 0.44)))
     results = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                "torch": torch.__version__, "threads": torch.get_num_threads(),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "available_gb_at_start": free,
