@@ -276,6 +276,12 @@ def child(args) -> None:
     from auricle.language import choices
 
     torch.manual_seed(0)
+    if args.lm_head_bf16:  # the experiment: quantise only the layers' projections
+        import re
+
+        from auricle.language import precision
+
+        precision.INT8_MODULES = re.compile(r"^model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)$")
     start = time.perf_counter()
     network = build_network(args.layers, args.child)
     result = {"precision": args.child, "layers": args.layers, "load_s": time.perf_counter() - start,
@@ -313,6 +319,7 @@ def child(args) -> None:
 def run_child(precision: str, args, reference: Path) -> dict:
     command = [sys.executable, __file__, "--child", precision, "--layers", str(args.layers), "--new-tokens",
                str(args.new_tokens), "--agreement-steps", str(args.agreement_steps), "--reference", str(reference)]
+    command += ["--lm-head-bf16"] if args.lm_head_bf16 else []
     print(f"[{time.strftime('%H:%M:%S')}] {precision}: {available_gb():.1f} GB available, "
           f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)  # stderr passes through
@@ -386,6 +393,8 @@ def main() -> None:
     parser.add_argument("--agreement-steps", type=int, default=200)
     parser.add_argument("--precisions", nargs="+", default=["bf16", "int8"], choices=["bf16", "int8"])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--lm-head-bf16", action="store_true",
+                        help="an experiment: leave lm_head in bf16 in the int8 run (auricle quantises it)")
     parser.add_argument("--child", choices=["bf16", "int8"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--reference", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -402,7 +411,7 @@ def main() -> None:
                "torch": torch.__version__, "threads": torch.get_num_threads(),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "available_gb_at_start": free,
                "load_average_at_start": os.getloadavg()[0], "layers": args.layers,
-               "new_tokens": args.new_tokens}
+               "new_tokens": args.new_tokens, "lm_head_bf16": args.lm_head_bf16}
     print(f"[{time.strftime('%H:%M:%S')}] {free:.1f} GB available: {args.layers} layers", file=sys.stderr, flush=True)
     results["bandwidth"] = read_bandwidth()
     results["kernels_ms"] = kernels()
