@@ -137,7 +137,7 @@ def random_tensor(key: str, shape, dtype):
     return out.view(shape)
 
 
-def build_network(layers: int, precision: str):
+def build_network(layers: int, precision: str, with_encoder: bool = True):
     """MiDashengLM with random bf16 weights; ``int8`` passes every tensor through the loader's converter."""
     import torch
     import transformers
@@ -168,11 +168,13 @@ def build_network(layers: int, precision: str):
         del tensor
     decoder = build_decoder(decoder_config, state, "random", int8=precision == "int8")
     del state
-    encoder_state = {key: random_tensor(f"audio_encoder.{key}", shape, dtype)
-                     for key, (shape, dtype) in encoder_shapes.items()}
-    encoder_state[WINDOW] = torch.hann_window(512, periodic=True).to(torch.bfloat16)
-    encoder_state[FILTERBANK] = mel_filterbank().to(torch.bfloat16)
-    encoder = build_encoder(ENCODER, encoder_state, "random")
+    encoder = None
+    if with_encoder:
+        encoder_state = {key: random_tensor(f"audio_encoder.{key}", shape, dtype)
+                         for key, (shape, dtype) in encoder_shapes.items()}
+        encoder_state[WINDOW] = torch.hann_window(512, periodic=True).to(torch.bfloat16)
+        encoder_state[FILTERBANK] = mel_filterbank().to(torch.bfloat16)
+        encoder = build_encoder(ENCODER, encoder_state, "random")
     with torch.device("meta"):
         projector = AudioProjector(ENCODER["embed_dim"], decoder_config.hidden_size, config.subsample_factor)
     projector.load_state_dict({key: random_tensor(f"audio_projector.{key}", value.shape, value.dtype)
@@ -267,6 +269,27 @@ def forced_logits(network, prompt, audio, steps: int):
         hidden = network.decoder.model(inputs_embeds=embeddings,
                                        position_ids=torch.arange(ids.shape[1])[None]).last_hidden_state
         return network.decoder.lm_head(hidden[0, len(prompt) - 1:]).float()
+
+
+def interleaved(args) -> None:
+    """bf16 and int8 decoders in one process, decoding in alternation: the ratio with the load shared alike."""
+    import statistics
+
+    import torch
+
+    networks = {precision: build_network(args.layers, precision, with_encoder=False) for precision in ("bf16", "int8")}
+    prompt = prompt_ids(50)
+    audio = torch.randn(50, 3584, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    rates = {precision: [] for precision in networks}
+    for _ in range(args.rounds):
+        for precision, network in networks.items():
+            stamps = [time.perf_counter() for _ in network.steps([prompt], [audio], args.new_tokens, stop_ids=())]
+            rates[precision].append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    ratios = [i / b for i, b in zip(rates["int8"], rates["bf16"])]
+    print(json.dumps({"layers": args.layers, "rounds": args.rounds, "tokens": args.new_tokens, "tok_s": rates,
+                      "int8_over_bf16": ratios, "median_ratio": statistics.median(ratios),
+                      "bytes_per_token": {p: decode_bytes(n)["bytes_per_token"] for p, n in networks.items()},
+                      "peak_rss_gb": peak_rss_gb()}))
 
 
 def child(args) -> None:
@@ -383,6 +406,10 @@ def summarise(results: dict) -> str:
             lines.append(f"top-1 agreement int8 vs bf16 over {agreement['steps']} teacher-forced steps: "
                          f"{agreement['top1']:.3f} (max |logit diff| {agreement['max_abs_logit_diff']:.3f}, logit std "
                          f"{agreement['logit_std']:.3f}, median top-1 margin {agreement['median_top1_margin']:.3f})")
+    inter = results.get("interleaved")
+    if inter and "failed" not in inter:
+        lines.append(f"interleaved in one process, {inter['rounds']} rounds of {inter['tokens']} tokens: int8/bf16 per round "
+                     + ", ".join(f"{r:.2f}" for r in inter["int8_over_bf16"]) + f" (median {inter['median_ratio']:.2f})")
     return "\n".join(lines)
 
 
@@ -395,9 +422,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--lm-head-bf16", action="store_true",
                         help="an experiment: leave lm_head in bf16 in the int8 run (auricle quantises it)")
-    parser.add_argument("--child", choices=["bf16", "int8"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["bf16", "int8", "interleaved"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="also decode bf16 and int8 in alternation this many rounds, in one process "
+                             "(the int8/bf16 ratio under the same load; needs both decoders in memory)")
     parser.add_argument("--reference", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child == "interleaved":
+        return interleaved(args)
     if args.child:
         return child(args)
 
@@ -421,6 +453,13 @@ def main() -> None:
         for precision in args.precisions:
             results["runs"][precision] = run_child(precision, args, Path(folder) / "bf16_logits.pt")
             print(json.dumps(results["runs"][precision]), file=sys.stderr, flush=True)
+    if args.rounds:
+        command = [sys.executable, __file__, "--child", "interleaved", "--layers", str(args.layers),
+                   "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds)]
+        print(f"[{time.strftime('%H:%M:%S')}] interleaved: {available_gb():.1f} GB available", file=sys.stderr, flush=True)
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+        results["interleaved"] = (json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0
+                                  else {"failed": f"exit status {done.returncode}"})
     after = read_bandwidth()
     results["bandwidth_after"] = after
     results["bandwidth"]["gb_s"] = max(results["bandwidth"]["gb_s"], after["gb_s"])
