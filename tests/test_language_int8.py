@@ -147,3 +147,29 @@ def test_the_checkpoint_is_converted_one_tensor_at_a_time(folder, monkeypatch):
     assert len(seen) == len(set(seen)) and seen  # every stored tensor once
     assert read.decoder_state["lm_head.weight"].dtype == torch.int8 and "lm_head.scale" in read.decoder_state
     assert read.decoder_state["model.embed_tokens.weight"].dtype == torch.bfloat16
+
+
+def test_auricle_serve_takes_precision_int8(folder, monkeypatch):
+    import socket
+
+    import uvicorn
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = CliRunner().invoke(cli, ["serve", "--checkpoint", str(folder), "--port", str(port), "--threads", "1",
+                                      "--precision", "int8"])
+    assert result.exit_code == 0, result.output
+    assert served["app"].state.model.network.precision == "int8"
+    auto = CliRunner().invoke(cli, ["serve", "--checkpoint", str(folder), "--port", str(port), "--precision", "auto"])
+    assert auto.exit_code == 2 and "stored precision, bf16 or int8" in auto.output
+
+
+def test_each_worker_process_loads_int8(folder, monkeypatch):
+    from auricle.serve.app import create_app_from_environment
+
+    monkeypatch.setenv("AURICLE_SERVE", json.dumps({"model": "ced-mini", "checkpoint": str(folder), "threads": 1,
+                                                    "precision": "int8"}))
+    assert create_app_from_environment().state.model.network.precision == "int8"
