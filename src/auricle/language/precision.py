@@ -13,8 +13,9 @@ stay bf16 (quantising them saves memory but no time). The agreement this costs i
 ``benchmarks/language_speed.py`` (docs/benchmarks.md).
 
 The matrix product is ``torch._weight_int8pack_mm`` (bf16 activations × int8 weights × bf16 scales),
-the fastest batch-1 product among those torch 2.13 offers on this CPU (docs/benchmarks.md: bf16
-``linear``, ``torch.ao`` dynamic quantisation, dequantise-then-multiply, ``torch.compile``). It is a
+the fastest weight-only batch-1 product torch 2.13 offers on the CPU measured (docs/benchmarks.md:
+2-2.5x bf16 ``linear``; dequantise-then-multiply is 6x slower than bf16, ``torch.compile`` slower too;
+``torch.ao`` dynamic quantisation is about as fast but rounds the activations to int8 as well). It is a
 private operator that returns wrong numbers or crashes when the input width is not a multiple of 16
 (measured on torch 2.13); such layers (only in tiny test models) dequantise instead, and so does a
 prompt's prefill (many rows), where the bf16 matrix product is faster.
