@@ -89,17 +89,23 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_fits(folder: Path, source: str) -> None:
-    """Refuse, before reading any weights, a checkpoint bigger than the memory available."""
+def check_fits(folder: Path, source: str, precision: str | None = None) -> None:
+    """Refuse, before reading any weights, a checkpoint bigger than the memory available (int8: about
+    0.6 of a bf16 checkpoint's size, :data:`auricle.language.precision.INT8_MEMORY_FRACTION`)."""
+    from auricle.language.precision import INT8_MEMORY_FRACTION
+
     size = checkpoint_bytes(folder)
     if size is None:
         return
+    if precision == "int8":
+        size = int(size * INT8_MEMORY_FRACTION)
     free = available_memory()
     if size * (1 + MEMORY_HEADROOM) > free:
+        smaller = "" if precision == "int8" else "precision=\"int8\" (--precision int8, about 9.5 GB), "
         raise CheckpointError(
             f"{source}: the weights need {size / 1e9:.1f} GB of memory (plus about {MEMORY_HEADROOM:.0%}) but "
             f"{free / 1e9:.1f} GB is available; use a machine with more memory or a smaller precision "
-            f"(the bf16 release, mispeech/midashenglm-7b-1021-bf16, needs 16.6 GB)")
+            f"({smaller}the bf16 release, mispeech/midashenglm-7b-1021-bf16, needs 16.6 GB)")
 
 
 class _Literal(str):
@@ -344,7 +350,7 @@ class AudioLanguageModel(LanguageModelBase):
         self.source = source
 
     def __repr__(self) -> str:
-        return f"AudioLanguageModel(name={self.name!r}, dtype={self.network.dtype})"
+        return f"AudioLanguageModel(name={self.name!r}, precision={self.network.precision!r})"
 
     @property
     def context_tokens(self) -> int:
@@ -399,39 +405,54 @@ class AudioLanguageModel(LanguageModelBase):
         raise AssertionError("unreachable")
 
 
-def load_language_model(folder: str | os.PathLike, name: str | None = None) -> AudioLanguageModel:
-    """A MiDashengLM from a model folder; refused in one line when it would not fit in memory."""
+def load_language_model(folder: str | os.PathLike, name: str | None = None,
+                        precision: str | None = None) -> AudioLanguageModel:
+    """A MiDashengLM from a model folder; refused in one line when it would not fit in memory.
+
+    ``precision``: None (as stored), "bf16", or "int8" (weight-only int8 for the decoder's linear
+    layers, quantised as the weights are read; :mod:`auricle.language.precision`).
+    """
     from auricle.language.model import MiDashengLM
+    from auricle.language.precision import check_precision
     from auricle.language.prompts import PromptTokenizer
 
+    precision = check_precision(precision)
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a model folder (config.json, safetensors weights, tokenizer.json)")
-    check_fits(folder, str(folder))
-    network = MiDashengLM.load(folder, with_encoder=True)
+    check_fits(folder, str(folder), precision)
+    network = MiDashengLM.load(folder, with_encoder=True, precision=precision)
     if not (folder / "tokenizer.json").is_file():
         raise CheckpointError(f"{folder}: no tokenizer.json in the model folder")
     tokenizer = PromptTokenizer.from_file(folder, audio_token_id=network.config.audio_token_id)
     return AudioLanguageModel(network, tokenizer, name or folder.name, str(folder))
 
 
-def load_named(info, cache_dir: str | os.PathLike | None = None) -> AudioLanguageModel:
+def load_named(info, cache_dir: str | os.PathLike | None = None, precision: str | None = None) -> AudioLanguageModel:
     """A registered MiDashengLM (``midashenglm-7b``): from the Hugging Face cache, else downloaded."""
+    from auricle.language.precision import check_precision
     from auricle.models.hub import fetch_folder
 
-    folder = fetch_folder(info, cache_dir, check=lambda where: check_fits(where, info.name))
-    return load_language_model(folder, info.name)
+    precision = check_precision(precision)
+    folder = fetch_folder(info, cache_dir, check=lambda where: check_fits(where, info.name, precision))
+    return load_language_model(folder, info.name, precision)
 
 
 
 def check_runs(engine: str, precision: str, device) -> None:
     """The MiDashengLM family's refusal of a way to run it that it does not support (the loading path asks)."""
-    if engine != "torch" or precision != "fp32":
-        raise OptionError("MiDashengLM runs on the torch engine in its stored precision; drop --engine/--precision")
+    from auricle.language.precision import check_precision
+
+    if engine != "torch":
+        raise OptionError("MiDashengLM runs on the torch engine (its stored precision, bf16 or int8); drop --engine")
+    check_precision(precision)  # fp32 (the loaders' default) means as stored: a bf16 release is never widened
     if device.type != "cpu":  # the encoder, projector and decoding loop keep their tensors on the CPU
         raise OptionError(f"MiDashengLM runs on the CPU in auricle for now, not on {device}")
 
 
-def load_folder(folder: str | os.PathLike | None, info, cache_dir: str | os.PathLike | None) -> AudioLanguageModel:
+def load_folder(folder: str | os.PathLike | None, info, cache_dir: str | os.PathLike | None,
+                precision: str | None = None) -> AudioLanguageModel:
     """The MiDashengLM family's model: a registered one (``info``) from the cache or the Hub, else ``folder``."""
-    return load_named(info, cache_dir) if info is not None else load_language_model(folder)
+    if info is not None:
+        return load_named(info, cache_dir, precision)
+    return load_language_model(folder, precision=precision)

@@ -119,7 +119,7 @@ def load(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None = None,
     if family is not None and family.whole_folder:
         device, _ = _run_config(options)
         family.call("check_runs", options.engine or "torch", options.precision or "fp32", device)
-        return family.call("load_folder", checkpoint, info, cache_dir)
+        return family.call("load_folder", checkpoint, info, cache_dir, options.precision)
     read = None
     if checkpoint is not None and name_given:  # read once: the same checkpoint is built below
         read = read_weights(checkpoint, registry)

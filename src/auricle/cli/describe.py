@@ -13,6 +13,7 @@ import click
 
 from auricle.cli.common import error_line, fail, files_or_exit, report_batch, writable
 from auricle.errors import AuricleError
+from auricle.language.config import LANGUAGE_PRECISIONS
 from auricle.language.prompts import PRESETS
 from auricle.io.writers import (
     FORMATS, RESUMABLE_FORMATS, completed_files, format_for, not_done, open_writer, record_settings,
@@ -31,6 +32,9 @@ def _options(command):
         click.option("--checkpoint", type=click.Path(file_okay=False), default=None,
                      help="A local MiDashengLM folder (config.json, safetensors shards and index, tokenizer.json) "
                           "instead of --model."),
+        click.option("--precision", type=click.Choice(LANGUAGE_PRECISIONS), default=None,
+                     help="bf16, or int8: weight-only int8 for the decoder's linear layers (about 9.5 GB instead "
+                          "of 16.6 GB, faster decoding) [default: as stored, bf16 for the release]."),
         click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True,
                      help="Longest answer, in tokens, per segment."),
         click.option("--segment", "segment_seconds", type=click.FloatRange(0, 30, min_open=True), default=30.0,
@@ -95,7 +99,7 @@ def ask_command(paths, question, **options) -> None:
     run(paths, question, literal=True, **options)
 
 
-def load_language_or_exit(model_name: str, checkpoint: str | None):
+def load_language_or_exit(model_name: str, checkpoint: str | None, precision: str | None = None):
     """The audio-language model the options name, or one error line and exit (a tagger is refused unread)."""
     import auricle
     from auricle.models.registry import model_info
@@ -104,7 +108,7 @@ def load_language_or_exit(model_name: str, checkpoint: str | None):
     try:
         if checkpoint is None and model_info(model_name).family != "midashenglm":
             fail(not_language)
-        model = auricle.load_model(model_name, checkpoint=checkpoint)
+        model = auricle.load_model(model_name, checkpoint=checkpoint, precision=precision)
     except AuricleError as error:
         fail(str(error))
     if not hasattr(model, "describe"):
@@ -148,7 +152,8 @@ def remote_or_exit(url: str, model_name: str | None, api_key_env: str, timeout: 
         fail(str(error))
 
 
-def run(paths, prompt: str, literal: bool, model_name: str, checkpoint: str | None, max_new_tokens: int,
+def run(paths, prompt: str, literal: bool, model_name: str, checkpoint: str | None, precision: str | None,
+        max_new_tokens: int,
         segment_seconds: float, output_format: str | None, output: str | None, recursive: bool,
         resume: bool, segmentation: str = "fixed", tagger_name: str = DEFAULT_TAGGER,
         tagger_checkpoint: str | None = None, event_threshold: float | None = None, summary: bool = False,
@@ -175,14 +180,14 @@ def run(paths, prompt: str, literal: bool, model_name: str, checkpoint: str | No
     if server_url is not None:
         model = remote_or_exit(server_url, server_model, api_key_env, server_timeout, retries)
     else:
-        model = load_language_or_exit(model_name, checkpoint)
+        model = load_language_or_exit(model_name, checkpoint, precision)
     if output_format in RESUMABLE_FORMATS and output not in (None, "-"):
         # The diary's settings are null when unused: an output begun before they existed resumes as it was.
         events = tagger is not None
         settings = {"model": model.name, "prompt": prompt, "literal": literal, "max_new_tokens": max_new_tokens,
                     "segment": segment_seconds, "segments": "events" if events else None,
                     "tagger": tagger.name if events else None, "event_threshold": event_threshold if events else None,
-                    "summary": True if summary else None}
+                    "summary": True if summary else None, "precision": precision}
         differences = settings_differences(output, settings) if resume else []
         if differences:
             fail(f"{output}: written with other settings ({'; '.join(differences)}); resume with the same "

@@ -127,9 +127,13 @@ def _load_served_or_exit(model_name: str, checkpoint: str | None, device: str, t
     """The tagger, encoder, exported file or audio-language model (MiDashengLM) to serve, or one line and exit."""
     if not names_a_language_model(model_name, checkpoint):
         return load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
+    from auricle.language.config import LANGUAGE_PRECISIONS
+
     meta = click.get_current_context().meta
-    if meta.get("auricle.engine", "torch") != "torch" or meta.get("auricle.precision", "fp32") != "fp32":
-        fail("MiDashengLM runs on the torch engine in its stored precision; drop --engine/--precision")
+    precision = meta.get("auricle.precision", "fp32")
+    if meta.get("auricle.engine", "torch") != "torch" or precision not in ("fp32", *LANGUAGE_PRECISIONS):
+        fail("MiDashengLM runs on the torch engine in its stored precision, bf16 or int8; drop --engine, "
+             "or give --precision bf16 or int8")
     if str(device).split(":")[0] != "cpu":
         fail(f"MiDashengLM runs on the CPU in auricle for now, not on {device}")
     import torch
@@ -138,7 +142,7 @@ def _load_served_or_exit(model_name: str, checkpoint: str | None, device: str, t
 
     if threads:
         torch.set_num_threads(threads)
-    return load_language_or_exit(model_name, checkpoint)
+    return load_language_or_exit(model_name, checkpoint, None if precision == "fp32" else precision)
 
 
 def _refuse_an_unusable_index(path: str) -> None:

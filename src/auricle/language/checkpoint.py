@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,11 @@ class LanguageCheckpoint:
     source: str
 
 
-def _read_safetensors(path: Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+#: What a tensor becomes as it is read: (key, tensor) -> {key: tensor} (auricle.language.precision.converter).
+Convert = Callable[[str, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def _read_safetensors(path: Path, keys: list[str] | None = None, convert: Convert | None = None) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
     try:
@@ -54,7 +59,12 @@ def _read_safetensors(path: Path, keys: list[str] | None = None) -> dict[str, to
             unlisted = sorted(available - set(wanted))
             if unlisted:  # strict: nothing in the files is silently left out
                 raise CheckpointError(f"{path}: holds {', '.join(unlisted[:5])} that the index does not list")
-            return {key: handle.get_tensor(key) for key in wanted}
+            if convert is None:
+                return {key: handle.get_tensor(key) for key in wanted}
+            tensors: dict[str, torch.Tensor] = {}
+            for key in wanted:  # one tensor at a time: a converted model never sits beside the stored one
+                tensors.update(convert(key, handle.get_tensor(key)))
+            return tensors
     except CheckpointError:
         raise
     except FileNotFoundError:
@@ -63,7 +73,7 @@ def _read_safetensors(path: Path, keys: list[str] | None = None) -> dict[str, to
         raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
 
 
-def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
+def _read_sharded(index: Path, convert: Convert | None = None) -> dict[str, torch.Tensor]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
@@ -78,7 +88,7 @@ def _read_sharded(index: Path) -> dict[str, torch.Tensor]:
         path = index.parent / shard
         if Path(shard).name != shard or not path.is_file():
             raise CheckpointError(f"{index}: shard {shard} is not a file in {index.parent}")
-        tensors.update(_read_safetensors(path, keys))
+        tensors.update(_read_safetensors(path, keys, convert))
     return tensors
 
 
@@ -116,12 +126,14 @@ def split_state(tensors: dict[str, torch.Tensor], source: str) -> tuple[dict, di
     return parts
 
 
-def read_language_checkpoint(path: str | os.PathLike, config: str | os.PathLike | None = None) -> LanguageCheckpoint:
-    """Read a MiDashengLM checkpoint (file or folder) and its config; tensors are not copied or converted."""
+def read_language_checkpoint(path: str | os.PathLike, config: str | os.PathLike | None = None,
+                             convert: Convert | None = None) -> LanguageCheckpoint:
+    """Read a MiDashengLM checkpoint (file or folder) and its config; tensors are not copied or converted
+    unless ``convert`` is given, which then sees each tensor as it is read."""
     path = Path(path)
     weights, config_path = _locate(path, config)
     language_config = read_config(config_path)
-    tensors = _read_sharded(weights) if weights.name == INDEX else _read_safetensors(weights)
+    tensors = _read_sharded(weights, convert) if weights.name == INDEX else _read_safetensors(weights, None, convert)
     encoder, projector, decoder = split_state(tensors, str(weights))
     return LanguageCheckpoint(language_config, encoder, projector, decoder, str(weights))
 

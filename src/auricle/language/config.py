@@ -23,6 +23,8 @@ from auricle.language import choices
 
 #: The one-line error when the ``language`` extra is not installed.
 EXTRA_MISSING = "MiDashengLM needs transformers and tokenizers: pip install 'auricle[language]'"
+#: Precisions MiDashengLM runs at besides its stored one (auricle.language.precision; here for --help, torch-free).
+LANGUAGE_PRECISIONS = ("bf16", "int8")
 ARCHITECTURE = "MiDashengLMModel"
 MODEL_TYPE = "midashenglm"
 

@@ -59,12 +59,18 @@ def _build_computed_buffers(model: torch.nn.Module, qwen_config) -> None:
 
 
 def build_decoder(config: DecoderConfig, state_dict: dict[str, torch.Tensor], source: str,
-                  attn_implementation: str = "sdpa") -> torch.nn.Module:
-    """A ``Qwen2ForCausalLM`` in eval mode holding exactly ``state_dict`` (keys without ``decoder.``)."""
+                  attn_implementation: str = "sdpa", int8: bool = False) -> torch.nn.Module:
+    """A ``Qwen2ForCausalLM`` in eval mode holding exactly ``state_dict`` (keys without ``decoder.``);
+    ``int8``: its linear layers are :class:`~auricle.language.precision.Int8Linear` and the state holds
+    their int8 weights and scales (:func:`~auricle.language.precision.converter`)."""
     transformers = require_transformers()
     qwen_config = qwen2_config(config, attn_implementation)
     with torch.device("meta"):
         model = transformers.Qwen2ForCausalLM(qwen_config)
+    if int8:
+        from auricle.language.precision import use_int8_layers
+
+        use_int8_layers(model)
     load_state_dict_strict(model, state_dict, source, assign=True)
     _build_computed_buffers(model, qwen_config)
     still_meta = [name for name, tensor in model.state_dict(keep_vars=True).items() if tensor.is_meta]

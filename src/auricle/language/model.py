@@ -26,6 +26,7 @@ from auricle.language.checkpoint import LanguageCheckpoint, build_projector, rea
 from auricle.language.config import LanguageConfig
 from auricle.language.decoder import build_decoder, require_transformers
 from auricle.language.encoder import build_encoder, check_audio, encode
+from auricle.language.precision import Int8Linear, check_precision, converter
 from auricle.language.projector import AudioProjector
 from auricle.language.prompts import PromptTokenizer
 
@@ -48,20 +49,25 @@ class MiDashengLM(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: LanguageCheckpoint, attn_implementation: str = "sdpa",
-                        with_encoder: bool = False) -> "MiDashengLM":
+                        with_encoder: bool = False, int8: bool = False) -> "MiDashengLM":
+        """``int8``: the checkpoint was read with :func:`auricle.language.precision.converter` ("int8")."""
         projector = build_projector(checkpoint)
         decoder = build_decoder(checkpoint.config.decoder, checkpoint.decoder_state,
-                                f"{checkpoint.source} (decoder.*)", attn_implementation)
+                                f"{checkpoint.source} (decoder.*)", attn_implementation, int8)
         encoder = build_encoder(checkpoint.config.encoder, checkpoint.encoder_state,
                                 checkpoint.source) if with_encoder else None
         return cls(checkpoint.config, projector, decoder, encoder).eval().requires_grad_(False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, config: str | os.PathLike | None = None,
-             attn_implementation: str = "sdpa", with_encoder: bool = False) -> "MiDashengLM":
+             attn_implementation: str = "sdpa", with_encoder: bool = False,
+             precision: str | None = None) -> "MiDashengLM":
         """Read a checkpoint (file or folder) and build the model; ``with_encoder`` builds the Dasheng
-        encoder from its ``audio_encoder.*`` too (else only encoder tokens can be given)."""
-        return cls.from_checkpoint(read_language_checkpoint(path, config), attn_implementation, with_encoder)
+        encoder from its ``audio_encoder.*`` too (else only encoder tokens can be given). ``precision``:
+        None (as stored), "bf16" or "int8" (:mod:`auricle.language.precision`), converted as each tensor is read."""
+        precision = check_precision(precision)
+        checkpoint = read_language_checkpoint(path, config, converter(precision))
+        return cls.from_checkpoint(checkpoint, attn_implementation, with_encoder, int8=precision == "int8")
 
     def encode_audio(self, waveform: torch.Tensor | np.ndarray, name: str = "<audio>") -> torch.Tensor:
         """Encoder tokens (T, D) of one 16 kHz mono clip; too short or silent audio is refused naming ``name``."""
@@ -73,6 +79,13 @@ class MiDashengLM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.decoder.get_input_embeddings().weight.dtype
+
+    @property
+    def precision(self) -> str:
+        """"int8" (weight-only int8 linear layers), else the decoder's dtype ("bf16", "fp32", ...)."""
+        if any(isinstance(module, Int8Linear) for module in self.decoder.modules()):
+            return "int8"
+        return {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}.get(self.dtype, str(self.dtype))
 
     @torch.inference_mode()
     def project(self, encoder_tokens: torch.Tensor) -> torch.Tensor:

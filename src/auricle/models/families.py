@@ -72,7 +72,8 @@ class Family:
     is_folder: str | Callable | None = None
     #: Whole-folder families: (engine, precision, device) -> raises when the family cannot run so.
     check_runs: str | Callable | None = None
-    #: Whole-folder families: (folder or None, ModelInfo or None, cache_dir) -> the user-facing model.
+    #: Whole-folder families: (folder or None, ModelInfo or None, cache_dir, precision or None) -> the user-facing
+    #: model.
     load_folder: str | Callable | None = None
     #: The refusal where a caller needs what the family lacks: {subject} (the model), {caller}
     #: (``auricle tag``), {takes} (the families that would do, by title).
