@@ -97,7 +97,7 @@ def test_a_whole_folder_family_is_recognised_and_refused_before_any_weights_are_
     folder = tmp_path / "talker"
     folder.mkdir()
     talker = Family("talker", "Talker", frozenset({"describes"}), is_folder=lambda path: Path(str(path)) == folder,
-                    check_runs=lambda *args: None, load_folder=lambda path, info, cache: ("talker", path),
+                    check_runs=lambda *args: None, load_folder=lambda path, info, cache, precision: ("talker", path),
                     refusal="{subject}: talks; not for `{caller}`")
     registry = Registry(REGISTRY.models, (talker, *FAMILIES))
     assert load(checkpoint=folder, registry=registry) == ("talker", folder)
