@@ -8,12 +8,13 @@ fine-tuning (:func:`load_network`) and the distillation teachers (:func:`resolve
 module never names one. The walk, straight down:
 
     exported .onnx file?          -> ExportedModel (ONNX Runtime; torch never imported)
-    whole-folder family?          -> refused if the caller cannot use it, else its model (MiDashengLM)
+    a name or folder tells family -> refused if the caller cannot use it (Accepts), before any weights
+    whole-folder family?          -> its check of how it can run, then its model (MiDashengLM)
     --model beside --checkpoint?  -> refused unless the checkpoint holds that model
     weights                       -> the file given, else the Hugging Face cache, else the Hub (before torch)
     prepared graph?               -> the whole model as one cached ONNX graph (auricle.onnx.prepared), no torch
     family read, build, model     -> AudioModel / DashengModel on the engine and precision asked
-    capabilities                  -> refused if the caller needs what the family lacks
+    capabilities                  -> where only the weights told the family: refused if the caller cannot use it
 
 Options are checked once (:class:`RunOptions`); errors are :class:`~auricle.errors.AuricleError`
 subclasses of one line, warnings :class:`~auricle.errors.EngineWarning` (the CLI prints both).
@@ -142,9 +143,10 @@ def load(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None = None,
         if graph is not None:
             return graph
     device, engine = _run_config(options)
-    family, checkpoint_read = read or read_weights(source.weights, registry)
-    model = family.call("model", checkpoint_read, source.info, device, engine, source.weights)
-    _refuse_unable(family, getattr(model, "name", name), accepts, registry, _given(name, checkpoint))
+    held, checkpoint_read = read or read_weights(source.weights, registry)
+    model = held.call("model", checkpoint_read, source.info, device, engine, source.weights)
+    if held is not family:  # the weights told the family (the name's was checked before they were looked for)
+        _refuse_unable(held, getattr(model, "name", name), accepts, registry, _given(name, checkpoint))
     return model
 
 
@@ -235,16 +237,17 @@ def load_network(name: str, checkpoint: str | os.PathLike | None = None, *, from
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return family.call("scratch", info.config), f"{info.name} (random initialisation, seed {seed})"
-    precheck(name, checkpoint, accepts, registry)
+    family, _ = precheck(name, checkpoint, accepts, registry)
     read = None
     if checkpoint is not None and name_given:
         read = read_weights(checkpoint, registry)
         _refuse_another_model(name, registry.info(name), checkpoint, *read, registry)
     source = resolve(name, checkpoint, registry=registry)
-    family, checkpoint_read = read or read_weights(source.weights, registry)
-    network = family.call("build", checkpoint_read)
-    _refuse_unable(family, name if source.info is not None else str(checkpoint), accepts, registry,
-                   _given(name, checkpoint))
+    held, checkpoint_read = read or read_weights(source.weights, registry)
+    network = held.call("build", checkpoint_read)
+    if held is not family:
+        _refuse_unable(held, name if source.info is not None else str(checkpoint), accepts, registry,
+                       _given(name, checkpoint))
     return network, (f"{source.info.name} ({source.weights})" if source.info is not None else str(checkpoint))
 
 
