@@ -221,13 +221,15 @@ def test_only_the_loading_path_asks_whether_an_input_is_an_exported_file():
 def test_no_import_runs_from_a_lower_layer_up():
     sys.path.insert(0, str(SRC.parent.parent / "benchmarks"))
     try:
-        from import_arrows import arrows
+        from import_arrows import arrows, family_branches
     finally:
         sys.path.pop(0)
     found = arrows(SRC)
     assert [arrow for arrow in found if arrow[4] == "import"] == []
     # The version is read from auricle.version, below every layer, not from the face.
     assert [arrow for arrow in found if arrow[4] == "version"] == []
+    # No module outside a family's own decides by a family's name: the registry and Accepts do.
+    assert family_branches(SRC) == []
 
 
 @pytest.mark.integration
