@@ -33,7 +33,8 @@ from pathlib import Path
 #: The layers, lowest first: (name, module prefixes). The most specific prefix decides.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # machine and filesystem helpers: they import only errors
-    ("ground", ("auricle.version", "auricle.errors", "auricle.devices", "auricle.allocator", "auricle.cache", "auricle.fingerprints",
+    ("ground", ("auricle.version", "auricle.errors", "auricle.devices", "auricle.allocator", "auricle.cache",
+                "auricle.fingerprints",
                 "auricle.io.atomic", "auricle.inference.tuning", "auricle.inference.streams")),
     # audio in, labels: what every model shares
     ("signal", ("auricle.audio", "auricle.audio_ffmpeg", "auricle.audio_files", "auricle.frontend", "auricle.labels",

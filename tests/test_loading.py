@@ -116,7 +116,8 @@ def test_a_caller_says_what_will_do_instead_and_how_it_refuses(toy_weights, tmp_
     assert load(checkpoint=folder, accepts=serves, registry=registry) == ("talker", folder)
     assert load(checkpoint=toy_weights, accepts=serves, registry=registry).name == "toy"
     describes = Accepts(frozenset({"describes"}), refusal="{given}: not a talker")
-    with pytest.raises(OptionError, match=f"^{toy_weights}: not a talker$"):  # what the caller gave, not the model's name
+    # What the caller gave, not the model's name.
+    with pytest.raises(OptionError, match=f"^{toy_weights}: not a talker$"):
         load(checkpoint=toy_weights, accepts=describes, registry=registry)
     # A name tells the family: refused before its weights are looked for (no download for a model it cannot use).
     monkeypatch.setattr(hub, "fetch_weights", lambda *args, **kwargs: pytest.fail("weights fetched"))

@@ -74,8 +74,8 @@ class RunOptions:
                                                        ("threads", threads is not None)) if not given)
         return cls(device, engine, precision, resolved, streams, defaulted, prefer_graph)
 
-    def given(self, name: str) -> str | None:
-        """The option ``name`` if the caller chose it, else None (an exported file then decides)."""
+    def given(self, name: str) -> Any:
+        """The option ``name`` if the caller chose it, else None (an exported file, or torch, then decides)."""
         return None if name in self.defaulted else getattr(self, name)
 
 
