@@ -149,7 +149,7 @@ def score(model, windows: Sequence[np.ndarray], batch_size: int, progress: tqdm)
 def run(args: argparse.Namespace) -> dict:
     from auricle.errors import AuricleError
     from auricle.inference.tuning import cpu_features
-    from auricle.model import load_model
+    from auricle import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

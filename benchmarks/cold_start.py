@@ -40,7 +40,7 @@ PARTS = """
 import json, sys, time
 start = time.perf_counter()
 import torch
-from auricle.model import load_model
+from auricle import load_model
 imported = time.perf_counter()
 model = load_model(checkpoint=sys.argv[1], engine=sys.argv[3], precision=sys.argv[4])
 loaded = time.perf_counter()

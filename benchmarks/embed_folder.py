@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    from auricle.model import load_model
+    from auricle import load_model
 
     model = load_model(checkpoint=args.checkpoint, threads=args.threads)
     rates: dict[str, list[float]] = {"together": [], "one_by_one": [], "tag": []}

@@ -91,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from auricle.audio import load_audio
-    from auricle.model import load_model
+    from auricle import load_model
 
     torch.set_num_threads(args.threads)
     model = load_model(checkpoint=args.checkpoint, engine=args.engine, precision=args.precision,

@@ -13,8 +13,12 @@ Two kinds of climb are reported apart from the rest, since no layering removes t
 whose line says ``deprecated`` (an old path kept one release as a re-export of the new one), and
 ``from auricle import __version__`` (the version read from the package face). A third kind is
 listed too, though it is no import statement: a ``"auricle.module:function"`` string (a family
-record naming its code, imported by the loading path when that family is loaded). The script reads
-source only (no imports run), so it works without torch; ``--root`` measures another checkout.
+record naming its code, imported by the loading path when that family is loaded).
+
+It also lists the places where a module outside the families' own (the networks layer, and the modules
+a family record names) compares something with a family's name (``info.family == "dasheng"``): each is
+a decision the registry and :class:`~auricle.loading.Accepts` should make. The script reads source only
+(no imports run), so it works without torch; ``--root`` measures another checkout.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from pathlib import Path
 #: The layers, lowest first: (name, module prefixes). The most specific prefix decides.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # machine and filesystem helpers: they import only errors
-    ("ground", ("auricle.errors", "auricle.devices", "auricle.allocator", "auricle.cache", "auricle.fingerprints",
+    ("ground", ("auricle.version", "auricle.errors", "auricle.devices", "auricle.allocator", "auricle.cache",
+                "auricle.fingerprints",
                 "auricle.io.atomic", "auricle.inference.tuning", "auricle.inference.streams")),
     # audio in, labels: what every model shares
     ("signal", ("auricle.audio", "auricle.audio_ffmpeg", "auricle.audio_files", "auricle.frontend", "auricle.labels",
@@ -120,15 +125,50 @@ def arrows(root: Path) -> list[tuple[str, str, str, str, str]]:
     return sorted(found)
 
 
+def families(root: Path) -> dict[str, set[str]]:
+    """Each family's name, as its record in ``models/families.py`` gives it, and the modules the record names."""
+    found = {}
+    for node in ast.walk(ast.parse((root / "models" / "families.py").read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Family" and node.args \
+                and isinstance(node.args[0], ast.Constant):
+            found[node.args[0].value] = {
+                keyword.value.value.partition(":")[0] for keyword in node.keywords
+                if isinstance(keyword.value, ast.Constant) and isinstance(keyword.value.value, str)
+                and NAMED.fullmatch(keyword.value.value)}
+    return found
+
+
+def family_branches(root: Path) -> list[tuple[str, int, str]]:
+    """Every comparison with a family's name outside the families' own modules: (module, line, name), sorted."""
+    named = families(root)
+    own = set().union(*named.values())
+    networks = [layer for layer, _ in LAYERS].index("networks")
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        module = module_name(path, root)
+        if module in own or layer_of(module) == networks:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            for operand in (node.left, *node.comparators):
+                values = operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [operand]
+                found += [(module, node.lineno, value.value) for value in values
+                          if isinstance(value, ast.Constant) and value.value in named]
+    return sorted(found)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent / "src" / "auricle")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     up = arrows(args.root)
+    branches = family_branches(args.root)
     if args.json:
         json.dump({"layers": [name for name, _ in LAYERS], "upward": [list(arrow) for arrow in up],
-                   "counts": {kind: sum(arrow[4] == kind for arrow in up) for kind in KINDS}},
+                   "counts": {kind: sum(arrow[4] == kind for arrow in up) for kind in KINDS},
+                   "family_branches": [list(branch) for branch in branches]},
                   sys.stdout, indent=2)
         print()
         return
@@ -139,6 +179,9 @@ def main() -> None:
           f"{counts['deprecated']} deprecated re-exports and {counts['named']} family records naming their code); "
           "layers, lowest first: "
           f"{', '.join(name for name, _ in LAYERS)}")
+    for module, line, family in branches:
+        print(f"{module}:{line} compares with the family name {family!r}")
+    print(f"{len({module for module, _, _ in branches})} modules outside a family's own branch on a family's name")
 
 
 if __name__ == "__main__":

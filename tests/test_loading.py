@@ -105,6 +105,53 @@ def test_a_whole_folder_family_is_recognised_and_refused_before_any_weights_are_
         precheck("ced-mini", folder, Accepts(frozenset({"tags"}), caller="tag"), registry)
 
 
+def test_a_caller_says_what_will_do_instead_and_how_it_refuses(toy_weights, tmp_path, monkeypatch):
+    """`auricle serve` takes a tagger or an audio-language model; describe refuses the rest in its own words."""
+    folder = tmp_path / "talker"
+    folder.mkdir()
+    talker = Family("talker", "Talker", frozenset({"describes"}), is_folder=lambda path: Path(str(path)) == folder,
+                    check_runs=lambda *args: None, load_folder=lambda path, info, cache: ("talker", path))
+    registry = Registry(TOYS.models, (talker, *TOYS.families))
+    serves = Accepts(frozenset({"tags"}), caller="serve", or_needs=frozenset({"describes"}))
+    assert load(checkpoint=folder, accepts=serves, registry=registry) == ("talker", folder)
+    assert load(checkpoint=toy_weights, accepts=serves, registry=registry).name == "toy"
+    describes = Accepts(frozenset({"describes"}), refusal="{given}: not a talker")
+    # What the caller gave, not the model's name.
+    with pytest.raises(OptionError, match=f"^{toy_weights}: not a talker$"):
+        load(checkpoint=toy_weights, accepts=describes, registry=registry)
+    # A name tells the family: refused before its weights are looked for (no download for a model it cannot use).
+    monkeypatch.setattr(hub, "fetch_weights", lambda *args, **kwargs: pytest.fail("weights fetched"))
+    with pytest.raises(OptionError, match="^Toy-Small: not a talker$"):
+        load("Toy-Small", accepts=describes, registry=registry)
+
+
+def test_a_whole_folder_family_is_refused_a_way_to_run_before_the_device_is_looked_for(tmp_path):
+    """"runs on the CPU, not on cuda" (the family's words) comes before "no CUDA device here" (the machine's)."""
+    folder = tmp_path / "talker"
+    folder.mkdir()
+    asked = []
+
+    def check_runs(engine, precision, device):
+        asked.append((engine, precision, device.type))
+        if device.type != "cpu":
+            raise OptionError(f"talkers run on the CPU, not on {device}")
+
+    talker = Family("talker", "Talker", frozenset({"describes"}), is_folder=lambda path: Path(str(path)) == folder,
+                    check_runs=check_runs, load_folder=lambda path, info, cache: torch.get_num_threads())
+    registry = Registry(REGISTRY.models, (talker, *FAMILIES))
+    with pytest.raises(OptionError, match="^talkers run on the CPU, not on cuda:3$"):
+        load(checkpoint=folder, options=RunOptions("cuda:3"), registry=registry)
+    threads = torch.get_num_threads()
+    try:  # a thread count a default chose leaves torch's own; one the caller chose is set
+        assert load(checkpoint=folder, options=RunOptions.from_flags("cpu", None, None, "torch", "fp32"),
+                    registry=registry) == threads
+        assert load(checkpoint=folder, options=RunOptions.from_flags("cpu", 1, None, "torch", "fp32"),
+                    registry=registry) == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert asked[-1] == ("torch", "fp32", "cpu")
+
+
 def test_an_exported_file_is_refused_where_weights_are_needed_in_the_callers_words(tmp_path):
     exported = tmp_path / "model.onnx"
     with pytest.raises(CheckpointError) as error:
@@ -175,10 +222,15 @@ def test_only_the_loading_path_asks_whether_an_input_is_an_exported_file():
 def test_no_import_runs_from_a_lower_layer_up():
     sys.path.insert(0, str(SRC.parent.parent / "benchmarks"))
     try:
-        from import_arrows import arrows
+        from import_arrows import arrows, family_branches
     finally:
         sys.path.pop(0)
-    assert [arrow for arrow in arrows(SRC) if arrow[4] == "import"] == []
+    found = arrows(SRC)
+    assert [arrow for arrow in found if arrow[4] == "import"] == []
+    # The version is read from auricle.version, below every layer, not from the face.
+    assert [arrow for arrow in found if arrow[4] == "version"] == []
+    # No module outside a family's own decides by a family's name: the registry and Accepts do.
+    assert family_branches(SRC) == []
 
 
 @pytest.mark.integration

@@ -38,3 +38,13 @@ def test_importing_auricle_imports_neither_torch_nor_numpy():
     code = "import sys, auricle; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_version_is_one_value_the_face_and_the_package_metadata_share():
+    import tomllib
+    from pathlib import Path
+
+    from auricle.version import __version__
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert auricle.__version__ == __version__ == pyproject["project"]["version"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from auricle.version import __version__
 
 #: Every type a user receives or passes, by the module that defines it; loaded on first use
 #: (``auricle.ClipTags``), so ``import auricle`` stays free of torch and numpy.

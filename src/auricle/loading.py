@@ -8,12 +8,13 @@ fine-tuning (:func:`load_network`) and the distillation teachers (:func:`resolve
 module never names one. The walk, straight down:
 
     exported .onnx file?          -> ExportedModel (ONNX Runtime; torch never imported)
-    whole-folder family?          -> refused if the caller cannot use it, else its model (MiDashengLM)
+    a name or folder tells family -> refused if the caller cannot use it (Accepts), before any weights
+    whole-folder family?          -> its check of how it can run, then its model (MiDashengLM)
     --model beside --checkpoint?  -> refused unless the checkpoint holds that model
     weights                       -> the file given, else the Hugging Face cache, else the Hub (before torch)
     prepared graph?               -> the whole model as one cached ONNX graph (auricle.onnx.prepared), no torch
     family read, build, model     -> AudioModel / DashengModel on the engine and precision asked
-    capabilities                  -> refused if the caller needs what the family lacks
+    capabilities                  -> where only the weights told the family: refused if the caller cannot use it
 
 Options are checked once (:class:`RunOptions`); errors are :class:`~auricle.errors.AuricleError`
 subclasses of one line, warnings :class:`~auricle.errors.EngineWarning` (the CLI prints both).
@@ -25,7 +26,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,9 @@ class RunOptions:
     precision: str | None = None
     threads: int | None = None
     streams: int | None = None
-    #: Of "engine" and "precision", those a default chose (an option's default, AURICLE_ENGINE): an
-    #: exported file's own setting wins over them, where a value the caller gave must match the file.
+    #: Of "engine", "precision" and "threads", those a default chose (an option's default, AURICLE_ENGINE): an
+    #: exported file's own setting wins over them, where a value the caller gave must match the file, and a
+    #: whole-folder family keeps torch's own thread count.
     defaulted: frozenset[str] = frozenset()
     #: With the onnx engine on the CPU, run the whole model as one prepared graph (cached; later
     #: runs start without torch), falling back to the encoder-only onnx engine with a warning.
@@ -68,12 +70,12 @@ class RunOptions:
         if streams is not None and streams > resolved:
             got = f"got {resolved}" if threads else f"{resolved} by default here, one per usable core"
             raise OptionError(f"--streams {streams} needs at least as many --threads ({got})")
-        defaulted = frozenset(name for name, given in (("engine", engine_given), ("precision", precision_given))
-                              if not given)
+        defaulted = frozenset(name for name, given in (("engine", engine_given), ("precision", precision_given),
+                                                       ("threads", threads is not None)) if not given)
         return cls(device, engine, precision, resolved, streams, defaulted, prefer_graph)
 
-    def given(self, name: str) -> str | None:
-        """The option ``name`` if the caller chose it, else None (an exported file then decides)."""
+    def given(self, name: str) -> Any:
+        """The option ``name`` if the caller chose it, else None (an exported file, or torch, then decides)."""
         return None if name in self.defaulted else getattr(self, name)
 
 
@@ -90,6 +92,15 @@ class Accepts:
     caller: str = "this command"
     #: The refusal of an exported file, ``{path}`` in it, if not the usual one (:func:`not_weights`).
     exported_refusal: str | None = None
+    #: Capabilities that will do instead of ``needs`` (``auricle serve``: a tagger, or an audio-language model).
+    or_needs: frozenset[str] | None = None
+    #: The refusal of a family without what the caller needs, if not the family's own (:attr:`Family.refusal`):
+    #: ``{given}`` in it is the name or checkpoint the caller gave.
+    refusal: str | None = None
+
+    def takes(self, family: Family) -> bool:
+        """Whether the caller can use models of ``family``."""
+        return family.can(self.needs) or (self.or_needs is not None and family.can(self.or_needs))
 
 
 #: A Python caller: any model, any file.
@@ -117,8 +128,9 @@ def load(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None = None,
         return _load_exported(checkpoint, options, accepts)
     family, info = precheck(name, checkpoint, accepts, registry)
     if family is not None and family.whole_folder:
-        device, _ = _run_config(options)
-        family.call("check_runs", options.engine or "torch", options.precision or "fp32", device)
+        # The family's refusal first: "runs on the CPU, not on cuda" says more than "no CUDA device here".
+        family.call("check_runs", options.engine or "torch", options.precision or "fp32", _named_device(options))
+        _run_config(replace(options, threads=options.given("threads")))  # torch's own thread count unless chosen
         return family.call("load_folder", checkpoint, info, cache_dir, options.precision)
     read = None
     if checkpoint is not None and name_given:  # read once: the same checkpoint is built below
@@ -131,9 +143,10 @@ def load(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None = None,
         if graph is not None:
             return graph
     device, engine = _run_config(options)
-    family, checkpoint_read = read or read_weights(source.weights, registry)
-    model = family.call("model", checkpoint_read, source.info, device, engine, source.weights)
-    _refuse_unable(family, getattr(model, "name", name), accepts, registry)
+    held, checkpoint_read = read or read_weights(source.weights, registry)
+    model = held.call("model", checkpoint_read, source.info, device, engine, source.weights)
+    if held is not family:  # the weights told the family (the name's was checked before they were looked for)
+        _refuse_unable(held, getattr(model, "name", name), accepts, registry, _given(name, checkpoint))
     return model
 
 
@@ -158,16 +171,16 @@ def load_model(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None =
 def precheck(name: str, checkpoint: str | os.PathLike | None, accepts: Accepts = ANYTHING,
              registry: Registry = REGISTRY) -> tuple[Family | None, ModelInfo | None]:
     """The refusals that need no weights and no torch: an exported file where weights are needed, a
-    whole-folder family (by name or folder) the caller cannot use. Gives the family when the name or
-    folder already tells it (None: the weights will), and the registered model a name denotes."""
+    family the caller cannot use when a name or a whole-folder family's folder tells it. Gives the family
+    when the name or folder already tells it (None: the weights will), and the registered model a name denotes."""
     if is_exported_file(checkpoint):
         if not accepts.exported:
             raise CheckpointError(_exported_refusal(checkpoint, accepts))
         return None, None
     info = registry.info(name) if checkpoint is None else None
     family = registry.family(info.family) if info is not None else folder_family(checkpoint, registry)
-    if family is not None and family.whole_folder:
-        _refuse_unable(family, checkpoint or name, accepts, registry)
+    if family is not None:
+        _refuse_unable(family, checkpoint or name, accepts, registry, _given(name, checkpoint))
     return family, info
 
 
@@ -175,18 +188,6 @@ def folder_family(checkpoint: str | os.PathLike | None, registry: Registry = REG
     """The whole-folder family whose folder ``checkpoint`` is (a look at its config, no weights read), else None."""
     return next((family for family in registry.families
                  if family.is_folder is not None and family.call("is_folder", checkpoint)), None)
-
-
-def family_named(name: str, checkpoint: str | os.PathLike | None, registry: Registry = REGISTRY) -> Family | None:
-    """The family ``name`` or a folder ``checkpoint`` denotes without reading weights; None if only weights tell
-    (or the name is unknown: that is reported where the model is loaded)."""
-    if is_exported_file(checkpoint):
-        return None
-    try:
-        return folder_family(checkpoint, registry) if checkpoint is not None else \
-            registry.family(registry.info(name).family)
-    except CheckpointError:
-        return None
 
 
 def resolve(name: str | None, checkpoint: str | os.PathLike | None = None, *,
@@ -232,19 +233,21 @@ def load_network(name: str, checkpoint: str | os.PathLike | None = None, *, from
             raise CheckpointError("--from-scratch and --checkpoint exclude each other")
         info = registry.info(name)
         family = registry.family(info.family)
-        _refuse_unable(family, info.name, accepts, registry)
+        _refuse_unable(family, info.name, accepts, registry, name)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return family.call("scratch", info.config), f"{info.name} (random initialisation, seed {seed})"
-    precheck(name, checkpoint, accepts, registry)
+    family, _ = precheck(name, checkpoint, accepts, registry)
     read = None
     if checkpoint is not None and name_given:
         read = read_weights(checkpoint, registry)
         _refuse_another_model(name, registry.info(name), checkpoint, *read, registry)
     source = resolve(name, checkpoint, registry=registry)
-    family, checkpoint_read = read or read_weights(source.weights, registry)
-    network = family.call("build", checkpoint_read)
-    _refuse_unable(family, name if source.info is not None else str(checkpoint), accepts, registry)
+    held, checkpoint_read = read or read_weights(source.weights, registry)
+    network = held.call("build", checkpoint_read)
+    if held is not family:
+        _refuse_unable(held, name if source.info is not None else str(checkpoint), accepts, registry,
+                       _given(name, checkpoint))
     return network, (f"{source.info.name} ({source.weights})" if source.info is not None else str(checkpoint))
 
 
@@ -324,18 +327,36 @@ def _run_config(options: RunOptions):
                                 options.streams)
 
 
+def _named_device(options: RunOptions):
+    """The torch device ``options`` name, not yet asked whether this machine has it (see :func:`_run_config`)."""
+    import torch
+
+    from auricle.devices import torch_device
+
+    try:
+        return torch.device(options.device)
+    except (RuntimeError, TypeError):
+        return torch_device(options.device)  # not a device at all: its one-line error
+
+
+def _given(name: str, checkpoint: str | os.PathLike | None) -> Any:
+    """What the caller named the model by: the checkpoint if given, else the name."""
+    return checkpoint if checkpoint is not None else name
+
+
 def _exported_refusal(path: str | os.PathLike, accepts: Accepts) -> str:
     if accepts.exported_refusal is not None:
-        return accepts.exported_refusal.format(path=path)
+        return accepts.exported_refusal.format(path=path, given=path)
     return not_weights(path, accepts.caller)
 
 
-def _refuse_unable(family: Family, subject: Any, accepts: Accepts, registry: Registry) -> None:
+def _refuse_unable(family: Family, subject: Any, accepts: Accepts, registry: Registry, given: Any) -> None:
     """Refuse a family without a capability the caller needs, naming the families that would do."""
-    if family.can(accepts.needs):
+    if accepts.takes(family):
         return
-    takes = " or ".join(other.title for other in registry.families if other.can(accepts.needs))
-    raise OptionError(family.refusal.format(subject=subject, caller=f"auricle {accepts.caller}", takes=takes))
+    takes = " or ".join(other.title for other in registry.families if accepts.takes(other))
+    refusal = accepts.refusal if accepts.refusal is not None else family.refusal
+    raise OptionError(refusal.format(subject=subject, given=given, caller=f"auricle {accepts.caller}", takes=takes))
 
 
 def _refuse_another_model(name: str, info: ModelInfo, checkpoint: str | os.PathLike, family: Family, read: Any,
@@ -348,4 +369,4 @@ def _refuse_another_model(name: str, info: ModelInfo, checkpoint: str | os.PathL
 
 
 __all__ = ["Accepts", "ANYTHING", "RunOptions", "Source", "load", "load_model", "load_network", "load_prepared",
-           "precheck", "read_weights", "resolve", "weights_file", "family_named", "folder_family"]
+           "precheck", "read_weights", "resolve", "weights_file", "folder_family"]

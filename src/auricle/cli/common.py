@@ -206,6 +206,8 @@ def _remember(ctx: click.Context, param: click.Parameter, value):
 NEEDS = {"tag": {"tags"}, "evaluate": {"tags"}, "serve": {"tags"}, "embed": {"embeds"}, "probe": {"embeds"},
          "finetune": {"trains"}, "export": {"exports"}, "listen": {"listens"}}
 OTHER_COMMANDS_NEED = {"indexes"}
+#: What will do instead: `auricle serve` serves an audio-language model's text routes as well as a tagger.
+OR_NEEDS = {"serve": {"describes"}}
 
 
 def accepts(ctx: click.Context | None, exported: bool):
@@ -213,7 +215,9 @@ def accepts(ctx: click.Context | None, exported: bool):
     from auricle.loading import Accepts
 
     command = ctx.info_name if ctx is not None else "this command"
-    return Accepts(frozenset(NEEDS.get(command, OTHER_COMMANDS_NEED)), exported, command)
+    instead = OR_NEEDS.get(command)
+    return Accepts(frozenset(NEEDS.get(command, OTHER_COMMANDS_NEED)), exported, command,
+                   or_needs=frozenset(instead) if instead is not None else None)
 
 
 def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, threads: int | None,
@@ -258,15 +262,6 @@ def _say_warnings(caught: list) -> None:
             click.echo(f"auricle: warning: {warning.message}", err=True)
         else:  # not ours to format: hand it back unchanged
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-
-
-def names_a_language_model(model_name: str, checkpoint: str | None) -> bool:
-    """Whether the options name an audio-language model (a registered name, or a model folder); False for an
-    unknown name (reported where the model is loaded)."""
-    from auricle.loading import family_named
-
-    family = family_named(model_name, checkpoint)
-    return family is not None and "describes" in family.capabilities
 
 
 def given_on_command_line(ctx: click.Context | None, name: str) -> bool:

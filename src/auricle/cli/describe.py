@@ -99,21 +99,30 @@ def ask_command(paths, question, **options) -> None:
     run(paths, question, literal=True, **options)
 
 
-def load_language_or_exit(model_name: str, checkpoint: str | None, precision: str | None = None):
-    """The audio-language model the options name, or one error line and exit (a tagger is refused unread)."""
-    import auricle
-    from auricle.models.registry import model_info
+#: What describe and ask can use: an audio-language model, nothing else (refused before weights where a name or
+#: folder tells, the 16 GB of the 7B never read for a tagger).
+NOT_LANGUAGE = "{given}: not an audio-language model (describe and ask need MiDashengLM)"
+#: What --segments events can use: a model with classes (a whole-folder audio-language model refused unread).
+NOT_A_TAGGER = "{given}: not a tagger (--segments events needs a model with classes, such as ced-mini)"
 
-    not_language = f"{checkpoint or model_name}: not an audio-language model (describe and ask need MiDashengLM)"
+
+def _load_or_exit(name: str, checkpoint: str | None, accepts, precision: str | None = None):
+    """The model :func:`auricle.loading.load` gives for what ``accepts`` says, or one error line and exit."""
+    from auricle.loading import RunOptions, load
+
     try:
-        if checkpoint is None and model_info(model_name).family != "midashenglm":
-            fail(not_language)
-        model = auricle.load_model(model_name, checkpoint=checkpoint, precision=precision)
+        return load(name, checkpoint, RunOptions(precision=precision), accepts=accepts)
     except AuricleError as error:
         fail(str(error))
-    if not hasattr(model, "describe"):
-        fail(not_language)
-    return model
+
+
+def load_language_or_exit(model_name: str, checkpoint: str | None, precision: str | None = None):
+    """The audio-language model the options name, or one error line and exit (a tagger is refused unread)."""
+    from auricle.loading import Accepts
+
+    return _load_or_exit(model_name, checkpoint, Accepts(frozenset({"describes"}), exported=False,
+                                                         refusal=NOT_LANGUAGE, exported_refusal=NOT_LANGUAGE),
+                         precision)
 
 
 def _terminal() -> bool:
@@ -122,21 +131,11 @@ def _terminal() -> bool:
 
 def load_tagger_or_exit(name: str, checkpoint: str | None):
     """The tagger that chooses segments (``--segments events``), or one error line and exit."""
-    import auricle
-    from auricle.language_model import is_language_checkpoint
-    from auricle.models.registry import model_info
+    from auricle.loading import Accepts
 
-    not_a_tagger = (f"{checkpoint or name}: not a tagger (--segments events needs a model with classes, "
-                    "such as ced-mini)")
-    try:
-        # An audio-language model is refused before its weights (16 GB for the 7B) are read.
-        if is_language_checkpoint(checkpoint) or (checkpoint is None and model_info(name).family == "midashenglm"):
-            fail(not_a_tagger)
-        tagger = auricle.load_model(name, checkpoint=checkpoint)
-    except AuricleError as error:
-        fail(str(error))
-    if getattr(tagger, "labels", None) is None or not hasattr(tagger, "tag"):
-        fail(not_a_tagger)
+    tagger = _load_or_exit(name, checkpoint, Accepts(frozenset({"tags"}), refusal=NOT_A_TAGGER))
+    if getattr(tagger, "labels", None) is None:  # an encoder without a head: nothing to find events with
+        fail(NOT_A_TAGGER.format(given=checkpoint or name))
     return tagger
 
 

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from auricle.cli.common import fail, load_model_or_exit, model_options, names_a_language_model
+from auricle.cli.common import fail, load_model_or_exit, model_options
 
 
 @click.command("serve")
@@ -101,7 +101,9 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
     _refuse_a_taken_port(host, port)  # before the model loads, not after (uvicorn's "[Errno 98]", exit 3)
     # Several processes: each worker builds its own app from a description; the model loads here first, once,
     # so that a bad one fails before any worker starts.
-    model = _load_served_or_exit(model_name, checkpoint, device, threads)
+    # A tagger, an encoder, an exported file or an audio-language model (MiDashengLM: the loading path checks
+    # how it can run).
+    model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
     if workers == 1:
         from auricle.serve.app import create_app
 
@@ -121,28 +123,6 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
     })
     uvicorn.run("auricle.serve.app:create_app_from_environment", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level, **server)
-
-
-def _load_served_or_exit(model_name: str, checkpoint: str | None, device: str, threads: int | None):
-    """The tagger, encoder, exported file or audio-language model (MiDashengLM) to serve, or one line and exit."""
-    if not names_a_language_model(model_name, checkpoint):
-        return load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
-    from auricle.language.config import LANGUAGE_PRECISIONS
-
-    meta = click.get_current_context().meta
-    precision = meta.get("auricle.precision", "fp32")
-    if meta.get("auricle.engine", "torch") != "torch" or precision not in ("fp32", *LANGUAGE_PRECISIONS):
-        fail("MiDashengLM runs on the torch engine in its stored precision, bf16 or int8; drop --engine, "
-             "or give --precision bf16 or int8")
-    if str(device).split(":")[0] != "cpu":
-        fail(f"MiDashengLM runs on the CPU in auricle for now, not on {device}")
-    import torch
-
-    from auricle.cli.describe import load_language_or_exit
-
-    if threads:
-        torch.set_num_threads(threads)
-    return load_language_or_exit(model_name, checkpoint, None if precision == "fp32" else precision)
 
 
 def _refuse_an_unusable_index(path: str) -> None:

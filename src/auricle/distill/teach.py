@@ -94,7 +94,7 @@ class TeachReport:
 
 def code_version() -> dict:
     """auricle's version and, when run from a git checkout, its commit."""
-    from auricle import __version__
+    from auricle.version import __version__
 
     version = {"auricle": __version__, "git": None}
     try:

@@ -87,7 +87,7 @@ def prepared_path(weights: Path, name: str | None, precision: str,
     The key covers the weights file and any JSON config beside it (which may name the model and
     its labels): replacing either gives a new key, so a stale graph is never used.
     """
-    from auricle import __version__
+    from auricle.version import __version__
 
     files = [weights, *(candidate for candidate in config_candidates(weights) if candidate.is_file())]
     stamp = {"format": PREPARED_FORMAT, "auricle": __version__, "name": name, "precision": precision,

@@ -102,7 +102,7 @@ def check_clips(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _metadata(model, input_kind: str, int8: bool, runtime: str, piece_embeddings: bool = False) -> dict[str, str]:
-    from auricle import __version__
+    from auricle.version import __version__
 
     network = model.network
     if getattr(network, "family", "ced") == "dasheng":
