@@ -110,7 +110,7 @@ def test_a_caller_says_what_will_do_instead_and_how_it_refuses(toy_weights, tmp_
     folder = tmp_path / "talker"
     folder.mkdir()
     talker = Family("talker", "Talker", frozenset({"describes"}), is_folder=lambda path: Path(str(path)) == folder,
-                    check_runs=lambda *args: None, load_folder=lambda path, info, cache: ("talker", path))
+                    check_runs=lambda *args: None, load_folder=lambda path, info, cache, precision: ("talker", path))
     registry = Registry(TOYS.models, (talker, *TOYS.families))
     serves = Accepts(frozenset({"tags"}), caller="serve", or_needs=frozenset({"describes"}))
     assert load(checkpoint=folder, accepts=serves, registry=registry) == ("talker", folder)
@@ -137,7 +137,7 @@ def test_a_whole_folder_family_is_refused_a_way_to_run_before_the_device_is_look
             raise OptionError(f"talkers run on the CPU, not on {device}")
 
     talker = Family("talker", "Talker", frozenset({"describes"}), is_folder=lambda path: Path(str(path)) == folder,
-                    check_runs=check_runs, load_folder=lambda path, info, cache: torch.get_num_threads())
+                    check_runs=check_runs, load_folder=lambda path, info, cache, precision: torch.get_num_threads())
     registry = Registry(REGISTRY.models, (talker, *FAMILIES))
     with pytest.raises(OptionError, match="^talkers run on the CPU, not on cuda:3$"):
         load(checkpoint=folder, options=RunOptions("cuda:3"), registry=registry)
@@ -229,8 +229,9 @@ def test_no_import_runs_from_a_lower_layer_up():
     assert [arrow for arrow in found if arrow[4] == "import"] == []
     # The version is read from auricle.version, below every layer, not from the face.
     assert [arrow for arrow in found if arrow[4] == "version"] == []
-    # No module outside a family's own decides by a family's name: the registry and Accepts do.
-    assert family_branches(SRC) == []
+    # No module outside a family's own decides by a family's name: the registry and Accepts do. The ONNX
+    # wing is the exception: it builds and reads each exporting family's graph (docs/architecture.md).
+    assert [branch for branch in family_branches(SRC) if not branch[0].startswith("auricle.onnx.")] == []
 
 
 @pytest.mark.integration

@@ -16,7 +16,7 @@ from language_support import TINY_CONFIG, write_model_folder  # noqa: E402
 
 import auricle  # noqa: E402
 from auricle.cli import cli  # noqa: E402
-from auricle.errors import CheckpointError, EngineError, OptionError  # noqa: E402
+from auricle.errors import CheckpointError, OptionError  # noqa: E402
 from auricle.language import precision as int8  # noqa: E402
 from auricle.language.precision import Int8Linear, quantize_weight  # noqa: E402
 
@@ -114,8 +114,8 @@ def test_int8_and_bf16_through_the_cli(folder, wav, tmp_path):
 def test_bad_precisions_are_refused_in_one_line(folder, wav):
     with pytest.raises(OptionError, match=r"^MiDashengLM runs at precision bf16 or int8 .*, not 'auto'$"):
         auricle.load_model(checkpoint=folder, precision="auto")
-    with pytest.raises(EngineError, match="unknown precision 'fp16'"):
-        auricle.load_model(checkpoint=folder, precision="fp16")
+    with pytest.raises(OptionError, match=r"^MiDashengLM runs at precision bf16 or int8 .*, not 'fp16'$"):
+        auricle.load_model(checkpoint=folder, precision="fp16")  # the family's words, before the device is looked for
     with pytest.raises(OptionError, match="not 'fp8'"):
         int8.check_precision("fp8")
     result = CliRunner().invoke(cli, ["describe", str(wav), "--checkpoint", str(folder), "--precision", "fp16"])
@@ -164,7 +164,7 @@ def test_auricle_serve_takes_precision_int8(folder, monkeypatch):
     assert result.exit_code == 0, result.output
     assert served["app"].state.model.network.precision == "int8"
     auto = CliRunner().invoke(cli, ["serve", "--checkpoint", str(folder), "--port", str(port), "--precision", "auto"])
-    assert auto.exit_code == 2 and "stored precision, bf16 or int8" in auto.output
+    assert auto.exit_code == 2 and "MiDashengLM runs at precision bf16 or int8 (or as stored, the default), not 'auto'" in auto.output
 
 
 def test_each_worker_process_loads_int8(folder, monkeypatch):

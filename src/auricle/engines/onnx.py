@@ -33,7 +33,7 @@ class OnnxEngine(Engine):
         model = encoder_model(network, config.precision == "int8", cache_dir)
         self._sessions = stream_sessions(model, self.threads, self.streams)
         #: Dasheng's graph takes each chunk's count of keys to attend to (all of them where none is given).
-        self._takes_keys = getattr(network, "family", "ced") == "dasheng"
+        self._takes_keys = getattr(network, "takes_key_counts", False)
 
     @staticmethod
     def _stream_setup() -> None:

@@ -89,6 +89,9 @@ class Dasheng(LogMelFront):
     min_samples = MIN_SAMPLES
 
     family = "dasheng"
+    #: Batches of chunks carry each chunk's count of keys to attend to (the short last chunk's padding
+    #: masked): engines that run chunks pass it on (auricle.engines).
+    takes_key_counts = True
 
     def __init__(self, config: DashengConfig) -> None:
         super().__init__()
