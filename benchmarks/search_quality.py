@@ -19,7 +19,9 @@ and every ranking below is an :meth:`auricle.Index.search` over that index:
 
 A clip is relevant to a query when its labels contain one of the query's hand-mapped
 classes. Queries come from benchmarks/search_queries.csv (written before any result;
-a benchmark, not goldens to tune to).
+a benchmark, not goldens to tune to) or, with ``--queries``, another file such as
+benchmarks/search_queries_heldout.csv (written before the matching was tuned, never
+tuned on). Queries that say one of their classes' words are also reported apart.
 """
 
 from __future__ import annotations
