@@ -2,8 +2,8 @@
 
 Each AudioSet class is embedded as several short texts, all taken from the ontology,
 none from any query: its whole name, each comma-separated alias in the name
-("Vehicle horn, car horn, honking" gives three), its description's first sentence,
-and "the sound of <name>". A query's similarity to a class is the best cosine over
+("Vehicle horn, car horn, honking" gives three), the name with its description's
+first sentence, and "the sound of <name>". A query's similarity to a class is the best cosine over
 the class's texts, so a query that paraphrases one alias or the description is not
 diluted by the rest.
 
@@ -15,7 +15,8 @@ a fixed margin.
 Whether the query names a sound at all is judged on the one sentence per class (name
 and whole description), not on the short texts: a short string such as "xqzv blorf"
 or "blue" lands close to some one-word alias ("Bleat", "Blues") by its letters alone,
-while against the full sentences unrelated words and gibberish stay under 0.30.
+while against the full sentences most unrelated words and gibberish stay under 0.30
+(15 of 20 non-sound strings tried; a few, "qwerty", "the meaning of life", reach 0.35).
 """
 
 from __future__ import annotations
