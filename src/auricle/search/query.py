@@ -3,9 +3,9 @@
 A query becomes weights over the model's classes. Exact class names, MIDs and
 ontology nodes (``Dog``, ``/m/0bt9lr``, ``Animal``; ``;`` joins several) select
 their classes with weight 1, as ``tag --classes`` does. Anything else is a
-description: the sentence encoder's cosine between it and each class (name and
-ontology description) picks the closest classes, weighted by similarity relative
-to the best. A file's score is the largest weighted class score over its clip,
+description: :mod:`auricle.search.matching` weighs the classes by the sentence
+encoder's cosine between it and each class's texts (name, aliases, ontology
+description). A file's score is the largest weighted class score over its clip,
 ``max_c w_c * s_c``, in [0, 1]; its segments are the windows where that score is
 highest, adjacent windows joined. ``like`` ranks instead by the cosine between clip
 embeddings, segments by the pieces' embeddings.
@@ -24,16 +24,12 @@ from auricle.errors import OptionError
 from auricle.labels import LabelError, LabelSet, resolve_classes
 from auricle.search.store import Store
 
-#: Below this cosine a description is taken to name no sound class at all (unrelated
-#: words and gibberish reach 0.2-0.3 with all-MiniLM-L6-v2; sound descriptions 0.45+).
-MIN_SIMILARITY = 0.35
-#: Classes within this much of the best one's similarity count, at most MAX_CLASSES of them.
-SIMILARITY_MARGIN = 0.1
+#: Classes named in a hit's "matched" list, at most.
 MAX_CLASSES = 5
 #: Segments reported per file, and how close to the file's best window a window must come to be one.
 MAX_SEGMENTS = 3
 SEGMENT_FRACTION = 0.5
-#: The sentence encoder was trained on English: other languages rarely reach MIN_SIMILARITY, so say so.
+#: The sentence encoder was trained on English: other languages rarely pass its cutoff (search/matching.py), so say so.
 ENGLISH_HINT = " in English (the sentence encoder reads English)"
 
 
@@ -123,22 +119,15 @@ def understand(query: str, labels: LabelSet, encoder: Callable | None = None, *,
     if not labels.has_mids:  # a head of its own: words are matched to AudioSet's classes only
         raise OptionError(f"{text!r}: not one of the index's {len(labels)} classes; with a model of its own "
                           "classes, name them exactly")
-    from auricle.search.text import class_embeddings, text_encoder
+    from auricle.search.matching import describe
 
-    model = (encoder or text_encoder)()
-    vectors = class_embeddings(model)
-    similarity = vectors @ model.encode([text])[0]
-    order = np.argsort(-similarity)[:MAX_CLASSES]
-    best = float(similarity[order[0]])
-    if best < MIN_SIMILARITY:
+    chosen, closest, best = describe(text, encoder)
+    if not chosen:
         if not refuse:
             return []
-        closest = labels[int(order[0])].name
-        raise OptionError(f"{text!r}: matches no sound class (the closest, {closest!r}, only {best:.2f}); describe "
-                          f"a sound{ENGLISH_HINT}, or name a class (`auricle labels`)")
-    floor = max(MIN_SIMILARITY, best - SIMILARITY_MARGIN)
-    return [QueryClass(int(i), labels[int(i)].mid, labels[int(i)].name, float(similarity[i]) / best,
-                       float(similarity[i])) for i in order if similarity[i] >= floor]
+        raise OptionError(f"{text!r}: matches no sound class (the closest, {labels[closest].name!r}, only {best:.2f}); "
+                          f"describe a sound{ENGLISH_HINT}, or name a class (`auricle labels`)")
+    return [QueryClass(c.index, labels[c.index].mid, labels[c.index].name, c.weight, c.similarity) for c in chosen]
 
 
 @dataclass(frozen=True)

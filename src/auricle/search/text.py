@@ -105,30 +105,49 @@ def text_encoder() -> TextEncoder:
     return TextEncoder()
 
 
-def class_sentences() -> list[str]:
-    """One sentence per AudioSet class: its name and its ontology description."""
+def _class_names_and_descriptions() -> tuple[list[str], list[str]]:
     from auricle.labels import audioset_labels, audioset_ontology
 
     ontology = audioset_ontology()
-    sentences = []
+    names, descriptions = [], []
     for audio_class in audioset_labels():
         node = ontology.find(audio_class.mid)
-        description = node.description.strip() if node is not None else ""
-        sentences.append(f"{audio_class.name}. {description}" if description else audio_class.name)
-    return sentences
+        names.append(audio_class.name)
+        descriptions.append(node.description.strip() if node is not None else "")
+    return names, descriptions
+
+
+def class_sentences() -> list[str]:
+    """One sentence per AudioSet class: its name and its ontology description."""
+    return [f"{name}. {description}" if description else name
+            for name, description in zip(*_class_names_and_descriptions())]
 
 
 def class_embeddings(encoder: TextEncoder, cache: str | os.PathLike | None = None) -> np.ndarray:
-    """The AudioSet classes embedded by ``encoder`` (527, dim), computed once and kept in the cache.
+    """The AudioSet classes embedded by ``encoder`` (527, dim), computed once and kept in the cache."""
+    return _cached_embeddings(encoder, class_sentences(), "classes", cache)
+
+
+def class_text_embeddings(encoder: TextEncoder, cache: str | os.PathLike | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Every class's short texts (:func:`auricle.search.matching.class_texts`) embedded, and each text's class."""
+    from auricle.search.matching import class_texts
+
+    texts, owners = class_texts(*_class_names_and_descriptions())
+    return _cached_embeddings(encoder, texts, "class-texts", cache), owners
+
+
+def _cached_embeddings(encoder: TextEncoder, sentences: list[str], kind: str,
+                       cache: str | os.PathLike | None) -> np.ndarray:
+    """``sentences`` embedded by ``encoder``, computed once and kept in the cache.
 
     The file is a plain ``.npy`` read without pickle; its name holds the encoder's key and
     the sentences' hash, so other weights or another ontology never reuse it.
     """
     from auricle.io.atomic import write_bytes
 
-    sentences = class_sentences()
     text_key = hashlib.sha256("\n".join(sentences).encode()).hexdigest()[:12]
-    path = cache_dir(cache) / "search" / f"classes-{encoder.key}-{text_key}.npy"
+    path = cache_dir(cache) / "search" / f"{kind}-{encoder.key}-{text_key}.npy"
     try:
         vectors = np.load(path, allow_pickle=False)
         if vectors.shape[0] == len(sentences):
