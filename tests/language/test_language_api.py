@@ -13,6 +13,7 @@ pytest.importorskip("transformers", reason="MiDashengLM needs the language extra
 from language_support import write_model_folder  # noqa: E402
 
 import auricle  # noqa: E402
+from auricle.language import folder as folder_checks  # noqa: E402
 from auricle.errors import AudioError, CheckpointError, OptionError  # noqa: E402
 from auricle.language.prompts import PRESETS  # noqa: E402
 from auricle.language_model import AudioLanguageModel  # noqa: E402
@@ -112,7 +113,7 @@ def test_a_model_too_big_for_memory_is_refused_before_loading(folder, monkeypatc
     from auricle import language_model
     from auricle.language import model as network
 
-    monkeypatch.setattr(language_model, "available_memory", lambda: 1000)
+    monkeypatch.setattr(folder_checks, "available_memory", lambda: 1000)
     monkeypatch.setattr(network.MiDashengLM, "load", lambda *a, **k: pytest.fail("read the weights"))
     with pytest.raises(CheckpointError, match=r"the weights need 0.0 GB of memory .* but 0.0 GB is available; "
                                               r"use a machine with more memory or a smaller precision"):
@@ -165,7 +166,7 @@ def test_the_registered_name_is_refused_before_download_when_too_big(folder, tmp
     fake = FakeSnapshots(folder, tmp_path / "cache")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
     monkeypatch.setattr(hub, "hub_reachable", lambda timeout=hub.CONNECT_TIMEOUT: True)
-    monkeypatch.setattr(language_model, "available_memory", lambda: 1000)
+    monkeypatch.setattr(folder_checks, "available_memory", lambda: 1000)
     with pytest.raises(CheckpointError, match="^midashenglm-7b: the weights need"):
         auricle.load_model("midashenglm-7b", cache_dir=tmp_path / "cache")
     assert [patterns for _, patterns in fake.calls] == [("*.json",)]

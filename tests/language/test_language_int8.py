@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from language_support import TINY_CONFIG, write_model_folder  # noqa: E402
 
 import auricle  # noqa: E402
+from auricle.language import folder as folder_checks  # noqa: E402
 from auricle.cli import cli  # noqa: E402
 from auricle.errors import CheckpointError, OptionError  # noqa: E402
 from auricle.language import precision as int8  # noqa: E402
@@ -127,7 +128,7 @@ def test_int8_fits_where_bf16_does_not(folder, monkeypatch):
     from auricle import language_model
 
     size = language_model.checkpoint_bytes(folder)
-    monkeypatch.setattr(language_model, "available_memory", lambda: int(size * 0.8))
+    monkeypatch.setattr(folder_checks, "available_memory", lambda: int(size * 0.8))
     with pytest.raises(CheckpointError, match=r"smaller precision \(precision=\"int8\" \(--precision int8"):
         auricle.load_model(checkpoint=folder)
     assert auricle.load_model(checkpoint=folder, precision="int8").network.precision == "int8"

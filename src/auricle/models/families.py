@@ -114,7 +114,7 @@ DASHENG = Family(
 )
 MIDASHENGLM = Family(
     "midashenglm", "MiDashengLM", frozenset({"describes"}),
-    is_folder="auricle.language_model:is_language_checkpoint",
+    is_folder="auricle.language.folder:is_language_checkpoint",
     check_runs="auricle.language_model:check_runs",
     load_folder="auricle.language_model:load_folder",
     refusal="{subject}: an audio-language model (MiDashengLM); it works with `auricle describe` and "

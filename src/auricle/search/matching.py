@@ -31,9 +31,10 @@ import numpy as np
 class MatchSettings:
     """How similarities become weights (defaults chosen on benchmarks/search_queries.csv only)."""
 
-    #: Below this best cosine to the class sentences the query names no sound (calibrated on
-    #: gibberish and non-sound phrases, which reach 0.12-0.25 and a few up to 0.35).
-    min_similarity: float = 0.30
+    #: Below this best cosine to the class sentences the query names no sound. Gibberish and non-sound
+    #: phrases reach 0.12-0.25 and a few up to 0.35; 0.30 let "xyzzy plugh" (0.32) through as a sound,
+    #: so the refusal keeps the 0.35 it had before the class texts came.
+    min_similarity: float = 0.35
     #: Softmax temperature over cosines: 0.03 halves a weight for every ~0.02 of cosine below the best.
     temperature: float = 0.03
     #: At most this many classes, and none whose weight falls under min_weight.
