@@ -153,6 +153,18 @@ class Tagger:
         """A finished call's result as a numpy array (subclasses whose calls return tensors convert here)."""
         return np.asarray(result)
 
+    #: Whether one model call gives both a window's class scores and its mean token
+    #: (:meth:`iter_tag_embed`); models that cannot are tagged and embedded apart.
+    tags_with_tokens: bool = False
+
+    def _submit_with_tokens(self, batch: np.ndarray) -> Future:
+        """As :meth:`_submit`, each row the probabilities followed by the window's mean token (classes + dim)."""
+        raise NotImplementedError
+
+    def _score_now_with_tokens(self, batch: np.ndarray) -> np.ndarray:
+        """As :meth:`_score_now`, rows as :meth:`_submit_with_tokens`'s."""
+        raise NotImplementedError
+
     # -- embeddings --------------------------------------------------------------
     def embed_waveform(self, waveform: np.ndarray, name: str = "<array>", batch_size: int | None = None) -> Embeddings:
         """Embeddings of one 16 kHz mono signal (clip, and one per 10.12 s piece)."""
@@ -345,12 +357,31 @@ class Tagger:
         (windows never share a frontend).
         """
         options = options or self.tag_options(**option_values)
+        yield from self._iter_scored(sources, options, batch_size, names, sample_rate, with_tokens=False)
+
+    def iter_tag_embed(
+        self, sources: Iterable[str | os.PathLike], options: TagOptions, batch_size: int | None = None
+    ) -> Iterator[tuple[ClipTags, np.ndarray] | Failure]:
+        """Tag files and embed their windows from the same model call, each file decoded once.
+
+        Yields per file (:class:`ClipTags`, window embeddings (windows, dim): the mean token of each
+        tagging window, as its class scores come from) or a :class:`Failure`; in input order. Only
+        for models whose ``tags_with_tokens`` is true (``auricle index`` uses it: one pass costs what
+        ``tag`` costs, where tagging and embedding apart decoded and encoded every file twice).
+        """
+        if not self.tags_with_tokens:
+            raise OptionError(f"{self.name}: does not give class scores and tokens from one call")
+        yield from self._iter_scored(sources, options, batch_size, None, None, with_tokens=True)
+
+    def _iter_scored(self, sources, options: TagOptions, batch_size: int | None, names: Sequence[str] | None,
+                     sample_rate: int | None, with_tokens: bool) -> Iterator:
+        """:meth:`iter_tag`'s work; ``with_tokens``: each result is (ClipTags, window mean tokens)."""
         space = ClassSpace.build(self.labels, options.classes, options.profile)
         window_config = options.window
         states: dict[int, _FileState] = {}
         queue: list[tuple[int, int, np.ndarray]] = []
         next_to_emit = 0
-        calls = _Calls(self, batch_size)
+        calls = _Calls(self, batch_size, with_tokens)
 
         def store(rows: Iterable[tuple[tuple[int, int], np.ndarray]]) -> None:
             for (item, position), row in rows:
@@ -372,7 +403,10 @@ class Tagger:
                     continue
                 bounds = np.array([state.starts, state.ends], dtype=float).T / SAMPLE_RATE
                 probabilities = np.stack([state.rows[i] for i in range(len(state.starts))])
-                if not np.isfinite(probabilities).all():
+                tokens = None
+                if with_tokens:  # one row per window: the class scores, then the mean token
+                    probabilities, tokens = np.split(probabilities, [len(self.labels)], axis=1)
+                if not (np.isfinite(probabilities).all() and (tokens is None or np.isfinite(tokens).all())):
                     yield Failure(state.name, f"{state.name}: {NOT_FINITE}")
                     continue
                 result = summarize(
@@ -381,7 +415,7 @@ class Tagger:
                 if state.truncation is not None:
                     result = dataclasses.replace(result, truncated=True,
                                                  declared_duration=state.truncation.declared)
-                yield result
+                yield result if tokens is None else (result, tokens)
 
         for kind, item, payload in decoded_windows(sources, names, window_config, sample_rate):
             if calls.ready():
@@ -440,8 +474,10 @@ class _Calls:
     call runs at once, as a plain loop would.
     """
 
-    def __init__(self, model: Tagger, batch_size: int | None = None) -> None:
+    def __init__(self, model: Tagger, batch_size: int | None = None, with_tokens: bool = False) -> None:
         self._model = model
+        self._start = model._submit_with_tokens if with_tokens else model._submit
+        self._run_here = model._score_now_with_tokens if with_tokens else model._score_now
         self.part = max(1, (batch_size or model.batch_size) // model.streams)
         self._keep = 2 * model.streams
         self._in_flight: deque[tuple[list, Future]] = deque()
@@ -455,8 +491,8 @@ class _Calls:
         """
         batch = np.stack(windows).astype(np.float32, copy=False)
         if last and not self._in_flight:
-            return list(zip(owners, self._model._rows(self._model._score_now(batch))))
-        self._in_flight.append((owners, self._model._submit(batch)))
+            return list(zip(owners, self._model._rows(self._run_here(batch))))
+        self._in_flight.append((owners, self._start(batch)))
         return self.collect()
 
     def add(self, owners: list, windows: Sequence[np.ndarray], last: bool = False) -> list[tuple[object, np.ndarray]]:

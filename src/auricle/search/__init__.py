@@ -106,7 +106,10 @@ class Index:
             if model is None:
                 raise OptionError("like= needs the model the index was made with, to embed the recording")
             self.check(model)
-            clip = model.embed(str(like)).clip
+            from auricle.search.index import query_embedding
+
+            window = float(self.store.meta.get("window", "10.0"))
+            clip = query_embedding(model, str(like), window, float(self.store.meta.get("hop", window)))
             return like_hits(self.store, clip, filters, top, warn, os.path.basename(str(like)))
         return class_hits(self.store, self.query_classes(query), filters, top, warn)
 

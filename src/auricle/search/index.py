@@ -49,7 +49,8 @@ def model_meta(model, window: float, hop: float | None) -> dict[str, str]:
     """What decides the stored numbers: the model, its weights and the tagging windows."""
     from auricle.fingerprints import tagger_key
 
-    return scorer_meta(model.name, tagger_key(model)[:16], model.labels.names, window, hop)
+    return {**scorer_meta(model.name, tagger_key(model)[:16], model.labels.names, window, hop),
+            "embeddings": embeddings_kind(model)}
 
 
 def scorer_meta(name: str, weights: str, labels: Iterable[str], window: float, hop: float | None) -> dict[str, str]:
@@ -197,14 +198,54 @@ def file_row(path: str, tags: ClipTags, embeddings: Embeddings, size_mtime: tupl
                    piece_bounds=piece_bounds, piece_embeddings=np.asarray(embeddings.windows))
 
 
+def window_row(path: str, tags: ClipTags, tokens: np.ndarray, size_mtime: tuple[int, int]) -> FileRow:
+    """The row of a file tagged and embedded in one pass: a piece per tagging window, the clip their mean."""
+    scores = np.asarray(tags.scores, dtype=np.float32)
+    bounds = np.asarray(tags.window_bounds, dtype=np.float32)
+    return FileRow(path=path, size=size_mtime[0], mtime_ns=size_mtime[1], duration=float(tags.duration),
+                   clip_scores=scores.max(axis=0), window_bounds=bounds, window_scores=scores,
+                   clip_embedding=tokens.mean(axis=0), piece_bounds=bounds, piece_embeddings=tokens)
+
+
+def embeddings_kind(model) -> str:
+    """How the index's embeddings are made: ``windows`` (one pass with the tags) or ``pieces`` (``embed``'s)."""
+    return "windows" if getattr(model, "tags_with_tokens", False) else "pieces"
+
+
+def query_embedding(model, path: str, window: float = 10.0, hop: float | None = None) -> np.ndarray:
+    """A recording's clip embedding made as the index made its files' (``like=``)."""
+    from auricle.errors import AudioError
+
+    if embeddings_kind(model) == "pieces":
+        return model.embed(path).clip
+    result = next(model.iter_tag_embed([path], model.tag_options(window=window, hop=hop)))
+    if isinstance(result, Failure):
+        raise AudioError(result.error)
+    return result[1].mean(axis=0)
+
+
 def compute(model, files: list[str], options, batch_size: int | None = None) -> Iterator[FileRow | Failure]:
-    """Tag and embed ``files``, in order; a :class:`Failure` for each that fails and the rest go on."""
+    """Tag and embed ``files``, in order; a :class:`Failure` for each that fails and the rest go on.
+
+    A model whose head reads the mean token (CED) gives both from one decode and one
+    encoder call per window (:meth:`~auricle.inference.pipeline.Tagger.iter_tag_embed`);
+    others are tagged, then embedded as ``auricle embed`` does (each file decoded twice).
+    """
     stamps: dict[str, tuple[int, int]] = {}
     for file in files:
         try:
             stamps[file] = stamp(file)  # taken before decoding: a file changed meanwhile is computed again next time
         except OSError:
             pass
+    if embeddings_kind(model) == "windows":
+        for file, result in zip(files, model.iter_tag_embed(files, options, batch_size=batch_size)):
+            if isinstance(result, Failure):
+                yield result
+            elif file not in stamps:
+                yield Failure(file, f"{file}: file not found")
+            else:
+                yield window_row(file, result[0], result[1], stamps[file])
+        return
     embedded = model.iter_embed(files, batch_size=batch_size)
     for file, tags in zip(files, model.iter_tag(files, options, batch_size=batch_size)):
         embeddings = next(embedded)

@@ -19,7 +19,7 @@ from auricle.errors import SearchIndexError
 from auricle.search.store import Store
 
 #: The meta rows that decide the stored numbers; parts that differ in any would not compare.
-SETTINGS = ("model", "weights", "labels", "window", "hop")
+SETTINGS = ("model", "weights", "labels", "window", "hop", "embeddings")
 
 
 @dataclass
