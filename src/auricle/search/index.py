@@ -20,6 +20,7 @@ import numpy as np
 
 from auricle.errors import SearchIndexError
 from auricle.inference.results import ClipTags, Embeddings, Failure
+from auricle.search.columns import refresh_if_due
 from auricle.search.store import FileRow, Store
 
 #: Files per transaction: small enough that a kill loses little, large enough that commits cost nothing.
@@ -116,6 +117,7 @@ def put_scored(store: Store, meta: dict[str, str], scored: Iterable[ScoredFile])
                 store.put(connection, row)
         report.added += len(pending)
         pending.clear()
+        refresh_if_due(store, finished=False)
 
     for item in scored:
         try:
@@ -127,6 +129,7 @@ def put_scored(store: Store, meta: dict[str, str], scored: Iterable[ScoredFile])
             write()
     if pending:
         write()
+    refresh_if_due(store, finished=True)
     return report
 
 
@@ -290,6 +293,7 @@ def update(store: Store, model, files: list[str], *, window: float = 10.0, hop: 
         report.added += len(pending)
         pending.clear()
         failed.clear()
+        refresh_if_due(store, finished=False)
 
     try:
         for result in compute(model, work.todo, options, batch_size):
@@ -310,4 +314,5 @@ def update(store: Store, model, files: list[str], *, window: float = 10.0, hop: 
         raise
     if pending or failed:
         write()
+    refresh_if_due(store, finished=True)
     return report

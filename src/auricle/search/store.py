@@ -1,13 +1,16 @@
-"""The search index on disk: one SQLite file (schema in docs/search.md).
+"""The search index on disk: one SQLite file (schema in docs/search.md), and its column file.
 
 Why SQLite: one file a user can copy, no server; rows are found by path through a
 B-tree, so an update of a million-file index touches only the changed rows; WAL mode
 lets searches read while an update writes; and every batch of files is one
 transaction, so a process killed at any point leaves the index as of its last
-committed batch. The clip columns, which a search reads for every file, live apart
-from the per-window arrays, read for the best files only (a scan then reads ~1.7 kB
-a file, not the whole row). Arrays are stored as raw little-endian blobs (float16
-scores and embeddings, float32 bounds): never pickled.
+committed batch. ``files`` holds only what an update compares (path, size, time,
+duration: ~100 bytes a file, read whole by every update); the arrays live in
+``file_windows``, read for the best files of a search and to build the column file
+(:mod:`auricle.search.columns`), which is what a search scans. Every write records the
+file ids it touched in ``changes``, so a search knows which rows the column file no
+longer describes. Arrays are stored as raw little-endian blobs (float16 scores and
+embeddings, float32 bounds): never pickled.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import numpy as np
 from auricle.errors import SearchIndexError
 
 #: Bump on any change of the tables below; an index of another version is refused, not misread.
-SCHEMA_VERSION = 1
+#: 1: clip arrays in ``files``, no column file (read by auricle up to 2026-12-07).
+SCHEMA_VERSION = 2
 #: Seconds a writer waits for another process's lock before giving up with an error.
 BUSY_TIMEOUT_S = 10.0
 
@@ -34,19 +38,21 @@ CREATE TABLE files (
     path TEXT NOT NULL UNIQUE,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    duration REAL NOT NULL,
-    clip_scores BLOB NOT NULL,
-    clip_embedding BLOB NOT NULL
+    duration REAL NOT NULL
 );
 CREATE INDEX files_duration ON files (duration);
 CREATE TABLE file_windows (
     file_id INTEGER PRIMARY KEY,
+    clip_scores BLOB NOT NULL,
+    clip_embedding BLOB NOT NULL,
     window_bounds BLOB NOT NULL,
     window_scores BLOB NOT NULL,
     piece_bounds BLOB NOT NULL,
     piece_embeddings BLOB NOT NULL
 );
+CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, file_id INTEGER NOT NULL);
 """
+TABLES = {"meta", "files", "file_windows", "changes"}
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,11 @@ class Store:
                         if statement.strip():
                             self.connection.execute(statement)
                     self.connection.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                tables = {"meta", "files", "file_windows"}
+                    # Names this index to its column file: another index's (a merge's output replaced
+                    # this one) is never taken for its own.
+                    self.connection.execute("INSERT INTO meta VALUES ('uid', ?)", (os.urandom(8).hex(),))
+                    self.connection.execute("INSERT INTO meta VALUES ('columns_generation', '0')")
+                tables = set(TABLES)
             if "meta" not in tables:
                 self.close()
                 raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
@@ -113,9 +123,10 @@ class Store:
             raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
         if version != str(SCHEMA_VERSION):
             self.close()  # checked first: another version may have other tables
+            hint = ("made by an earlier auricle (its search read every row); " if version == "1" else "")
             raise SearchIndexError(f"{self.path}: index schema version {version}, this auricle reads version "
-                                   f"{SCHEMA_VERSION}; rebuild it with `auricle index` into a new file")
-        if not {"files", "file_windows"} <= tables:
+                                   f"{SCHEMA_VERSION}; {hint}rebuild it with `auricle index` into a new file")
+        if not TABLES <= tables:
             self.close()
             raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
 
@@ -166,27 +177,33 @@ class Store:
         """Insert or replace one file's rows (inside :meth:`transaction`)."""
         Store.delete(connection, [row.path])
         file_id = connection.execute(
-            "INSERT INTO files (path, size, mtime_ns, duration, clip_scores, clip_embedding) VALUES (?, ?, ?, ?, ?, ?)",
-            (row.path, row.size, row.mtime_ns, row.duration, to_blob(row.clip_scores, "f2"),
-             to_blob(row.clip_embedding, "f2"))).lastrowid
+            "INSERT INTO files (path, size, mtime_ns, duration) VALUES (?, ?, ?, ?)",
+            (row.path, row.size, row.mtime_ns, row.duration)).lastrowid
         connection.execute(
-            "INSERT INTO file_windows (file_id, window_bounds, window_scores, piece_bounds, piece_embeddings) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (file_id, to_blob(row.window_bounds, "f4"), to_blob(row.window_scores, "f2"),
+            "INSERT INTO file_windows (file_id, clip_scores, clip_embedding, window_bounds, window_scores,"
+            " piece_bounds, piece_embeddings) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (file_id, to_blob(row.clip_scores, "f2"), to_blob(row.clip_embedding, "f2"),
+             to_blob(row.window_bounds, "f4"), to_blob(row.window_scores, "f2"),
              to_blob(row.piece_bounds, "f4"), to_blob(row.piece_embeddings, "f2")))
+        connection.execute("INSERT INTO changes (file_id) VALUES (?)", (file_id,))
 
     @staticmethod
     def delete(connection: sqlite3.Connection, paths: list[str]) -> None:
         """Drop files' rows (inside :meth:`transaction`)."""
         for path in paths:
-            connection.execute("DELETE FROM file_windows WHERE file_id IN (SELECT id FROM files WHERE path = ?)",
-                               (path,))
-            connection.execute("DELETE FROM files WHERE path = ?", (path,))
+            found = connection.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
+            if found is None:
+                continue
+            connection.execute("DELETE FROM file_windows WHERE file_id = ?", found)
+            connection.execute("DELETE FROM files WHERE id = ?", found)
+            connection.execute("INSERT INTO changes (file_id) VALUES (?)", found)
 
     def rows(self, columns: str, where: str = "", parameters: tuple = (), chunk: int = 4096) -> Iterator[list[tuple]]:
-        """``SELECT columns FROM files WHERE ...`` in chunks (a million rows are never all in memory)."""
+        """``SELECT columns FROM files JOIN file_windows WHERE ...`` in chunks (a million rows are never all
+        in memory)."""
         with self.errors():
-            cursor = self.connection.execute(f"SELECT {columns} FROM files {where}", parameters)
+            cursor = self.connection.execute(
+                f"SELECT {columns} FROM files JOIN file_windows ON file_windows.file_id = files.id {where}", parameters)
             while batch := cursor.fetchmany(chunk):
                 yield batch
 
