@@ -286,3 +286,20 @@ def test_ced_index_decodes_each_file_once_and_scores_as_tag(tiny_model, tmp_path
                                        rtol=2e-3)
             np.testing.assert_allclose(row.clip_embedding, row.piece_embeddings.mean(axis=0), atol=2e-3)
         assert index.store.meta["embeddings"] == "windows"
+
+
+def test_class_maxima_by_bits_equal_float_maxima():
+    from auricle.search.columns import Columns
+    from auricle.search.query import _column_max
+
+    rng = np.random.default_rng(0)
+    scores = (rng.random((6, 500)) ** 4).astype(np.float16)
+    scores[:, :20] = 0  # zeros and ties
+    scores[2, 20:40] = 1.0
+    plain = Columns("u", 0, np.arange(500), np.zeros(500), np.arange(500, dtype=np.int32), scores,
+                    np.zeros((500, 0), np.float16))
+    by_bits = Columns(**{**plain.__dict__, "nonnegative": True})
+    for members in ([0], [1, 2, 5], list(range(6))):
+        expected = scores[members].astype(np.float32).max(axis=0)
+        np.testing.assert_array_equal(_column_max(by_bits, members).astype(np.float32), expected)
+        np.testing.assert_array_equal(_column_max(plain, members).astype(np.float32), expected)

@@ -59,6 +59,8 @@ class Columns:
     path_ranks: np.ndarray  # int32 (rows,): position of the row's path in sorted order
     scores: np.ndarray  # float16 (classes, rows): the clip scores, class-major
     embeddings: np.ndarray  # float16 (rows, dim): clip embeddings, unit length
+    #: Every score is >= 0 (and none -0.0): their float16 bits then order as unsigned integers do.
+    nonnegative: bool = False
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -88,7 +90,8 @@ def read_columns(index_path: str) -> Columns | None:
             count = int(np.prod(shape))
             size = count * np.dtype(dtype).itemsize
             arrays[name] = raw[offset:offset + size].view(np.dtype(dtype)).reshape(shape)
-        return Columns(header["uid"], int(header["generation"]), **arrays)
+        return Columns(header["uid"], int(header["generation"]), **arrays,
+                       nonnegative=bool(header.get("nonnegative", False)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -141,7 +144,7 @@ def refresh(store: Store) -> Columns | None:
                 view = {name: out[o:o + int(np.prod(s)) * np.dtype(d).itemsize].view(np.dtype(d)).reshape(s)
                         for name, (o, d, s) in layout.items()}
                 paths: list[str] = []
-                done = 0
+                done, lowest = 0, np.inf
                 cursor = connection.execute(
                     "SELECT f.id, f.path, f.duration, w.clip_scores, w.clip_embedding FROM files f"
                     " JOIN file_windows w ON w.file_id = f.id ORDER BY f.id")
@@ -150,12 +153,18 @@ def refresh(store: Store) -> Columns | None:
                     view["ids"][done:end] = [row[0] for row in chunk]
                     view["durations"][done:end] = [row[2] for row in chunk]
                     paths += [row[1] for row in chunk]
-                    view["scores"][:, done:end] = np.frombuffer(b"".join(row[3] for row in chunk),
-                                                                dtype="<f2").reshape(len(chunk), classes).T
+                    # + 0 makes -0.0 into 0.0 (the same number; its bits would order above 1.0)
+                    scores = np.frombuffer(b"".join(row[3] for row in chunk), dtype="<f2") + np.float16(0)
+                    lowest = min(lowest, float(scores.min())) if len(scores) else lowest
+                    view["scores"][:, done:end] = scores.reshape(len(chunk), classes).T
                     if dim:
                         embeddings = np.frombuffer(b"".join(row[4] for row in chunk), dtype="<f2")
                         view["embeddings"][done:end] = unit_f16(embeddings.reshape(len(chunk), dim))
                     done = end
+                if lowest >= 0:  # (NaN is not) the header is rewritten: it is written before the rows
+                    header["nonnegative"] = True
+                    out[:HEADER_BYTES] = np.frombuffer(json.dumps(header).encode().ljust(HEADER_BYTES, b" "),
+                                                       dtype=np.uint8)
                 order = sorted(range(len(paths)), key=paths.__getitem__)
                 view["path_ranks"][np.asarray(order, dtype=np.int64)] = np.arange(len(paths), dtype=np.int32)
                 out.flush()

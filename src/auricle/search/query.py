@@ -268,16 +268,32 @@ class _Paths:
 
 def class_score(indices: np.ndarray, weights: np.ndarray) -> ColumnScore:
     """``max_c w_c * s_c`` from the class-major columns: only the query's classes are read."""
+    groups: dict[float, list[int]] = {}  # an ontology node's classes all weigh 1
+    for index, weight in zip(indices.tolist(), weights.tolist()):
+        groups.setdefault(weight, []).append(index)
+
     def every(columns: Columns) -> np.ndarray:
         best = np.full(len(columns), -np.inf, dtype=np.float32)
-        for index, weight in zip(indices, weights):
-            np.maximum(best, columns.scores[index].astype(np.float32) * weight, out=best)
+        for weight, members in groups.items():
+            # max_c (w s_c) = w max_c s_c for w > 0 (rounding is monotone), so a group is one product.
+            np.maximum(best, _column_max(columns, members).astype(np.float32) * np.float32(weight), out=best)
         return best
 
     def exact(columns: Columns, rows: np.ndarray) -> np.ndarray:
         return (columns.scores[np.ix_(indices, rows)].astype(np.float32) * weights[:, None]).max(axis=0)
 
     return ColumnScore(every, exact)
+
+
+def _column_max(columns: Columns, members: list[int]) -> np.ndarray:
+    """The largest float16 score per row over the classes ``members``."""
+    if not columns.nonnegative:
+        return np.max(columns.scores[members], axis=0)
+    # Non-negative float16 values order as their bits do: integer maxima run at memory speed.
+    best = columns.scores[members[0]].view(np.uint16).copy()
+    for member in members[1:]:
+        np.maximum(best, columns.scores[member].view(np.uint16), out=best)
+    return best.view(np.float16)
 
 
 #: How far a float16 matrix-vector product's cosines may lie from float32's over the same float16
