@@ -105,7 +105,8 @@ def check_all(index_path, folder, rng_seed: int = 5):
         for options, filters in (({}, Filters()), ({"top": 40}, Filters()),
                                  ({"min_duration": 8.0, "max_duration": 20.0}, Filters(None, 8.0, 20.0)),
                                  ({"path": "b*.wav"}, Filters("b*.wav")),
-                                 ({"path": str(folder / "a001*")}, Filters(str(folder / "a001*")))):
+                                 ({"path": str(folder / "a001*")}, Filters(str(folder / "a001*"))),
+                                 ({"path": "[!a]00[1-3]*"}, Filters("[!a]00[1-3]*"))):
             top = options.get("top", 10)
             assert_same(searched(index_path, query, **options), reference(index_path, weights, filters=filters,
                                                                            top=top))
@@ -303,3 +304,14 @@ def test_class_maxima_by_bits_equal_float_maxima():
         expected = scores[members].astype(np.float32).max(axis=0)
         np.testing.assert_array_equal(_column_max(by_bits, members).astype(np.float32), expected)
         np.testing.assert_array_equal(_column_max(plain, members).astype(np.float32), expected)
+
+
+def test_a_selective_path_glob_is_matched_in_sqlite(tmp_path, monkeypatch):
+    """Past a few candidates, every path is matched once (SQLite GLOB, then fnmatch): the same ranking."""
+    import auricle.search.query as query_module
+
+    folder, index_path = tmp_path / "sounds", tmp_path / "index.db"
+    fill(index_path, make_files(folder, 150), seed=4, ties=20)
+    monkeypatch.setattr(query_module, "LAZY_PATHS", 0)
+    check_all(index_path, folder)
+    assert searched(index_path, "Dog", path="nothing*") == []

@@ -143,9 +143,19 @@ class Filters:
         if self.path is None:
             return True
         if os.sep in self.path or "/" in self.path:
-            pattern = self.path if os.path.isabs(self.path) else os.path.join(os.getcwd(), self.path)
-            return fnmatch.fnmatchcase(path, os.path.normpath(pattern))
+            return fnmatch.fnmatchcase(path, self._full_pattern())
         return fnmatch.fnmatchcase(os.path.basename(path), self.path)
+
+    def _full_pattern(self) -> str:
+        assert self.path is not None
+        return os.path.normpath(self.path if os.path.isabs(self.path) else os.path.join(os.getcwd(), self.path))
+
+    def sql_glob(self) -> str:
+        """An SQLite GLOB on the full path that every path :meth:`keeps` matches (and maybe a few more:
+        a name pattern may match a folder's name too), to narrow a million paths in C first."""
+        assert self.path is not None
+        pattern = self._full_pattern() if os.sep in self.path or "/" in self.path else f"*{os.sep}{self.path}"
+        return pattern.replace("[!", "[^")  # fnmatch's negated set in GLOB's spelling
 
 
 def top_rows(store: Store, column: str, score: Callable[[np.ndarray], np.ndarray], filters: Filters,
@@ -221,7 +231,16 @@ def _best_columns(store: Store, columns: Columns, by_columns: ColumnScore, chang
     tolerance = by_columns.tolerance
     paths = _Paths(store, columns)
     wanted = keep if filters.path is None else max(256, 8 * keep)
+    by_path = filters.path is not None  # each candidate's path checked in Python, a few at a time
     while True:
+        if by_path and wanted > LAZY_PATHS:
+            # A selective glob: match every path once in SQLite, then rank only the rows it keeps.
+            valid &= np.isin(columns.ids, _glob_ids(store, filters))
+            count = int(valid.sum())
+            if not count:
+                return []
+            approximate = np.where(valid, approximate, -np.inf)
+            by_path, wanted = False, keep
         if wanted >= count:
             rows, bound = np.flatnonzero(valid), -np.inf
         else:
@@ -233,7 +252,7 @@ def _best_columns(store: Store, columns: Columns, by_columns: ColumnScore, chang
         rows, exact = rows[trusted], exact[trusted]
         order = np.lexsort((columns.path_ranks[rows], -exact))  # ties by path, as the SQLite scan ranks them
         rows, exact = rows[order], exact[order]
-        if filters.path is not None:
+        if by_path:
             kept = np.fromiter((filters.keeps(path) for path in paths.of(rows)), dtype=bool, count=len(rows))
             rows, exact = rows[kept], exact[kept]
         if len(rows) >= keep or bound == -np.inf:
@@ -241,6 +260,16 @@ def _best_columns(store: Store, columns: Columns, by_columns: ColumnScore, chang
             return [(float(score), path, float(columns.durations[row]))
                     for score, path, row in zip(exact, paths.of(rows), rows)]
         wanted *= 8
+
+
+#: Candidates whose paths a glob is checked on one by one before all paths are matched in SQLite.
+LAZY_PATHS = 2048
+
+
+def _glob_ids(store: Store, filters: Filters) -> np.ndarray:
+    """The ids of the files whose paths ``filters`` keeps."""
+    found = store.connection.execute("SELECT id, path FROM files WHERE path GLOB ?", (filters.sql_glob(),))
+    return np.sort(np.fromiter((file_id for file_id, path in found if filters.keeps(path)), dtype=np.int64))
 
 
 class _Paths:
