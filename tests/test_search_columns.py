@@ -209,6 +209,8 @@ WRITER = textwrap.dedent("""
     from auricle.search import columns
     columns.REFRESH_RUNNING = 40  # rewrite the column file often, so the kill can land in one
     columns.REFRESH_SHARE = 0.0
+    from auricle.search import index as index_module
+    index_module.CHECK_FILES = 1  # look after every batch
     paths = sys.argv[2:]
     rng = np.random.default_rng(0)
     with auricle.Index.open(sys.argv[1], create=True) as index:

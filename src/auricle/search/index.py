@@ -25,6 +25,8 @@ from auricle.search.store import FileRow, Store
 
 #: Files per transaction: small enough that a kill loses little, large enough that commits cost nothing.
 BATCH_FILES = 32
+#: Files written between two looks at whether the column file is due a rewrite (a look counts the rows).
+CHECK_FILES = 1024
 
 
 @dataclass
@@ -115,9 +117,10 @@ def put_scored(store: Store, meta: dict[str, str], scored: Iterable[ScoredFile])
         with store.transaction() as connection:
             for row in pending:
                 store.put(connection, row)
+        if (report.added + len(pending)) // CHECK_FILES > report.added // CHECK_FILES:
+            refresh_if_due(store, finished=False)
         report.added += len(pending)
         pending.clear()
-        refresh_if_due(store, finished=False)
 
     for item in scored:
         try:
@@ -290,10 +293,11 @@ def update(store: Store, model, files: list[str], *, window: float = 10.0, hop: 
                 store.put(connection, row)
             # A changed file that no longer decodes: its old row would describe other audio.
             store.delete(connection, failed)
+        if (report.added + len(pending)) // CHECK_FILES > report.added // CHECK_FILES:
+            refresh_if_due(store, finished=False)
         report.added += len(pending)
         pending.clear()
         failed.clear()
-        refresh_if_due(store, finished=False)
 
     try:
         for result in compute(model, work.todo, options, batch_size):
