@@ -13,6 +13,9 @@ Times, each in a fresh process and as the median of --repeats runs:
     torch; in turns with the weights command
   * `auricle tag one.wav --model NAME [--engine onnx]` with --by-name NAME: the issue's "model
     cached", W's weights stored as NAME in a Hugging Face cache the script builds; in turns too
+  * with --baseline-src DIR: `import auricle.cli` and the weights command again from another source
+    tree (PYTHONPATH=DIR, e.g. `git worktree add /tmp/base COMMIT` and DIR=/tmp/base/src), each run
+    in turns with this tree's, so a before/after comparison shares the machine's phases
 and, inside one process, the parts: importing torch and auricle.model, loading
 the weights, tagging the clip. The target is under 2 s, most of it model load.
 
@@ -88,8 +91,12 @@ def main() -> None:
     parser.add_argument("--by-name", default=None, metavar="MODEL",
                         help="also time `auricle tag one.wav --model MODEL`, with and without --engine onnx, the "
                              "checkpoint's weights cached as MODEL's in a Hugging Face cache of the script's own")
+    parser.add_argument("--baseline-src", type=Path, default=None, metavar="DIR",
+                        help="also time `import auricle.cli` and the weights command with PYTHONPATH=DIR (another "
+                             "tree's src), in turns with this tree's")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    baseline_env = None if args.baseline_src is None else {"PYTHONPATH": str(args.baseline_src.resolve())}
 
     with tempfile.TemporaryDirectory() as folder:
         clip = write_recording(Path(folder) / "one.wav", args.seconds)
@@ -120,12 +127,20 @@ def main() -> None:
         # One untimed run each warms the OS file cache (and the onnx engine's export cache).
         for command in filter(None, (weights_command, exported_command)):
             run_measured(command)
-        imports = [run_measured([sys.executable, "-c", "import auricle.cli"])[0] for _ in range(args.repeats)]
+        if baseline_env:
+            run_measured(weights_command, env=baseline_env)
+        imports, baseline_imports = [], []
+        for _ in range(args.repeats):
+            imports.append(run_measured([sys.executable, "-c", "import auricle.cli"])[0])
+            if baseline_env:
+                baseline_imports.append(run_measured([sys.executable, "-c", "import auricle.cli"], env=baseline_env)[0])
         torch_imports = [run_measured([sys.executable, "-c", "import torch"])[0] for _ in range(args.repeats)]
-        commands, clean_exits, exported_runs, prepared_runs = [], [], [], []
+        commands, clean_exits, exported_runs, prepared_runs, baseline_runs = [], [], [], [], []
         named_runs: dict[str, list] = {kind: [] for kind in named_commands}
         for _ in range(args.repeats):  # in turns, so a slow phase of the machine hits all alike
             commands.append(run_measured(weights_command))
+            if baseline_env:
+                baseline_runs.append(run_measured(weights_command, env=baseline_env))
             clean_exits.append(run_measured(weights_command, env={"AURICLE_CLEAN_EXIT": "1"}))
             if exported_command:
                 exported_runs.append(run_measured(exported_command))
@@ -163,6 +178,14 @@ def main() -> None:
                for kind, runs in named_runs.items()},
             **{f"by_name_{kind}_walls_s": [round(wall, 3) for wall, _, _ in runs] for kind, runs in named_runs.items()})),
         tag_command_walls_s=[round(wall, 3) for wall, _, _ in commands],
+        **({} if not baseline_env else dict(
+            baseline_src=str(args.baseline_src),
+            baseline_cli_import_s=statistics.median(baseline_imports),
+            cli_import_walls_s=[round(wall, 3) for wall in imports],
+            baseline_cli_import_walls_s=[round(wall, 3) for wall in baseline_imports],
+            baseline_tag_command_wall_s=statistics.median(wall for wall, _, _ in baseline_runs),
+            baseline_tag_command_walls_s=[round(wall, 3) for wall, _, _ in baseline_runs],
+            baseline_tag_command_peak_rss_mb=statistics.median(peak for _, peak, _ in baseline_runs))),
         **{key: statistics.median(p[key] for p in parts) for key in ("import_s", "load_s", "tag_s")},
     )
     report(result, args.json)

@@ -10,7 +10,10 @@ head thresholds it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,9 @@ import torch
 
 from auricle.models.ced import CED, CEDConfig
 from auricle.models.checkpoints import save_checkpoint
+
+#: The system browser the page tests drive (Debian: apt-get install chromium); None skips them.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 SR = 16000
 QUIET = 0.001
@@ -46,7 +52,7 @@ def burst_signal(total: float, onset: float, offset: float, seed: int = 0) -> np
 
 
 @torch.no_grad()
-def burst_checkpoint(path: Path) -> Path:
+def burst_checkpoint(path: Path, labels: tuple[str, str] = BURST_LABELS) -> Path:
     config = CEDConfig(embed_dim=64, num_heads=1, depth=1, num_classes=2)
     network = CED(config)
     for parameter in network.parameters():
@@ -75,7 +81,7 @@ def burst_checkpoint(path: Path) -> Path:
     network.outputlayer[0].weight.fill_(1.0)
     network.outputlayer[1].weight[0, 0] = 1.0
     network.outputlayer[1].weight[1, 0] = -1.0
-    return save_checkpoint(network, path, labels=list(BURST_LABELS), name="burst-detector")
+    return save_checkpoint(network, path, labels=list(labels), name="burst-detector")
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = SR) -> Path:
@@ -87,3 +93,47 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = SR) -> Path:
 LOCAL = "http://localhost"
 #: The stream socket's URL on that name (the test client's WebSocket URLs ignore base_url).
 STREAM = "ws://localhost/v1/stream"
+
+
+@contextmanager
+def running_server(arguments: list[str], folder: Path):
+    """`python -m auricle serve ARGUMENTS --port P` on loopback until the block ends; yields its base URL.
+
+    The server's output goes to ``folder/server.log``, shown if it does not answer /healthz within 60 s.
+    """
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import pytest
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(folder / "server.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "auricle", "serve", *arguments, "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"auricle serve did not start:\n{log.read()}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

@@ -422,7 +422,7 @@ def test_iter_blocks_equals_load_audio_for_long_resampled_file(tmp_path):
 
 
 def test_only_mp4_durations_cut_the_decoded_audio():
-    from auricle.audio import _within_duration
+    from auricle.audio_ffmpeg import _within_duration
 
     chunks = [(44100, np.ones(1000, np.float32)), (44100, np.ones(1000, np.float32))]
     assert [len(c) for _, c in _within_duration(iter(chunks), (44100, 1500))] == [1000, 500]

@@ -12,8 +12,7 @@ MOVED = {
     "auricle.export_graph": ("auricle.onnx.graph", ["model_graph", "log_mel_graph", "log_mel_nodes"]),
     "auricle.exported": ("auricle.onnx.exported", ["ExportedModel", "load_exported", "is_exported_file",
                                                    "not_weights", "read_metadata"]),
-    "auricle.prepared": ("auricle.onnx.prepared", ["load_prepared", "PrepareError", "prepared_path",
-                                                   "prepared_graphs", "weights_file", "_prepare"]),
+    "auricle.prepared": ("auricle.onnx.prepared", ["PrepareError", "prepared_path", "prepared_graphs", "_prepare"]),
     "auricle.inference.ort_sessions": ("auricle.onnx.sessions", ["stream_sessions", "ONNXRUNTIME_MISSING"]),
     "auricle.inference.piece_rows": ("auricle.onnx.rows", ["Framing", "MelPeaks", "rows", "_mel_bank"]),
     "auricle.inference.ort_graph": ("auricle.onnx.encoder", ["encoder_graph", "encoder_nodes", "GraphBuilder",
@@ -31,6 +30,14 @@ def test_an_old_path_names_the_moved_objects(old):
     before, after = importlib.import_module(old), importlib.import_module(new)
     for name in names:
         assert getattr(before, name) is getattr(after, name), f"{old}.{name}"
+
+
+def test_the_prepared_graph_loader_moved_on_into_the_loading_path():
+    """Finding the weights and building the model to prepare are the loading path's now; the old path keeps them."""
+    from auricle import loading, model, prepared
+
+    assert prepared.load_prepared is loading.load_prepared and prepared.weights_file is loading.weights_file
+    assert model.load_model.__doc__ and "auricle.loading.load_model" in model.load_model.__doc__
 
 
 def test_the_old_engine_module_keeps_its_engines_caches_and_opsets():

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from auricle.cli import cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _extras() -> dict[str, list[str]]:

@@ -39,7 +39,22 @@ _LAZY = {
     "LabelError": "auricle.errors",
     "DatasetError": "auricle.errors",
     "ExportError": "auricle.errors",
+    "OutputError": "auricle.errors",
+    "WriteError": "auricle.errors",
+    "RunOptions": "auricle.loading",  # how a model runs (device, engine, precision, threads, streams)
     "Index": "auricle.search",  # search over indexed recordings (docs/search.md)
+    "SearchHit": "auricle.search.query",
+    "AddReport": "auricle.search.index",
+    # MiDashengLM: describe, ask, diaries (docs/language.md)
+    "AudioLanguageModel": "auricle.language_model",
+    "RemoteLanguageModel": "auricle.language.remote",
+    "Description": "auricle.language.results",
+    "Summary": "auricle.language.results",
+    "Span": "auricle.language.diary",
+    "EventSegmentation": "auricle.language.diary",
+    # `auricle embed`'s output layout and its resume (docs/output-format.md)
+    "write_embeddings": "auricle.io.embeddings",
+    "EmbeddingsReport": "auricle.io.embeddings",
 }
 
 __all__ = ["available_models", "load_model", "tag", "embed", "__version__", *_LAZY]
@@ -47,14 +62,22 @@ __all__ = ["available_models", "load_model", "tag", "embed", "__version__", *_LA
 if TYPE_CHECKING:
     from auricle.dasheng_model import DashengModel
     from auricle.errors import (AudioError, AudioWarning, AuricleError, CheckpointError, DatasetError, ExportError,
-                                LabelError, OptionError)
+                                LabelError, OptionError, OutputError, WriteError)
+    from auricle.io.embeddings import EmbeddingsReport, write_embeddings
     from auricle.onnx.exported import ExportedModel
     from auricle.inference.events import EventOptions
     from auricle.inference.results import ClipTags, Embeddings, Event, Failure, Tag, WindowScores
     from auricle.inference.tagging import TagOptions
+    from auricle.loading import RunOptions
     from auricle.model import AudioModel
     from auricle.models.registry import ModelInfo
+    from auricle.language.diary import EventSegmentation, Span
+    from auricle.language.remote import RemoteLanguageModel
+    from auricle.language.results import Description, Summary
+    from auricle.language_model import AudioLanguageModel
     from auricle.search import Index
+    from auricle.search.index import AddReport
+    from auricle.search.query import SearchHit
 
 
 def available_models() -> list["ModelInfo"]:
@@ -66,25 +89,17 @@ def available_models() -> list["ModelInfo"]:
 
 def load_model(name: str = "ced-mini", checkpoint: Any = None, device: Any = "cpu", cache_dir: Any = None,
                engine: str | None = None, precision: str | None = None, threads: int | None = None,
-               streams: int | None = None) -> "AudioModel | DashengModel | ExportedModel":
-    """Load a model by name or checkpoint: :func:`auricle.model.load_model`, the same function and answer.
+               streams: int | None = None) -> "AudioModel | DashengModel | ExportedModel | AudioLanguageModel":
+    """Load a model by name or checkpoint: :func:`auricle.loading.load_model`, the one loading path.
 
     ``engine=``, ``precision=``, ``threads=`` and ``streams=`` choose how the encoder runs. A
     ``checkpoint`` ending in ``.onnx`` (an ``auricle export`` file) gives an
     :class:`auricle.onnx.exported.ExportedModel`: tagging, probabilities and (files exported with
-    ``--piece-embeddings``) embeddings through ONNX Runtime; it is answered here, without importing torch.
+    ``--piece-embeddings``) embeddings through ONNX Runtime, without importing torch.
     """
-    from auricle.onnx.exported import is_exported_file
+    from auricle.loading import load_model as _load
 
-    if is_exported_file(checkpoint):
-        from auricle.onnx.exported import load_exported
-
-        return load_exported(checkpoint, device=str(device), engine=engine, precision=precision, threads=threads,
-                             streams=streams)
-    from auricle.model import load_model as _load
-
-    return _load(name, checkpoint=checkpoint, device=device, cache_dir=cache_dir, engine=engine,
-                 precision=precision, threads=threads, streams=streams)
+    return _load(name, checkpoint, device, cache_dir, engine, precision, threads, streams)
 
 
 def tag(source: Any, sample_rate: int | None = None, *, model: str = "ced-mini", checkpoint: Any = None, **options: Any):

@@ -28,12 +28,14 @@ tell it from damage inside the file), and so are M4A files whose index (the
 ``moov`` box, written last by most encoders) was cut off. What libmpg123
 (inside libsndfile) prints about damaged MPEG data is caught and said once per
 file as an :class:`~auricle.errors.AudioWarning`.
+
+The FFmpeg fallback is :mod:`auricle.audio_ffmpeg`, file listing :mod:`auricle.audio_files` (both
+re-exported here where public). Over 400 lines: one pipeline (decode, mix, check, resample, block)
+whose steps share the record of what was decoded; apart, each step would be read across files.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import glob
 import math
 import os
 import re
@@ -51,6 +53,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from auricle.audio_files import AUDIO_EXTENSIONS, list_audio_files  # noqa: F401 (their old import path)
 from auricle.errors import AudioError, AudioWarning
 
 if TYPE_CHECKING:
@@ -67,18 +70,9 @@ the log-mel frontend keeps, at a higher cost."""
 DECODE_FRAMES = 65536
 """Native-rate frames decoded (and fed to the resampler) per step."""
 
-AUDIO_EXTENSIONS = frozenset(
-    {
-        ".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".opus", ".webm", ".mp4",
-        ".mka", ".mkv", ".aiff", ".aif", ".au", ".caf", ".wma", ".amr", ".3gp", ".mov",
-    }
-)
-"""Extensions picked up when a folder (or a glob ending in a wildcard) is expanded."""
-
 # First bytes of formats libsndfile reads: when neither decoder can open such a
 # file, it is a damaged file of that format rather than a foreign one.
 _SNDFILE_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"FORM", b"fLaC", b"OggS", b".snd", b"caff")
-_GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass(frozen=True)
@@ -192,6 +186,8 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     try:
         info = soundfile.info(name)
     except RuntimeError as sndfile_error:  # LibsndfileError is a RuntimeError
+        from auricle.audio_ffmpeg import _pyav_info  # the fallback: imported only when needed
+
         return _pyav_info(name, head, sndfile_error)
     return AudioInfo(
         path=name,
@@ -263,49 +259,6 @@ def prepare_batch(waveforms: np.ndarray | torch.Tensor, name: str = "<batch>") -
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
-def list_audio_files(paths: Sequence[str | os.PathLike], recursive: bool = False) -> list[str]:
-    """Expand files, folders and glob patterns into a list of files to decode.
-
-    - A named file is kept whatever its extension (the decoder then reports the
-      real problem); a named path that does not exist is kept too (the decoder
-      reports "file not found").
-    - A folder contributes the files with a known audio extension
-      (:data:`AUDIO_EXTENSIONS`, any case) directly inside it, or in its whole
-      tree with ``recursive=True``; hidden files and folders (".name", such as
-      macOS "._x.wav" resource forks) are skipped.
-    - A glob pattern (``*.wav``, ``clips/**/*.flac``; ``**`` always recurses, as
-      ``recursive=True`` does, without entering linked folders)
-      contributes its matches; matched folders are expanded as above, and when
-      the pattern ends in a wildcard (``clips/*``) only known audio extensions
-      are kept. A pattern matching nothing raises ``AudioError("<pattern>: no
-      files match")``.
-
-    Each argument's expansion is sorted; arguments keep their order; a file
-    reached twice (also through a link) is listed once, where first reached.
-    """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    found: list[str] = []
-    seen: set[str] = set()
-
-    def add(candidates: Iterable[str]) -> None:
-        for candidate in candidates:
-            key = os.path.normcase(os.path.realpath(candidate))  # one file through two links is one file
-            if key not in seen:
-                seen.add(key)
-                found.append(candidate)
-
-    for entry in paths:
-        path = os.fsdecode(os.fspath(entry))
-        if os.path.isdir(path):
-            add(_folder_files(path, recursive))
-        elif os.path.exists(path) or not _GLOB_CHARS & set(path):
-            add([path])
-        else:
-            add(_glob_files(path, recursive))
-    return found
-
-
 # -- path checks ----------------------------------------------------------------
 
 
@@ -365,6 +318,8 @@ def _decoded(name: str, head: bytes, report: _Report) -> Iterator[tuple[float, n
         with notes.caught():
             sound = soundfile.SoundFile(name)
     except RuntimeError as sndfile_error:  # LibsndfileError is a RuntimeError
+        from auricle.audio_ffmpeg import _pyav_decoded  # the fallback: imported only when needed
+
         yield from _pyav_decoded(name, head, sndfile_error, report)
         return
     notes.enabled = notes.enabled and sound.format in _ESTIMATED_LENGTH
@@ -623,257 +578,9 @@ def _mix(channels_first: np.ndarray) -> np.ndarray:
     return channels_first.mean(axis=0, dtype=np.float64).astype(np.float32)
 
 
-def _frames_mono(name: str, frames: list, sample_format: str, planar: bool, channels: int) -> np.ndarray:
-    """PyAV frames, all of one sample format and layout, as one float32 mono chunk.
-
-    Reading the planes straight into one array and converting and mixing it at
-    once gives exactly the samples of doing it frame by frame (every step is per
-    sample), without ``to_ndarray``'s per-frame cost (more than a quarter of an
-    AAC file's decoding time).
-    """
-    from av.audio.frame import format_dtypes
-
-    if sample_format not in format_dtypes:
-        raise AudioError(f"{name}: unsupported sample format {sample_format!r}")
-    dtype = np.dtype(format_dtypes[sample_format])
-    if planar:
-        array = np.empty((channels, sum(frame.samples for frame in frames)), dtype)
-        for channel, row in enumerate(array):
-            np.concatenate(
-                [np.frombuffer(frame.planes[channel], dtype, frame.samples) for frame in frames], out=row
-            )
-    else:  # packed: one plane of interleaved samples
-        interleaved = [np.frombuffer(frame.planes[0], dtype, frame.samples * channels) for frame in frames]
-        array = np.concatenate(interleaved).reshape(-1, channels).T
-    return _mix(_to_float(array, name))
-
-
 # -- errors -------------------------------------------------------------------------
 
 
 def _sndfile_detail(error: Exception) -> str:
     detail = _one_line(getattr(error, "error_string", None) or str(error))
     return detail.removeprefix("Error : ")
-
-
-def _pyav_detail(error: Exception) -> str:
-    return _one_line(getattr(error, "strerror", None) or str(error))
-
-
-def _unopenable(name: str, head: bytes, sndfile_error: Exception) -> AudioError:
-    """Neither decoder could open the file: damaged known format, or not audio at all."""
-    riff = head[:4] in (b"RIFF", b"RIFX", b"RF64")
-    if riff and len(head) >= 12 and head[8:12] != b"WAVE":
-        return AudioError(f"{name}: not an audio file or unsupported format")
-    if head.startswith(_SNDFILE_MAGIC):
-        return AudioError(f"{name}: corrupt or truncated audio ({_sndfile_detail(sndfile_error)})")
-    return AudioError(f"{name}: not an audio file or unsupported format")
-
-
-# -- FFmpeg (PyAV) --------------------------------------------------------------------
-
-
-def _import_av(name: str, sndfile_error: Exception):
-    """The PyAV module, or an AudioError for this file where it is missing (a minimal, exported-files-only install)."""
-    try:
-        import av
-    except ImportError:
-        raise AudioError(f"{name}: libsndfile cannot read it ({_sndfile_detail(sndfile_error)}) and PyAV (FFmpeg), "
-                         f"which reads more formats, is not installed: pip install av") from None
-    return av
-
-
-def _pyav_open(name: str, head: bytes, sndfile_error: Exception):
-    """Open with PyAV; return (container, first audio stream) or raise AudioError."""
-    av = _import_av(name, sndfile_error)
-
-    try:
-        container = av.open(name, mode="r", metadata_errors="ignore")
-    except av.FFmpegError:
-        raise _unopenable(name, head, sndfile_error) from None
-    streams = container.streams.audio
-    if not streams:
-        container.close()
-        raise AudioError(f"{name}: no audio stream")
-    stream = streams[0]
-    if stream.codec_context is None:
-        container.close()
-        raise AudioError(f"{name}: unsupported codec (this FFmpeg build has no decoder for its audio stream)")
-    return container, stream
-
-
-def _pyav_decoded(name: str, head: bytes, sndfile_error: Exception,
-                  report: _Report) -> Iterator[tuple[float, np.ndarray]]:
-    """Decode the first audio stream at its native rate, mixing channels by their mean.
-
-    FFmpeg frames are small (about 1000 samples); they are gathered into chunks
-    of about DECODE_FRAMES samples, then read, converted and mixed at once. A
-    chunk ends early where the rate, sample format or channel count changes.
-    """
-    av = _import_av(name, sndfile_error)
-
-    container, stream = _pyav_open(name, head, sndfile_error)
-    with container:
-        declared = _mp4_samples(container, stream)
-        if declared is not None:
-            report.rate, report.declared = declared
-        yield from _within_duration(_pyav_chunks(name, av, container, stream), declared)
-
-
-def _mp4_samples(container, stream) -> tuple[int, int] | None:
-    """(rate, samples) an MP4/M4A audio track declares, or None for other containers.
-
-    An AAC encoder pads its last frame to 1024 samples; the decoder trims the
-    priming at the start (the edit list's skip), but not that padding. MP4's
-    sample table and edit list give the exact length, so decoding is cut there.
-    Other containers' durations are estimates (MP3's from the bitrate) and are
-    not cut to.
-    """
-    rate = stream.codec_context.sample_rate
-    if not container.format.name.startswith("mov") or not stream.duration or stream.time_base is None or not rate:
-        return None
-    return rate, round(stream.duration * stream.time_base * rate)
-
-
-def _within_duration(chunks: Iterator[tuple[float, np.ndarray]],
-                     declared: tuple[int, int] | None) -> Iterator[tuple[float, np.ndarray]]:
-    """``chunks`` cut after the ``declared`` (rate, samples); unchanged where the rate differs or none is declared."""
-    if declared is None:
-        yield from chunks
-        return
-    rate, left = declared
-    for chunk_rate, mono in chunks:
-        if chunk_rate == rate:
-            mono = mono[:left]
-            left -= len(mono)
-        if len(mono):
-            yield chunk_rate, mono
-
-
-def _pyav_chunks(name: str, av, container, stream) -> Iterator[tuple[float, np.ndarray]]:
-    codec = stream.codec_context.name
-    pending: list = []
-    pending_samples = 0
-    kind = (0, "", False, 0)  # (rate, sample format, planar, channels) of the pending frames
-    try:
-        for frame in container.decode(stream):
-            if not frame.samples:
-                continue
-            sample_format = frame.format
-            frame_kind = (frame.sample_rate, sample_format.name, sample_format.is_planar, frame.layout.nb_channels)
-            if pending and frame_kind != kind:
-                yield kind[0], _frames_mono(name, pending, *kind[1:])
-                pending, pending_samples = [], 0
-            kind = frame_kind
-            pending.append(frame)
-            pending_samples += frame.samples
-            if pending_samples >= DECODE_FRAMES:
-                yield kind[0], _frames_mono(name, pending, *kind[1:])
-                pending, pending_samples = [], 0
-    except av.error.DecoderNotFoundError:
-        raise AudioError(f"{name}: unsupported codec {codec!r}") from None
-    except av.FFmpegError as error:
-        raise AudioError(f"{name}: corrupt or truncated audio ({_pyav_detail(error)})") from None
-    if pending:
-        yield kind[0], _frames_mono(name, pending, *kind[1:])
-
-
-def _pyav_info(name: str, head: bytes, sndfile_error: Exception) -> AudioInfo:
-    av = _import_av(name, sndfile_error)
-
-    container, stream = _pyav_open(name, head, sndfile_error)
-    with container:
-        context = stream.codec_context
-        rate = int(context.sample_rate)
-        duration: float | None = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        return AudioInfo(
-            path=name,
-            sample_rate=rate,
-            channels=int(context.channels),
-            frames=None if duration is None else round(duration * rate),
-            duration=duration,
-            format=f"{container.format.name.split(',')[0]}/{context.name}".lower(),
-        )
-
-
-# -- file lists ---------------------------------------------------------------------
-
-
-def _is_audio_name(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
-
-
-def _folder_files(folder: str, recursive: bool) -> list[str]:
-    if not recursive:
-        with os.scandir(folder) as entries:
-            names = [
-                entry.name
-                for entry in entries
-                if not entry.name.startswith(".") and entry.is_file() and _is_audio_name(entry.name)
-            ]
-        return [os.path.join(folder, name) for name in sorted(names)]
-    files = []
-    for root, folders, names in os.walk(folder):
-        folders[:] = [sub for sub in folders if not sub.startswith(".")]
-        files.extend(
-            os.path.join(root, name) for name in names if not name.startswith(".") and _is_audio_name(name)
-        )
-    return sorted(files)
-
-
-def _match_parts(pattern: Sequence[str], parts: Sequence[str]) -> bool:
-    """Whether path components match pattern components (``**``: any number of them), as glob matches."""
-    if not pattern:
-        return not parts
-    head, tail = pattern[0], pattern[1:]
-    if head == "**":
-        return any(_match_parts(tail, parts[start:]) for start in range(len(parts) + 1))
-    return (bool(parts) and fnmatch.fnmatchcase(parts[0], head)
-            and (head.startswith(".") or not parts[0].startswith("."))  # as glob: * skips hidden names
-            and _match_parts(tail, parts[1:]))
-
-
-def _recursive_glob(pattern: str) -> list[str]:
-    """``glob(pattern, recursive=True)`` without entering linked folders.
-
-    glob's ``**`` follows symbolic links to folders, so a link to a parent folder repeats
-    every file under it, level after level, until paths get too long (minutes, for a few
-    loops). Here ``**`` walks the tree as ``tag -r`` does: a linked folder can be matched,
-    never entered.
-    """
-    parts = pattern.split(os.sep)
-    literal = 0
-    while literal < len(parts) - 1 and not _GLOB_CHARS & set(parts[literal]):
-        literal += 1
-    root = os.sep.join(parts[:literal]) if literal else ""
-    if root == "" and pattern.startswith(os.sep):
-        root = os.sep
-    wanted = [part for part in parts[literal:] if part != ""]
-    matches = []
-    for folder, folders, names in os.walk(root or os.curdir):
-        folders[:] = sorted(name for name in folders if not name.startswith("."))
-        relative = os.path.relpath(folder, root or os.curdir)
-        inside = [] if relative == os.curdir else relative.split(os.sep)
-        for name in folders + names:
-            if _match_parts(wanted, [*inside, name]):
-                matches.append(os.path.join(root, *inside, name) if root else os.path.join(*inside, name))
-    return matches
-
-
-def _glob_files(pattern: str, recursive: bool) -> list[str]:
-    extension = os.path.splitext(os.path.basename(pattern))[1]
-    any_extension = bool(extension) and not _GLOB_CHARS & set(extension)
-    files = []
-    found = _recursive_glob(pattern) if "**" in pattern.split(os.sep) else glob.glob(pattern)
-    for match in sorted(found):
-        if os.path.isdir(match):
-            files.extend(_folder_files(match, recursive))
-        elif any_extension or _is_audio_name(match):
-            files.append(match)
-    if not files:
-        raise AudioError(f"{pattern}: no files match")
-    return files

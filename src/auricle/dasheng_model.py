@@ -135,8 +135,9 @@ class DashengModel(Tagger):
                           starts=starts, ends=np.minimum(starts + step, duration))
 
 def load_dasheng(checkpoint: DashengCheckpoint, info: ModelInfo | None, device: torch.device,
-                 engine: EngineConfig) -> DashengModel:
-    """The model of a Dasheng checkpoint :func:`auricle.load_model` read (``info``: the name it was asked by)."""
+                 engine: EngineConfig, where: str | os.PathLike | None = None) -> DashengModel:
+    """The Dasheng family's model of a checkpoint :mod:`auricle.loading` read (``info``: the name it was asked by;
+    messages name the weights file itself, ``where`` being its folder or the path given)."""
     if engine.engine != "torch" or engine.precision != "fp32":
         raise OptionError(f"{checkpoint.source}: Dasheng runs on the torch engine in fp32 only "
                           f"(not {engine.label})")

@@ -42,6 +42,14 @@ class DatasetError(AuricleError):
     """A labelled dataset (manifest or class folders) is malformed or incomplete."""
 
 
+class OutputError(AuricleError):
+    """An output cannot be used: it holds another model's results, another layout, or cannot take this one."""
+
+
+class WriteError(OutputError):
+    """An output could not be written (a full disk, no permission); what was written before stays whole."""
+
+
 class ExportError(AuricleError):
     """A model cannot be exported, or the export does not reproduce the torch model."""
 

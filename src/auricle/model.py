@@ -10,10 +10,9 @@ import numpy as np
 import torch
 
 from auricle.audio import SAMPLE_RATE, prepare_batch, prepare_waveform
-from auricle.devices import torch_device
-from auricle.engines import EngineConfig, make_engine, resolve_precision
+from auricle.engines import EngineConfig, make_engine
 from auricle.engines.base import Engine
-from auricle.errors import CheckpointError, OptionError
+from auricle.errors import CheckpointError
 from auricle.frontend import HOP_LENGTH
 from auricle.inference.embedding import token_means
 from auricle.inference.pipeline import Tagger, embedded_file, finite_embeddings, finite_probabilities
@@ -21,9 +20,8 @@ from auricle.inference.results import Embeddings
 from auricle.inference.streams import StreamPool
 from auricle.labels import LabelSet, audioset_labels
 from auricle.models.ced import CED
-from auricle.models.families import read_any_checkpoint
-from auricle.models.registry import DEFAULT_MODEL, ModelInfo, available_models, model_info
-from auricle.onnx.exported import ExportedModel, is_exported_file, load_exported
+from auricle.models.checkpoints import build_model
+from auricle.models.registry import DEFAULT_MODEL, ModelInfo, available_models
 
 
 class AudioModel(Tagger):
@@ -138,89 +136,35 @@ class AudioModel(Tagger):
                           starts=starts, ends=np.minimum(starts + piece_seconds, duration))
 
 
-def _load_language_model(name: str, checkpoint, cache_dir, engine: str, precision: str, device: torch.device):
-    """A MiDashengLM when the name or the checkpoint folder is one, else None."""
-    from auricle.language_model import is_language_checkpoint, load_language_model, load_named
-
-    info = model_info(name) if checkpoint is None else None
-    if not is_language_checkpoint(checkpoint) and (info is None or info.family != "midashenglm"):
-        return None
-    if engine != "torch" or precision != "fp32":
-        raise OptionError("MiDashengLM runs on the torch engine in its stored precision; drop --engine/--precision")
-    if device.type != "cpu":  # the encoder, projector and decoding loop keep their tensors on the CPU
-        raise OptionError(f"MiDashengLM runs on the CPU in auricle for now, not on {device}")
-    return load_named(info, cache_dir) if info is not None else load_language_model(checkpoint)
-
-
-def load_model(
-    name: str = DEFAULT_MODEL,
-    checkpoint: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    cache_dir: str | os.PathLike | None = None,
-    engine: str | None = None,
-    precision: str | None = None,
-    threads: int | None = None,
-    streams: int | None = None,
-) -> AudioModel | ExportedModel:
-    """Load a model by name (``ced-tiny`` ... ``ced-base``, ``dasheng-base`` ...) or from a checkpoint.
-
-    A Dasheng checkpoint (or name) gives a :class:`~auricle.dasheng_model.DashengModel`
-    (torch engine, fp32 only). ``midashenglm-7b`` or a MiDashengLM model folder gives an
-    :class:`~auricle.language_model.AudioLanguageModel` (``describe``/``ask``/``stream``; torch
-    engine, the stored precision).
-
-    Weights come from ``checkpoint`` if given (official ``.pt``, Hugging Face
-    folder or auricle ``.safetensors``), else from the local Hugging Face cache,
-    else they are downloaded from the Hub. ``engine`` (torch, onnx),
-    ``precision`` (fp32, bf16, int8, or auto: the fastest this CPU supports) and
-    ``threads`` and ``streams`` (concurrent calls a batch is split over; default one
-    per thread) choose how the encoder runs (see :mod:`auricle.engines`);
-    results keep their format. A ``checkpoint`` ending in ``.onnx`` (an ``auricle
-    export`` file) gives an :class:`~auricle.onnx.exported.ExportedModel` instead (tagging
-    only; ``engine``/``precision``, where given, must match the file: ``engine="torch"`` is refused).
-    ``engine`` None is torch and ``precision`` None fp32 for weights.
-    """
-    if is_exported_file(checkpoint):
-        return load_exported(checkpoint, device=str(device), engine=engine, precision=precision, threads=threads,
-                             streams=streams)
-    engine, precision = engine or "torch", precision or "fp32"
-    # fails before any weights are read
-    device = torch_device(device)
-    engine_config = EngineConfig(engine, resolve_precision(engine, precision, device), threads, streams)
-    language = _load_language_model(name, checkpoint, cache_dir, engine, precision, device)
-    if language is not None:
-        return language
-    if checkpoint is None:
-        from auricle.models.hub import fetch_weights
-
-        info: ModelInfo | None = model_info(name)
-        if not info.hf_repo:
-            raise CheckpointError(f"{info.name}: weights are published only on Zenodo ({info.zenodo_url}); "
-                                  "download them and pass checkpoint=PATH")
-        checkpoint = fetch_weights(info, cache_dir=cache_dir)
-    else:
-        info = None
-    family, loaded = read_any_checkpoint(checkpoint)
-    if family.name == "dasheng":
-        from auricle.dasheng_model import load_dasheng
-
-        return load_dasheng(loaded, info, device, engine_config)
+def ced_model(checkpoint, info: ModelInfo | None, device: torch.device, engine: EngineConfig,
+              where: str | os.PathLike) -> AudioModel:
+    """The CED family's user-facing model of a checkpoint :mod:`auricle.loading` read from ``where``
+    (``info``: the name it was asked by, None for a checkpoint)."""
     if info is not None and info.family != "ced":
-        raise CheckpointError(f"{checkpoint}: holds a CED encoder, not {info.name}")
-    if info is not None and loaded.config.embed_dim != info.config.embed_dim:
+        raise CheckpointError(f"{where}: holds a CED encoder, not {info.name}")
+    if info is not None and checkpoint.config.embed_dim != info.config.embed_dim:
         raise CheckpointError(
-            f"{checkpoint}: holds a {loaded.config.embed_dim}-wide encoder, not {info.name}"
+            f"{where}: holds a {checkpoint.config.embed_dim}-wide encoder, not {info.name}"
         )
-    if loaded.labels is not None:
-        labels = LabelSet.from_names(loaded.labels)
-    elif loaded.config.num_classes == 527:
+    if checkpoint.labels is not None:
+        labels = LabelSet.from_names(checkpoint.labels)
+    elif checkpoint.config.num_classes == 527:
         labels = audioset_labels()
     else:
         raise CheckpointError(
-            f"{checkpoint}: head has {loaded.config.num_classes} classes but the checkpoint names none"
+            f"{where}: head has {checkpoint.config.num_classes} classes but the checkpoint names none"
         )
-    display_name = info.name if info is not None else (loaded.name or Path(str(checkpoint)).stem)
-    return AudioModel(family.build(loaded), display_name, labels, device, engine=engine_config)
+    display_name = info.name if info is not None else (checkpoint.name or Path(str(where)).stem)
+    return AudioModel(build_model(checkpoint), display_name, labels, device, engine=engine)
+
+
+def load_model(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+               cache_dir: str | os.PathLike | None = None, engine: str | None = None, precision: str | None = None,
+               threads: int | None = None, streams: int | None = None):
+    """:func:`auricle.loading.load_model`, under its old name (deprecated path: kept one release)."""
+    from auricle.loading import load_model as load  # deprecated re-export
+
+    return load(name, checkpoint, device, cache_dir, engine, precision, threads, streams)
 
 
 __all__ = ["AudioModel", "load_model", "available_models"]

@@ -154,31 +154,6 @@ def known_model(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-def refuse_another_model(ctx: click.Context | None, model_name: str, checkpoint: str | None) -> None:
-    """Exit with one line when ``--model`` was given beside a ``--checkpoint`` of another size (it was ignored).
-
-    Only a name the user typed is checked: the default yields to the checkpoint, as it always did.
-    """
-    if checkpoint is None or not given_on_command_line(ctx, "model_name"):
-        return
-    from auricle.onnx.exported import is_exported_file
-
-    if is_exported_file(checkpoint):
-        return  # an exported file fixes its own model; its config is not read here
-    from auricle.models.families import read_any_checkpoint
-    from auricle.models.registry import model_info, same_size, size_name
-
-    info = model_info(model_name)
-    try:
-        family, loaded = read_any_checkpoint(checkpoint)
-    except AuricleError as error:
-        fail(str(error))
-    config = loaded.config
-    if family.name != info.family or not same_size(config, info):
-        fail(f"--model {model_name} does not match --checkpoint {checkpoint}: the checkpoint holds "
-             f"{size_name(config)}, not {info.name}; drop --model or name the checkpoint's model")
-
-
 def training_precision_option(command: Callable) -> Callable:
     """``--precision auto|fp32|bf16`` of the training commands (auricle.devices.training_bf16)."""
     from auricle.inference.tuning import TRAINING_PRECISIONS  # torch-free: help must work without torch
@@ -226,133 +201,72 @@ def _remember(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
-#: The commands a Dasheng encoder is wired into so far (the others assume a CED network).
-DASHENG_COMMANDS = ("tag", "embed", "probe", "finetune", "serve", "evaluate")
+#: What each command needs of a model's family (auricle.models.families); the rest (search's
+#: subcommands) index results, which only CED models do so far. The loading path refuses a family without it.
+NEEDS = {"tag": {"tags"}, "evaluate": {"tags"}, "serve": {"tags"}, "embed": {"embeds"}, "probe": {"embeds"},
+         "finetune": {"trains"}, "export": {"exports"}, "listen": {"listens"}}
+OTHER_COMMANDS_NEED = {"indexes"}
+
+
+def accepts(ctx: click.Context | None, exported: bool):
+    """What the running command can use (:class:`auricle.loading.Accepts`)."""
+    from auricle.loading import Accepts
+
+    command = ctx.info_name if ctx is not None else "this command"
+    return Accepts(frozenset(NEEDS.get(command, OTHER_COMMANDS_NEED)), exported, command)
 
 
 def load_model_or_exit(model_name: str, checkpoint: str | None, device: str, threads: int | None,
                        engine: str | None = None, precision: str | None = None, exported: bool = False):
-    """The model the options name, or one error line and exit.
+    """The model the options name (:func:`auricle.loading.load`), or one error line and exit.
 
     ``exported``: the command accepts an ``auricle export`` file as ``--checkpoint``
-    (it cannot train); it then runs through ONNX Runtime without importing torch.
+    (it cannot train), and with ``--engine onnx`` runs the model as one prepared graph;
+    either way it then runs through ONNX Runtime without importing torch.
     """
-    from auricle.onnx.exported import is_exported_file
-    from auricle.inference.tuning import default_threads
+    from auricle.errors import EngineWarning
+    from auricle.loading import RunOptions, load
 
     ctx = click.get_current_context(silent=True)
     meta = ctx.meta if ctx is not None else {}
-    engine = engine or meta.get("auricle.engine", "torch")
-    precision = precision or meta.get("auricle.precision", "fp32")
-    streams = meta.get("auricle.streams")
-    given_threads = threads
-    threads = threads or default_threads()
-    if streams is not None and streams > threads:
-        got = f"got {threads}" if given_threads else f"{threads} by default here, one per usable core"
-        fail(f"--streams {streams} needs at least as many --threads ({got})")
-    if is_exported_file(checkpoint):
-        return _load_exported_or_exit(ctx, str(checkpoint), device, threads, streams, engine, precision, exported)
-    refuse_a_language_model(ctx, model_name, checkpoint)
-    refuse_another_model(ctx, model_name, checkpoint)
-    if checkpoint is None:
-        _fetch_or_exit(model_name)
-    if engine == "onnx" and exported and str(device).split(":")[0] == "cpu" and precision != "bf16":
-        prepared = _load_prepared_or_none(model_name, checkpoint, threads, streams, precision)
-        if prepared is not None:
-            return prepared
-
-    import torch
-
-    from auricle.engines import EngineWarning
-    from auricle.model import load_model
-
-    torch.set_num_threads(threads)
+    caught: list = []
     try:
+        options = RunOptions.from_flags(
+            device, threads, meta.get("auricle.streams"), engine or meta.get("auricle.engine", "torch"),
+            precision or meta.get("auricle.precision", "fp32"), engine_given=given_on_command_line(ctx, "engine"),
+            precision_given=given_on_command_line(ctx, "precision"), prefer_graph=exported)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", EngineWarning)
-            model = load_model(model_name, checkpoint=checkpoint, device=device, engine=engine,
-                               precision=precision, threads=threads, streams=streams)
+            model = load(model_name, checkpoint, options, accepts=accepts(ctx, exported),
+                         name_given=given_on_command_line(ctx, "model_name"),
+                         announce=lambda line: click.echo(f"auricle: {line}", err=True))
     except AuricleError as error:
+        _say_warnings(caught)  # what was said on the way (a graph that could not be prepared) comes first
         fail(str(error))
-    command = ctx.info_name if ctx is not None else None
-    if getattr(getattr(model, "network", None), "family", "ced") != "ced" and command not in DASHENG_COMMANDS:
-        fail(f"{model.name}: auricle {command} takes CED models; a Dasheng encoder works with "
-             f"{', '.join(DASHENG_COMMANDS[:-1])} and {DASHENG_COMMANDS[-1]} (and in Python)")
     note = getattr(model, "cost_note", lambda: None)()
     if note:  # before the long job, not after it
         click.echo(f"auricle: note: {note}", err=True)
+    _say_warnings(caught)
+    return model
+
+
+def _say_warnings(caught: list) -> None:
+    from auricle.errors import EngineWarning
+
     for warning in caught:
         if issubclass(warning.category, EngineWarning):
             click.echo(f"auricle: warning: {warning.message}", err=True)
         else:  # not ours to format: hand it back unchanged
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-    return model
 
 
 def names_a_language_model(model_name: str, checkpoint: str | None) -> bool:
-    """Whether the options name MiDashengLM (a registered name, or a model folder); False for an unknown name."""
-    from auricle.language_model import is_language_checkpoint
-    from auricle.models.registry import model_info
+    """Whether the options name an audio-language model (a registered name, or a model folder); False for an
+    unknown name (reported where the model is loaded)."""
+    from auricle.loading import family_named
 
-    try:
-        return is_language_checkpoint(checkpoint) or (
-            checkpoint is None and model_info(model_name).family == "midashenglm")
-    except AuricleError:
-        return False  # an unknown name: reported where the model is loaded
-
-
-def refuse_a_language_model(ctx: click.Context | None, model_name: str, checkpoint: str | None) -> None:
-    """MiDashengLM (by name or folder) only describes and answers: other commands say so before loading it."""
-    if names_a_language_model(model_name, checkpoint):
-        command = ctx.info_name if ctx is not None else "this command"
-        fail(f"{checkpoint or model_name}: an audio-language model (MiDashengLM); it works with `auricle describe` "
-             f"and `auricle ask`, not `auricle {command}`")
-
-
-def _fetch_or_exit(model_name: str) -> None:
-    """The named model's weights in the local cache (downloaded if need be), or one error line and exit.
-
-    Done before torch is imported: offline, a model that was never downloaded is refused in about a
-    second. Loading then finds the weights in the cache.
-    """
-    from auricle.models.hub import fetch_weights
-    from auricle.models.registry import model_info
-
-    try:
-        fetch_weights(model_info(model_name))
-    except AuricleError as error:
-        fail(str(error))
-
-
-def _load_prepared_or_none(model_name: str, checkpoint: str | None, threads: int, streams: int | None,
-                           precision: str):
-    """The model as one prepared ONNX Runtime graph (:mod:`auricle.onnx.prepared`); None if it cannot be one."""
-    from auricle.onnx.prepared import PrepareError, load_prepared
-
-    try:
-        return load_prepared(model_name, checkpoint, precision=precision, threads=threads, streams=streams,
-                             announce=lambda line: click.echo(f"auricle: {line}", err=True))
-    except PrepareError as error:
-        click.echo(f"auricle: warning: {error}; running only the encoder in ONNX Runtime", err=True)
-        return None
-    except AuricleError as error:
-        fail(str(error))
-
-
-def _load_exported_or_exit(ctx: click.Context | None, path: str, device: str, threads: int, streams: int | None,
-                           engine: str, precision: str, supported: bool):
-    """An :class:`~auricle.onnx.exported.ExportedModel`; the file fixes engine and precision, so asking otherwise fails."""
-    from auricle.onnx.exported import load_exported, not_weights
-
-    if not supported:
-        fail(not_weights(path, ctx.info_name if ctx is not None else "this command"))
-    try:
-        # Only what the user asked for is checked against the file; the defaults yield to it.
-        return load_exported(path, device=device, engine=engine if given_on_command_line(ctx, "engine") else None,
-                             precision=precision if given_on_command_line(ctx, "precision") else None,
-                             threads=threads, streams=streams)
-    except AuricleError as error:
-        fail(str(error))
+    family = family_named(model_name, checkpoint)
+    return family is not None and "describes" in family.capabilities
 
 
 def given_on_command_line(ctx: click.Context | None, name: str) -> bool:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import sys
 
 import click
@@ -100,25 +98,26 @@ def evaluate_command(labels, events, predictions, model_name, checkpoint, device
             settings = ev.EventSettings(segment=segment, psds=psds)
             report = ev.event_report(reference, found, classes, settings, model_label, failures)
         else:
-            kept = {p.file for p in found}
-            rows = [i for i, f in enumerate(files) if f in kept]
-            report = ev.tagging_report(dataset.targets()[rows], _stack([p.clip_scores for p in found], len(classes)),
-                                       classes, model_label, failures)
+            report = ev.dataset_tagging_report(dataset, found, model_label, failures)
     except (AuricleError, ValueError) as error:
         fail(str(error))
 
+    from auricle.downstream.eval_tables import report_csv, report_table
+
     to_stdout = json_path == "-" or csv_path == "-"
     if not to_stdout:
-        click.echo(_table(report))
+        click.echo(report_table(report))
     if json_path:
         _write_text(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
     if csv_path:
-        _write_text(csv_path, _csv(report))
+        _write_text(csv_path, report_csv(report))
     try:
+        if plot_path or timeline_file:
+            from auricle.downstream.plots import plot_file_timeline, plot_report
         if plot_path:
-            _plot(report, plot_path, labels)
+            plot_report(report, plot_path, labels)
         if timeline_file:
-            _timeline(ev, timeline_file, reference, found, classes, timeline_png, model_label)
+            plot_file_timeline(timeline_png, timeline_file, reference, found, classes, model_label)
     except AuricleError as error:
         fail(str(error))
     if failures:
@@ -130,15 +129,8 @@ def _predictions(ev, labels, files, classes, predictions, events, model_name, ch
                  option_values, batch_size):
     """Predictions of every labelled file, in label order: read from a file or computed by the model."""
     if predictions is not None:
-        found, failures = ev.read_predictions(predictions, classes)
-        failed = {f.file for f in failures}
-        pairs = ev.match_files(files, list(found) + list(failed), predictions)
-        model_names = {p.file for p in found.values()}
-        ordered = [ev.relabel(found[pairs[f]], f) for f in files if pairs[f] in model_names]
-        # A file of the tagging run that no label names is not part of this evaluation, failed or not.
-        matched = set(pairs.values())
-        failures = [failure for failure in failures if failure.file in matched]
-        return ordered, failures, f"predictions {predictions}"
+        found, failures = ev.read_matched_predictions(predictions, files, classes)
+        return found, failures, f"predictions {predictions}"
     from tqdm import tqdm
 
     model = load_model_or_exit(model_name, checkpoint, device, threads, exported=True)
@@ -153,63 +145,6 @@ def _predictions(ev, labels, files, classes, predictions, events, model_name, ch
     return found, failures, model.name
 
 
-def _stack(rows, width: int):
-    import numpy as np
-
-    return np.stack(rows) if rows else np.zeros((0, width))
-
-
-def _format(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _table(report) -> str:
-    data = report.to_dict()
-    lines = [f"{data['model']}: {data['files']} files"]
-    # The column is as wide as its header at least: names shorter than "class" shifted the header.
-    width = max([len("class"), *(len(c["label"]) for c in data["classes"])])
-    if data["task"] == "tagging":
-        lines.append(f"  {'class':<{width}}  {'pos':>5}  {'AP':>6}  {'AUC':>6}  {'dprime':>6}")
-        for c in data["classes"]:
-            lines.append(f"  {c['label']:<{width}}  {c['positives']:>5}  {_format(c['average_precision']):>6}  "
-                         f"{_format(c['auc']):>6}  {_format(c['d_prime']):>6}")
-        lines.append(f"  mAP {_format(data['mAP'])}   mean AUC {_format(data['mean_auc'])}   d' {_format(data['d_prime'])}")
-        return "\n".join(lines)
-    lines.append(f"  {'class':<{width}}  {'ref':>4}  {'pred':>4}  {'seg F1':>6}  {'ev F1':>6}  {'ev P':>6}  {'ev R':>6}")
-    for c in data["classes"]:
-        lines.append(f"  {c['label']:<{width}}  {c['reference_events']:>4}  {c['predicted_events']:>4}  "
-                     f"{_format(c['segment']['f1']):>6}  {_format(c['event']['f1']):>6}  "
-                     f"{_format(c['event']['precision']):>6}  {_format(c['event']['recall']):>6}")
-    seg, evt = data["segment_based"], data["event_based"]
-    lines.append(f"  segment-based ({data['settings']['segment_seconds']:g} s): F1 {_format(seg['f1'])} "
-                 f"(P {_format(seg['precision'])}, R {_format(seg['recall'])}), macro F1 {_format(seg['macro_f1'])}")
-    lines.append(f"  event-based (collar 200 ms / 20%): F1 {_format(evt['f1'])} "
-                 f"(P {_format(evt['precision'])}, R {_format(evt['recall'])}), macro F1 {_format(evt['macro_f1'])}")
-    if data["psds"]:
-        lines.append("  " + "   ".join(f"{name.upper()} {_format(value)}" for name, value in data["psds"].items()))
-    return "\n".join(lines)
-
-
-def _csv(report) -> str:
-    import io
-
-    data = report.to_dict()
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    if data["task"] == "tagging":
-        writer.writerow(["label", "positives", "average_precision", "auc", "d_prime"])
-        for c in data["classes"]:
-            writer.writerow([c["label"], c["positives"], c["average_precision"], c["auc"], c["d_prime"]])
-    else:
-        writer.writerow(["label", "reference_events", "predicted_events", "segment_f1", "segment_precision",
-                         "segment_recall", "event_f1", "event_precision", "event_recall", "psds1"])
-        for c in data["classes"]:
-            s, e = c["segment"], c["event"]
-            writer.writerow([c["label"], c["reference_events"], c["predicted_events"], s["f1"], s["precision"],
-                             s["recall"], e["f1"], e["precision"], e["recall"], c["psds1"]])
-    return out.getvalue()
-
-
 def _write_text(path: str, text: str) -> None:
     from pathlib import Path
 
@@ -219,33 +154,3 @@ def _write_text(path: str, text: str) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(target, text)
-
-
-def _plot(report, path: str, labels: str) -> None:
-    from auricle.downstream.plots import plot_class_bars
-
-    names = [c.label for c in report.classes]
-    if hasattr(report, "mean_average_precision"):
-        # Classes without a positive file have no AP; a bar of nothing would read as AP 0.
-        shown = [c for c in report.classes if not math.isnan(c.average_precision)]
-        hidden = len(report.classes) - len(shown)
-        note = f" ({hidden} classes without positives not shown)" if hidden else ""
-        plot_class_bars(path, [c.label for c in shown], {"AP": [c.average_precision for c in shown]},
-                        f"{report.model} on {labels}: mAP {report.mean_average_precision:.3f}{note}",
-                        "average precision")
-    else:
-        plot_class_bars(path, names, {"event F1": [c.event.f1 for c in report.classes],
-                                      "segment F1": [c.segment.f1 for c in report.classes]},
-                        f"{report.model} on {labels}: event F1 {report.event_f1:.3f}, "
-                        f"segment F1 {report.segment_f1:.3f}", "F1")
-
-
-def _timeline(ev, file, reference, found, classes, png, model_label) -> None:
-    from auricle.audio import load_audio
-    from auricle.downstream.plots import plot_timeline
-
-    pairs = ev.match_files([file], {event.file for event in reference}, "--timeline")
-    labelled = pairs[file]
-    predicted = [e for p in found if p.file == labelled for e in p.events]
-    truth = [e for e in reference if e.file == labelled]
-    plot_timeline(png, load_audio(labelled), truth, predicted, classes, f"{labelled}: {model_label}")

@@ -49,7 +49,7 @@ def export_command(model_name, checkpoint, export_format, int8, mel_input, runti
     ONNX Runtime's contrib operators, made for ONNX Runtime (other runtimes may not load it).
     """
     from auricle.onnx.export import export_onnx
-    from auricle.onnx.exported import is_exported_file
+    from auricle.models.files import is_exported_file
 
     if not is_exported_file(out):  # every command tells an exported file from weights by this suffix
         fail(f"--out {out}: name the file .onnx, as `auricle tag --checkpoint` recognises an exported file by it")

@@ -7,7 +7,7 @@ import json
 import click
 
 from auricle.cli.common import (
-    fail, known_model, refuse_a_language_model, refuse_another_model, training_precision_option, writable,
+    accepts, fail, given_on_command_line, known_model, training_precision_option, writable,
 )
 from auricle.cli.datasets import dataset_options, read_dataset_or_exit
 from auricle.errors import AuricleError
@@ -75,15 +75,17 @@ def finetune_command(dataset, output, model_name, checkpoint, from_scratch, audi
     import sys
     from pathlib import Path
 
-    from auricle.onnx.exported import is_exported_file, not_weights
+    from auricle.loading import load_network, precheck
 
-    if is_exported_file(checkpoint):  # before reading the dataset and importing torch
-        fail(not_weights(checkpoint, "finetune"))
-    refuse_a_language_model(click.get_current_context(), model_name, checkpoint)
+    ctx = click.get_current_context()
+    try:  # an exported file or an audio-language model: refused before reading the dataset and importing torch
+        precheck(model_name, checkpoint, accepts(ctx, exported=False))
+    except AuricleError as error:
+        fail(str(error))
 
     import torch
 
-    from auricle.downstream.finetune import FinetuneConfig, finetune, load_encoder
+    from auricle.downstream.finetune import FinetuneConfig, finetune
     from auricle.io.datasets import training_splits
 
     if threads is not None:
@@ -100,8 +102,9 @@ def finetune_command(dataset, output, model_name, checkpoint, from_scratch, audi
     say = lambda line: click.echo(f"auricle: {line}", err=True)  # noqa: E731
     try:
         splits = training_splits(labelled, train_split, valid_split, test_split, valid_fraction, seed)
-        refuse_another_model(click.get_current_context(), model_name, checkpoint)
-        encoder, origin = load_encoder(model_name, checkpoint, from_scratch, seed)
+        encoder, origin = load_network(model_name, checkpoint, from_scratch=from_scratch, seed=seed,
+                                       name_given=given_on_command_line(ctx, "model_name"),
+                                       accepts=accepts(ctx, exported=False))
         if train_blocks is not None and train_blocks > len(encoder.blocks):
             fail(f"--train-blocks {train_blocks}: the encoder has only {len(encoder.blocks)} blocks")
         say(f"encoder {origin}; {len(splits.train)} training clips, {len(splits.validation)} validation "

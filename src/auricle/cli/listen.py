@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -11,62 +10,15 @@ import click
 
 from auricle.cli.common import fail, given_on_command_line, load_model_or_exit, model_options, tag_option_flags
 from auricle.errors import AuricleError
-from auricle.inference.results import SCHEMA_VERSION, Event
+from auricle.io.live_lines import LIVE_FORMATS
 from auricle.options import LIVE_TAG_OPTIONS
-
-
-def _percentile_ms(values: list[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(values, q)) * 1000 if values else float("nan")
-
-
-class _Printer:
-    """Events (and, with --windows, each window's tags) as text lines or JSON lines on stdout."""
-
-    def __init__(self, output_format: str, windows: bool) -> None:
-        self.json = output_format == "jsonl"
-        self.windows = windows
-
-    def _line(self, record: dict) -> None:
-        click.echo(json.dumps({"schema_version": SCHEMA_VERSION, **record}))
-
-    def report(self, timed) -> None:
-        """One report's lines: its window (with --windows), then the events it ended, then those it started.
-
-        Ends come before starts because an event ended here stopped before any event started here began.
-        """
-        report = timed.report
-        timing = {"compute_ms": round(timed.compute_seconds * 1000, 1),
-                  "delay_ms": round(timed.delay_seconds * 1000, 1)}
-        if self.windows:
-            if self.json:
-                self._line({"type": "window", "start": round(report.start, 3), "end": round(report.end, 3),
-                            "tags": [tag.to_dict() for tag in report.tags], **timing})
-            else:
-                tags = ", ".join(f"{tag.label} {tag.score:.2f}" for tag in report.tags) or "-"
-                click.echo(f"[{report.start:8.2f} - {report.end:8.2f}]  {tags}")
-        for event in report.ended:
-            self.end(event, report.end, timing)
-        for event in report.started:
-            if self.json:
-                self._line({"type": "start", **event.to_dict(), "reported_at": round(report.end, 3), **timing})
-            else:
-                click.echo(f"{event.onset:9.2f} s  start  {event.label}  (score {event.score:.2f})")
-
-    def end(self, event: Event, reported_at: float, timing: dict | None = None) -> None:
-        if self.json:
-            self._line({"type": "end", **event.to_dict(), "reported_at": round(reported_at, 3), **(timing or {})})
-        else:
-            click.echo(f"{event.offset:9.2f} s  end    {event.label}  ({event.onset:.2f}-{event.offset:.2f} s, "
-                       f"max {event.max_score:.2f}, mean {event.mean_score:.2f})")
 
 
 @click.command("listen")
 @click.argument("source", required=False, default=None)
 @model_options
 @tag_option_flags(LIVE_TAG_OPTIONS)
-@click.option("--format", "-f", "output_format", type=click.Choice(["text", "jsonl"]), default="text",
+@click.option("--format", "-f", "output_format", type=click.Choice(LIVE_FORMATS), default="text",
               show_default=True)
 @click.option("--windows", "show_windows", is_flag=True, help="Also print every window's tags.")
 @click.option("--rate", type=click.IntRange(1), default=16000, show_default=True, help="Raw PCM input: sample rate.")
@@ -119,7 +71,9 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
     def score(samples):
         return np.asarray(model.probabilities(samples, finite=False)[0])  # the tagger names the window if NaN
 
-    printer = _Printer(output_format, show_windows)
+    from auricle.io.live_lines import LiveLineWriter, latency_summary
+
+    printer = LiveLineWriter(sys.stdout, output_format, show_windows)
     compute: list[float] = []
     delays: list[float] = []
     end = 0.0
@@ -149,14 +103,7 @@ def listen_command(source, model_name, checkpoint, device, threads, window, hop,
     if finished.nothing_reported:
         # As `auricle tag` fails on a file without samples: a source that delivered nothing is worth noticing.
         fail(f"{_source_name(source)}: {finished.nothing_reported}", code=1)
-    click.echo(
-        f"auricle: {len(compute)} windows over {finished.duration:.2f} s; model time per window "
-        f"p50 {_percentile_ms(compute, 50):.1f} ms, max {_percentile_ms(compute, 100):.1f} ms; "
-        f"report delay after the audio arrived p50 {_percentile_ms(delays, 50):.1f} ms, "
-        f"p95 {_percentile_ms(delays, 95):.1f} ms, max {_percentile_ms(delays, 100):.1f} ms "
-        f"(sound-to-report latency is at most the hop, {hop:g} s, plus this delay)",
-        err=True,
-    )
+    click.echo(f"auricle: {latency_summary(compute, delays, finished.duration, hop)}", err=True)
 
 
 class _Interrupt:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import sys
 
@@ -15,8 +13,10 @@ from auricle.cli.common import (
 )
 from auricle.errors import AuricleError
 from auricle.options import TAG_OPTIONS
+from auricle.io.search_hits import SEARCH_FORMATS, write_hits  # noqa: F401 (write_hits: its old import path)
 
-SEARCH_FORMATS = ("table", "json", "jsonl", "csv")
+#: The MiDashengLM that ``--describe`` alone names (as `auricle describe`'s default).
+DEFAULT_DESCRIBER = "midashenglm-7b"
 
 
 @click.command("index")
@@ -31,19 +31,34 @@ SEARCH_FORMATS = ("table", "json", "jsonl", "csv")
 @click.option("--resume", is_flag=True,
               help="Go on after an interrupted run (what every run does: unchanged files are skipped).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal, for several files].")
+@click.option("--describe", "describe_model", is_flag=False, flag_value=DEFAULT_DESCRIBER, default=None,
+              metavar="[MODEL]", help=f"Also caption each segment with MiDashengLM (MODEL: {DEFAULT_DESCRIBER}); "
+                                      "searches then match the captions too. Put it after PATHS, or write --describe=MODEL.")
+@click.option("--describe-checkpoint", type=click.Path(file_okay=False), default=None,
+              help="A local MiDashengLM folder for the captions (implies --describe).")
+@click.option("--describe-segment", type=click.FloatRange(0, 30, min_open=True), default=None,
+              help="Seconds per caption (at most 30) [default: --window].")
 def index_command(paths, index_path, model_name, checkpoint, device, threads, window, hop, recursive, batch_size,
-                  resume, progress, files_from, shard) -> None:
+                  resume, progress, files_from, shard, describe_model, describe_checkpoint, describe_segment) -> None:
     """Index audio files, folders or globs (or --files-from a list) for `auricle search`.
 
     New and changed files (size or modification time) are tagged and embedded, unchanged
     ones skipped, indexed files under PATHS that no longer exist dropped. Files are committed in
-    batches, so an interrupted run keeps what it finished. Exits with status 1 if any
+    batches, so an interrupted run keeps what it finished. With --describe, the indexed files
+    without captions are then captioned, one file at a time. Exits with status 1 if any
     file failed (each failure is reported on stderr; the others are still indexed).
     """
     from tqdm import tqdm
 
     from auricle.search import Index
     from auricle.search.index import check_model, model_meta, plan, scope, update
+
+    if describe_model is not None and describe_checkpoint is None and os.path.exists(describe_model):
+        from auricle.models.registry import available_models
+
+        if describe_model not in {info.name for info in available_models()}:  # `--describe folder/ -o ...`
+            fail(f"--describe took {describe_model!r} as the model's name; put --describe after the paths, or "
+                 f"write --describe={DEFAULT_DESCRIBER}")
 
     def empty_part() -> None:  # the worker's part exists, so a merge of all N parts needs no exception for it
         Index.open(index_path, create=True).close()
@@ -56,7 +71,11 @@ def index_command(paths, index_path, model_name, checkpoint, device, threads, wi
         index = Index.open(index_path, create=True)
     except AuricleError as error:
         fail(str(error))
+    describing = describe_model is not None or describe_checkpoint is not None
+    segment = describe_segment if describe_segment is not None else min(window, 30.0)
     with index:
+        if describing:  # refused before hours of tagging, not after
+            _check_describing(index, describe_model or DEFAULT_DESCRIBER, describe_checkpoint, segment)
         model = load_model_or_exit(model_name, checkpoint, device, threads)
         try:
             check_model(index.store, model_meta(model, window, hop))
@@ -84,13 +103,73 @@ def index_command(paths, index_path, model_name, checkpoint, device, threads, wi
             bar.close()
             fail(str(error), code=1)
         bar.close()
+        failures = len(report.failures)
+        described = ""
+        if describing:
+            del model  # the tagger's memory back before the (larger) language model loads
+            captions = _caption(index, files, describe_model or DEFAULT_DESCRIBER, describe_checkpoint, segment,
+                                progress, index_path)
+            failures += len(captions.failures)
+            described = f"; captioned {captions.added} files, {captions.unchanged} unchanged"
+        elif index.captioned:
+            uncaptioned = len(index) - index.captioned
+            described = f"; {uncaptioned} without captions (add --describe)" if uncaptioned else ""
         total = len(index)
-    summary = (f"indexed {report.added} of {todo} files, {report.unchanged} unchanged, {report.removed} removed; "
-               f"{total} in {index_path}")
-    if report.failures:
-        click.echo(f"auricle: {summary}; {len(report.failures)} failed", err=True)
+    summary = (f"indexed {report.added} of {todo} files, {report.unchanged} unchanged, {report.removed} removed"
+               f"{described}; {total} in {index_path}")
+    if failures:
+        click.echo(f"auricle: {summary}; {failures} failed", err=True)
         raise SystemExit(1)
     click.echo(f"auricle: {summary}", err=True)
+
+
+def _check_describing(index, describe_model: str, checkpoint: str | None, segment: float) -> None:
+    """One line and exit for what would stop the captions: no sentence encoder, a path taken for the model,
+    an index captioned by another describer or with other segments."""
+    from types import SimpleNamespace
+
+    from auricle.search.captions import check_describer, describer_meta
+    from auricle.search.text import encoder_folder, encoder_key
+
+    try:
+        key = encoder_key(encoder_folder())
+        name = os.path.basename(os.path.normpath(checkpoint)) if checkpoint is not None else describe_model
+        check_describer(index.store, describer_meta(SimpleNamespace(name=name), segment, key))
+    except AuricleError as error:
+        fail(str(error))
+
+
+def _caption(index, files: list[str], describe_model: str, checkpoint: str | None, segment: float, progress,
+             index_path: str):
+    """Caption the files without captions; a CaptionReport (each failure reported on stderr as it happens)."""
+    from tqdm import tqdm
+
+    from auricle.cli.describe import load_language_or_exit
+    from auricle.search.captions import CaptionReport, caption, uncaptioned
+    from auricle.search.text import text_encoder
+
+    todo, done = uncaptioned(index.store, files)
+    if not todo:  # nothing to say: no language model to load (16 GB for the 7B)
+        return CaptionReport(unchanged=done)
+    describer = load_language_or_exit(describe_model, checkpoint)
+    bar = tqdm(total=len(todo), unit="file", file=sys.stderr, desc="captions",
+               disable=(not progress) if progress is not None else (len(todo) < 2 or None))
+
+    def on_result(file: str, error: str | None) -> None:
+        if error is not None:
+            bar.write(error_line(error), file=sys.stderr)
+        bar.update(1)
+
+    try:
+        return caption(index.store, describer, files, text_encoder(), segment=segment, on_result=on_result)
+    except KeyboardInterrupt:
+        click.echo(f"\nauricle: interrupted; {index_path} keeps every file captioned: run the same command to "
+                   "caption the rest", err=True)
+        raise
+    except AuricleError as error:
+        fail(str(error), code=1)
+    finally:
+        bar.close()
 
 
 @click.command("index-merge")
@@ -133,8 +212,9 @@ def index_export_command(index_path, output, output_format) -> None:
             report = export_parquet(index, output)
     except AuricleError as error:
         fail(str(error))
-    click.echo(f"auricle: exported {report.files} files, {report.windows} windows and {report.pieces} pieces to "
-               f"{output}", err=True)
+    captions = f" and {report.captions} captions" if report.captions else ""
+    click.echo(f"auricle: exported {report.files} files, {report.windows} windows, {report.pieces} pieces{captions} "
+               f"to {output}", err=True)
 
 
 @click.command("search")
@@ -146,10 +226,14 @@ def index_export_command(index_path, output, output_format) -> None:
               help="Only files matching this glob (on the file name, or on the full path if it has a /).")
 @click.option("--min-duration", type=click.FloatRange(0), default=None, help="Only files at least this long (s).")
 @click.option("--max-duration", type=click.FloatRange(0), default=None, help="Only files at most this long (s).")
+@click.option("--since", default=None, metavar="DATE",
+              help="Only files modified (recorded) at or after DATE: 2026-12-07 or 2026-12-07T22:30, local time.")
+@click.option("--until", default=None, metavar="DATE",
+              help="Only files modified before DATE (a date alone: up to the end of that day).")
 @click.option("--format", "-f", "output_format", type=click.Choice(SEARCH_FORMATS), default="table", show_default=True)
 @model_options
-def search_command(query, index_path, like, top, path_glob, min_duration, max_duration, output_format, model_name,
-                   checkpoint, device, threads) -> None:
+def search_command(query, index_path, like, top, path_glob, min_duration, max_duration, since, until, output_format,
+                   model_name, checkpoint, device, threads) -> None:
     """Search an index in plain language ("a dog barking at night"), by exact class names, MIDs or
     ontology nodes ("Dog", "/m/0bt9lr", "Animal"), or --like a recording.
 
@@ -172,13 +256,13 @@ def search_command(query, index_path, like, top, path_glob, min_duration, max_du
             model = load_model_or_exit(model_name, checkpoint, device, threads)
         try:
             hits = index.search(query, like=like, model=model, top=top, path=path_glob, min_duration=min_duration,
-                                max_duration=max_duration,
+                                max_duration=max_duration, since=since, until=until,
                                 warn=lambda message: click.echo(f"auricle: warning: {message}", err=True))
         except AuricleError as error:
             fail(str(error))
     if not hits:
-        click.echo("auricle: no indexed file matches" + (" the filters" if path_glob or min_duration is not None
-                                                          or max_duration is not None else ""), err=True)
+        filtered = path_glob or min_duration is not None or max_duration is not None or since or until
+        click.echo("auricle: no indexed file matches" + (" the filters" if filtered else ""), err=True)
     write_hits(hits, output_format, sys.stdout)
 
 
@@ -192,27 +276,3 @@ def _the_index_model(indexed: str | None, model_name: str, checkpoint: str | Non
             info.name for info in available_models()}:
         return indexed
     return model_name
-
-
-def write_hits(hits, output_format: str, stream) -> None:
-    if output_format == "json":
-        json.dump([hit.to_dict() for hit in hits], stream, indent=2)
-        stream.write("\n")
-    elif output_format == "jsonl":
-        for hit in hits:
-            stream.write(json.dumps(hit.to_dict()) + "\n")
-    elif output_format == "csv":
-        writer = csv.writer(stream, lineterminator="\n")
-        writer.writerow(["rank", "file", "score", "duration", "matched", "segments"])
-        for hit in hits:
-            writer.writerow([hit.rank, hit.file, f"{hit.score:.6f}", f"{hit.duration:.3f}",
-                             ";".join(f"{m.label}={m.score:.4f}" for m in hit.matched),
-                             ";".join(f"{s.start:.2f}-{s.end:.2f}={s.score:.4f}" for s in hit.segments)])
-    else:
-        for hit in hits:
-            stream.write(f"{hit.rank:3d}  {hit.score:.3f}  {hit.file}  ({hit.duration:.1f} s)\n")
-            if hit.matched:
-                stream.write("       why: " + ", ".join(f"{m.label} {m.score:.2f}" for m in hit.matched) + "\n")
-            for segment in hit.segments:
-                stream.write(f"       {segment.start:7.2f}-{segment.end:7.2f} s  {segment.score:.3f}  "
-                             f"{', '.join(segment.labels)}\n")

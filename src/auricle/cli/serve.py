@@ -26,7 +26,11 @@ from auricle.cli.common import fail, load_model_or_exit, model_options, names_a_
 @click.option("--max-pending", type=click.IntRange(1), default=64, show_default=True,
               help="Requests in progress at once; more get 503 with Retry-After.")
 @click.option("--request-timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
-              help="Seconds a request may take (503 beyond).")
+              help="Seconds a tagging or embedding request may take (503 beyond).")
+@click.option("--generation-timeout", type=click.FloatRange(0, min_open=True), default=1800.0, show_default=True,
+              help="Seconds a MiDashengLM request (/v1/describe, /v1/ask, /v1/chat/completions) may take, waiting "
+                   "for the requests before it included (503 beyond): a 7B on a CPU takes about a minute per "
+                   "30 s segment.")
 @click.option("--max-batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="Windows per model call across concurrent requests.")
 @click.option("--max-wait-ms", type=click.FloatRange(0), default=5.0, show_default=True,
@@ -54,18 +58,19 @@ from auricle.cli.common import fail, load_model_or_exit, model_options, names_a_
               help="A browser origin besides the page's own that may POST or open a stream, e.g. "
                    "https://app.example.com; '*' for any. Repeatable.")
 @click.option("--index", "search_index", default=None, metavar="FILE",
-              help="An `auricle index` file for GET /v1/search (docs/search.md).")
+              help="An `auricle index` file for /v1/search and the page's search box (docs/search.md).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 def serve_command(model_name, checkpoint, device, threads, host, port, workers, max_upload_mb, max_duration,
-                  max_windows, max_pending, request_timeout, max_batch_size, max_wait_ms, max_streams, header_timeout,
-                  body_timeout, max_connections_per_client, shutdown_timeout, max_decoded_seconds, max_stream_seconds,
-                  stream_idle_timeout, allowed_hosts, allowed_origins, search_index, log_level) -> None:
+                  max_windows, max_pending, request_timeout, generation_timeout, max_batch_size, max_wait_ms,
+                  max_streams, header_timeout, body_timeout, max_connections_per_client, shutdown_timeout,
+                  max_decoded_seconds, max_stream_seconds, stream_idle_timeout, allowed_hosts, allowed_origins,
+                  search_index, log_level) -> None:
     """Serve tagging and embeddings over HTTP, with a web page at /.
 
     API: POST /v1/tag, POST /v1/embed (with MiDashengLM: POST /v1/describe, /v1/ask, /v1/chat/completions),
     GET /v1/models, GET /v1/labels,
-    GET /v1/search (with --index), GET /healthz, WebSocket /v1/stream; OpenAPI at /docs and /openapi.json.
+    GET and POST /v1/search (with --index), GET /healthz, WebSocket /v1/stream; OpenAPI at /docs and /openapi.json.
     See docs/serve.md.
     """
     try:
@@ -81,6 +86,7 @@ def serve_command(model_name, checkpoint, device, threads, host, port, workers, 
     try:
         config = ServeConfig(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_duration=max_duration,
                              max_windows=max_windows, max_pending=max_pending, request_timeout=request_timeout,
+                             generation_timeout=generation_timeout,
                              max_batch_size=max_batch_size, max_wait=max_wait_ms / 1000,
                              max_streams=max_streams, header_timeout=header_timeout, body_timeout=body_timeout,
                              max_connections_per_client=max_connections_per_client, shutdown_timeout=shutdown_timeout,

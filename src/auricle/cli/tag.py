@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -13,7 +12,10 @@ from auricle.cli.common import (
     report_batch,
     say_audio_warnings, strict_option, tag_option_flags, writable,
 )
-from auricle.errors import AuricleError
+from auricle.errors import AuricleError, OutputError
+from auricle.io.tag_resume import (
+    appended_csv_layout, effective_tag_settings, remove_stale_temporaries, tag_run_settings,
+)
 from auricle.io.writers import (
     FORMATS, RESUMABLE_FORMATS, completed_files, format_for, not_done, open_writer, record_settings,
     settings_differences,
@@ -63,7 +65,10 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
     files = files_or_exit(paths, recursive, output, "tag", files_from, shard)
     csv_truncated = True
     if resume and output_format == "csv":
-        csv_truncated = _refuse_another_csv_layout(output, events)
+        try:
+            csv_truncated = appended_csv_layout(output, events)
+        except OutputError as error:
+            fail(str(error))
     done = completed_files(output, output_format) if resume else {}
     todo = not_done(files, done)
 
@@ -83,8 +88,8 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
             fail(str(error))
         if output_format in RESUMABLE_FORMATS and output not in (None, "-"):
             # Rows computed otherwise would mix silently with the earlier ones.
-            settings = _run_settings(model, options)
-            differences = settings_differences(output, settings, _effective) if resume else []
+            settings = tag_run_settings(model, options)
+            differences = settings_differences(output, settings, effective_tag_settings) if resume else []
             if differences:
                 fail(f"{output}: written with other settings ({'; '.join(differences)}); resume with the same "
                      "model and options, or write to another file")
@@ -92,7 +97,7 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         results = model.iter_tag(todo, options, batch_size=batch_size)
 
     if output not in (None, "-"):
-        _remove_stale_temporaries(output)
+        remove_stale_temporaries(output)
     stream, writer = open_writer(output, output_format, resume, events=events, csv_truncated=csv_truncated)
     show = progress if progress is not None else None
     bar = tqdm(total=len(todo), unit="file", disable=(not show) if show is not None else (len(todo) < 2 or None),
@@ -127,74 +132,3 @@ def tag_command(paths, model_name, checkpoint, device, threads, top_k, threshold
         target = "standard output" if stream is sys.stdout else output
         fail(f"{target}: cannot write ({error.strerror or error})", code=1)
     report_batch("tagged", files, todo, failures, resume, output, flagged if strict else 0)
-
-
-def _run_settings(model, options) -> dict:
-    """What decides a resumable output's rows, as JSON values: the model, its weights and the options."""
-    from dataclasses import asdict
-
-    from auricle.fingerprints import tagger_key
-
-    profile = options.profile
-    settings = {
-        "model": model.name,
-        "weights": tagger_key(model)[:16],  # a checkpoint of the same name with other weights is another model
-        "top_k": options.top_k,
-        "threshold": options.threshold,
-        "classes": list(options.classes),
-        "profile": None if profile is None else {
-            "source": profile.source, "events": [[e.label, list(e.class_indices), e.threshold] for e in profile.events]},
-        "pool": options.pool,
-        "events": None if options.events is None else asdict(options.events),
-        "window": options.window.window_seconds,
-        "hop": options.window.hop_seconds,
-    }
-    return json.loads(json.dumps(settings))  # tuples as lists, as they read back
-
-
-def _effective(settings: dict) -> dict:
-    """Recorded settings as they acted: ``top_k`` null is 5 without a threshold or profile, ``hop`` null the window."""
-    from auricle.inference.tagging import DEFAULT_TOP_K
-
-    acted = dict(settings)
-    if acted.get("top_k") is None and acted.get("threshold") is None and acted.get("profile") is None:
-        acted["top_k"] = DEFAULT_TOP_K
-    if acted.get("hop") is None:
-        acted["hop"] = acted.get("window")
-    return acted
-
-
-def _remove_stale_temporaries(output: str) -> None:
-    """Remove what a killed run was writing for ``output`` (``tags.json.PID.tmp``), unless that run still goes."""
-    from pathlib import Path
-
-    from auricle.io import atomic
-
-    path = Path(output)
-    try:
-        atomic.remove_leftovers(path.parent, of={path.name}, live_too=False)
-    except OSError:  # not ours to remove: they stay, as they did
-        pass
-
-
-def _refuse_another_csv_layout(output: str, events: bool) -> bool:
-    """Clip-tag rows and event rows in one CSV would be neither table.
-
-    Returns whether rows appended get the ``truncated`` column: not in a clip-tag CSV an
-    earlier version began without it.
-    """
-    from auricle.io.writers import EVENT_CSV_HEADER, TAG_CSV_HEADER, TAG_CSV_HEADER_V1
-
-    try:
-        with open(output, encoding="utf-8", newline="") as handle:
-            header = handle.readline().strip()
-    except (OSError, UnicodeDecodeError):
-        return True  # absent: a new file; unreadable: reported when it is opened
-    if not events and header == ",".join(TAG_CSV_HEADER_V1):
-        return False
-    if header and header != ",".join(EVENT_CSV_HEADER if events else TAG_CSV_HEADER):
-        holds = "events" if header == ",".join(EVENT_CSV_HEADER) else "clip tags" if header in (
-            ",".join(TAG_CSV_HEADER), ",".join(TAG_CSV_HEADER_V1)) else f"another table ({header[:60]})"
-        fail(f"{output}: holds {holds}, not {'events' if events else 'clip tags'}; resume with the same --events "
-             f"setting, or write to another file")
-    return True

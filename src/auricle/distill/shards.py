@@ -16,6 +16,9 @@ sources and options always give the same sha256.
 
 The audio in a shard is the canonical data: teachers and students both read it,
 so 16-bit quantisation of decoded float audio is seen identically by both.
+
+Over 400 lines: one file format (tar shards, index, manifest) with its writer, resume and reader,
+kept in one place as the layout review advises (docs/architecture.md).
 """
 
 from __future__ import annotations

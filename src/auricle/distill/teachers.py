@@ -181,29 +181,26 @@ def _check_recorded(spec: TeacherSpec, name: str, actual: str | None, recorded: 
 
 def _load_auricle(spec: TeacherSpec, device: torch.device, precision: str, sha256: str | None = None) -> Teacher:
     from auricle.errors import CheckpointError
-    from auricle.models.checkpoints import weights_in_folder
-    from auricle.models.families import read_any_checkpoint
+    from auricle.loading import read_weights, resolve
+    from auricle.models.files import weights_in_folder
 
     if not os.path.exists(spec.spec) and _looks_like_a_file(spec.spec):  # not "unknown model" for a typo in a path
         raise CheckpointError(f"{spec.spec}: teacher weights not found")
     if os.path.exists(spec.spec):
-        weights = Path(spec.spec)
+        weights = resolve(None, spec.spec).weights
         name = weights.stem if weights.is_file() else weights.name
         identity = {"kind": "checkpoint"}
     else:
-        from auricle.models.hub import fetch_weights
-        from auricle.models.registry import model_info
-
-        info = model_info(spec.spec)
-        weights = Path(fetch_weights(info, instead="--teacher PATH (the weights file or folder)"))
-        name = info.name
+        source = resolve(spec.spec, instead="--teacher PATH (the weights file or folder)")
+        weights, name = source.weights, source.info.name
         identity = {"kind": "model"}
     if sha256 is not None:  # before the file is parsed: a recorded teacher is read only if it is the same bytes
         _check_recorded(spec, "sha256", file_sha256(weights_in_folder(weights) if weights.is_dir() else weights),
                         sha256)
-    family, checkpoint = read_any_checkpoint(weights)
-    if family.name == "dasheng" and precision != "fp32":
-        raise DistillError(f"teacher {spec.spec}: a Dasheng teacher runs in fp32 only (not {precision})")
+    family, checkpoint = read_weights(weights)
+    runs_engines = family.can({"engines"})  # the fused encoder and the bf16/int8 engines
+    if not runs_engines and precision != "fp32":
+        raise DistillError(f"teacher {spec.spec}: a {family.title} teacher runs in fp32 only (not {precision})")
     if not checkpoint.config.num_classes:
         raise DistillError(f"{checkpoint.source}: an encoder without a classification head cannot teach "
                            "(give a tagger, e.g. dasheng_audioset_mAP497.pt)")
@@ -216,9 +213,9 @@ def _load_auricle(spec: TeacherSpec, device: torch.device, precision: str, sha25
     # A file's spec is kept absolute, so verify can reload it from any working folder.
     where = os.path.abspath(spec.spec) if identity["kind"] == "checkpoint" else spec.spec
     identity.update(spec=where, name=name, sha256=file_sha256(checkpoint.source), config=checkpoint.config.to_dict())
-    network = family.build(checkpoint).to(device).eval()
-    if family.name == "dasheng":
-        encoder = None  # the fused encoder and the engines are CED's
+    network = family.call("build", checkpoint).to(device).eval()
+    if not runs_engines:
+        encoder = None
     elif precision == "fp32":
         from auricle.engines.fused import FusedEncoder, fused_supported
 

@@ -14,6 +14,9 @@ so a state file with model, optimiser and step resumes to bit-identical
 weights (tested). Runs under ``torchrun`` with DistributedDataParallel (gloo on
 CPU, nccl on GPU); each rank reads a disjoint, contiguous block of the epoch's
 order, so it decodes only a few shards at a time.
+
+Over 400 lines: :class:`Trainer` (about 380 of them) is one resumable loop whose state (step,
+generators, logs, best checkpoints) all its parts share; cutting it is a change of code, not a move.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from auricle.audio import SAMPLE_RATE, prepare_waveform
-from auricle.errors import NOT_FINITE, AudioError, CheckpointError
+from auricle.errors import NOT_FINITE, AudioError
 from auricle.frontend import HOP_LENGTH
 from auricle.models.ced import CED, batched_tokens
 from auricle.models.dasheng import Dasheng
@@ -108,14 +108,13 @@ def load_model(
     "windows" (default) or "grid" for CED, "frames" (the only one) for Dasheng; ``hop_ms``
     (default 50) spaces CED's windows; Dasheng's frames are 40 ms apart.
     """
-    from auricle.onnx.exported import is_exported_file
-    from auricle.model import load_model as load_audio_model
+    from auricle.loading import Accepts, RunOptions, load
 
     checkpoint = model_file_path if str(model_file_path) else None
-    if is_exported_file(checkpoint):  # the HEAR functions run the network's layers, which an ONNX file lacks
-        raise CheckpointError(f"{checkpoint}: the HEAR API runs the encoder's layers, which an exported ONNX file "
-                              "does not hold; give it the model's weights (.pt, .safetensors or a Hugging Face folder)")
-    audio_model = load_audio_model(model_name, checkpoint=checkpoint, device=device)
+    # The HEAR functions run the network's layers, which an ONNX file lacks.
+    audio_model = load(model_name, checkpoint, RunOptions(device), accepts=Accepts(
+        exported=False, exported_refusal="{path}: the HEAR API runs the encoder's layers, which an exported ONNX "
+        "file does not hold; give it the model's weights (.pt, .safetensors or a Hugging Face folder)"))
     if hop_ms is not None and isinstance(audio_model.network, Dasheng):
         raise ValueError(f"{audio_model.name}: a Dasheng encoder's timestamp embeddings are its frames, every "
                          "40 ms; hop_ms does not apply")

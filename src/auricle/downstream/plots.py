@@ -116,4 +116,43 @@ def plot_timeline(
     plt.close(figure)
 
 
-__all__ = ["plot_class_bars", "plot_timeline"]
+def plot_report(report, path: str | os.PathLike, source: str) -> None:
+    """Per-class bars of an evaluation report (AP for tagging, event and segment F1 for events), titled with
+    the model and ``source`` (what it was evaluated on)."""
+    import math
+
+    if hasattr(report, "mean_average_precision"):
+        # Classes without a positive file have no AP; a bar of nothing would read as AP 0.
+        shown = [c for c in report.classes if not math.isnan(c.average_precision)]
+        hidden = len(report.classes) - len(shown)
+        note = f" ({hidden} classes without positives not shown)" if hidden else ""
+        plot_class_bars(path, [c.label for c in shown], {"AP": [c.average_precision for c in shown]},
+                        f"{report.model} on {source}: mAP {report.mean_average_precision:.3f}{note}",
+                        "average precision")
+    else:
+        plot_class_bars(path, [c.label for c in report.classes],
+                        {"event F1": [c.event.f1 for c in report.classes],
+                         "segment F1": [c.segment.f1 for c in report.classes]},
+                        f"{report.model} on {source}: event F1 {report.event_f1:.3f}, "
+                        f"segment F1 {report.segment_f1:.3f}", "F1")
+
+
+def plot_file_timeline(
+    path: str | os.PathLike,
+    file: str,
+    reference: Sequence[LabelledEvent],
+    predictions: Sequence,
+    classes: Sequence[str],
+    model: str,
+) -> None:
+    """:func:`plot_timeline` of one labelled ``file`` (however spelt): its true events and the predicted ones."""
+    from auricle.audio import load_audio
+    from auricle.downstream.evaluate import match_files
+
+    labelled = match_files([file], {event.file for event in reference}, "--timeline")[file]
+    predicted = [e for p in predictions if p.file == labelled for e in p.events]
+    truth = [e for e in reference if e.file == labelled]
+    plot_timeline(path, load_audio(labelled), truth, predicted, classes, f"{labelled}: {model}")
+
+
+__all__ = ["plot_class_bars", "plot_timeline", "plot_report", "plot_file_timeline"]

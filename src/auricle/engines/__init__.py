@@ -41,7 +41,7 @@ int8; ``auto`` picks one; bf16 is refused) means one of two things (docs/deploy.
 Python: ``load_model(engine="onnx")``, :func:`make_engine`
     the ``onnx`` engine above: only the encoder in ONNX Runtime (cache ``onnx/``);
     log-mel, pieces and head in float32 torch.
-Python: :func:`auricle.onnx.prepared.load_prepared`
+Python: :func:`auricle.loading.load_prepared`
     the whole model as one graph (cache ``prepared/``), an
     :class:`~auricle.onnx.exported.ExportedModel` that runs without torch.
 CLI on a CPU: ``tag``, ``evaluate``, ``embed``, ``listen``, ``serve``

@@ -162,7 +162,8 @@ class CsvWriter:
 
 
 class DescriptionTableWriter:
-    """Human-readable blocks of descriptions: the file, then each segment's time span and text."""
+    """Human-readable blocks of descriptions: the file, then each segment's time span (and, when a tagger
+    chose it, what the tagger heard) and text, then the summary if one was asked for."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
@@ -171,10 +172,16 @@ class DescriptionTableWriter:
         if isinstance(result, Failure):
             return  # failures are reported on stderr
         self.stream.write(f"{result.file}  ({result.duration:.2f} s, {result.model})\n")
+        spans = len(result.segments) > 1 or result.segmentation != "fixed"
         for segment in result.segments:
             text = segment.text if segment.skipped is None else f"({segment.skipped})"
-            span = f"{segment.start:8.2f} - {segment.end:8.2f} s  " if len(result.segments) > 1 else ""
-            self.stream.write(f"  {span}{text}\n")
+            span = f"{segment.start:8.2f} - {segment.end:8.2f} s  " if spans else ""
+            heard = f"[{', '.join(segment.labels)}]  " if segment.labels else ""
+            self.stream.write(f"  {span}{heard}{text}\n")
+        if not result.segments:
+            self.stream.write("  (nothing detected)\n")
+        if result.summary is not None:
+            self.stream.write(f"  summary: {result.summary.text}\n")
         self.stream.write("\n")
         self.stream.flush()
 
@@ -183,7 +190,8 @@ class DescriptionTableWriter:
 
 
 class DescriptionCsvWriter(CsvWriter):
-    """One row per segment: ``file,start,end,text`` (a silent segment's text is empty)."""
+    """One row per segment: ``file,start,end,text`` (a silent segment's text is empty); a summary
+    (``--summary``) is one more row with empty ``start`` and ``end``."""
 
     def __init__(self, stream: IO[str], write_header: bool = True, ledger: IO[str] | None = None) -> None:
         super().__init__(stream, events=False, write_header=write_header, ledger=ledger)
@@ -194,6 +202,8 @@ class DescriptionCsvWriter(CsvWriter):
     def rows(self, result) -> Iterable[list]:
         for segment in result.segments:
             yield [result.file, _format_seconds(segment.start), _format_seconds(segment.end), segment.text]
+        if result.summary is not None:
+            yield [result.file, "", "", result.summary.text]
 
 
 def make_writer(format: str, stream: IO[str], events: bool, appending: bool = False,

@@ -3,7 +3,7 @@
 The research notes (shared/research/audio-language.md §3.4) list what could not be read from official
 code: the Hugging Face remote code and real weights were out of reach when this was written. Each
 choice below says what was chosen, why, and how a user with the real files can confirm or correct it.
-tests/test_language_choices.py pins each value, so changing one is a deliberate, visible edit.
+tests/language/test_language_choices.py pins each value, so changing one is a deliberate, visible edit.
 """
 
 from __future__ import annotations

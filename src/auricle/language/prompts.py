@@ -63,6 +63,12 @@ def render_prompt(question: str, audio_tokens: int, system: str | None = choices
     return f"{turns}{IM_START}user\n{choices.PART_SEPARATOR.join(parts)}{IM_END}\n{IM_START}assistant\n"
 
 
+def render_text_prompt(question: str, system: str | None = choices.DEFAULT_SYSTEM_PROMPT) -> str:
+    """The ChatML text of a question without audio (the summary pass over segment texts)."""
+    turns = f"{IM_START}system\n{system}{IM_END}\n" if system is not None else ""
+    return f"{turns}{IM_START}user\n{question}{IM_END}\n{IM_START}assistant\n"
+
+
 class PromptTokenizer:
     """A ``tokenizers.Tokenizer`` checked to hold MiDashengLM's special tokens, with their ids."""
 
@@ -102,6 +108,9 @@ class PromptTokenizer:
 
     def prompt_ids(self, question: str, audio_tokens: int, system: str | None = choices.DEFAULT_SYSTEM_PROMPT) -> list[int]:
         return self.encode(render_prompt(question, audio_tokens, system))
+
+    def text_prompt_ids(self, question: str, system: str | None = choices.DEFAULT_SYSTEM_PROMPT) -> list[int]:
+        return self.encode(render_text_prompt(question, system))
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -12,6 +12,9 @@ class Segment:
     """One stretch of a recording and what the model said about it.
 
     ``skipped``: why no text was generated (``"silent"``: every sample was zero), else None.
+    ``labels``: what a tagger heard in this stretch, when a tagger chose it (``segments="events"``).
+    ``generated``: how many tokens were generated when their ids are unknown (a remote server's
+    ``usage.completion_tokens``; ``tokens`` is then empty). ``prompt_tokens``: the prompt's length.
     """
 
     start: float
@@ -19,13 +22,40 @@ class Segment:
     text: str
     tokens: tuple[int, ...] = ()
     skipped: str | None = None
+    labels: tuple[str, ...] = ()
+    generated: int | None = None
+    prompt_tokens: int = 0
+
+    @property
+    def token_count(self) -> int:
+        """Tokens generated for this segment."""
+        return self.generated if self.generated is not None else len(self.tokens)
 
     def to_dict(self) -> dict:
         values = {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
                   "tokens": list(self.tokens)}
+        if self.labels:
+            values["labels"] = list(self.labels)
         if self.skipped is not None:
             values["skipped"] = self.skipped
         return values
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One paragraph over a recording's segment texts (``--summary``), from one more decoder pass."""
+
+    text: str
+    tokens: tuple[int, ...] = ()
+    generated: int | None = None
+    prompt_tokens: int = 0
+
+    @property
+    def token_count(self) -> int:
+        return self.generated if self.generated is not None else len(self.tokens)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "tokens": list(self.tokens)}
 
 
 @dataclass(frozen=True)
@@ -39,6 +69,10 @@ class Description:
     segments: tuple[Segment, ...]
     #: Seconds spent: ``encode`` (audio encoder), ``generate`` (prefill and decoding), ``total``.
     timing: dict[str, float] = field(default_factory=dict)
+    #: How the segments were chosen: ``"fixed"`` (consecutive pieces), ``"events"`` (a tagger's events,
+    #: :meth:`~auricle.language_model.LanguageModelBase.diary`) or ``"given"`` (the caller's ``segments``).
+    segmentation: str = "fixed"
+    summary: Summary | None = None
 
     @property
     def text(self) -> str:
@@ -47,11 +81,16 @@ class Description:
 
     @property
     def tokens(self) -> int:
-        """How many tokens were generated, all segments together."""
-        return sum(len(segment.tokens) for segment in self.segments)
+        """How many tokens were generated, all segments together (the summary not counted)."""
+        return sum(segment.token_count for segment in self.segments)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """How many prompt tokens were read, all segments together (the summary not counted)."""
+        return sum(segment.prompt_tokens for segment in self.segments)
 
     def to_dict(self) -> dict:
-        return {
+        values = {
             "schema_version": SCHEMA_VERSION,
             "file": self.file,
             "model": self.model,
@@ -62,3 +101,8 @@ class Description:
             "tokens": self.tokens,
             "timing": {key: round(value, 3) for key, value in self.timing.items()},
         }
+        if self.segmentation != "fixed":
+            values["segmentation"] = self.segmentation
+        if self.summary is not None:  # in the file's own record: --resume keeps one record per file
+            values["summary"] = self.summary.to_dict()
+        return values

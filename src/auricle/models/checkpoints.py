@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from auricle.errors import CheckpointError
-from auricle.onnx.exported import is_exported_file, not_weights
 from auricle.frontend import mel_filterbank
 from auricle.io import atomic
 from auricle.models.ced import CED, CEDConfig
@@ -160,8 +159,6 @@ def read_tensors_and_config(path: Path) -> tuple[dict[str, torch.Tensor], dict |
             return load_file(str(path)), None
         except Exception as error:  # safetensors raises several types on bad files
             raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from None
-    if is_exported_file(path):
-        raise CheckpointError(not_weights(path))
     _refuse_what_is_not_a_torch_file(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -210,6 +207,12 @@ def checkpoint_from_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: 
         if meta is not None:
             name = meta.get("name")
     return Checkpoint(state_dict, config, layout, str(path), labels, name)
+
+
+def checkpoint_from_family_read(path: Path, tensors: dict[str, torch.Tensor], stored: dict | None,
+                                meta: dict | None) -> Checkpoint:
+    """:func:`checkpoint_from_tensors` as the family interface calls it (CED stores no config in the file)."""
+    return checkpoint_from_tensors(path, tensors, meta)
 
 
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str,

@@ -4,7 +4,7 @@ Computes what the official ``dasheng`` package computes (``Dasheng.forward``): t
 an input BatchNorm, one patch per 4 frames over all 64 bands, 252-token chunks split after the
 patch embedding (each through the blocks alone with positions from 0, the last one short and
 unpadded), pre-norm blocks without LayerScale, a final LayerNorm. Deliberate differences, each
-tested in ``tests/test_dasheng_parity.py``:
+tested in ``tests/models/test_dasheng_parity.py``:
 
 * the 120 dB floor is per clip (as auricle does for CED), not over the whole batch;
 * a clip under 480 samples (less than one patch of 4 frames) is zero-padded to one token,

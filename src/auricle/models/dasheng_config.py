@@ -64,3 +64,8 @@ def is_dasheng_state(state_dict: dict) -> bool:
         if weight is not None:
             return len(weight.shape) == 4 and tuple(weight.shape[-2:]) == (64, PATCH_FRAMES)
     return False
+
+
+def holds_dasheng(state_dict: dict, meta: dict | None) -> bool:
+    """Whether a state dict (with the JSON config beside it) is a Dasheng encoder's: the family test."""
+    return is_dasheng_state(state_dict) or (meta is not None and meta.get("family") == "dasheng")

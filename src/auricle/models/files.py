@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import json
 import struct
+import os
 from pathlib import Path
 
 from auricle.errors import CheckpointError
+
+
+#: The suffix that marks an ``auricle export`` file: a path is an exported model by its name alone.
+EXPORTED_SUFFIX = ".onnx"
+
+
+def is_exported_file(checkpoint: str | os.PathLike | None) -> bool:
+    """Whether ``checkpoint`` names an ONNX file (by its suffix) rather than weights.
+
+    Only :mod:`auricle.loading` asks this of an input; ``auricle export`` asks it of the name it writes.
+    """
+    return checkpoint is not None and Path(checkpoint).suffix.lower() == EXPORTED_SUFFIX
+
+
+def not_weights(path: str | os.PathLike, command: str = "this command") -> str:
+    """The one-line refusal of an exported file where weights are needed (to train, export or teach)."""
+    return (f"{path}: an exported ONNX file can tag and embed (auricle tag, evaluate, serve, listen, embed), not "
+            f"train; give {command} the model's weights (.pt, .safetensors or a Hugging Face folder)")
 
 
 def weights_in_folder(folder: Path) -> Path:

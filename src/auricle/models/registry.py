@@ -1,4 +1,10 @@
-"""Names of the published CED models, their dimensions, weights and scores."""
+"""The registry as data: each published model's name, family, config, weight sources and scores.
+
+:class:`Registry` binds the models to their families (:mod:`auricle.models.families`);
+:data:`REGISTRY` is auricle's own, immutable. The loading path takes a registry as an argument,
+so a test (or a plugin) can load through another one without touching this one.
+Torch-free: ``auricle models`` and an unknown ``--model`` are answered without it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from dataclasses import dataclass, replace
 from auricle.errors import CheckpointError
 from auricle.models.config import CEDConfig
 from auricle.models.dasheng_config import SIZES, DashengConfig
+from auricle.models.families import FAMILIES, Family
 
 
 @dataclass(frozen=True)
@@ -75,23 +82,53 @@ _LANGUAGE_MODELS = (
 DEFAULT_MODEL = "ced-mini"
 
 
+@dataclass(frozen=True)
+class Registry:
+    """Models and the families that load them; immutable (a new family means a new registry, not a mutation)."""
+
+    models: tuple[ModelInfo, ...]
+    families: tuple[Family, ...]
+    #: The family a bare size ("mini") belongs to.
+    default_family: str = "ced"
+
+    def family(self, name: str) -> Family:
+        for family in self.families:
+            if family.name == name:
+                return family
+        raise CheckpointError(f"{name}: no such model family (known: {', '.join(f.name for f in self.families)})")
+
+    def available(self, family: str | None = "ced") -> list[ModelInfo]:
+        """The published encoders of ``family`` (None: of every family), in the order listed; whole-folder
+        models (an audio-language model) are loaded by name but not listed."""
+        return [info for info in self.models if not self.family(info.family).whole_folder
+                and (family is None or info.family == family)]
+
+    def info(self, name: str) -> ModelInfo:
+        """Look a model up by name; ``ced_mini``, ``CED-Mini`` and ``mini`` all work."""
+        key = name.strip().lower().replace("_", "-")
+        if not key.startswith(tuple(f"{family.name}-" for family in self.families)):
+            key = f"{self.default_family}-{key}"
+        for info in self.models:
+            if info.name == key:
+                return info
+        names = [info.name for info in self.models]
+        near = difflib.get_close_matches(key, names, n=2)
+        hint = f"did you mean {' or '.join(repr(n) for n in near)}? " if near else ""
+        raise CheckpointError(f"{name}: unknown model ({hint}available: {', '.join(names)})")
+
+
+#: auricle's registry: CED, then Dasheng, then the audio-language models.
+REGISTRY = Registry(_MODELS + _DASHENG_MODELS + _LANGUAGE_MODELS, FAMILIES)
+
+
 def available_models(family: str | None = "ced") -> list[ModelInfo]:
-    """The published models of ``family`` ("ced", "dasheng"; None: all, CED first), smallest first."""
-    return [info for info in _MODELS + _DASHENG_MODELS if family is None or info.family == family]
+    """The published models of ``family`` ("ced", "dasheng"; None: all encoders, CED first), smallest first."""
+    return REGISTRY.available(family)
 
 
 def model_info(name: str) -> ModelInfo:
     """Look a model up by name; ``ced_mini``, ``CED-Mini`` and ``mini`` all work."""
-    key = name.strip().lower().replace("_", "-")
-    if not key.startswith(("ced-", "dasheng-", "midashenglm-")):
-        key = f"ced-{key}"
-    for info in _MODELS + _DASHENG_MODELS + _LANGUAGE_MODELS:
-        if info.name == key:
-            return info
-    names = [info.name for info in _MODELS + _DASHENG_MODELS + _LANGUAGE_MODELS]
-    near = difflib.get_close_matches(key, names, n=2)
-    hint = f"did you mean {' or '.join(repr(n) for n in near)}? " if near else ""
-    raise CheckpointError(f"{name}: unknown model ({hint}available: {', '.join(names)})")
+    return REGISTRY.info(name)
 
 
 def same_size(config: CEDConfig, info: ModelInfo) -> bool:
@@ -100,9 +137,9 @@ def same_size(config: CEDConfig, info: ModelInfo) -> bool:
         info.config.embed_dim, info.config.depth, info.config.num_heads)
 
 
-def size_name(config: CEDConfig) -> str:
+def size_name(config: CEDConfig, registry: Registry = REGISTRY) -> str:
     """The published model an encoder of ``config`` has the size of, else its width and depth in words."""
-    match = next((info.name for info in _MODELS + _DASHENG_MODELS if same_size(config, info)), None)
+    match = next((info.name for info in registry.available(None) if same_size(config, info)), None)
     return match or f"a {config.embed_dim}-wide, {config.depth}-block encoder"
 
 

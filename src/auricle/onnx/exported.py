@@ -34,23 +34,13 @@ from auricle.onnx.rows import Framing, InexactRows, MelPeaks, Row, loudest_frame
 from auricle.inference.streams import StreamPool, run_here, split_bounds
 from auricle.inference.tuning import default_batch_size, default_streams, default_threads
 from auricle.labels import AudioClass, LabelSet
+from auricle.models.files import is_exported_file, not_weights  # noqa: F401  (where they lived first)
 
 #: Pieces (10.12 s each) per call when embedding a long recording; each call also runs two it discards.
 PIECES_PER_ROW = 8
 
 #: What an exported file must declare in its metadata to be tagged with.
 REQUIRED_METADATA = ("producer", "labels", "input", "precision", "frontend", "piece_frames", "encoder")
-
-
-def not_weights(path: str | os.PathLike, command: str = "this command") -> str:
-    """The one-line refusal of an exported file where weights are needed (to train, export or teach)."""
-    return (f"{path}: an exported ONNX file can tag and embed (auricle tag, evaluate, serve, listen, embed), not "
-            f"train; give {command} the model's weights (.pt, .safetensors or a Hugging Face folder)")
-
-
-def is_exported_file(checkpoint: str | os.PathLike | None) -> bool:
-    """Whether ``checkpoint`` names an ONNX file (by its suffix) rather than weights."""
-    return checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
 
 
 class ExportedModel(Tagger):

@@ -13,8 +13,12 @@ An export that fails its parity check is remembered (a ``.failed`` file where th
 be), so later runs go straight to the fallback, the ``onnx`` engine over the weights, instead of
 exporting again.
 
-    model = load_prepared("ced-mini", precision="int8")
+    model = auricle.loading.load_prepared("ced-mini", precision="int8")
     result = model.tag("recording.wav", top_k=5)
+
+Finding the weights and building the model to export are the loading path's (:mod:`auricle.loading`):
+it hands :func:`prepared_model` the weights file and a ``build`` callable, so this cache never climbs
+back up to load a model itself.
 """
 
 from __future__ import annotations
@@ -24,11 +28,10 @@ import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from auricle.errors import AuricleError, CheckpointError
 from auricle.inference.tuning import fastest_precision
-from auricle.models.files import weights_in_folder
-from auricle.models.registry import DEFAULT_MODEL, model_info
 from auricle.onnx.cache import PREPARED_FORMAT, prepared_graphs, prepared_path, remove_stale_partials  # noqa: F401
 from auricle.onnx.exported import ExportedModel
 from auricle.onnx.sessions import ONNXRUNTIME_MISSING
@@ -40,38 +43,29 @@ class PrepareError(AuricleError):
     """The model cannot run as one ONNX graph (its export failed its check); run the weights instead."""
 
 
-def weights_file(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None = None,
-                 hub_cache: str | os.PathLike | None = None) -> Path:
-    """The file holding the weights ``checkpoint`` (or else the model ``name``) denotes; downloaded if need be."""
-    if checkpoint is None:
-        from auricle.models.hub import fetch_weights
-
-        return fetch_weights(model_info(name), cache_dir=hub_cache)
-    path = Path(checkpoint)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    return weights_in_folder(path) if path.is_dir() else path
-
-
-def load_prepared(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None = None, *,
-                  precision: str = "fp32", threads: int | None = None, streams: int | None = None,
-                  cache: str | os.PathLike | None = None, hub_cache: str | os.PathLike | None = None,
-                  announce: Callable[[str], None] | None = None) -> ExportedModel:
-    """The model as one ONNX Runtime graph: from the cache, else exported from the weights first.
-
-    ``precision``: fp32, int8 or auto (the fastest ONNX Runtime has on this CPU).
-    ``announce`` is told, in one line, when an export is about to take a while.
-    Raises :class:`PrepareError` when the graph cannot reproduce the weights, its export breaks or
-    the cache cannot keep it (the caller may run the weights with ``load_model(engine="onnx")``),
-    :class:`~auricle.errors.CheckpointError` for weights that cannot be found or read.
-    """
+def graph_precision(precision: str) -> str:
+    """``precision`` as a prepared graph runs it (fp32 or int8; auto: the fastest ONNX Runtime has here)."""
     if importlib.util.find_spec("onnxruntime") is None:
         raise AuricleError(ONNXRUNTIME_MISSING)
     precision = fastest_precision(engine="onnx") if precision == "auto" else precision
     if precision not in PRECISIONS:
         raise AuricleError(f"a prepared ONNX graph runs fp32 or int8, not {precision}")
-    weights = weights_file(name, checkpoint, hub_cache)
-    path = prepared_path(weights, name if checkpoint is None else None, precision, cache)
+    return precision
+
+
+def prepared_model(weights: Path, name: str | None, *, precision: str, build: Callable[[], Any],
+                   threads: int | None = None, streams: int | None = None, cache: str | os.PathLike | None = None,
+                   announce: Callable[[str], None] | None = None) -> ExportedModel:
+    """The model of the weights file ``weights`` as one ONNX Runtime graph: from the cache, else exported first.
+
+    ``name``: the registered model the weights are (part of the cache key), None for a checkpoint.
+    ``precision``: fp32 or int8 (see :func:`graph_precision`). ``build`` gives the torch model to
+    export when the graph is not cached yet (:func:`auricle.loading.load_prepared` hands it; this
+    module loads no model itself). ``announce`` is told, in one line, when an export is about to take
+    a while. Raises :class:`PrepareError` when the graph cannot reproduce the weights, its export
+    breaks or the cache cannot keep it.
+    """
+    path = prepared_path(weights, name, precision, cache)
     failed = path.with_suffix(".failed")
     if failed.is_file():
         raise PrepareError(failed.read_text().strip())
@@ -81,16 +75,14 @@ def load_prepared(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | Non
         except CheckpointError:  # damaged (a full disk, a killed copy): prepare it again
             with contextlib.suppress(OSError):  # a read-only cache fails the export below, which says so
                 path.unlink()
-    _prepare(name, checkpoint, hub_cache, precision, path, announce)
+    _prepare(build, precision, path, announce)
     return ExportedModel(path, threads=threads, streams=streams)
 
 
-def _prepare(name: str, checkpoint: str | os.PathLike | None, hub_cache: str | os.PathLike | None,
-             precision: str, path: Path, announce: Callable[[str], None] | None) -> None:
+def _prepare(build: Callable[[], Any], precision: str, path: Path, announce: Callable[[str], None] | None) -> None:
     from auricle.onnx.export import ExportError, ParityError, export_onnx
-    from auricle.model import load_model
 
-    model = load_model(name, checkpoint=checkpoint, cache_dir=hub_cache)
+    model = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(path.parent)

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from auricle.errors import SearchIndexError
 from auricle.search.index import AddReport, ScoredFile
-from auricle.search.query import Filters, Match, QueryClass, SearchHit, Segment
+from auricle.search.query import CaptionMatch, Filters, Match, QueryClass, SearchHit, Segment
 from auricle.search.store import Store
 
-__all__ = ["Index", "AddReport", "ScoredFile", "SearchHit", "Segment", "Match", "QueryClass", "SearchIndexError"]
+if TYPE_CHECKING:
+    from auricle.search.captions import CaptionReport
+
+__all__ = ["Index", "AddReport", "ScoredFile", "SearchHit", "Segment", "Match", "QueryClass", "CaptionMatch",
+           "SearchIndexError"]
 
 
 class Index:
@@ -46,6 +53,13 @@ class Index:
 
     def __len__(self) -> int:
         return self.store.count()
+
+    def __contains__(self, path: object) -> bool:
+        """Whether ``path`` is an indexed file, exactly as stored (no normalising: a key, not a place on disk)."""
+        if not isinstance(path, str):
+            return False
+        with self.store.errors():
+            return self.store.connection.execute("SELECT 1 FROM files WHERE path = ?", (path,)).fetchone() is not None
 
     def files(self) -> list[str]:
         return sorted(self.store.stamps())
@@ -83,35 +97,86 @@ class Index:
         names = audioset_labels().names if labels is None else tuple(labels)
         return put_scored(self.store, scorer_meta(model, weights, names, window, hop), scored)
 
-    def search(self, query: str | None = None, *, like: str | os.PathLike | None = None, model=None, top: int = 10,
-               path: str | None = None, min_duration: float | None = None, max_duration: float | None = None,
+    def search(self, query: str | None = None, *, like: str | os.PathLike | np.ndarray | None = None, model=None,
+               top: int = 10, path: str | None = None, min_duration: float | None = None,
+               max_duration: float | None = None, since=None, until=None,
                warn: Callable[[str], None] | None = None) -> list[SearchHit]:
         """The ``top`` files best matching ``query`` (words, class names, MIDs, ontology nodes) or,
-        with ``like`` (a recording, embedded by ``model``, the index's model), sounding most like it.
+        with ``like`` (a recording, embedded by ``model``, the index's model; or a clip embedding
+        the index's model made), sounding most like it.
 
+        Words are matched to the classes and, when the index holds captions (``auricle index
+        --describe``), to the captions; both combine into one ranking (docs/search.md).
+        ``since``/``until``: only files modified from ``since`` up to ``until`` (dates, datetimes,
+        epoch seconds or ISO text; a date alone as ``until`` includes that day).
         Files deleted since indexing are skipped, each named once through ``warn``.
         """
         from auricle.errors import OptionError
-        from auricle.search.query import class_hits, like_hits
+        from auricle.search.query import like_hits, time_bound
 
         if (query is None) == (like is None):
             raise OptionError("give a query or like=, not both" if query is not None else "give a query or like=")
         if top < 1:
             raise OptionError(f"top must be at least 1, got {top}")
+        filters = Filters(path, min_duration, max_duration, time_bound(since), time_bound(until, end=True))
         if "model" not in self.store.meta:
             return []
-        filters = Filters(path, min_duration, max_duration)
         warn = warn or (lambda message: None)
         if like is not None:
+            if isinstance(like, np.ndarray):
+                return like_hits(self.store, like, filters, top, warn, "the clip")
             if model is None:
                 raise OptionError("like= needs the model the index was made with, to embed the recording")
             self.check(model)
-            from auricle.search.index import query_embedding
+            from auricle.search.index import like_embedding
 
-            window = float(self.store.meta.get("window", "10.0"))
-            clip = query_embedding(model, str(like), window, float(self.store.meta.get("hop", window)))
+            clip = like_embedding(model, str(like), self.store.meta)
             return like_hits(self.store, clip, filters, top, warn, os.path.basename(str(like)))
-        return class_hits(self.store, self.query_classes(query), filters, top, warn)
+        return self._words(query, filters, top, warn)
+
+    def _words(self, query: str, filters: Filters, top: int, warn: Callable[[str], None]) -> list[SearchHit]:
+        """Class scores alone for exact names (or an index without captions); else classes and captions."""
+        from auricle.search.captions import captioned_files, hybrid_hits
+        from auricle.search.query import class_hits, understand
+
+        labels = self.labels()
+        exact = not query.strip() or _names_classes(query, labels)
+        if exact or not captioned_files(self.store):
+            return class_hits(self.store, self.query_classes(query), filters, top, warn)
+        from auricle.search.text import text_encoder
+
+        # A model of its own classes takes their exact names only: its words go to the captions alone.
+        classes = understand(query, labels, refuse=False) if labels.has_mids else []
+        return hybrid_hits(self.store, query, classes, filters, top, warn, text_encoder())
+
+    def add_captions(self, describer, paths: Sequence[str | os.PathLike] | None = None, *, segment: float = 10.0,
+                     recursive: bool = True, max_new_tokens: int = 128,
+                     on_result: Callable[[str, str | None], None] | None = None) -> "CaptionReport":
+        """Caption, with ``describer`` (a MiDashengLM :class:`~auricle.language_model.AudioLanguageModel`),
+        the indexed files under ``paths`` (all indexed files if None) that have no captions yet, in
+        segments of ``segment`` seconds; a :class:`~auricle.search.captions.CaptionReport`.
+
+        Needs the sentence encoder (the ``search`` extra) to embed the captions.
+        """
+        from auricle.search.captions import caption
+        from auricle.search.text import text_encoder
+
+        if paths is None:
+            files = self.files()
+        else:
+            from auricle.filelists import gather
+
+            listed, _ = gather([os.fspath(p) for p in paths], recursive=recursive)
+            files = [os.path.abspath(file) for file in listed]
+        return caption(self.store, describer, files, text_encoder(), segment=segment, max_new_tokens=max_new_tokens,
+                       on_result=on_result)
+
+    @property
+    def captioned(self) -> int:
+        """How many indexed files have captions."""
+        from auricle.search.captions import captioned_files
+
+        return captioned_files(self.store)
 
     def query_classes(self, query: str) -> list[QueryClass]:
         """The classes ``query`` selects and their weights (what :meth:`search` ranks by)."""
@@ -148,3 +213,14 @@ class Index:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _names_classes(query: str, labels) -> bool:
+    """Whether ``query`` is exact class names, MIDs or ontology nodes (matched as ``tag --classes``)."""
+    from auricle.labels import LabelError, resolve_classes
+
+    try:
+        resolve_classes(query.strip(), labels)
+    except LabelError:
+        return False
+    return True

@@ -7,6 +7,8 @@ Four files in the output folder, one row per file, window, piece or class:
 - ``windows.parquet``: path, window (0-based), start, end, scores (list of float)
 - ``pieces.parquet``: path, piece (0-based), start, end, embedding (list of float)
 - ``classes.parquet``: class (0-based position in the score lists), label, mid
+- ``captions.parquet`` (only for an index with captions): path, segment (0-based), start, end,
+  text, embedding (the caption's sentence-encoder vector)
 
 Written a chunk of files at a time (a million-file index is never all in memory), each
 file to a temporary that replaces it when complete. pyarrow comes with ``auricle[export]``.
@@ -32,6 +34,7 @@ class ExportReport:
     windows: int
     pieces: int
     paths: list[str]
+    captions: int = 0  # caption rows (captions.parquet, written only for an index with captions)
 
 
 def _pyarrow():
@@ -84,8 +87,40 @@ def export_parquet(index, folder: str | os.PathLike) -> ExportReport:
                         "mid": pa.array([c.mid or None for c in labels], pa.string())})
     with replacing(folder / "classes.parquet") as classes_path:
         pq.write_table(classes, str(classes_path))
-    return ExportReport(counts["files"], counts["windows"], counts["pieces"],
-                        [str(folder / f"{name}.parquet") for name in TABLES])
+    paths = [str(folder / f"{name}.parquet") for name in TABLES]
+    captions = _export_captions(index.store, folder, pa, pq)
+    if captions:
+        paths.append(str(folder / "captions.parquet"))
+    return ExportReport(counts["files"], counts["windows"], counts["pieces"], paths, captions)
+
+
+def _export_captions(store: Store, folder: Path, pa, pq) -> int:
+    """``captions.parquet`` (path, segment, start, end, text, embedding), if the index holds captions; its rows."""
+    import json
+
+    from auricle.io.atomic import replacing
+    from auricle.search.captions import captioned_files
+
+    if not captioned_files(store):
+        return 0
+    schema = pa.schema([("path", pa.string()), ("segment", pa.int32()), ("start", pa.float32()),
+                        ("end", pa.float32()), ("text", pa.string()), ("embedding", pa.list_(pa.float32()))])
+    rows = 0
+    with replacing(folder / "captions.parquet") as path:
+        writer = pq.ParquetWriter(str(path), schema)
+        try:
+            for batch in store.rows("path, bounds, texts, embeddings", "JOIN file_captions ON file_captions.file_id"
+                                    " = files.id ORDER BY path", chunk=512):
+                columns = {key: [] for key in ("path", "segment", "start", "end", "text", "embedding")}
+                for file, bounds, texts, embeddings in batch:
+                    texts = json.loads(texts)
+                    vectors = from_blob(embeddings, "f2").reshape(len(texts), -1)
+                    _rows(columns, file, from_blob(bounds, "f4", 2), vectors, texts)
+                writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+                rows += len(columns["path"])
+        finally:
+            writer.close()
+    return rows
 
 
 def _chunks(store: Store):
@@ -106,11 +141,15 @@ def _chunks(store: Store):
         yield {"files": files, "windows": windows, "pieces": pieces}
 
 
-def _rows(columns: dict[str, list], path: str, bounds: np.ndarray, values: np.ndarray) -> None:
-    number, start, end, vectors = list(columns)[1:]
+def _rows(columns: dict[str, list], path: str, bounds: np.ndarray, values: np.ndarray,
+          texts: list[str] | None = None) -> None:
+    number, start, end = list(columns)[1:4]
+    vectors = list(columns)[-1]
     for position, ((begin, finish), vector) in enumerate(zip(bounds, values)):
         columns["path"].append(path)
         columns[number].append(position)
         columns[start].append(float(begin))
         columns[end].append(float(finish))
+        if texts is not None:
+            columns["text"].append(texts[position])
         columns[vectors].append(vector)

@@ -218,16 +218,28 @@ def embeddings_kind(model) -> str:
     return "windows" if getattr(model, "tags_with_tokens", False) else "pieces"
 
 
-def query_embedding(model, path: str, window: float = 10.0, hop: float | None = None) -> np.ndarray:
-    """A recording's clip embedding made as the index made its files' (``like=``)."""
+def query_embedding(model, source: str | np.ndarray, window: float = 10.0, hop: float | None = None,
+                    name: str | None = None) -> np.ndarray:
+    """A recording's clip embedding made as the index made its files' (``like=``): a file's path, or a
+    16 kHz mono waveform (an upload to ``POST /v1/search``) named ``name``."""
+    from auricle.audio import SAMPLE_RATE
     from auricle.errors import AudioError
 
+    array = isinstance(source, np.ndarray)
+    name = name or ("<array>" if array else str(source))
     if embeddings_kind(model) == "pieces":
-        return model.embed(path).clip
-    result = next(model.iter_tag_embed([path], model.tag_options(window=window, hop=hop)))
+        return model.embed_waveform(source, name=name).clip if array else model.embed(source).clip
+    result = next(model.iter_tag_embed([source], model.tag_options(window=window, hop=hop), names=[name],
+                                       sample_rate=SAMPLE_RATE if array else None))
     if isinstance(result, Failure):
         raise AudioError(result.error)
     return result[1].mean(axis=0)
+
+
+def like_embedding(model, source: str | np.ndarray, meta: dict[str, str], name: str | None = None) -> np.ndarray:
+    """:func:`query_embedding` with the tagging windows of the index whose meta rows are ``meta``."""
+    window = float(meta.get("window", "10.0"))
+    return query_embedding(model, source, window, float(meta.get("hop", window)), name)
 
 
 def compute(model, files: list[str], options, batch_size: int | None = None) -> Iterator[FileRow | Failure]:

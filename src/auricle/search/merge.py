@@ -44,7 +44,25 @@ def check_parts(stores: Sequence[Store]) -> dict[str, str]:
         if differences:
             raise SearchIndexError(f"{store.path}: made with another model or settings than {first.path} "
                                    f"({'; '.join(differences)}); merge only parts of one run")
-    return {key: first.meta[key] for key in SETTINGS if key in first.meta}
+    settings = {key: first.meta[key] for key in SETTINGS if key in first.meta}
+    return {**settings, **_caption_settings(stores)}
+
+
+def _caption_settings(stores: Sequence[Store]) -> dict[str, str]:
+    """The captions' meta the parts with captions share (parts without any agree with all)."""
+    from auricle.search.captions import CAPTION_SETTINGS
+
+    first = next((store for store in stores if "caption_model" in store.meta), None)
+    if first is None:
+        return {}
+    for store in stores:
+        differences = [f"{key} {store.meta.get(key)} there, {first.meta.get(key)} in {first.path}"
+                       for key in CAPTION_SETTINGS if "caption_model" in store.meta
+                       and store.meta.get(key) != first.meta.get(key)]
+        if differences:
+            raise SearchIndexError(f"{store.path}: captioned with another model or settings than {first.path} "
+                                   f"({'; '.join(differences)}); merge only parts of one run")
+    return {key: first.meta[key] for key in CAPTION_SETTINGS if key in first.meta}
 
 
 def merge(parts: Sequence[str | os.PathLike], output: str | os.PathLike) -> MergeReport:
@@ -105,6 +123,8 @@ def _copy(merged: Store, part: str) -> int:
                                             ).fetchone()[0]
             connection.execute("DELETE FROM main.file_windows WHERE file_id IN (SELECT id FROM main.files"
                                " WHERE path IN (SELECT path FROM temp.chosen WHERE known))")
+            connection.execute("DELETE FROM main.file_captions WHERE file_id IN (SELECT id FROM main.files"
+                               " WHERE path IN (SELECT path FROM temp.chosen WHERE known))")
             connection.execute("DELETE FROM main.files WHERE path IN (SELECT path FROM temp.chosen WHERE known)")
             connection.execute("INSERT INTO main.files (path, size, mtime_ns, duration)"
                                " SELECT path, size, mtime_ns, duration FROM part.files"
@@ -114,6 +134,10 @@ def _copy(merged: Store, part: str) -> int:
                                " w.clip_embedding, w.window_bounds, w.window_scores, w.piece_bounds,"
                                " w.piece_embeddings FROM part.files p JOIN part.file_windows w ON w.file_id = p.id"
                                " JOIN main.files m ON m.path = p.path WHERE p.path IN (SELECT path FROM temp.chosen)")
+            connection.execute("INSERT INTO main.file_captions (file_id, bounds, texts, embeddings)"
+                               " SELECT m.id, c.bounds, c.texts, c.embeddings FROM part.files p"
+                               " JOIN part.file_captions c ON c.file_id = p.id JOIN main.files m ON m.path = p.path"
+                               " WHERE p.path IN (SELECT path FROM temp.chosen)")
             connection.execute("DROP TABLE temp.chosen")
     finally:
         with merged.errors():

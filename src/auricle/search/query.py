@@ -34,6 +34,8 @@ MAX_CLASSES = 5
 #: Segments reported per file, and how close to the file's best window a window must come to be one.
 MAX_SEGMENTS = 3
 SEGMENT_FRACTION = 0.5
+#: The sentence encoder was trained on English: other languages rarely reach MIN_SIMILARITY, so say so.
+ENGLISH_HINT = " in English (the sentence encoder reads English)"
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,22 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class CaptionMatch:
+    """Why a file matched through its captions: a captioned segment (seconds), its text and its score."""
+
+    start: float
+    end: float
+    text: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
+                "score": round(self.score, 6)}
+
+
+@dataclass(frozen=True)
 class SearchHit:
-    """One ranked file."""
+    """One ranked file: why it matched, the classes (``matched``, ``segments``) and/or the captions."""
 
     rank: int
     file: str
@@ -84,15 +100,18 @@ class SearchHit:
     duration: float
     matched: tuple[Match, ...]
     segments: tuple[Segment, ...]
+    captions: tuple[CaptionMatch, ...] = ()
 
     def to_dict(self) -> dict:
         return {"rank": self.rank, "file": self.file, "score": round(self.score, 6),
                 "duration": round(self.duration, 3), "matched": [m.to_dict() for m in self.matched],
-                "segments": [s.to_dict() for s in self.segments]}
+                "segments": [s.to_dict() for s in self.segments], "captions": [c.to_dict() for c in self.captions]}
 
 
-def understand(query: str, labels: LabelSet, encoder: Callable | None = None) -> list[QueryClass]:
-    """The classes ``query`` selects, with weights; an OptionError if it is empty or names no sound."""
+def understand(query: str, labels: LabelSet, encoder: Callable | None = None, *,
+               refuse: bool = True) -> list[QueryClass]:
+    """The classes ``query`` selects, with weights; an OptionError if it is empty or names no sound
+    (``refuse=False``: no classes, for a search that also has captions to match)."""
     text = query.strip()
     if not text:
         raise OptionError("empty query; describe a sound ('a dog barking'), or name a class (`auricle labels`)")
@@ -113,9 +132,11 @@ def understand(query: str, labels: LabelSet, encoder: Callable | None = None) ->
     order = np.argsort(-similarity)[:MAX_CLASSES]
     best = float(similarity[order[0]])
     if best < MIN_SIMILARITY:
+        if not refuse:
+            return []
         closest = labels[int(order[0])].name
         raise OptionError(f"{text!r}: matches no sound class (the closest, {closest!r}, only {best:.2f}); describe "
-                          "a sound, or name a class (`auricle labels`)")
+                          f"a sound{ENGLISH_HINT}, or name a class (`auricle labels`)")
     floor = max(MIN_SIMILARITY, best - SIMILARITY_MARGIN)
     return [QueryClass(int(i), labels[int(i)].mid, labels[int(i)].name, float(similarity[i]) / best,
                        float(similarity[i])) for i in order if similarity[i] >= floor]
@@ -128,9 +149,23 @@ class Filters:
     path: str | None = None
     min_duration: float | None = None
     max_duration: float | None = None
+    #: Modification time (when most recorders wrote the file) from ``since_ns`` up to before ``until_ns``.
+    since_ns: int | None = None
+    until_ns: int | None = None
+
+    def time_sql(self) -> tuple[list[str], list]:
+        """The since/until clauses on ``files.mtime_ns`` and their parameters (none without those bounds)."""
+        clauses, parameters = [], []
+        if self.since_ns is not None:
+            clauses.append("mtime_ns >= ?")
+            parameters.append(self.since_ns)
+        if self.until_ns is not None:
+            clauses.append("mtime_ns < ?")
+            parameters.append(self.until_ns)
+        return clauses, parameters
 
     def sql(self) -> tuple[str, tuple]:
-        clauses, parameters = [], []
+        clauses, parameters = self.time_sql()
         if self.min_duration is not None:
             clauses.append("duration >= ?")
             parameters.append(self.min_duration)
@@ -156,6 +191,42 @@ class Filters:
         assert self.path is not None
         pattern = self._full_pattern() if os.sep in self.path or "/" in self.path else f"*{os.sep}{self.path}"
         return pattern.replace("[!", "[^")  # fnmatch's negated set in GLOB's spelling
+
+
+def time_bound(value, *, end: bool = False) -> int | None:
+    """A ``since``/``until`` bound in nanoseconds since the epoch (None stays None).
+
+    ``value``: a datetime or date, seconds since the epoch, or ISO 8601 text (``2026-12-07``,
+    ``2026-12-07T22:30``), local time unless it names a zone. A date alone as the ``end`` bound
+    means the end of that day: ``until="2026-12-07"`` keeps the files of the 7th.
+    """
+    import datetime as dt
+
+    if value is None:
+        return None
+    day_only = isinstance(value, dt.date) and not isinstance(value, dt.datetime)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            parsed = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise OptionError(f"{value!r}: not a date or time; give e.g. 2026-12-07 or 2026-12-07T22:30") from None
+        day_only = len(text) <= 10
+        value = parsed
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _int64(value * 1e9)
+    if day_only:
+        value = dt.datetime.combine(value, dt.time()) + (dt.timedelta(days=1) if end else dt.timedelta())
+    if not isinstance(value, dt.datetime):
+        raise OptionError(f"{value!r}: not a date or time")
+    return _int64(value.timestamp() * 1e9)
+
+
+def _int64(nanoseconds: float) -> int:
+    """Within SQLite's integers: a year past 2262 is 'after every file', not an overflow."""
+    if nanoseconds != nanoseconds:
+        raise OptionError("not a date or time (NaN)")
+    return int(min(max(nanoseconds, -(2 ** 63)), 2 ** 63 - 1))
 
 
 def top_rows(store: Store, column: str, score: Callable[[np.ndarray], np.ndarray], filters: Filters,
@@ -224,6 +295,9 @@ def _best_columns(store: Store, columns: Columns, by_columns: ColumnScore, chang
         valid &= columns.durations >= filters.min_duration
     if filters.max_duration is not None:
         valid &= columns.durations <= filters.max_duration
+    if filters.since_ns is not None or filters.until_ns is not None:
+        # Times are not in the column file (only since/until read them): the files in range from SQLite.
+        valid &= np.isin(columns.ids, _time_ids(store, filters))
     count = int(valid.sum())
     if not count:
         return []
@@ -264,6 +338,13 @@ def _best_columns(store: Store, columns: Columns, by_columns: ColumnScore, chang
 
 #: Candidates whose paths a glob is checked on one by one before all paths are matched in SQLite.
 LAZY_PATHS = 2048
+
+
+def _time_ids(store: Store, filters: Filters) -> np.ndarray:
+    """The ids of the files modified within ``filters``' since/until."""
+    clauses, parameters = filters.time_sql()
+    found = store.connection.execute(f"SELECT id FROM files WHERE {' AND '.join(clauses)}", parameters)
+    return np.sort(np.fromiter((file_id for (file_id,) in found), dtype=np.int64))
 
 
 def _glob_ids(store: Store, filters: Filters) -> np.ndarray:
@@ -370,15 +451,22 @@ def class_hits(store: Store, classes: list[QueryClass], filters: Filters, top: i
     ranking = ranked(store, "clip_scores", lambda m: (m[:, indices].astype(np.float32) * weights).max(axis=1),
                      class_score(indices, weights), filters, top + MISSING_SPARE)
     for score, path, duration in present(ranking, warn, top):
-        row = store.row(path)
-        weighted = row.clip_scores[indices] * weights
-        matched = tuple(Match(c.index, c.mid, c.label, float(w)) for c, w in
-                        sorted(zip(classes, weighted), key=lambda item: -item[1]) if w > 0)[:MAX_CLASSES]
-        window_scores = row.window_scores[:, indices] * weights
-        segments = _segments(row.window_bounds, window_scores.max(axis=1),
-                             [classes[i].label for i in window_scores.argmax(axis=1)])
+        matched, segments = class_evidence(store.row(path), classes)
         hits.append(SearchHit(len(hits) + 1, path, score, duration, matched, segments))
     return hits
+
+
+def class_evidence(row, classes: list[QueryClass]) -> tuple[tuple[Match, ...], tuple[Segment, ...]]:
+    """Why ``row`` (a :class:`~auricle.search.store.FileRow`) matches ``classes``: the classes that scored, the windows."""
+    indices = np.array([c.index for c in classes])
+    weights = np.array([c.weight for c in classes], dtype=np.float32)
+    weighted = row.clip_scores[indices] * weights
+    matched = tuple(Match(c.index, c.mid, c.label, float(w)) for c, w in
+                    sorted(zip(classes, weighted), key=lambda item: -item[1]) if w > 0)[:MAX_CLASSES]
+    window_scores = row.window_scores[:, indices] * weights
+    segments = _segments(row.window_bounds, window_scores.max(axis=1),
+                         [classes[i].label for i in window_scores.argmax(axis=1)])
+    return matched, segments
 
 
 def like_hits(store: Store, clip: np.ndarray, filters: Filters, top: int, warn: Callable[[str], None],

@@ -26,7 +26,8 @@ import numpy as np
 from auricle.errors import SearchIndexError
 
 #: Bump on any change of the tables below; an index of another version is refused, not misread.
-#: 1: clip arrays in ``files``, no column file (read by auricle up to 2026-12-07).
+#: 1: clip arrays in ``files``, no column file, no captions (read by auricle up to 2026-12-07; not
+#: migrated: the column file and the compact ``files`` table are a rebuild's work anyway).
 SCHEMA_VERSION = 2
 #: Seconds a writer waits for another process's lock before giving up with an error.
 BUSY_TIMEOUT_S = 10.0
@@ -51,8 +52,17 @@ CREATE TABLE file_windows (
     piece_embeddings BLOB NOT NULL
 );
 CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, file_id INTEGER NOT NULL);
+CREATE TABLE file_captions (
+    file_id INTEGER PRIMARY KEY,
+    bounds BLOB NOT NULL,
+    texts TEXT NOT NULL,
+    embeddings BLOB NOT NULL
+);
 """
-TABLES = {"meta", "files", "file_windows", "changes"}
+# file_captions: the segment captions of `auricle index --describe` (search/captions.py), one row per
+# file captioned (an empty list: captioned, nothing said). Captions are not in the column file: a
+# caption search reads them from SQLite (docs/search.md).
+TABLES = {"meta", "files", "file_windows", "changes", "file_captions"}
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,8 @@ class Store:
             if found is None:
                 continue
             connection.execute("DELETE FROM file_windows WHERE file_id = ?", found)
+            # Captions describe the audio as it was: a changed or dropped file loses them.
+            connection.execute("DELETE FROM file_captions WHERE file_id = ?", found)
             connection.execute("DELETE FROM files WHERE id = ?", found)
             connection.execute("INSERT INTO changes (file_id) VALUES (?)", found)
 

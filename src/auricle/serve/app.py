@@ -5,6 +5,9 @@ app needs lives on it (``app.state``), nothing in module globals. Responses of
 ``POST /v1/tag`` are exactly one element of ``auricle tag --format json``
 (``ClipTags.to_dict()``), computed with the same windows, frontend and
 summary, only batched with other requests' windows on the model.
+
+Over 400 lines: :func:`create_app`'s routes share the model, its admission and the config in one
+closure (FastAPI's way); the helpers above it serve only those routes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from auricle.serve.batching import DynamicBatcher
 from auricle.serve.config import ServeConfig
 from auricle.serve.guard import HostOriginGuard
 from auricle.serve.language import NOT_A_TAGGER, Generator, add_language_routes, is_language_model
+from auricle.serve.search import add_search_routes
 from auricle.serve.uploads import RequestError, SampleBudget, decode_upload, expected_samples, receive_upload
 
 if TYPE_CHECKING:
@@ -225,11 +229,12 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
         # FastAPI's own answer is a list of objects; every refusal here is {"detail": "<one line>"}.
         return JSONResponse({"detail": validation_line(error.errors())}, status_code=422)
 
-    async def admitted(request: Request, filename: str | None, work, receive=None) -> dict:
+    async def admitted(request: Request, filename: str | None, work, receive=None, timeout: float | None = None) -> dict:
         """Run ``work(name, waveform)`` for the request's audio, within admission and time limits.
 
         ``receive(folder)``, if given, reads the body instead of an upload and returns the
-        audio's (name, path) in ``folder``.
+        audio's (name, path) in ``folder``. ``timeout``: seconds once admitted (default
+        ``request_timeout``).
 
         A request slot is taken only once the whole body has arrived (within
         ``body_timeout``): clients that upload slowly, or stall, hold a socket
@@ -265,10 +270,11 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
                     finally:
                         reservation.release()
 
+                limit = config.request_timeout if timeout is None else timeout
                 try:
-                    return await asyncio.wait_for(process(), config.request_timeout)
+                    return await asyncio.wait_for(process(), limit)
                 except TimeoutError:
-                    raise RequestError(503, f"request not finished within {config.request_timeout:g} s (a busy "
+                    raise RequestError(503, f"request not finished within {limit:g} s (a busy "
                                             "server)", {"Retry-After": str(config.retry_after)}) from None
 
     async def on_model(function):
@@ -318,32 +324,7 @@ def create_app(model: ServedModel, config: ServeConfig = ServeConfig()) -> FastA
         """The model's classes: output index, AudioSet MID (empty for custom heads) and name."""
         return model.labels.to_list() if getattr(model, "labels", None) is not None else []
 
-    @app.get("/v1/search")
-    async def search(
-        q: str = Query(..., description="Words, a class name, MID or ontology node (docs/search.md)."),
-        top: int = Query(10, ge=1, le=1000, description="Files to list."),
-        path: str | None = Query(None, description="Only files matching this glob."),
-        min_duration: float | None = Query(None, ge=0, description="Only files at least this long (s)."),
-        max_duration: float | None = Query(None, ge=0, description="Only files at most this long (s)."),
-    ) -> dict:
-        """Ranked files and time segments of the server's search index (``auricle serve --index``)."""
-        if config.search_index is None:
-            raise RequestError(404, "this server has no search index; start it with `auricle serve --index FILE`")
-
-        def ranked() -> dict:
-            from auricle.search import Index
-
-            warnings: list[str] = []
-            # Opened per request: an SQLite connection belongs to its thread, and the file may be updated meanwhile.
-            with Index.open(config.search_index, readonly=True) as index:
-                hits = index.search(q, top=top, path=path, min_duration=min_duration, max_duration=max_duration,
-                                    warn=warnings.append)
-            return {"query": q, "hits": [hit.to_dict() for hit in hits], "warnings": warnings}
-
-        try:
-            return await run_in_threadpool(ranked)
-        except AuricleError as error:  # the query's or the index file's one line
-            raise RequestError(400, str(error)) from None
+    add_search_routes(app, model, config, admitted, on_model, admission, language)
 
     @app.post("/v1/tag", openapi_extra=_AUDIO_BODY)
     async def tag(
@@ -428,16 +409,12 @@ def create_app_from_environment() -> FastAPI:
     ``AURICLE_SERVE`` is the JSON that ``auricle serve`` writes: model name,
     checkpoint, device, threads, engine, precision and the :class:`ServeConfig` fields.
     """
-    from auricle.onnx.exported import is_exported_file, load_exported
+    from auricle.loading import RunOptions, load
 
     spec = json.loads(os.environ["AURICLE_SERVE"])
-    if is_exported_file(spec.get("checkpoint")):  # `auricle serve` checked the flags against the file; no torch
-        return create_app(load_exported(spec["checkpoint"], threads=spec.get("threads")),
-                          ServeConfig(**spec.get("config", {})))
-    from auricle.model import load_model
-
-    # threads also sets torch's process-wide count (the torch engine does it).
-    model = load_model(spec["model"], checkpoint=spec.get("checkpoint"), device=spec.get("device", "cpu"),
-                       engine=spec.get("engine", "torch"), precision=spec.get("precision", "fp32"),
-                       threads=spec.get("threads"))
+    # `auricle serve` checked engine and precision against an exported file: here they are defaults that yield
+    # to it (no torch then). threads also sets torch's process-wide count.
+    model = load(spec["model"], spec.get("checkpoint"),
+                 RunOptions(spec.get("device", "cpu"), spec.get("engine", "torch"), spec.get("precision", "fp32"),
+                            spec.get("threads"), defaulted=frozenset({"engine", "precision"})))
     return create_app(model, ServeConfig(**spec.get("config", {})))

@@ -1,7 +1,9 @@
 """``POST /v1/chat/completions``: the OpenAI chat API over MiDashengLM, for OpenAI clients.
 
 One recording per request, as an ``input_audio`` content part (base64 and a format); the text
-parts of the user's messages are the question (none: the caption preset). The answer is greedy
+parts of the user's messages are the question (none: the caption preset). A request with text and
+no audio is answered by the decoder alone (as ``auricle describe --server --summary`` asks for its
+summary); ``usage`` counts the prompt's tokens, audio tokens included, and the answer's. The answer is greedy
 (``temperature`` and the like are accepted and ignored). Refusals have OpenAI's error shape,
 ``{"error": {"message", "type", "param", "code"}}``.
 """
@@ -26,10 +28,11 @@ AUDIO_FORMAT = re.compile(r"^[a-z0-9]{1,8}$")
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """What a chat completion asks: the question (None: describe), the audio, the token limit, streaming."""
+    """What a chat completion asks: the question (None: describe), the audio (None: text only), the token
+    limit, streaming."""
 
     question: str | None
-    audio: bytes
+    audio: bytes | None
     audio_format: str
     max_new_tokens: int
     stream: bool
@@ -70,8 +73,10 @@ def parse_chat(body: bytes, max_new_tokens_limit: int) -> ChatRequest:
                 audio.append(_audio(part["input_audio"], where))
             else:
                 raise _bad(f"{where}: a text or input_audio part is required")
-    if len(audio) != 1:
-        raise _bad(f"one input_audio part is required (got {len(audio)})")
+    question = "\n".join(text for text in texts if text.strip()) or None
+    if len(audio) > 1 or (not audio and question is None):
+        raise _bad(f"one input_audio part, or a question without audio, is required (got {len(audio)} "
+                   f"input_audio parts)")
     limit = values.get("max_completion_tokens", values.get("max_tokens"))
     if limit is None:
         limit = choices.DEFAULT_MAX_NEW_TOKENS
@@ -80,8 +85,8 @@ def parse_chat(body: bytes, max_new_tokens_limit: int) -> ChatRequest:
     stream = values.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad(f"stream: true or false, got {stream!r}")
-    question = "\n".join(text for text in texts if text.strip()) or None
-    return ChatRequest(question, audio[0][0], audio[0][1], limit, stream)
+    data, audio_format = audio[0] if audio else (None, "wav")
+    return ChatRequest(question, data, audio_format, limit, stream)
 
 
 def _audio(part: dict, where: str) -> tuple[bytes, str]:

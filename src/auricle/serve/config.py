@@ -22,7 +22,9 @@ class ServeConfig:
     ``max_pending``: requests admitted at once (their body fully received:
     decoding, waiting for or on the model); one more gets 503 with
     ``Retry-After: retry_after``. ``request_timeout``: seconds a request may
-    take once admitted, else 503. ``max_batch_size`` / ``max_wait``: the
+    take once admitted, else 503; ``generation_timeout``: the same for the
+    audio-language routes, whose one-at-a-time answers take minutes on a CPU.
+    ``max_batch_size`` / ``max_wait``: the
     batcher runs the model on up to this many windows of equal length, waiting
     at most ``max_wait`` seconds for a batch to fill. ``max_streams``:
     concurrent ``/v1/stream`` sockets.
@@ -51,6 +53,7 @@ class ServeConfig:
     max_pending: int = 64
     retry_after: int = 1
     request_timeout: float = 60.0
+    generation_timeout: float = 1800.0
     max_batch_size: int = 16
     max_wait: float = 0.005
     max_streams: int = 8
@@ -70,7 +73,7 @@ class ServeConfig:
                      "max_connections_per_client"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_duration", "request_timeout", "header_timeout", "body_timeout", "shutdown_timeout",
+        for name in ("max_duration", "request_timeout", "generation_timeout", "header_timeout", "body_timeout", "shutdown_timeout",
                      "max_decoded_seconds", "max_stream_seconds", "stream_idle_timeout"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")

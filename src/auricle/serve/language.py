@@ -69,9 +69,10 @@ class Generator:
 
 
 def finish_reason(description, max_new_tokens: int) -> str:
-    """"length" when a segment's answer was cut at the token limit, else "stop"."""
-    cut = any(len(segment.tokens) >= max_new_tokens for segment in description.segments if segment.skipped is None)
-    return "length" if cut else "stop"
+    """"length" when a segment's answer (or a text-only answer) was cut at the token limit, else "stop"."""
+    parts = getattr(description, "segments", None)
+    parts = [part for part in parts if part.skipped is None] if parts is not None else [description]
+    return "length" if any(part.token_count >= max_new_tokens for part in parts) else "stop"
 
 
 def add_language_routes(app: FastAPI, model, generator: Generator, admitted) -> None:
@@ -81,13 +82,33 @@ def add_language_routes(app: FastAPI, model, generator: Generator, admitted) -> 
         return Query(choices.DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS_LIMIT,
                      description="Longest answer, in tokens, per 30 s segment.")
 
+    timeout = app.state.config.generation_timeout
+
     async def answer(request: Request, filename: str | None, method, text: str, max_new_tokens: int) -> dict:
         async def work(name: str, waveform) -> dict:
             description = await generator.run(
                 lambda on_text: method(waveform, text, max_new_tokens=max_new_tokens, name=name, on_text=on_text))
             return description.to_dict()
 
-        return await admitted(request, filename, work)
+        return await admitted(request, filename, work, timeout=timeout)
+
+    async def text_only(question: str, max_new_tokens: int, on_text) -> dict:
+        """A question without audio, answered by the decoder alone, within admission and the time limit."""
+        from auricle.errors import AuricleError
+        from auricle.serve import chat
+
+        with app.state.admission:
+            try:
+                summary = await asyncio.wait_for(generator.run(
+                    lambda pieces: model.complete(question, max_new_tokens, name="the question", on_text=pieces),
+                    on_text), timeout)
+            except TimeoutError:
+                raise RequestError(503, f"request not finished within {timeout:g} s (a busy server)",
+                                   {"Retry-After": str(app.state.config.retry_after)}) from None
+            except AuricleError as error:  # e.g. a question longer than the context
+                raise RequestError(400, str(error)) from None
+        return chat.completion(model.name, summary.text, finish_reason(summary, max_new_tokens),
+                               summary.prompt_tokens, summary.token_count)
 
     @app.post("/v1/describe", openapi_extra=app.state.audio_body)
     async def describe(
@@ -116,7 +137,8 @@ def add_language_routes(app: FastAPI, model, generator: Generator, admitted) -> 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        """The OpenAI chat API: one ``input_audio`` part and the question as text parts (see docs/serve.md)."""
+        """The OpenAI chat API: one ``input_audio`` part and the question as text parts, or text alone
+        (see docs/serve.md)."""
         from fastapi.responses import JSONResponse
 
         from auricle.serve import chat
@@ -126,6 +148,7 @@ def add_language_routes(app: FastAPI, model, generator: Generator, admitted) -> 
             parsed = chat.parse_chat(await chat.read_body(request, config.max_upload_bytes), MAX_NEW_TOKENS_LIMIT)
             pieces: asyncio.Queue[str] = asyncio.Queue()
             loop = asyncio.get_running_loop()
+            on_text = (lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece)) if parsed.stream else None
 
             async def receive(folder: str) -> tuple[str, str]:
                 return chat.save_audio(parsed, folder)
@@ -138,14 +161,18 @@ def add_language_routes(app: FastAPI, model, generator: Generator, admitted) -> 
                     method = lambda on_text: model.ask(waveform, parsed.question,  # noqa: E731
                                                        max_new_tokens=parsed.max_new_tokens, name=name,
                                                        on_text=on_text)
-                on_text = (lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece)) if parsed.stream else None
                 description = await generator.run(method, on_text)
-                return chat.completion(model.name, description.text,
-                                       finish_reason(description, parsed.max_new_tokens), 0, description.tokens)
+                return chat.completion(model.name, description.text, finish_reason(description, parsed.max_new_tokens),
+                                       description.prompt_tokens, description.tokens)
+
+            def run():
+                if parsed.audio is None:
+                    return text_only(parsed.question, parsed.max_new_tokens, on_text)
+                return admitted(request, None, work, receive=receive, timeout=timeout)
 
             if not parsed.stream:
-                return await admitted(request, None, work, receive=receive)
-            answer = asyncio.ensure_future(admitted(request, None, work, receive=receive))
+                return await run()
+            answer = asyncio.ensure_future(run())
             # The status is settled by the first piece of text: until then a refusal (bad audio, busy) is
             # still an HTTP error, not an event in a 200 stream.
             first = asyncio.ensure_future(pieces.get())

@@ -1,5 +1,6 @@
 // The auricle web page: upload or record audio, show top tags and an events timeline;
-// or stream the microphone to /v1/stream. Plain JS, no external resources.
+// or stream the microphone to /v1/stream. With an audio-language model (MiDashengLM) the chosen
+// sound is described, and questions about it are asked, instead. Plain JS, no external resources.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -75,7 +76,59 @@ async function tagBlob(blob, name) {
   showResult(body, (performance.now() - started) / 1000);
 }
 
+// -- an audio-language server: describe the sound, or ask about it -------------------------
+let language = false;
+let lastSound = null; // {blob, name}: what the ask box asks about
+
+function segmentRow(segment, spans) {
+  const item = document.createElement("li");
+  const text = segment.skipped ? `(${segment.skipped})` : segment.text;
+  item.textContent = spans ? `${segment.start.toFixed(2)}–${segment.end.toFixed(2)} s  ${text}` : text;
+  return item;
+}
+
+async function askBlob(blob, name) {
+  lastSound = { blob, name };
+  $("ask-button").disabled = false;
+  const question = $("question").value.trim();
+  showError("");
+  setStatus(question ? `asking about ${name}…` : `describing ${name}…`);
+  const form = new FormData();
+  form.append("file", blob, name);
+  const url = question ? `/v1/ask?${new URLSearchParams({ question })}` : "/v1/describe";
+  const started = performance.now();
+  let response;
+  try {
+    response = await fetch(url, { method: "POST", body: form });
+  } catch (error) {
+    setStatus("");
+    failed(`request failed: ${error}`);
+    return;
+  }
+  const body = await response.json().catch(() => ({}));
+  setStatus("");
+  if (!response.ok) {
+    failed(`${response.status}: ${body.detail ? JSON.stringify(body.detail) : response.statusText}`);
+    return;
+  }
+  const seconds = (performance.now() - started) / 1000;
+  $("result-panel").hidden = false;
+  $("result-title").textContent = body.file;
+  $("result-meta").textContent =
+    `${body.duration.toFixed(2)} s · ${body.model} · ${body.tokens} token(s) · ${seconds.toFixed(2)} s`;
+  $("tags").replaceChildren();
+  $("timeline-block").hidden = true;
+  $("answer-block").hidden = false;
+  $("answer-question").textContent = body.prompt;
+  $("answer").replaceChildren(...body.segments.map((s) => segmentRow(s, body.segments.length > 1)));
+}
+
+function chosen(blob, name) {
+  if (language) askBlob(blob, name); else tagBlob(blob, name);
+}
+
 function showResult(result, seconds) {
+  $("answer-block").hidden = true;
   $("result-panel").hidden = false;
   $("result-title").textContent = result.file;
   $("result-meta").textContent =
@@ -196,7 +249,7 @@ async function toggleRecord() {
     const type = recorder.mimeType || "audio/webm";
     recorder = null;
     const extension = type.includes("ogg") ? "ogg" : type.includes("mp4") ? "m4a" : "webm";
-    tagBlob(new Blob(chunks, { type }), `recording.${extension}`);
+    chosen(new Blob(chunks, { type }), `recording.${extension}`);
   };
   recorder.start();
   button.classList.add("active");
@@ -277,7 +330,13 @@ function liveEvent(text) {
 async function loadModelInfo() {
   try {
     const info = await (await fetch("/v1/models")).json();
-    $("model-info").textContent = `${info.model.name} · ${info.model.classes} classes`;
+    language = info.model.kind === "audio-language";
+    $("model-info").textContent = language ? `${info.model.name} · audio-language model`
+      : `${info.model.name} · ${info.model.classes} classes`;
+    // A language server answers in words: no tagging options, no live tags (its /v1/stream refuses).
+    $("ask-box").hidden = !language;
+    $("tag-options").hidden = language;
+    $("live-button").hidden = language;
   } catch (error) {
     $("model-info").textContent = "model info unavailable";
   }
@@ -285,8 +344,12 @@ async function loadModelInfo() {
 
 $("file-input").addEventListener("change", (event) => {
   const file = event.target.files[0];
-  if (file) tagBlob(file, file.name);
+  if (file) chosen(file, file.name);
   event.target.value = "";
+});
+$("ask-button").addEventListener("click", () => { if (lastSound) askBlob(lastSound.blob, lastSound.name); });
+$("question").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && lastSound) askBlob(lastSound.blob, lastSound.name);
 });
 $("record-button").addEventListener("click", toggleRecord);
 $("live-button").addEventListener("click", toggleLive);
