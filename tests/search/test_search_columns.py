@@ -307,7 +307,7 @@ def test_ced_index_decodes_each_file_once_and_scores_as_tag(tiny_model, tmp_path
 
 def test_class_maxima_by_bits_equal_float_maxima():
     from auricle.search.columns import Columns
-    from auricle.search.query import _column_max
+    from auricle.search.ranking import _column_max
 
     rng = np.random.default_rng(0)
     scores = (rng.random((6, 500)) ** 4).astype(np.float16)
@@ -324,11 +324,11 @@ def test_class_maxima_by_bits_equal_float_maxima():
 
 def test_a_selective_path_glob_is_matched_in_sqlite(tmp_path, monkeypatch):
     """Past a few candidates, every path is matched once (SQLite GLOB, then fnmatch): the same ranking."""
-    import auricle.search.query as query_module
+    import auricle.search.ranking as ranking_module
 
     folder, index_path = tmp_path / "sounds", tmp_path / "index.db"
     fill(index_path, make_files(folder, 150), seed=4, ties=20)
-    monkeypatch.setattr(query_module, "LAZY_PATHS", 0)
+    monkeypatch.setattr(ranking_module, "LAZY_PATHS", 0)
     check_all(index_path, folder)
     assert searched(index_path, "Dog", path="nothing*") == []
 

@@ -10,6 +10,9 @@ scores with a PyTorch network; :class:`auricle.onnx.exported.ExportedModel` with
 exported ONNX file, without importing torch (a torch import costs ~1-2 s of a
 short command's start). The decoder thread, the batching of calls and block-by-block decoding
 are :mod:`auricle.inference.batching`.
+
+Over 400 lines: :meth:`Tagger.iter_tag` and :meth:`Tagger.iter_tag_embed` (``auricle index``'s one
+pass) are one loop over the decoded windows, whose per-file state the two share.
 """
 
 from __future__ import annotations
