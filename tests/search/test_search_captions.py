@@ -203,6 +203,11 @@ def test_merge_keeps_the_captions(captioned, tmp_path):
     merged = tmp_path / "merged.db"
     assert run("index-merge", captioned, "-o", merged).exit_code == 0
     assert search_json(merged, "water boiling in a kettle") == search_json(captioned, "water boiling in a kettle")
+    from auricle.search.columns import pending_changes, read_columns, usable
+
+    with auricle.Index.open(merged, readonly=True) as index:  # the captions and a current column file
+        assert index.captioned == 3 and usable(read_columns(str(merged)), index.store.meta)
+        assert pending_changes(index.store) == 0
 
 
 def test_caption_scores_are_exact_per_segment(captioned, monkeypatch):
