@@ -67,6 +67,15 @@ class AudioModel(Tagger):
     def _score_now(self, batch: np.ndarray) -> torch.Tensor:
         return self.engine.probabilities(torch.from_numpy(batch).to(self.device))
 
+    tags_with_tokens = True  # the head reads the mean token: one call gives scores and embedding
+
+    def _submit_with_tokens(self, batch: np.ndarray) -> Future:
+        return self.engine.submit_with_tokens(torch.from_numpy(batch).to(self.device))
+
+    @torch.inference_mode()
+    def _score_now_with_tokens(self, batch: np.ndarray) -> torch.Tensor:
+        return self.engine.probabilities_and_tokens(torch.from_numpy(batch).to(self.device))
+
     @staticmethod
     def _rows(result: torch.Tensor) -> np.ndarray:
         return result.cpu().numpy()

@@ -186,26 +186,28 @@ def test_describe_taking_a_path_for_its_model_is_one_line(recordings, tiny_check
     assert not (tmp_path / "x.db").exists() or auricle.Index.open(tmp_path / "x.db").store.count() == 0
 
 
-def test_a_schema_version_1_index_is_read_as_it_is_and_migrated_by_index(indexed, recordings, tiny_checkpoint):
+def test_a_schema_version_1_index_is_refused_by_search_and_index(indexed, recordings, tiny_checkpoint):
+    """Version 2 (captions, the compact files table, the column file) is a rebuild: version 1 is not migrated."""
     with sqlite3.connect(indexed) as connection:
         connection.execute("DROP TABLE file_captions")
         connection.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     connection.close()
     before = indexed.read_bytes()
-    assert len(search_json(indexed, "water boiling in a kettle")) == 3  # read-only: no captions, file untouched
-    assert indexed.read_bytes() == before
-    result = run("index", recordings, "-o", indexed, "--checkpoint", tiny_checkpoint)
-    assert result.exit_code == 0 and "3 unchanged" in result.stderr  # nothing recomputed
-    connection = sqlite3.connect(indexed)
-    assert connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
-    assert connection.execute("SELECT count(*) FROM file_captions").fetchone()[0] == 0
-    connection.close()
+    for result in (run("search", "water boiling in a kettle", "--index", indexed),
+                   run("index", recordings, "-o", indexed, "--checkpoint", tiny_checkpoint)):
+        one_error_line(result, "schema version 1", "rebuild it with `auricle index` into a new file")
+    assert indexed.read_bytes() == before  # neither touched it
 
 
 def test_merge_keeps_the_captions(captioned, tmp_path):
     merged = tmp_path / "merged.db"
     assert run("index-merge", captioned, "-o", merged).exit_code == 0
     assert search_json(merged, "water boiling in a kettle") == search_json(captioned, "water boiling in a kettle")
+    from auricle.search.columns import pending_changes, read_columns, usable
+
+    with auricle.Index.open(merged, readonly=True) as index:  # the captions and a current column file
+        assert index.captioned == 3 and usable(read_columns(str(merged)), index.store.meta)
+        assert pending_changes(index.store) == 0
 
 
 def test_caption_scores_are_exact_per_segment(captioned, monkeypatch):

@@ -51,6 +51,14 @@ def test_like_upload_answers_as_the_command(indexed, recordings, tiny_model, tin
         assert [h["file"] for h in hits] == [h["file"] for h in expected]
         assert [h["score"] for h in hits] == pytest.approx([h["score"] for h in expected], abs=1e-5)
         assert answer.json()["like"] == "clip.wav"
+        # A recording longer than a window: embedded as --like embeds it (one embedding per tagging window).
+        with open(recordings / "long.wav", "rb") as handle:
+            long = client.post("/v1/search", files={"file": ("long.wav", handle)}).json()["hits"]
+        expected = search_json(indexed, "--like", recordings / "long.wav", "--checkpoint", tiny_checkpoint)
+        spans = [[(s["start"], s["end"], s["score"]) for s in h["segments"]] for h in expected]
+        assert [h["file"] for h in long] == [h["file"] for h in expected]
+        assert [[(s["start"], s["end"], s["score"]) for s in h["segments"]] for h in long] == spans
+        assert [h["score"] for h in long] == pytest.approx([h["score"] for h in expected], abs=1e-5)
         raw = client.post("/v1/search", params={"filename": "raw.wav", "path": "t*"},
                           content=(recordings / "noise.wav").read_bytes())
         assert [h["file"] for h in raw.json()["hits"]] == [str(recordings / "tone.wav")]

@@ -74,9 +74,28 @@ class Engine:
             return self._pool.submit(lambda stream, part: self._probabilities(part, stream), waveforms)
         return run_here(torch.inference_mode()(self._probabilities), waveforms, 0)
 
+    def probabilities_and_tokens(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) -> (batch, classes + dim): :meth:`probabilities`, then each clip's mean token."""
+        return self._split(self._probabilities_and_tokens, waveforms)
+
+    def submit_with_tokens(self, waveforms: torch.Tensor) -> Future:
+        """:meth:`submit` of :meth:`probabilities_and_tokens`."""
+        if self._pool is not None:
+            return self._pool.submit(lambda stream, part: self._probabilities_and_tokens(part, stream), waveforms)
+        return run_here(torch.inference_mode()(self._probabilities_and_tokens), waveforms, 0)
+
     # -- per stream ------------------------------------------------------------------
     def _features(self, pieces: torch.Tensor, stream: int = 0, keys: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def _probabilities_and_tokens(self, waveforms: torch.Tensor, stream: int = 0) -> torch.Tensor:
+        # One encoder pass gives both: the head reads the mean token, which is also the embedding.
+        network = self.network
+        pieces, count = network.pieces(network.normalize(network.spectrogram(waveforms)))
+        means = self._features(pieces, stream).mean(dim=1)
+        probabilities = network.activate(network.outputlayer(means))
+        both = torch.cat([probabilities, means], dim=1)
+        return both.reshape(count, -1, both.shape[-1]).mean(dim=0)
 
     def _probabilities(self, waveforms: torch.Tensor, stream: int = 0) -> torch.Tensor:
         return self.network.probabilities_with(lambda pieces, keys: self._features(pieces, stream, keys), waveforms)

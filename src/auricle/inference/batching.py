@@ -98,8 +98,11 @@ class _Calls:
     call runs at once, as a plain loop would.
     """
 
-    def __init__(self, model: Tagger, batch_size: int | None = None) -> None:
+    def __init__(self, model: Tagger, batch_size: int | None = None, with_tokens: bool = False) -> None:
         self._model = model
+        # with_tokens: each row the window's class scores, then its mean token (Tagger.iter_tag_embed)
+        self._start = model._submit_with_tokens if with_tokens else model._submit
+        self._run_here = model._score_now_with_tokens if with_tokens else model._score_now
         self.part = max(1, (batch_size or model.batch_size) // model.streams)
         self._keep = 2 * model.streams
         self._in_flight: deque[tuple[list, Future]] = deque()
@@ -113,8 +116,8 @@ class _Calls:
         """
         batch = np.stack(windows).astype(np.float32, copy=False)
         if last and not self._in_flight:
-            return list(zip(owners, self._model._rows(self._model._score_now(batch))))
-        self._in_flight.append((owners, self._model._submit(batch)))
+            return list(zip(owners, self._model._rows(self._run_here(batch))))
+        self._in_flight.append((owners, self._start(batch)))
         return self.collect()
 
     def add(self, owners: list, windows: Sequence[np.ndarray], last: bool = False) -> list[tuple[object, np.ndarray]]:

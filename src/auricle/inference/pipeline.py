@@ -10,6 +10,9 @@ scores with a PyTorch network; :class:`auricle.onnx.exported.ExportedModel` with
 exported ONNX file, without importing torch (a torch import costs ~1-2 s of a
 short command's start). The decoder thread, the batching of calls and block-by-block decoding
 are :mod:`auricle.inference.batching`.
+
+Over 400 lines: :meth:`Tagger.iter_tag` and :meth:`Tagger.iter_tag_embed` (``auricle index``'s one
+pass) are one loop over the decoded windows, whose per-file state the two share.
 """
 
 from __future__ import annotations
@@ -107,6 +110,18 @@ class Tagger:
     def _rows(result) -> np.ndarray:
         """A finished call's result as a numpy array (subclasses whose calls return tensors convert here)."""
         return np.asarray(result)
+
+    #: Whether one model call gives both a window's class scores and its mean token
+    #: (:meth:`iter_tag_embed`); models that cannot are tagged and embedded apart.
+    tags_with_tokens: bool = False
+
+    def _submit_with_tokens(self, batch: np.ndarray) -> Future:
+        """As :meth:`_submit`, each row the probabilities followed by the window's mean token (classes + dim)."""
+        raise NotImplementedError
+
+    def _score_now_with_tokens(self, batch: np.ndarray) -> np.ndarray:
+        """As :meth:`_score_now`, rows as :meth:`_submit_with_tokens`'s."""
+        raise NotImplementedError
 
     # -- embeddings --------------------------------------------------------------
     def embed_waveform(self, waveform: np.ndarray, name: str = "<array>", batch_size: int | None = None) -> Embeddings:
@@ -300,12 +315,33 @@ class Tagger:
         (windows never share a frontend).
         """
         options = options or self.tag_options(**option_values)
+        yield from self._iter_scored(sources, options, batch_size, names, sample_rate, with_tokens=False)
+
+    def iter_tag_embed(
+        self, sources: Iterable[str | os.PathLike | np.ndarray], options: TagOptions, batch_size: int | None = None,
+        names: Sequence[str] | None = None, *, sample_rate: int | None = None,
+    ) -> Iterator[tuple[ClipTags, np.ndarray] | Failure]:
+        """Tag files and embed their windows from the same model call, each file decoded once.
+
+        Yields per file (:class:`ClipTags`, window embeddings (windows, dim): the mean token of each
+        tagging window, as its class scores come from) or a :class:`Failure`; in input order. Only
+        for models whose ``tags_with_tokens`` is true (``auricle index`` uses it: one pass costs what
+        ``tag`` costs, where tagging and embedding apart decoded and encoded every file twice).
+        Waveform arrays among ``sources`` as :meth:`iter_tag`'s (``names``, ``sample_rate``).
+        """
+        if not self.tags_with_tokens:
+            raise OptionError(f"{self.name}: does not give class scores and tokens from one call")
+        yield from self._iter_scored(sources, options, batch_size, names, sample_rate, with_tokens=True)
+
+    def _iter_scored(self, sources, options: TagOptions, batch_size: int | None, names: Sequence[str] | None,
+                     sample_rate: int | None, with_tokens: bool) -> Iterator:
+        """:meth:`iter_tag`'s work; ``with_tokens``: each result is (ClipTags, window mean tokens)."""
         space = ClassSpace.build(self.labels, options.classes, options.profile)
         window_config = options.window
         states: dict[int, _FileState] = {}
         queue: list[tuple[int, int, np.ndarray]] = []
         next_to_emit = 0
-        calls = _Calls(self, batch_size)
+        calls = _Calls(self, batch_size, with_tokens)
 
         def store(rows: Iterable[tuple[tuple[int, int], np.ndarray]]) -> None:
             for (item, position), row in rows:
@@ -327,7 +363,10 @@ class Tagger:
                     continue
                 bounds = np.array([state.starts, state.ends], dtype=float).T / SAMPLE_RATE
                 probabilities = np.stack([state.rows[i] for i in range(len(state.starts))])
-                if not np.isfinite(probabilities).all():
+                tokens = None
+                if with_tokens:  # one row per window: the class scores, then the mean token
+                    probabilities, tokens = np.split(probabilities, [len(self.labels)], axis=1)
+                if not (np.isfinite(probabilities).all() and (tokens is None or np.isfinite(tokens).all())):
                     yield Failure(state.name, f"{state.name}: {NOT_FINITE}")
                     continue
                 result = summarize(
@@ -336,7 +375,7 @@ class Tagger:
                 if state.truncation is not None:
                     result = dataclasses.replace(result, truncated=True,
                                                  declared_duration=state.truncation.declared)
-                yield result
+                yield result if tokens is None else (result, tokens)
 
         for kind, item, payload in decoded_windows(sources, names, window_config, sample_rate):
             if calls.ready():

@@ -128,7 +128,9 @@ class Index:
             if model is None:
                 raise OptionError("like= needs the model the index was made with, to embed the recording")
             self.check(model)
-            clip = model.embed(str(like)).clip
+            from auricle.search.index import like_embedding
+
+            clip = like_embedding(model, str(like), self.store.meta)
             return like_hits(self.store, clip, filters, top, warn, os.path.basename(str(like)))
         return self._words(query, filters, top, warn)
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from auricle.errors import AuricleError, OptionError, SearchIndexError
 from auricle.search.query import (
-    ENGLISH_HINT, MAX_SEGMENTS, MISSING_SPARE, CaptionMatch, Filters, QueryClass, SearchHit, class_evidence, present,
+    ENGLISH_HINT, MAX_SEGMENTS, MISSING_SPARE, CaptionMatch, Filters, QueryClass, SearchHit, class_evidence,
+    class_matrix_score, class_score, present, ranked,
 )
 from auricle.search.store import Store, from_blob, to_blob
 
@@ -139,9 +140,7 @@ def _stamp_or_none(file: str) -> tuple[int, int] | None:
 
 
 def captioned_files(store: Store) -> int:
-    """How many indexed files have captions (0 for an index of schema version 1, which has no such table)."""
-    if not store.has_caption_table:
-        return 0
+    """How many indexed files have captions."""
     with store.errors():
         return store.connection.execute("SELECT count(*) FROM file_captions").fetchone()[0]
 
@@ -185,7 +184,11 @@ def check_encoder(store: Store, encoder) -> None:
 
 def hybrid_hits(store: Store, query: str, classes: list[QueryClass], filters: Filters, top: int,
                 warn: Callable[[str], None], encoder) -> list[SearchHit]:
-    """Files ranked by the noisy-OR of their class score (``classes``) and caption score for ``query``."""
+    """Files ranked by the noisy-OR of their class score (``classes``) and caption score for ``query``.
+
+    Only the files with a caption over the floor need both scores (read from SQLite); every
+    other file's score is its class score alone, ranked from the column file as a class query's.
+    """
     check_encoder(store, encoder)
     captions = caption_scores(store, encoder.encode([query.strip()])[0])
     if not classes and not captions:
@@ -194,26 +197,39 @@ def hybrid_hits(store: Store, query: str, classes: list[QueryClass], filters: Fi
     indices = np.array([c.index for c in classes], dtype=int)
     weights = np.array([c.weight for c in classes], dtype=np.float32)
     keep = top + MISSING_SPARE
-    best: list[tuple[float, str, float, int]] = []
-    where, parameters = filters.sql()
-    for chunk in store.rows("path, duration, clip_scores, id", where, parameters):
-        chunk = [row for row in chunk if filters.keeps(row[0])]
-        if not chunk:
-            continue
-        if classes:
-            matrix = np.frombuffer(b"".join(row[2] for row in chunk), dtype="<f2").reshape(len(chunk), -1)
-            by_class = (matrix[:, indices].astype(np.float32) * weights).max(axis=1)
-        else:
-            by_class = np.zeros(len(chunk), dtype=np.float32)
-        by_caption = np.array([captions.get(row[3], (0.0,))[0] for row in chunk], dtype=np.float32)
-        scores = 1.0 - (1.0 - by_class) * (1.0 - by_caption)
-        floor = -np.partition(-scores, keep - 1)[keep - 1] if len(scores) > keep else 0.0
-        chosen = np.flatnonzero((scores >= floor) & (scores > 0))
-        best = sorted(best + [(float(scores[i]), chunk[i][0], float(chunk[i][1]), chunk[i][3]) for i in chosen],
-                      key=lambda item: (-item[0], item[1]))[:keep]
+    said = _captioned(store, captions, indices, weights, filters)
+    best = [(score, path, duration) for score, path, duration, _ in said if score > 0]
+    if classes:
+        # The best by class alone, as many more as there are captioned files (which may be among them).
+        captioned = {path for _, path, _, _ in said}
+        best += [item for item in ranked(store, "clip_scores", class_matrix_score(indices, weights),
+                                         class_score(indices, weights), filters, keep + len(said))
+                 if item[1] not in captioned and item[0] > 0]
+    ids = {path: file_id for _, path, _, file_id in said}
     hits = []
-    for score, path, duration, file_id in present(best, warn, top):
+    for score, path, duration in present(sorted(best, key=lambda item: (-item[0], item[1]))[:keep], warn, top):
         matched, segments = class_evidence(store.row(path), classes) if classes else ((), ())
-        said = tuple(captions.get(file_id, (0.0, []))[1])
-        hits.append(SearchHit(len(hits) + 1, path, score, duration, matched, segments, said))
+        found = tuple(captions[ids[path]][1]) if path in ids else ()
+        hits.append(SearchHit(len(hits) + 1, path, score, duration, matched, segments, found))
     return hits
+
+
+def _captioned(store: Store, captions: dict[int, tuple[float, list[CaptionMatch]]], indices: np.ndarray,
+               weights: np.ndarray, filters: Filters) -> list[tuple[float, str, float, int]]:
+    """(noisy-OR score, path, duration, file id) of the files in ``captions`` that ``filters`` keeps."""
+    where, parameters = filters.sql()
+    ids = sorted(captions)
+    found = []
+    for first in range(0, len(ids), 900):  # SQLite's bound on parameters
+        part = ids[first:first + 900]
+        clause = f"files.id IN ({','.join('?' * len(part))})"
+        for chunk in store.rows("path, duration, clip_scores, files.id", f"{where} AND {clause}" if where
+                                else f"WHERE {clause}", (*parameters, *part)):
+            for path, duration, scores, file_id in chunk:
+                if not filters.keeps(path):
+                    continue
+                by_class = (float((from_blob(scores, "f2")[indices].astype(np.float32) * weights).max())
+                            if len(indices) else 0.0)
+                score = 1.0 - (1.0 - by_class) * (1.0 - captions[file_id][0])
+                found.append((score, path, float(duration), file_id))
+    return found

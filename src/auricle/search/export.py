@@ -127,7 +127,7 @@ def _chunks(store: Store):
     """Column lists of the three tables, a chunk of files at a time, in path order."""
     query = ("path, size, mtime_ns, duration, clip_scores, clip_embedding, window_bounds, window_scores, "
              "piece_bounds, piece_embeddings")
-    for batch in store.rows(query, "JOIN file_windows ON file_windows.file_id = files.id ORDER BY path", chunk=512):
+    for batch in store.rows(query, "ORDER BY path", chunk=512):
         files = {key: [] for key in ("path", "size", "mtime_ns", "duration", "clip_scores", "clip_embedding")}
         windows = {key: [] for key in ("path", "window", "start", "end", "scores")}
         pieces = {key: [] for key in ("path", "piece", "start", "end", "embedding")}

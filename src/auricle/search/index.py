@@ -20,10 +20,13 @@ import numpy as np
 
 from auricle.errors import SearchIndexError
 from auricle.inference.results import ClipTags, Embeddings, Failure
+from auricle.search.columns import refresh_if_due
 from auricle.search.store import FileRow, Store
 
 #: Files per transaction: small enough that a kill loses little, large enough that commits cost nothing.
 BATCH_FILES = 32
+#: Files written between two looks at whether the column file is due a rewrite (a look counts the rows).
+CHECK_FILES = 1024
 
 
 @dataclass
@@ -49,7 +52,8 @@ def model_meta(model, window: float, hop: float | None) -> dict[str, str]:
     """What decides the stored numbers: the model, its weights and the tagging windows."""
     from auricle.fingerprints import tagger_key
 
-    return scorer_meta(model.name, tagger_key(model)[:16], model.labels.names, window, hop)
+    return {**scorer_meta(model.name, tagger_key(model)[:16], model.labels.names, window, hop),
+            "embeddings": embeddings_kind(model)}
 
 
 def scorer_meta(name: str, weights: str, labels: Iterable[str], window: float, hop: float | None) -> dict[str, str]:
@@ -113,6 +117,8 @@ def put_scored(store: Store, meta: dict[str, str], scored: Iterable[ScoredFile])
         with store.transaction() as connection:
             for row in pending:
                 store.put(connection, row)
+        if (report.added + len(pending)) // CHECK_FILES > report.added // CHECK_FILES:
+            refresh_if_due(store, finished=False)
         report.added += len(pending)
         pending.clear()
 
@@ -126,6 +132,7 @@ def put_scored(store: Store, meta: dict[str, str], scored: Iterable[ScoredFile])
             write()
     if pending:
         write()
+    refresh_if_due(store, finished=True)
     return report
 
 
@@ -197,14 +204,66 @@ def file_row(path: str, tags: ClipTags, embeddings: Embeddings, size_mtime: tupl
                    piece_bounds=piece_bounds, piece_embeddings=np.asarray(embeddings.windows))
 
 
+def window_row(path: str, tags: ClipTags, tokens: np.ndarray, size_mtime: tuple[int, int]) -> FileRow:
+    """The row of a file tagged and embedded in one pass: a piece per tagging window, the clip their mean."""
+    scores = np.asarray(tags.scores, dtype=np.float32)
+    bounds = np.asarray(tags.window_bounds, dtype=np.float32)
+    return FileRow(path=path, size=size_mtime[0], mtime_ns=size_mtime[1], duration=float(tags.duration),
+                   clip_scores=scores.max(axis=0), window_bounds=bounds, window_scores=scores,
+                   clip_embedding=tokens.mean(axis=0), piece_bounds=bounds, piece_embeddings=tokens)
+
+
+def embeddings_kind(model) -> str:
+    """How the index's embeddings are made: ``windows`` (one pass with the tags) or ``pieces`` (``embed``'s)."""
+    return "windows" if getattr(model, "tags_with_tokens", False) else "pieces"
+
+
+def query_embedding(model, source: str | np.ndarray, window: float = 10.0, hop: float | None = None,
+                    name: str | None = None) -> np.ndarray:
+    """A recording's clip embedding made as the index made its files' (``like=``): a file's path, or a
+    16 kHz mono waveform (an upload to ``POST /v1/search``) named ``name``."""
+    from auricle.audio import SAMPLE_RATE
+    from auricle.errors import AudioError
+
+    array = isinstance(source, np.ndarray)
+    name = name or ("<array>" if array else str(source))
+    if embeddings_kind(model) == "pieces":
+        return model.embed_waveform(source, name=name).clip if array else model.embed(source).clip
+    result = next(model.iter_tag_embed([source], model.tag_options(window=window, hop=hop), names=[name],
+                                       sample_rate=SAMPLE_RATE if array else None))
+    if isinstance(result, Failure):
+        raise AudioError(result.error)
+    return result[1].mean(axis=0)
+
+
+def like_embedding(model, source: str | np.ndarray, meta: dict[str, str], name: str | None = None) -> np.ndarray:
+    """:func:`query_embedding` with the tagging windows of the index whose meta rows are ``meta``."""
+    window = float(meta.get("window", "10.0"))
+    return query_embedding(model, source, window, float(meta.get("hop", window)), name)
+
+
 def compute(model, files: list[str], options, batch_size: int | None = None) -> Iterator[FileRow | Failure]:
-    """Tag and embed ``files``, in order; a :class:`Failure` for each that fails and the rest go on."""
+    """Tag and embed ``files``, in order; a :class:`Failure` for each that fails and the rest go on.
+
+    A model whose head reads the mean token (CED) gives both from one decode and one
+    encoder call per window (:meth:`~auricle.inference.pipeline.Tagger.iter_tag_embed`);
+    others are tagged, then embedded as ``auricle embed`` does (each file decoded twice).
+    """
     stamps: dict[str, tuple[int, int]] = {}
     for file in files:
         try:
             stamps[file] = stamp(file)  # taken before decoding: a file changed meanwhile is computed again next time
         except OSError:
             pass
+    if embeddings_kind(model) == "windows":
+        for file, result in zip(files, model.iter_tag_embed(files, options, batch_size=batch_size)):
+            if isinstance(result, Failure):
+                yield result
+            elif file not in stamps:
+                yield Failure(file, f"{file}: file not found")
+            else:
+                yield window_row(file, result[0], result[1], stamps[file])
+        return
     embedded = model.iter_embed(files, batch_size=batch_size)
     for file, tags in zip(files, model.iter_tag(files, options, batch_size=batch_size)):
         embeddings = next(embedded)
@@ -246,6 +305,8 @@ def update(store: Store, model, files: list[str], *, window: float = 10.0, hop: 
                 store.put(connection, row)
             # A changed file that no longer decodes: its old row would describe other audio.
             store.delete(connection, failed)
+        if (report.added + len(pending)) // CHECK_FILES > report.added // CHECK_FILES:
+            refresh_if_due(store, finished=False)
         report.added += len(pending)
         pending.clear()
         failed.clear()
@@ -269,4 +330,5 @@ def update(store: Store, model, files: list[str], *, window: float = 10.0, hop: 
         raise
     if pending or failed:
         write()
+    refresh_if_due(store, finished=True)
     return report

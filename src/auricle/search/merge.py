@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from auricle.errors import SearchIndexError
+from auricle.search.columns import refresh
 from auricle.search.store import Store
 
 #: The meta rows that decide the stored numbers; parts that differ in any would not compare.
-SETTINGS = ("model", "weights", "labels", "window", "hop")
+SETTINGS = ("model", "weights", "labels", "window", "hop", "embeddings")
 
 
 @dataclass
@@ -96,6 +97,15 @@ def merge(parts: Sequence[str | os.PathLike], output: str | os.PathLike) -> Merg
             os.unlink(output + suffix)
         except OSError:
             pass
+    # The merged rows were copied without change records: the column file is made whole now (until
+    # then, and if this is killed, a search finds no column file of this index's and reads the rows).
+    finished = Store(output)
+    try:
+        with finished.errors():
+            finished.connection.execute("PRAGMA journal_mode=WAL")
+        refresh(finished)
+    finally:
+        finished.close()
     return MergeReport(parts=len(parts), files=files, duplicates=duplicates)
 
 
@@ -116,18 +126,18 @@ def _copy(merged: Store, part: str) -> int:
             connection.execute("DELETE FROM main.file_captions WHERE file_id IN (SELECT id FROM main.files"
                                " WHERE path IN (SELECT path FROM temp.chosen WHERE known))")
             connection.execute("DELETE FROM main.files WHERE path IN (SELECT path FROM temp.chosen WHERE known)")
-            connection.execute("INSERT INTO main.files (path, size, mtime_ns, duration, clip_scores, clip_embedding)"
-                               " SELECT path, size, mtime_ns, duration, clip_scores, clip_embedding FROM part.files"
+            connection.execute("INSERT INTO main.files (path, size, mtime_ns, duration)"
+                               " SELECT path, size, mtime_ns, duration FROM part.files"
                                " WHERE path IN (SELECT path FROM temp.chosen) ORDER BY path")
-            connection.execute("INSERT INTO main.file_windows (file_id, window_bounds, window_scores, piece_bounds,"
-                               " piece_embeddings) SELECT m.id, w.window_bounds, w.window_scores, w.piece_bounds,"
+            connection.execute("INSERT INTO main.file_windows (file_id, clip_scores, clip_embedding, window_bounds,"
+                               " window_scores, piece_bounds, piece_embeddings) SELECT m.id, w.clip_scores,"
+                               " w.clip_embedding, w.window_bounds, w.window_scores, w.piece_bounds,"
                                " w.piece_embeddings FROM part.files p JOIN part.file_windows w ON w.file_id = p.id"
                                " JOIN main.files m ON m.path = p.path WHERE p.path IN (SELECT path FROM temp.chosen)")
-            if connection.execute("SELECT 1 FROM part.sqlite_master WHERE name = 'file_captions'").fetchone():
-                connection.execute("INSERT INTO main.file_captions (file_id, bounds, texts, embeddings)"
-                                   " SELECT m.id, c.bounds, c.texts, c.embeddings FROM part.files p"
-                                   " JOIN part.file_captions c ON c.file_id = p.id JOIN main.files m ON m.path = p.path"
-                                   " WHERE p.path IN (SELECT path FROM temp.chosen)")
+            connection.execute("INSERT INTO main.file_captions (file_id, bounds, texts, embeddings)"
+                               " SELECT m.id, c.bounds, c.texts, c.embeddings FROM part.files p"
+                               " JOIN part.file_captions c ON c.file_id = p.id JOIN main.files m ON m.path = p.path"
+                               " WHERE p.path IN (SELECT path FROM temp.chosen)")
             connection.execute("DROP TABLE temp.chosen")
     finally:
         with merged.errors():

@@ -22,6 +22,8 @@ import numpy as np
 
 from auricle.errors import OptionError
 from auricle.labels import LabelError, LabelSet, resolve_classes
+from auricle.search.columns import unit_f16
+from auricle.search.ranking import class_matrix_score, class_score, cosine_score, ranked
 from auricle.search.store import Store
 
 #: Classes named in a hit's "matched" list, at most.
@@ -141,7 +143,8 @@ class Filters:
     since_ns: int | None = None
     until_ns: int | None = None
 
-    def sql(self) -> tuple[str, tuple]:
+    def time_sql(self) -> tuple[list[str], list]:
+        """The since/until clauses on ``files.mtime_ns`` and their parameters (none without those bounds)."""
         clauses, parameters = [], []
         if self.since_ns is not None:
             clauses.append("mtime_ns >= ?")
@@ -149,6 +152,10 @@ class Filters:
         if self.until_ns is not None:
             clauses.append("mtime_ns < ?")
             parameters.append(self.until_ns)
+        return clauses, parameters
+
+    def sql(self) -> tuple[str, tuple]:
+        clauses, parameters = self.time_sql()
         if self.min_duration is not None:
             clauses.append("duration >= ?")
             parameters.append(self.min_duration)
@@ -161,9 +168,19 @@ class Filters:
         if self.path is None:
             return True
         if os.sep in self.path or "/" in self.path:
-            pattern = self.path if os.path.isabs(self.path) else os.path.join(os.getcwd(), self.path)
-            return fnmatch.fnmatchcase(path, os.path.normpath(pattern))
+            return fnmatch.fnmatchcase(path, self._full_pattern())
         return fnmatch.fnmatchcase(os.path.basename(path), self.path)
+
+    def _full_pattern(self) -> str:
+        assert self.path is not None
+        return os.path.normpath(self.path if os.path.isabs(self.path) else os.path.join(os.getcwd(), self.path))
+
+    def sql_glob(self) -> str:
+        """An SQLite GLOB on the full path that every path :meth:`keeps` matches (and maybe a few more:
+        a name pattern may match a folder's name too), to narrow a million paths in C first."""
+        assert self.path is not None
+        pattern = self._full_pattern() if os.sep in self.path or "/" in self.path else f"*{os.sep}{self.path}"
+        return pattern.replace("[!", "[^")  # fnmatch's negated set in GLOB's spelling
 
 
 def time_bound(value, *, end: bool = False) -> int | None:
@@ -202,34 +219,14 @@ def _int64(nanoseconds: float) -> int:
     return int(min(max(nanoseconds, -(2 ** 63)), 2 ** 63 - 1))
 
 
-def top_rows(store: Store, column: str, score: Callable[[np.ndarray], np.ndarray], filters: Filters,
-             keep: int) -> list[tuple[float, str, float]]:
-    """The ``keep`` best (score, path, duration) by ``score`` of the ``column`` blobs (a float16 matrix), best first."""
-    where, parameters = filters.sql()
-    best: list[tuple[float, str, float]] = []
-    for chunk in store.rows(f"path, duration, {column}", where, parameters):
-        if filters.path is not None:
-            chunk = [row for row in chunk if filters.keeps(row[0])]
-            if not chunk:
-                continue
-        # float16 as stored: a query's few columns are converted, not the whole (rows, 527) matrix.
-        matrix = np.frombuffer(b"".join(row[2] for row in chunk), dtype="<f2").reshape(len(chunk), -1)
-        scores = score(matrix)
-        # Ties go by path, not by where a row is stored: a merged index ranks as one run's does.
-        chosen = (np.flatnonzero(scores >= -np.partition(-scores, keep - 1)[keep - 1]) if len(scores) > keep
-                  else range(len(scores)))
-        best = sorted(best + [(float(scores[i]), chunk[i][0], float(chunk[i][1])) for i in chosen],
-                      key=lambda item: (-item[0], item[1]))[:keep]
-    return best
-
-
 def class_hits(store: Store, classes: list[QueryClass], filters: Filters, top: int,
                warn: Callable[[str], None]) -> list[SearchHit]:
     indices = np.array([c.index for c in classes])
     weights = np.array([c.weight for c in classes], dtype=np.float32)
     hits = []
-    for score, path, duration in present(top_rows(store, "clip_scores", lambda m: (m[:, indices].astype(np.float32) * weights).max(axis=1),
-                                                  filters, top + MISSING_SPARE), warn, top):
+    ranking = ranked(store, "clip_scores", class_matrix_score(indices, weights), class_score(indices, weights),
+                     filters, top + MISSING_SPARE)
+    for score, path, duration in present(ranking, warn, top):
         matched, segments = class_evidence(store.row(path), classes)
         hits.append(SearchHit(len(hits) + 1, path, score, duration, matched, segments))
     return hits
@@ -250,15 +247,15 @@ def class_evidence(row, classes: list[QueryClass]) -> tuple[tuple[Match, ...], t
 
 def like_hits(store: Store, clip: np.ndarray, filters: Filters, top: int, warn: Callable[[str], None],
               name: str) -> list[SearchHit]:
-    query = clip / max(float(np.linalg.norm(clip)), 1e-12)
+    query = unit_f16(clip).astype(np.float32)
+    query /= max(float(np.linalg.norm(query)), 1e-12)
 
-    def cosine(matrix: np.ndarray) -> np.ndarray:
-        matrix = matrix.astype(np.float32)
-        return matrix @ query / np.maximum(np.linalg.norm(matrix, axis=1), 1e-12)
+    def cosine(matrix: np.ndarray) -> np.ndarray:  # rounded as the column file stores them: the same cosines
+        return unit_f16(matrix).astype(np.float32) @ query
 
     hits = []
-    for score, path, duration in present(top_rows(store, "clip_embedding", cosine, filters, top + MISSING_SPARE),
-                                         warn, top):
+    ranking = ranked(store, "clip_embedding", cosine, cosine_score(query), filters, top + MISSING_SPARE)
+    for score, path, duration in present(ranking, warn, top):
         row = store.row(path)
         pieces = cosine(row.piece_embeddings) if len(row.piece_embeddings) else np.zeros(0)
         segments = _segments(row.piece_bounds, pieces, [f"like {name}"] * len(pieces))

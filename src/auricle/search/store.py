@@ -1,13 +1,16 @@
-"""The search index on disk: one SQLite file (schema in docs/search.md).
+"""The search index on disk: one SQLite file (schema in docs/search.md), and its column file.
 
 Why SQLite: one file a user can copy, no server; rows are found by path through a
 B-tree, so an update of a million-file index touches only the changed rows; WAL mode
 lets searches read while an update writes; and every batch of files is one
 transaction, so a process killed at any point leaves the index as of its last
-committed batch. The clip columns, which a search reads for every file, live apart
-from the per-window arrays, read for the best files only (a scan then reads ~1.7 kB
-a file, not the whole row). Arrays are stored as raw little-endian blobs (float16
-scores and embeddings, float32 bounds): never pickled.
+committed batch. ``files`` holds only what an update compares (path, size, time,
+duration: ~100 bytes a file, read whole by every update); the arrays live in
+``file_windows``, read for the best files of a search and to build the column file
+(:mod:`auricle.search.columns`), which is what a search scans. Every write records the
+file ids it touched in ``changes``, so a search knows which rows the column file no
+longer describes. Arrays are stored as raw little-endian blobs (float16 scores and
+embeddings, float32 bounds): never pickled.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import numpy as np
 
 from auricle.errors import SearchIndexError
 
-#: Bump on any change of the tables below; an index of another version is refused, not misread
-#: (except the versions in MIGRATIONS, which are brought up to date).
+#: Bump on any change of the tables below; an index of another version is refused, not misread.
+#: 1: clip arrays in ``files``, no column file, no captions (read by auricle up to 2026-12-07; not
+#: migrated: the column file and the compact ``files`` table are a rebuild's work anyway).
 SCHEMA_VERSION = 2
 #: Seconds a writer waits for another process's lock before giving up with an error.
 BUSY_TIMEOUT_S = 10.0
@@ -35,32 +39,30 @@ CREATE TABLE files (
     path TEXT NOT NULL UNIQUE,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    duration REAL NOT NULL,
-    clip_scores BLOB NOT NULL,
-    clip_embedding BLOB NOT NULL
+    duration REAL NOT NULL
 );
 CREATE INDEX files_duration ON files (duration);
 CREATE TABLE file_windows (
     file_id INTEGER PRIMARY KEY,
+    clip_scores BLOB NOT NULL,
+    clip_embedding BLOB NOT NULL,
     window_bounds BLOB NOT NULL,
     window_scores BLOB NOT NULL,
     piece_bounds BLOB NOT NULL,
     piece_embeddings BLOB NOT NULL
 );
-"""
-#: Version 2: the segment captions of `auricle index --describe` (search/captions.py), one row per file
-#: captioned (an empty list: captioned, nothing said). Kept apart so that version 1 files migrate by
-#: adding it: nothing else changed.
-CAPTION_SCHEMA = """
+CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, file_id INTEGER NOT NULL);
 CREATE TABLE file_captions (
     file_id INTEGER PRIMARY KEY,
     bounds BLOB NOT NULL,
     texts TEXT NOT NULL,
     embeddings BLOB NOT NULL
-)
+);
 """
-#: Older versions that are brought up to date when opened for writing (read-only, they are read as they are).
-MIGRATIONS = {"1": CAPTION_SCHEMA}
+# file_captions: the segment captions of `auricle index --describe` (search/captions.py), one row per
+# file captioned (an empty list: captioned, nothing said). Captions are not in the column file: a
+# caption search reads them from SQLite (docs/search.md).
+TABLES = {"meta", "files", "file_windows", "changes", "file_captions"}
 
 
 @dataclass(frozen=True)
@@ -112,48 +114,31 @@ class Store:
             if not tables and create and not readonly:
                 self.connection.execute("PRAGMA journal_mode=WAL")
                 with self.transaction():
-                    for statement in (SCHEMA + ";" + CAPTION_SCHEMA).split(";"):
+                    for statement in SCHEMA.split(";"):
                         if statement.strip():
                             self.connection.execute(statement)
                     self.connection.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                tables = {"meta", "files", "file_windows", "file_captions"}
+                    # Names this index to its column file: another index's (a merge's output replaced
+                    # this one) is never taken for its own.
+                    self.connection.execute("INSERT INTO meta VALUES ('uid', ?)", (os.urandom(8).hex(),))
+                    self.connection.execute("INSERT INTO meta VALUES ('columns_generation', '0')")
+                tables = set(TABLES)
             if "meta" not in tables:
                 self.close()
                 raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
             self.meta = dict(self.connection.execute("SELECT key, value FROM meta"))
         version = self.meta.get("schema_version")
-        if version in MIGRATIONS and {"files", "file_windows"} <= tables:
-            tables = self._migrate(version, tables, readonly)
-            version = self.meta["schema_version"]
         if version is None:
             self.close()
             raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
         if version != str(SCHEMA_VERSION):
             self.close()  # checked first: another version may have other tables
+            hint = ("made by an earlier auricle (its search read every row); " if version == "1" else "")
             raise SearchIndexError(f"{self.path}: index schema version {version}, this auricle reads version "
-                                   f"{SCHEMA_VERSION}; rebuild it with `auricle index` into a new file")
-        if not {"files", "file_windows"} <= tables:
+                                   f"{SCHEMA_VERSION}; {hint}rebuild it with `auricle index` into a new file")
+        if not TABLES <= tables:
             self.close()
             raise SearchIndexError(f"{self.path}: not an auricle search index (an SQLite file with other tables)")
-
-    def _migrate(self, version: str, tables: set[str], readonly: bool) -> set[str]:
-        """Bring a version-1 index up to date: the captions table added in one transaction, nothing recomputed.
-
-        Read-only (a search), the file is left as it is and read as an index without captions.
-        """
-        if readonly:
-            self.meta["schema_version"] = str(SCHEMA_VERSION)
-            return tables
-        with self.transaction() as connection:
-            connection.execute(MIGRATIONS[version])
-            connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-        self.meta["schema_version"] = str(SCHEMA_VERSION)
-        return tables | {"file_captions"}
-
-    @property
-    def has_caption_table(self) -> bool:
-        with self.errors():
-            return self.holds_captions(self.connection)
 
     @contextmanager
     def errors(self) -> Iterator[None]:
@@ -202,37 +187,35 @@ class Store:
         """Insert or replace one file's rows (inside :meth:`transaction`)."""
         Store.delete(connection, [row.path])
         file_id = connection.execute(
-            "INSERT INTO files (path, size, mtime_ns, duration, clip_scores, clip_embedding) VALUES (?, ?, ?, ?, ?, ?)",
-            (row.path, row.size, row.mtime_ns, row.duration, to_blob(row.clip_scores, "f2"),
-             to_blob(row.clip_embedding, "f2"))).lastrowid
+            "INSERT INTO files (path, size, mtime_ns, duration) VALUES (?, ?, ?, ?)",
+            (row.path, row.size, row.mtime_ns, row.duration)).lastrowid
         connection.execute(
-            "INSERT INTO file_windows (file_id, window_bounds, window_scores, piece_bounds, piece_embeddings) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (file_id, to_blob(row.window_bounds, "f4"), to_blob(row.window_scores, "f2"),
+            "INSERT INTO file_windows (file_id, clip_scores, clip_embedding, window_bounds, window_scores,"
+            " piece_bounds, piece_embeddings) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (file_id, to_blob(row.clip_scores, "f2"), to_blob(row.clip_embedding, "f2"),
+             to_blob(row.window_bounds, "f4"), to_blob(row.window_scores, "f2"),
              to_blob(row.piece_bounds, "f4"), to_blob(row.piece_embeddings, "f2")))
+        connection.execute("INSERT INTO changes (file_id) VALUES (?)", (file_id,))
 
     @staticmethod
     def delete(connection: sqlite3.Connection, paths: list[str]) -> None:
         """Drop files' rows (inside :meth:`transaction`)."""
-        captions = Store.holds_captions(connection)  # asked once: put() deletes before every insert
         for path in paths:
-            connection.execute("DELETE FROM file_windows WHERE file_id IN (SELECT id FROM files WHERE path = ?)",
-                               (path,))
-            # Captions describe the audio as it was: a changed or dropped file loses them (version 1: no table).
-            if captions:
-                connection.execute("DELETE FROM file_captions WHERE file_id IN (SELECT id FROM files WHERE path = ?)",
-                                   (path,))
-            connection.execute("DELETE FROM files WHERE path = ?", (path,))
-
-    @staticmethod
-    def holds_captions(connection: sqlite3.Connection) -> bool:
-        return connection.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='file_captions'"
-                                  ).fetchone() is not None
+            found = connection.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
+            if found is None:
+                continue
+            connection.execute("DELETE FROM file_windows WHERE file_id = ?", found)
+            # Captions describe the audio as it was: a changed or dropped file loses them.
+            connection.execute("DELETE FROM file_captions WHERE file_id = ?", found)
+            connection.execute("DELETE FROM files WHERE id = ?", found)
+            connection.execute("INSERT INTO changes (file_id) VALUES (?)", found)
 
     def rows(self, columns: str, where: str = "", parameters: tuple = (), chunk: int = 4096) -> Iterator[list[tuple]]:
-        """``SELECT columns FROM files WHERE ...`` in chunks (a million rows are never all in memory)."""
+        """``SELECT columns FROM files JOIN file_windows WHERE ...`` in chunks (a million rows are never all
+        in memory)."""
         with self.errors():
-            cursor = self.connection.execute(f"SELECT {columns} FROM files {where}", parameters)
+            cursor = self.connection.execute(
+                f"SELECT {columns} FROM files JOIN file_windows ON file_windows.file_id = files.id {where}", parameters)
             while batch := cursor.fetchmany(chunk):
                 yield batch
 

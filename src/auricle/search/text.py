@@ -51,6 +51,10 @@ def mean_pool(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
 
+#: Up to this many sentences are encoded on one thread (a query; the class list uses them all).
+FEW_SENTENCES = 4
+
+
 class TextEncoder:
     """Sentences to unit vectors (384 floats) with all-MiniLM-L6-v2, on the CPU."""
 
@@ -79,13 +83,22 @@ class TextEncoder:
         # Batched by length: short names are not padded to the longest description.
         order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
         rows = np.zeros((len(sentences), self.model.config.hidden_size), dtype=np.float32)
-        with torch.inference_mode():
-            for first in range(0, len(order), batch_size):
-                chosen = order[first:first + batch_size]
-                batch = self.tokenizer([sentences[i] for i in chosen], padding=True, truncation=True,
-                                       max_length=MAX_TOKENS, return_tensors="pt")
-                states = self.model(**batch).last_hidden_state
-                rows[chosen] = mean_pool(states.float().numpy(), batch["attention_mask"].numpy())
+        threads = torch.get_num_threads()
+        if len(sentences) <= FEW_SENTENCES:
+            # A query's few tokens are too little work to share: on a busy 2-core VM two threads took
+            # 0.46-0.73 s a query waiting for each other, one thread 0.06 s (docs/benchmarks.md).
+            # OpenMP keeps the count per calling thread, and it is put back.
+            torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                for first in range(0, len(order), batch_size):
+                    chosen = order[first:first + batch_size]
+                    batch = self.tokenizer([sentences[i] for i in chosen], padding=True, truncation=True,
+                                           max_length=MAX_TOKENS, return_tensors="pt")
+                    states = self.model(**batch).last_hidden_state
+                    rows[chosen] = mean_pool(states.float().numpy(), batch["attention_mask"].numpy())
+        finally:
+            torch.set_num_threads(threads)
         return rows
 
 

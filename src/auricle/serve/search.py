@@ -96,14 +96,18 @@ def add_search_routes(app: FastAPI, model, config: ServeConfig, admitted, on_mod
             raise RequestError(400, f"like needs embeddings of the index's model; this server runs {model.name}, "
                                     "which gives none")
 
-        def check() -> None:
+        def check() -> dict[str, str]:
             with opened() as index:
                 index.check(model)
+                return dict(index.store.meta)
 
-        await answer(check)  # before the upload is read: another model's embeddings would not compare
+        meta = await answer(check)  # before the upload is read: another model's embeddings would not compare
 
         async def work(name: str, waveform: np.ndarray) -> dict:
-            clip = (await on_model(lambda: model.embed_waveform(waveform, name=name))).clip
+            from auricle.search.index import like_embedding
+
+            # As `auricle search --like` embeds its recording: the index's windows, one embedding each (CED).
+            clip = await on_model(lambda: like_embedding(model, waveform, meta, name))
 
             def ranked() -> dict:
                 warnings: list[str] = []
