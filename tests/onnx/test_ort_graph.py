@@ -73,3 +73,23 @@ def test_int8_weights_are_what_onnxruntimes_quantiser_makes(tmp_path):
     np.testing.assert_allclose(scale, theirs["w_scale"], rtol=1e-6)
     np.testing.assert_array_equal(zero_point, theirs["w_zero_point"])
     assert np.abs(codes.astype(int)).max() == 64 and (codes[:, 3] == 0).all() and scale[3] == 1
+
+
+def test_making_sessions_leaves_the_callers_subnormals_alone():
+    """ONNX Runtime flushes subnormals on the thread that creates a session: auricle makes them on a thread of
+    its own, so a caller's numpy and torch arithmetic is the same after loading an ONNX model as before."""
+    from onnx import TensorProto, helper
+
+    from auricle.onnx.sessions import stream_sessions
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    subnormal = np.float32(1e-39)
+    for threads, streams in ((1, 1), (2, 1), (2, 2)):
+        sessions = stream_sessions(model, threads, streams)
+        assert float(np.multiply(subnormal, np.float32(1.0))) != 0.0, (threads, streams)  # not flushed
+        assert sessions[0].run(None, {"x": np.ones(1, np.float32)})[0][0] == 1.0
+    with pytest.raises(Exception):  # a bad model still fails in the caller
+        stream_sessions(b"not a model", 1, 1)

@@ -7,6 +7,8 @@ they get their sessions here, so both are set up alike. No torch.
 
 from __future__ import annotations
 
+import threading
+
 #: What the onnx engine and prepared graphs say when ONNX Runtime is not installed.
 ONNXRUNTIME_MISSING = "the onnx engine needs onnxruntime: pip install 'auricle[onnx]'"
 #: ... and when onnx, which writes the graphs, is not (a graph already in the cache runs without it).
@@ -29,8 +31,24 @@ def stream_sessions(model: bytes | str, threads: int, streams: int) -> list:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Attention and the quantised products produce subnormal floats; flushing them to
     # zero (values under 1.2e-38, invisible in any output) made int8 ~10% faster here.
-    # ONNX Runtime sets it on its own threads and on the thread that creates the first
-    # session; threads started later (the streams' workers) inherit it.
+    # ONNX Runtime sets it on its own threads and on the thread that creates a session, so
+    # the sessions are made on a thread of their own: the caller's thread keeps IEEE
+    # arithmetic (numpy and torch results after loading a model are what they were before).
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     count = 1 if options.intra_op_num_threads == 1 else streams
-    return [ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]) for _ in range(count)]
+    made: list = []
+    failed: list[BaseException] = []
+
+    def make() -> None:
+        try:
+            made.extend(ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+                        for _ in range(count))
+        except BaseException as error:  # handed to the caller, as if raised there
+            failed.append(error)
+
+    maker = threading.Thread(target=make, name="auricle-onnx-sessions")
+    maker.start()
+    maker.join()
+    if failed:
+        raise failed[0]
+    return made
