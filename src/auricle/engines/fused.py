@@ -35,6 +35,13 @@ Dasheng's chunks with their key mask), faster on x86 CPUs. Per precision:
 The packed weights are a snapshot: when any encoder weight changes in place
 (training, ``load_state_dict``), the next call repacks, so a model being
 fine-tuned is never scored with stale weights.
+
+Memory: the packed weights are a second copy (not for ``"blas"``, which reads the module's), made
+once however many streams call at once. Where the module's weights lie in a memory-mapped
+checkpoint (auricle's loaders map safetensors and zip ``.pt`` files), each block's pages are
+handed back to the kernel once packed (:mod:`auricle.engines.pages`), so the weights are resident
+about once, not twice (dasheng-base: 1 minute of ``auricle embed`` peaked at 1.3 GB, now ~0.7 GB,
+docs/benchmarks.md); the module still runs, its pages read back from the file.
 """
 
 from __future__ import annotations
