@@ -83,6 +83,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         folder = Path(folder)
         weights = {layout: random_checkpoint_apart(args.model, folder, layout) for layout in args.layouts}
+        # As a checkpoint downloaded earlier: on disk, its page-cache pages clean. Freshly written ones are
+        # dirty for ~30 s, and the kernel cannot yet drop those that the fused encoder hands back once packed.
+        os.sync()
         clip = write_recording(folder / "one_minute.wav", 60)
         for layout, checkpoint in weights.items():
             for name, env in variants.items():

@@ -132,3 +132,45 @@ def test_int8_scores_depend_on_batch_mates_only_within_int8_error():
         assert (together - expected).abs().max() < bound
         if precision == "fp32":
             torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+
+
+def test_streams_calling_at_once_pack_one_copy(monkeypatch):
+    # The engine's streams call forward_features together; each used to pack its own copy on the first call.
+    import threading
+    import time
+
+    network = perturbed_network()
+    fused = FusedEncoder(network)
+    packs = []
+    pack = fused._pack
+
+    def slow_pack(linear):
+        packs.append(linear)
+        time.sleep(0.01)  # widens the window in which the other stream would start packing too
+        return pack(linear)
+
+    monkeypatch.setattr(fused, "_pack", slow_pack)
+    pieces = normalised_pieces(network, 32000, 1)
+    threads = [threading.Thread(target=fused.forward_features, args=(pieces,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(packs) == 4 * len(network.blocks)
+
+
+@pytest.mark.parametrize("products", PRODUCTS)
+def test_module_runs_as_before_once_packing_released_its_mapped_weights(tmp_path, products):
+    from safetensors.torch import load_file, save_file
+
+    network = perturbed_network(embed_dim=128)
+    pieces = normalised_pieces(network, 48000, 2)
+    with torch.inference_mode():
+        expected = network.forward_features(pieces)
+    save_file(network.state_dict(), tmp_path / "w.safetensors")
+    network.load_state_dict(load_file(tmp_path / "w.safetensors"), assign=True)  # weights in the mapped file
+    got = FusedEncoder(network, products=products).forward_features(pieces)
+    with torch.inference_mode():
+        again = network.forward_features(pieces)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, expected, atol=0, rtol=0)
