@@ -50,6 +50,14 @@ def test_official_checkpoint_infers_dimensions(tiny_checkpoint, mini_checkpoint)
     assert not any(key.startswith("front_end") for key in tiny.state_dict)
 
 
+
+@pytest.fixture
+def tiny_model(tiny_checkpoint):
+    """The reference model loaded now, under the same torch settings as the model it is compared with bit for
+    bit (the session's copy may have been made while an earlier test had other threads or streams)."""
+    return auricle.load_model(checkpoint=tiny_checkpoint)
+
+
 def test_huggingface_layout_gives_identical_outputs(tiny_checkpoint, tiny_model, tmp_path, noise):
     folder = write_hf_folder(official_state(tiny_checkpoint), tmp_path / "ced-tiny")
     model = auricle.load_model(checkpoint=folder)
