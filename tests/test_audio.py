@@ -749,6 +749,7 @@ def _intact_variants(source: Path, folder: Path) -> list[Path]:
     return paths
 
 
+@pytest.mark.integration
 def test_intact_files_are_not_truncated(tmp_path):
     everyday = sorted((SHARED / "data" / "everyday" / "audio").glob("*"))[:3]
     long = sorted((SHARED / "data" / "long").glob("*.flac"))[:1]

@@ -43,6 +43,7 @@ def whole(model: DashengModel, waveform: np.ndarray) -> np.ndarray:
     return model.tokens(waveform[None])[0].numpy()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("batch_size", [1, 2, 8])
 def test_a_file_streamed_equals_the_whole_recording_at_once(model, quiet_then_loud, batch_size):
     path, waveform = quiet_then_loud

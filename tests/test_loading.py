@@ -219,6 +219,7 @@ def test_only_the_loading_path_asks_whether_an_input_is_an_exported_file():
     assert askers == ["cli/export.py", "loading.py"]
 
 
+@pytest.mark.integration
 def test_no_import_runs_from_a_lower_layer_up():
     sys.path.insert(0, str(SRC.parent.parent / "benchmarks"))
     try:

@@ -6,6 +6,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from auricle.cli import cli
@@ -28,6 +29,7 @@ def test_dev_holds_every_feature_extra_that_installs_from_pypi_alone():
     assert {name.strip(" `") for name in named.replace(" and ", ", ").split(", ")} == held
 
 
+@pytest.mark.integration
 def test_listen_with_sounddevice_but_no_portaudio_says_what_is_missing(tiny_checkpoint, tmp_path, monkeypatch):
     """sounddevice without PortAudio raises OSError on import (as its Linux wheel does); only a microphone
     imports it, and then says so in one line."""

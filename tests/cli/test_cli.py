@@ -45,6 +45,7 @@ def test_tag_table(inputs, tiny_checkpoint):
     assert result.stdout.count("\n  ") >= 3 * len(INPUTS)
 
 
+@pytest.mark.integration
 def test_tag_json_matches_api(inputs, tiny_checkpoint, tiny_model):
     result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "--format", "json", "--top-k", "4")
     assert result.exit_code == 0, result.output
@@ -61,6 +62,7 @@ def test_tag_json_matches_api(inputs, tiny_checkpoint, tiny_model):
     assert records[3]["duration"] == pytest.approx(0.1)
 
 
+@pytest.mark.integration
 def test_tag_jsonl_and_csv(inputs, tiny_checkpoint, tmp_path):
     out = tmp_path / "tags.jsonl"
     result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-f", "jsonl", "-o", out, "--threshold", "0.6")
@@ -203,6 +205,7 @@ def test_missing_file_is_an_error_not_a_crash(tiny_checkpoint, tmp_path):
     assert "nope.wav" in result.stderr and "not found" in result.stderr
 
 
+@pytest.mark.integration
 def test_resume_after_torn_write(reference_dir, tiny_checkpoint, tmp_path, inputs):
     full = tmp_path / "full.jsonl"
     assert run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-f", "jsonl", "-o", full).exit_code == 0
@@ -288,6 +291,7 @@ def test_a_killed_json_run_leaves_the_earlier_output_whole(reference_dir, tiny_c
     assert len(json.loads(out.read_text())) == 40
 
 
+@pytest.mark.integration
 def test_batching_across_files_matches_one_at_a_time(inputs, tiny_checkpoint):
     batched = json.loads(run("tag", *inputs, "--checkpoint", tiny_checkpoint, "-f", "json", "-b", "16",
                              "--hop", "5", "-k", "10").stdout)
@@ -597,6 +601,7 @@ def test_csv_resume_counts_files_without_rows_and_writes_one_header(inputs, tiny
     assert out.read_text() == "filename,onset,offset,event_label\n"
 
 
+@pytest.mark.integration
 def test_csv_resume_drops_the_rows_of_a_file_cut_short(inputs, tiny_checkpoint, tmp_path):
     options = ["--checkpoint", tiny_checkpoint, "-f", "csv", "-k", "3"]
     full = tmp_path / "full.csv"
@@ -716,6 +721,7 @@ def test_embed_resume_refuses_a_folder_of_other_weights_of_the_same_name(inputs,
     assert np.abs(np.load(out / "a_sine440_1s.npz")["clip"] - before).max() > 0
 
 
+@pytest.mark.integration
 def test_embed_resume_redoes_a_damaged_npz_and_knows_a_path_however_spelt(inputs, tiny_checkpoint, tmp_path,
                                                                            monkeypatch):
     out = tmp_path / "emb"
@@ -781,6 +787,7 @@ def test_npy_rows_follow_the_inputs_when_a_file_fails(inputs, tiny_checkpoint, t
     assert np.isnan(rows[1]).all() and not np.isnan(rows[[0, 2]]).any()
 
 
+@pytest.mark.integration
 def test_csv_ledger_always_speaks_for_the_csv_beside_it(inputs, tiny_checkpoint, tmp_path):
     options = ["--checkpoint", tiny_checkpoint, "-f", "csv", "-k", "2"]
     out = tmp_path / "tags.csv"
@@ -963,6 +970,7 @@ def test_api_results_say_a_file_was_cut_short(tiny_checkpoint, tmp_path):
     assert not model.embed(tmp_path / "whole_half.wav").truncated
 
 
+@pytest.mark.integration
 def test_clip_under_one_patch_is_tagged_with_a_warning(tiny_checkpoint, tmp_path):
     import auricle
 

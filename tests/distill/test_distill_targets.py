@@ -91,6 +91,7 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
         Schedule(1.0, 0)
 
 
+@pytest.mark.integration
 def test_mean_average_precision_matches_scikit_learn_and_skips_empty_classes():
     metrics = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(0)

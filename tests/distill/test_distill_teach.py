@@ -60,6 +60,7 @@ def _env() -> dict:
     return env
 
 
+@pytest.mark.integration
 def test_teach_and_verify_cli(corpus, tmp_path, monkeypatch):
     store_dir = tmp_path / "store"
     args = ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher", str(corpus["teacher"]),
@@ -430,6 +431,7 @@ def test_codecs_round_trip_within_their_step():
         assert np.all(np.abs(decoded - p) <= bound(p)), codec
 
 
+@pytest.mark.integration
 def test_a_softmax_teacher_is_scored_with_its_own_activation():
     from auricle.distill.teachers import ced_probabilities_from_mel
     from auricle.models.ced import CED, CEDConfig
@@ -483,6 +485,7 @@ def test_teach_in_bf16_records_it_verifies_in_it_and_resumes_only_in_it(corpus, 
     assert result.exit_code == 2 and "other teachers (teacher 1: precision)" in result.stderr
 
 
+@pytest.mark.integration
 def test_teachers_in_bf16_and_int8_agree_with_fp32(tiny_checkpoint):
     from auricle.distill.teachers import load_teacher
 

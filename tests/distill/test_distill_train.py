@@ -94,6 +94,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+@pytest.mark.integration
 def test_training_writes_logs_states_and_a_taggable_checkpoint(tmp_path, student_config):
     torch.set_num_threads(1)
     result = train(_config(tmp_path, student_config), FakeViews())
@@ -118,6 +119,7 @@ def test_training_writes_logs_states_and_a_taggable_checkpoint(tmp_path, student
     assert len(tags.tags) == 2
 
 
+@pytest.mark.integration
 def test_the_student_learns_the_teacher_on_held_out_views(tmp_path, student_config):
     torch.set_num_threads(1)
     config = _config(tmp_path, student_config, epochs=8, eval_every=1, checkpoint_every=100, mixup_alpha=0.0,
@@ -130,6 +132,7 @@ def test_the_student_learns_the_teacher_on_held_out_views(tmp_path, student_conf
     assert result.final_scores["agreement_top1"] >= 0.5
 
 
+@pytest.mark.integration
 def test_resume_after_a_stop_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, student_config):
     torch.set_num_threads(1)
     views = FakeViews()
@@ -185,6 +188,7 @@ def test_bf16_autocast_runs_on_cpu(tmp_path, student_config):
     assert all(tensor.dtype != torch.bfloat16 and torch.isfinite(tensor.float()).all() for tensor in weights.values())
 
 
+@pytest.mark.integration
 def test_a_resumed_auto_run_keeps_the_precision_it_started_in(tmp_path, student_config, monkeypatch, capsys):
     """A run started in bf16 (a CPU with AMX) and resumed on a machine where auto means fp32 stays bf16."""
     from auricle.distill import train as train_module
@@ -243,6 +247,7 @@ def test_best_weights_dropped_are_removed_only_once_a_state_no_longer_lists_them
     torch.testing.assert_close(best.average()["w"], torch.ones(2))
 
 
+@pytest.mark.integration
 def test_a_run_killed_between_an_evaluation_and_its_state_finishes_on_resume(tmp_path, student_config):
     """Resumed from the state before them, with another --average-best (free to change): it finishes."""
     torch.set_num_threads(1)
@@ -256,6 +261,7 @@ def test_a_run_killed_between_an_evaluation_and_its_state_finishes_on_resume(tmp
     assert resumed.finished and resumed.final_checkpoint.exists()
 
 
+@pytest.mark.integration
 def test_mixup_says_when_it_finds_no_partners(tmp_path, student_config, monkeypatch, capsys):
     """Views of other lengths are never mixed: on varied lengths --mixup-alpha did nothing, silently."""
     from auricle.distill import train as train_module

@@ -64,6 +64,7 @@ def _invoke(args: list[str]):
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
+@pytest.mark.integration
 def test_train_then_tag_with_the_student(distill_data, tmp_path):
     out = tmp_path / "run"
     labelled = tmp_path / "eval.csv"
@@ -84,6 +85,7 @@ def test_train_then_tag_with_the_student(distill_data, tmp_path):
     assert len(json.loads(tagged.output)[0]["tags"]) == 3
 
 
+@pytest.mark.integration
 def test_cli_resume_after_stop_matches_an_uninterrupted_run(distill_data, tmp_path):
     from safetensors.torch import load_file
 

@@ -47,6 +47,7 @@ def recordings(tmp_path_factory):
 
 
 # -- tagging -----------------------------------------------------------------------------
+@pytest.mark.integration
 def test_tagging_metrics_by_hand_from_a_predictions_file(tmp_path):
     (tmp_path / "labels.csv").write_text("file,labels\na.wav,Dog\nb.wav,Cat\nc.wav,Dog\nd.wav,Cat\n")
     scores = {"a.wav": 0.9, "b.wav": 0.8, "c.wav": 0.3, "d.wav": 0.1}

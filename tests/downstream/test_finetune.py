@@ -85,6 +85,7 @@ def test_files_that_cannot_be_decoded_are_left_out_and_reported(tones, tmp_path)
     assert (output / "model.safetensors").is_file()
 
 
+@pytest.mark.integration
 def test_resume_continues_exactly_where_it_stopped(tones, tmp_path):
     manifest, encoder = tones
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
@@ -128,6 +129,7 @@ def test_resume_refuses_other_settings_and_another_encoder(tones, tmp_path):
     assert longer.exit_code == 0, longer.output  # a longer schedule is a change a resume may make
 
 
+@pytest.mark.integration
 def test_bf16_autocast_trains_float32_weights_and_a_resumed_auto_run_keeps_its_precision(tones, tmp_path,
                                                                                           monkeypatch):
     from auricle import devices

@@ -42,6 +42,7 @@ def _tag(checkpoint, clip):
     return {tag["label"]: tag["score"] for tag in (tags[0] if isinstance(tags, list) else tags)["tags"]}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_dasheng_encoder_finetunes_and_tags_as_it_trained(tones, tmp_path, precision):
     manifest, encoder = tones
@@ -67,6 +68,7 @@ def test_a_dasheng_encoder_finetunes_and_tags_as_it_trained(tones, tmp_path, pre
     assert sum(tagged.values()) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.integration
 def test_a_dasheng_run_resumes_exactly(tones, tmp_path):
     manifest, encoder = tones
     straight = _finetune(manifest, encoder, tmp_path / "straight", "--epochs", "2", "--valid-fraction", "0.34")
@@ -113,6 +115,7 @@ def test_partial_dasheng_finetuning_trains_only_the_last_blocks(tones, tmp_path)
     assert not torch.equal(before["blocks.3.mlp.fc1.weight"], after["blocks.3.mlp.fc1.weight"])
 
 
+@pytest.mark.integration
 def test_a_dasheng_size_starts_from_scratch():
     from auricle.downstream.finetune import load_encoder
 
@@ -122,6 +125,7 @@ def test_a_dasheng_size_starts_from_scratch():
     assert torch.equal(network.blocks[0].attn.qkv.weight, again.blocks[0].attn.qkv.weight)
 
 
+@pytest.mark.integration
 def test_an_audio_language_model_is_refused_in_one_line(tones, tmp_path):
     from language_support import write_model_folder
 

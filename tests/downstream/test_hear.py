@@ -56,6 +56,7 @@ def test_model_has_the_hear_attributes(small_model):
     assert hear.get_scene_embeddings(noise(1, 0.5), small_model).shape == (1, 32)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("seconds", LENGTHS)
 def test_scene_and_timestamp_embeddings_follow_the_spec(small_model, seconds):
     audio = noise(2, seconds)
@@ -178,6 +179,7 @@ def tiny_hear(tiny_checkpoint):
     return hear.load_model(str(tiny_checkpoint))
 
 
+@pytest.mark.integration
 def test_scene_embeddings_match_official_emb_hear_and_embed_waveform(tiny_hear, tiny_model, reference_dir):
     for name in PARITY_INPUTS:
         samples, rate = sf.read(reference_dir / "inputs" / f"{name}.wav", dtype="int16")

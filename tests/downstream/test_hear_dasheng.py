@@ -44,6 +44,7 @@ def test_model_has_the_hear_attributes(model):
     assert hear.get_scene_embeddings(noise(1, 0.5), model).shape == (1, 192)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("seconds", LENGTHS)
 def test_embeddings_are_the_frames_every_40ms_and_their_mean(model, embedder, seconds):
     audio = noise(2, seconds, seed=int(seconds * 100))

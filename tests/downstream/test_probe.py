@@ -30,6 +30,7 @@ def _probe(args, tmp_path):
     return runner.invoke(cli, ["probe", *map(str, args), "--threads", "1"], catch_exceptions=False)
 
 
+@pytest.mark.integration
 def test_probe_reports_scores_caches_embeddings_and_serves_as_a_head(tones, tmp_path):
     manifest, encoder = tones
     cache, output = tmp_path / "cache", tmp_path / "probe.safetensors"
@@ -129,6 +130,7 @@ def test_saved_head_scores_equal_the_probe(tones, tmp_path, head, multi_label):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_multi_label_probe_and_bad_files(tmp_path):
     from downstream_support import tone_clips
 
@@ -192,6 +194,7 @@ def test_classification_scores_by_hand():
     assert result.mean_auc == pytest.approx(1.0) and result.to_dict()["d_prime"] is None
 
 
+@pytest.mark.integration
 def test_clip_embeddings_keep_positions_past_cached_broken_and_unreadable_files(tiny_checkpoint, reference_dir,
                                                                                   tmp_path):
     from auricle.downstream.probe import clip_embeddings

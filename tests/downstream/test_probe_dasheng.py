@@ -29,6 +29,7 @@ def _run(*args):
     return CliRunner().invoke(cli, [*map(str, args)], catch_exceptions=False)
 
 
+@pytest.mark.integration
 def test_probe_trains_on_dasheng_embeddings_and_tag_serves_it(tones, encoder, tmp_path):
     output = tmp_path / "probe.safetensors"
     result = _run("probe", tones, "--checkpoint", encoder, "--no-cache", "-o", output, "--epochs", "50",

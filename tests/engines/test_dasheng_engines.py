@@ -43,6 +43,7 @@ def batch():
     return (0.1 * rng.standard_normal((3, 23 * RATE))).astype(np.float32), np.array([23, 12, 3]) * RATE
 
 
+@pytest.mark.integration
 def test_onnx_fp32_computes_the_batch_with_lengths_as_the_module(zenodo, reference, batch):
     """The key mask reaches ONNX Runtime's Attention: padding chunks attend uniformly, as officially."""
     waveforms, lengths = batch
@@ -53,6 +54,7 @@ def test_onnx_fp32_computes_the_batch_with_lengths_as_the_module(zenodo, referen
     np.testing.assert_allclose(reference.tokens(waveforms, lengths=lengths).numpy(), expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("engine", "precision"), FAST)
 def test_bf16_and_int8_follow_fp32_with_and_without_lengths(zenodo, reference, batch, engine, precision):
     waveforms, lengths = batch
@@ -66,6 +68,7 @@ def test_bf16_and_int8_follow_fp32_with_and_without_lengths(zenodo, reference, b
         assert np.abs(found - expected).max() > 1e-5  # really another precision, not the fp32 path again
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not fused_supported("cpu", "fp32"), reason="no oneDNN here")
 @pytest.mark.parametrize("attention", ["sdpa", "products"])
 def test_the_fused_encoder_masks_keys_as_the_module(reference, batch, attention):
@@ -83,6 +86,7 @@ def test_the_fused_encoder_masks_keys_as_the_module(reference, batch, attention)
         assert np.abs(FusedEncoder(network).forward_features(mel).numpy() - expected.numpy()).max() > 1e-2
 
 
+@pytest.mark.integration
 def test_the_audioset_head_tags_on_every_engine(tagger, batch):
     waveforms = batch[0][:, : 10 * RATE]
     expected = auricle.load_model(checkpoint=tagger).probabilities(waveforms)

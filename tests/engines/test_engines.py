@@ -73,6 +73,7 @@ def engine_models(tiny_checkpoint):
     return get
 
 
+@pytest.mark.integration
 def test_fp32_top5_differs_between_inputs(fp32_probabilities):
     # Guard: if every input had the same top 5, a top-5 overlap of 1.0 would prove nothing.
     rows = np.concatenate(list(fp32_probabilities.values()))
@@ -81,6 +82,7 @@ def test_fp32_top5_differs_between_inputs(fp32_probabilities):
     assert np.mean(pairs) < 0.8
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("engine", "precision"), list(ENGINES))
 def test_engine_agrees_with_fp32(engine_models, waveforms, fp32_probabilities, engine, precision):
     model = engine_models(engine, precision)
@@ -104,6 +106,7 @@ def test_engine_agrees_with_fp32(engine_models, waveforms, fp32_probabilities, e
     assert np.mean(asserted) >= 0.95
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("engine", "precision"), [("onnx", "fp32"), ("torch", "int8")])
 def test_embeddings_route_through_engine(engine_models, tiny_model, waveforms, engine, precision):
     wave = waveforms["d_mix_25p3s"][0].numpy()  # three pieces
@@ -118,6 +121,7 @@ def test_embeddings_route_through_engine(engine_models, tiny_model, waveforms, e
         assert np.corrcoef(got.clip, expected.clip)[0, 1] > 0.99
 
 
+@pytest.mark.integration
 def test_tag_cli_engines_give_the_same_format(tiny_checkpoint, reference_dir):
     inputs = [str(reference_dir / "inputs" / f"{name}.wav") for name in ("a_sine440_1s", "d_mix_25p3s")]
     outputs = {}

@@ -39,6 +39,7 @@ def test_without_qkv_bias(products):
 
 
 # Both ways of running bf16 attention are checked on every machine, whichever this CPU gets by default.
+@pytest.mark.integration
 @pytest.mark.parametrize("attention", ["sdpa", "products"])
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("samples,batch", [(160000, 2), (3000, 1), (400000, 1)])

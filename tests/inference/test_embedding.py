@@ -50,6 +50,7 @@ def test_a_stream_without_samples_fails():
         stream.finish()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("loud_first", "runs"), [(True, 7), (False, 11)])
 def test_pieces_run_once_unless_a_later_floor_changes_them(tiny_model, loud_first, runs):
     """Loud first: every piece has its final floor when it runs. Silence first: the 4 pieces with
@@ -101,6 +102,7 @@ def quiet_and_loud(tmp_path_factory) -> tuple[str, np.ndarray]:
     return str(path), waveform
 
 
+@pytest.mark.integration
 def test_file_embeddings_equal_the_whole_recording_at_once(tiny_model, quiet_and_loud):
     path, waveform = quiet_and_loud
     clip, pieces = official_embeddings(tiny_model.network, waveform)
@@ -123,6 +125,7 @@ def test_silent_pieces_take_the_whole_recordings_floor(tiny_model, quiet_and_lou
     assert np.abs(alone - together).max() > 1e-2
 
 
+@pytest.mark.integration
 def test_a_bad_file_fails_with_its_name_and_the_batch_goes_on(tiny_model, quiet_and_loud, tmp_path):
     path, _ = quiet_and_loud
     broken = tmp_path / "broken.flac"
@@ -134,6 +137,7 @@ def test_a_bad_file_fails_with_its_name_and_the_batch_goes_on(tiny_model, quiet_
         tiny_model.embed(str(broken))
 
 
+@pytest.mark.integration
 def test_many_files_embed_on_their_streams_as_one_by_one(tiny_checkpoint, reference_dir, quiet_and_loud, tmp_path):
     """Several files at once, each whole on one stream: same embeddings, input order, failures in place."""
     import auricle
@@ -156,6 +160,7 @@ def test_many_files_embed_on_their_streams_as_one_by_one(tiny_checkpoint, refere
         np.testing.assert_allclose(result.ends, alone.ends)
 
 
+@pytest.mark.integration
 def test_a_long_file_among_many_gets_all_streams(tiny_checkpoint, reference_dir, tmp_path, monkeypatch):
     import auricle
     from auricle.inference import batching
@@ -180,6 +185,7 @@ def test_a_long_file_among_many_gets_all_streams(tiny_checkpoint, reference_dir,
     np.testing.assert_allclose(results[1].windows, model.embed(str(long_file)).windows, atol=1e-6, rtol=0)
 
 
+@pytest.mark.integration
 def test_a_file_that_breaks_midway_fails_by_name_and_the_rest_is_embedded(tiny_checkpoint, quiet_and_loud, tmp_path):
     """NaN after 90 s, when pieces have already run: one line naming the file, the next file embedded."""
     import auricle

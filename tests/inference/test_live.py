@@ -33,6 +33,7 @@ def s16le(signal: np.ndarray) -> bytes:
 # -- the rolling window ------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("block", [1, 333, 8000, 50000])
 def test_rolling_window_reports_every_hop_over_the_last_window(block):
     signal = np.arange(5 * SAMPLE_RATE + 123, dtype=np.float32)
@@ -369,6 +370,7 @@ def street_10s(tmp_path_factory):
     return write_wav(tmp_path_factory.mktemp("street") / "street_10s.wav", samples, rate)
 
 
+@pytest.mark.integration
 def test_listen_events_last_at_least_until_first_seen_and_lines_keep_report_order(tiny_checkpoint, street_10s):
     # The walkthrough's command: with a 2 s window many events of a real model end within a window of their
     # start, and "report time - window" gave offset == onset (e.g. 2.5-2.5 s).

@@ -240,6 +240,7 @@ def test_workers_keep_their_thread_count_and_the_caller_keeps_its(restore_torch_
     assert within(count_after_parallel_op, QUICK) == 3
 
 
+@pytest.mark.integration
 def test_an_error_in_one_part_is_raised_after_the_other_parts_finished():
     finished = []
 
@@ -298,6 +299,7 @@ def test_workers_start_lazily_and_stop_on_close():
     assert all_stopped(ours)
 
 
+@pytest.mark.integration
 def test_workers_stop_when_the_pool_is_garbage_collected():
     before = stream_threads()
     pool = StreamPool(2)
@@ -309,6 +311,7 @@ def test_workers_stop_when_the_pool_is_garbage_collected():
     assert all_stopped(ours)
 
 
+@pytest.mark.integration
 def test_an_engines_workers_stop_when_the_engine_is_garbage_collected(network, clips, restore_torch_threads):
     # The workers must not keep the last task (a closure over the engine) alive.
     before = stream_threads()
@@ -469,6 +472,7 @@ def test_iter_tag_with_streams_equals_one_stream_past_a_corrupt_file(models, aud
     assert different_rows(np.stack([r.scores[0] for r in got if isinstance(r, ClipTags)]))
 
 
+@pytest.mark.integration
 def test_rows_of_a_file_that_failed_while_its_windows_were_in_flight_are_dropped(models, tmp_path, monkeypatch):
     # The decoder finds the NaN at 42 s after three windows were cut: two of them are
     # already with the (slowed) model when the error arrives, and come back afterwards.
@@ -514,6 +518,7 @@ def test_model_batch_size_is_two_windows_per_stream_at_least_four(checkpoint, th
     assert model.batch_size == batch == max(4, 2 * model.engine.streams)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("streams", [1, 2])
 def test_an_error_in_a_model_call_reaches_the_iter_tag_caller(models, audio_files, monkeypatch, streams):
     model = models[streams]
@@ -544,6 +549,7 @@ def test_an_error_in_a_model_call_reaches_the_iter_tag_caller(models, audio_file
 
 # -- CLI ---------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_cli_tag_with_streams_equals_one_stream(checkpoint, audio_files, monkeypatch, restore_torch_threads):
     good = [path for path in audio_files if "corrupt" not in path]
     engine_streams = []
@@ -589,6 +595,7 @@ def test_a_single_clip_runs_on_the_calling_thread_with_all_threads(checkpoint, a
     assert model.engine._pool._inbox is None  # the workers never started
 
 
+@pytest.mark.integration
 def test_the_last_call_goes_to_a_stream_while_others_are_in_flight(checkpoint, monkeypatch, restore_torch_threads):
     model = load_model(checkpoint=checkpoint, threads=2, streams=2)
     calls = spy_threads(monkeypatch, model.engine)
@@ -606,6 +613,7 @@ def test_the_last_call_goes_to_a_stream_while_others_are_in_flight(checkpoint, m
     assert all(name.startswith("auricle-stream-") for name, _ in calls)
 
 
+@pytest.mark.integration
 def test_a_worker_that_never_starts_fails_the_pool_instead_of_hanging(monkeypatch):
     import auricle.inference.streams as streams_module
 

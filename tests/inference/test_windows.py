@@ -26,6 +26,7 @@ def test_overlapping_hop_ends_at_the_real_end():
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("length", [1, 2399, 160000, 160001, 320000, 404800, 500000])
 @pytest.mark.parametrize("window,hop", [(10, None), (10, 5), (10, 3.3), (2, 1)])
 @pytest.mark.parametrize("block", [1000, 16000, 160000, 333333])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from auricle.cli import cli
@@ -16,6 +17,7 @@ def run(*args) -> "object":
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.integration
 def test_one_file_npz_holds_the_files_windows(reference_dir, tmp_path):
     checkpoint = require(REFERENCE / "ced_tiny_perturbed.pt")
     recording = reference_dir / "inputs" / "d_mix_25p3s.wav"

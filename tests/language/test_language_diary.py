@@ -136,6 +136,7 @@ def _run(*args):
     return CliRunner().invoke(cli, list(map(str, args)))
 
 
+@pytest.mark.integration
 def test_describe_segments_events_with_a_summary_in_each_format(folder, tagger_path, recordings, tmp_path):
     options = ["--checkpoint", folder, "--max-new-tokens", 3, "--segment", 10, "--segments", "events",
                "--tagger-checkpoint", tagger_path, "--summary"]

@@ -89,6 +89,7 @@ def test_the_url_gets_v1_unless_it_has_a_path():
         api_url("host:8000")
 
 
+@pytest.mark.integration
 def test_busy_and_rate_limited_answers_are_retried_with_backoff(clip):
     waits: list[float] = []
     script = [(503, {"detail": "busy"}, {"Retry-After": "3"}), (429, {"error": {"message": "slow down"}}), (200, ANSWER)]
@@ -108,6 +109,7 @@ def test_busy_and_rate_limited_answers_are_retried_with_backoff(clip):
     assert rate == 16_000 and np.array_equal(sent, clip)  # float WAV: the very samples
 
 
+@pytest.mark.integration
 def test_a_refusal_or_retries_used_up_is_one_line_naming_the_file(clip, tmp_path):
     with Scripted([(400, {"error": {"message": "bad\naudio"}})]) as server:
         model = RemoteLanguageModel(server.url, model="m", sleep=lambda _: None)
@@ -125,6 +127,7 @@ def test_a_refusal_or_retries_used_up_is_one_line_naming_the_file(clip, tmp_path
         gone.describe(clip, name="dog.wav")
 
 
+@pytest.mark.integration
 def test_the_cli_goes_on_past_a_file_the_server_refuses(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     for name in ("a.wav", "b.wav", "c.wav"):

@@ -58,6 +58,7 @@ def tiny_model(tiny_checkpoint):
     return auricle.load_model(checkpoint=tiny_checkpoint)
 
 
+@pytest.mark.integration
 def test_huggingface_layout_gives_identical_outputs(tiny_checkpoint, tiny_model, tmp_path, noise):
     folder = write_hf_folder(official_state(tiny_checkpoint), tmp_path / "ced-tiny")
     model = auricle.load_model(checkpoint=folder)
@@ -76,6 +77,7 @@ def test_auricle_format_round_trip(tiny_model, tmp_path, noise):
     assert torch.equal(model.probabilities(noise), tiny_model.probabilities(noise))
 
 
+@pytest.mark.integration
 def test_auricle_format_carries_custom_labels(tiny_model, tmp_path):
     network = type(tiny_model.network)(tiny_model.network.config.__class__(embed_dim=192, num_heads=3, num_classes=3))
     path = save_checkpoint(network, tmp_path / "three.safetensors", labels=["cat", "dog", "bird"])
@@ -167,6 +169,7 @@ def reachable_hub(monkeypatch):
     monkeypatch.setattr(hub, "hub_reachable", lambda timeout=hub.CONNECT_TIMEOUT: True)
 
 
+@pytest.mark.integration
 def test_name_downloads_once_then_uses_cache(tiny_checkpoint, tmp_path, monkeypatch, noise, tiny_model,
                                              reachable_hub):
     import huggingface_hub

@@ -69,6 +69,7 @@ def meta_state(shapes: dict) -> dict[str, torch.Tensor]:
     return {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("release", sorted(RELEASED))
 def test_released_shapes_are_those_of_the_known_sizes(release):
     """Every key and shape of the released files, strictly, without their weights."""
@@ -157,6 +158,7 @@ def test_an_encoder_without_head_says_so_when_asked_to_tag(model, tmp_path):
         model.tag(np.zeros(16000, np.float32), sample_rate=16000)
 
 
+@pytest.mark.integration
 def test_names_load_through_the_hub(zenodo, tmp_path, monkeypatch, noise):
     """``load_model("dasheng-base")`` takes the weights the hub gives (faked) and checks their size."""
     folder = tmp_path / "hub"

@@ -105,6 +105,7 @@ def official_floor_tokens(network, batch: torch.Tensor, lengths: torch.Tensor) -
         return network.forward_features(network.normalize(mel), valid_tokens(lengths))
 
 
+@pytest.mark.integration
 def test_batch_with_lengths_masks_keys_as_the_official(model, exact):
     ref = reference("batch_lengths")
     lengths = torch.from_numpy(ref["lengths"])
@@ -124,6 +125,7 @@ def test_batch_with_lengths_masks_keys_as_the_official(model, exact):
                                        floor=0.0, label=f"alone {index}")
 
 
+@pytest.mark.integration
 def test_batch_with_lengths_through_the_public_api(model, exact):
     """Per-clip floors: the loudest clip decides nothing for the others; valid rows match the exact result."""
     ref = reference("batch_lengths")

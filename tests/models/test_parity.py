@@ -55,6 +55,7 @@ def test_frontend_matches_official(reference_dir, name):
     assert_as_accurate_as_official(ours, data["mel"], data["mel_f64"], floor=1e-3, label=name)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("size", ["tiny", "mini"])
 @pytest.mark.parametrize("name", INPUTS)
 def test_tag_reproduces_official_inference(request, reference_dir, size, name):
@@ -76,6 +77,7 @@ def test_tag_reproduces_official_inference(request, reference_dir, size, name):
     assert [t.index for t in result.tags] == list(np.argsort(-ref["probs_inference"].max(0))[:3])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("size", ["tiny", "mini"])
 @pytest.mark.parametrize("name", INPUTS)
 def test_tokens_and_logits_match_official(request, reference_dir, size, name):
@@ -99,6 +101,7 @@ def test_tokens_and_logits_match_official(request, reference_dir, size, name):
     np.testing.assert_allclose(logits[:n].numpy(), ref["logits_per_split"], atol=TOKEN_TOLERANCE, rtol=0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("size", ["tiny", "mini"])
 @pytest.mark.parametrize("name", INPUTS)
 def test_float64_reproduces_official_float64(request, reference_dir, size, name):
@@ -116,6 +119,7 @@ def test_float64_reproduces_official_float64(request, reference_dir, size, name)
                                atol=FLOAT64_TOLERANCE, rtol=0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("size", ["tiny", "mini"])
 @pytest.mark.parametrize("name", INPUTS)
 def test_embedding_matches_official_hear(request, reference_dir, size, name):

@@ -136,6 +136,7 @@ def test_an_audioset_tagger_exports_with_its_labels_and_tags_as_torch(tagger, re
     assert [item["label"] for item in found["tags"]] == [item["label"] for item in expected["tags"]]
 
 
+@pytest.mark.integration
 def test_a_dasheng_export_refuses_what_it_cannot_be(fp32_file, zenodo, tmp_path):
     result = CliRunner().invoke(cli, ["embed", "x.wav", "--checkpoint", str(fp32_file), "--precision", "bf16",
                                       "-o", str(tmp_path / "out")])

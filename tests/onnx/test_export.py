@@ -66,6 +66,7 @@ def check_against_torch(path, model, waveforms, tolerance):
     return worst
 
 
+@pytest.mark.integration
 def test_export_waveform_graph(small_checkpoint, waveforms, tmp_path):
     out = tmp_path / "models" / "small.onnx"
     result = CliRunner().invoke(cli, ["export", "--checkpoint", str(small_checkpoint), "--out", str(out)],
@@ -91,6 +92,7 @@ def test_export_waveform_graph(small_checkpoint, waveforms, tmp_path):
     assert int(metadata["piece_frames"]) == 1012
 
 
+@pytest.mark.integration
 def test_export_mel_input_int8(small_checkpoint, waveforms, tmp_path):
     out = tmp_path / "small-mel-int8.onnx"
     result = CliRunner().invoke(cli, ["export", "--checkpoint", str(small_checkpoint), "--out", str(out),
@@ -120,6 +122,7 @@ def contrib_ops(path) -> set[str]:
     return {node.op_type for node in onnx_nodes(path) if node.domain == "com.microsoft"}
 
 
+@pytest.mark.integration
 def test_export_onnxruntime_runtime_fused_encoder(small_checkpoint, waveforms, tmp_path):
     out = tmp_path / "small-ort.onnx"
     result = CliRunner().invoke(cli, ["export", "--checkpoint", str(small_checkpoint), "--out", str(out),
@@ -143,6 +146,7 @@ def test_export_onnxruntime_runtime_fused_encoder(small_checkpoint, waveforms, t
     assert embedding.shape == (2, 64)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("runtime", ["onnxruntime", "portable"])
 def test_export_int8_keeps_top5_agreement(runtime, small_checkpoint, waveforms, tmp_path):
     out = tmp_path / f"small-{runtime}-int8.onnx"
@@ -177,6 +181,7 @@ def test_export_int8_keeps_top5_agreement(runtime, small_checkpoint, waveforms, 
     assert np.mean(overlaps) >= 0.95
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("runtime", ["onnxruntime", "portable"])
 def test_export_int8_weights_are_per_channel_and_seven_bit(runtime, small_checkpoint, tmp_path):
     # 8-bit weights saturate ONNX Runtime's u8s8 products on CPUs without VNNI (AVX2),
@@ -197,6 +202,7 @@ def test_export_int8_weights_are_per_channel_and_seven_bit(runtime, small_checkp
         assert zero_point.shape == (weight.shape[1],)  # one scale and zero point per output channel
 
 
+@pytest.mark.integration
 def test_export_onnxruntime_mel_input(small_checkpoint, waveforms, tmp_path):
     model = auricle.load_model(checkpoint=small_checkpoint)
     report = export_onnx(model, tmp_path / "mel.onnx", mel_input=True, runtime="onnxruntime")
@@ -286,6 +292,7 @@ def test_a_head_of_fewer_than_five_classes_is_checked_on_all_of_them(tmp_path):
     assert "top-2 overlap 1.000" in result.stdout
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("runtime", ["portable", "onnxruntime"])
 def test_an_mlp_softmax_head_exports_as_it_scores(runtime, tmp_path):
     """A probe's MLP head (LayerNorm, Linear, GELU, Linear) with softmax scores, as `auricle probe --head mlp` makes."""
@@ -306,6 +313,7 @@ def test_an_mlp_softmax_head_exports_as_it_scores(runtime, tmp_path):
     assert probabilities.max() > 0.6
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
 @pytest.mark.parametrize("mel_input", [False, True], ids=["waveform", "mel"])
 def test_the_portable_graph_runs_in_onnxs_reference_implementation(mel_input, int8):

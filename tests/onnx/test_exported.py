@@ -67,6 +67,7 @@ def tag_json(*args: str) -> tuple[int, list[dict], str]:
     return result.exit_code, json.loads(result.stdout or "[]"), result.stderr
 
 
+@pytest.mark.integration
 def test_cli_tag_with_exported_file_equals_the_weights(weights, exported, files, tmp_path):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not audio")
@@ -240,6 +241,7 @@ def long_recording(tmp_path_factory):
     return path, sf.read(path, dtype="float32")[0]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("streams", [1, 2])
 def test_a_long_recording_embeds_a_few_pieces_per_call_as_in_one(piece_file, torch_model, long_recording, streams):
     path, waveform = long_recording
@@ -254,6 +256,7 @@ def test_a_long_recording_embeds_a_few_pieces_per_call_as_in_one(piece_file, tor
     np.testing.assert_allclose(model.embed(waveform, sample_rate=16000).windows, embeddings.windows, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_many_files_embed_on_their_streams_as_one_by_one(piece_file, long_recording, files, tmp_path):
     model = load_exported(piece_file, threads=2, streams=2)
     broken = tmp_path / "broken.wav"

@@ -23,7 +23,8 @@ from auricle.onnx.prepared import PrepareError, prepared_path
 from no_torch_support import without_torch
 
 pytest.importorskip("onnxruntime")
-pytestmark = pytest.mark.usefixtures("restore_torch_threads")
+# The tests share one prepared-graph cache and build on the graphs earlier ones made: they run together.
+pytestmark = [pytest.mark.usefixtures("restore_torch_threads"), pytest.mark.integration]
 FILES = ["a_sine440_1s", "d_mix_25p3s"]
 
 
@@ -72,7 +73,6 @@ def test_first_run_prepares_its_graph_once(weights, cache, files):
         np.testing.assert_allclose([one[mid] for mid in other], list(other.values()), atol=1e-4)
 
 
-@pytest.mark.integration
 def test_later_runs_start_without_torch(weights, cache, files):
     code, _, stderr = run("tag", files[0], "--checkpoint", str(weights), "--engine", "onnx", "-k", "3")
     assert code == 0, stderr  # the graph is prepared (here, or by the test before)

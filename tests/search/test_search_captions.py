@@ -87,6 +87,7 @@ def scored(recordings, tmp_path):
     return path
 
 
+@pytest.mark.integration
 def test_captions_rank_files_their_classes_miss_and_say_why(scored, recordings):
     hits = search_json(scored, "water boiling in a kettle")
     assert hits[0]["file"] == str(recordings / "tone.wav")
@@ -110,17 +111,20 @@ def test_classes_and_captions_combine_into_one_ranking(scored, recordings):
     assert hits[0]["score"] >= hits[1]["score"] > hits[2]["score"]
 
 
+@pytest.mark.integration
 def test_exact_class_names_ignore_captions(captioned, indexed):
     hits = search_json(captioned, "Bark")
     assert all(hit["captions"] == [] for hit in hits)
     assert all(hit["matched"][0]["label"] == "Bark" for hit in hits)
 
 
+@pytest.mark.integration
 def test_an_index_without_captions_ranks_as_before(indexed):
     hits = search_json(indexed, "water boiling in a kettle")
     assert all(hit["captions"] == [] for hit in hits) and len(hits) == 3
 
 
+@pytest.mark.integration
 def test_a_query_matching_no_class_and_no_caption_is_one_line(captioned):
     before = captioned.read_bytes()
     one_error_line(run("search", "xyzzy plugh", "--index", captioned), "matches no sound class and no caption")
@@ -128,6 +132,7 @@ def test_a_query_matching_no_class_and_no_caption_is_one_line(captioned):
     assert captioned.read_bytes() == before
 
 
+@pytest.mark.integration
 def test_captions_are_incremental_and_follow_changes(captioned, recordings, tiny_model):
     with auricle.Index.open(captioned) as index:
         again = Scripted()
@@ -140,6 +145,7 @@ def test_captions_are_incremental_and_follow_changes(captioned, recordings, tiny
         assert index.add_captions(later).added == 1 and later.calls == ["tone.wav"]
 
 
+@pytest.mark.integration
 def test_an_interrupted_captioning_keeps_the_files_done(indexed):
     with auricle.Index.open(indexed) as index:
         with pytest.raises(KeyboardInterrupt):
@@ -149,6 +155,7 @@ def test_an_interrupted_captioning_keeps_the_files_done(indexed):
         assert index.add_captions(rest).added == 1 and len(rest.calls) == 1
 
 
+@pytest.mark.integration
 def test_a_file_that_cannot_be_described_is_reported_and_the_rest_go_on(indexed):
     with auricle.Index.open(indexed) as index:
         report = index.add_captions(Scripted(fail_on="noise.wav"))
@@ -156,6 +163,7 @@ def test_a_file_that_cannot_be_described_is_reported_and_the_rest_go_on(indexed)
         assert "too short to describe" in report.failures[0][1]
 
 
+@pytest.mark.integration
 def test_index_describe_with_the_tiny_midashenglm(recordings, tiny_checkpoint, language_folder, tmp_path,
                                                   restore_torch_threads):
     index = tmp_path / "described.db"
@@ -199,6 +207,7 @@ def test_a_schema_version_1_index_is_refused_by_search_and_index(indexed, record
     assert indexed.read_bytes() == before  # neither touched it
 
 
+@pytest.mark.integration
 def test_merge_keeps_the_captions(captioned, tmp_path):
     merged = tmp_path / "merged.db"
     assert run("index-merge", captioned, "-o", merged).exit_code == 0
@@ -210,6 +219,7 @@ def test_merge_keeps_the_captions(captioned, tmp_path):
         assert pending_changes(index.store) == 0
 
 
+@pytest.mark.integration
 def test_caption_scores_are_exact_per_segment(captioned, monkeypatch):
     from auricle.search.text import text_encoder
 
@@ -231,6 +241,7 @@ def test_a_file_deleted_since_indexing_is_skipped_in_a_caption_search(scored, re
     assert len(warnings) == 1 and "tone.wav" in warnings[0] and "no longer exists" in warnings[0]
 
 
+@pytest.mark.integration
 def test_a_locked_index_stops_captioning_in_one_error(indexed, monkeypatch):
     from auricle.search import store as store_module
 
@@ -249,6 +260,7 @@ def test_a_locked_index_stops_captioning_in_one_error(indexed, monkeypatch):
         assert index.add_captions(Scripted()).added == 3  # and nothing was lost: the next run captions all
 
 
+@pytest.mark.integration
 def test_a_file_changed_while_it_was_described_is_reported(indexed, recordings):
     class Changing(Scripted):
         def describe(self, file, *args, **kwargs):

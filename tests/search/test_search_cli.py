@@ -64,6 +64,7 @@ def search_json(index: Path, *args) -> list[dict]:
     return json.loads(result.stdout)
 
 
+@pytest.mark.integration
 def test_index_then_search_by_class_ranks_by_the_clip_scores(indexed, recordings, tiny_model):
     hits = search_json(indexed, "=Speech")  # the class alone, not its ontology subtree
     assert [hit["rank"] for hit in hits] == [1, 2, 3]
@@ -113,6 +114,7 @@ def test_formats_filters_and_top(indexed, recordings):
     assert search_json(indexed, "Music", "--min-duration", "100") == []
 
 
+@pytest.mark.integration
 def test_like_ranks_the_same_recording_first(indexed, recordings, tiny_checkpoint, mini_checkpoint):
     hits = search_json(indexed, "--like", recordings / "noise.wav", "--checkpoint", tiny_checkpoint)
     # long.wav is white noise too: its windows' mean tokens come within float16 rounding of noise.wav's
@@ -129,6 +131,7 @@ def test_like_ranks_the_same_recording_first(indexed, recordings, tiny_checkpoin
     assert indexed.read_bytes() == before
 
 
+@pytest.mark.integration
 def test_index_is_incremental(indexed, recordings, tiny_checkpoint):
     write_wav(recordings / "new.wav", 2.0, 880.0)
     write_wav(recordings / "tone.wav", 1.5, 440.0)  # changed: another size
@@ -213,6 +216,7 @@ def test_empty_query_and_missing_query(indexed):
     one_error_line(run("search", "--index", indexed), "give a QUERY or --like")
 
 
+@pytest.mark.integration
 def test_an_index_of_another_model_is_not_updated(indexed, recordings, mini_checkpoint):
     before = indexed.read_bytes()
     one_error_line(run("index", recordings, "-o", indexed, "--checkpoint", mini_checkpoint), "another model",
@@ -246,6 +250,7 @@ def test_a_truncated_or_foreign_file_is_refused_untouched(indexed, tmp_path):
     one_error_line(run("search", "Dog", "--index", tmp_path / "absent.db"), "no such index")
 
 
+@pytest.mark.integration
 def test_a_locked_index_is_one_line(indexed, recordings, tiny_checkpoint, monkeypatch):
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.05)
     write_wav(recordings / "new.wav", 1.0, 220.0)
@@ -272,6 +277,7 @@ def test_a_file_deleted_since_indexing_is_skipped_with_a_warning(indexed, record
                    "file not found")
 
 
+@pytest.mark.integration
 def test_words_without_the_search_extra_are_one_line_and_class_names_still_work(indexed, monkeypatch):
     from auricle.search import text
 
@@ -332,6 +338,7 @@ def test_like_takes_a_published_model_from_the_index(indexed, recordings, monkey
     assert asked == [("ced-tiny", None), ("ced-base", None)]
 
 
+@pytest.mark.integration
 def test_only_files_under_the_paths_given_are_dropped_when_gone(indexed, recordings, tiny_checkpoint, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -375,6 +382,7 @@ def test_class_queries_need_no_torch(indexed):
     assert [json.loads(line)["rank"] for line in result.stdout.splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.integration
 def test_since_and_until_filter_by_when_files_were_recorded(indexed, recordings, tiny_checkpoint):
     import datetime as dt
 

@@ -139,6 +139,7 @@ def product(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.integration
 def test_column_file_current_behind_and_missing_rank_as_the_rows(tmp_path, product):
     folder, index_path = tmp_path / "sounds", tmp_path / "index.db"
     paths = make_files(folder, 120)
@@ -383,6 +384,7 @@ def hybrid_reference(index_path, query: str, filters: Filters = Filters(), top: 
     return ranked[:top]
 
 
+@pytest.mark.integration
 def test_captions_rank_with_the_column_file_as_with_the_rows(tmp_path):
     """Words on a captioned index: the column file's class ranking joined with the captioned files equals the
     noisy-OR over every row, whether the column file is current, behind (changed files lost their captions)

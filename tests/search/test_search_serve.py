@@ -15,6 +15,7 @@ from serve_support import LOCAL  # noqa: E402
 from test_search_cli import indexed, one_error_line, recordings, run, search_json  # noqa: E402,F401
 
 
+@pytest.mark.integration
 def test_search_endpoint_answers_as_the_command(indexed, tiny_model, tmp_path):
     with TestClient(create_app(tiny_model, ServeConfig(search_index=str(indexed))), base_url=LOCAL) as client:
         answer = client.get("/v1/search", params={"q": "Bark", "top": 2})
@@ -41,6 +42,7 @@ def test_serve_refuses_an_unusable_index_before_loading_the_model(tmp_path):
 # --------------------------------------------------------------------------- like, filters, the index, segments
 
 
+@pytest.mark.integration
 def test_like_upload_answers_as_the_command(indexed, recordings, tiny_model, tiny_checkpoint):
     with TestClient(create_app(tiny_model, ServeConfig(search_index=str(indexed))), base_url=LOCAL) as client:
         with open(recordings / "noise.wav", "rb") as handle:
@@ -68,6 +70,7 @@ def test_like_upload_answers_as_the_command(indexed, recordings, tiny_model, tin
         assert (info["files"], info["captioned"], info["like"]) == (3, 0, True)
 
 
+@pytest.mark.integration
 def test_like_limits_and_another_model(indexed, recordings, tiny_model, mini_model):
     small = ServeConfig(search_index=str(indexed), max_upload_bytes=1000)
     with TestClient(create_app(tiny_model, small), base_url=LOCAL) as client:
@@ -83,6 +86,7 @@ def test_like_limits_and_another_model(indexed, recordings, tiny_model, mini_mod
         assert client.get("/v1/search/audio", params={"file": "/etc/passwd"}).status_code == 404
 
 
+@pytest.mark.integration
 def test_filters_match_the_command(indexed, recordings, tiny_model):
     with TestClient(create_app(tiny_model, ServeConfig(search_index=str(indexed))), base_url=LOCAL) as client:
         def files(**params):
@@ -97,6 +101,7 @@ def test_filters_match_the_command(indexed, recordings, tiny_model):
         assert bad.status_code == 400 and "not a date" in bad.json()["detail"]
 
 
+@pytest.mark.integration
 def test_segment_audio_plays_indexed_files_only(indexed, recordings, tiny_model, tmp_path):
     import io
 

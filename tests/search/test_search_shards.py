@@ -52,6 +52,7 @@ def test_shards_cover_every_file_once_and_stay_put_when_files_are_added():
     assert shard_of("./data//a/1.wav", 4) == shard_of("data/a/1.wav", 4)  # the normalized spelling
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", ["tag", "embed", "index"])
 @pytest.mark.parametrize("bad", ["0/3", "4/3", "a/b", "3", "1/0", "-1/3"])
 def test_a_bad_shard_is_one_line_and_exit_2(command, bad, recordings, tmp_path):
@@ -74,6 +75,7 @@ def tag_rows(result) -> dict[str, list]:
     return {row["file"]: (row["label"], row["score"]) for row in rows}
 
 
+@pytest.mark.integration
 def test_tag_and_embed_shards_of_a_list_on_stdin_add_up_to_the_whole(recordings, tiny_checkpoint, tmp_path,
                                                                        restore_torch_threads, monkeypatch):
     from click.testing import CliRunner
@@ -135,6 +137,7 @@ def stored_rows(index: Path) -> dict:
     return {"rows": {row[0]: row for row in rows}, "meta": meta}
 
 
+@pytest.mark.integration
 def test_three_shards_merged_equal_one_run(recordings, tiny_checkpoint, tmp_path, restore_torch_threads):
     whole = tmp_path / "whole.db"
     assert run("index", recordings, "-o", whole, "--checkpoint", tiny_checkpoint).exit_code == 0
@@ -160,6 +163,7 @@ def test_three_shards_merged_equal_one_run(recordings, tiny_checkpoint, tmp_path
     assert f"indexed 0 of 0 files, {counts[k - 1]} unchanged" in again.stderr
 
 
+@pytest.mark.integration
 def test_merge_refuses_parts_of_another_model_or_windows(recordings, tiny_checkpoint, mini_checkpoint, tmp_path,
                                                            restore_torch_threads):
     files = all_files(recordings)
@@ -178,6 +182,7 @@ def test_merge_refuses_parts_of_another_model_or_windows(recordings, tiny_checkp
     assert not [name for name in os.listdir(tmp_path) if ".tmp" in name]
 
 
+@pytest.mark.integration
 def test_a_file_in_two_parts_keeps_its_newest_row(recordings, tiny_checkpoint, tmp_path, restore_torch_threads):
     files = all_files(recordings)
     old, new = tmp_path / "old.db", tmp_path / "new.db"
@@ -215,6 +220,7 @@ def test_an_empty_shard_says_so_and_leaves_an_empty_part(tmp_path, tiny_checkpoi
 # --- Parquet export ----------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_export_to_parquet_reads_back(recordings, tiny_checkpoint, tiny_model, tmp_path, restore_torch_threads):
     pq = pytest.importorskip("pyarrow.parquet")
     index_path = tmp_path / "i.db"
@@ -259,6 +265,7 @@ def test_export_without_pyarrow_names_the_extra(recordings, tiny_checkpoint, tmp
     one_error_line(run("index-export", tmp_path / "absent.db", "-o", tmp_path / "export"), "no such index")
 
 
+@pytest.mark.integration
 def test_python_api_shards_and_merge(recordings, tiny_model, tmp_path):
     from auricle.search.merge import merge
 

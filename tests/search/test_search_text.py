@@ -69,6 +69,7 @@ def test_a_description_selects_the_closest_classes(class_vectors):
     assert [(c.label, c.weight, c.similarity) for c in exact] == [("Bark", 1.0, None)]
 
 
+@pytest.mark.integration
 def test_search_in_words_ranks_by_the_selected_classes(indexed, class_vectors):
     hits = search_json(indexed, "a dog barking at night")
     assert len(hits) == 3
@@ -77,6 +78,7 @@ def test_search_in_words_ranks_by_the_selected_classes(indexed, class_vectors):
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
 
 
+@pytest.mark.integration
 def test_a_query_matching_no_sound_is_one_line(indexed, class_vectors):
     before = indexed.read_bytes()
     one_error_line(run("search", "xyzzy qwrt", "--index", indexed), "matches no sound class")

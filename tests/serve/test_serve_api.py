@@ -311,6 +311,7 @@ def test_full_queue_is_503_with_retry_after(model, monkeypatch):
         assert client.post("/v1/tag", content=data).status_code == 200  # admitted again once free
 
 
+@pytest.mark.integration
 def test_request_timeout_is_503_and_leaves_no_work_behind(model, monkeypatch):
     gate = Gate(model, monkeypatch)
     config = ServeConfig(request_timeout=1.0, retry_after=2, max_wait=0.0, max_batch_size=1)
@@ -330,6 +331,7 @@ def test_request_timeout_is_503_and_leaves_no_work_behind(model, monkeypatch):
         assert batcher.stats.windows == 1
 
 
+@pytest.mark.integration
 def test_concurrent_requests_share_model_batches(model, long_wav):
     config = ServeConfig(max_wait=1.0, max_batch_size=8)  # 4 requests x 2 full windows fill a batch
     data = long_wav.read_bytes()  # 3 windows each: 10, 10 and 3.5 s
@@ -562,6 +564,7 @@ def test_stream_end_first_ends_and_unknown_settings_are_refused(burst_model):
                 assert _closed_code(socket) == 1008
 
 
+@pytest.mark.integration
 def test_stream_reports_the_same_events_as_listen(tiny_model, tiny_checkpoint, tmp_path, restore_torch_threads):
     # The walkthrough's street recording, where a 2 s window ends many events within a window of their start.
     import soundfile as sf

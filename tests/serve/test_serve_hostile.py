@@ -151,6 +151,7 @@ def test_a_silent_stream_is_closed_after_its_idle_timeout(model):
 # -- uploads: decoded audio held at once ----------------------------------------------------
 
 
+@pytest.mark.integration
 def test_decoded_audio_across_requests_stays_within_its_budget(model, monkeypatch):
     """Two 6 s uploads with room for 8 s decoded: the second is decoded only after the first is done."""
     gate = threading.Event()

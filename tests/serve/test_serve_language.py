@@ -143,6 +143,7 @@ def test_generation_is_one_at_a_time_a_full_queue_is_503_and_a_failure_stays_its
     assert results["ok"].status_code == 200 and results["ok"].json()["segments"][0]["tokens"]
 
 
+@pytest.mark.integration
 def test_a_tagger_server_has_no_describe(tmp_path):
     from serve_support import tiny_random_checkpoint
 
