@@ -10,12 +10,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -155,7 +151,7 @@ def test_describe_with_server_equals_a_local_run(tmp_path):
     pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
     httpx = pytest.importorskip("httpx")
     from language_support import write_model_folder
-    from serve_support import burst_checkpoint, burst_signal
+    from serve_support import burst_checkpoint, burst_signal, running_server
 
     folder = write_model_folder(tmp_path / "lm")
     tagger = burst_checkpoint(tmp_path / "burst.safetensors", labels=("Burst", "Silence"))
@@ -166,23 +162,9 @@ def test_describe_with_server_equals_a_local_run(tmp_path):
     sf.write(audio / "long.wav", rng.standard_normal(70_000).astype(np.float32) * 0.1, 16_000)  # 3 segments
     sf.write(audio / "burst.wav", burst_signal(40.0, 15.0, 22.0), 16_000, subtype="FLOAT")
     sf.write(audio / "silent.wav", np.zeros(16_000, np.float32), 16_000)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "auricle", "serve", "--checkpoint", str(folder), "--port",
-                                str(port), "--threads", "1", "--log-level", "warning"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "auricle serve did not start"
-            time.sleep(0.2)
+    (tmp_path / "server").mkdir()
+    with running_server(["--checkpoint", str(folder), "--threads", "1", "--log-level", "warning"],
+                        tmp_path / "server") as url:
 
         def run(*where, extra=()):
             out = tmp_path / f"{len(list(tmp_path.glob('*.jsonl')))}.jsonl"
@@ -211,6 +193,3 @@ def test_describe_with_server_equals_a_local_run(tmp_path):
         mine = CliRunner().invoke(cli, ["ask", str(audio / "a.wav"), "music", "--checkpoint", str(folder), "-f",
                                         "json", "--max-new-tokens", "3"])
         assert json.loads(asked.stdout)[0]["text"] == json.loads(mine.stdout)[0]["text"]
-    finally:
-        process.terminate()
-        process.wait(timeout=15)

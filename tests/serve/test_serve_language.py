@@ -288,33 +288,12 @@ def test_bad_chat_bodies_are_openai_errors(client, clip, body, words):
 
 
 @pytest.mark.integration
-def test_the_openai_client_talks_to_a_real_server(folder, clip):
+def test_the_openai_client_talks_to_a_real_server(folder, clip, tmp_path):
     """The `openai` package, an independent client, against `auricle serve` on a loopback port."""
-    import os
-    import subprocess
-    import sys
+    from serve_support import running_server
 
     openai = pytest.importorskip("openai", reason="the openai package is not installed")
-    httpx = pytest.importorskip("httpx")
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "auricle", "serve", "--checkpoint", str(folder), "--port",
-                                str(port), "--threads", "1", "--log-level", "warning"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "auricle serve did not start"
-            time.sleep(0.2)
+    with running_server(["--checkpoint", str(folder), "--threads", "1", "--log-level", "warning"], tmp_path) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
         body = chat_body(clip, max_tokens=3)
         answer = client.chat.completions.create(model=body["model"], messages=body["messages"], max_tokens=3)
@@ -326,6 +305,3 @@ def test_the_openai_client_talks_to_a_real_server(folder, clip):
         two = [{"role": "user", "content": body["messages"][0]["content"] * 2}]
         with pytest.raises(openai.BadRequestError, match="one input_audio part, or a question without audio"):
             client.chat.completions.create(model="m", messages=two)
-    finally:
-        process.terminate()
-        process.wait(timeout=15)

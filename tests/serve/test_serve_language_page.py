@@ -3,12 +3,6 @@ this sound" box asks about it; headless Chromium against `auricle serve` with th
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -18,35 +12,17 @@ pytest.importorskip("transformers", reason="MiDashengLM needs the language extra
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 
 from language_support import write_model_folder  # noqa: E402
-from test_serve_process import free_port  # noqa: E402
+from serve_support import CHROMIUM, running_server  # noqa: E402
 
 pytestmark = pytest.mark.integration  # starts auricle in another process and a browser
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = write_model_folder(tmp_path_factory.mktemp("lm"))
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "auricle", "serve", "--checkpoint", str(folder), "--port",
-                                str(port), "--threads", "1", "--log-level", "warning"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "auricle serve did not start"
-            time.sleep(0.2)
+    with running_server(["--checkpoint", str(folder), "--threads", "1", "--log-level", "warning"],
+                        tmp_path_factory.mktemp("server")) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 def test_the_page_describes_the_sound_and_asks_about_it(server, tmp_path):
