@@ -339,6 +339,7 @@ def per_frame_reference(path: Path) -> np.ndarray:
     "suffix, codec, rate, container_format",
     [("m4a", "aac", 44100, None), ("webm", "libopus", 48000, "webm"), ("mka", "pcm_s16le", 22050, "matroska")],
 )
+@pytest.mark.integration
 def test_pyav_chunks_equal_frame_by_frame_decoding(tmp_path, suffix, codec, rate, container_format):
     rng = np.random.default_rng(4)
     seconds = 2.5 * 65536 / rate  # several DECODE_FRAMES chunks

@@ -37,6 +37,7 @@ def inputs(reference_dir) -> list[str]:
     return [str(reference_dir / "inputs" / name) for name in INPUTS]
 
 
+@pytest.mark.integration
 def test_tag_table(inputs, tiny_checkpoint):
     result = run("tag", *inputs, "--checkpoint", tiny_checkpoint, "--top-k", "3")
     assert result.exit_code == 0, result.output
@@ -91,6 +92,7 @@ def test_the_output_suffix_picks_the_format_unless_format_is_given(inputs, tiny_
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.integration
 def test_events_csv_is_dcase(inputs, tiny_checkpoint):
     result = run("tag", inputs[1], "--checkpoint", tiny_checkpoint, "--events", "--hop", "5",
                  "--threshold", "0.55", "-f", "csv")
@@ -177,6 +179,7 @@ def make_bad_folder(folder: Path, good_source: Path) -> dict[str, str]:
     return {"empty.wav": "empty", "noise.wav": "", "notes.wav": "", "truncated.wav": "", "nan.wav": "nan"}
 
 
+@pytest.mark.integration
 def test_bad_files_are_reported_and_the_rest_is_tagged(reference_dir, tiny_checkpoint, tmp_path):
     folder = tmp_path / "mixed"
     bad = make_bad_folder(folder, reference_dir / "inputs" / "a_sine440_1s.wav")
@@ -476,6 +479,7 @@ def test_csv_resume_refuses_the_other_layout(inputs, tiny_checkpoint, tmp_path):
                                      "--events setting, or write to another file")
 
 
+@pytest.mark.integration
 def test_audio_that_overflows_the_spectrogram_fails_in_one_line(inputs, tiny_checkpoint, tmp_path):
     loud = tmp_path / "loud.wav"  # finite float samples, but their power overflows float32
     sf.write(loud, (1e19 * np.sin(np.arange(16000) / 10)).astype(np.float32), 16000, subtype="FLOAT")
@@ -589,6 +593,7 @@ def test_when_no_input_exists_no_model_is_loaded(tmp_path):
         f"{tmp_path / 'nope.wav'}: file not found", f"{tmp_path / 'nada.flac'}: file not found"]
 
 
+@pytest.mark.integration
 def test_csv_resume_counts_files_without_rows_and_writes_one_header(inputs, tiny_checkpoint, tmp_path):
     out = tmp_path / "events.csv"
     command = ["tag", inputs[0], "--checkpoint", tiny_checkpoint, "-f", "csv", "--events", "-t", "0.99", "-o", out,
@@ -777,6 +782,7 @@ def test_per_file_errors_stay_one_line_and_an_all_failed_npy_says_it_wrote_nothi
     assert not (tmp_path / "c.npy").exists()
 
 
+@pytest.mark.integration
 def test_npy_rows_follow_the_inputs_when_a_file_fails(inputs, tiny_checkpoint, tmp_path):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not audio")
@@ -891,6 +897,7 @@ main()
     assert f"[{'|'.join((*PRECISIONS, 'auto'))}]" in result.stdout
 
 
+@pytest.mark.integration
 def test_model_beside_a_checkpoint_must_name_its_size(inputs, tiny_checkpoint, mini_checkpoint):
     unknown = run("tag", inputs[0], "--checkpoint", tiny_checkpoint, "--model", "ced-mni")
     assert unknown.exit_code == 2 and "did you mean 'ced-mini'" in unknown.stderr  # was ignored: exit 0
@@ -914,6 +921,7 @@ def _cut_wav(folder: Path, name: str = "half.wav", seconds: float = 5.0) -> Path
     return folder / name
 
 
+@pytest.mark.integration
 def test_tag_says_a_file_was_cut_short(tiny_checkpoint, tmp_path):
     cut = _cut_wav(tmp_path)
     out = tmp_path / "tags.jsonl"
@@ -930,6 +938,7 @@ def test_tag_says_a_file_was_cut_short(tiny_checkpoint, tmp_path):
     assert "half.wav" in strict.stdout  # tagged all the same
 
 
+@pytest.mark.integration
 def test_tag_csv_has_a_truncated_column_and_resumes_an_older_csv(tiny_checkpoint, tmp_path):
     cut = _cut_wav(tmp_path)
     whole = tmp_path / "whole_half.wav"
@@ -946,6 +955,7 @@ def test_tag_csv_has_a_truncated_column_and_resumes_an_older_csv(tiny_checkpoint
     assert [len(row) for row in rows] == [6, 6, 6] and rows[2][0] == str(whole)
 
 
+@pytest.mark.integration
 def test_embed_says_a_file_was_cut_short(tiny_checkpoint, tmp_path):
     cut = _cut_wav(tmp_path)
     result = run("embed", cut, "--checkpoint", tiny_checkpoint, "--output", tmp_path / "out")
@@ -957,6 +967,7 @@ def test_embed_says_a_file_was_cut_short(tiny_checkpoint, tmp_path):
     assert strict.exit_code == 1 and "(--strict)" in strict.stderr
 
 
+@pytest.mark.integration
 def test_api_results_say_a_file_was_cut_short(tiny_checkpoint, tmp_path):
     import auricle
 

@@ -26,6 +26,7 @@ def test_a_dasheng_teacher_scores_as_the_tagger_does(tagger):
     np.testing.assert_allclose(teacher.probabilities(waves).numpy(), expected, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_teach_with_ced_and_dasheng_teachers_and_verify(corpus, tagger, tmp_path):  # noqa: F811
     store_dir = tmp_path / "store"
     args = ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher", str(corpus["teacher"]),
@@ -54,6 +55,7 @@ def test_an_encoder_without_a_head_is_refused(zenodo):
         load_teacher(str(zenodo))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_a_dasheng_teacher_in_bf16_or_int8_runs_on_that_engine_and_agrees_with_fp32(tagger, precision, monkeypatch):
     teacher = load_teacher(str(tagger), precision=precision)

@@ -457,6 +457,7 @@ def test_checkpoint_teachers_score_on_the_fused_cpu_encoder(tiny_checkpoint):
     torch.testing.assert_close(teacher.probabilities(waveforms), expected, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.integration
 def test_teach_in_bf16_records_it_verifies_in_it_and_resumes_only_in_it(corpus, tmp_path):
     base = ["distill", "teach", "--shards", str(corpus["shards"]), "--teacher", str(corpus["teacher"]),
             "--top-k", "5", "--epochs", "2", *NO_MASKS]

@@ -153,6 +153,7 @@ def test_resume_after_a_stop_gives_the_same_weights_as_an_uninterrupted_run(tmp_
     assert steps == list(range(1, whole.total_steps + 1))  # no duplicated rows after the resume
 
 
+@pytest.mark.integration
 def test_inconsistent_views_train_on_other_inputs(tmp_path, student_config):
     torch.set_num_threads(1)
     views = FakeViews()

@@ -123,6 +123,7 @@ def hand_prediction(file: str) -> dict:
     }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("header", ["filename,onset,offset,event_label", "file,onset,offset,label"])
 def test_event_metrics_by_hand_from_a_predictions_file(tmp_path, header):
     """The hand-computed case of tests/downstream/test_eval_metrics.py, end to end."""
@@ -231,6 +232,7 @@ def test_psds_leaves_out_a_class_whose_only_events_were_in_a_file_that_failed(tm
     assert by_class["Cat"]["psds1"] is None and by_class["Cat"]["reference_events"] == 0
 
 
+@pytest.mark.integration
 def test_events_with_a_model_equal_scoring_its_tag_output_and_plot_a_timeline(two_class_checkpoint, recordings, tmp_path):
     window = ("--window", "1", "--hop", "0.5")
     direct = run("evaluate", recordings / "events.csv", "--events", "--checkpoint", two_class_checkpoint, "--threads", "1", *window,

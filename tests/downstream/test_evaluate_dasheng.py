@@ -10,6 +10,7 @@ from dasheng_support import tagger, zenodo  # noqa: F401  (fixtures)
 from test_evaluate import recordings, run  # noqa: F401  (a fixture)
 
 
+@pytest.mark.integration
 def test_tagging_metrics_equal_scoring_its_tag_output(tagger, recordings, tmp_path):  # noqa: F811
     direct = run("evaluate", recordings / "labels.csv", "--checkpoint", tagger, "--threads", "1", "--json", "-")
     assert direct.exit_code == 0, direct.output

@@ -35,6 +35,7 @@ def _finetune(manifest, encoder, output, *extra):
                                     *FAST, *map(str, extra)], catch_exceptions=False)
 
 
+@pytest.mark.integration
 def test_finetune_trains_saves_and_the_result_tags(tones, tmp_path):
     manifest, encoder = tones
     output = tmp_path / "run"
@@ -105,6 +106,7 @@ def test_resume_continues_exactly_where_it_stopped(tones, tmp_path):
     assert json.loads(resumed.stdout)["test"] == json.loads((straight / "result.json").read_text())["test"]
 
 
+@pytest.mark.integration
 def test_resume_refuses_other_settings_and_another_encoder(tones, tmp_path):
     """A new --lr was once overridden by the restored optimiser, yet recorded as the run's."""
     manifest, encoder = tones

@@ -83,6 +83,7 @@ def test_a_dasheng_run_resumes_exactly(tones, tmp_path):
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
 
 
+@pytest.mark.integration
 def test_a_dasheng_run_is_not_resumed_from_a_ced_encoder(tones, tmp_path):
     manifest, encoder = tones
     output = tmp_path / "run"

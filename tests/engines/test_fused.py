@@ -16,6 +16,7 @@ pytestmark = pytest.mark.skipif(not fused_supported(), reason="this torch build 
 PRODUCTS = ["onednn", "blas"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("products", PRODUCTS)
 @pytest.mark.parametrize("samples,batch", [(160000, 3), (16000, 1), (3000, 2), (400000, 2)])
 def test_tokens_match_the_module(samples, batch, products):

@@ -24,6 +24,7 @@ def whole_decibels(frontend: LogMel, signal: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("samples", [1, 300, MIN_SAMPLES - 1, MIN_SAMPLES + 1, 161_759, 161_920, 2 * 161_920 - 352,
                                      2 * 161_920 - 353, 3 * 161_920 + 37])
+@pytest.mark.integration
 @pytest.mark.parametrize("block", [999, 16_000, 10**6])
 def test_streamed_log_mel_equals_the_whole_signals(samples, block):
     frontend = LogMel()

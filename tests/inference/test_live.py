@@ -286,6 +286,7 @@ def test_listen_ctrl_c_ends_the_stream_and_its_open_events(burst_model_path):
     assert (end["type"], end["onset"], end["offset"]) == ("end", 1.0, pytest.approx(stopped, abs=0.006))
 
 
+@pytest.mark.integration
 def test_listen_with_an_exported_file_reports_the_same_events(burst_model_path, tmp_path):
     """`auricle listen --checkpoint model.onnx`: live tagging from an exported file (no torch on a small device)."""
     pytest.importorskip("onnxruntime")

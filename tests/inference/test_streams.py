@@ -448,6 +448,7 @@ def test_bad_stream_counts_are_engine_errors(checkpoint):
 
 # -- AudioModel --------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_iter_tag_with_streams_equals_one_stream_past_a_corrupt_file(models, audio_files, monkeypatch):
     options = models[1].tag_options(top_k=5, events=True)
     calls = spy_threads(monkeypatch, models[2].engine)

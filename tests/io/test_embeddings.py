@@ -32,6 +32,7 @@ def _index(folder) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.integration
 def test_a_folder_written_in_python_is_the_folder_the_command_writes(inputs, tiny_checkpoint, tiny_model, tmp_path):
     missing = str(tmp_path / "missing.wav")
     seen = []

@@ -90,6 +90,7 @@ def test_describe_takes_the_segments_it_is_given(model):
     assert nothing.segments == () and nothing.text == ""
 
 
+@pytest.mark.integration
 def test_a_diary_describes_only_where_the_tagger_hears_something(model, tagger, recordings):
     diary = model.diary(recordings / "hour.wav", tagger, max_new_tokens=3, segment_seconds=10.0)
     assert diary.segmentation == "events" and 2 <= len(diary.segments) <= 3

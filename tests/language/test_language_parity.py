@@ -72,6 +72,7 @@ def test_projector_decoder_and_greedy_match_the_reference(reference, reference_m
     assert tokens == [clip["greedy_tokens"].tolist()]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", CLIPS)
 def test_waveform_to_greedy_tokens_matches_the_reference(reference, full_model, exact_model, name):
     clip = _clip(reference, name)

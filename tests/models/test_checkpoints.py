@@ -66,6 +66,7 @@ def test_huggingface_layout_gives_identical_outputs(tiny_checkpoint, tiny_model,
     assert torch.equal(model.probabilities(noise), tiny_model.probabilities(noise))
 
 
+@pytest.mark.integration
 def test_auricle_format_round_trip(tiny_model, tmp_path, noise):
     path = save_checkpoint(tiny_model.network, tmp_path / "mine.safetensors", labels=None, name="my-tiny")
     assert not path.with_suffix(".json").exists()  # one file: config and labels are in its metadata
@@ -292,6 +293,7 @@ def test_files_that_are_not_weights_say_why_in_one_line(tmp_path):
                                           "finetune the model's weights (.pt, .safetensors or a Hugging Face folder)"]
 
 
+@pytest.mark.integration
 def test_cached_weights_are_found_without_asking_the_hub(tiny_checkpoint, tiny_model, tmp_path, monkeypatch, noise):
     """The Hugging Face cache's layout is read directly: no huggingface_hub import (~0.3 s of a short command)."""
     import huggingface_hub

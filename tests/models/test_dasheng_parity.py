@@ -47,6 +47,7 @@ def exact_tokens(exact, waveform: np.ndarray, lengths=None) -> np.ndarray:
         return exact.encode(torch.from_numpy(waveform).double(), lengths).numpy()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", INPUTS)
 def test_float64_tokens_equal_the_official_float64(exact, name):
     ref = reference(f"ref_{name}")
@@ -55,6 +56,7 @@ def test_float64_tokens_equal_the_official_float64(exact, name):
     np.testing.assert_allclose(tokens, ref["tokens_f64"], atol=FLOAT64_TOLERANCE, rtol=0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", INPUTS)
 def test_float32_tokens_are_as_accurate_as_the_official(model, exact, name):
     ref = reference(f"ref_{name}")

@@ -226,6 +226,7 @@ def test_export_refuses_unknown_runtime(small_checkpoint, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.integration
 def test_an_fp32_export_past_the_tolerance_is_refused_and_writes_nothing(small_checkpoint, tmp_path):
     out = tmp_path / "x.onnx"
     result = CliRunner().invoke(cli, ["export", "--checkpoint", str(small_checkpoint), "--out", str(out),
@@ -281,6 +282,7 @@ def test_convolutional_stft_log_mel_matches_the_frontend():
         assert error.max() < 0.5
 
 
+@pytest.mark.integration
 def test_a_head_of_fewer_than_five_classes_is_checked_on_all_of_them(tmp_path):
     """A probe's head of two classes: a top 5 would count classes that are not there (it read 0.400)."""
     torch.manual_seed(0)

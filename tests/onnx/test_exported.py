@@ -146,6 +146,7 @@ def test_api_exported_model_scores_as_the_torch_model(torch_model, exported, fil
     assert [r.file for r in model.tag(files[:2], top_k=1)] == files[:2]
 
 
+@pytest.mark.integration
 def test_int8_file_and_precision_requests(torch_model, exported, files, tmp_path):
     int8 = tmp_path / "small-int8.onnx"
     export_onnx(torch_model, int8, int8=True)
@@ -269,6 +270,7 @@ def test_many_files_embed_on_their_streams_as_one_by_one(piece_file, long_record
             np.testing.assert_allclose(result.windows, model.embed(path).windows, atol=1e-6, rtol=0)
 
 
+@pytest.mark.integration
 def test_a_long_file_that_breaks_midway_fails_by_name_and_the_rest_is_embedded(piece_file, long_recording, tmp_path):
     """NaN after 90 s: the loudest-frame pass reads into it, before any row ran."""
     from audio_support import write_broken_midway
@@ -282,6 +284,7 @@ def test_a_long_file_that_breaks_midway_fails_by_name_and_the_rest_is_embedded(p
         model.embed(str(broken))
 
 
+@pytest.mark.integration
 def test_a_recording_rows_cannot_reproduce_goes_in_one_call(piece_file, long_recording, monkeypatch):
     path, waveform = long_recording
     model = load_exported(piece_file)

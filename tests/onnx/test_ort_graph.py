@@ -20,6 +20,7 @@ def session(model):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "standard-ops"])
 @pytest.mark.parametrize("overrides", [{}, {"qkv_bias": False}])
 def test_fp32_graph_matches_the_module(overrides, fused):

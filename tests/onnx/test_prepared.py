@@ -58,6 +58,7 @@ def scores(records: list[dict]) -> list[dict[str, float]]:
     return [{tag["mid"]: tag["score"] for tag in record["tags"]} for record in records]
 
 
+@pytest.mark.integration
 def test_first_run_prepares_its_graph_once(weights, cache, files):
     options = ["--checkpoint", str(weights), "--format", "json", "--threshold", "0"]
     code, stdout, stderr = run("tag", *files, *options, "--engine", "onnx")
@@ -99,6 +100,7 @@ def test_embed_with_the_prepared_graph_equals_the_weights(weights, cache, files,
     np.testing.assert_allclose(ours["windows"], theirs["windows"], atol=1e-4)
 
 
+@pytest.mark.integration
 def test_int8_and_auto_prepare_their_own_graph(weights, cache, files, monkeypatch):
     model = load_prepared(checkpoint=weights, precision="int8")
     assert model.precision == "int8" and model.path.name.endswith("-int8.onnx")
@@ -113,6 +115,7 @@ def test_int8_and_auto_prepare_their_own_graph(weights, cache, files, monkeypatc
         load_prepared(checkpoint=weights, precision="bf16")
 
 
+@pytest.mark.integration
 def test_a_damaged_graph_is_prepared_again(weights, cache, files):
     path = prepared_path(weights_file(checkpoint=weights), None, "fp32")
     assert path.is_file()  # from the first test

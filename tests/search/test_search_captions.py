@@ -194,6 +194,7 @@ def test_describe_taking_a_path_for_its_model_is_one_line(recordings, tiny_check
     assert not (tmp_path / "x.db").exists() or auricle.Index.open(tmp_path / "x.db").store.count() == 0
 
 
+@pytest.mark.integration
 def test_a_schema_version_1_index_is_refused_by_search_and_index(indexed, recordings, tiny_checkpoint):
     """Version 2 (captions, the compact files table, the column file) is a rebuild: version 1 is not migrated."""
     with sqlite3.connect(indexed) as connection:

@@ -85,6 +85,7 @@ def test_index_then_search_by_class_ranks_by_the_clip_scores(indexed, recordings
         assert hit["segments"][0]["score"] == pytest.approx(hit["score"], abs=1e-6)
 
 
+@pytest.mark.integration
 def test_mids_and_ontology_nodes_select_exactly_their_classes(indexed):
     by_name = search_json(indexed, "Bark")
     by_mid = search_json(indexed, "/m/05tny_")
@@ -99,6 +100,7 @@ def test_mids_and_ontology_nodes_select_exactly_their_classes(indexed):
     assert {m["label"] for hit in both for m in hit["matched"]} == {"Bark", "Music"}
 
 
+@pytest.mark.integration
 def test_formats_filters_and_top(indexed, recordings):
     table = run("search", "=Music", "--index", indexed)
     assert table.exit_code == 0 and table.stdout.count("why: Music") == 3
@@ -147,6 +149,7 @@ def test_index_is_incremental(indexed, recordings, tiny_checkpoint):
     assert "indexed 0 of 0 files, 3 unchanged, 0 removed" in again.stderr
 
 
+@pytest.mark.integration
 def test_a_bad_file_is_reported_and_the_others_indexed(recordings, tiny_checkpoint, tmp_path):
     (recordings / "broken.wav").write_bytes(b"not audio at all")
     index = tmp_path / "i.db"
@@ -185,6 +188,7 @@ def test_an_interrupted_batch_leaves_the_index_as_of_the_last_commit(recordings,
         assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+@pytest.mark.integration
 def test_python_api_returns_dataclasses(recordings, tiny_model, tmp_path):
     with auricle.Index.open(tmp_path / "api.db", create=True) as index:
         report = index.add([recordings / "tone.wav", recordings / "long.wav"], tiny_model)
@@ -211,6 +215,7 @@ def one_error_line(result, *fragments: str) -> None:
         assert fragment in lines[0]
 
 
+@pytest.mark.integration
 def test_empty_query_and_missing_query(indexed):
     one_error_line(run("search", "   ", "--index", indexed), "empty query")
     one_error_line(run("search", "--index", indexed), "give a QUERY or --like")
@@ -224,6 +229,7 @@ def test_an_index_of_another_model_is_not_updated(indexed, recordings, mini_chec
     assert indexed.read_bytes() == before
 
 
+@pytest.mark.integration
 def test_another_schema_version_is_refused(indexed, recordings, tiny_checkpoint):
     with sqlite3.connect(indexed) as connection:
         connection.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
@@ -235,6 +241,7 @@ def test_another_schema_version_is_refused(indexed, recordings, tiny_checkpoint)
     assert indexed.read_bytes() == before
 
 
+@pytest.mark.integration
 def test_a_truncated_or_foreign_file_is_refused_untouched(indexed, tmp_path):
     data = indexed.read_bytes()
     truncated = tmp_path / "truncated.db"
@@ -264,6 +271,7 @@ def test_a_locked_index_is_one_line(indexed, recordings, tiny_checkpoint, monkey
         holder.close()
 
 
+@pytest.mark.integration
 def test_a_file_deleted_since_indexing_is_skipped_with_a_warning(indexed, recordings):
     os.remove(recordings / "tone.wav")
     before = indexed.read_bytes()
@@ -320,6 +328,7 @@ with auricle.Index.open({str(path)!r}, create=True) as index:
     assert result.exit_code == 0 and "indexed 2 of 2 files, 1 unchanged" in result.stderr
 
 
+@pytest.mark.integration
 def test_like_takes_a_published_model_from_the_index(indexed, recordings, monkeypatch):
     import auricle.cli.search as search_cli
 

@@ -271,6 +271,7 @@ def test_an_index_of_schema_version_1_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.integration
 def test_ced_index_decodes_each_file_once_and_scores_as_tag(tiny_model, tmp_path, monkeypatch,
                                                              restore_torch_threads):
     import soundfile as sf
@@ -323,6 +324,7 @@ def test_class_maxima_by_bits_equal_float_maxima():
         np.testing.assert_array_equal(_column_max(plain, members).astype(np.float32), expected)
 
 
+@pytest.mark.integration
 def test_a_selective_path_glob_is_matched_in_sqlite(tmp_path, monkeypatch):
     """Past a few candidates, every path is matched once (SQLite GLOB, then fnmatch): the same ranking."""
     import auricle.search.ranking as ranking_module

@@ -203,6 +203,7 @@ def test_a_file_in_two_parts_keeps_its_newest_row(recordings, tiny_checkpoint, t
     assert stored_rows(old) == stored_rows(tmp_path / "merged.db")
 
 
+@pytest.mark.integration
 def test_an_empty_shard_says_so_and_leaves_an_empty_part(tmp_path, tiny_checkpoint):
     only = write_wav(tmp_path / "only.wav", 1.0, 440.0)
     other = next(k for k in range(1, 4) if k != shard_of(str(only), 3))
@@ -253,6 +254,7 @@ def test_export_to_parquet_reads_back(recordings, tiny_checkpoint, tiny_model, t
     assert its_windows[0]["scores"][speech] == pytest.approx(float(row.window_scores[0, speech]))
 
 
+@pytest.mark.integration
 def test_export_without_pyarrow_names_the_extra(recordings, tiny_checkpoint, tmp_path, monkeypatch,
                                                 restore_torch_threads):
     import sys

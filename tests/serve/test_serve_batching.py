@@ -44,6 +44,7 @@ def test_a_lone_window_waits_at_most_max_wait():
     assert row_sums.shapes == [(1, 10)]
 
 
+@pytest.mark.integration
 def test_windows_of_different_lengths_are_never_mixed():
     with DynamicBatcher(row_sums, max_batch_size=16, max_wait=0.2) as batcher:
         futures = [batcher.submit(np.ones(n, np.float32)) for n in (10, 20, 10, 20, 30)]
@@ -52,6 +53,7 @@ def test_windows_of_different_lengths_are_never_mixed():
     assert sorted(row_sums.shapes) == [(1, 30), (2, 10), (2, 20)]
 
 
+@pytest.mark.integration
 def test_batches_are_capped_at_max_batch_size():
     with DynamicBatcher(row_sums, max_batch_size=3, max_wait=0.2) as batcher:
         futures = [batcher.submit(np.ones(5, np.float32)) for _ in range(7)]

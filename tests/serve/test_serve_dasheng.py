@@ -50,6 +50,7 @@ def test_embed_gives_the_libraries_frame_embeddings(encoder, wav):
             assert refusal["type"] == "error" and "has no classification head" in refusal["detail"]
 
 
+@pytest.mark.integration
 def test_the_audioset_head_tags_as_the_library_does(tagger, wav):
     tagger = auricle.load_model(checkpoint=tagger)
     with TestClient(create_app(tagger, ServeConfig(max_wait=0.001)), base_url=LOCAL) as client:

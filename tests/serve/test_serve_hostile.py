@@ -138,6 +138,7 @@ def test_a_huge_text_message_is_refused_before_it_is_parsed(model):
                                                                          "(settings or end), got 200003"}
 
 
+@pytest.mark.integration
 def test_a_silent_stream_is_closed_after_its_idle_timeout(model):
     with TestClient(create_app(model, ServeConfig(stream_idle_timeout=0.2)), base_url=LOCAL) as client:
         with client.websocket_connect(STREAM) as socket:
