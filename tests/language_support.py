@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 # Sizes of the test model: small enough to build in milliseconds.
@@ -133,3 +134,17 @@ def write_model_folder(folder: Path, dtype: torch.dtype = torch.bfloat16, shards
     write_tokenizer(folder / "tokenizer.json")
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [60, 58], "do_sample": False}))
     return folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A tiny random MiDashengLM folder in the official layout, one per test module."""
+    return write_model_folder(tmp_path_factory.mktemp("midashenglm-tiny"))
+
+
+@pytest.fixture(scope="module")
+def model(folder):
+    """That folder loaded through the public API."""
+    import auricle
+
+    return auricle.load_model(checkpoint=folder)

@@ -10,23 +10,13 @@ import soundfile as sf
 
 pytest.importorskip("transformers", reason="MiDashengLM needs the language extra (transformers)")
 
-from language_support import write_model_folder  # noqa: E402
+from language_support import folder, model  # noqa: E402,F401  (fixtures)
 
 import auricle  # noqa: E402
 from auricle.language import folder as folder_checks  # noqa: E402
 from auricle.errors import AudioError, CheckpointError, OptionError  # noqa: E402
 from auricle.language.prompts import PRESETS  # noqa: E402
 from auricle.language_model import AudioLanguageModel  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return write_model_folder(tmp_path_factory.mktemp("midashenglm-tiny"))
-
-
-@pytest.fixture(scope="module")
-def model(folder):
-    return auricle.load_model(checkpoint=folder)
 
 
 @pytest.fixture(scope="module")

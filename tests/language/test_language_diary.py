@@ -19,22 +19,12 @@ import auricle  # noqa: E402
 from auricle.cli import cli  # noqa: E402
 from auricle.errors import AudioError, OptionError  # noqa: E402
 from auricle.language.diary import EventSegmentation, Span, merge_events, summary_question  # noqa: E402
-from language_support import write_model_folder  # noqa: E402
+from language_support import folder, model  # noqa: E402,F401  (fixtures)
 from serve_support import burst_checkpoint, burst_signal  # noqa: E402
 
 #: The burst detector's classes as a diary sees them: its "quiet" class is AudioSet's Silence, never a segment.
 LABELS = ("Burst", "Silence")
 ONSET, OFFSET, TOTAL = 25.0, 35.0, 60.0
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return write_model_folder(tmp_path_factory.mktemp("lm"))
-
-
-@pytest.fixture(scope="module")
-def model(folder):
-    return auricle.load_model(checkpoint=folder)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 pytest.importorskip("transformers", reason="MiDashengLM needs the language extra (transformers)")
 
 import torch  # noqa: E402
-from language_support import TINY_CONFIG, write_model_folder  # noqa: E402
+from language_support import TINY_CONFIG, folder  # noqa: E402,F401  (folder: a fixture)
 
 import auricle  # noqa: E402
 from auricle.language import folder as folder_checks  # noqa: E402
@@ -23,11 +23,6 @@ from auricle.language.precision import Int8Linear, quantize_weight  # noqa: E402
 
 LAYERS = TINY_CONFIG["text"]["num_hidden_layers"]
 NO_AUDIO = [torch.zeros(0, TINY_CONFIG["text"]["hidden_size"])]
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return write_model_folder(tmp_path_factory.mktemp("midashenglm-tiny"))
 
 
 @pytest.fixture(scope="module")

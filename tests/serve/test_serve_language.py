@@ -19,18 +19,8 @@ import auricle  # noqa: E402
 from auricle.language.prompts import PRESETS  # noqa: E402
 from auricle.serve.app import create_app  # noqa: E402
 from auricle.serve.config import ServeConfig  # noqa: E402
-from language_support import write_model_folder  # noqa: E402
+from language_support import folder, model  # noqa: E402,F401  (fixtures)
 from serve_support import LOCAL, STREAM, noise  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return write_model_folder(tmp_path_factory.mktemp("midashenglm-tiny"))
-
-
-@pytest.fixture(scope="module")
-def model(folder):
-    return auricle.load_model(checkpoint=folder)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +140,6 @@ def test_a_tagger_server_has_no_describe(tmp_path):
     tagger = auricle.load_model(checkpoint=tiny_random_checkpoint(tmp_path / "tiny.safetensors"))
     with TestClient(create_app(tagger), base_url=LOCAL) as client:
         assert client.post("/v1/describe", content=b"x").status_code == 404
-
 
 
 def test_auricle_serve_serves_a_model_folder(folder, monkeypatch):
