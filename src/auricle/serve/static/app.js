@@ -52,6 +52,25 @@ function tagRow(tag) {
   return item;
 }
 
+// POST a form; the JSON answer, or null once the failure has been shown.
+async function postForm(url, form) {
+  let response;
+  try {
+    response = await fetch(url, { method: "POST", body: form });
+  } catch (error) {
+    setStatus("");
+    failed(`request failed: ${error}`);
+    return null;
+  }
+  const body = await response.json().catch(() => ({}));
+  setStatus("");
+  if (!response.ok) {
+    failed(`${response.status}: ${body.detail ? JSON.stringify(body.detail) : response.statusText}`);
+    return null;
+  }
+  return body;
+}
+
 async function tagBlob(blob, name) {
   showError("");
   setStatus(`tagging ${name}…`);
@@ -59,20 +78,8 @@ async function tagBlob(blob, name) {
   form.append("file", blob, name);
   const params = options();
   const started = performance.now();
-  let response;
-  try {
-    response = await fetch(`/v1/tag?${params}`, { method: "POST", body: form });
-  } catch (error) {
-    setStatus("");
-    failed(`request failed: ${error}`);
-    return;
-  }
-  const body = await response.json().catch(() => ({}));
-  setStatus("");
-  if (!response.ok) {
-    failed(`${response.status}: ${body.detail ? JSON.stringify(body.detail) : response.statusText}`);
-    return;
-  }
+  const body = await postForm(`/v1/tag?${params}`, form);
+  if (body === null) return;
   showResult(body, (performance.now() - started) / 1000);
 }
 
@@ -97,20 +104,8 @@ async function askBlob(blob, name) {
   form.append("file", blob, name);
   const url = question ? `/v1/ask?${new URLSearchParams({ question })}` : "/v1/describe";
   const started = performance.now();
-  let response;
-  try {
-    response = await fetch(url, { method: "POST", body: form });
-  } catch (error) {
-    setStatus("");
-    failed(`request failed: ${error}`);
-    return;
-  }
-  const body = await response.json().catch(() => ({}));
-  setStatus("");
-  if (!response.ok) {
-    failed(`${response.status}: ${body.detail ? JSON.stringify(body.detail) : response.statusText}`);
-    return;
-  }
+  const body = await postForm(url, form);
+  if (body === null) return;
   const seconds = (performance.now() - started) / 1000;
   $("result-panel").hidden = false;
   $("result-title").textContent = body.file;
