@@ -137,3 +137,21 @@ def running_server(arguments: list[str], folder: Path):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def serve_in_process(monkeypatch, *arguments: str) -> tuple:
+    """`auricle serve ARGUMENTS --port P` in this process with uvicorn.run recorded instead of run:
+    (the CLI's result, what uvicorn was handed: app and options, the port)."""
+    import socket
+
+    import uvicorn
+    from click.testing import CliRunner
+
+    from auricle.cli import cli
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return CliRunner().invoke(cli, ["serve", *arguments, "--port", str(port)]), served, port

@@ -146,17 +146,10 @@ def test_the_checkpoint_is_converted_one_tensor_at_a_time(folder, monkeypatch):
 
 
 def test_auricle_serve_takes_precision_int8(folder, monkeypatch):
-    import socket
+    from serve_support import serve_in_process
 
-    import uvicorn
-
-    served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    result = CliRunner().invoke(cli, ["serve", "--checkpoint", str(folder), "--port", str(port), "--threads", "1",
-                                      "--precision", "int8"])
+    result, served, port = serve_in_process(monkeypatch, "--checkpoint", str(folder), "--threads", "1",
+                                            "--precision", "int8")
     assert result.exit_code == 0, result.output
     assert served["app"].state.model.network.precision == "int8"
     auto = CliRunner().invoke(cli, ["serve", "--checkpoint", str(folder), "--port", str(port), "--precision", "auto"])

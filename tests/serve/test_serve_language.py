@@ -144,20 +144,13 @@ def test_a_tagger_server_has_no_describe(tmp_path):
 
 def test_auricle_serve_serves_a_model_folder(folder, monkeypatch):
     """`auricle serve --checkpoint FOLDER` was refused ("works with `auricle describe` and `auricle ask`")."""
-    import socket
-
-    import uvicorn
     from click.testing import CliRunner
 
     from auricle.cli import cli
+    from serve_support import serve_in_process
 
-    served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    result = CliRunner().invoke(cli, ["serve", "--checkpoint", str(folder), "--port", str(port), "--threads", "1",
-                                      "--generation-timeout", "42"])
+    result, served, port = serve_in_process(monkeypatch, "--checkpoint", str(folder), "--threads", "1",
+                                            "--generation-timeout", "42")
     assert result.exit_code == 0, result.output
     assert served["app"].state.model.name == folder.name and served["port"] == port
     config = served["app"].state.config
